@@ -1,0 +1,160 @@
+"""Multi-round QA routing in the Router-R1 style.
+
+The router alternates `<think>` with `<route model="NAME">sub-query</route>`; each route
+calls the pool and the reply comes back as `<information>...</information>`; the episode
+ends at `<answer>` (terminated) or when `max_turns` policy turns have passed (truncated).
+
+Budget (USD per task) is hard: before a call the environment asks the pool for the call's
+cost upper bound (exact for recorded and simulated pools; prompt + `pool_max_tokens` of
+output for live ones) and refuses the call with an error observation if the remaining
+budget does not cover it. So `info["cost"] <= budget` holds in every episode.
+
+Rewards: the env's own reward is the outcome quality at termination (gymnasium users get
+a usable signal); training combines richer terms from `rl_router.rewards` computed on the
+episode info the rollout engine returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rl_router.answers import score_answer
+from rl_router.env import StepResult, TextEnv
+from rl_router.errors import ConfigError
+from rl_router.pools.base import Pool
+from rl_router.prompts import initial_messages
+from rl_router.protocol import parse_turn
+from rl_router.tasks import Task
+
+
+@dataclass
+class RoutingEnvConfig:
+    max_turns: int = 4  # policy turns per episode (each may route once or answer)
+    budget: float | None = None  # USD per task; None = unlimited
+    max_obs_tokens: int = 256  # pool replies are cut to this many tokens
+    pool_max_tokens: int = 512  # max_tokens sent to pool models
+    pool_temperature: float = 0.0
+    on_budget_exhausted: str = "continue"  # "continue": the router must answer; "end": truncate
+    system_extra: str = ""  # appended to the system prompt
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 1:
+            raise ConfigError("env.max_turns", f"must be >= 1, got {self.max_turns}")
+        if self.budget is not None and self.budget <= 0:
+            raise ConfigError("env.budget", f"must be > 0 or null, got {self.budget}")
+        if self.max_obs_tokens < 1:
+            raise ConfigError("env.max_obs_tokens", f"must be >= 1, got {self.max_obs_tokens}")
+        if self.on_budget_exhausted not in ("continue", "end"):
+            raise ConfigError("env.on_budget_exhausted", f"unknown value {self.on_budget_exhausted!r}", "use 'continue' or 'end'")
+
+
+def information(text: str) -> str:
+    return f"\n<information>{text}</information>\n"
+
+
+class MultiRoundRoutingEnv(TextEnv):
+    def __init__(self, pool: Pool, config: RoutingEnvConfig | None = None, *, tokenizer: Any = None, **overrides: Any):
+        self.pool = pool
+        self.config = config or RoutingEnvConfig(**overrides)
+        self.tokenizer = tokenizer
+        self.task: Task | None = None
+        self.messages = []
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _truncate(self, text: str) -> str:
+        n = self.config.max_obs_tokens
+        if self.tokenizer is not None:
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            return text if len(ids) <= n else self.tokenizer.decode(ids[:n]) + " ..."
+        return text if len(text) <= 4 * n else text[: 4 * n] + " ..."
+
+    def _budget_left(self) -> float:
+        b = self.config.budget
+        return float("inf") if b is None else b - self.info["cost"]
+
+    def _error(self, kind: str, msg: str) -> str:
+        self.info[kind] += 1
+        return information(f"error: {msg}")
+
+    # ---- gym API ------------------------------------------------------------------------
+    def reset(self, task: Task, *, seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        self.task = task
+        self.messages = initial_messages(task, self.pool.models, self.config.budget, self.config.system_extra)
+        self.info: dict[str, Any] = {
+            "task_id": task.task_id,
+            "turn": 0,
+            "cost": 0.0,
+            "budget": self.config.budget,
+            "n_routes": 0,
+            "calls": {name: 0 for name in self.pool.model_names},
+            "format_errors": 0,
+            "over_budget": 0,
+            "pool_errors": 0,
+            "answer": None,
+            "quality": 0.0,
+            "done_reason": None,
+            "trace": [],
+        }
+        obs = "\n\n".join(m["content"] for m in self.messages)
+        return obs, self._public_info()
+
+    def _public_info(self) -> dict[str, Any]:
+        d = dict(self.info)
+        d["calls"] = dict(self.info["calls"])
+        d["trace"] = list(self.info["trace"])
+        return d
+
+    async def astep(self, action: str) -> StepResult:
+        if self.task is None:
+            raise RuntimeError("call reset(task) before step()")
+        if self.info["done_reason"] is not None:
+            raise RuntimeError("episode is over; call reset(task) to start a new one")
+        cfg, info = self.config, self.info
+        info["turn"] += 1
+        act = parse_turn(action)
+        obs, reward, terminated = "", 0.0, False
+
+        if act.kind == "answer":
+            info["answer"] = act.answer
+            info["quality"] = score_answer(act.answer, self.task.gold, self.task.answer_type)
+            info["done_reason"] = "answer"
+            return StepResult("", info["quality"], True, False, self._public_info())
+
+        if act.kind == "invalid":
+            obs = self._error("format_errors", act.error)
+        elif not self.pool.has_model(act.model):
+            obs = self._error("format_errors", f"unknown model {act.model!r}; choose one of: {', '.join(self.pool.model_names)}")
+        else:
+            msgs = [{"role": "user", "content": act.query}]
+            est = self.pool.estimate_cost(act.model, msgs, max_tokens=cfg.pool_max_tokens, context=self.task.context())
+            left = self._budget_left()
+            if est > left + 1e-12:
+                obs = self._error("over_budget", f"over budget: {act.model} costs about ${est:.6f} but ${max(left, 0):.6f} is left; answer now or route to a cheaper model")
+            else:
+                comp = await self.pool.complete(act.model, msgs, context=self.task.context(), max_tokens=cfg.pool_max_tokens, temperature=cfg.pool_temperature)
+                info["trace"].append({"model": act.model, "query": act.query, "cost": comp.cost, "error": comp.error, "latency_s": comp.latency_s, "retries": comp.retries})
+                if comp.error:
+                    obs = self._error("pool_errors", f"{act.model} failed ({comp.error}); try again or route elsewhere")
+                else:
+                    info["cost"] += comp.cost
+                    info["n_routes"] += 1
+                    info["calls"][act.model] += 1
+                    left = self._budget_left()
+                    budget_note = f" | ${left:.6f} left" if cfg.budget is not None else ""
+                    obs = information(f"[{act.model} | ${comp.cost:.6f}{budget_note}]\n{self._truncate(comp.text.strip())}")
+
+        truncated = False
+        if info["turn"] >= cfg.max_turns:
+            truncated, info["done_reason"] = True, "max_turns"
+        elif cfg.on_budget_exhausted == "end" and cfg.budget is not None and self._budget_left() < self._cheapest_call():
+            truncated, info["done_reason"] = True, "budget_exhausted"
+        return StepResult(obs, reward, terminated, truncated, self._public_info())
+
+    def _cheapest_call(self) -> float:
+        msgs = [{"role": "user", "content": self.task.question if self.task else ""}]
+        ctx = self.task.context() if self.task else None
+        return min(self.pool.estimate_cost(c.name, msgs, max_tokens=self.config.pool_max_tokens, context=ctx) for c in self.pool.models)
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)

@@ -1,0 +1,140 @@
+"""`rl-router` command line.
+
+Commands:
+  quickstart   offline demo on the embedded defaults (tiny router, recorded GSM8K pool)
+  rollout      run policies (the router, always-<model>, random) on a recipe's held-out tasks
+  pool-server  serve a pool as an OpenAI-compatible HTTP endpoint (127.0.0.1 by default)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import ConfigError
+
+app = typer.Typer(
+    help="rl-router: train small LLMs to route tasks across a pool of LLMs under a budget.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(width=None if Console().is_terminal else 150)
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error[/] {e}")
+    raise typer.Exit(2)
+
+
+def _table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
+    t = Table(title=title)
+    for col in ("policy", "quality", "$ / 1k tasks", "quality/$", "routes/task", "format err", "over budget", "call share"):
+        t.add_column(col, justify="right" if col not in ("policy", "call share") else "left")
+    for name, s in summaries.items():
+        qpd = s.get("quality_per_dollar")
+        share = ", ".join(f"{m} {v:.0%}" for m, v in s.get("call_share", {}).items())
+        t.add_row(name, f"{s['quality']:.3f}", f"{1000 * s['mean_cost']:.3f}", f"{qpd:.0f}" if qpd else "-", f"{s['routes_per_task']:.2f}", f"{s['format_error_rate']:.0%}", f"{s['budget_violation_rate']:.0%}", share)
+    return t
+
+
+def _run_policies(recipe_path: Optional[str], sets: list[str], policies: Optional[list[str]], n: Optional[int], output_dir: Optional[str], batch_size: int) -> dict[str, Any]:
+    from .recipe import load_recipe
+    from .runner import make_policy, policy_names, run_policy
+    from .tiny import load_router
+
+    recipe = load_recipe(recipe_path, sets)
+    pool = recipe.build_pool()
+    _train, held = recipe.tasks(pool)
+    if n:
+        held = held[:n]
+    names = policies or policy_names(pool)
+    model = tok = None
+    m = recipe.model
+    kw = {"hidden_size": m.hidden_size, "num_layers": m.num_layers, "seed": m.seed} if m.name_or_path == "tiny" else {}
+    model, tok = load_router(m.name_or_path, **kw)
+    summaries: dict[str, dict[str, Any]] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False) as prog:
+        for name in names:
+            policy = make_policy(name, recipe, pool, model, tok, greedy=False)
+            bar = prog.add_task(f"{name:<24}", total=len(held))
+            _eps, summ = run_policy(recipe, pool, policy, tok, held, batch_size=batch_size, on_batch=lambda k, b=bar: prog.advance(b, k))
+            summaries[name] = summ
+    out = Path(output_dir or recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rollout_summary.json").write_text(json.dumps({"tasks": len(held), "policies": summaries}, indent=2))
+    console.print(_table(f"{len(held)} held-out tasks, budget ${recipe.env_config().budget}/task", summaries))
+    console.print(f"wrote {out / 'rollout_summary.json'}")
+    return summaries
+
+
+@app.command()
+def quickstart(
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write results (default: outputs/quickstart)."),
+    n: int = typer.Option(64, "--n", help="Number of held-out tasks."),
+) -> None:
+    """Offline demo on the embedded defaults: the untrained tiny router, always-cheap,
+    always-strong and random on held-out GSM8K tasks of the recorded pool (real Mixtral-8x7B
+    and GPT-4 answers), printing quality and cost per policy."""
+    try:
+        _run_policies(None, [], None, n, output_dir, 16)
+    except ConfigError as e:
+        _fail(e)
+
+
+@app.command()
+def rollout(
+    recipe: str = typer.Argument(..., help="Recipe YAML (sections model/pool/env/rollout/rewards/trainer/data)."),
+    policy: Optional[list[str]] = typer.Option(None, "--policy", "-p", help="router, always-<model>, random; repeatable (default: all)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Limit the number of held-out tasks."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field: --set env.budget=0.02 (YAML value)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Overrides the recipe's output_dir."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Episodes per lock-step batch."),
+) -> None:
+    """Run policies on a recipe's held-out tasks and print quality, cost, routes and error rates."""
+    try:
+        _run_policies(recipe, set_ or [], policy, n, output_dir, batch_size)
+    except (ConfigError, ValueError) as e:
+        _fail(e)
+
+
+@app.command("pool-server")
+def pool_server(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe whose `pool` section to serve (default: the recorded GSM8K pool)."),
+    host: str = typer.Option("127.0.0.1", help="Bind address; keep 127.0.0.1 unless you mean to expose it."),
+    port: int = typer.Option(8000, help="Port."),
+    api_key_env: Optional[str] = typer.Option(None, help="Name of an env var holding a bearer token clients must send."),
+) -> None:
+    """Serve a pool (recorded, simulated, local or remote) as an OpenAI-compatible endpoint:
+    POST /v1/chat/completions and GET /v1/models."""
+    from .pools import PoolServer
+    from .recipe import load_recipe
+
+    try:
+        pool = load_recipe(recipe).build_pool()
+    except ConfigError as e:
+        _fail(e)
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not key:
+        _fail(ValueError(f"--api-key-env {api_key_env}: that environment variable is empty"))
+    srv = PoolServer(pool, host=host, port=port, api_key=key)
+    console.print(f"serving {pool.model_names} at {srv.url}")
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        srv.stop()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,166 @@
+"""Policies that produce one router turn per active episode: an LM (HF generate) or a script.
+
+A policy sees `EpisodeState`s (context token ids, task, last observation) and returns one
+`Turn` each. The rollout engine is agnostic to which: the always-<model> baselines run
+through the same engine, tokenizer and environment as the trained router, so their
+numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from .answers import extract_final_answer
+from .protocol import STOP_STRINGS
+from .tasks import Task
+
+
+@dataclass
+class Turn:
+    ids: list[int]
+    logprobs: list[float]
+    text: str
+    eos: bool = False  # the policy ended its output (EOS) in this turn
+
+
+@dataclass
+class EpisodeState:
+    task: Task
+    env: Any
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    policy_turns: list[str] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)
+    last_obs: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+    terminated: bool = False
+    truncated: bool = False
+    done_reason: str | None = None
+
+    @property
+    def context_ids(self) -> list[int]:
+        return self.prompt_ids + self.completion_ids
+
+
+class Policy(Protocol):
+    def act(self, states: list[EpisodeState]) -> list[Turn]: ...
+
+
+def first_stop(text: str, stops: tuple[str, ...] = STOP_STRINGS) -> int:
+    """Index just after the earliest stop string in `text`, or -1."""
+    ends = [text.find(s) + len(s) for s in stops if s in text]
+    return min(ends) if ends else -1
+
+
+def cut_at_stop(ids: list[int], tokenizer: Any, stops: tuple[str, ...] = STOP_STRINGS) -> list[int]:
+    """Shortest prefix of `ids` whose decoding contains a stop string (binary search: prefix
+    containment is monotone), or `ids` unchanged if none does."""
+    if first_stop(tokenizer.decode(ids)) < 0:
+        return ids
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if first_stop(tokenizer.decode(ids[:mid]), stops) >= 0:
+            hi = mid
+        else:
+            lo = mid + 1
+    return ids[:lo]
+
+
+class HFPolicy:
+    """Batched `model.generate` over the episodes' full contexts (left padded).
+
+    Returns per-token log-probabilities of the sampled tokens under the sampling
+    distribution (logits / temperature), which TRL can use for importance sampling.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
+        self.stop_strings = stop_strings
+
+    def act(self, states: list[EpisodeState]) -> list[Turn]:
+        import torch
+
+        tok, model = self.tokenizer, self.model
+        ctxs = [s.context_ids for s in states]
+        width = max(len(c) for c in ctxs)
+        pad = tok.pad_token_id
+        input_ids = torch.full((len(ctxs), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(ctxs), width), dtype=torch.long)
+        for i, c in enumerate(ctxs):
+            input_ids[i, width - len(c):] = torch.tensor(c)
+            attn[i, width - len(c):] = 1
+        device = next(model.parameters()).device
+        greedy = self.temperature <= 0
+        kw: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": not greedy,
+            "pad_token_id": pad,
+            "eos_token_id": tok.eos_token_id,
+            "stop_strings": list(self.stop_strings),
+            "tokenizer": tok,
+            "return_dict_in_generate": True,
+            "output_logits": True,
+        }
+        if not greedy:
+            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kw)
+        if was_training:
+            model.train()
+        seqs = out.sequences[:, width:].tolist()
+        logits = torch.stack(out.logits, dim=1).float()  # (B, T, V) raw logits
+        logp = torch.log_softmax(logits / (self.temperature if not greedy else 1.0), dim=-1)
+        turns = []
+        eos_id = tok.eos_token_id
+        for i, new in enumerate(seqs):
+            eos_at = new.index(eos_id) if eos_id in new else None
+            body = new if eos_at is None else new[:eos_at]
+            cut = cut_at_stop(body, tok, self.stop_strings)
+            eos = eos_at is not None and len(cut) == len(body)  # EOS ends the turn only if no stop came first
+            new = cut + [eos_id] if eos else cut
+            lps = [float(logp[i, j, t]) for j, t in enumerate(new)]
+            turns.append(Turn(new, lps, tok.decode(cut), eos))
+        return turns
+
+
+class ScriptedPolicy:
+    """Route the task's question verbatim to `choose(task)`, then answer with that reply's
+    final answer. `always(model)` is a boundary policy; `random(models)` the random baseline."""
+
+    def __init__(self, tokenizer: Any, choose: Callable[[Task], str], name: str = "scripted"):
+        self.tokenizer, self.choose, self.name = tokenizer, choose, name
+
+    @classmethod
+    def always(cls, tokenizer: Any, model: str) -> "ScriptedPolicy":
+        return cls(tokenizer, lambda _t: model, name=f"always-{model}")
+
+    @classmethod
+    def random(cls, tokenizer: Any, models: list[str], seed: int = 0) -> "ScriptedPolicy":
+        rng = random.Random(seed)
+        return cls(tokenizer, lambda _t: rng.choice(models), name="random")
+
+    def _text(self, s: EpisodeState) -> str:
+        if not s.policy_turns:
+            m = self.choose(s.task)
+            s.info["_scripted_model"] = m
+            return f'<think>Route to {m}.</think><route model="{m}">{s.task.question}</route>'
+        body = s.last_obs.split("]\n", 1)[-1] if "error:" not in s.last_obs else ""
+        ans = extract_final_answer(body.replace("</information>", "")) if body else "unknown"
+        return f"<think>Adopt the reply's final answer.</think><answer>{ans}</answer>"
+
+    def act(self, states: list[EpisodeState]) -> list[Turn]:
+        out = []
+        for s in states:
+            text = self._text(s)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            out.append(Turn(ids, [0.0] * len(ids), text, False))
+        return out

@@ -1,0 +1,131 @@
+"""The pool interface: what every multi-LLM pool looks like to environments.
+
+A pool is a set of callable models, each described by a `ModelCard` (what the router is
+shown: price, latency, context, strengths, example scores) and answered through one
+coroutine, `complete`. Pools never raise on a failed call: they return a `Completion`
+with `error` set, because a flaky endpoint must become an observation the router sees,
+not a crashed episode.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Descriptor of one pool model. Prices are USD per 1M tokens."""
+
+    name: str
+    price_in: float
+    price_out: float
+    latency_ms: float = 0.0
+    context: int = 8192
+    strengths: str = ""
+    example_scores: dict[str, float] = field(default_factory=dict)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
+
+
+@dataclass
+class Completion:
+    """One pool call's result. `cost` is USD and is 0 for failed calls (nothing billed)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    latency_s: float = 0.0
+    error: str | None = None
+    model: str = ""
+    retries: int = 0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def approx_tokens(text: str) -> int:
+    """The fixed chars/4 token rule used for pricing wherever a pool has no real usage.
+
+    Why a fixed rule: recorded data carries no token counts, and pricing must not depend on
+    which router tokenizer is being trained, or costs would change between recipes.
+    """
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def messages_tokens(messages: list[Message]) -> int:
+    """chars/4 over all message contents plus 4 tokens of chat overhead per message."""
+    return sum(approx_tokens(m.get("content", "")) + 4 for m in messages)
+
+
+def last_user_text(messages: list[Message]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return m.get("content", "")
+    return messages[-1].get("content", "") if messages else ""
+
+
+class Pool(ABC):
+    """Abstract multi-LLM pool.
+
+    `context` carries what the environment knows about the current task (task_id, gold,
+    topic). Live pools ignore it; recorded and simulated pools use it to resolve a router's
+    free-form sub-query to the task whose answers they hold.
+    """
+
+    cards: list[ModelCard]
+
+    @property
+    def models(self) -> list[ModelCard]:
+        return list(self.cards)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [c.name for c in self.cards]
+
+    def card(self, name: str) -> ModelCard:
+        for c in self.cards:
+            if c.name == name:
+                return c
+        raise KeyError(f"unknown model {name!r}; the pool has {self.model_names}")
+
+    def has_model(self, name: str) -> bool:
+        return any(c.name == name for c in self.cards)
+
+    @abstractmethod
+    async def complete(
+        self, model: str, messages: list[Message], *, context: dict[str, Any] | None = None, **sampling: Any
+    ) -> Completion: ...
+
+    def estimate_cost(
+        self, model: str, messages: list[Message], *, max_tokens: int, context: dict[str, Any] | None = None
+    ) -> float:
+        """Upper bound of a call's cost, used to refuse calls that would break a hard budget.
+
+        Default: prompt by the chars/4 rule plus `max_tokens` of output. Pools that know the
+        answer in advance (recorded, simulated) override it with the exact cost.
+        """
+        return self.card(model).cost(messages_tokens(messages), max_tokens)
+
+    def cheapest(self) -> ModelCard:
+        return min(self.cards, key=lambda c: (c.price_in + c.price_out, c.name))
+
+    def strongest(self) -> ModelCard:
+        """The model with the best mean example score (ties: the most expensive)."""
+
+        def key(c: ModelCard) -> tuple[float, float]:
+            s = list(c.example_scores.values())
+            return (sum(s) / len(s) if s else 0.0, c.price_in + c.price_out)
+
+        return max(self.cards, key=key)
+
+    async def aclose(self) -> None:
+        """Release network clients or model memory; default: nothing to do."""

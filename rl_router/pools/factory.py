@@ -1,0 +1,126 @@
+"""Build a pool from a YAML/dict section (`pool: {type: recorded, ...}`), validating every field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, check_keys, typed
+from .base import ModelCard, Pool
+from .hf_local import HFLocalPool, LocalModel
+from .openai_pool import Endpoint, OpenAIPool, RetryPolicy
+from .recorded import ROUTELLM_MODELS, RecordedPool
+from .simulated import SimModel, SimulatedPool
+
+POOL_TYPES = ("recorded", "simulated", "openai", "hf_local")
+CARD_KEYS = {"price_in", "price_out", "latency_ms", "context", "strengths", "example_scores"}
+
+
+def _card(name: str, spec: dict[str, Any], path: str) -> ModelCard:
+    return ModelCard(
+        name=name,
+        price_in=typed(spec, "price_in", float, path, minimum=0),
+        price_out=typed(spec, "price_out", float, path, minimum=0),
+        latency_ms=typed(spec, "latency_ms", float, path, 0.0, minimum=0),
+        context=typed(spec, "context", int, path, 8192, minimum=1),
+        strengths=typed(spec, "strengths", str, path, ""),
+        example_scores=dict(typed(spec, "example_scores", dict, path, {})),
+    )
+
+
+def _models(section: dict[str, Any], path: str, required: bool = True) -> dict[str, dict[str, Any]]:
+    models = section.get("models")
+    if models is None:
+        if required:
+            raise ConfigError(f"{path}.models", "is required", "map each model name to its settings (price_in, price_out, ...)")
+        return {}
+    if not isinstance(models, dict) or not models:
+        raise ConfigError(f"{path}.models", "must be a non-empty mapping of model name -> settings")
+    for name, spec in models.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}.models.{name}", f"expected a mapping, got {type(spec).__name__}")
+        if "api_key" in spec:
+            raise ConfigError(f"{path}.models.{name}.api_key", "API keys must not be written in a recipe", "export the key in an environment variable and set api_key_env: VAR_NAME")
+    return models
+
+
+def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
+    if not isinstance(section, dict):
+        raise ConfigError(path, f"expected a mapping, got {type(section).__name__}")
+    kind = section.get("type")
+    if kind not in POOL_TYPES:
+        raise ConfigError(f"{path}.type", f"unknown pool type {kind!r}", f"use one of {list(POOL_TYPES)}")
+
+    if kind == "recorded":
+        check_keys(section, {"type", "datasets", "files", "models", "latency_scale"}, path)
+        models = _models(section, path, required=False) or ROUTELLM_MODELS
+        for name, spec in models.items():
+            check_keys(spec, CARD_KEYS | {"column"}, f"{path}.models.{name}")
+            _card(name, spec, f"{path}.models.{name}")
+        latency_scale = typed(section, "latency_scale", float, path, 0.0, minimum=0)
+        files = typed(section, "files", list, path, [])
+        datasets = typed(section, "datasets", list, path, [] if files else ["gsm8k"])
+        for d in datasets:
+            if d not in ("gsm8k", "mmlu"):
+                raise ConfigError(f"{path}.datasets", f"unknown packaged dataset {d!r}", "use gsm8k and/or mmlu, or give your own recordings in pool.files")
+        for f in files:
+            if not Path(f).exists():
+                raise ConfigError(f"{path}.files", f"{f} does not exist", "give paths to RouteLLM-style CSV or JSONL(.gz) recordings")
+        from .recorded import packaged_data_path
+
+        paths = [packaged_data_path(d) for d in datasets] + [Path(f) for f in files]
+        return RecordedPool.from_files(paths, models, latency_scale=latency_scale)
+
+    if kind == "simulated":
+        check_keys(section, {"type", "models", "seed", "latency_scale"}, path)
+        sims = []
+        for name, spec in _models(section, path).items():
+            p = f"{path}.models.{name}"
+            check_keys(spec, {"price_in", "price_out", "latency_ms", "skills", "default_skill", "answer_tokens", "strengths"}, p)
+            sims.append(
+                SimModel(
+                    name=name,
+                    price_in=typed(spec, "price_in", float, p, minimum=0),
+                    price_out=typed(spec, "price_out", float, p, minimum=0),
+                    latency_ms=typed(spec, "latency_ms", float, p, 0.0, minimum=0),
+                    skills={str(k): float(v) for k, v in typed(spec, "skills", dict, p, {}).items()},
+                    default_skill=typed(spec, "default_skill", float, p, 0.5, minimum=0),
+                    answer_tokens=typed(spec, "answer_tokens", int, p, 40, minimum=1),
+                    strengths=typed(spec, "strengths", str, p, ""),
+                )
+            )
+        return SimulatedPool(sims, seed=typed(section, "seed", int, path, 0), latency_scale=typed(section, "latency_scale", float, path, 1.0, minimum=0))
+
+    if kind == "openai":
+        check_keys(section, {"type", "models", "timeout_s", "max_concurrency", "max_retries", "backoff_base_s", "backoff_max_s", "cache_dir", "forward_context"}, path)
+        eps = []
+        for name, spec in _models(section, path).items():
+            p = f"{path}.models.{name}"
+            check_keys(spec, CARD_KEYS | {"base_url", "model_id", "api_key_env"}, p)
+            base_url = typed(spec, "base_url", str, p)
+            if not base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"{p}.base_url", f"not an http(s) URL: {base_url!r}", "e.g. http://127.0.0.1:8000/v1")
+            eps.append(Endpoint(_card(name, spec, p), base_url, typed(spec, "model_id", str, p, name), typed(spec, "api_key_env", str, p, None)))
+        retry = RetryPolicy(
+            max_retries=typed(section, "max_retries", int, path, 4, minimum=0),
+            backoff_base_s=typed(section, "backoff_base_s", float, path, 0.5, minimum=0),
+            backoff_max_s=typed(section, "backoff_max_s", float, path, 20.0, minimum=0),
+        )
+        return OpenAIPool(
+            eps,
+            timeout_s=typed(section, "timeout_s", float, path, 60.0, minimum=0.001),
+            max_concurrency=typed(section, "max_concurrency", int, path, 16, minimum=1),
+            retry=retry,
+            cache_dir=typed(section, "cache_dir", str, path, None),
+            forward_context=typed(section, "forward_context", bool, path, False),
+        )
+
+    # hf_local
+    check_keys(section, {"type", "models", "default_max_tokens"}, path)
+    members = []
+    for name, spec in _models(section, path).items():
+        p = f"{path}.models.{name}"
+        check_keys(spec, CARD_KEYS | {"path", "tokenizer", "device", "dtype"}, p)
+        spec = {"price_in": 0.0, "price_out": 0.0, **spec}
+        members.append(LocalModel(_card(name, spec, p), typed(spec, "path", str, p), typed(spec, "tokenizer", str, p, None), typed(spec, "device", str, p, "cpu"), typed(spec, "dtype", str, p, None)))
+    return HFLocalPool(members, default_max_tokens=typed(section, "default_max_tokens", int, path, 128, minimum=1))

@@ -1,0 +1,216 @@
+"""OpenAIPool: any OpenAI-compatible chat endpoint (vLLM, SGLang, LiteLLM proxy, hosted APIs).
+
+Design points, each because a long paid run must survive a flaky endpoint:
+- one shared `httpx.AsyncClient` (connection pooling) and a concurrency limit per base_url;
+- retries with exponential backoff and full jitter on timeouts, transport errors, 408/409/
+  425/429 and 5xx, honouring `Retry-After`; a malformed 200 body is retried too;
+- after the last try the call returns a `Completion` with `error` set and zero cost (nothing
+  billed), which the environment turns into an observation;
+- API keys are read from the environment variable *named* in the config at request time;
+  the key never enters the config, reprs, errors or the cache;
+- cost is computed from the returned `usage` and the card's prices (chars/4 if no usage);
+- an optional on-disk cache keyed by (model, messages, sampling) saves money on re-runs.
+  A cached completion keeps the cost the call would have had, so rewards do not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .base import Completion, Message, ModelCard, Pool, approx_tokens, messages_tokens
+
+RETRY_STATUS = {408, 409, 425, 429}
+
+
+@dataclass
+class Endpoint:
+    """One pool model served behind an OpenAI-compatible API."""
+
+    card: ModelCard
+    base_url: str
+    model_id: str  # the name the server knows the model by
+    api_key_env: str | None = None  # name of the environment variable holding the key
+
+    def headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if key:
+                h["Authorization"] = f"Bearer {key}"
+        return h
+
+    def __repr__(self) -> str:  # never show a key, only the variable's name
+        return f"Endpoint(name={self.card.name!r}, base_url={self.base_url!r}, model_id={self.model_id!r}, api_key_env={self.api_key_env!r})"
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        if retry_after is not None:
+            return min(self.backoff_max_s, max(0.0, retry_after))
+        cap = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
+        return rng.uniform(cap / 2, cap)  # "equal jitter": never zero, never above the cap
+
+
+@dataclass
+class PoolStats:
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+    cache_hits: int = 0
+    by_error: dict[str, int] = field(default_factory=dict)
+
+    def count(self, kind: str) -> None:
+        self.by_error[kind] = self.by_error.get(kind, 0) + 1
+
+
+class OpenAIPool(Pool):
+    def __init__(
+        self,
+        endpoints: list[Endpoint],
+        *,
+        timeout_s: float = 60.0,
+        max_concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        cache_dir: str | Path | None = None,
+        forward_context: bool = False,
+        seed: int | None = None,
+    ):
+        if not endpoints:
+            raise ValueError("pool.models: an openai pool needs at least one model")
+        self.endpoints = {e.card.name: e for e in endpoints}
+        self.cards = [e.card for e in endpoints]
+        self.timeout_s = timeout_s
+        self.max_concurrency = max_concurrency
+        self.retry = retry or RetryPolicy()
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.forward_context = forward_context
+        self.stats = PoolStats()
+        self._rng = random.Random(seed)
+        self._client: httpx.AsyncClient | None = None
+        self._sems: dict[str, asyncio.Semaphore] = {}
+
+    def __repr__(self) -> str:
+        return f"OpenAIPool(models={self.model_names}, timeout_s={self.timeout_s}, max_concurrency={self.max_concurrency})"
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def _get_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=max(8, self.max_concurrency * len(self.endpoints)), max_keepalive_connections=64)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits)
+        return self._client
+
+    def _sem(self, base_url: str) -> asyncio.Semaphore:
+        if base_url not in self._sems:
+            self._sems[base_url] = asyncio.Semaphore(self.max_concurrency)
+        return self._sems[base_url]
+
+    def _cache_path(self, model: str, messages: list[Message], sampling: dict[str, Any]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(json.dumps([model, messages, sampling], sort_keys=True).encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # ---- the call -----------------------------------------------------------------------
+    async def complete(self, model: str, messages: list[Message], *, context: dict[str, Any] | None = None, **sampling: Any) -> Completion:
+        ep = self.endpoints.get(model)
+        if ep is None:
+            return Completion("", error=f"unknown model {model!r}", model=model)
+        cpath = self._cache_path(model, messages, sampling)
+        if cpath is not None and cpath.exists():
+            self.stats.cache_hits += 1
+            d = json.loads(cpath.read_text())
+            return Completion(**d, cached=True)
+
+        payload: dict[str, Any] = {"model": ep.model_id, "messages": messages, **sampling}
+        if self.forward_context and context:
+            payload["rl_router_context"] = context
+        url = ep.base_url.rstrip("/") + "/chat/completions"
+        t0 = time.perf_counter()
+        last_err = "no attempt"
+        async with self._sem(ep.base_url):
+            for attempt in range(self.retry.max_retries + 1):
+                self.stats.requests += 1
+                retry_after: float | None = None
+                try:
+                    resp = await self._get_client().post(url, json=payload, headers=ep.headers())
+                except httpx.TimeoutException:
+                    last_err, retryable = "timeout", True
+                except httpx.TransportError as e:
+                    last_err, retryable = f"transport error ({type(e).__name__})", True
+                else:
+                    if resp.status_code == 200:
+                        comp = self._parse(resp, ep, messages)
+                        if comp is not None:
+                            comp.latency_s = time.perf_counter() - t0
+                            comp.retries = attempt
+                            if cpath is not None:
+                                self._write_cache(cpath, comp)
+                            return comp
+                        last_err, retryable = "malformed response body", True
+                    else:
+                        last_err = f"HTTP {resp.status_code}: {_error_message(resp)}"
+                        retryable = resp.status_code in RETRY_STATUS or resp.status_code >= 500
+                        retry_after = _retry_after(resp)
+                self.stats.count(last_err.split(":")[0])
+                if not retryable or attempt == self.retry.max_retries:
+                    break
+                self.stats.retries += 1
+                await asyncio.sleep(self.retry.delay(attempt, retry_after, self._rng))
+        self.stats.failures += 1
+        return Completion("", error=last_err, model=model, latency_s=time.perf_counter() - t0, retries=attempt)
+
+    def _parse(self, resp: httpx.Response, ep: Endpoint, messages: list[Message]) -> Completion | None:
+        try:
+            body = resp.json()
+            text = body["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+        usage = body.get("usage") or {}
+        p = int(usage.get("prompt_tokens") or messages_tokens(messages))
+        c = int(usage.get("completion_tokens") or approx_tokens(text))
+        return Completion(text, p, c, ep.card.cost(p, c), model=ep.card.name)
+
+    @staticmethod
+    def _write_cache(path: Path, comp: Completion) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        d = {k: getattr(comp, k) for k in ("text", "prompt_tokens", "completion_tokens", "cost", "model")}
+        tmp.write_text(json.dumps(d))
+        os.replace(tmp, path)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    v = resp.headers.get("retry-after")
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json()["error"]["message"])[:200]
+    except Exception:
+        return resp.text[:200].replace("\n", " ")

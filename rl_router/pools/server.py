@@ -1,0 +1,192 @@
+"""A small OpenAI-compatible HTTP server backed by any pool, with fault injection.
+
+Why it exists: to test `OpenAIPool` against a real HTTP server on 127.0.0.1 (no mocks), to
+inject 429 / 5xx / timeouts at chosen rates, and to expose a recorded or simulated pool to
+tools that speak the OpenAI API. Binds 127.0.0.1 by default; an optional bearer token.
+
+Implementation: the stdlib threading HTTP server for requests, one background asyncio
+loop for the pool, so concurrent requests overlap their (simulated) latency.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from ..aio import BackgroundLoop
+from .base import Pool
+
+
+@dataclass
+class FaultConfig:
+    """Fraction of requests answered with each fault (drawn independently per request)."""
+
+    rate_429: float = 0.0
+    rate_5xx: float = 0.0
+    rate_timeout: float = 0.0
+    timeout_delay_s: float = 5.0  # how long a "timeout" request hangs before answering
+    retry_after_s: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0
+    ok: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+
+
+class PoolServer:
+    def __init__(self, pool: Pool, *, host: str = "127.0.0.1", port: int = 0, faults: FaultConfig | None = None, api_key: str | None = None):
+        self.pool = pool
+        self.faults = faults or FaultConfig()
+        self.stats = ServerStats()
+        self._rng = random.Random(self.faults.seed)
+        self._rng_lock = threading.Lock()
+        self._api_key = api_key
+        self._loop = BackgroundLoop("pool-server-aio")
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt: str, *args: Any) -> None:  # quiet; stats hold the counts
+                return
+
+            def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _auth_ok(self) -> bool:
+                if server._api_key is None:
+                    return True
+                if self.headers.get("Authorization") == f"Bearer {server._api_key}":
+                    return True
+                self._send(401, _err("invalid or missing API key", "invalid_request_error", 401))
+                return False
+
+            def do_GET(self) -> None:
+                if not self._auth_ok():
+                    return
+                if self.path.rstrip("/") == "/v1/models":
+                    data = [{"id": c.name, "object": "model", "owned_by": "rl-router"} for c in server.pool.models]
+                    self._send(200, {"object": "list", "data": data})
+                else:
+                    self._send(404, _err(f"no route {self.path}", "invalid_request_error", 404))
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                if not self._auth_ok():
+                    return
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._send(404, _err(f"no route {self.path}", "invalid_request_error", 404))
+                    return
+                server.stats.requests += 1
+                fault = server._draw_fault()
+                if fault == "429":
+                    server._count("429")
+                    self._send(429, _err("rate limited", "rate_limit_error", 429), {"Retry-After": str(server.faults.retry_after_s)})
+                    return
+                if fault == "5xx":
+                    code = server._choice([500, 502, 503])
+                    server._count(str(code))
+                    self._send(code, _err("upstream failure", "server_error", code))
+                    return
+                if fault == "timeout":
+                    server._count("timeout")
+                    time.sleep(server.faults.timeout_delay_s)
+                try:
+                    req = json.loads(raw or b"{}")
+                    model = req["model"]
+                    messages = req["messages"]
+                    if not isinstance(messages, list):
+                        raise TypeError
+                except (ValueError, KeyError, TypeError):
+                    self._send(400, _err("body must be JSON with 'model' and a 'messages' list", "invalid_request_error", 400))
+                    return
+                if not server.pool.has_model(model):
+                    self._send(404, _err(f"model {model!r} not found; available: {server.pool.model_names}", "invalid_request_error", 404))
+                    return
+                sampling = {k: req[k] for k in ("max_tokens", "temperature", "top_p") if k in req}
+                comp = server._loop.run(server.pool.complete(model, messages, context=req.get("rl_router_context"), **sampling))
+                if comp.error:
+                    self._send(502, _err(comp.error, "server_error", 502))
+                    return
+                server.stats.ok += 1
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{server.stats.requests}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": comp.text}, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens, "total_tokens": comp.prompt_tokens + comp.completion_tokens},
+                    },
+                )
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    def _draw_fault(self) -> str | None:
+        f = self.faults
+        with self._rng_lock:
+            u = self._rng.random()
+        if u < f.rate_429:
+            return "429"
+        if u < f.rate_429 + f.rate_5xx:
+            return "5xx"
+        if u < f.rate_429 + f.rate_5xx + f.rate_timeout:
+            return "timeout"
+        return None
+
+    def _choice(self, xs: list[int]) -> int:
+        with self._rng_lock:
+            return self._rng.choice(xs)
+
+    def _count(self, kind: str) -> None:
+        self.stats.faults[kind] = self.stats.faults.get(kind, 0) + 1
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> "PoolServer":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="pool-server")
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._loop.stop()
+
+    def __enter__(self) -> "PoolServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _err(message: str, type_: str, code: int) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code}}

@@ -1,0 +1,90 @@
+"""SimulatedPool: deterministic synthetic models with per-topic skill, price and latency.
+
+For fast tests and benchmarks: whether model M answers task T correctly is a pure function
+of (seed, M, T) and M's skill on T's topic, so runs are reproducible across processes, and
+latency is a real `asyncio.sleep`, so concurrency can be measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..tasks import stable_hash
+from .base import Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens
+
+
+@dataclass
+class SimModel:
+    name: str
+    price_in: float
+    price_out: float
+    latency_ms: float = 0.0
+    skills: dict[str, float] = field(default_factory=dict)  # topic -> P(correct)
+    default_skill: float = 0.5
+    answer_tokens: int = 40
+    strengths: str = ""
+
+    def skill(self, topic: str) -> float:
+        return self.skills.get(topic, self.default_skill)
+
+
+class SimulatedPool(Pool):
+    def __init__(self, models: list[SimModel], *, seed: int = 0, latency_scale: float = 1.0):
+        if not models:
+            raise ValueError("pool.models: a simulated pool needs at least one model")
+        self.sim = {m.name: m for m in models}
+        self.seed = seed
+        self.latency_scale = latency_scale
+        self.cards = [
+            ModelCard(
+                name=m.name,
+                price_in=m.price_in,
+                price_out=m.price_out,
+                latency_ms=m.latency_ms,
+                context=8192,
+                strengths=m.strengths or ", ".join(f"{k}: {v:.0%}" for k, v in m.skills.items()),
+                example_scores={k: round(v, 3) for k, v in m.skills.items()},
+            )
+            for m in models
+        ]
+        self.calls = 0
+
+    def is_correct(self, model: str, task_id: str, topic: str) -> bool:
+        u = int(stable_hash(str(self.seed), model, task_id)[:8], 16) / 0xFFFFFFFF
+        return u < self.sim[model].skill(topic)
+
+    def _answer(self, model: str, messages: list[Message], context: dict[str, Any] | None) -> str:
+        ctx = context or {}
+        tid = ctx.get("task_id") or stable_hash(last_user_text(messages))[:16]
+        gold = ctx.get("gold")
+        if isinstance(gold, list):
+            gold = gold[0] if gold else None
+        if gold is not None and self.is_correct(model, tid, ctx.get("topic", "general")):
+            ans = str(gold)
+        else:
+            ans = "w" + stable_hash(str(self.seed), model, tid)[:6]
+        filler = " ".join(["step"] * max(0, self.sim[model].answer_tokens - 6))
+        return f"{filler} The answer is {ans}.".strip()
+
+    def _usage(self, model: str, messages: list[Message], context: dict[str, Any] | None) -> tuple[str, int, int, float]:
+        text = self._answer(model, messages, context)
+        p, c = messages_tokens(messages), approx_tokens(text)
+        return text, p, c, self.card(model).cost(p, c)
+
+    def estimate_cost(self, model: str, messages: list[Message], *, max_tokens: int, context: dict[str, Any] | None = None) -> float:
+        if not self.has_model(model):
+            return 0.0
+        return self._usage(model, messages, context)[3]
+
+    async def complete(self, model: str, messages: list[Message], *, context: dict[str, Any] | None = None, **sampling: Any) -> Completion:
+        t0 = time.perf_counter()
+        self.calls += 1
+        if model not in self.sim:
+            return Completion("", error=f"unknown model {model!r}", model=model)
+        text, p, c, cost = self._usage(model, messages, context)
+        if self.latency_scale > 0 and self.sim[model].latency_ms > 0:
+            await asyncio.sleep(self.sim[model].latency_ms / 1000.0 * self.latency_scale)
+        return Completion(text, p, c, cost, time.perf_counter() - t0, model=model)

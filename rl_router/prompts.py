@@ -1,0 +1,43 @@
+"""Prompts the router sees: the protocol and the pool's model cards, as data not prose.
+
+Router-R1 says its router conditions on price, latency and example performance; we put all
+three in the system prompt as a table so the router can actually read them.
+"""
+
+from __future__ import annotations
+
+from .pools.base import ModelCard
+from .tasks import Task
+
+PROTOCOL = (
+    "You are a router. Solve the user's task by calling models from the pool; you may call "
+    "several models, several times, within the budget.\n"
+    "Protocol:\n"
+    "1. Think first: <think>...</think>\n"
+    '2. Call a model: <route model="NAME">sub-query</route>; its reply arrives as '
+    "<information>...</information>\n"
+    "3. Finish: <answer>final answer only</answer>"
+)
+
+
+def format_card(c: ModelCard) -> str:
+    scores = ", ".join(f"{k} {v:.0%}" for k, v in sorted(c.example_scores.items())) or "n/a"
+    line = f"- {c.name}: ${c.price_in:g}/${c.price_out:g} per 1M tokens in/out; latency {c.latency_ms:.0f} ms; context {c.context}; example accuracy: {scores}"
+    return line + (f"; {c.strengths}" if c.strengths else "")
+
+
+def system_prompt(cards: list[ModelCard], extra: str = "") -> str:
+    pool = "\n".join(format_card(c) for c in cards)
+    return f"{PROTOCOL}\nPool:\n{pool}" + (f"\n{extra}" if extra else "")
+
+
+def user_prompt(task: Task, budget: float | None) -> str:
+    b = f"\nBudget: ${budget:.4f}" if budget is not None else ""
+    return f"Task: {task.question}{b}"
+
+
+def initial_messages(task: Task, cards: list[ModelCard], budget: float | None, extra: str = "") -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": system_prompt(cards, extra)},
+        {"role": "user", "content": user_prompt(task, budget)},
+    ]

@@ -1,0 +1,218 @@
+"""Recipes: one YAML file with sections `model`, `pool`, `env`, `rollout`, `rewards`, `trainer`, `data`.
+
+`trainer` maps 1:1 onto TRL's `GRPOConfig` fields (validated against the dataclass, so a
+typo fails before any model loads); the other sections are ours. The dataclass defaults ARE
+the quickstart recipe, so `rl-router quickstart` runs with no file at all (the embedded
+defaults), and `recipes/quickstart.yaml` spells the same values out (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envs.router_r1 import RoutingEnvConfig
+from .errors import ConfigError, check_keys, typed
+from .tasks import Task, split_tasks
+
+
+@dataclass
+class ModelSection:
+    name_or_path: str = "tiny"  # a Hub id, a local path, or "tiny" (built offline)
+    hidden_size: int = 64  # tiny only
+    num_layers: int = 2  # tiny only
+    seed: int = 0
+    dtype: str | None = None
+    lora: dict[str, Any] | None = None  # peft LoraConfig fields; null = full fine-tuning
+
+
+@dataclass
+class RolloutSection:
+    max_new_tokens: int = 96  # per policy turn
+    max_completion_tokens: int = 1024  # per episode, policy + inserted tokens
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class DataSection:
+    source: str = "pool"  # "pool": the recorded pool's tasks; "synthetic": generated; or a JSONL path
+    datasets: list[str] = field(default_factory=lambda: ["gsm8k"])  # filter for source=pool
+    heldout_fraction: float = 0.2
+    max_train: int | None = 256
+    max_heldout: int | None = 64
+    seed: int = 0
+    synthetic_n: int = 200
+    synthetic_topics: list[str] = field(default_factory=lambda: ["easy", "hard"])
+
+
+def _default_pool() -> dict[str, Any]:
+    return {"type": "recorded", "datasets": ["gsm8k"]}
+
+
+def _default_env() -> dict[str, Any]:
+    return {"name": "router_r1", "max_turns": 3, "budget": 0.01, "max_obs_tokens": 192}
+
+
+def _default_rewards() -> list[dict[str, Any]]:
+    return [{"name": "router_r1", "alpha": 0.3, "cost_mode": "linear", "cost_scale": 0.01}]
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    pool: dict[str, Any] = field(default_factory=_default_pool)
+    env: dict[str, Any] = field(default_factory=_default_env)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    rewards: list[dict[str, Any]] = field(default_factory=_default_rewards)
+    trainer: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields
+    data: DataSection = field(default_factory=DataSection)
+    output_dir: str = "outputs/quickstart"
+
+    # ---- building ---------------------------------------------------------------------------
+    def env_config(self) -> RoutingEnvConfig:
+        kw = {k: v for k, v in self.env.items() if k != "name"}
+        return RoutingEnvConfig(**kw)
+
+    def build_pool(self) -> Any:
+        from .pools import build_pool
+
+        return build_pool(self.pool)
+
+    def tasks(self, pool: Any) -> tuple[list[Task], list[Task]]:
+        """(train, held-out) tasks for this recipe."""
+        d = self.data
+        if d.source == "pool":
+            if not hasattr(pool, "tasks"):
+                raise ConfigError("data.source", f"a {self.pool.get('type')} pool holds no tasks", "use source: synthetic or a JSONL path")
+            tasks = [t for ds in d.datasets for t in pool.tasks(ds)]
+            if not tasks:
+                raise ConfigError("data.datasets", f"no tasks for {d.datasets} in the pool")
+        elif d.source == "synthetic":
+            tasks = synthetic_tasks(d.synthetic_n, d.synthetic_topics, d.seed)
+        else:
+            tasks = load_task_file(d.source)
+        train, held = split_tasks(tasks, d.heldout_fraction, d.seed)
+        return train[: d.max_train] if d.max_train else train, held[: d.max_heldout] if d.max_heldout else held
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:
+    """Opaque-answer tasks for simulated pools: the pool decides who solves what by topic skill."""
+    from .tasks import stable_hash
+
+    return [
+        Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold="c" + stable_hash(str(seed), str(i))[:6], answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
+        for i in range(n)
+    ]
+
+
+def load_task_file(path: str) -> list[Task]:
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError("data.source", f"{path} does not exist", "use 'pool', 'synthetic' or a JSONL file with question/gold/answer_type rows")
+    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    for i, r in enumerate(rows):
+        if "question" not in r:
+            raise ConfigError("data.source", f"{path} line {i + 1} has no 'question'")
+    return [Task.from_row(r) for r in rows]
+
+
+# ---- loading and validation ---------------------------------------------------------------
+SECTIONS = {"model", "pool", "env", "rollout", "rewards", "trainer", "data", "output_dir"}
+
+
+def _section(cls: type, raw: Any, path: str) -> Any:
+    if raw is None:
+        return cls()
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    check_keys(raw, allowed, path)
+    defaults = cls()
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            dv = getattr(defaults, f.name)
+            kind: Any = type(dv) if dv is not None else object
+            if kind is object or raw[f.name] is None:
+                kw[f.name] = raw[f.name]
+            else:
+                kw[f.name] = typed(raw, f.name, (kind,) if kind is not float else (float,), path)
+    return dataclasses.replace(defaults, **kw)
+
+
+def validate_trainer(trainer: dict[str, Any], path: str = "trainer") -> None:
+    """Every key must be a field of TRL's GRPOConfig (the 1:1 mapping)."""
+    if not trainer:
+        return
+    from trl import GRPOConfig
+
+    check_keys(trainer, {f.name for f in dataclasses.fields(GRPOConfig)}, path)
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    if not isinstance(raw, dict):
+        raise ConfigError("recipe", f"expected a mapping at the top level, got {type(raw).__name__}")
+    check_keys(raw, SECTIONS, "recipe")
+    env = {**_default_env(), **(raw.get("env") or {})}
+    check_keys(env, {"name"} | {f.name for f in dataclasses.fields(RoutingEnvConfig)}, "env")
+    pool = raw.get("pool") or _default_pool()
+    rewards = raw.get("rewards") if raw.get("rewards") is not None else _default_rewards()
+    if not isinstance(rewards, list):
+        raise ConfigError("rewards", "must be a list of {name: ..., weight: ...}")
+    trainer = raw.get("trainer") or {}
+    validate_trainer(trainer)
+    r = Recipe(
+        model=_section(ModelSection, raw.get("model"), "model"),
+        pool=pool,
+        env=env,
+        rollout=_section(RolloutSection, raw.get("rollout"), "rollout"),
+        rewards=rewards,
+        trainer=trainer,
+        data=_section(DataSection, raw.get("data"), "data"),
+        output_dir=str(raw.get("output_dir", "outputs/quickstart")),
+    )
+    r.env_config()  # validates env fields
+    from .rewards import build_rewards
+
+    build_rewards(r.rewards)  # validates reward specs
+    return r
+
+
+def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """`--set a.b=value` overrides; values are parsed as YAML (numbers, lists, null...)."""
+    raw = copy.deepcopy(raw)
+    for s in sets:
+        if "=" not in s:
+            raise ConfigError("--set", f"{s!r} is not key=value", "e.g. --set env.budget=0.02")
+        key, val = s.split("=", 1)
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}", f"{p} is not a section")
+        node[parts[-1]] = yaml.safe_load(val)
+    return raw
+
+
+def load_recipe(path: str | Path | None = None, sets: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe file (None: the embedded quickstart defaults)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError("recipe", f"{p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError("recipe", f"{p} is not valid YAML: {e}") from e
+    return recipe_from_dict(apply_overrides(raw, sets or []))

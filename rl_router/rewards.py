@@ -1,0 +1,235 @@
+"""Composable reward functions with TRL's signature.
+
+Every function here is `f(prompts, completions, completion_ids, **kwargs) -> list[float]`,
+so it can be passed to `GRPOTrainer(reward_funcs=[...])` as is. Inputs come from two
+places: dataset columns (`gold`, `answer_type`) and the rollout engine's episode fields
+(`policy_turns`, `answer`, `cost`, `over_budget`, `split`, ...), which TRL forwards as
+kwargs. Each function falls back to parsing the completion text when a field is absent,
+so they also work on plain single-turn completions.
+
+Router-R1's reward (Zhang et al., 2025, arXiv:2506.09033):
+    r = R_format + (1 - alpha) * R_outcome + alpha * R_cost
+with hierarchical gating: a format failure gives -1 and nothing else; the cost credit is
+paid only when the outcome is correct (a cheap wrong answer earns nothing for being
+cheap). R_cost here is 1 - normalised cost, in [0, 1], normalised against a running
+percentile window of observed costs (kept separately for train and eval so evaluation
+does not shift the training scale), or linearly against a fixed cost scale.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from typing import Any, Callable, Sequence
+
+from .answers import score_answer, token_f1
+from .protocol import ANSWER_RE, check_format, split_policy_turns
+
+RewardFunc = Callable[..., list[float]]
+
+
+def completion_text(c: Any) -> str:
+    """TRL passes strings, or lists of chat messages for conversational prompts."""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):
+        return "".join(m.get("content", "") for m in c if isinstance(m, dict))
+    return str(c)
+
+
+def _col(kwargs: dict[str, Any], key: str, n: int, default: Any = None) -> list[Any]:
+    v = kwargs.get(key)
+    return list(v) if v is not None else [default] * n
+
+
+def _answers(completions: Sequence[Any], kwargs: dict[str, Any]) -> list[str | None]:
+    given = kwargs.get("answer")
+    if given is not None:
+        return list(given)
+    out: list[str | None] = []
+    for c in completions:
+        m = ANSWER_RE.findall(completion_text(c))
+        out.append(m[-1].strip() if m else None)
+    return out
+
+
+def _turns(completions: Sequence[Any], kwargs: dict[str, Any]) -> list[list[str]]:
+    turns = kwargs.get("policy_turns")
+    if turns is not None:
+        return [list(t) for t in turns]
+    return [split_policy_turns(completion_text(c)) for c in completions]
+
+
+# ---- format -------------------------------------------------------------------------------
+def format_reward(prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+    """1.0 if the trajectory is well formed (each turn: <think> then one action; exactly one
+    <answer>, at the end; tags balanced, not nested; no router-written <information>), else 0."""
+    return [0.0 if check_format(t) else 1.0 for t in _turns(completions, kwargs)]
+
+
+# ---- outcome ------------------------------------------------------------------------------
+def _golds(kwargs: dict[str, Any], n: int) -> list[Any]:
+    g = kwargs.get("gold")
+    if g is None:
+        raise KeyError("outcome rewards need a 'gold' column in the dataset (accepted answers per task)")
+    return list(g)
+
+
+def accuracy_reward(prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+    """1.0 if the final answer is right by the task's `answer_type` (number / code / text EM)."""
+    answers, golds = _answers(completions, kwargs), _golds(kwargs, len(completions))
+    types = _col(kwargs, "answer_type", len(answers), "text")
+    return [score_answer(a, g, t) for a, g, t in zip(answers, golds, types)]
+
+
+def exact_match_reward(prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+    """SQuAD exact match of the final answer against any accepted answer."""
+    answers, golds = _answers(completions, kwargs), _golds(kwargs, len(completions))
+    return [score_answer(a, g, "text") for a, g in zip(answers, golds)]
+
+
+def f1_reward(prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+    """SQuAD token F1 of the final answer (best over accepted answers); 0 without an answer."""
+    answers, golds = _answers(completions, kwargs), _golds(kwargs, len(completions))
+    return [0.0 if a is None or g is None else token_f1(a, g) for a, g in zip(answers, golds)]
+
+
+# ---- cost ---------------------------------------------------------------------------------
+class PercentileCostNormalizer:
+    """Router-R1-style cost normalisation: position of a cost between the low and high
+    percentiles of a running window of costs seen so far, clipped to [0, 1]."""
+
+    def __init__(self, window: int = 4096, low_pct: float = 5.0, high_pct: float = 95.0):
+        self.window, self.low_pct, self.high_pct = window, low_pct, high_pct
+        self._fifo: deque[float] = deque()
+        self._sorted: list[float] = []
+
+    def update(self, costs: Sequence[float]) -> None:
+        for c in costs:
+            self._fifo.append(float(c))
+            bisect.insort(self._sorted, float(c))
+            if len(self._fifo) > self.window:
+                old = self._fifo.popleft()
+                del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+    def _pct(self, q: float) -> float:
+        s = self._sorted
+        if not s:
+            return 0.0
+        k = (len(s) - 1) * q / 100.0
+        lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+    def normalize(self, c: float) -> float:
+        lo, hi = self._pct(self.low_pct), self._pct(self.high_pct)
+        if hi - lo <= 1e-15:
+            return 0.0 if c <= lo else 1.0
+        return min(1.0, max(0.0, (c - lo) / (hi - lo)))
+
+
+class CostReward:
+    """R_cost = 1 - normalised cost, in [0, 1] (cheaper is better).
+
+    mode "percentile": Router-R1's running-percentile normalisation, with separate state per
+    split (the rollout's `split` field: "train" / "eval"); mode "linear": cost / `scale`
+    clipped to [0, 1] (`scale` = the cost that earns 0, e.g. the task budget).
+    """
+
+    __name__ = "cost_reward"
+
+    def __init__(self, mode: str = "percentile", scale: float | None = None, window: int = 4096):
+        if mode not in ("percentile", "linear"):
+            raise ValueError(f"rewards.cost.mode: unknown {mode!r}; use 'percentile' or 'linear'")
+        if mode == "linear" and not scale:
+            raise ValueError("rewards.cost.scale: linear cost normalisation needs a positive scale (USD that earns 0)")
+        self.mode, self.scale, self.window = mode, scale, window
+        self.state: dict[str, PercentileCostNormalizer] = {}
+
+    def normalizer(self, split: str) -> PercentileCostNormalizer:
+        if split not in self.state:
+            self.state[split] = PercentileCostNormalizer(self.window)
+        return self.state[split]
+
+    def __call__(self, prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+        costs = [float(c or 0.0) for c in _col(kwargs, "cost", len(completions), 0.0)]
+        if self.mode == "linear":
+            return [1.0 - min(1.0, max(0.0, c / float(self.scale))) for c in costs]
+        split = (kwargs.get("split") or ["train"])[0]
+        norm = self.normalizer(split)
+        norm.update(costs)  # the batch itself is part of the window, so the first batch is scaled too
+        return [1.0 - norm.normalize(c) for c in costs]
+
+
+def budget_penalty(prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+    """-1 for an episode that tried to spend beyond its budget (a refused route) or whose
+    cost exceeds its budget; 0 otherwise."""
+    n = len(completions) or len(kwargs.get("cost") or [])
+    over = _col(kwargs, "over_budget", n, 0)
+    costs = _col(kwargs, "cost", n, 0.0)
+    budgets = _col(kwargs, "budget", n, None)
+    return [-1.0 if (o or 0) > 0 or (b is not None and (c or 0.0) > b + 1e-12) else 0.0 for o, c, b in zip(over, costs, budgets)]
+
+
+# ---- combinations -------------------------------------------------------------------------
+class RouterR1Reward:
+    """Router-R1's gated reward: -1 on format failure; else (1-alpha)*outcome + alpha*R_cost,
+    with R_cost counted only when the outcome is correct (outcome > 0).
+
+    `outcome` is one of the outcome functions above (accuracy by default: EM for text, value
+    match for numbers). Pass a `CostReward` to choose the normalisation.
+    """
+
+    __name__ = "router_r1_reward"
+
+    def __init__(self, alpha: float = 0.2, outcome: RewardFunc = accuracy_reward, cost: CostReward | None = None):
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"rewards.alpha must be in [0, 1], got {alpha}")
+        self.alpha, self.outcome, self.cost = alpha, outcome, cost or CostReward()
+
+    def __call__(self, prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+        fmt = format_reward(prompts, completions, completion_ids, **kwargs)
+        out = self.outcome(prompts, completions, completion_ids, **kwargs)
+        cst = self.cost(prompts, completions, completion_ids, **kwargs)
+        return [
+            -1.0 if f < 1.0 else (1.0 - self.alpha) * o + (self.alpha * c if o > 0 else 0.0)
+            for f, o, c in zip(fmt, out, cst)
+        ]
+
+
+REWARDS: dict[str, Callable[..., Any]] = {
+    "format": lambda **_: format_reward,
+    "accuracy": lambda **_: accuracy_reward,
+    "exact_match": lambda **_: exact_match_reward,
+    "f1": lambda **_: f1_reward,
+    "cost": lambda **kw: CostReward(**kw),
+    "budget_penalty": lambda **_: budget_penalty,
+    "router_r1": lambda **kw: RouterR1Reward(
+        alpha=kw.get("alpha", 0.2),
+        outcome={"accuracy": accuracy_reward, "exact_match": exact_match_reward, "f1": f1_reward}[kw.get("outcome", "accuracy")],
+        cost=CostReward(kw.get("cost_mode", "percentile"), kw.get("cost_scale")),
+    ),
+}
+
+
+def build_rewards(specs: list[dict[str, Any]], path: str = "rewards") -> tuple[list[RewardFunc], list[float]]:
+    """From a recipe's `rewards:` list (`- {name: router_r1, weight: 1.0, alpha: 0.2}`) to
+    TRL's `reward_funcs` and `reward_weights`."""
+    from .errors import ConfigError
+
+    funcs, weights = [], []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"{path}[{i}]", "each reward needs a 'name'", f"use one of {sorted(REWARDS)}")
+        name = spec["name"]
+        if name not in REWARDS:
+            raise ConfigError(f"{path}[{i}].name", f"unknown reward {name!r}", f"use one of {sorted(REWARDS)}")
+        kw = {k: v for k, v in spec.items() if k not in ("name", "weight")}
+        try:
+            f = REWARDS[name](**kw)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ConfigError(f"{path}[{i}]", str(e)) from e
+        if not hasattr(f, "__name__"):
+            f.__name__ = name  # type: ignore[attr-defined]
+        funcs.append(f)
+        weights.append(float(spec.get("weight", 1.0)))
+    return funcs, weights

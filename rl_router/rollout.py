@@ -1,0 +1,152 @@
+"""The rollout engine: batches of multi-turn episodes in lock-step turns.
+
+Each turn: one batched policy call for every active episode (so every rank makes the same
+number of generate calls, which ZeRO-3 needs), then all environment steps of the turn run
+concurrently on the shared event loop (so 64 episodes x 3 routes at 200 ms take about
+3 x 200 ms of pool time, not 64 x 3 x 200 ms).
+
+Token layout per episode, exactly what TRL 1.16's `GRPOTrainer(rollout_func=...)` takes:
+`prompt_ids` (chat template + generation prompt), `completion_ids` = policy tokens and
+environment-inserted `<information>` tokens interleaved, ending in EOS when the router
+answered, `env_mask` (1 = policy token, 0 = inserted; TRL zeroes the loss on 0s) and
+`logprobs` (sampling log-probs of policy tokens; 0.0 on inserted tokens and on the EOS the
+engine appends after `</answer>`, which no sampler produced). Extra keys become reward
+kwargs in TRL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .aio import gather_sync
+from .env import TextEnv
+from .policies import EpisodeState, Policy
+from .tasks import Task
+
+EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "format_errors", "pool_errors", "calls", "done_reason")
+
+
+@dataclass
+class RolloutStats:
+    turns: int = 0
+    generate_s: float = 0.0
+    env_s: float = 0.0
+    episodes: int = 0
+
+
+class RolloutEngine:
+    def __init__(self, env_factory: Callable[[], TextEnv], tokenizer: Any, *, max_completion_tokens: int = 2048, max_turns: int | None = None):
+        self.env_factory = env_factory
+        self.tokenizer = tokenizer
+        self.max_completion_tokens = max_completion_tokens
+        self.max_turns = max_turns  # safety stop; the env's own max_turns normally ends episodes first
+        self.stats = RolloutStats()
+
+    def _start(self, task: Task, seed: int | None) -> EpisodeState:
+        env = self.env_factory()
+        obs, info = env.reset(task, seed=seed)
+        prompt_ids = self.tokenizer.apply_chat_template(env.messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
+            prompt_ids = prompt_ids["input_ids"]
+        return EpisodeState(task=task, env=env, prompt_ids=list(prompt_ids), last_obs=obs, info=info)
+
+    def run(self, tasks: list[Task], policy: Policy, *, seed: int | None = None) -> list[dict[str, Any]]:
+        """Run one episode per task (repeat tasks for groups) and return episode dicts."""
+        states = [self._start(t, seed) for t in tasks]
+        eos = self.tokenizer.eos_token_id
+        n_turns = 0
+        while True:
+            active = [s for s in states if not s.done]
+            if not active:
+                break
+            n_turns += 1
+            t0 = time.perf_counter()
+            turns = policy.act(active)
+            t1 = time.perf_counter()
+            self.stats.generate_s += t1 - t0
+            for s, turn in zip(active, turns):
+                s.completion_ids += turn.ids
+                s.env_mask += [1] * len(turn.ids)
+                s.logprobs += list(turn.logprobs) if turn.logprobs else [0.0] * len(turn.ids)
+                s.policy_turns.append(turn.text)
+            results = gather_sync([s.env.astep(turn.text) for s, turn in zip(active, turns)])
+            self.stats.env_s += time.perf_counter() - t1
+            for s, turn, (obs, _r, terminated, truncated, info) in zip(active, turns, results):
+                s.info = info
+                if terminated:
+                    s.done, s.terminated, s.done_reason = True, True, info.get("done_reason") or "answer"
+                    if not turn.eos:  # close the answer with EOS, as the chat template would
+                        s.completion_ids.append(eos)
+                        s.env_mask.append(1)
+                        s.logprobs.append(0.0)
+                    continue
+                if turn.eos:  # the router stopped talking without answering
+                    s.done, s.truncated, s.done_reason = True, True, "eos_without_answer"
+                    continue
+                obs_ids = self.tokenizer.encode(obs, add_special_tokens=False) if obs else []
+                s.completion_ids += obs_ids
+                s.env_mask += [0] * len(obs_ids)
+                s.logprobs += [0.0] * len(obs_ids)
+                s.observations.append(obs)
+                s.last_obs = obs
+                if truncated:
+                    s.done, s.truncated, s.done_reason = True, True, info.get("done_reason") or "truncated"
+                elif len(s.completion_ids) >= self.max_completion_tokens or (self.max_turns and n_turns >= self.max_turns):
+                    s.done, s.truncated, s.done_reason = True, True, "max_completion_tokens"
+            self.stats.turns += 1
+        self.stats.episodes += len(states)
+        return [self._episode(s) for s in states]
+
+    def _episode(self, s: EpisodeState) -> dict[str, Any]:
+        n = self.max_completion_tokens
+        ep: dict[str, Any] = {
+            "prompt_ids": s.prompt_ids,
+            "completion_ids": s.completion_ids[:n],
+            "env_mask": s.env_mask[:n],
+            "logprobs": s.logprobs[:n],
+            "policy_turns": s.policy_turns,
+            "observations": s.observations,
+            "terminated": s.terminated,
+            "truncated": s.truncated,
+            "trace": s.info.get("trace", []),
+            "budget": s.info.get("budget"),
+        }
+        for k in EPISODE_FIELDS:
+            ep[k] = s.info.get(k)
+        if s.done_reason:
+            ep["done_reason"] = s.done_reason
+        return ep
+
+
+def episodes_to_batch(episodes: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Columns from episode dicts: the dict-of-lists shape a TRL rollout_func returns."""
+    keys = episodes[0].keys() if episodes else []
+    return {k: [e[k] for e in episodes] for k in keys}
+
+
+def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: Callable[[Any], Policy]) -> Callable[[list[Any], Any], dict[str, list[Any]]]:
+    """A TRL 1.16 `rollout_func(prompts, trainer)`.
+
+    TRL hands the per-process prompts already repeated `num_generations` times (contiguous
+    groups) and expects one episode per entry. Prompts are task questions (a dataset's
+    `prompt` column); they are mapped back to tasks here. `policy_factory(trainer)` builds
+    the policy that generates with the trainer's current weights.
+    """
+    by_question = {t.question: t for t in tasks}
+
+    def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
+        chosen = []
+        for p in prompts:
+            q = p if isinstance(p, str) else p[-1]["content"]
+            if q not in by_question:
+                raise KeyError(f"rollout_func: prompt not found among the recipe's tasks: {q[:80]!r}")
+            chosen.append(by_question[q])
+        episodes = engine.run(chosen, policy_factory(trainer))
+        batch = episodes_to_batch(episodes)
+        mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
+        batch["split"] = [mode] * len(episodes)
+        return batch
+
+    return rollout_func
