@@ -24,7 +24,7 @@ class AnyText(spaces.Text):
 
 
 class GymRoutingEnv(gym.Env):
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, env: TextEnv, tasks: list[Task], *, max_length: int = 100_000, render_mode: str | None = None):
         if not tasks:

@@ -136,12 +136,12 @@ class ScriptedPolicy:
     """Route the task's question verbatim to `choose(task)`, then answer with that reply's
     final answer. `always(model)` is a boundary policy; `random(models)` the random baseline."""
 
-    def __init__(self, tokenizer: Any, choose: Callable[[Task], str], name: str = "scripted"):
-        self.tokenizer, self.choose, self.name = tokenizer, choose, name
+    def __init__(self, tokenizer: Any, choose: Callable[[Task], str], name: str = "scripted", *, routes: int = 1):
+        self.tokenizer, self.choose, self.name, self.routes = tokenizer, choose, name, routes
 
     @classmethod
-    def always(cls, tokenizer: Any, model: str) -> "ScriptedPolicy":
-        return cls(tokenizer, lambda _t: model, name=f"always-{model}")
+    def always(cls, tokenizer: Any, model: str, *, routes: int = 1) -> "ScriptedPolicy":
+        return cls(tokenizer, lambda _t: model, name=f"always-{model}", routes=routes)
 
     @classmethod
     def random(cls, tokenizer: Any, models: list[str], seed: int = 0) -> "ScriptedPolicy":
@@ -149,9 +149,8 @@ class ScriptedPolicy:
         return cls(tokenizer, lambda _t: rng.choice(models), name="random")
 
     def _text(self, s: EpisodeState) -> str:
-        if not s.policy_turns:
+        if len(s.policy_turns) < self.routes:
             m = self.choose(s.task)
-            s.info["_scripted_model"] = m
             return f'<think>Route to {m}.</think><route model="{m}">{s.task.question}</route>'
         body = s.last_obs.split("]\n", 1)[-1] if "error:" not in s.last_obs else ""
         ans = extract_final_answer(body.replace("</information>", "")) if body else "unknown"

@@ -41,3 +41,11 @@ def initial_messages(task: Task, cards: list[ModelCard], budget: float | None, e
         {"role": "system", "content": system_prompt(cards, extra)},
         {"role": "user", "content": user_prompt(task, budget)},
     ]
+
+
+def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` with the generation prompt (transformers 5 returns a dict)."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)

@@ -150,12 +150,23 @@ def _section(cls: type, raw: Any, path: str) -> Any:
 
 
 def validate_trainer(trainer: dict[str, Any], path: str = "trainer") -> None:
-    """Every key must be a field of TRL's GRPOConfig (the 1:1 mapping)."""
+    """Every key must be a field of TRL's GRPOConfig (the 1:1 mapping).
+
+    YAML 1.1 reads `1e-5` (no dot) as a string; where GRPOConfig's default is a float we
+    convert such strings, as TRL's own argument parser would.
+    """
     if not trainer:
         return
     from trl import GRPOConfig
 
-    check_keys(trainer, {f.name for f in dataclasses.fields(GRPOConfig)}, path)
+    fields = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    check_keys(trainer, set(fields), path)
+    for k, v in trainer.items():
+        if isinstance(v, str) and isinstance(fields[k].default, float):
+            try:
+                trainer[k] = float(v)
+            except ValueError:
+                raise ConfigError(f"{path}.{k}", f"expected a number, got {v!r}") from None
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
@@ -200,7 +211,13 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}", f"{p} is not a section")
-        node[parts[-1]] = yaml.safe_load(val)
+        parsed = yaml.safe_load(val)
+        if isinstance(parsed, str):  # YAML 1.1 leaves 1e-5 a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        node[parts[-1]] = parsed
     return raw
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from .aio import gather_sync
 from .env import TextEnv
 from .policies import EpisodeState, Policy
+from .prompts import encode_chat
 from .tasks import Task
 
 EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "format_errors", "pool_errors", "calls", "done_reason")
@@ -47,10 +48,7 @@ class RolloutEngine:
     def _start(self, task: Task, seed: int | None) -> EpisodeState:
         env = self.env_factory()
         obs, info = env.reset(task, seed=seed)
-        prompt_ids = self.tokenizer.apply_chat_template(env.messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
-            prompt_ids = prompt_ids["input_ids"]
-        return EpisodeState(task=task, env=env, prompt_ids=list(prompt_ids), last_obs=obs, info=info)
+        return EpisodeState(task=task, env=env, prompt_ids=encode_chat(self.tokenizer, env.messages), last_obs=obs, info=info)
 
     def run(self, tasks: list[Task], policy: Policy, *, seed: int | None = None) -> list[dict[str, Any]]:
         """Run one episode per task (repeat tasks for groups) and return episode dicts."""

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+
+from rl_router.pools import RecordedPool, SimModel, SimulatedPool
+from rl_router.tiny import build_tiny_router, load_tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_router():
+    return build_tiny_router(seed=0)
+
+
+@pytest.fixture(scope="session")
+def recorded_pool():
+    return RecordedPool.packaged(["gsm8k"])
+
+
+def make_sim_pool(latency_ms: float = 0.0, seed: int = 0) -> SimulatedPool:
+    return SimulatedPool(
+        [
+            SimModel("small", price_in=0.5, price_out=1.0, latency_ms=latency_ms, skills={"easy": 0.9, "hard": 0.1}),
+            SimModel("large", price_in=10.0, price_out=30.0, latency_ms=latency_ms, skills={"easy": 0.95, "hard": 0.9}),
+        ],
+        seed=seed,
+    )
+
+
+@pytest.fixture
+def sim_pool():
+    return make_sim_pool()

@@ -1,0 +1,130 @@
+"""The rollout engine: token masks, EOS, boundary policies, concurrency, the TRL hook shape."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from envs import MultiRoundRoutingEnv
+from rl_router.answers import extract_final_answer, score_answer
+from rl_router.policies import HFPolicy, ScriptedPolicy, cut_at_stop
+from rl_router.rollout import RolloutEngine, make_rollout_func
+from rl_router.tasks import Task
+
+from conftest import make_sim_pool
+
+
+def _segments(ids, mask):
+    """Maximal runs of equal mask value: [(mask, ids), ...]."""
+    out = []
+    for t, m in zip(ids, mask):
+        if out and out[-1][0] == m:
+            out[-1][1].append(t)
+        else:
+            out.append((m, [t]))
+    return out
+
+
+def _engine(pool, tok, **env_kw):
+    return RolloutEngine(lambda: MultiRoundRoutingEnv(pool, tokenizer=tok, **env_kw), tok, max_completion_tokens=4096)
+
+
+def test_inserted_tokens_are_exactly_the_information_spans(recorded_pool, tokenizer):
+    eng = _engine(recorded_pool, tokenizer, max_turns=4, budget=0.05)
+    eps = eng.run(recorded_pool.tasks()[:6], ScriptedPolicy.always(tokenizer, "mixtral-8x7b", routes=2))
+    for ep in eps:
+        ids, mask = ep["completion_ids"], ep["env_mask"]
+        assert len(ids) == len(mask) == len(ep["logprobs"])
+        segs = _segments(ids, mask)
+        inserted = [tokenizer.decode(s) for m, s in segs if m == 0]
+        policy = [tokenizer.decode(s) for m, s in segs if m == 1]
+        assert inserted == ep["observations"] and len(inserted) == 2
+        assert all(x.startswith("\n<information>") and x.endswith("</information>\n") for x in inserted)
+        assert "<information>" not in "".join(policy)
+        assert ids[-1] == tokenizer.eos_token_id and mask[-1] == 1  # answered: ends in EOS, a policy token
+        assert [p.removesuffix(tokenizer.eos_token) for p in policy] == ep["policy_turns"]
+        assert ep["n_routes"] == 2 and ep["terminated"]
+
+
+def test_tiny_router_rollout_masks_and_stops(recorded_pool, tiny_router):
+    model, tok = tiny_router
+    eng = _engine(recorded_pool, tok, max_turns=3, budget=0.01)
+    torch.manual_seed(0)
+    eps = eng.run(recorded_pool.tasks()[:4], HFPolicy(model, tok, max_new_tokens=24, temperature=1.0))
+    for ep in eps:
+        ids, mask = ep["completion_ids"], ep["env_mask"]
+        inserted = [tok.decode(s) for m, s in _segments(ids, mask) if m == 0]
+        assert inserted == ep["observations"]
+        n_policy = sum(mask)
+        assert n_policy <= 3 * 24 + 1 and len(ep["policy_turns"]) >= 1
+        assert all(lp <= 0.0 for lp, m in zip(ep["logprobs"], mask) if m == 1)
+        assert ep["done_reason"] in ("max_turns", "eos_without_answer", "answer")
+    assert eng.stats.turns >= 1 and eng.stats.generate_s > 0
+
+
+def test_hf_policy_logprobs_match_a_forward_pass(recorded_pool, tiny_router):
+    model, tok = tiny_router
+    eng = _engine(recorded_pool, tok, max_turns=1)
+    torch.manual_seed(1)
+    ep = eng.run(recorded_pool.tasks()[:1], HFPolicy(model, tok, max_new_tokens=12, temperature=0.7))[0]
+    ids = torch.tensor([ep["prompt_ids"] + ep["completion_ids"]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(ep["prompt_ids"]) - 1 : -1] / 0.7
+    ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ep["completion_ids"])[:, None])[:, 0]
+    mask = ep["env_mask"]
+    k = mask.index(0) if 0 in mask else len(mask)  # the first turn's policy tokens
+    assert k > 0
+    assert torch.allclose(torch.tensor(ep["logprobs"][:k]), ref[:k], atol=1e-4)
+
+
+def test_cut_at_stop_finds_the_shortest_prefix(tokenizer):
+    ids = tokenizer.encode('<think>a</think><route model="m">q</route> junk', add_special_tokens=False)
+    cut = cut_at_stop(ids, tokenizer)
+    assert tokenizer.decode(cut).endswith("</route>") and len(cut) < len(ids)
+
+
+@pytest.mark.parametrize("model", ["mixtral-8x7b", "gpt-4-1106"])
+def test_boundary_policies_reproduce_the_recorded_columns(recorded_pool, tokenizer, model):
+    tasks = recorded_pool.tasks()[:120]
+    eng = _engine(recorded_pool, tokenizer, max_turns=2, max_obs_tokens=4096)
+    eps = eng.run(tasks, ScriptedPolicy.always(tokenizer, model))
+    for t, ep in zip(tasks, eps):
+        resp = recorded_pool.recorded(t.task_id).answers[model].response
+        assert ep["quality"] == score_answer(extract_final_answer(resp), t.gold, "number")
+        assert ep["calls"][model] == 1 and ep["cost"] == pytest.approx(recorded_pool.estimate_cost(model, [{"role": "user", "content": t.question}], max_tokens=1, context=t.context()))
+    acc = sum(ep["quality"] for ep in eps) / len(eps)
+    recorded = sum(recorded_pool.recorded(t.task_id).answers[model].correct for t in tasks) / len(tasks)
+    assert abs(acc - recorded) < 0.05
+
+
+def test_pool_calls_of_a_turn_run_concurrently(tokenizer):
+    pool = make_sim_pool(latency_ms=200)
+    tasks = [Task(f"task {i}", gold="g", topic="easy") for i in range(64)]
+    eng = RolloutEngine(lambda: MultiRoundRoutingEnv(pool, max_turns=4), tokenizer)
+    t0 = time.perf_counter()
+    eps = eng.run(tasks, ScriptedPolicy.always(tokenizer, "small", routes=3))
+    wall = time.perf_counter() - t0
+    assert all(ep["n_routes"] == 3 for ep in eps)
+    assert eng.stats.env_s < 2.0  # ideal 0.6 s; one-at-a-time would be 64 * 3 * 0.2 = 38.4 s
+    assert wall < 5.0
+
+
+def test_rollout_func_returns_one_episode_per_prompt_in_trl_shape(recorded_pool, tiny_router):
+    model, tok = tiny_router
+    tasks = recorded_pool.tasks()[:3]
+    eng = _engine(recorded_pool, tok, max_turns=2)
+    f = make_rollout_func(eng, tasks, lambda trainer: HFPolicy(trainer.model, tok, max_new_tokens=8))
+    prompts = [t.question for t in tasks for _ in range(2)]  # TRL repeats each prompt num_generations times
+    model.train()
+    out = f(prompts, SimpleNamespace(model=model))
+    for key in ("prompt_ids", "completion_ids", "logprobs", "env_mask", "cost", "n_routes", "answer", "over_budget", "calls", "policy_turns", "split"):
+        assert len(out[key]) == 6, key
+    assert out["task_id"] == [t.task_id for t in tasks for _ in range(2)]
+    assert out["split"] == ["train"] * 6  # the split follows the model's mode, as in TRL
+    model.eval()
+    assert f(prompts[:2], SimpleNamespace(model=model))["split"] == ["eval"] * 2
+    with pytest.raises(KeyError, match="not found"):
+        f(["an unknown prompt"], SimpleNamespace(model=model))
