@@ -3,6 +3,9 @@
 The router alternates `<think>` with `<route model="NAME">sub-query</route>`; each route
 calls the pool and the reply comes back as `<information>...</information>`; the episode
 ends at `<answer>` (terminated) or when `max_turns` policy turns have passed (truncated).
+`<answer>@NAME</answer>` adopts the final answer of NAME's latest reply (as a one-shot
+router returns its chosen model's answer) so a router need not re-type it; adopting a
+model that was not called is a format error and scores 0.
 
 Budget (USD per task) is hard: before a call the environment asks the pool for the call's
 cost upper bound (exact for recorded and simulated pools; prompt + `pool_max_tokens` of
@@ -19,7 +22,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rl_router.answers import score_answer
+import re
+
+from rl_router.answers import extract_final_answer, score_answer
 from rl_router.env import StepResult, TextEnv
 from rl_router.errors import ConfigError
 from rl_router.pools.base import Pool
@@ -49,6 +54,9 @@ class RoutingEnvConfig:
             raise ConfigError("env.on_budget_exhausted", f"unknown value {self.on_budget_exhausted!r}", "use 'continue' or 'end'")
 
 
+ADOPT_RE = re.compile(r"^@([\w.\-/:]+)$")
+
+
 def information(text: str) -> str:
     return f"\n<information>{text}</information>\n"
 
@@ -63,11 +71,18 @@ class MultiRoundRoutingEnv(TextEnv):
 
     # ---- helpers ------------------------------------------------------------------------
     def _truncate(self, text: str) -> str:
+        """Cut a pool reply to `max_obs_tokens`, keeping its head and its tail (final answers
+        sit at the end of a reply) with " ... " between."""
         n = self.config.max_obs_tokens
+        head = n // 2
         if self.tokenizer is not None:
             ids = self.tokenizer.encode(text, add_special_tokens=False)
-            return text if len(ids) <= n else self.tokenizer.decode(ids[:n]) + " ..."
-        return text if len(text) <= 4 * n else text[: 4 * n] + " ..."
+            if len(ids) <= n:
+                return text
+            return self.tokenizer.decode(ids[:head]) + " ... " + self.tokenizer.decode(ids[len(ids) - (n - head):])
+        if len(text) <= 4 * n:
+            return text
+        return text[: 4 * head] + " ... " + text[len(text) - 4 * (n - head):]
 
     def _budget_left(self) -> float:
         b = self.config.budget
@@ -81,6 +96,7 @@ class MultiRoundRoutingEnv(TextEnv):
     def reset(self, task: Task, *, seed: int | None = None) -> tuple[str, dict[str, Any]]:
         self.task = task
         self.messages = initial_messages(task, self.pool.models, self.config.budget, self.config.system_extra)
+        self._replies: dict[str, str] = {}
         self.info: dict[str, Any] = {
             "task_id": task.task_id,
             "turn": 0,
@@ -92,6 +108,7 @@ class MultiRoundRoutingEnv(TextEnv):
             "over_budget": 0,
             "pool_errors": 0,
             "answer": None,
+            "adopted": None,
             "quality": 0.0,
             "done_reason": None,
             "trace": [],
@@ -116,8 +133,18 @@ class MultiRoundRoutingEnv(TextEnv):
         obs, reward, terminated = "", 0.0, False
 
         if act.kind == "answer":
-            info["answer"] = act.answer
-            info["quality"] = score_answer(act.answer, self.task.gold, self.task.answer_type)
+            answer = act.answer
+            m = ADOPT_RE.match(answer)
+            if m:  # "@NAME": adopt the final answer of NAME's latest reply
+                reply = self._replies.get(m.group(1))
+                if reply is None:
+                    info["format_errors"] += 1
+                    answer = None
+                else:
+                    answer = extract_final_answer(reply)
+                    info["adopted"] = m.group(1)
+            info["answer"] = answer
+            info["quality"] = score_answer(answer, self.task.gold, self.task.answer_type)
             info["done_reason"] = "answer"
             return StepResult("", info["quality"], True, False, self._public_info())
 
@@ -140,6 +167,7 @@ class MultiRoundRoutingEnv(TextEnv):
                     info["cost"] += comp.cost
                     info["n_routes"] += 1
                     info["calls"][act.model] += 1
+                    self._replies[act.model] = comp.text
                     left = self._budget_left()
                     budget_note = f" | ${left:.6f} left" if cfg.budget is not None else ""
                     obs = information(f"[{act.model} | ${comp.cost:.6f}{budget_note}]\n{self._truncate(comp.text.strip())}")

@@ -1,7 +1,8 @@
 """`rl-router` command line.
 
 Commands:
-  quickstart   offline demo on the embedded defaults (tiny router, recorded GSM8K pool)
+  quickstart   train the tiny router offline on the embedded defaults (recorded GSM8K pool)
+  train        train a router from a recipe (SFT warm start, then GRPO / RLOO / BoPO)
   rollout      run policies (the router, always-<model>, random) on a recipe's held-out tasks
   pool-server  serve a pool as an OpenAI-compatible HTTP endpoint (127.0.0.1 by default)
 """
@@ -36,12 +37,14 @@ def _fail(e: Exception) -> None:
 
 def _table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
     t = Table(title=title)
-    for col in ("policy", "quality", "$ / 1k tasks", "quality/$", "routes/task", "format err", "over budget", "call share"):
+    with_reward = any("reward" in s for s in summaries.values())
+    for col in (("policy", "reward") if with_reward else ("policy",)) + ("quality", "$ / 1k tasks", "quality/$", "routes/task", "format err", "over budget", "call share"):
         t.add_column(col, justify="right" if col not in ("policy", "call share") else "left")
     for name, s in summaries.items():
         qpd = s.get("quality_per_dollar")
         share = ", ".join(f"{m} {v:.0%}" for m, v in s.get("call_share", {}).items())
-        t.add_row(name, f"{s['quality']:.3f}", f"{1000 * s['mean_cost']:.3f}", f"{qpd:.0f}" if qpd else "-", f"{s['routes_per_task']:.2f}", f"{s['format_error_rate']:.0%}", f"{s['budget_violation_rate']:.0%}", share)
+        reward = [f"{s['reward']:.3f}" if "reward" in s else "-"] if with_reward else []
+        t.add_row(name, *reward, f"{s['quality']:.3f}", f"{1000 * s['mean_cost']:.3f}", f"{qpd:.0f}" if qpd else "-", f"{s['routes_per_task']:.2f}", f"{s['format_error_rate']:.0%}", f"{s['budget_violation_rate']:.0%}", share)
     return t
 
 
@@ -75,18 +78,63 @@ def _run_policies(recipe_path: Optional[str], sets: list[str], policies: Optiona
     return summaries
 
 
+def _print_training(metrics: dict[str, Any], out: Path) -> None:
+    rows = {"router before training": metrics["heldout_before"]}
+    if "heldout_after_sft" in metrics:
+        rows["router after SFT warm start"] = metrics["heldout_after_sft"]
+    rows[f"router after {metrics['algorithm'].upper()}"] = metrics["heldout_after"]
+    rows.update({f"baseline {k}": v for k, v in metrics.get("heldout_baselines", {}).items()})
+    console.print(_table(f"{metrics['heldout_tasks']} held-out tasks (greedy)", rows))
+    console.print(
+        f"held-out reward {metrics['heldout_reward_before']:.3f} -> {metrics['heldout_reward_after']:.3f}, "
+        f"quality {metrics['heldout_quality_before']:.3f} -> {metrics['heldout_quality_after']:.3f}, "
+        f"quality per $ {metrics['heldout_quality_per_dollar_before']:.0f} -> {metrics['heldout_quality_per_dollar_after']:.0f}"
+    )
+    console.print(f"wrote {out / 'metrics.json'}, {out / 'training_curves.png'} and the router in {out / 'final'}")
+
+
+def _train(recipe_path: Optional[str], sets: list[str], output_dir: Optional[str], resume: bool) -> None:
+    from .recipe import load_recipe
+    from .train import train as run_training
+
+    try:
+        recipe = load_recipe(recipe_path, sets)
+    except ConfigError as e:
+        _fail(e)
+    out = Path(output_dir or recipe.output_dir)
+    metrics = run_training(recipe, output_dir=str(out), resume=resume, log=lambda m: console.print(m, highlight=False))
+    if metrics.get("is_main_process", True):
+        _print_training(metrics, out)
+
+
 @app.command()
 def quickstart(
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write results (default: outputs/quickstart)."),
-    n: int = typer.Option(64, "--n", help="Number of held-out tasks."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in the output dir."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override an embedded default: --set trainer.max_steps=4."),
 ) -> None:
-    """Offline demo on the embedded defaults: the untrained tiny router, always-cheap,
-    always-strong and random on held-out GSM8K tasks of the recorded pool (real Mixtral-8x7B
-    and GPT-4 answers), printing quality and cost per policy."""
-    try:
-        _run_policies(None, [], None, n, output_dir, 16)
-    except ConfigError as e:
-        _fail(e)
+    """Train the tiny router offline on the embedded defaults (= recipes/quickstart.yaml):
+    held-out evaluation, boundary policies, boundary-guided SFT warm start, GRPO, then
+    held-out evaluation again, on GSM8K tasks of the recorded pool (real Mixtral-8x7B and
+    GPT-4 answers and costs). Prints before/after reward, quality and cost next to the
+    always-cheap / always-strong baselines; writes metrics.json and training_curves.png."""
+    _train(None, set_ or [], output_dir, resume)
+
+
+@app.command()
+def train(
+    recipe: str = typer.Argument(..., help="Recipe YAML: sections model, pool, env, rollout, rewards, trainer (GRPOConfig fields), algorithm, sft (SFTConfig fields), data."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field, repeatable: --set trainer.learning_rate=1e-5 --set algorithm.name=rloo."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Overrides the recipe's output_dir."),
+    resume: bool = typer.Option(False, "--resume", help="Resume from the newest OUT/rl/checkpoint-N (optimizer, scheduler, RNG, step count) and reuse finished stages."),
+) -> None:
+    """Train a router: held-out eval, boundary policies, boundary-guided SFT warm start
+    (TRL SFTTrainer), then GRPO / RLOO / BoPO (TRL GRPOTrainer with our multi-turn rollout
+    hook; pool tokens masked out of the loss), then held-out eval. Runs as is on one CPU or
+    GPU, or under `accelerate launch --config_file recipes/accelerate/<cfg>.yaml -m
+    rl_router.cli train RECIPE`. Logs go to trainer.report_to (tensorboard, wandb, trackio,
+    none). Writes OUT/metrics.json, OUT/training_curves.png, OUT/final/."""
+    _train(recipe, set_ or [], output_dir, resume)
 
 
 @app.command()

@@ -72,6 +72,20 @@ def cut_at_stop(ids: list[int], tokenizer: Any, stops: tuple[str, ...] = STOP_ST
     return ids[:lo]
 
 
+_STOP_CACHE: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _stop_criteria(tokenizer: Any, stops: tuple[str, ...]) -> Any:
+    """transformers' StopStringCriteria, built once per tokenizer: its constructor scans the
+    whole vocabulary (~0.2 s), which `generate(stop_strings=...)` would repeat on every call."""
+    from transformers import StoppingCriteriaList, StopStringCriteria
+
+    key = (id(tokenizer), tuple(stops))
+    if key not in _STOP_CACHE:
+        _STOP_CACHE[key] = StoppingCriteriaList([StopStringCriteria(tokenizer, list(stops))])
+    return _STOP_CACHE[key]
+
+
 class HFPolicy:
     """Batched `model.generate` over the episodes' full contexts (left padded).
 
@@ -103,8 +117,7 @@ class HFPolicy:
             "do_sample": not greedy,
             "pad_token_id": pad,
             "eos_token_id": tok.eos_token_id,
-            "stop_strings": list(self.stop_strings),
-            "tokenizer": tok,
+            "stopping_criteria": _stop_criteria(tok, self.stop_strings),
             "return_dict_in_generate": True,
             "output_logits": True,
         }
@@ -136,22 +149,34 @@ class ScriptedPolicy:
     """Route the task's question verbatim to `choose(task)`, then answer with that reply's
     final answer. `always(model)` is a boundary policy; `random(models)` the random baseline."""
 
-    def __init__(self, tokenizer: Any, choose: Callable[[Task], str], name: str = "scripted", *, routes: int = 1):
-        self.tokenizer, self.choose, self.name, self.routes = tokenizer, choose, name, routes
+    SHORT_QUERY = "Solve the task above."
+
+    def __init__(self, tokenizer: Any, choose: Callable[[Task], str], name: str = "scripted", *, routes: int = 1, query: str = "question", adopt: bool = False):
+        if query not in ("question", "short"):
+            raise ValueError(f"query must be 'question' or 'short', got {query!r}")
+        self.tokenizer, self.choose, self.name, self.routes, self.query, self.adopt = tokenizer, choose, name, routes, query, adopt
 
     @classmethod
-    def always(cls, tokenizer: Any, model: str, *, routes: int = 1) -> "ScriptedPolicy":
-        return cls(tokenizer, lambda _t: model, name=f"always-{model}", routes=routes)
+    def always(cls, tokenizer: Any, model: str, *, routes: int = 1, query: str = "question", adopt: bool = False) -> "ScriptedPolicy":
+        """A boundary policy. `query="short"` routes a fixed short sub-query instead of the
+        question (recorded and simulated pools resolve it to the episode's task) and
+        `adopt=True` answers `@model` instead of re-typing the reply's final answer: the
+        trajectory shapes a tiny router can imitate."""
+        return cls(tokenizer, lambda _t: model, name=f"always-{model}", routes=routes, query=query, adopt=adopt)
 
     @classmethod
-    def random(cls, tokenizer: Any, models: list[str], seed: int = 0) -> "ScriptedPolicy":
+    def random(cls, tokenizer: Any, models: list[str], seed: int = 0, *, query: str = "question", adopt: bool = False) -> "ScriptedPolicy":
         rng = random.Random(seed)
-        return cls(tokenizer, lambda _t: rng.choice(models), name="random")
+        return cls(tokenizer, lambda _t: rng.choice(models), name="random", query=query, adopt=adopt)
 
     def _text(self, s: EpisodeState) -> str:
         if len(s.policy_turns) < self.routes:
             m = self.choose(s.task)
-            return f'<think>Route to {m}.</think><route model="{m}">{s.task.question}</route>'
+            q = s.task.question if self.query == "question" else self.SHORT_QUERY
+            return f'<think>Route to {m}.</think><route model="{m}">{q}</route>'
+        if self.adopt and "error:" not in s.last_obs:
+            m = s.last_obs.split("[", 1)[-1].split(" |", 1)[0]
+            return f"<think>Adopt {m}'s answer.</think><answer>@{m}</answer>"
         body = s.last_obs.split("]\n", 1)[-1] if "error:" not in s.last_obs else ""
         ans = extract_final_answer(body.replace("</information>", "")) if body else "unknown"
         return f"<think>Adopt the reply's final answer.</think><answer>{ans}</answer>"

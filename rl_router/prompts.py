@@ -16,7 +16,7 @@ PROTOCOL = (
     "1. Think first: <think>...</think>\n"
     '2. Call a model: <route model="NAME">sub-query</route>; its reply arrives as '
     "<information>...</information>\n"
-    "3. Finish: <answer>final answer only</answer>"
+    "3. Finish: <answer>final answer only</answer>, or <answer>@NAME</answer> to adopt NAME's final answer"
 )
 
 

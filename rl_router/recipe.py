@@ -51,12 +51,58 @@ class DataSection:
     synthetic_topics: list[str] = field(default_factory=lambda: ["easy", "hard"])
 
 
+@dataclass
+class AlgorithmSection:
+    """Our own training switches; TRL's fields live in `trainer` (GRPOConfig) and `sft` (SFTConfig)."""
+
+    name: str = "grpo"  # grpo | rloo | bopo
+    sft_warmstart: bool = True  # boundary-guided SFT before RL
+    sft_examples: int = 256  # stratified boundary trajectories to synthesize
+    sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
+    neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
+    bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
+    bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
+    bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
+
+
+def _default_trainer() -> dict[str, Any]:
+    return {
+        "max_steps": 16,
+        "per_device_train_batch_size": 8,
+        "num_generations": 4,
+        "learning_rate": 1.0e-4,
+        "beta": 0.0,
+        "temperature": 0.7,  # the warm-started tiny router derails on its tail at T=1 (77% format errors vs 20% at 0.7)
+        "logging_steps": 1,
+        "save_steps": 8,
+        "report_to": "none",
+        "seed": 0,
+        "max_completion_length": 512,
+        "gradient_checkpointing": False,  # TRL turns it on by default; a tiny model does not need it
+    }
+
+
+def _default_sft() -> dict[str, Any]:
+    return {
+        "max_steps": 150,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 3.0e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 10,
+        "logging_steps": 25,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "gradient_checkpointing": False,
+    }
+
+
 def _default_pool() -> dict[str, Any]:
     return {"type": "recorded", "datasets": ["gsm8k"]}
 
 
 def _default_env() -> dict[str, Any]:
-    return {"name": "router_r1", "max_turns": 3, "budget": 0.01, "max_obs_tokens": 192}
+    return {"name": "router_r1", "max_turns": 3, "budget": 0.01, "max_obs_tokens": 128}
 
 
 def _default_rewards() -> list[dict[str, Any]]:
@@ -70,7 +116,9 @@ class Recipe:
     env: dict[str, Any] = field(default_factory=_default_env)
     rollout: RolloutSection = field(default_factory=RolloutSection)
     rewards: list[dict[str, Any]] = field(default_factory=_default_rewards)
-    trainer: dict[str, Any] = field(default_factory=dict)  # GRPOConfig fields
+    trainer: dict[str, Any] = field(default_factory=_default_trainer)  # GRPOConfig fields, 1:1
+    algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
+    sft: dict[str, Any] = field(default_factory=_default_sft)  # SFTConfig fields, 1:1
     data: DataSection = field(default_factory=DataSection)
     output_dir: str = "outputs/quickstart"
 
@@ -128,7 +176,7 @@ def load_task_file(path: str) -> list[Task]:
 
 
 # ---- loading and validation ---------------------------------------------------------------
-SECTIONS = {"model", "pool", "env", "rollout", "rewards", "trainer", "data", "output_dir"}
+SECTIONS = {"model", "pool", "env", "rollout", "rewards", "trainer", "algorithm", "sft", "data", "output_dir"}
 
 
 def _section(cls: type, raw: Any, path: str) -> Any:
@@ -149,17 +197,20 @@ def _section(cls: type, raw: Any, path: str) -> Any:
     return dataclasses.replace(defaults, **kw)
 
 
-def validate_trainer(trainer: dict[str, Any], path: str = "trainer") -> None:
-    """Every key must be a field of TRL's GRPOConfig (the 1:1 mapping).
+def validate_trainer(trainer: dict[str, Any], path: str = "trainer", config_cls: Any = None) -> None:
+    """Every key must be a field of TRL's GRPOConfig (`trainer`) or SFTConfig (`sft`).
 
     YAML 1.1 reads `1e-5` (no dot) as a string; where GRPOConfig's default is a float we
     convert such strings, as TRL's own argument parser would.
     """
     if not trainer:
         return
-    from trl import GRPOConfig
+    if config_cls is None:
+        from trl import GRPOConfig as config_cls
 
-    fields = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    if "output_dir" in trainer:
+        raise ConfigError(f"{path}.output_dir", "is set by rl-router", "use the top-level output_dir or --output-dir")
     check_keys(trainer, set(fields), path)
     for k, v in trainer.items():
         if isinstance(v, str) and isinstance(fields[k].default, float):
@@ -179,8 +230,12 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     rewards = raw.get("rewards") if raw.get("rewards") is not None else _default_rewards()
     if not isinstance(rewards, list):
         raise ConfigError("rewards", "must be a list of {name: ..., weight: ...}")
-    trainer = raw.get("trainer") or {}
+    trainer = {**_default_trainer(), **(raw.get("trainer") or {})}
     validate_trainer(trainer)
+    from trl import SFTConfig
+
+    sft = {**_default_sft(), **(raw.get("sft") or {})}
+    validate_trainer(sft, "sft", SFTConfig)
     r = Recipe(
         model=_section(ModelSection, raw.get("model"), "model"),
         pool=pool,
@@ -188,14 +243,32 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         rollout=_section(RolloutSection, raw.get("rollout"), "rollout"),
         rewards=rewards,
         trainer=trainer,
+        algorithm=_section(AlgorithmSection, raw.get("algorithm"), "algorithm"),
+        sft=sft,
         data=_section(DataSection, raw.get("data"), "data"),
         output_dir=str(raw.get("output_dir", "outputs/quickstart")),
     )
     r.env_config()  # validates env fields
+    validate_combination(r)
     from .rewards import build_rewards
 
     build_rewards(r.rewards)  # validates reward specs
     return r
+
+
+def validate_combination(r: Recipe) -> None:
+    """Cross-field checks that would otherwise fail deep inside training."""
+    a, t = r.algorithm, r.trainer
+    if a.name not in ("grpo", "rloo", "bopo"):
+        raise ConfigError("algorithm.name", f"unknown {a.name!r}", "use grpo, rloo or bopo")
+    if a.sft_style not in ("compact", "verbatim"):
+        raise ConfigError("algorithm.sft_style", f"unknown {a.sft_style!r}", "use compact or verbatim")
+    g = int(t.get("num_generations", 8))
+    batch = int(t.get("per_device_train_batch_size", 8)) * int(t.get("steps_per_generation") or t.get("gradient_accumulation_steps", 1))
+    if g < 2:
+        raise ConfigError("trainer.num_generations", f"must be >= 2 for group advantages, got {g}")
+    if batch % g:
+        raise ConfigError("trainer.num_generations", f"{g} does not divide the generation batch {batch} (per_device_train_batch_size x steps_per_generation)", f"pick a divisor of {batch}")
 
 
 def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:

@@ -86,13 +86,16 @@ def test_max_turns_truncates(recorded_pool):
     assert trunc and not term and info["done_reason"] == "max_turns" and info["format_errors"] == 2
 
 
-def test_observation_is_cut_to_max_obs_tokens(recorded_pool, tokenizer):
+def test_observation_is_cut_to_max_obs_tokens_keeping_head_and_tail(recorded_pool, tokenizer):
     t = recorded_pool.tasks()[0]
-    env = MultiRoundRoutingEnv(recorded_pool, max_obs_tokens=8, tokenizer=tokenizer)
+    full = recorded_pool.recorded(t.task_id).answers["gpt-4-1106"].response
+    env = MultiRoundRoutingEnv(recorded_pool, max_obs_tokens=24, tokenizer=tokenizer)
     env.reset(t)
     obs = env.step(ROUTE.format(m="gpt-4-1106", q=t.question))[0]
     body = obs.split("]\n", 1)[1].removesuffix("</information>\n")
-    assert body.endswith(" ...") and len(tokenizer.encode(body.removesuffix(" ..."), add_special_tokens=False)) <= 9
+    head, tail = body.split(" ... ")
+    assert full.startswith(head) and full.endswith(tail) and "$18" in tail  # the final answer survives
+    assert len(tokenizer.encode(head, add_special_tokens=False)) + len(tokenizer.encode(tail, add_special_tokens=False)) <= 26
 
 
 def test_pool_failure_becomes_an_observation_with_no_cost(recorded_pool):

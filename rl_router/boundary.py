@@ -1,0 +1,169 @@
+"""Boundary policies, the difficulty taxonomy, boundary-guided SFT data and BoPO's reward.
+
+BoPO (Budget-Aware Agentic Routing via Boundary-Guided Training) anchors learning on two
+boundary policies per task: always-cheapest and always-strongest.
+
+1. `run_boundaries`: run both on every task (same engine, env and budget as training) and
+   record success and cost of each. Exact on recorded pools (they are the data's columns).
+2. `classify`: "both" (cheap suffices), "strong_only" (only the strong model succeeds),
+   "cheap_only" (rare), "neither".
+3. `synthesize_sft`: warm-start trajectories by stratified sampling over classes of the
+   *cost-efficient successful* boundary trajectory of each task: the cheap trajectory when
+   cheap succeeds, the strong one when only strong succeeds; "neither" tasks contribute
+   the cheap (least wasteful) trajectory at a small rate. Stratifying stops the warm start
+   from collapsing to whichever boundary is more common.
+4. `BoPOReward`: boundary-relative reward. With c_lo, c_hi the boundary costs on the task,
+       c~ = clip((c - c_lo) / max(c_hi - c_lo, eps), 0, 2)
+       r  = 1 + lam * (1 - c~)     if the episode succeeded      (in [1 - lam, 1 + lam])
+       r  = -mu * c~               if it failed                   (in [-2 mu, 0])
+       r  = -1                     if its format is broken
+   With lam < 1 every success outranks every failure whatever it cost, and with mu < 0.5 a
+   format failure is the worst outcome. `ref_reward(task)` is the reward of the better
+   boundary on the task, used by the reference-guided advantage (`advantages.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .policies import ScriptedPolicy
+from .protocol import check_format
+from .rollout import RolloutEngine
+from .tasks import Task
+
+CLASSES = ("both", "strong_only", "cheap_only", "neither")
+
+
+@dataclass
+class BoundaryRecord:
+    task_id: str
+    cheap_model: str
+    strong_model: str
+    cheap_success: bool
+    cheap_cost: float
+    strong_success: bool
+    strong_cost: float
+
+    @property
+    def klass(self) -> str:
+        return classify(self.cheap_success, self.strong_success)
+
+    @property
+    def solvable(self) -> bool:
+        return self.cheap_success or self.strong_success
+
+
+def classify(cheap_success: bool, strong_success: bool) -> str:
+    if cheap_success and strong_success:
+        return "both"
+    if strong_success:
+        return "strong_only"
+    if cheap_success:
+        return "cheap_only"
+    return "neither"
+
+
+def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
+    """Run always-cheap and always-strong on `tasks`; return records and their episodes."""
+    cheap = cheap or pool.cheapest().name
+    strong = strong or pool.strongest().name
+    episodes: dict[str, dict[str, dict[str, Any]]] = {t.task_id: {} for t in tasks}
+    for role, model in (("cheap", cheap), ("strong", strong)):
+        compact = style == "compact"
+        policy = ScriptedPolicy.always(tokenizer, model, query="short" if compact else "question", adopt=compact)
+        for i in range(0, len(tasks), batch_size):
+            chunk = tasks[i : i + batch_size]
+            for t, ep in zip(chunk, engine.run(chunk, policy)):
+                episodes[t.task_id][role] = ep
+    records = {
+        tid: BoundaryRecord(tid, cheap, strong, eps["cheap"]["quality"] > 0, float(eps["cheap"]["cost"]), eps["strong"]["quality"] > 0, float(eps["strong"]["cost"]))
+        for tid, eps in episodes.items()
+    }
+    return records, episodes
+
+
+def class_counts(records: dict[str, BoundaryRecord]) -> dict[str, int]:
+    out = {k: 0 for k in CLASSES}
+    for r in records.values():
+        out[r.klass] += 1
+    return out
+
+
+def save_boundaries(path: str | Path, records: dict[str, BoundaryRecord]) -> None:
+    Path(path).write_text(json.dumps({"classes": class_counts(records), "records": [asdict(r) for r in records.values()]}, indent=1))
+
+
+def load_boundaries(path: str | Path) -> dict[str, BoundaryRecord]:
+    d = json.loads(Path(path).read_text())
+    return {r["task_id"]: BoundaryRecord(**r) for r in d["records"]}
+
+
+def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]], n: int, *, seed: int = 0, neither_rate: float = 0.1) -> list[dict[str, Any]]:
+    """Stratified sample of `n` cost-efficient boundary trajectories (see module docstring)."""
+    pick = {"both": "cheap", "cheap_only": "cheap", "strong_only": "strong", "neither": "cheap"}
+    strata: dict[str, list[dict[str, Any]]] = {k: [] for k in CLASSES}
+    for tid, r in records.items():
+        strata[r.klass].append(episodes[tid][pick[r.klass]])
+    rng = random.Random(seed)
+    n_neither = int(round(n * neither_rate)) if strata["neither"] else 0
+    main = [k for k in ("both", "strong_only", "cheap_only") if strata[k]]
+    out: list[dict[str, Any]] = [rng.choice(strata["neither"]) for _ in range(n_neither)]
+    per = (n - n_neither) // max(1, len(main))
+    for k in main:
+        pool = strata[k][:]
+        rng.shuffle(pool)
+        out += [pool[i % len(pool)] for i in range(per)]
+    rng.shuffle(out)
+    return out
+
+
+def sft_rows(episodes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pre-tokenized SFT rows: loss on policy tokens only (prompt and inserted tokens -100)."""
+    rows = []
+    for ep in episodes:
+        ids = list(ep["prompt_ids"]) + list(ep["completion_ids"])
+        labels = [-100] * len(ep["prompt_ids"]) + [t if m == 1 else -100 for t, m in zip(ep["completion_ids"], ep["env_mask"])]
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+class BoPOReward:
+    """Boundary-relative reward (formula in the module docstring). Reads `task_id`,
+    `quality` (or `answer` + `gold`), `cost` and `policy_turns` from the rollout kwargs."""
+
+    __name__ = "bopo_reward"
+
+    def __init__(self, records: dict[str, BoundaryRecord], lam: float = 0.5, mu: float = 0.25, eps: float = 1e-9):
+        if not 0 <= lam < 1:
+            raise ValueError(f"algorithm.bopo.lam must be in [0, 1) so every success outranks every failure, got {lam}")
+        if not 0 <= mu < 0.5:
+            raise ValueError(f"algorithm.bopo.mu must be in [0, 0.5) so a format failure stays the worst outcome, got {mu}")
+        self.records, self.lam, self.mu, self.eps = records, lam, mu, eps
+
+    def rel_cost(self, task_id: str, cost: float) -> float:
+        r = self.records[task_id]
+        span = max(r.strong_cost - r.cheap_cost, self.eps)
+        return min(2.0, max(0.0, (cost - r.cheap_cost) / span))
+
+    def score(self, task_id: str, success: bool, cost: float, format_ok: bool = True) -> float:
+        if not format_ok:
+            return -1.0
+        c = self.rel_cost(task_id, cost)
+        return 1.0 + self.lam * (1.0 - c) if success else -self.mu * c
+
+    def ref_reward(self, task_id: str) -> float:
+        r = self.records[task_id]
+        return max(self.score(task_id, r.cheap_success, r.cheap_cost), self.score(task_id, r.strong_success, r.strong_cost))
+
+    def __call__(self, prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+        tids, costs, quality = kwargs["task_id"], kwargs["cost"], kwargs["quality"]
+        turns = kwargs.get("policy_turns") or [None] * len(tids)
+        return [self.score(t, (q or 0) > 0, float(c or 0.0), format_ok=(pt is None or check_format(pt) is None)) for t, c, q, pt in zip(tids, costs, quality, turns)]
+
+
+def boundary_reward_refs(reward: BoPOReward, task_ids: Sequence[str]) -> tuple[list[float], list[bool]]:
+    return [reward.ref_reward(t) for t in task_ids], [reward.records[t].solvable for t in task_ids]

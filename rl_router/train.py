@@ -1,0 +1,225 @@
+"""`rl-router train`: recipe -> (boundary-guided SFT warm start) -> GRPO / RLOO / BoPO -> metrics.
+
+Stages, each in its own output folder so a killed run resumes where it stopped:
+  OUT/boundaries.json   always-cheap / always-strong outcomes and costs per train task
+  OUT/sft/              warm-started weights (skipped when already there)
+  OUT/rl/checkpoint-N/  TRL checkpoints (resume with --resume)
+  OUT/final/            the trained router (weights + tokenizer + chat template)
+  OUT/metrics.json      held-out reward / quality / cost before and after, per stage
+  OUT/training_curves.png
+Held-out evaluation is greedy, on tasks never seen in training, scored with the recipe's
+own reward functions (eval split state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .metrics import summarize
+from .policies import HFPolicy
+from .recipe import Recipe
+from .rewards import build_rewards
+from .rollout import RolloutEngine, episodes_to_batch, make_rollout_func
+
+
+def load_model(recipe: Recipe) -> tuple[Any, Any]:
+    from .tiny import load_router
+
+    m = recipe.model
+    if m.name_or_path == "tiny":
+        return load_router("tiny", hidden_size=m.hidden_size, num_layers=m.num_layers, seed=m.seed)
+    kw = {"dtype": m.dtype} if m.dtype else {}
+    return load_router(m.name_or_path, **kw)
+
+
+def score_episodes(episodes: list[dict[str, Any]], tasks: list[Any], reward_funcs: list[Callable[..., list[float]]], weights: list[float], split: str = "eval") -> list[float]:
+    """The recipe's weighted reward for finished episodes, exactly as TRL would compute it."""
+    batch = episodes_to_batch(episodes)
+    rows = [t.to_row() for t in tasks]
+    extra = {k: v for k, v in batch.items() if k not in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}  # as TRL forwards them
+    kw = {**{k: [r[k] for r in rows] for k in rows[0]}, **extra, "split": [split] * len(episodes)}
+    totals = [0.0] * len(episodes)
+    for f, w in zip(reward_funcs, weights):
+        for i, v in enumerate(f(prompts=[t.question for t in tasks], completions=[""] * len(tasks), completion_ids=batch["completion_ids"], **kw)):
+            totals[i] += w * v
+    return totals
+
+
+def evaluate_policy(engine: RolloutEngine, policy: Any, tasks: list[Any], reward_funcs: list[Any], weights: list[float], *, batch_size: int = 32, desc: str = "eval") -> dict[str, Any]:
+    """Summary (quality, cost, routes, error rates) plus the recipe's mean reward."""
+    from tqdm.auto import tqdm
+
+    eps: list[dict[str, Any]] = []
+    with tqdm(total=len(tasks), desc=desc, unit="task", leave=False, disable=os.environ.get("RL_ROUTER_NO_PROGRESS") == "1") as bar:
+        for i in range(0, len(tasks), batch_size):
+            eps += engine.run(tasks[i : i + batch_size], policy)
+            bar.update(len(tasks[i : i + batch_size]))
+    rewards = score_episodes(eps, tasks, reward_funcs, weights)
+    s = summarize(eps)
+    s["reward"] = sum(rewards) / len(rewards)
+    return s
+
+
+def evaluate_router(engine: RolloutEngine, model: Any, tokenizer: Any, tasks: list[Any], reward_funcs: list[Any], weights: list[float], *, max_new_tokens: int, batch_size: int = 32) -> dict[str, Any]:
+    """Greedy held-out evaluation of a router model."""
+    policy = HFPolicy(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
+    return evaluate_policy(engine, policy, tasks, reward_funcs, weights, batch_size=batch_size, desc="held-out eval")
+
+
+def evaluate_baselines(engine: RolloutEngine, pool: Any, tokenizer: Any, tasks: list[Any], reward_funcs: list[Any], weights: list[float], *, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """always-cheapest, always-strongest (the boundary policies, in the compact style the
+    router is warm-started on) and random, scored with the same rewards on the same tasks."""
+    from .policies import ScriptedPolicy
+
+    cheap, strong = pool.cheapest().name, pool.strongest().name
+    pols = {
+        f"always-{cheap}": ScriptedPolicy.always(tokenizer, cheap, query="short", adopt=True),
+        f"always-{strong}": ScriptedPolicy.always(tokenizer, strong, query="short", adopt=True),
+        "random": ScriptedPolicy.random(tokenizer, pool.model_names, seed=seed, query="short", adopt=True),
+    }
+    return {k: evaluate_policy(engine, p, tasks, reward_funcs, weights, desc=k) for k, p in pols.items()}
+
+
+def _latest_checkpoint(d: Path) -> str | None:
+    cks = sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if d.exists() else []
+    return str(cks[-1]) if cks else None
+
+
+def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    import time
+
+    import torch
+
+    t_start = time.perf_counter()
+    _log = log
+    log = lambda msg: _log(f"[{time.perf_counter() - t_start:7.1f}s] {msg}")  # noqa: E731
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import GRPOConfig, SFTConfig
+
+    from envs import make_env
+
+    from .boundary import BoPOReward, class_counts, run_boundaries, save_boundaries, sft_rows, synthesize_sft
+    from .sft import PolicyTokenSFTTrainer
+    from .trainer import RouterGRPOTrainer
+
+    # TRL's configs default to bf16, which a CPU-only machine refuses; a recipe may still set it
+    hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
+    out = Path(output_dir or recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))  # recipes hold env var names, never keys
+    seed = int(recipe.trainer.get("seed", 0))
+    set_seed(seed)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+    pool = recipe.build_pool()
+    train_tasks, held = recipe.tasks(pool)
+    model, tok = load_model(recipe)
+    env_cfg = recipe.env_config()
+    env_name = recipe.env.get("name", "router_r1")
+    engine = RolloutEngine(lambda: make_env(env_name, pool, config=env_cfg, tokenizer=tok), tok, max_completion_tokens=recipe.rollout.max_completion_tokens)
+    reward_funcs, weights = build_rewards(recipe.rewards)
+    algo = recipe.algorithm
+    metrics: dict[str, Any] = {"algorithm": algo.name, "train_tasks": len(train_tasks), "heldout_tasks": len(held), "pool": pool.model_names}
+    mnt = recipe.rollout.max_new_tokens
+
+    rl_dir = out / "rl"
+    resuming = resume and _latest_checkpoint(rl_dir) is not None
+    before_path = out / "eval_before.json"
+    if resuming and before_path.exists():
+        before = json.loads(before_path.read_text())
+    else:
+        log(f"evaluating the initial router on {len(held)} held-out tasks")
+        before = evaluate_router(engine, model, tok, held, reward_funcs, weights, max_new_tokens=mnt)
+        before_path.write_text(json.dumps(before, indent=1))
+
+    # ---- boundaries and warm start ------------------------------------------------------
+    bopo_reward = None
+    if algo.sft_warmstart or algo.name == "bopo":
+        log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
+        records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, style=algo.sft_style)
+        save_boundaries(out / "boundaries.json", records)
+        metrics["boundary_classes"] = class_counts(records)
+        if algo.name == "bopo":
+            bopo_reward = BoPOReward(records, lam=algo.bopo_lam, mu=algo.bopo_mu)
+    sft_dir = out / "sft"
+    if algo.sft_warmstart:
+        if (sft_dir / "config.json").exists():
+            log(f"warm start found in {sft_dir}; loading it")
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(sft_dir)
+        else:
+            rows = sft_rows(synthesize_sft(records, bepisodes, algo.sft_examples, seed=seed, neither_rate=algo.neither_rate))
+            log(f"boundary-guided SFT on {len(rows)} stratified trajectories")
+            sft_args = SFTConfig(output_dir=str(sft_dir), **{**hw, **recipe.sft})
+            sft = PolicyTokenSFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+            sft.train()
+            model = sft.model
+            model.save_pretrained(sft_dir)
+            tok.save_pretrained(sft_dir)
+            metrics["sft_loss_last"] = next((h["loss"] for h in reversed(sft.state.log_history) if "loss" in h), None)
+        after_sft_path = out / "eval_after_sft.json"
+        if after_sft_path.exists():
+            metrics["heldout_after_sft"] = json.loads(after_sft_path.read_text())
+        else:
+            metrics["heldout_after_sft"] = evaluate_router(engine, model, tok, held, reward_funcs, weights, max_new_tokens=mnt)
+            after_sft_path.write_text(json.dumps(metrics["heldout_after_sft"], indent=1))
+
+    # ---- RL -------------------------------------------------------------------------------
+    funcs = [bopo_reward] if algo.name == "bopo" else reward_funcs
+    w = [1.0] if algo.name == "bopo" else weights
+    rows = [{"prompt": t.question, **t.to_row()} for t in train_tasks]
+    targs = {**hw, **recipe.trainer, "reward_weights": w}
+    args = GRPOConfig(output_dir=str(rl_dir), **targs)
+    rollout_func = make_rollout_func(engine, train_tasks, lambda trainer: HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p))
+    peft_config = None
+    if recipe.model.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(**recipe.model.lora)
+    trainer = RouterGRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        rollout_func=rollout_func,
+        peft_config=peft_config,
+        advantage=algo.name,
+        bopo_reward=bopo_reward,
+        bopo_beta=algo.bopo_beta,
+    )
+    ckpt = _latest_checkpoint(rl_dir) if resume else None
+    log(f"{algo.name.upper()} for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
+    trainer.train(resume_from_checkpoint=ckpt)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if peft_config is not None:
+        model = model.merge_and_unload()
+    final = out / "final"
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(final)
+        tok.save_pretrained(final)
+
+    after = evaluate_router(engine, model, tok, held, reward_funcs, weights, max_new_tokens=mnt)
+    for key in ("reward", "quality", "mean_cost"):
+        name = key.replace("mean_", "")
+        metrics[f"heldout_{name}_before"] = before[key]
+        metrics[f"heldout_{name}_after"] = after[key]
+    qpd = lambda s: (s["quality"] / s["mean_cost"]) if s["mean_cost"] > 0 else 0.0  # noqa: E731
+    metrics["heldout_quality_per_dollar_before"] = qpd(before)
+    metrics["heldout_quality_per_dollar_after"] = qpd(after)
+    metrics["heldout_before"], metrics["heldout_after"] = before, after
+    metrics["heldout_baselines"] = evaluate_baselines(engine, pool, tok, held, reward_funcs, weights, seed=seed)
+    metrics["global_step"] = trainer.state.global_step
+    metrics["is_main_process"] = trainer.accelerator.is_main_process
+    metrics["log_history"] = trainer.state.log_history
+    if trainer.accelerator.is_main_process:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+        from .plots import plot_training
+
+        plot_training(trainer.state.log_history, out / "training_curves.png", title=f"{algo.name.upper()} on {', '.join(pool.model_names)}")
+    return metrics

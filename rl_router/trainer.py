@@ -1,0 +1,80 @@
+"""RouterGRPOTrainer: TRL 1.16's GRPOTrainer for multi-turn routing, with GRPO, RLOO or BoPO advantages.
+
+What it adds to TRL, and why:
+- rollouts come from our engine through TRL's `rollout_func` hook; `env_mask` marks pool
+  tokens so TRL zeroes their loss (TRL uses `env_mask` only when `tools` is empty; we
+  never pass tools);
+- the advantage estimator is a constructor switch. TRL computes GRPO advantages inline;
+  for RLOO and BoPO we recompute them from the same (all-process, gathered) rewards after
+  TRL's scoring, so groups that span ranks are whole before advantages are taken;
+- episode metrics (cost, routes, quality) are logged next to TRL's, so `report_to` and
+  the reward/cost curve see them.
+
+Contract pinned against trl==1.16.0 (tests/test_trainer.py fails loudly if it moves):
+`_calculate_rewards(inputs, prompts, completions, completion_ids_list)` returns the
+gathered (N_all, n_funcs) rewards; `_generate_and_score_completions` returns a dict with a
+per-process `advantages` tensor; the rollout hook receives prompts repeated
+`num_generations` times, in contiguous groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOTrainer
+
+from .advantages import bopo_advantages, rloo_advantages
+from .boundary import BoPOReward, boundary_reward_refs
+
+ADVANTAGES = ("grpo", "rloo", "bopo")
+
+
+class RouterGRPOTrainer(GRPOTrainer):
+    def __init__(self, *args: Any, advantage: str = "grpo", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, **kwargs: Any):
+        if advantage not in ADVANTAGES:
+            raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
+        if advantage == "bopo" and bopo_reward is None:
+            raise ValueError("algorithm.name=bopo needs boundary records (a BoPOReward)")
+        super().__init__(*args, **kwargs)
+        self.advantage = advantage
+        self.bopo_reward = bopo_reward
+        self.bopo_beta = bopo_beta
+        if advantage == "rloo" and self.num_generations < 2:
+            raise ValueError("trainer.num_generations must be >= 2 for RLOO")
+        self._last_rewards_per_func: torch.Tensor | None = None
+        self._last_inputs: list[dict[str, Any]] = []
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func
+        self._last_inputs = inputs
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):  # type: ignore[override]
+        out = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        local = self._last_inputs
+        fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes")}
+        m = self._metrics[mode]
+        m["episode/cost"].append(float(sum(c or 0.0 for c in fields["cost"]) / max(1, len(fields["cost"]))))
+        m["episode/quality"].append(float(sum(q or 0.0 for q in fields["quality"]) / max(1, len(fields["quality"]))))
+        m["episode/routes"].append(float(sum(r or 0 for r in fields["n_routes"]) / max(1, len(fields["n_routes"]))))
+        if self.advantage == "grpo" or self._last_rewards_per_func is None:
+            return out
+        G = self.num_generations if mode == "train" else self.num_generations_eval
+        rpf = self._last_rewards_per_func
+        rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
+        if self.advantage == "rloo":
+            adv = rloo_advantages(rewards, G)
+        else:
+            assert self.bopo_reward is not None
+            ref, solvable = boundary_reward_refs(self.bopo_reward, fields["task_id"])
+            success = torch.tensor([(q or 0) > 0 for q in fields["quality"]], device=rewards.device)
+            adv = bopo_advantages(rewards, G, torch.tensor(ref, device=rewards.device), success, torch.tensor(solvable, device=rewards.device), beta=self.bopo_beta)
+        n_local = len(local)
+        start = self.accelerator.process_index * n_local
+        out["advantages"] = adv[start : start + n_local].to(out["advantages"].device, out["advantages"].dtype)
+        m[f"advantage/{self.advantage}_mean_abs"].append(float(adv.abs().mean()))
+        return out

@@ -1,0 +1,91 @@
+"""GRPO with a strong cost weight vs BoPO on a SimulatedPool where the cheap model fails hard tasks.
+
+The pool: `cheap` solves every "easy" task and no "hard" one; `strong` solves both at
+~20x the price. Both runs start from the same boundary-guided SFT warm start (which routes
+hard tasks to `strong`) and then train with:
+  grpo: reward = accuracy + format + 2 * (1 - cost/scale)   (a strong cost weight: a cheap
+        failure earns more than a strong success), GRPO advantages;
+  bopo: BoPO's boundary-relative reward and reference-guided advantage.
+It prints held-out success rate, cost and the hard tasks' share routed to `strong` after
+the warm start and after each RL run. `tests/test_trainer.py` runs a smaller version.
+
+    python scripts/exp_collapse.py [--steps 24] [--out outputs/exp_collapse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def collapse_recipe(algorithm: str, steps: int, *, n_tasks: int = 96, sft_steps: int = 120, lr: float = 1e-3) -> dict[str, Any]:
+    rewards: list[dict[str, Any]]
+    if algorithm == "grpo":
+        rewards = [
+            {"name": "accuracy"},
+            {"name": "format"},
+            {"name": "cost", "mode": "linear", "scale": 0.004, "weight": 2.0},
+        ]
+    else:
+        rewards = [{"name": "router_r1", "alpha": 0.3, "cost_mode": "linear", "cost_scale": 0.004}]  # eval only; BoPO trains on its own reward
+    return {
+        "model": {"name_or_path": "tiny", "hidden_size": 64, "num_layers": 2, "seed": 0},
+        "pool": {
+            "type": "simulated",
+            "seed": 0,
+            "latency_scale": 0.0,
+            "models": {
+                "cheap": {"price_in": 0.2, "price_out": 0.2, "skills": {"easy": 1.0, "hard": 0.0}, "answer_tokens": 12},
+                "strong": {"price_in": 5.0, "price_out": 15.0, "skills": {"easy": 1.0, "hard": 1.0}, "answer_tokens": 12},
+            },
+        },
+        "env": {"name": "router_r1", "max_turns": 2, "budget": 0.05, "max_obs_tokens": 32},
+        "rollout": {"max_new_tokens": 48},
+        "rewards": rewards,
+        "algorithm": {"name": algorithm, "sft_examples": 128, "neither_rate": 0.0},
+        "sft": {"max_steps": sft_steps, "logging_steps": 40},
+        "trainer": {
+            "max_steps": steps,
+            "per_device_train_batch_size": 16,
+            "num_generations": 4,
+            "learning_rate": lr,
+            "temperature": 1.0,
+            "save_steps": 1000,
+            "logging_steps": 1,
+        },
+        "data": {"source": "synthetic", "synthetic_n": n_tasks, "synthetic_topics": ["easy", "hard"], "heldout_fraction": 0.25, "max_heldout": 24, "seed": 0},
+    }
+
+
+
+def run(algorithm: str, steps: int, out: Path, warm: Path | None = None, **kw: Any) -> dict[str, Any]:
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.train import train
+
+    recipe = recipe_from_dict(collapse_recipe(algorithm, steps, **kw))
+    if warm is not None and (warm / "sft").exists() and not (out / "sft").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(warm / "sft", out / "sft")  # same warm start for both algorithms
+    return train(recipe, output_dir=str(out), log=lambda m: print(m, flush=True))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--out", default="outputs/exp_collapse")
+    a = ap.parse_args()
+    root = Path(a.out)
+    res = {}
+    res["grpo"] = run("grpo", a.steps, root / "grpo")
+    res["bopo"] = run("bopo", a.steps, root / "bopo", warm=root / "grpo")
+    print(f"\n{'':24}{'success':>9}{'$/1k':>9}{'strong share':>14}")
+    for name, m in res.items():
+        for stage, s in (("after SFT", m["heldout_after_sft"]), (f"after {name.upper()}", m["heldout_after"])):
+            print(f"{name + ' ' + stage:24}{s['quality']:9.3f}{1000 * s['mean_cost']:9.3f}{s['call_share'].get('strong', 0):14.2f}")
+
+
+if __name__ == "__main__":
+    main()
