@@ -102,8 +102,20 @@ def load_boundaries(path: str | Path) -> dict[str, BoundaryRecord]:
     return {r["task_id"]: BoundaryRecord(**r) for r in d["records"]}
 
 
-def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]], n: int, *, seed: int = 0, neither_rate: float = 0.1) -> list[dict[str, Any]]:
-    """Stratified sample of `n` cost-efficient boundary trajectories (see module docstring)."""
+def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]], n: int, *, seed: int = 0, neither_rate: float = 0.1, mix: str = "efficient") -> list[dict[str, Any]]:
+    """Stratified sample of `n` cost-efficient boundary trajectories (see module docstring).
+
+    mix="both" instead takes both boundary trajectories of every task, in equal numbers: a
+    warm start that teaches the protocol but no routing preference (maximal exploration of
+    the routing decision for the RL stage; used to compare RL objectives from one start).
+    """
+    if mix == "both":
+        rng = random.Random(seed)
+        both = [episodes[tid][role] for tid in records for role in ("cheap", "strong")]
+        rng.shuffle(both)
+        return [both[i % len(both)] for i in range(n)]
+    if mix != "efficient":
+        raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient or both")
     pick = {"both": "cheap", "cheap_only": "cheap", "strong_only": "strong", "neither": "cheap"}
     strata: dict[str, list[dict[str, Any]]] = {k: [] for k in CLASSES}
     for tid, r in records.items():

@@ -41,7 +41,7 @@ class RolloutSection:
 
 @dataclass
 class DataSection:
-    source: str = "pool"  # "pool": the recorded pool's tasks; "synthetic": generated; or a JSONL path
+    source: str = "pool"  # "pool": the recorded pool's tasks; "synthetic": generated; "hf": `hf` datasets; or a JSONL path
     datasets: list[str] = field(default_factory=lambda: ["gsm8k"])  # filter for source=pool
     heldout_fraction: float = 0.2
     max_train: int | None = 256
@@ -49,6 +49,7 @@ class DataSection:
     seed: int = 0
     synthetic_n: int = 200
     synthetic_topics: list[str] = field(default_factory=lambda: ["easy", "hard"])
+    hf: list[dict[str, Any]] = field(default_factory=list)  # source=hf: [{path, name, split, question, answer, answer_type, data_files}]
 
 
 @dataclass
@@ -60,6 +61,7 @@ class AlgorithmSection:
     sft_examples: int = 256  # stratified boundary trajectories to synthesize
     sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
     neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
+    sft_mix: str = "efficient"  # "efficient": BoPO's stratified cost-efficient successes; "both": both boundaries of every task (no routing preference)
     bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
     bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
     bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
@@ -143,6 +145,8 @@ class Recipe:
                 raise ConfigError("data.datasets", f"no tasks for {d.datasets} in the pool")
         elif d.source == "synthetic":
             tasks = synthetic_tasks(d.synthetic_n, d.synthetic_topics, d.seed)
+        elif d.source == "hf":
+            tasks = load_hf_tasks(d.hf)
         else:
             tasks = load_task_file(d.source)
         train, held = split_tasks(tasks, d.heldout_fraction, d.seed)
@@ -160,6 +164,44 @@ def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:
         Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold="c" + stable_hash(str(seed), str(i))[:6], answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
         for i in range(n)
     ]
+
+
+HF_SPEC_KEYS = {"path", "name", "split", "data_files", "question", "answer", "answer_type", "dataset", "limit"}
+
+
+def load_hf_tasks(specs: list[dict[str, Any]]) -> list[Task]:
+    """Tasks from `datasets.load_dataset` (Hub ids, or local builders such as `json`).
+
+    Each spec names the question and answer columns, so any QA dataset plugs in, e.g.
+    `{path: RUC-NLPIR/FlashRAG_datasets, name: nq, split: train, question: question,
+    answer: golden_answers}` (Router-R1's NQ); a list-valued answer column is a set of
+    accepted answers (EM / F1 take the best).
+    """
+    if not specs:
+        raise ConfigError("data.hf", "source: hf needs at least one dataset spec", "e.g. [{path: json, data_files: qa.jsonl, split: train, question: q, answer: a}]")
+    from datasets import load_dataset
+
+    tasks: list[Task] = []
+    for i, spec in enumerate(specs):
+        where = f"data.hf[{i}]"
+        if not isinstance(spec, dict) or "path" not in spec:
+            raise ConfigError(where, "each spec needs a 'path' (Hub id or builder such as json)")
+        check_keys(spec, HF_SPEC_KEYS, where)
+        kw = {k: spec[k] for k in ("name", "data_files") if spec.get(k) is not None}
+        ds = load_dataset(spec["path"], split=spec.get("split", "train"), **kw)
+        q, a = spec.get("question", "question"), spec.get("answer", "answer")
+        for col in (q, a):
+            if col not in ds.column_names:
+                raise ConfigError(f"{where}.{'question' if col == q else 'answer'}", f"column {col!r} not in {ds.column_names}")
+        label = spec.get("dataset") or spec.get("name") or str(spec["path"]).split("/")[-1]
+        n = spec.get("limit")
+        for j, row in enumerate(ds):
+            if n is not None and j >= n:
+                break
+            gold = row[a]
+            gold = [str(x) for x in gold] if isinstance(gold, (list, tuple)) else str(gold)
+            tasks.append(Task(question=str(row[q]), gold=gold, answer_type=spec.get("answer_type", "text"), dataset=label))
+    return tasks
 
 
 def load_task_file(path: str) -> list[Task]:
@@ -261,6 +303,8 @@ def validate_combination(r: Recipe) -> None:
     a, t = r.algorithm, r.trainer
     if a.name not in ("grpo", "rloo", "bopo"):
         raise ConfigError("algorithm.name", f"unknown {a.name!r}", "use grpo, rloo or bopo")
+    if a.sft_mix not in ("efficient", "both"):
+        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient or both")
     if a.sft_style not in ("compact", "verbatim"):
         raise ConfigError("algorithm.sft_style", f"unknown {a.sft_style!r}", "use compact or verbatim")
     g = int(t.get("num_generations", 8))

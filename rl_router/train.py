@@ -2,7 +2,8 @@
 
 Stages, each in its own output folder so a killed run resumes where it stopped:
   OUT/boundaries.json   always-cheap / always-strong outcomes and costs per train task
-  OUT/sft/              warm-started weights (skipped when already there)
+  OUT/sft/              warm-started weights (renamed into place when complete; reused when there)
+  OUT/sft_run/          SFTTrainer's own output (logs, checkpoints if sft.save_strategy asks)
   OUT/rl/checkpoint-N/  TRL checkpoints (resume with --resume)
   OUT/final/            the trained router (weights + tokenizer + chat template)
   OUT/metrics.json      held-out reward / quality / cost before and after, per stage
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -108,9 +110,20 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
 
     # TRL's configs default to bf16, which a CPU-only machine refuses; a recipe may still set it
     hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
+    from accelerate import PartialState
+
+    state = PartialState()  # under `accelerate launch`: every rank runs this; only rank 0 writes files
+    main = state.is_main_process
+
+    def write(path: Path, obj: Any) -> None:
+        if main:
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(json.dumps(obj, indent=1, default=str))
+            os.replace(tmp, path)  # atomic: a kill never leaves half a file
+
     out = Path(output_dir or recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))  # recipes hold env var names, never keys
+    write(out / "recipe.json", recipe.to_dict())  # recipes hold env var names, never keys
     seed = int(recipe.trainer.get("seed", 0))
     set_seed(seed)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
@@ -134,14 +147,15 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     else:
         log(f"evaluating the initial router on {len(held)} held-out tasks")
         before = evaluate_router(engine, model, tok, held, reward_funcs, weights, max_new_tokens=mnt)
-        before_path.write_text(json.dumps(before, indent=1))
+        write(before_path, before)
 
     # ---- boundaries and warm start ------------------------------------------------------
     bopo_reward = None
     if algo.sft_warmstart or algo.name == "bopo":
         log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
         records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, style=algo.sft_style)
-        save_boundaries(out / "boundaries.json", records)
+        if main:
+            save_boundaries(out / "boundaries.json", records)
         metrics["boundary_classes"] = class_counts(records)
         if algo.name == "bopo":
             bopo_reward = BoPOReward(records, lam=algo.bopo_lam, mu=algo.bopo_mu)
@@ -153,21 +167,27 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
 
             model = AutoModelForCausalLM.from_pretrained(sft_dir)
         else:
-            rows = sft_rows(synthesize_sft(records, bepisodes, algo.sft_examples, seed=seed, neither_rate=algo.neither_rate))
+            rows = sft_rows(synthesize_sft(records, bepisodes, algo.sft_examples, seed=seed, neither_rate=algo.neither_rate, mix=algo.sft_mix))
             log(f"boundary-guided SFT on {len(rows)} stratified trajectories")
-            sft_args = SFTConfig(output_dir=str(sft_dir), **{**hw, **recipe.sft})
+            sft_args = SFTConfig(output_dir=str(out / "sft_run"), **{**hw, **recipe.sft})
             sft = PolicyTokenSFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok)
             sft.train()
-            model = sft.model
-            model.save_pretrained(sft_dir)
-            tok.save_pretrained(sft_dir)
+            model = sft.accelerator.unwrap_model(sft.model)
+            if main:
+                tmp = out / "sft.tmp"
+                model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                if sft_dir.exists():
+                    shutil.rmtree(sft_dir)  # a partial folder from a killed run
+                os.replace(tmp, sft_dir)  # the stage counts as done only once fully written
+            state.wait_for_everyone()
             metrics["sft_loss_last"] = next((h["loss"] for h in reversed(sft.state.log_history) if "loss" in h), None)
         after_sft_path = out / "eval_after_sft.json"
         if after_sft_path.exists():
             metrics["heldout_after_sft"] = json.loads(after_sft_path.read_text())
         else:
             metrics["heldout_after_sft"] = evaluate_router(engine, model, tok, held, reward_funcs, weights, max_new_tokens=mnt)
-            after_sft_path.write_text(json.dumps(metrics["heldout_after_sft"], indent=1))
+            write(after_sft_path, metrics["heldout_after_sft"])
 
     # ---- RL -------------------------------------------------------------------------------
     funcs = [bopo_reward] if algo.name == "bopo" else reward_funcs
@@ -218,7 +238,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     metrics["is_main_process"] = trainer.accelerator.is_main_process
     metrics["log_history"] = trainer.state.log_history
     if trainer.accelerator.is_main_process:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+        write(out / "metrics.json", metrics)
         from .plots import plot_training
 
         plot_training(trainer.state.log_history, out / "training_curves.png", title=f"{algo.name.upper()} on {', '.join(pool.model_names)}")

@@ -1,8 +1,9 @@
 """GRPO with a strong cost weight vs BoPO on a SimulatedPool where the cheap model fails hard tasks.
 
 The pool: `cheap` solves every "easy" task and no "hard" one; `strong` solves both at
-~20x the price. Both runs start from the same boundary-guided SFT warm start (which routes
-hard tasks to `strong`) and then train with:
+~50x the price. Both runs start from the same SFT warm start on *both* boundary
+trajectories of every task (`sft_mix: both`: the protocol, no routing preference, so
+the routing decision is left to RL) and then train with:
   grpo: reward = accuracy + format + 2 * (1 - cost/scale)   (a strong cost weight: a cheap
         failure earns more than a strong success), GRPO advantages;
   bopo: BoPO's boundary-relative reward and reference-guided advantage.
@@ -21,16 +22,16 @@ from pathlib import Path
 from typing import Any
 
 
-def collapse_recipe(algorithm: str, steps: int, *, n_tasks: int = 96, sft_steps: int = 120, lr: float = 1e-3) -> dict[str, Any]:
+def collapse_recipe(algorithm: str, steps: int, *, n_tasks: int = 96, sft_steps: int = 300, lr: float = 1e-3) -> dict[str, Any]:
     rewards: list[dict[str, Any]]
     if algorithm == "grpo":
         rewards = [
             {"name": "accuracy"},
             {"name": "format"},
-            {"name": "cost", "mode": "linear", "scale": 0.004, "weight": 2.0},
+            {"name": "cost", "mode": "linear", "scale": 0.0003, "weight": 2.0},
         ]
     else:
-        rewards = [{"name": "router_r1", "alpha": 0.3, "cost_mode": "linear", "cost_scale": 0.004}]  # eval only; BoPO trains on its own reward
+        rewards = [{"name": "router_r1", "alpha": 0.3, "cost_mode": "linear", "cost_scale": 0.0003}]  # eval only; BoPO trains on its own reward
     return {
         "model": {"name_or_path": "tiny", "hidden_size": 64, "num_layers": 2, "seed": 0},
         "pool": {
@@ -45,14 +46,14 @@ def collapse_recipe(algorithm: str, steps: int, *, n_tasks: int = 96, sft_steps:
         "env": {"name": "router_r1", "max_turns": 2, "budget": 0.05, "max_obs_tokens": 32},
         "rollout": {"max_new_tokens": 48},
         "rewards": rewards,
-        "algorithm": {"name": algorithm, "sft_examples": 128, "neither_rate": 0.0},
+        "algorithm": {"name": algorithm, "sft_examples": 128, "neither_rate": 0.0, "sft_mix": "both"},
         "sft": {"max_steps": sft_steps, "logging_steps": 40},
         "trainer": {
             "max_steps": steps,
             "per_device_train_batch_size": 16,
             "num_generations": 4,
             "learning_rate": lr,
-            "temperature": 1.0,
+            "temperature": 0.7,
             "save_steps": 1000,
             "logging_steps": 1,
         },

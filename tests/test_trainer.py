@@ -1,0 +1,208 @@
+"""The trainer on real TRL: the rollout_func contract of trl==1.16.0, env_mask giving pool
+tokens zero loss weight, RLOO / BoPO advantages against hand computations, BoPO's reward."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOConfig
+
+from rl_router.advantages import bopo_advantages, grpo_advantages, rloo_advantages
+from rl_router.boundary import BoPOReward, BoundaryRecord, boundary_reward_refs, classify
+from rl_router.tiny import build_tiny_router
+from rl_router.trainer import RouterGRPOTrainer
+
+G = 4
+
+
+def test_trl_is_pinned_to_the_version_whose_contract_we_test():
+    assert importlib.metadata.version("trl") == "1.16.0"
+
+
+# ---- a real GRPOTrainer driven by a fixed rollout ------------------------------------------
+class FixedRollout:
+    """rollout_func returning hand-made episodes: prompt, policy tokens (env_mask 1), then
+    pool-inserted tokens (env_mask 0) *at the end*, so changing the inserted tokens cannot
+    change any policy token's context: only their own loss weight could matter."""
+
+    def __init__(self, tok, inserted: list[int], mask_inserted: bool = True, rewards: list[float] | None = None):
+        self.tok, self.inserted, self.mask_inserted = tok, inserted, mask_inserted
+        self.rewards = rewards or [1.0, 0.0, 0.5, -1.0, 0.2, 0.9, -0.5, 0.0]
+        self.calls: list[list[str]] = []
+
+    def __call__(self, prompts, trainer):
+        self.calls.append(list(prompts))
+        out = {k: [] for k in ("prompt_ids", "completion_ids", "logprobs", "env_mask", "fixed_reward", "task_id", "quality", "cost", "n_routes")}
+        for i, p in enumerate(prompts):
+            pids = self.tok(p)["input_ids"]
+            policy = self.tok(f'<think>go {i}</think><route model="a">q</route>')["input_ids"]
+            comp = policy + self.inserted
+            out["prompt_ids"].append(pids)
+            out["completion_ids"].append(comp)
+            out["logprobs"].append([-1.0] * len(comp))
+            out["env_mask"].append([1] * len(policy) + [0 if self.mask_inserted else 1] * len(self.inserted))
+            out["fixed_reward"].append(self.rewards[i % len(self.rewards)])
+            out["task_id"].append(p)
+            out["quality"].append(1.0 if self.rewards[i % len(self.rewards)] > 0 else 0.0)
+            out["cost"].append(0.001 * i)
+            out["n_routes"].append(1)
+        return out
+
+
+def fixed_reward(prompts, completions, completion_ids=None, **kw):
+    return list(kw["fixed_reward"])
+
+
+def make_trainer(tmp_path, tok, rollout, advantage="grpo", **kw):
+    model, _ = build_tiny_router(seed=0, hidden_size=32, num_layers=1)
+    args = GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=G, max_steps=1, learning_rate=1e-3,
+        beta=0.0, bf16=False, use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", max_completion_length=64,
+        gradient_checkpointing=False, seed=0,
+    )
+    ds = Dataset.from_list([{"prompt": f"question number {i}"} for i in range(4)])
+    return RouterGRPOTrainer(model=model, reward_funcs=[fixed_reward], args=args, train_dataset=ds, processing_class=tok, rollout_func=rollout, advantage=advantage, **kw)
+
+
+def batch_inputs(trainer):
+    """One generation batch exactly as TRL's sampler hands it over (groups repeated)."""
+    return [{"prompt": f"question number {i // G}"} for i in range(8)]
+
+
+def grads_for(trainer):
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps  # set by TRL's loop
+    out = trainer._generate_and_score_completions(batch_inputs(trainer))
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, out)
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}, out
+
+
+def test_rollout_hook_gets_prompts_repeated_in_contiguous_groups(tmp_path, tokenizer):
+    rollout = FixedRollout(tokenizer, inserted=tokenizer("<information>x</information>")["input_ids"])
+    trainer = make_trainer(tmp_path, tokenizer, rollout)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    got = rollout.calls[0]
+    assert len(got) == 8
+    groups = [got[i : i + G] for i in range(0, 8, G)]
+    assert all(len(set(g)) == 1 for g in groups) and groups[0][0] != groups[1][0]
+    logged = trainer.state.log_history[0]
+    assert "episode/cost" in logged and "episode/quality" in logged and "reward" in logged
+
+
+def test_pool_tokens_have_zero_loss_weight(tmp_path, tokenizer):
+    ins_a = tokenizer("<information>the answer is 42</information>")["input_ids"]
+    ins_b = tokenizer("<information>a wholly different reply, longer</information>")["input_ids"]
+    ins_b = (ins_b + ins_b)[: len(ins_a)]  # same length, different tokens
+    assert ins_a != ins_b
+    torch.manual_seed(0)
+    ga, out_a = grads_for(make_trainer(tmp_path / "a", tokenizer, FixedRollout(tokenizer, ins_a)))
+    gb, _ = grads_for(make_trainer(tmp_path / "b", tokenizer, FixedRollout(tokenizer, ins_b)))
+    assert out_a["tool_mask"].sum() < out_a["completion_mask"].sum()  # TRL received our env_mask
+    assert (out_a["advantages"].abs() > 0).any()
+    assert ga.keys() == gb.keys() and len(ga) > 0
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=0, atol=1e-7, msg=f"gradient of {n} depends on pool tokens")
+    # control: without the mask the same perturbation does move the gradient (the test can fail)
+    ua, _ = grads_for(make_trainer(tmp_path / "c", tokenizer, FixedRollout(tokenizer, ins_a, mask_inserted=False)))
+    ub, _ = grads_for(make_trainer(tmp_path / "d", tokenizer, FixedRollout(tokenizer, ins_b, mask_inserted=False)))
+    assert any(not torch.allclose(ua[n], ub[n]) for n in ua)
+
+
+def test_rloo_trainer_uses_leave_one_out_advantages(tmp_path, tokenizer):
+    rewards = [1.0, 0.0, 0.5, -1.0, 0.2, 0.9, -0.5, 0.0]
+    trainer = make_trainer(tmp_path, tokenizer, FixedRollout(tokenizer, [5, 6], rewards=rewards), advantage="rloo")
+    _, out = grads_for(trainer)
+    hand = []
+    for g in (rewards[:4], rewards[4:]):
+        hand += [r - (sum(g) - r) / 3 for r in g]
+    torch.testing.assert_close(out["advantages"], torch.tensor(hand), rtol=0, atol=1e-6)
+
+
+# ---- advantages by hand --------------------------------------------------------------------
+def test_rloo_matches_hand_computation():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 1.0, 2.0, 2.0])
+    # group 1: mean of others for r0 = (0+0+1)/3 = 1/3 -> 2/3; r1: (1+0+1)/3 = 2/3 -> -2/3
+    # group 2: r4=3: others (1+2+2)/3 = 5/3 -> 4/3; r5=1: others 7/3 -> -4/3; r6=2: others 2 -> 0
+    torch.testing.assert_close(rloo_advantages(r, 4), torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 4 / 3, -4 / 3, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="num_generations"):
+        rloo_advantages(r, 3)
+
+
+def test_grpo_reference_matches_hand_computation():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    std = torch.tensor([1.0, 0.0, 1.0, 0.0]).std()
+    torch.testing.assert_close(grpo_advantages(r, 4), (r - 0.5) / (std + 1e-4))
+
+
+def test_bopo_advantage_matches_hand_computation_and_never_favours_cheap_failure():
+    # one strong_only task: two costly successes (1.2, 1.0), two cheap failures (0.0, -0.1)
+    r = torch.tensor([1.2, 1.0, 0.0, -0.1])
+    ref = torch.full((4,), 1.0)
+    success = torch.tensor([True, True, False, False])
+    solvable = torch.tensor([True] * 4)
+    adv = bopo_advantages(r, 4, ref, success, solvable, beta=0.5)
+    base = 0.5 * r.mean() + 0.5 * 1.0  # (1-beta)*mean + beta*ref = 0.5*0.525 + 0.5 = 0.7625
+    torch.testing.assert_close(adv, r - base)
+    assert adv[:2].min() > adv[2:].max()
+    # a group of identical cheap failures on a solvable task: GRPO gives 0, BoPO pushes down
+    same = torch.zeros(4)
+    assert grpo_advantages(same, 4).abs().max() == 0
+    down = bopo_advantages(same, 4, ref, torch.zeros(4, dtype=torch.bool), solvable, beta=0.5)
+    torch.testing.assert_close(down, torch.full((4,), -0.5))
+    # a failure is clamped to <= 0 on a solvable task even when the group did worse
+    worse = torch.tensor([-1.0, -1.0, -1.0, -0.2])
+    clamped = bopo_advantages(worse, 4, torch.full((4,), -0.5), torch.zeros(4, dtype=torch.bool), solvable, beta=0.9)
+    assert clamped[3] == 0.0 and (clamped <= 0).all()
+    # ... but not on a task neither boundary solves
+    free = bopo_advantages(worse, 4, torch.full((4,), -0.5), torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool), beta=0.9)
+    assert free[3] > 0
+
+
+# ---- BoPO reward -----------------------------------------------------------------------
+def records():
+    return {
+        "t_both": BoundaryRecord("t_both", "c", "s", True, 0.001, True, 0.021),
+        "t_strong": BoundaryRecord("t_strong", "c", "s", False, 0.001, True, 0.021),
+        "t_none": BoundaryRecord("t_none", "c", "s", False, 0.001, False, 0.021),
+    }
+
+
+def test_boundary_classes():
+    assert [classify(*x) for x in ((True, True), (False, True), (True, False), (False, False))] == ["both", "strong_only", "cheap_only", "neither"]
+    assert {k: r.klass for k, r in records().items()} == {"t_both": "both", "t_strong": "strong_only", "t_none": "neither"}
+
+
+def test_bopo_reward_formula_and_ordering():
+    rw = BoPOReward(records(), lam=0.5, mu=0.25)
+    # c~ = (c - 0.001) / 0.02
+    assert rw.score("t_both", True, 0.001) == pytest.approx(1.5)  # cheap success: 1 + lam
+    assert rw.score("t_both", True, 0.021) == pytest.approx(1.0)  # strong success: 1 + lam*(1-1)
+    assert rw.score("t_both", True, 0.011) == pytest.approx(1.25)
+    assert rw.score("t_strong", False, 0.001) == pytest.approx(0.0)  # cheap failure
+    assert rw.score("t_strong", False, 0.021) == pytest.approx(-0.25)  # strong failure: -mu
+    assert rw.score("t_strong", True, 0.1) == pytest.approx(0.5)  # c~ clipped at 2: 1 - lam
+    assert rw.score("t_strong", False, 0.1) == pytest.approx(-0.5)
+    assert rw.score("t_strong", True, 0.001, format_ok=False) == -1.0
+    # every success outranks every failure, every failure outranks a format error
+    succ = [rw.score("t_strong", True, c) for c in (0.0, 0.01, 0.05, 1.0)]
+    fail = [rw.score("t_strong", False, c) for c in (0.0, 0.01, 0.05, 1.0)]
+    assert min(succ) > max(fail) > min(fail) > -1.0
+    refs, solvable = boundary_reward_refs(rw, ["t_both", "t_strong", "t_none"])
+    assert refs == pytest.approx([1.5, 1.0, 0.0]) and solvable == [True, True, False]
+    with pytest.raises(ValueError, match="lam"):
+        BoPOReward(records(), lam=1.0)
+    with pytest.raises(ValueError, match="mu"):
+        BoPOReward(records(), mu=0.5)
+
+
+def test_bopo_reward_reads_rollout_fields():
+    rw = BoPOReward(records())
+    ok = ["<think>a</think><route model=\"c\">q</route>", "<think>b</think><answer>@c</answer>"]
+    vals = rw(prompts=["p"] * 3, completions=[""] * 3, task_id=["t_both", "t_strong", "t_strong"], quality=[1.0, 0.0, 1.0], cost=[0.001, 0.001, 0.021], policy_turns=[ok, ok, ["garbage"]])
+    assert vals == pytest.approx([1.5, 0.0, -1.0])
