@@ -108,7 +108,7 @@ def _default_env() -> dict[str, Any]:
 
 
 def _default_rewards() -> list[dict[str, Any]]:
-    return [{"name": "router_r1", "alpha": 0.3, "cost_mode": "linear", "cost_scale": 0.01}]
+    return [{"name": "router_r1", "alpha": 0.3, "cost_mode": "linear", "cost_scale": 0.004}]
 
 
 @dataclass

@@ -75,7 +75,7 @@ def run(algorithm: str, steps: int, out: Path, warm: Path | None = None, **kw: A
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--out", default="outputs/exp_collapse")
     a = ap.parse_args()
     root = Path(a.out)

@@ -19,14 +19,17 @@ def run(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def test_help_explains_commands():
     out = run("--help").stdout
-    for cmd in ("quickstart", "rollout", "pool-server"):
+    for cmd in ("quickstart", "train", "rollout", "pool-server"):
         assert cmd in out
     assert "--set" in run("rollout", "--help").stdout
+    train_help = run("train", "--help").stdout
+    for opt in ("--set", "--output-dir", "--resume", "accelerate", "report_to"):
+        assert opt in train_help, opt
 
 
-def test_quickstart_runs_offline_and_writes_summary(tmp_path):
+def test_rollout_compares_policies_offline_and_writes_summary(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
-    p = run("quickstart", "--n", "6", "--output-dir", str(tmp_path), env=env)
+    p = run("rollout", str(Path(__file__).resolve().parents[1] / "recipes/quickstart.yaml"), "--n", "6", "--output-dir", str(tmp_path), env=env)
     assert p.returncode == 0, p.stderr
     summary = json.loads((tmp_path / "rollout_summary.json").read_text())
     pols = summary["policies"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rl_router.errors import ConfigError
 from rl_router.recipe import Recipe, load_recipe, recipe_from_dict
@@ -14,6 +17,49 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quickstart_yaml_equals_embedded_defaults():
     assert load_recipe(ROOT / "recipes/quickstart.yaml").to_dict() == Recipe().to_dict() == load_recipe(None).to_dict()
+    raw = yaml.safe_load((ROOT / "recipes/quickstart.yaml").read_text())
+    d = Recipe().to_dict()
+    for section in ("trainer", "sft", "algorithm", "env", "rewards"):  # spelled out, not inherited
+        assert raw[section] == d[section], section
+
+
+@pytest.mark.parametrize("name", ["quickstart", "rloo", "bopo_agentic", "router_r1_qwen2.5-3b"])
+def test_shipped_recipes_validate(name):
+    r = load_recipe(ROOT / f"recipes/{name}.yaml")
+    from trl import GRPOConfig
+
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    assert set(r.trainer) <= fields  # 1:1 onto TRL
+    if name == "router_r1_qwen2.5-3b":
+        assert r.model.name_or_path == "Qwen/Qwen2.5-3B-Instruct" and r.data.source == "hf"
+        assert r.rewards[0]["outcome"] == "exact_match" and len(r.pool["models"]) == 6
+        assert all("api_key" not in m and m["api_key_env"] == "TOGETHER_API_KEY" for m in r.pool["models"].values())
+
+
+@pytest.mark.parametrize("cfg", ["cpu", "single_gpu", "ddp", "zero2", "zero3", "multinode"])
+def test_accelerate_configs_load(cfg):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    c = load_config_from_file(str(ROOT / f"recipes/accelerate/{cfg}.yaml"))
+    assert c.num_processes >= 1
+    if cfg.startswith("zero") or cfg == "multinode":
+        assert c.distributed_type == "DEEPSPEED" and c.deepspeed_config["zero_stage"] in (2, 3)
+    if cfg == "multinode":
+        assert c.num_machines == 2 and c.main_process_ip
+
+
+def test_hf_data_source_loads_with_datasets(tmp_path):
+    f = tmp_path / "qa.jsonl"
+    f.write_text("\n".join(json.dumps({"q": f"who wrote book {i}?", "answers": [f"author {i}", f"a{i}"]}) for i in range(20)))
+    r = recipe_from_dict({"data": {"source": "hf", "hf": [{"path": "json", "data_files": str(f), "split": "train", "question": "q", "answer": "answers", "dataset": "mine"}], "heldout_fraction": 0.25}})
+    train, held = r.tasks(None)
+    assert len(train) + len(held) == 20 and held
+    t = (train + held)[0]
+    assert t.dataset == "mine" and isinstance(t.gold, list) and t.gold[0].startswith("author")
+    bad = recipe_from_dict({"data": {"source": "hf", "hf": [{"path": "json", "data_files": str(f), "question": "question"}]}})
+    with pytest.raises(ConfigError) as e:
+        bad.tasks(None)
+    assert e.value.field == "data.hf[0].question"
 
 
 def test_overrides_are_parsed_as_yaml():
@@ -33,6 +79,14 @@ def test_overrides_are_parsed_as_yaml():
         ({"rewards": [{"name": "nope"}]}, "rewards[0].name"),
         ({"rollout": {"temperature": "hot"}}, "rollout.temperature"),
         ({"data": {"heldout_fraction": "x"}}, "data.heldout_fraction"),
+        ({"algorithm": {"name": "ppo"}}, "algorithm.name"),
+        ({"algorithm": {"sft_mix": "all"}}, "algorithm.sft_mix"),
+        ({"algorithm": {"bopo_lamda": 0.5}}, "algorithm.bopo_lamda"),
+        ({"trainer": {"num_generations": 3}}, "trainer.num_generations"),
+        ({"trainer": {"num_generations": 1, "per_device_train_batch_size": 1}}, "trainer.num_generations"),
+        ({"trainer": {"output_dir": "x"}}, "trainer.output_dir"),
+        ({"sft": {"max_step": 3}}, "sft.max_step"),
+        ({"sft": {"learning_rate": "fast"}}, "sft.learning_rate"),
     ],
 )
 def test_bad_fields_are_named(raw, field):
