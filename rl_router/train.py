@@ -85,6 +85,15 @@ def evaluate_baselines(engine: RolloutEngine, pool: Any, tokenizer: Any, tasks: 
     return {k: evaluate_policy(engine, p, tasks, reward_funcs, weights, desc=k) for k, p in pols.items()}
 
 
+def lora_config(recipe: Recipe) -> Any:
+    """peft LoraConfig from `model.lora` (None = full fine-tuning); used by SFT and RL alike."""
+    if not recipe.model.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **{k: v for k, v in recipe.model.lora.items() if k != "task_type"})
+
+
 def _latest_checkpoint(d: Path) -> str | None:
     cks = sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if d.exists() else []
     return str(cks[-1]) if cks else None
@@ -170,9 +179,11 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
             rows = sft_rows(synthesize_sft(records, bepisodes, algo.sft_examples, seed=seed, neither_rate=algo.neither_rate, mix=algo.sft_mix))
             log(f"boundary-guided SFT on {len(rows)} stratified trajectories")
             sft_args = SFTConfig(output_dir=str(out / "sft_run"), **{**hw, **recipe.sft})
-            sft = PolicyTokenSFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+            sft = PolicyTokenSFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=lora_config(recipe))
             sft.train()
             model = sft.accelerator.unwrap_model(sft.model)
+            if hasattr(model, "merge_and_unload"):
+                model = model.merge_and_unload()  # RL then starts a fresh adapter on the warm-started weights
             if main:
                 tmp = out / "sft.tmp"
                 model.save_pretrained(tmp)
@@ -196,11 +207,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     targs = {**hw, **recipe.trainer, "reward_weights": w}
     args = GRPOConfig(output_dir=str(rl_dir), **targs)
     rollout_func = make_rollout_func(engine, train_tasks, lambda trainer: HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p))
-    peft_config = None
-    if recipe.model.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(**recipe.model.lora)
+    peft_config = lora_config(recipe)
     trainer = RouterGRPOTrainer(
         model=model,
         reward_funcs=funcs,

@@ -67,3 +67,31 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert m["global_step"] == 6
     steps = [h["step"] for h in m["log_history"] if "reward" in h]
     assert steps == [1, 2, 3, 4, 5, 6]  # earlier steps come from the checkpoint, none repeated or lost
+
+
+def test_lora_switch_and_tensorboard_logging(tmp_path):
+    """LoRA is a recipe switch (adapters in SFT and RL, merged into OUT/final); report_to
+    tensorboard writes TRL's and our episode metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rl_router.recipe import load_recipe
+    from rl_router.train import train
+
+    r = load_recipe(None, [
+        "model.lora={r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}", "trainer.report_to=tensorboard",
+        "trainer.max_steps=2", "sft.max_steps=20", "algorithm.sft_examples=16", "data.max_train=16", "data.max_heldout=4",
+        "rollout.max_new_tokens=24",
+    ])
+    m = train(r, output_dir=str(tmp_path), log=lambda _m: None)
+    assert m["global_step"] == 2
+    final = tmp_path / "final"
+    assert (final / "model.safetensors").exists() and not (final / "adapter_config.json").exists()  # merged
+    from transformers import AutoModelForCausalLM
+
+    assert not any("lora" in n for n, _ in AutoModelForCausalLM.from_pretrained(final).named_parameters())
+    events = list((tmp_path / "rl").rglob("events.out.tfevents*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/reward", "train/episode/cost", "train/episode/quality"} <= tags
