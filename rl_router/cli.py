@@ -3,6 +3,7 @@
 Commands:
   quickstart   train the tiny router offline on the embedded defaults (recorded GSM8K pool)
   train        train a router from a recipe (SFT warm start, then GRPO / RLOO / BoPO)
+  eval         a checkpoint (or a baseline) vs every baseline: table, eval.json, frontier PNG
   rollout      run policies (the router, always-<model>, random) on a recipe's held-out tasks
   pool-server  serve a pool as an OpenAI-compatible HTTP endpoint (127.0.0.1 by default)
 """
@@ -135,6 +136,69 @@ def train(
     rl_router.cli train RECIPE`. Logs go to trainer.report_to (tensorboard, wandb, trackio,
     none). Writes OUT/metrics.json, OUT/training_curves.png, OUT/final/."""
     _train(recipe, set_ or [], output_dir, resume)
+
+
+def _eval_recipe(target: str, recipe_path: Optional[str], sets: list[str]) -> Any:
+    from .recipe import apply_overrides, load_recipe, recipe_from_dict
+
+    saved = Path(target) / "recipe.json"
+    if recipe_path is None and saved.exists():  # a training output dir remembers its recipe
+        return recipe_from_dict(apply_overrides(json.loads(saved.read_text()), sets))
+    if recipe_path is None and (Path(target).parent / "recipe.json").exists():
+        return recipe_from_dict(apply_overrides(json.loads((Path(target).parent / "recipe.json").read_text()), sets))
+    return load_recipe(recipe_path, sets)
+
+
+@app.command("eval")
+def eval_(
+    target: str = typer.Argument(..., help="A training output dir (uses its final/ and recipe.json), a model folder, 'initial' (the recipe's untrained router), or a baseline name (always-<model>, random, oracle, knn-tfidf) to evaluate the baselines alone."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (default: TARGET/recipe.json of a training run, else the embedded quickstart)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field, e.g. --set env.budget=0.005."),
+    n: Optional[int] = typer.Option(None, "--n", help="Limit the number of held-out tasks."),
+    sampled: bool = typer.Option(True, "--sampled/--no-sampled", help="Also run the router sampled (at trainer.temperature), next to greedy."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated per-task budgets ($) for an inference-time budget sweep, e.g. 0.0005,0.002,0.01."),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="Also evaluate every OUT/rl/checkpoint-N (greedy) and plot reward/cost over training."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write eval.json and the PNGs (default: TARGET/eval for a run, else RECIPE's output_dir/eval)."),
+) -> None:
+    """Evaluate a router on the recipe's held-out tasks against always-<model>, random, the
+    oracle (cheapest model that solves each task) and a learned TF-IDF kNN router: quality,
+    cost, routes, call share, format / budget / pool error rates, latency, reward; PGR and
+    RouteLLM-style APGR and CPT(50%) computed by our code; the cost-quality frontier PNG."""
+    from .evaluate import evaluate, resolve_checkpoint, write_outputs
+
+    try:
+        r = _eval_recipe(target, recipe, set_ or [])
+        bl = [float(x) for x in budgets.split(",")] if budgets else None
+    except ConfigError as e:
+        _fail(e)
+    except ValueError as e:
+        _fail(ValueError(f"--budgets: {e}; give numbers separated by commas"))
+    ck = resolve_checkpoint(target)
+    if ck is None and target != "initial" and not (target.startswith("always-") or target in ("random", "oracle", "knn-tfidf")):
+        _fail(ValueError(f"{target!r} is neither a model folder, a training output dir, 'initial', nor a baseline name"))
+    out = Path(output_dir) if output_dir else (ck.parent / "eval" if ck is not None and ck.name == "final" else Path(r.output_dir) / "eval")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as prog:
+        bars: dict[str, Any] = {}
+        total = n or r.data.max_heldout or 0
+
+        def advance(name: str, k: int) -> None:
+            if name not in bars:
+                bars[name] = prog.add_task(f"{name:<22}", total=total or None)
+            prog.advance(bars[name], k)
+
+        res = evaluate(r, target, n=n, sampled=sampled, budgets=bl, checkpoints=checkpoints, progress=advance)
+    files = write_outputs(res, out)
+    console.print(_table(f"{res['tasks']} held-out tasks, budget ${res['budget']}/task", res["policies"]))
+    st = Table(title="one-number comparisons (RouteLLM-style PGR / cost-to-reach, our code)")
+    for c in ("policy or curve", "PGR", "above random line", "APGR", "CPT(50%) $/1k"):
+        st.add_column(c, justify="left" if c == "policy or curve" else "right")
+    key = "cpt_50"
+    for name, sc in res["scores"].items():
+        p = res["policies"].get(name, {})
+        ctr = sc.get(key)
+        st.add_row(name, f"{p['pgr']:.2f}" if p.get("pgr") is not None else "-", f"{p['above_random_mixture'] + 1e-9:+.3f}" if "above_random_mixture" in p else "-", f"{sc['apgr']:.3f}" if sc.get("apgr") is not None else "-", f"{1000 * ctr:.3f}" if ctr is not None else "not reached")
+    console.print(st)
+    console.print("wrote " + ", ".join(str(f) for f in files))
 
 
 @app.command()

@@ -33,3 +33,89 @@ def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: st
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
+    """Cost-quality plane: every policy a point, the random mixture line, the oracle frontier,
+    the kNN threshold sweep and (if swept) the router's budget curve. Cost in $ per 1k tasks."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    styles = {
+        "oracle frontier": dict(color="black", ls="-", lw=1.5),
+        "random mixture": dict(color="grey", ls="--", lw=1.2),
+        "knn-tfidf sweep": dict(color="tab:purple", ls=":", lw=1.2, marker="."),
+        "router budget sweep": dict(color="tab:red", ls="-.", lw=1.2, marker="."),
+    }
+    for name, pts in result["curves"].items():
+        if pts:
+            xs, ys = zip(*sorted(pts))
+            ax.plot([1000 * x for x in xs], ys, label=name, **styles.get(name, {}))
+    markers = {"always-": ("s", "tab:blue"), "random": ("D", "grey"), "oracle": ("*", "black"), "knn-tfidf": ("P", "tab:purple")}
+    for name, s in result["policies"].items():
+        mk, col = next((v for k, v in markers.items() if name.startswith(k)), ("o", "tab:red"))
+        size = 140 if name in result.get("routers", []) else 60
+        ax.scatter([1000 * s["mean_cost"]], [s["quality"]], marker=mk, color=col, s=size, zorder=3, edgecolors="white", linewidths=0.5)
+        ax.annotate(name, (1000 * s["mean_cost"], s["quality"]), textcoords="offset points", xytext=(6, -10 if name.startswith("always") else 5), fontsize=7)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("cost ($ per 1k tasks, symlog)")
+    ax.set_ylabel("quality (accuracy / EM / success)")
+    ax.set_title(f"Cost-quality frontier, {result['tasks']} held-out tasks, budget ${result['budget']}/task")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_budget_sweep(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    b = [r["budget"] for r in rows]
+    ax.plot(b, [r["quality"] for r in rows], "o-", color="tab:green", label="quality")
+    ax.set_xscale("log")
+    ax.set_xlabel("per-task budget ($, log)")
+    ax.set_ylabel("quality")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(b, [1000 * r["mean_cost"] for r in rows], "^--", color="tab:red", label="cost ($ / 1k tasks)")
+    ax2.set_ylabel("cost ($ per 1k tasks)", color="tab:red")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)
+    ax.set_title("Router under inference-time budgets")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_checkpoints(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["reward"] for r in rows], "o-", color="tab:blue", label="held-out reward")
+    ax.plot(steps, [r["quality"] for r in rows], "s--", color="tab:green", label="held-out quality")
+    ax.set_xlabel("training step (checkpoint)")
+    ax.set_ylabel("reward / quality")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(steps, [1000 * r["mean_cost"] for r in rows], "^-", color="tab:red", label="cost ($ / 1k tasks)")
+    ax2.set_ylabel("cost ($ per 1k tasks)", color="tab:red")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)
+    ax.set_title("Held-out reward and cost over checkpoints")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

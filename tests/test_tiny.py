@@ -31,3 +31,15 @@ def test_tiny_router_saves_and_loads_by_path(tmp_path):
     x = torch.tensor([ids])
     assert torch.allclose(model(x).logits, m2(x).logits, atol=1e-6)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_saved_router_reloads_with_identical_tokenization(tmp_path, tokenizer):
+    from rl_router.tiny import build_tiny_router, load_router
+
+    model, tok = build_tiny_router(seed=0, hidden_size=32, num_layers=1)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    _m, tok2 = load_router(str(tmp_path))
+    text = "<information>[gpt-4-1106 | $0.001960 | $0.008040 left]\nSo 2 / 2 = 1 bolt; 2 + 1 = 3, total 3.50 bolts.</information>"
+    assert tok2.encode(text, add_special_tokens=False) == tokenizer.encode(text, add_special_tokens=False)
+    assert tok2.eos_token_id == tokenizer.eos_token_id and tok2.pad_token_id == tokenizer.pad_token_id and tok2.padding_side == "left"
