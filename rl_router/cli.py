@@ -4,6 +4,7 @@ Commands:
   quickstart   train the tiny router offline on the embedded defaults (recorded GSM8K pool)
   train        train a router from a recipe (SFT warm start, then GRPO / RLOO / BoPO)
   eval         a checkpoint (or a baseline) vs every baseline: table, eval.json, frontier PNG
+  export       a Hub-ready folder (weights, router_config.json, eval.json, model card); --push uploads
   rollout      run policies (the router, always-<model>, random) on a recipe's held-out tasks
   pool-server  serve a pool as an OpenAI-compatible HTTP endpoint (127.0.0.1 by default)
 """
@@ -199,6 +200,40 @@ def eval_(
         st.add_row(name, f"{p['pgr']:.2f}" if p.get("pgr") is not None else "-", f"{p['above_random_mixture'] + 1e-9:+.3f}" if "above_random_mixture" in p else "-", f"{sc['apgr']:.3f}" if sc.get("apgr") is not None else "-", f"{1000 * ctr:.3f}" if ctr is not None else "not reached")
     console.print(st)
     console.print("wrote " + ", ".join(str(f) for f in files))
+
+
+@app.command()
+def export(
+    checkpoint: str = typer.Argument(..., help="A training output dir (its final/, recipe.json and eval/eval.json) or a model folder."),
+    repo_id: str = typer.Option(..., "--repo-id", help="ORG/NAME on the Hub; also names the model in the card."),
+    out: Optional[str] = typer.Option(None, "--out", help="Export folder (default: CHECKPOINT/export/NAME, or ./export/NAME)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (default: the run's recipe.json)."),
+    eval_json: Optional[str] = typer.Option(None, "--eval-json", help="eval.json to publish (default: CHECKPOINT/eval/eval.json if present)."),
+    push_: bool = typer.Option(False, "--push", help="Upload with huggingface_hub (token from HF_TOKEN; HF_ENDPOINT selects the Hub)."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+) -> None:
+    """Write a Hub-ready folder for a trained router: merged weights, tokenizer and chat
+    template, router_config.json (pool model cards, system prompt, tag protocol, env and reward
+    settings), recipe.json, eval.json and a model card with YAML metadata and measured results.
+    No API key is ever read or written; exported files are scanned for secrets."""
+    from .export import export as do_export
+    from .export import push
+
+    try:
+        r = _eval_recipe(checkpoint, recipe, [])
+        name = repo_id.split("/")[-1]
+        base = Path(checkpoint) if (Path(checkpoint) / "final").exists() else Path("export")
+        dest = Path(out) if out else (base / "export" / name if base != Path("export") else base / name)
+        folder = do_export(checkpoint, repo_id, r, dest, eval_json=eval_json)
+    except (ConfigError, ValueError, RuntimeError) as e:
+        _fail(e)
+    console.print(f"exported {sorted(p.name for p in folder.iterdir())} to {folder}")
+    if push_:
+        try:
+            url = push(folder, repo_id, private=private)
+        except Exception as e:  # noqa: BLE001 (huggingface_hub raises many types; report, never echo the token)
+            _fail(RuntimeError(f"push to {repo_id} failed: {type(e).__name__}: {e}"))
+        console.print(f"pushed: {url}")
 
 
 @app.command()

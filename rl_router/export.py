@@ -1,0 +1,188 @@
+"""`rl-router export`: a Hub-ready folder for a trained router, and an optional push.
+
+The folder holds what a user needs to run the router without rl-router's training code:
+weights (merged, full), tokenizer with its chat template, `router_config.json` (the
+pool's model cards, the system prompt the router was trained with, the tag protocol, env
+and reward settings), `eval.json` (measured results) and a model card (README.md with
+Hub YAML metadata and the measured figures).
+
+Secrets: nothing here ever reads an API key; recipes hold env var *names*. As a second
+line of defence every exported text file is scanned for the values of the env vars the
+recipe names (and HF_TOKEN) and for credentials in URLs, which are redacted; a binary
+file that contains one aborts the export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .prompts import PROTOCOL, system_prompt
+from .recipe import Recipe
+
+WEIGHT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "vocab.json", "merges.txt")
+URL_CREDS = re.compile(r"(https?://)[^/@\s:]+:[^/@\s]+@")
+
+
+def secret_values(recipe: Recipe) -> list[str]:
+    names = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
+    for spec in (recipe.pool.get("models") or {}).values():
+        if isinstance(spec, dict) and spec.get("api_key_env"):
+            names.add(spec["api_key_env"])
+    return [v for n in sorted(names) if len(v := os.environ.get(n, "")) >= 8]
+
+
+def redact_text(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        text = text.replace(s, "***")
+    return URL_CREDS.sub(r"\1***@", text)
+
+
+def router_config(recipe: Recipe, pool: Any) -> dict[str, Any]:
+    cards = [pool.card(m) for m in pool.model_names]
+    env = {k: v for k, v in recipe.env.items()}
+    pool_section = {k: v for k, v in recipe.pool.items() if k != "models"}
+    return {
+        "library": "rl-router",
+        "pool": {"type": recipe.pool.get("type"), "settings": pool_section, "models": [dataclasses.asdict(c) for c in cards]},
+        "endpoints": {m: {k: v for k, v in spec.items() if k in ("base_url", "model_id", "api_key_env")} for m, spec in (recipe.pool.get("models") or {}).items() if isinstance(spec, dict)},
+        "prompt": {"protocol": PROTOCOL, "system_prompt": system_prompt(cards), "user_template": "Task: {question}\nBudget: ${budget:.4f}"},
+        "tag_protocol": {
+            "think": protocol.THINK_RE.pattern,
+            "route": protocol.ROUTE_RE.pattern,
+            "answer": protocol.ANSWER_RE.pattern,
+            "adopt": "<answer>@NAME</answer> adopts NAME's latest final answer",
+            "information": "<information>...</information> is written by the environment only",
+            "stop_strings": list(protocol.STOP_STRINGS),
+        },
+        "env": env,
+        "rollout": dataclasses.asdict(recipe.rollout),
+        "rewards": recipe.rewards,
+        "algorithm": dataclasses.asdict(recipe.algorithm),
+    }
+
+
+def _fmt(x: Any, scale: float = 1.0, nd: int = 3) -> str:
+    return "-" if x is None else f"{x * scale:.{nd}f}"
+
+
+def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, Any] | None, base_model: str) -> str:
+    pol = (ev or {}).get("policies", {})
+    router = next((k for k in (ev or {}).get("routers", []) if "greedy" in k), None)
+    datasets = sorted({*recipe.data.datasets} if recipe.data.source == "pool" else {str(s.get("path")) for s in recipe.data.hf} if recipe.data.source == "hf" else {recipe.data.source})
+    meta: dict[str, Any] = {"library_name": "rl-router", "pipeline_tag": "text-generation", "license": "apache-2.0"}
+    if "/" in base_model and " " not in base_model:
+        meta["base_model"] = base_model  # a Hub id; the offline tiny router has none
+    meta["tags"] = ["rl-router", "llm-routing", recipe.algorithm.name, "trl"]
+    meta["datasets"] = datasets
+    if router:
+        s = pol[router]
+        meta["model-index"] = [{
+            "name": repo_id.split("/")[-1],
+            "results": [{
+                "task": {"type": "text-generation", "name": "LLM routing"},
+                "dataset": {"name": f"{', '.join(datasets)} held-out ({ev['tasks']} tasks)", "type": datasets[0]},
+                "metrics": [
+                    {"type": "accuracy", "name": "quality", "value": round(s["quality"], 4)},
+                    {"type": "cost", "name": "mean cost per task (USD)", "value": float(f"{s['mean_cost']:.6g}")},
+                    {"type": "reward", "name": "recipe reward", "value": round(s["reward"], 4)},
+                ],
+            }],
+        }]
+    import yaml
+
+    head = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---"]
+    lines = [f"# {repo_id.split('/')[-1]}", "", f"A **router** trained with [rl-router](https://github.com/) ({recipe.algorithm.name.upper()}"
+             + (", boundary-guided SFT warm start" if recipe.algorithm.sft_warmstart else "") + f") on top of `{base_model}`.",
+             "For each task it thinks, calls models of its pool with `<route model=\"NAME\">sub-query</route>`, reads their replies",
+             "in `<information>` blocks and finishes with `<answer>...</answer>` (or `<answer>@NAME</answer>` to adopt a model's answer),",
+             f"under a per-task budget of ${recipe.env_config().budget}.", "", "## Pool", "", "| model | $ in / out per 1M tokens | latency | example scores |", "|---|---|---|---|"]
+    for c in cfg["pool"]["models"]:
+        lines.append(f"| {c['name']} | {c['price_in']:g} / {c['price_out']:g} | {c['latency_ms']:.0f} ms | {', '.join(f'{k} {v:.0%}' for k, v in c['example_scores'].items()) or '-'} |")
+    lines += ["", "## Rewards", "", "```json", json.dumps(recipe.rewards, indent=1), "```", ""]
+    if pol:
+        lines += [f"## Measured results ({ev['tasks']} held-out tasks, greedy)", "", "| policy | quality | $ / 1k tasks | reward | PGR | format errors |", "|---|---|---|---|---|---|"]
+        for name, s in pol.items():
+            lines.append(f"| {name} | {s['quality']:.3f} | {_fmt(s['mean_cost'], 1000)} | {_fmt(s.get('reward'))} | {_fmt(s.get('pgr'), 1, 2)} | {s['format_error_rate']:.0%} |")
+        lines += ["", "PGR: share of the cheapest -> strongest quality gap recovered. Full figures in `eval.json`.", ""]
+    else:
+        lines += ["## Measured results", "", "Not evaluated yet: run `rl-router eval` and export again.", ""]
+    lines += [
+        "## Usage", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "import json",
+        f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")', f'tok = AutoTokenizer.from_pretrained("{repo_id}")',
+        "cfg = json.load(open(\"router_config.json\"))  # pool cards, system prompt, tag protocol", "```", "",
+        "With rl-router, serve it behind an OpenAI-compatible endpoint that runs the route loop against your pool:", "",
+        "```bash", f"rl-router serve {repo_id} --pool pool.yaml --port 8080", "```", "",
+        "API keys of pool endpoints are read from the environment variables named in `router_config.json`; none is stored here.", "",
+    ]
+    return "\n".join(head + [""] + lines)
+
+
+def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path, *, eval_json: str | Path | None = None, base_model: str | None = None) -> Path:
+    from .evaluate import resolve_checkpoint
+
+    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"--repo-id: {repo_id!r} is not ORG/NAME")
+    ck = resolve_checkpoint(str(checkpoint))
+    if ck is None:
+        raise ValueError(f"{checkpoint}: no model there (expected config.json, or final/config.json of a training run)")
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for f in WEIGHT_FILES:
+        if (ck / f).exists():
+            shutil.copy2(ck / f, out / f)
+    if not (out / "model.safetensors").exists() and not (out / "model.safetensors.index.json").exists():
+        for f in ck.glob("model-*.safetensors"):
+            shutil.copy2(f, out / f.name)
+    if (ck / "adapter_config.json").exists():
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(ck / f, out / f)
+    pool = recipe.build_pool()
+    cfg = router_config(recipe, pool)
+    (out / "router_config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1, default=str))  # `rl-router eval EXPORT_DIR` re-measures it
+    ev_path = Path(eval_json) if eval_json else next((p for p in (ck.parent / "eval" / "eval.json", ck / "eval.json") if p.exists()), None)
+    ev = json.loads(ev_path.read_text()) if ev_path and ev_path.exists() else None
+    if ev is not None:
+        (out / "eval.json").write_text(json.dumps(ev, indent=1))
+    base = base_model or ("tiny router built from a config (no Hub base)" if recipe.model.name_or_path == "tiny" else recipe.model.name_or_path)
+    (out / "README.md").write_text(model_card(repo_id, recipe, cfg, ev, base))
+    _scrub(out, secret_values(recipe))
+    return out
+
+
+def _scrub(out: Path, secrets: list[str]) -> None:
+    for f in out.rglob("*"):
+        if not f.is_file():
+            continue
+        data = f.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            if any(s.encode() in data for s in secrets):
+                shutil.rmtree(out)
+                raise RuntimeError(f"{f.name} contains a secret from the environment; export aborted") from None
+            continue
+        clean = redact_text(text, secrets)
+        if clean != text:
+            f.write_text(clean)
+
+
+def push(folder: str | Path, repo_id: str, *, private: bool = False, token_env: str = "HF_TOKEN") -> str:
+    """Create the repo (if needed) and upload the folder with huggingface_hub. The token is
+    read from the environment only; HF_ENDPOINT selects another Hub (or a local test server)."""
+    from huggingface_hub import HfApi
+
+    token = os.environ.get(token_env) or None
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload router exported by rl-router")
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,104 @@
+"""Export: Hub-ready folder, model card metadata, reload reproduces the eval, push to a local
+Hub stand-in (HF_ENDPOINT -> tests/hub_server.py on 127.0.0.1), secrets never exported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hub_server import HubServer  # noqa: E402
+
+BIN = str(Path(sys.executable).with_name("rl-router"))
+SECRET = "sk-planted-secret-0123456789abcdef"
+
+
+def run(*args, env=None, timeout=600):
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
+    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def test_export_reload_push_and_no_secrets(tmp_path):
+    from rl_router.recipe import load_recipe
+    from rl_router.tiny import build_tiny_router
+
+    # a "training run" folder: a router, its recipe (with an api_key_env whose value is planted)
+    run_dir = tmp_path / "run"
+    build_tiny_router(save_dir=run_dir / "final", seed=3)
+    r = load_recipe(None, ["rollout.max_new_tokens=24", "data.max_heldout=8"])
+    raw = r.to_dict()
+    raw["pool"] = {"type": "recorded", "datasets": ["gsm8k"]}
+    (run_dir / "recipe.json").write_text(json.dumps(raw))
+    p = run("eval", str(run_dir), "--no-sampled")
+    assert p.returncode == 0, p.stderr[-2000:]
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+
+    env = {"HF_TOKEN": SECRET}
+    p = run("export", str(run_dir), "--repo-id", "acme/tiny-router", env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    out = run_dir / "export" / "tiny-router"
+    names = {f.name for f in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "router_config.json", "eval.json", "README.md", "recipe.json"} <= names
+    cfg = json.loads((out / "router_config.json").read_text())
+    assert [m["name"] for m in cfg["pool"]["models"]] == ["mixtral-8x7b", "gpt-4-1106"] and cfg["pool"]["models"][1]["price_out"] == 30.0
+    assert "<route" in cfg["prompt"]["system_prompt"] and cfg["tag_protocol"]["stop_strings"] == ["</route>", "</answer>"]
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("\n---", 1)[0][4:])
+    assert meta["library_name"] == "rl-router" and "rl-router" in meta["tags"] and meta["datasets"] == ["gsm8k"]
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert metrics[0]["value"] == round(ev["policies"]["router (greedy)"]["quality"], 4)
+    assert "rl-router serve acme/tiny-router" in card and "| always-gpt-4-1106 |" in card
+
+    # reload the exported folder: the same greedy numbers
+    p = run("eval", str(out), "--no-sampled", "--output-dir", str(tmp_path / "ev2"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    ev2 = json.loads((tmp_path / "ev2" / "eval.json").read_text())
+    a, b = ev["policies"]["router (greedy)"], ev2["policies"]["router (greedy)"]
+    for k in ("quality", "mean_cost", "reward", "routes_per_task", "format_error_rate"):
+        assert a[k] == b[k], k
+
+    # push to a local Hub stand-in; the token travels only as the Authorization header
+    with HubServer(tmp_path / "hub") as hub:
+        p = run("export", str(run_dir), "--repo-id", "acme/tiny-router", "--push", "--private", env={**env, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"})
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        assert hub.repos["acme/tiny-router"]["visibility"] == "private"
+        assert all(auth == f"Bearer {SECRET}" for m, path, auth in hub.requests if path.startswith("/api/models/"))
+        assert hub.validated and hub.validated[0]["library_name"] == "rl-router"
+    pushed = tmp_path / "hub" / "acme" / "tiny-router"
+    assert {f.name for f in pushed.iterdir()} == names
+    assert (pushed / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert SECRET not in p.stdout + p.stderr
+    for f in list(out.rglob("*")) + list(pushed.rglob("*")):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f
+
+
+def test_export_redacts_planted_secret_and_url_credentials(tmp_path, monkeypatch):
+    from rl_router.export import _scrub, redact_text, secret_values
+    from rl_router.recipe import recipe_from_dict
+
+    monkeypatch.setenv("POOL_KEY", SECRET)
+    r = recipe_from_dict({"pool": {"type": "openai", "models": {"m": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "POOL_KEY", "price_in": 1, "price_out": 1}}}, "data": {"source": "synthetic"}})
+    assert SECRET in secret_values(r)
+    assert redact_text(f"key={SECRET} url=https://bob:hunter2@api.example.com/v1", [SECRET]) == "key=*** url=https://***@api.example.com/v1"
+    (tmp_path / "log.txt").write_text(f"oops {SECRET}")
+    _scrub(tmp_path, [SECRET])
+    assert SECRET not in (tmp_path / "log.txt").read_text()
+    (tmp_path / "w.bin").write_bytes(b"\xff\xfe" + SECRET.encode())
+    import pytest
+
+    with pytest.raises(RuntimeError, match="secret"):
+        _scrub(tmp_path, [SECRET])
+
+
+def test_export_bad_repo_id_exits_2(tmp_path):
+    from rl_router.tiny import build_tiny_router
+
+    build_tiny_router(save_dir=tmp_path / "m", seed=0)
+    p = run("export", str(tmp_path / "m"), "--repo-id", "no-slash", "--out", str(tmp_path / "x"))
+    assert p.returncode == 2 and "ORG/NAME" in p.stdout
