@@ -5,6 +5,7 @@ Commands:
   train        train a router from a recipe (SFT warm start, then GRPO / RLOO / BoPO)
   eval         a checkpoint (or a baseline) vs every baseline: table, eval.json, frontier PNG
   export       a Hub-ready folder (weights, router_config.json, eval.json, model card); --push uploads
+  serve        a trained router as an OpenAI-compatible /v1/chat/completions endpoint
   rollout      run policies (the router, always-<model>, random) on a recipe's held-out tasks
   pool-server  serve a pool as an OpenAI-compatible HTTP endpoint (127.0.0.1 by default)
 """
@@ -234,6 +235,55 @@ def export(
         except Exception as e:  # noqa: BLE001 (huggingface_hub raises many types; report, never echo the token)
             _fail(RuntimeError(f"push to {repo_id} failed: {type(e).__name__}: {e}"))
         console.print(f"pushed: {url}")
+
+
+@app.command()
+def serve(
+    checkpoint: str = typer.Argument(..., help="A training output dir, an exported folder or a model folder."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="YAML with the pool to route to: a recipe, or a file whose top level is a pool section ({type: openai, models: ...}). Default: the checkpoint's recipe."),
+    host: str = typer.Option("127.0.0.1", help="Bind address; keep 127.0.0.1 unless you mean to expose it."),
+    port: int = typer.Option(8080, help="Port."),
+    model_id: Optional[str] = typer.Option(None, "--model-id", help="Model name clients send (default: the checkpoint folder's name)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Name of an env var holding a bearer token clients must send."),
+) -> None:
+    """Serve a trained router: POST /v1/chat/completions runs its think/route loop against the
+    pool and returns the final answer (stream: true streams it), with usage and the routing
+    trace (models called, cost) in the `rl_router` field; GET /v1/models."""
+    import yaml
+
+    from .evaluate import resolve_checkpoint
+    from .recipe import recipe_from_dict
+    from .serve import RouterServer
+    from .tiny import load_tokenizer
+
+    try:
+        ck = resolve_checkpoint(checkpoint)
+        if ck is None:
+            raise ValueError(f"{checkpoint}: no model there (expected config.json, or final/config.json)")
+        r = _eval_recipe(checkpoint, None, [])
+        if pool:
+            raw = yaml.safe_load(Path(pool).read_text()) or {}
+            section = raw if "type" in raw else raw.get("pool")
+            if not isinstance(section, dict):
+                raise ConfigError("--pool", f"{pool} has neither a top-level pool section nor a 'type'", "give a recipe or a {type: ..., models: ...} file")
+            r = recipe_from_dict({**r.to_dict(), "pool": section})
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not key:
+            raise ValueError(f"--api-key-env {api_key_env}: that environment variable is empty")
+        from transformers import AutoModelForCausalLM
+
+        srv = RouterServer(
+            AutoModelForCausalLM.from_pretrained(ck), load_tokenizer(ck), r.build_pool(), r.env_config(), env_name=r.env.get("name", "router_r1"),
+            model_id=model_id or (Path(checkpoint).resolve().name), max_new_tokens=r.rollout.max_new_tokens,
+            max_completion_tokens=r.rollout.max_completion_tokens, host=host, port=port, api_key=key,
+        )
+    except (ConfigError, ValueError) as e:
+        _fail(e)
+    console.print(f"serving router {srv.model_id!r} over {srv.pool.model_names} at {srv.url}")
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        srv.stop()
 
 
 @app.command()

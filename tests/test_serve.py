@@ -1,0 +1,106 @@
+"""`rl-router serve`: a warm-started tiny router answers the official `openai` client end to
+end over HTTP on 127.0.0.1 (recorded pool), streams, and returns OpenAI-style errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+BIN = str(Path(sys.executable).with_name("rl-router"))
+
+
+@pytest.fixture(scope="module")
+def warm_router(tmp_path_factory):
+    """A tiny router taught the protocol by boundary-guided SFT (about 20 s on CPU)."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from envs import make_env
+    from rl_router.boundary import run_boundaries, sft_rows, synthesize_sft
+    from rl_router.recipe import load_recipe
+    from rl_router.rollout import RolloutEngine
+    from rl_router.sft import PolicyTokenSFTTrainer
+    from rl_router.tiny import build_tiny_router
+
+    d = tmp_path_factory.mktemp("served")
+    r = load_recipe(None, ["data.max_train=64"])
+    pool = r.build_pool()
+    train, held = r.tasks(pool)
+    model, tok = build_tiny_router(seed=0)
+    eng = RolloutEngine(lambda: make_env("router_r1", pool, config=r.env_config(), tokenizer=tok), tok)
+    recs, eps = run_boundaries(eng, pool, train, tok, style="compact")
+    rows = sft_rows(synthesize_sft(recs, eps, 128))
+    args = SFTConfig(output_dir=str(d / "sft_run"), max_steps=120, per_device_train_batch_size=8, learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10,
+                     save_strategy="no", report_to="none", bf16=False, use_cpu=True, gradient_checkpointing=False, disable_tqdm=True)
+    PolicyTokenSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
+    final = d / "run" / "final"
+    model.save_pretrained(final)
+    tok.save_pretrained(final)
+    (d / "run" / "recipe.json").write_text(json.dumps(r.to_dict()))
+    return d / "run", held
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_served_router_answers_openai_client(warm_router):
+    run_dir, held = warm_router
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ROUTER_TOKEN": "tok-123"}
+    proc = subprocess.Popen([BIN, "serve", str(run_dir), "--port", str(port), "--model-id", "tiny-router", "--api-key-env", "ROUTER_TOKEN"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="tok-123", max_retries=0, timeout=60)
+        t0 = time.time()
+        while True:
+            try:
+                models = client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert proc.poll() is None and time.time() - t0 < 120, proc.stdout.read() if proc.poll() is not None else "server did not start"
+                time.sleep(0.3)
+        assert [m.id for m in models.data] == ["tiny-router"]
+
+        q = held[0]
+        resp = client.chat.completions.create(model="tiny-router", messages=[{"role": "user", "content": q.question}])
+        extra = resp.model_extra["rl_router"]
+        assert resp.choices[0].finish_reason == "stop" and resp.choices[0].message.content
+        assert extra["routes"] and extra["routes"][0]["model"] in ("mixtral-8x7b", "gpt-4-1106")
+        assert extra["cost"] == pytest.approx(sum(r["cost"] for r in extra["routes"])) and extra["cost"] > 0
+        assert resp.usage.completion_tokens > 0 and resp.usage.prompt_tokens > 100
+        # the served answer is the adopted model's recorded final answer
+        assert extra["trajectory"][-1].startswith("<think>") and "<answer>" in extra["trajectory"][-1]
+
+        chunks = list(client.chat.completions.create(model="tiny-router", messages=[{"role": "user", "content": q.question}], stream=True, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == resp.choices[0].message.content
+        assert chunks[-1].usage.total_tokens == resp.usage.total_tokens
+
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": q.question}])
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="tiny-router", messages=[])
+        assert e.value.status_code == 400 and "messages" in str(e.value)
+        with pytest.raises(openai.BadRequestError, match="recorded"):
+            client.chat.completions.create(model="tiny-router", messages=[{"role": "user", "content": "What is the capital of France?"}])
+        with pytest.raises(openai.BadRequestError, match="temperature"):
+            client.chat.completions.create(model="tiny-router", messages=[{"role": "user", "content": q.question}], temperature=5)
+        bad = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        assert proc.poll() is None  # errors never take the server down
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
