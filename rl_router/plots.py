@@ -7,11 +7,8 @@ from typing import Any
 
 
 def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: str = "training") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Reward (group mean), sampled quality and cost per training step, from TRL's log history."""
+    plt = _plt()
     rows = [h for h in log_history if "reward" in h and "step" in h]
     steps = [h["step"] for h in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -20,19 +17,7 @@ def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: st
         ax.plot(steps, [h["episode/quality"] for h in rows], "s--", color="tab:green", label="quality")
     ax.set_xlabel("training step")
     ax.set_ylabel("reward / quality")
-    ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    if rows and "episode/cost" in rows[0]:
-        ax2.plot(steps, [1000 * h["episode/cost"] for h in rows], "^-", color="tab:red", label="cost ($ / 1k tasks)")
-    ax2.set_ylabel("cost ($ per 1k tasks)", color="tab:red")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _cost_axis(ax, steps, [h.get("episode/cost", 0.0) for h in rows], title, path)
 
 
 def _plt():
@@ -42,6 +27,24 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _cost_axis(ax: Any, xs: list[Any], costs_usd: list[float], title: str, path: str | Path) -> Path:
+    """Right-hand cost axis ($ per 1k tasks), one legend for both axes, save and close."""
+    plt = _plt()
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(xs, [1000 * c for c in costs_usd], "^-", color="tab:red", label="cost ($ / 1k tasks)")
+    ax2.set_ylabel("cost ($ per 1k tasks)", color="tab:red")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)
+    ax.set_title(title)
+    fig = ax.figure
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
@@ -85,18 +88,7 @@ def plot_budget_sweep(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("per-task budget ($, log)")
     ax.set_ylabel("quality")
-    ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(b, [1000 * r["mean_cost"] for r in rows], "^--", color="tab:red", label="cost ($ / 1k tasks)")
-    ax2.set_ylabel("cost ($ per 1k tasks)", color="tab:red")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)
-    ax.set_title("Router under inference-time budgets")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _cost_axis(ax, b, [r["mean_cost"] for r in rows], "Router under inference-time budgets", path)
 
 
 def plot_checkpoints(rows: list[dict[str, Any]], path: str | Path) -> Path:
@@ -107,15 +99,4 @@ def plot_checkpoints(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax.plot(steps, [r["quality"] for r in rows], "s--", color="tab:green", label="held-out quality")
     ax.set_xlabel("training step (checkpoint)")
     ax.set_ylabel("reward / quality")
-    ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(steps, [1000 * r["mean_cost"] for r in rows], "^-", color="tab:red", label="cost ($ / 1k tasks)")
-    ax2.set_ylabel("cost ($ per 1k tasks)", color="tab:red")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="best", fontsize=8)
-    ax.set_title("Held-out reward and cost over checkpoints")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _cost_axis(ax, steps, [r["mean_cost"] for r in rows], "Held-out reward and cost over checkpoints", path)

@@ -22,20 +22,20 @@ import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from envs import make_env
+from .httpd import JSONHandler, ServerLifecycle, openai_error
 from .policies import HFPolicy
 from .rollout import RolloutEngine
 from .tasks import Task
 
 
-def _err(message: str, type_: str, code: int, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+_err = openai_error
 
 
-class RouterServer:
+class RouterServer(ServerLifecycle):
     def __init__(self, model: Any, tokenizer: Any, pool: Any, env_config: Any, *, env_name: str = "router_r1", model_id: str = "rl-router", max_new_tokens: int = 96, max_completion_tokens: int = 2048, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None):
         self.model, self.tok, self.pool = model, tokenizer, pool
         self.model_id, self.max_new_tokens = model_id, max_new_tokens
@@ -46,25 +46,8 @@ class RouterServer:
         self.requests = 0
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                return
-
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _auth_ok(self) -> bool:
-                if server.api_key is None or self.headers.get("Authorization") == f"Bearer {server.api_key}":
-                    return True
-                self._send(401, _err("invalid or missing API key", "invalid_request_error", 401))
-                return False
+        class Handler(JSONHandler):
+            api_key = server.api_key
 
             def do_GET(self) -> None:
                 if not self._auth_ok():
@@ -129,7 +112,6 @@ class RouterServer:
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     # ---- the router -------------------------------------------------------------------
     def validate(self, req: dict[str, Any]) -> tuple[int, str, str] | None:
@@ -180,27 +162,3 @@ class RouterServer:
                 "trajectory": ep.get("policy_turns") or [],
             },
         }
-
-    # ---- lifecycle -----------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> "RouterServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="router-server")
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> "RouterServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

@@ -15,10 +15,11 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ..aio import BackgroundLoop
+from ..httpd import JSONHandler, ServerLifecycle, openai_error
 from .base import Pool
 
 
@@ -41,7 +42,7 @@ class ServerStats:
     faults: dict[str, int] = field(default_factory=dict)
 
 
-class PoolServer:
+class PoolServer(ServerLifecycle):
     def __init__(self, pool: Pool, *, host: str = "127.0.0.1", port: int = 0, faults: FaultConfig | None = None, api_key: str | None = None):
         self.pool = pool
         self.faults = faults or FaultConfig()
@@ -52,32 +53,8 @@ class PoolServer:
         self._loop = BackgroundLoop("pool-server-aio")
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, fmt: str, *args: Any) -> None:  # quiet; stats hold the counts
-                return
-
-            def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                try:
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _auth_ok(self) -> bool:
-                if server._api_key is None:
-                    return True
-                if self.headers.get("Authorization") == f"Bearer {server._api_key}":
-                    return True
-                self._send(401, _err("invalid or missing API key", "invalid_request_error", 401))
-                return False
+        class Handler(JSONHandler):
+            api_key = server._api_key
 
             def do_GET(self) -> None:
                 if not self._auth_ok():
@@ -142,7 +119,6 @@ class PoolServer:
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
     def _draw_fault(self) -> str | None:
         f = self.faults
@@ -163,30 +139,9 @@ class PoolServer:
     def _count(self, kind: str) -> None:
         self.stats.faults[kind] = self.stats.faults.get(kind, 0) + 1
 
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> "PoolServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="pool-server")
-        self._thread.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    def _on_stop(self) -> None:
         self._loop.stop()
-
-    def __enter__(self) -> "PoolServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def _err(message: str, type_: str, code: int) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "code": code}}
+    return openai_error(message, type_, code)

@@ -1,0 +1,75 @@
+"""Lifecycle shared by our small stdlib HTTP servers (pool server, router server): start in a
+daemon thread for tests, or serve in the foreground from the CLI; context manager."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+
+class ServerLifecycle:
+    _httpd: Any
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> Any:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name=type(self).__name__)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def _on_stop(self) -> None:
+        """Release what the subclass holds besides the socket."""
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._on_stop()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """JSON responses, OpenAI-shaped errors and optional bearer-token auth. Subclasses set
+    `api_key` (None: open)."""
+
+    protocol_version = "HTTP/1.1"
+    api_key: str | None = None
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # quiet; servers keep their own counts
+        return
+
+    def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _auth_ok(self) -> bool:
+        if self.api_key is None or self.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return True
+        self._send(401, openai_error("invalid or missing API key", "invalid_request_error", 401))
+        return False
+
+
+def openai_error(message: str, type_: str, code: int, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
