@@ -188,7 +188,11 @@ def eval_(
                 bars[name] = prog.add_task(f"{name:<22}", total=total or None)
             prog.advance(bars[name], k)
 
-        res = evaluate(r, target, n=n, sampled=sampled, budgets=bl, checkpoints=checkpoints, progress=advance)
+        try:
+            res = evaluate(r, target, n=n, sampled=sampled, budgets=bl, checkpoints=checkpoints, progress=advance)
+        except ConfigError as e:
+            prog.stop()
+            _fail(e)
     files = write_outputs(res, out)
     console.print(_table(f"{res['tasks']} held-out tasks, budget ${res['budget']}/task", res["policies"]))
     st = Table(title="one-number comparisons (RouteLLM-style PGR / cost-to-reach, our code)")

@@ -269,6 +269,8 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     env = {**_default_env(), **(raw.get("env") or {})}
     check_keys(env, {"name"} | {f.name for f in dataclasses.fields(RoutingEnvConfig)}, "env")
     pool = raw.get("pool") or _default_pool()
+    if isinstance(pool, dict) and "type" not in pool:  # e.g. --set pool.datasets=[mmlu] on the default pool
+        pool = {**_default_pool(), **pool}
     rewards = raw.get("rewards") if raw.get("rewards") is not None else _default_rewards()
     if not isinstance(rewards, list):
         raise ConfigError("rewards", "must be a list of {name: ..., weight: ...}")

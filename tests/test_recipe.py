@@ -109,3 +109,8 @@ def test_tasks_are_split_deterministically(recorded_pool):
     syn = recipe_from_dict({"data": {"source": "synthetic", "synthetic_n": 50, "max_heldout": None, "max_train": None}})
     a, b = syn.tasks(None)
     assert len(a) + len(b) == 50 and {t.topic for t in a} == {"easy", "hard"}
+
+
+def test_setting_one_pool_field_keeps_the_default_pool_type():
+    r = load_recipe(None, ["pool.datasets=[mmlu]"])
+    assert r.pool == {"type": "recorded", "datasets": ["mmlu"]}
