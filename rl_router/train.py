@@ -95,8 +95,19 @@ def lora_config(recipe: Recipe) -> Any:
 
 
 def _latest_checkpoint(d: Path) -> str | None:
-    cks = sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if d.exists() else []
-    return str(cks[-1]) if cks else None
+    """The newest *complete* checkpoint. transformers writes trainer_state.json last (after
+    weights, optimizer, scheduler and RNG), so a folder without a readable one is a save that
+    was killed midway: skip it and resume from the one before (losing one save interval)."""
+    if not d.exists():
+        return None
+    for ck in sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1, reverse=True):
+        try:
+            state = json.loads((ck / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if "global_step" in state and any(ck.glob("*.safetensors")):
+            return str(ck)
+    return None
 
 
 def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
