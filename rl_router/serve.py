@@ -22,11 +22,10 @@ import json
 import threading
 import time
 import uuid
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from envs import make_env
-from .httpd import JSONHandler, ServerLifecycle, openai_error
+from .httpd import JSONHandler, QuietHTTPServer, ServerLifecycle, openai_error
 from .policies import HFPolicy
 from .rollout import RolloutEngine
 from .tasks import Task
@@ -110,7 +109,7 @@ class RouterServer(ServerLifecycle):
                 self.wfile.flush()
                 self.close_connection = True
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd = QuietHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
 
     # ---- the router -------------------------------------------------------------------

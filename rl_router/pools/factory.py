@@ -92,7 +92,7 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
         return SimulatedPool(sims, seed=typed(section, "seed", int, path, 0), latency_scale=typed(section, "latency_scale", float, path, 1.0, minimum=0))
 
     if kind == "openai":
-        check_keys(section, {"type", "models", "timeout_s", "max_concurrency", "max_retries", "backoff_base_s", "backoff_max_s", "cache_dir", "forward_context"}, path)
+        check_keys(section, {"type", "models", "timeout_s", "max_concurrency", "max_retries", "backoff_base_s", "backoff_max_s", "cache_dir", "forward_context", "breaker_threshold", "breaker_cooldown_s"}, path)
         eps = []
         for name, spec in _models(section, path).items():
             p = f"{path}.models.{name}"
@@ -113,6 +113,8 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
             retry=retry,
             cache_dir=typed(section, "cache_dir", str, path, None),
             forward_context=typed(section, "forward_context", bool, path, False),
+            breaker_threshold=typed(section, "breaker_threshold", int, path, 5, minimum=1),
+            breaker_cooldown_s=typed(section, "breaker_cooldown_s", float, path, 30.0, minimum=0),
         )
 
     # hf_local

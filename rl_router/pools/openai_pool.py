@@ -67,11 +67,43 @@ class RetryPolicy:
 
 
 @dataclass
+class CircuitBreaker:
+    """Per endpoint: after `threshold` consecutive failed calls (each after its own retries)
+    the circuit opens and calls fail at once, without touching the network, for
+    `cooldown_s`; then one trial call is let through (half-open): success closes it, failure
+    opens it again. Stops a run from hammering a dead endpoint with retries."""
+
+    threshold: int = 5
+    cooldown_s: float = 30.0
+    failures: int = 0
+    opened_at: float | None = None
+    trial_in_flight: bool = False
+
+    def allow(self, now: float) -> bool:
+        if self.opened_at is None:
+            return True
+        if now - self.opened_at >= self.cooldown_s and not self.trial_in_flight:
+            self.trial_in_flight = True  # half-open: exactly one trial
+            return True
+        return False
+
+    def record(self, ok: bool, now: float) -> None:
+        self.trial_in_flight = False
+        if ok:
+            self.failures, self.opened_at = 0, None
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = now
+
+
+@dataclass
 class PoolStats:
     requests: int = 0
     retries: int = 0
     failures: int = 0
     cache_hits: int = 0
+    circuit_rejections: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
 
     def count(self, kind: str) -> None:
@@ -89,6 +121,8 @@ class OpenAIPool(Pool):
         cache_dir: str | Path | None = None,
         forward_context: bool = False,
         seed: int | None = None,
+        breaker_threshold: int = 5,
+        breaker_cooldown_s: float = 30.0,
     ):
         if not endpoints:
             raise ValueError("pool.models: an openai pool needs at least one model")
@@ -103,6 +137,13 @@ class OpenAIPool(Pool):
         self._rng = random.Random(seed)
         self._client: httpx.AsyncClient | None = None
         self._sems: dict[str, asyncio.Semaphore] = {}
+        self.breaker_threshold, self.breaker_cooldown_s = breaker_threshold, breaker_cooldown_s
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, base_url: str) -> CircuitBreaker:
+        if base_url not in self._breakers:
+            self._breakers[base_url] = CircuitBreaker(self.breaker_threshold, self.breaker_cooldown_s)
+        return self._breakers[base_url]
 
     def __repr__(self) -> str:
         return f"OpenAIPool(models={self.model_names}, timeout_s={self.timeout_s}, max_concurrency={self.max_concurrency})"
@@ -147,13 +188,19 @@ class OpenAIPool(Pool):
         url = ep.base_url.rstrip("/") + "/chat/completions"
         t0 = time.perf_counter()
         last_err = "no attempt"
+        br = self.breaker(ep.base_url)
+        if not br.allow(t0):
+            self.stats.circuit_rejections += 1
+            return Completion("", error=f"circuit open: {ep.base_url} failed {br.failures} calls in a row; retrying after {br.cooldown_s:g}s", model=model)
         async with self._sem(ep.base_url):
             for attempt in range(self.retry.max_retries + 1):
                 self.stats.requests += 1
                 retry_after: float | None = None
                 try:
-                    resp = await self._get_client().post(url, json=payload, headers=ep.headers())
-                except httpx.TimeoutException:
+                    # an overall deadline too: httpx's timeout is per read, so a body that
+                    # dribbles in slowly would otherwise never time out
+                    resp = await asyncio.wait_for(self._get_client().post(url, json=payload, headers=ep.headers()), self.timeout_s)
+                except (httpx.TimeoutException, asyncio.TimeoutError):
                     last_err, retryable = "timeout", True
                 except httpx.TransportError as e:
                     last_err, retryable = f"transport error ({type(e).__name__})", True
@@ -165,6 +212,7 @@ class OpenAIPool(Pool):
                             comp.retries = attempt
                             if cpath is not None:
                                 self._write_cache(cpath, comp)
+                            br.record(True, time.perf_counter())
                             return comp
                         last_err, retryable = "malformed response body", True
                     else:
@@ -177,6 +225,7 @@ class OpenAIPool(Pool):
                 self.stats.retries += 1
                 await asyncio.sleep(self.retry.delay(attempt, retry_after, self._rng))
         self.stats.failures += 1
+        br.record(False, time.perf_counter())
         return Completion("", error=last_err, model=model, latency_s=time.perf_counter() - t0, retries=attempt)
 
     def _parse(self, resp: httpx.Response, ep: Endpoint, messages: list[Message]) -> Completion | None:

@@ -15,11 +15,10 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ..aio import BackgroundLoop
-from ..httpd import JSONHandler, ServerLifecycle, openai_error
+from ..httpd import JSONHandler, QuietHTTPServer, ServerLifecycle, openai_error
 from .base import Pool
 
 
@@ -30,7 +29,12 @@ class FaultConfig:
     rate_429: float = 0.0
     rate_5xx: float = 0.0
     rate_timeout: float = 0.0
+    rate_reset: float = 0.0  # close the connection without a response
+    rate_truncated: float = 0.0  # 200 with a body cut short (Content-Length promises more)
+    rate_nonjson: float = 0.0  # 200 with an HTML error page instead of JSON
+    rate_slow: float = 0.0  # 200 whose body dribbles out over `slow_s`
     timeout_delay_s: float = 5.0  # how long a "timeout" request hangs before answering
+    slow_s: float = 1.0
     retry_after_s: float = 0.05
     seed: int = 0
 
@@ -55,6 +59,25 @@ class PoolServer(ServerLifecycle):
 
         class Handler(JSONHandler):
             api_key = server._api_key
+
+            def _send_faulty(self, kind: str) -> None:
+                body = json.dumps({"id": "chatcmpl-faulty", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "partial"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body) + (50 if kind == "truncated" else 0)))
+                self.end_headers()
+                try:
+                    if kind == "truncated":  # promise more than we send, then hang up
+                        self.wfile.write(body[: len(body) // 2])
+                    else:  # slow: a few bytes at a time, well past any sane read timeout
+                        step = max(1, len(body) // 10)
+                        for i in range(0, len(body), step):
+                            self.wfile.write(body[i : i + step])
+                            self.wfile.flush()
+                            time.sleep(server.faults.slow_s / 10)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
 
             def do_GET(self) -> None:
                 if not self._auth_ok():
@@ -87,6 +110,23 @@ class PoolServer(ServerLifecycle):
                 if fault == "timeout":
                     server._count("timeout")
                     time.sleep(server.faults.timeout_delay_s)
+                if fault == "reset":
+                    server._count("reset")
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(2)
+                    except OSError:
+                        pass
+                    return
+                if fault == "nonjson":
+                    server._count("nonjson")
+                    page = b"<html><body>502 Bad Gateway (but sent as 200)</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
                 try:
                     req = json.loads(raw or b"{}")
                     model = req["model"]
@@ -105,6 +145,10 @@ class PoolServer(ServerLifecycle):
                     self._send(502, _err(comp.error, "server_error", 502))
                     return
                 server.stats.ok += 1
+                if fault in ("truncated", "slow"):
+                    server._count(fault)
+                    self._send_faulty(fault)
+                    return
                 self._send(
                     200,
                     {
@@ -117,19 +161,18 @@ class PoolServer(ServerLifecycle):
                     },
                 )
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd = QuietHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
 
     def _draw_fault(self) -> str | None:
         f = self.faults
         with self._rng_lock:
             u = self._rng.random()
-        if u < f.rate_429:
-            return "429"
-        if u < f.rate_429 + f.rate_5xx:
-            return "5xx"
-        if u < f.rate_429 + f.rate_5xx + f.rate_timeout:
-            return "timeout"
+        edge = 0.0
+        for kind, rate in (("429", f.rate_429), ("5xx", f.rate_5xx), ("timeout", f.rate_timeout), ("reset", f.rate_reset), ("truncated", f.rate_truncated), ("nonjson", f.rate_nonjson), ("slow", f.rate_slow)):
+            edge += rate
+            if u < edge:
+                return kind
         return None
 
     def _choice(self, xs: list[int]) -> int:
