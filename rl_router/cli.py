@@ -105,7 +105,10 @@ def _train(recipe_path: Optional[str], sets: list[str], output_dir: Optional[str
     except ConfigError as e:
         _fail(e)
     out = Path(output_dir or recipe.output_dir)
-    metrics = run_training(recipe, output_dir=str(out), resume=resume, log=lambda m: console.print(m, highlight=False))
+    try:
+        metrics = run_training(recipe, output_dir=str(out), resume=resume, log=lambda m: console.print(m, highlight=False))
+    except ConfigError as e:  # checks that need the pool run before any model loads
+        _fail(e)
     if metrics.get("is_main_process", True):
         _print_training(metrics, out)
 

@@ -105,9 +105,12 @@ def evaluate(
     from .tiny import load_tiny_tokenizer
     from .train import load_model
 
+    from .recipe import validate_against_pool
+
     pool = recipe.build_pool()
     train_tasks, held = recipe.tasks(pool)
     held = held[:n] if n else held
+    cheap, strong = validate_against_pool(recipe, pool, held)
     ckpt = resolve_checkpoint(target)
     model = tok = None
     if ckpt is not None:
@@ -122,7 +125,6 @@ def evaluate(
     else:
         tok = load_tiny_tokenizer() if recipe.model.name_or_path == "tiny" else load_model(recipe)[1]
     ev = Evaluator(recipe, pool, tok, held, progress=progress)
-    cheap, strong = pool.cheapest().name, pool.strongest().name
     names = pool.model_names
     policies: dict[str, dict[str, Any]] = {}
     episodes: dict[str, list[dict[str, Any]]] = {}

@@ -65,6 +65,8 @@ class AlgorithmSection:
     bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
     bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
     bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
+    cheap_model: str | None = None  # boundary policies; default: the pool's cheapest / strongest card
+    strong_model: str | None = None
 
 
 def _default_trainer() -> dict[str, Any]:
@@ -315,6 +317,27 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("trainer.num_generations", f"must be >= 2 for group advantages, got {g}")
     if batch % g:
         raise ConfigError("trainer.num_generations", f"{g} does not divide the generation batch {batch} (per_device_train_batch_size x steps_per_generation)", f"pick a divisor of {batch}")
+
+
+def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str, str]:
+    """Checks that need the pool (built from config, before any model loads): named boundary
+    models exist, and the per-task budget covers at least the cheapest call on a typical task.
+    Returns the (cheap, strong) boundary model names."""
+    from .prompts import initial_messages
+
+    cheap = r.algorithm.cheap_model or pool.cheapest().name
+    strong = r.algorithm.strong_model or pool.strongest().name
+    for field_, m in (("algorithm.cheap_model", cheap), ("algorithm.strong_model", strong)):
+        if not pool.has_model(m):
+            raise ConfigError(field_, f"{m!r} is not in the pool", f"use one of {pool.model_names}")
+    budget = r.env_config().budget
+    if budget is not None and tasks:
+        sample = tasks[: min(16, len(tasks))]
+        costs = sorted(pool.estimate_cost(cheap, initial_messages(t, pool.models, budget), max_tokens=1, context=t.context()) for t in sample)
+        median = costs[len(costs) // 2]
+        if budget < median:
+            raise ConfigError("env.budget", f"${budget:g} per task is below the cheapest call on a typical task (${median:.6f} with {cheap})", f"raise env.budget above {median:.6f}, or use a cheaper pool")
+    return cheap, strong
 
 
 def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:

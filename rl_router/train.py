@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .metrics import summarize
 from .policies import HFPolicy
-from .recipe import Recipe
+from .recipe import Recipe, validate_against_pool
 from .rewards import build_rewards
 from .rollout import RolloutEngine, episodes_to_batch, make_rollout_func
 
@@ -71,12 +71,12 @@ def evaluate_router(engine: RolloutEngine, model: Any, tokenizer: Any, tasks: li
     return evaluate_policy(engine, policy, tasks, reward_funcs, weights, batch_size=batch_size, desc="held-out eval")
 
 
-def evaluate_baselines(engine: RolloutEngine, pool: Any, tokenizer: Any, tasks: list[Any], reward_funcs: list[Any], weights: list[float], *, seed: int = 0) -> dict[str, dict[str, Any]]:
+def evaluate_baselines(engine: RolloutEngine, pool: Any, tokenizer: Any, tasks: list[Any], reward_funcs: list[Any], weights: list[float], *, seed: int = 0, cheap: str | None = None, strong: str | None = None) -> dict[str, dict[str, Any]]:
     """always-cheapest, always-strongest (the boundary policies, in the compact style the
     router is warm-started on) and random, scored with the same rewards on the same tasks."""
     from .policies import ScriptedPolicy
 
-    cheap, strong = pool.cheapest().name, pool.strongest().name
+    cheap, strong = cheap or pool.cheapest().name, strong or pool.strongest().name
     pols = {
         f"always-{cheap}": ScriptedPolicy.always(tokenizer, cheap, query="short", adopt=True),
         f"always-{strong}": ScriptedPolicy.always(tokenizer, strong, query="short", adopt=True),
@@ -150,6 +150,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
 
     pool = recipe.build_pool()
     train_tasks, held = recipe.tasks(pool)
+    cheap, strong = validate_against_pool(recipe, pool, train_tasks or held)  # before any model loads
     model, tok = load_model(recipe)
     env_cfg = recipe.env_config()
     env_name = recipe.env.get("name", "router_r1")
@@ -173,7 +174,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     bopo_reward = None
     if algo.sft_warmstart or algo.name == "bopo":
         log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
-        records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, style=algo.sft_style)
+        records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, cheap=cheap, strong=strong, style=algo.sft_style)
         if main:
             save_boundaries(out / "boundaries.json", records)
         metrics["boundary_classes"] = class_counts(records)
@@ -251,7 +252,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     metrics["heldout_quality_per_dollar_before"] = qpd(before)
     metrics["heldout_quality_per_dollar_after"] = qpd(after)
     metrics["heldout_before"], metrics["heldout_after"] = before, after
-    metrics["heldout_baselines"] = evaluate_baselines(engine, pool, tok, held, reward_funcs, weights, seed=seed)
+    metrics["heldout_baselines"] = evaluate_baselines(engine, pool, tok, held, reward_funcs, weights, seed=seed, cheap=cheap, strong=strong)
     metrics["global_step"] = trainer.state.global_step
     metrics["is_main_process"] = trainer.accelerator.is_main_process
     metrics["log_history"] = trainer.state.log_history

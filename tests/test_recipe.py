@@ -114,3 +114,25 @@ def test_tasks_are_split_deterministically(recorded_pool):
 def test_setting_one_pool_field_keeps_the_default_pool_type():
     r = load_recipe(None, ["pool.datasets=[mmlu]"])
     assert r.pool == {"type": "recorded", "datasets": ["mmlu"]}
+
+
+def test_pool_dependent_checks_fail_before_any_model_loads(tmp_path):
+    import subprocess
+    import sys
+
+    from rl_router.recipe import validate_against_pool
+
+    r = recipe_from_dict({"env": {"budget": 1e-9}})
+    pool = r.build_pool()
+    train, _ = r.tasks(pool)
+    with pytest.raises(ConfigError) as e:
+        validate_against_pool(r, pool, train)
+    assert e.value.field == "env.budget" and "raise env.budget above" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        validate_against_pool(recipe_from_dict({"algorithm": {"strong_model": "gpt-5"}}), pool, train)
+    assert e.value.field == "algorithm.strong_model" and "gpt-4-1106" in str(e.value)
+    assert validate_against_pool(Recipe(), pool, train) == ("mixtral-8x7b", "gpt-4-1106")
+    # through the CLI: a model that could never load, and the budget error comes first
+    bin_ = str(Path(sys.executable).with_name("rl-router"))
+    p = subprocess.run([bin_, "train", str(ROOT / "recipes/quickstart.yaml"), "--output-dir", str(tmp_path), "--set", "env.budget=1e-9", "--set", "model.name_or_path=/no/such/model"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "env.budget" in p.stdout and "Traceback" not in p.stderr
