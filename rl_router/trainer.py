@@ -7,8 +7,9 @@ What it adds to TRL, and why:
 - the advantage estimator is a constructor switch. TRL computes GRPO advantages inline;
   for RLOO and BoPO we recompute them from the same (all-process, gathered) rewards after
   TRL's scoring, so groups that span ranks are whole before advantages are taken;
-- episode metrics (cost, routes, quality) are logged next to TRL's, so `report_to` and
-  the reward/cost curve see them.
+- episode metrics (cost, routes, quality, pool and format error rates) are logged next to
+  TRL's, so `report_to` and the reward/cost curve see them;
+- checkpoints are written to a staging folder and renamed into place when complete.
 
 Contract pinned against trl==1.16.0 (tests/test_trainer.py fails loudly if it moves):
 `_calculate_rewards(inputs, prompts, completions, completion_ids_list)` returns the
@@ -19,6 +20,8 @@ per-process `advantages` tensor; the rollout hook receives prompts repeated
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
 
 import torch
@@ -45,6 +48,29 @@ class RouterGRPOTrainer(GRPOTrainer):
             raise ValueError("trainer.num_generations must be >= 2 for RLOO")
         self._last_rewards_per_func: torch.Tensor | None = None
         self._last_inputs: list[dict[str, Any]] = []
+
+    def _save_checkpoint(self, model, trial):  # type: ignore[override]
+        """Atomic checkpoints: TRL/transformers write into OUT/.staging/checkpoint-N, which is
+        renamed to OUT/checkpoint-N only once complete, so a kill during a save leaves the
+        previous checkpoint the newest usable one. Old checkpoints rotate as usual."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = self._get_output_dir(trial=trial)
+        staging = os.path.join(run_dir, ".staging")
+        self._get_output_dir = lambda trial=None: staging  # type: ignore[method-assign]
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir  # back to the class method
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            dst = os.path.join(run_dir, name)
+            if os.path.exists(dst):
+                shutil.rmtree(dst)
+            os.replace(os.path.join(staging, name), dst)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit, best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

@@ -206,3 +206,14 @@ def test_bopo_reward_reads_rollout_fields():
     ok = ["<think>a</think><route model=\"c\">q</route>", "<think>b</think><answer>@c</answer>"]
     vals = rw(prompts=["p"] * 3, completions=[""] * 3, task_id=["t_both", "t_strong", "t_strong"], quality=[1.0, 0.0, 1.0], cost=[0.001, 0.001, 0.021], policy_turns=[ok, ok, ["garbage"]])
     assert vals == pytest.approx([1.5, 0.0, -1.0])
+
+
+def test_checkpoints_are_renamed_into_place_and_rotated(tmp_path, tokenizer):
+    rollout = FixedRollout(tokenizer, inserted=[5, 6])
+    trainer = make_trainer(tmp_path, tokenizer, rollout)
+    trainer.args.max_steps, trainer.args.save_strategy, trainer.args.save_steps, trainer.args.save_total_limit = 3, "steps", 1, 2
+    trainer.train()
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-"))
+    assert names == ["checkpoint-2", "checkpoint-3"] and not (tmp_path / ".staging").exists()
+    for n in names:
+        assert (tmp_path / n / "trainer_state.json").exists() and (tmp_path / n / "optimizer.pt").exists()
