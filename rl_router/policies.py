@@ -93,15 +93,28 @@ class HFPolicy:
     distribution (logits / temperature), which TRL can use for importance sampling.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS):
+    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS, synced_gpus: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop_strings = stop_strings
+        # DeepSpeed ZeRO-3: every rank must run the same number of forward passes, so
+        # generate keeps stepping until all ranks finish (transformers' synced_gpus), and a
+        # rank with nothing to do still generates from a one-token dummy context
+        self.synced_gpus = synced_gpus
+        self.dummy_calls = 0
 
     def act(self, states: list[EpisodeState]) -> list[Turn]:
         import torch
 
         tok, model = self.tokenizer, self.model
+        if not states:
+            self.dummy_calls += 1
+            if self.synced_gpus:
+                dev = next(model.parameters()).device
+                ids = torch.full((1, 1), tok.eos_token_id, dtype=torch.long, device=dev)
+                with torch.no_grad():
+                    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id, synced_gpus=True)
+            return []
         ctxs = [s.context_ids for s in states]
         width = max(len(c) for c in ctxs)
         pad = tok.pad_token_id
@@ -119,6 +132,7 @@ class HFPolicy:
             "eos_token_id": tok.eos_token_id,
             "stopping_criteria": _stop_criteria(tok, self.stop_strings),
             "return_dict_in_generate": True,
+            "synced_gpus": self.synced_gpus,
             "output_logits": True,
         }
         if not greedy:

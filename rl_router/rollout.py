@@ -50,14 +50,25 @@ class RolloutEngine:
         obs, info = env.reset(task, seed=seed)
         return EpisodeState(task=task, env=env, prompt_ids=encode_chat(self.tokenizer, env.messages), last_obs=obs, info=info)
 
-    def run(self, tasks: list[Task], policy: Policy, *, seed: int | None = None) -> list[dict[str, Any]]:
-        """Run one episode per task (repeat tasks for groups) and return episode dicts."""
+    def run(self, tasks: list[Task], policy: Policy, *, seed: int | None = None, keep_going: Callable[[bool], bool] | None = None) -> list[dict[str, Any]]:
+        """Run one episode per task (repeat tasks for groups) and return episode dicts.
+
+        `keep_going(local_active) -> any_rank_active`: under multi-process training every rank
+        must make the same number of generate calls (ZeRO-3 gathers parameters inside each
+        forward), so a rank whose episodes are all done keeps calling `policy.act([])` (a
+        dummy generate) until no rank has an active episode."""
         states = [self._start(t, seed) for t in tasks]
         eos = self.tokenizer.eos_token_id
         n_turns = 0
         while True:
             active = [s for s in states if not s.done]
-            if not active:
+            if keep_going is not None:
+                if not keep_going(bool(active)):
+                    break
+                if not active:
+                    policy.act([])  # stay in step with the ranks that still generate
+                    continue
+            elif not active:
                 break
             n_turns += 1
             t0 = time.perf_counter()
@@ -141,7 +152,16 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
             if q not in by_question:
                 raise KeyError(f"rollout_func: prompt not found among the recipe's tasks: {q[:80]!r}")
             chosen.append(by_question[q])
-        episodes = engine.run(chosen, policy_factory(trainer))
+        keep_going = None
+        acc = getattr(trainer, "accelerator", None)
+        if acc is not None and acc.num_processes > 1:
+            import torch
+
+            def keep_going(local_active: bool) -> bool:
+                flag = torch.tensor([1 if local_active else 0], device=acc.device)
+                return bool(acc.gather(flag).sum().item() > 0)
+
+        episodes = engine.run(chosen, policy_factory(trainer), keep_going=keep_going)
         batch = episodes_to_batch(episodes)
         mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
         batch["split"] = [mode] * len(episodes)

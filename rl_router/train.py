@@ -218,7 +218,10 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     rows = [{"prompt": t.question, **t.to_row()} for t in train_tasks]
     targs = {**hw, **recipe.trainer, "reward_weights": w}
     args = GRPOConfig(output_dir=str(rl_dir), **targs)
-    rollout_func = make_rollout_func(engine, train_tasks, lambda trainer: HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p))
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    zero3 = is_deepspeed_zero3_enabled()
+    rollout_func = make_rollout_func(engine, train_tasks, lambda trainer: HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, synced_gpus=zero3))
     peft_config = lora_config(recipe)
     trainer = RouterGRPOTrainer(
         model=model,

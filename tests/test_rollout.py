@@ -128,3 +128,44 @@ def test_rollout_func_returns_one_episode_per_prompt_in_trl_shape(recorded_pool,
     assert f(prompts[:2], SimpleNamespace(model=model))["split"] == ["eval"] * 2
     with pytest.raises(KeyError, match="not found"):
         f(["an unknown prompt"], SimpleNamespace(model=model))
+
+
+def test_ranks_stay_in_step_when_others_still_generate(recorded_pool, tokenizer):
+    """Multi-process rule: a rank whose episodes are done keeps making (dummy) generate calls
+    while any other rank is active, so all ranks make the same number of calls."""
+    from envs import make_env
+    from rl_router.policies import ScriptedPolicy
+    from rl_router.rollout import RolloutEngine
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.calls, self.empty = inner, 0, 0
+
+        def act(self, states):
+            self.calls += 1
+            self.empty += not states
+            return self.inner.act(states)
+
+    tasks = recorded_pool.tasks()[:3]
+    engine = RolloutEngine(lambda: make_env("router_r1", recorded_pool, tokenizer=tokenizer), tokenizer)
+    plain = Counting(ScriptedPolicy.always(tokenizer, "mixtral-8x7b", query="short", adopt=True))
+    ref = engine.run(tasks, plain)
+    other_rank_turns = [True] * (plain.calls + 3) + [False]  # another rank needs 3 more turns
+    synced = Counting(ScriptedPolicy.always(tokenizer, "mixtral-8x7b", query="short", adopt=True))
+    seen = []
+
+    def keep_going(local_active):
+        seen.append(local_active)
+        return local_active or other_rank_turns[len(seen) - 1]
+
+    eps = engine.run(tasks, synced, keep_going=keep_going)
+    assert synced.calls == plain.calls + 3 and synced.empty == 3
+    assert [e["completion_ids"] for e in eps] == [e["completion_ids"] for e in ref]
+
+
+def test_hf_policy_dummy_turn_without_episodes(tiny_router):
+    from rl_router.policies import HFPolicy
+
+    model, tok = tiny_router
+    p = HFPolicy(model, tok, max_new_tokens=4)
+    assert p.act([]) == [] and p.dummy_calls == 1
