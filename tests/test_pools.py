@@ -236,3 +236,21 @@ def test_build_pool_each_type():
     assert isinstance(op, OpenAIPool) and op.endpoints["m"].api_key_env == "X"
     hf = build_pool({"type": "hf_local", "models": {"t": {"path": "/nonexistent"}}})
     assert isinstance(hf, HFLocalPool)
+
+
+def test_identical_concurrent_calls_are_coalesced(sim_pool):
+    from rl_router.pools.simulated import SimModel, SimulatedPool
+
+    slow = SimulatedPool([SimModel("small", 0.5, 1.0, latency_ms=100, skills={"easy": 0.9})], seed=0)
+    with PoolServer(slow) as srv:
+        op = _openai_pool(srv, slow)
+
+        async def group(**sampling):
+            return await asyncio.gather(*[op.complete("small", MSG, **sampling) for _ in range(8)])
+
+        res = run_sync(group(temperature=0.0))
+        assert srv.stats.requests == 1 and op.stats.coalesced == 7
+        assert len({r.text for r in res}) == 1 and all(r.ok and r.cost > 0 for r in res) and len({id(r) for r in res}) == 8
+        res = run_sync(group(temperature=0.7))  # sampled calls are independent draws: never coalesced
+        assert srv.stats.requests == 9 and op.stats.coalesced == 7
+        run_sync(op.aclose())

@@ -16,6 +16,7 @@ Design points, each because a long paid run must survive a flaky endpoint:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -104,6 +105,7 @@ class PoolStats:
     failures: int = 0
     cache_hits: int = 0
     circuit_rejections: int = 0
+    coalesced: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
 
     def count(self, kind: str) -> None:
@@ -134,6 +136,7 @@ class OpenAIPool(Pool):
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.forward_context = forward_context
         self.stats = PoolStats()
+        self._inflight: dict[str, asyncio.Future] = {}
         self._rng = random.Random(seed)
         self._client: httpx.AsyncClient | None = None
         self._sems: dict[str, asyncio.Semaphore] = {}
@@ -173,6 +176,30 @@ class OpenAIPool(Pool):
 
     # ---- the call -----------------------------------------------------------------------
     async def complete(self, model: str, messages: list[Message], *, context: dict[str, Any] | None = None, **sampling: Any) -> Completion:
+        """One chat completion. Identical deterministic calls in flight at the same time
+        (same model, messages, sampling, context; temperature 0 or unset), as the episodes of
+        one GRPO group often make, are coalesced into one HTTP request."""
+        if sampling.get("temperature") not in (None, 0, 0.0):
+            return await self._complete(model, messages, context=context, **sampling)
+        key = hashlib.sha256(json.dumps([model, messages, sampling, context if self.forward_context else None], sort_keys=True, default=str).encode()).hexdigest()
+        fut = self._inflight.get(key)
+        if fut is not None:
+            self.stats.coalesced += 1
+            return dataclasses.replace(await asyncio.shield(fut))
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            comp = await self._complete(model, messages, context=context, **sampling)
+            fut.set_result(comp)
+            return comp
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def _complete(self, model: str, messages: list[Message], *, context: dict[str, Any] | None = None, **sampling: Any) -> Completion:
         ep = self.endpoints.get(model)
         if ep is None:
             return Completion("", error=f"unknown model {model!r}", model=model)
