@@ -254,3 +254,21 @@ def test_identical_concurrent_calls_are_coalesced(sim_pool):
         res = run_sync(group(temperature=0.7))  # sampled calls are independent draws: never coalesced
         assert srv.stats.requests == 9 and op.stats.coalesced == 7
         run_sync(op.aclose())
+
+
+def test_cache_key_includes_forwarded_task_context(recorded_pool, tmp_path):
+    """Same sub-query, different tasks: with the task context forwarded, the server's answer
+    depends on it, so neither the disk cache nor coalescing may share the two calls."""
+    with PoolServer(recorded_pool) as srv:
+        op = OpenAIPool([Endpoint(c, srv.url, c.name) for c in recorded_pool.models], forward_context=True, cache_dir=tmp_path)
+        msg = [{"role": "user", "content": "Solve the task above."}]
+        a, b = recorded_pool.tasks()[:2]
+
+        async def both():
+            return await asyncio.gather(op.complete("gpt-4-1106", msg, context=a.context()), op.complete("gpt-4-1106", msg, context=b.context()))
+
+        ra, rb = run_sync(both())
+        assert ra.ok and rb.ok and ra.text != rb.text and op.stats.coalesced == 0
+        again = run_sync(op.complete("gpt-4-1106", msg, context=b.context()))
+        assert again.cached and again.text == rb.text and op.stats.cache_hits == 1
+        run_sync(op.aclose())

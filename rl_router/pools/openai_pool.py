@@ -163,10 +163,15 @@ class OpenAIPool(Pool):
             self._sems[base_url] = asyncio.Semaphore(self.max_concurrency)
         return self._sems[base_url]
 
-    def _cache_path(self, model: str, messages: list[Message], sampling: dict[str, Any]) -> Path | None:
+    def _request_key(self, model: str, messages: list[Message], sampling: dict[str, Any], context: dict[str, Any] | None) -> str:
+        """What makes two calls the same call: model, messages, sampling, and the task
+        context when it is forwarded (then the server's answer depends on it too)."""
+        return hashlib.sha256(json.dumps([model, messages, sampling, context if self.forward_context else None], sort_keys=True, default=str).encode()).hexdigest()
+
+    def _cache_path(self, model: str, messages: list[Message], sampling: dict[str, Any], context: dict[str, Any] | None = None) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = hashlib.sha256(json.dumps([model, messages, sampling], sort_keys=True).encode()).hexdigest()
+        key = self._request_key(model, messages, sampling, context)
         return self.cache_dir / key[:2] / f"{key}.json"
 
     async def aclose(self) -> None:
@@ -181,7 +186,7 @@ class OpenAIPool(Pool):
         one GRPO group often make, are coalesced into one HTTP request."""
         if sampling.get("temperature") not in (None, 0, 0.0):
             return await self._complete(model, messages, context=context, **sampling)
-        key = hashlib.sha256(json.dumps([model, messages, sampling, context if self.forward_context else None], sort_keys=True, default=str).encode()).hexdigest()
+        key = self._request_key(model, messages, sampling, context)
         fut = self._inflight.get(key)
         if fut is not None:
             self.stats.coalesced += 1
@@ -203,7 +208,7 @@ class OpenAIPool(Pool):
         ep = self.endpoints.get(model)
         if ep is None:
             return Completion("", error=f"unknown model {model!r}", model=model)
-        cpath = self._cache_path(model, messages, sampling)
+        cpath = self._cache_path(model, messages, sampling, context)
         if cpath is not None and cpath.exists():
             self.stats.cache_hits += 1
             d = json.loads(cpath.read_text())
