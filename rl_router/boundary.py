@@ -75,10 +75,8 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
     for role, model in (("cheap", cheap), ("strong", strong)):
         compact = style == "compact"
         policy = ScriptedPolicy.always(tokenizer, model, query="short" if compact else "question", adopt=compact)
-        for i in range(0, len(tasks), batch_size):
-            chunk = tasks[i : i + batch_size]
-            for t, ep in zip(chunk, engine.run(chunk, policy)):
-                episodes[t.task_id][role] = ep
+        for t, ep in zip(tasks, engine.run_batched(tasks, policy, batch_size=batch_size)):
+            episodes[t.task_id][role] = ep
     records = {
         tid: BoundaryRecord(tid, cheap, strong, eps["cheap"]["quality"] > 0, float(eps["cheap"]["cost"]), eps["strong"]["quality"] > 0, float(eps["strong"]["cost"]))
         for tid, eps in episodes.items()
@@ -151,9 +149,9 @@ class BoPOReward:
 
     def __init__(self, records: dict[str, BoundaryRecord], lam: float = 0.5, mu: float = 0.25, eps: float = 1e-9):
         if not 0 <= lam < 1:
-            raise ValueError(f"algorithm.bopo.lam must be in [0, 1) so every success outranks every failure, got {lam}")
+            raise ValueError(f"algorithm.bopo_lam must be in [0, 1) so every success outranks every failure, got {lam}")
         if not 0 <= mu < 0.5:
-            raise ValueError(f"algorithm.bopo.mu must be in [0, 0.5) so a format failure stays the worst outcome, got {mu}")
+            raise ValueError(f"algorithm.bopo_mu must be in [0, 0.5) so a format failure stays the worst outcome, got {mu}")
         self.records, self.lam, self.mu, self.eps = records, lam, mu, eps
 
     def rel_cost(self, task_id: str, cost: float) -> float:

@@ -146,11 +146,10 @@ def train(
 def _eval_recipe(target: str, recipe_path: Optional[str], sets: list[str]) -> Any:
     from .recipe import apply_overrides, load_recipe, recipe_from_dict
 
-    saved = Path(target) / "recipe.json"
-    if recipe_path is None and saved.exists():  # a training output dir remembers its recipe
-        return recipe_from_dict(apply_overrides(json.loads(saved.read_text()), sets))
-    if recipe_path is None and (Path(target).parent / "recipe.json").exists():
-        return recipe_from_dict(apply_overrides(json.loads((Path(target).parent / "recipe.json").read_text()), sets))
+    if recipe_path is None:  # a training output dir (or its final/) remembers its recipe
+        for saved in (Path(target) / "recipe.json", Path(target).parent / "recipe.json"):
+            if saved.exists():
+                return recipe_from_dict(apply_overrides(json.loads(saved.read_text()), sets))
     return load_recipe(recipe_path, sets)
 
 
@@ -261,7 +260,7 @@ def serve(
     from .evaluate import resolve_checkpoint
     from .recipe import recipe_from_dict
     from .serve import RouterServer
-    from .tiny import load_tokenizer
+    from .tiny import load_router
 
     try:
         ck = resolve_checkpoint(checkpoint)
@@ -277,10 +276,8 @@ def serve(
         key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not key:
             raise ValueError(f"--api-key-env {api_key_env}: that environment variable is empty")
-        from transformers import AutoModelForCausalLM
-
         srv = RouterServer(
-            AutoModelForCausalLM.from_pretrained(ck), load_tokenizer(ck), r.build_pool(), r.env_config(), env_name=r.env.get("name", "router_r1"),
+            *load_router(str(ck)), r.build_pool(), r.env_config(), env_name=r.env.get("name", "router_r1"),
             model_id=model_id or (Path(checkpoint).resolve().name), max_new_tokens=r.rollout.max_new_tokens,
             max_completion_tokens=r.rollout.max_completion_tokens, host=host, port=port, api_key=key,
         )

@@ -21,14 +21,13 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from envs import make_env
 from .frontier import above, area_under, cost_to_reach, oracle_frontier, pgr, random_mixture
 from .knn_router import TfidfKNN
 from .metrics import summarize
 from .policies import HFPolicy, ScriptedPolicy
 from .recipe import Recipe
 from .rewards import build_rewards
-from .rollout import RolloutEngine
+from .runner import make_engine
 from .train import score_episodes
 
 CPT_PGR = 0.5  # RouteLLM's CPT(50%): the cost at which half the cheap->strong quality gap is recovered
@@ -60,21 +59,9 @@ class Evaluator:
         self.batch_size = batch_size
         self.progress = progress
 
-    def engine(self, budget: float | None = None) -> RolloutEngine:
-        cfg = self.recipe.env_config()
-        if budget is not None:
-            cfg = dataclasses.replace(cfg, budget=budget)
-        name = self.recipe.env.get("name", "router_r1")
-        return RolloutEngine(lambda: make_env(name, self.pool, config=cfg, tokenizer=self.tok), self.tok, max_completion_tokens=self.recipe.rollout.max_completion_tokens)
-
     def run(self, name: str, policy: Any, *, budget: float | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        eng = self.engine(budget)
-        eps: list[dict[str, Any]] = []
-        for i in range(0, len(self.tasks), self.batch_size):
-            chunk = self.tasks[i : i + self.batch_size]
-            eps += eng.run(chunk, policy)
-            if self.progress:
-                self.progress(name, len(chunk))
+        on_batch = (lambda k: self.progress(name, k)) if self.progress else None
+        eps = make_engine(self.recipe, self.pool, self.tok, budget=budget).run_batched(self.tasks, policy, batch_size=self.batch_size, on_batch=on_batch)
         return self.summarize(eps), eps
 
     def summarize(self, eps: list[dict[str, Any]], tasks: list[Any] | None = None) -> dict[str, Any]:
@@ -102,10 +89,9 @@ def evaluate(
     knn_thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
-    from .tiny import load_tiny_tokenizer
-    from .train import load_model
-
     from .recipe import validate_against_pool
+    from .tiny import load_router, load_tiny_tokenizer, load_tokenizer
+    from .train import load_model
 
     pool = recipe.build_pool()
     train_tasks, held = recipe.tasks(pool)
@@ -114,16 +100,11 @@ def evaluate(
     ckpt = resolve_checkpoint(target)
     model = tok = None
     if ckpt is not None:
-        from transformers import AutoModelForCausalLM
-
-        from .tiny import load_tokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(ckpt)
-        tok = load_tokenizer(ckpt)
+        model, tok = load_router(str(ckpt))
     elif target == "initial":
         model, tok = load_model(recipe)
-    else:
-        tok = load_tiny_tokenizer() if recipe.model.name_or_path == "tiny" else load_model(recipe)[1]
+    else:  # baselines only: the tokenizer is enough
+        tok = load_tiny_tokenizer() if recipe.model.name_or_path == "tiny" else load_tokenizer(recipe.model.name_or_path)
     ev = Evaluator(recipe, pool, tok, held, progress=progress)
     names = pool.model_names
     policies: dict[str, dict[str, Any]] = {}

@@ -108,6 +108,17 @@ class RolloutEngine:
         self.stats.episodes += len(states)
         return [self._episode(s) for s in states]
 
+    def run_batched(self, tasks: list[Task], policy: Policy, *, batch_size: int = 32, on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """`run` over `tasks` in lock-step batches of `batch_size` (bounds memory of one
+        batched generate); `on_batch(n)` after each, for progress bars."""
+        episodes: list[dict[str, Any]] = []
+        for i in range(0, len(tasks), batch_size):
+            chunk = tasks[i : i + batch_size]
+            episodes += self.run(chunk, policy)
+            if on_batch:
+                on_batch(len(chunk))
+        return episodes
+
     def _episode(self, s: EpisodeState) -> dict[str, Any]:
         n = self.max_completion_tokens
         ep: dict[str, Any] = {

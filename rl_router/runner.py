@@ -29,6 +29,17 @@ def make_policy(name: str, recipe: Recipe, pool: Any, model: Any, tokenizer: Any
     raise ValueError(f"--policy {name!r}: use one of {policy_names(pool)}")
 
 
+def make_engine(recipe: Recipe, pool: Any, tokenizer: Any, *, budget: float | None = None) -> RolloutEngine:
+    """The recipe's environment over `pool` in a rollout engine (optionally at another budget)."""
+    import dataclasses
+
+    cfg = recipe.env_config()
+    if budget is not None:
+        cfg = dataclasses.replace(cfg, budget=budget)
+    name = recipe.env.get("name", "router_r1")
+    return RolloutEngine(lambda: make_env(name, pool, config=cfg, tokenizer=tokenizer), tokenizer, max_completion_tokens=recipe.rollout.max_completion_tokens)
+
+
 def run_policy(
     recipe: Recipe,
     pool: Any,
@@ -39,12 +50,5 @@ def run_policy(
     batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    env_cfg = recipe.env_config()
-    engine = RolloutEngine(lambda: make_env(recipe.env.get("name", "router_r1"), pool, config=env_cfg, tokenizer=tokenizer), tokenizer, max_completion_tokens=recipe.rollout.max_completion_tokens)
-    episodes: list[dict[str, Any]] = []
-    for i in range(0, len(tasks), batch_size):
-        chunk = tasks[i : i + batch_size]
-        episodes += engine.run(chunk, policy)
-        if on_batch:
-            on_batch(len(chunk))
+    episodes = make_engine(recipe, pool, tokenizer).run_batched(tasks, policy, batch_size=batch_size, on_batch=on_batch)
     return episodes, summarize(episodes)

@@ -25,6 +25,7 @@ from .policies import HFPolicy
 from .recipe import Recipe, validate_against_pool
 from .rewards import build_rewards
 from .rollout import RolloutEngine, episodes_to_batch, make_rollout_func
+from .runner import make_engine
 
 
 def load_model(recipe: Recipe) -> tuple[Any, Any]:
@@ -54,11 +55,8 @@ def evaluate_policy(engine: RolloutEngine, policy: Any, tasks: list[Any], reward
     """Summary (quality, cost, routes, error rates) plus the recipe's mean reward."""
     from tqdm.auto import tqdm
 
-    eps: list[dict[str, Any]] = []
     with tqdm(total=len(tasks), desc=desc, unit="task", leave=False, disable=os.environ.get("RL_ROUTER_NO_PROGRESS") == "1") as bar:
-        for i in range(0, len(tasks), batch_size):
-            eps += engine.run(tasks[i : i + batch_size], policy)
-            bar.update(len(tasks[i : i + batch_size]))
+        eps = engine.run_batched(tasks, policy, batch_size=batch_size, on_batch=bar.update)
     rewards = score_episodes(eps, tasks, reward_funcs, weights)
     s = summarize(eps)
     s["reward"] = sum(rewards) / len(rewards)
@@ -122,8 +120,6 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     from transformers import set_seed
     from trl import GRPOConfig, SFTConfig
 
-    from envs import make_env
-
     from .boundary import BoPOReward, class_counts, run_boundaries, save_boundaries, sft_rows, synthesize_sft
     from .sft import PolicyTokenSFTTrainer
     from .trainer import RouterGRPOTrainer
@@ -152,18 +148,16 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     train_tasks, held = recipe.tasks(pool)
     cheap, strong = validate_against_pool(recipe, pool, train_tasks or held)  # before any model loads
     model, tok = load_model(recipe)
-    env_cfg = recipe.env_config()
-    env_name = recipe.env.get("name", "router_r1")
-    engine = RolloutEngine(lambda: make_env(env_name, pool, config=env_cfg, tokenizer=tok), tok, max_completion_tokens=recipe.rollout.max_completion_tokens)
+    engine = make_engine(recipe, pool, tok)
     reward_funcs, weights = build_rewards(recipe.rewards)
     algo = recipe.algorithm
     metrics: dict[str, Any] = {"algorithm": algo.name, "train_tasks": len(train_tasks), "heldout_tasks": len(held), "pool": pool.model_names}
     mnt = recipe.rollout.max_new_tokens
 
     rl_dir = out / "rl"
-    resuming = resume and _latest_checkpoint(rl_dir) is not None
+    ckpt = _latest_checkpoint(rl_dir) if resume else None
     before_path = out / "eval_before.json"
-    if resuming and before_path.exists():
+    if ckpt is not None and before_path.exists():
         before = json.loads(before_path.read_text())
     else:
         log(f"evaluating the initial router on {len(held)} held-out tasks")
@@ -235,7 +229,6 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
         bopo_reward=bopo_reward,
         bopo_beta=algo.bopo_beta,
     )
-    ckpt = _latest_checkpoint(rl_dir) if resume else None
     log(f"{algo.name.upper()} for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
     trainer.train(resume_from_checkpoint=ckpt)
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -84,12 +84,11 @@ class RouterGRPOTrainer(GRPOTrainer):
         local = self._last_inputs
         fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes", "pool_errors", "format_errors")}
         m = self._metrics[mode]
-        m["episode/cost"].append(float(sum(c or 0.0 for c in fields["cost"]) / max(1, len(fields["cost"]))))
-        m["episode/quality"].append(float(sum(q or 0.0 for q in fields["quality"]) / max(1, len(fields["quality"]))))
-        m["episode/routes"].append(float(sum(r or 0 for r in fields["n_routes"]) / max(1, len(fields["n_routes"]))))
         n = max(1, len(fields["task_id"]))
-        m["episode/pool_error_rate"].append(sum(1 for e in fields["pool_errors"] if e) / n)  # failed pool calls the router saw
-        m["episode/format_error_rate"].append(sum(1 for e in fields["format_errors"] if e) / n)
+        for key, name in (("cost", "cost"), ("quality", "quality"), ("n_routes", "routes")):
+            m[f"episode/{name}"].append(sum(float(v or 0.0) for v in fields[key]) / n)
+        for key, name in (("pool_errors", "pool_error_rate"), ("format_errors", "format_error_rate")):  # share of episodes with any
+            m[f"episode/{name}"].append(sum(1 for v in fields[key] if v) / n)
         if self.advantage == "grpo" or self._last_rewards_per_func is None:
             return out
         G = self.num_generations if mode == "train" else self.num_generations_eval
