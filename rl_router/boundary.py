@@ -12,6 +12,10 @@ boundary policies per task: always-cheapest and always-strongest.
    cheap succeeds, the strong one when only strong succeeds; "neither" tasks contribute
    the cheap (least wasteful) trajectory at a small rate. Stratifying stops the warm start
    from collapsing to whichever boundary is more common.
+   In step-level (agentic) envs, `mix="stepwise"` replaces the strong trajectory of a
+   strong_only task by the boundary-guided hybrid (`StepwiseBoundaryPolicy`): cheap at
+   every step the cheap boundary got right, strong where it slipped. The two boundary runs
+   say which steps need the strong model; a whole-task boundary trajectory hides it.
 4. `BoPOReward`: boundary-relative reward. With c_lo, c_hi the boundary costs on the task,
        c~ = clip((c - c_lo) / max(c_hi - c_lo, eps), 0, 2)
        r  = 1 + lam * (1 - c~)     if the episode succeeded      (in [1 - lam, 1 + lam])
@@ -67,8 +71,30 @@ def classify(cheap_success: bool, strong_success: bool) -> str:
     return "neither"
 
 
-def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
-    """Run always-cheap and always-strong on `tasks`; return records and their episodes."""
+class StepwiseBoundaryPolicy:
+    """Agentic envs: route a step to the cheap model when the cheap boundary run got that
+    (step, attempt) of the task right, else to the strong model. Scripted turns, same
+    shape as the boundary policies' (so SFT teaches a per-step choice, not new syntax)."""
+
+    def __init__(self, tokenizer: Any, cheap: str, strong: str, cheap_episodes: dict[str, dict[str, Any]]):
+        self.tokenizer, self.cheap, self.strong = tokenizer, cheap, strong
+        self.cheap_ok = {tid: {(st["step"], st.get("attempt", 0)) for st in (ep.get("steps") or []) if st.get("correct")} for tid, ep in cheap_episodes.items()}
+
+    def act(self, states: list[Any]) -> list[Any]:
+        from .policies import Turn
+
+        out = []
+        for s in states:
+            m = self.cheap if s.env.step_key() in self.cheap_ok.get(s.task.task_id, set()) else self.strong
+            text = f'<think>Route to {m}.</think><route model="{m}">{ScriptedPolicy.STEP_NOTE}</route>'
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            out.append(Turn(ids, [0.0] * len(ids), text, False))
+        return out
+
+
+def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
+    """Run always-cheap and always-strong on `tasks`; return records and their episodes.
+    `stepwise` (agentic envs) also runs the boundary-guided hybrid, kept as episodes[tid]["stepwise"]."""
     cheap = cheap or pool.cheapest().name
     strong = strong or pool.strongest().name
     episodes: dict[str, dict[str, dict[str, Any]]] = {t.task_id: {} for t in tasks}
@@ -77,6 +103,10 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
         policy = ScriptedPolicy.always(tokenizer, model, query="short" if compact else "question", adopt=compact)
         for t, ep in zip(tasks, engine.run_batched(tasks, policy, batch_size=batch_size)):
             episodes[t.task_id][role] = ep
+    if stepwise:
+        hybrid = StepwiseBoundaryPolicy(tokenizer, cheap, strong, {tid: eps["cheap"] for tid, eps in episodes.items()})
+        for t, ep in zip(tasks, engine.run_batched(tasks, hybrid, batch_size=batch_size)):
+            episodes[t.task_id]["stepwise"] = ep
     records = {
         tid: BoundaryRecord(tid, cheap, strong, eps["cheap"]["quality"] > 0, float(eps["cheap"]["cost"]), eps["strong"]["quality"] > 0, float(eps["strong"]["cost"]))
         for tid, eps in episodes.items()
@@ -112,12 +142,16 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
         both = [episodes[tid][role] for tid in records for role in ("cheap", "strong")]
         rng.shuffle(both)
         return [both[i % len(both)] for i in range(n)]
-    if mix != "efficient":
-        raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient or both")
+    if mix not in ("efficient", "stepwise"):
+        raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient, stepwise or both")
     pick = {"both": "cheap", "cheap_only": "cheap", "strong_only": "strong", "neither": "cheap"}
     strata: dict[str, list[dict[str, Any]]] = {k: [] for k in CLASSES}
     for tid, r in records.items():
-        strata[r.klass].append(episodes[tid][pick[r.klass]])
+        ep = episodes[tid][pick[r.klass]]
+        hybrid = episodes[tid].get("stepwise")
+        if mix == "stepwise" and r.klass == "strong_only" and hybrid is not None and (hybrid.get("quality") or 0) > 0 and hybrid["cost"] <= ep["cost"]:
+            ep = hybrid
+        strata[r.klass].append(ep)
     rng = random.Random(seed)
     n_neither = int(round(n * neither_rate)) if strata["neither"] else 0
     main = [k for k in ("both", "strong_only", "cheap_only") if strata[k]]
@@ -172,7 +206,9 @@ class BoPOReward:
     def __call__(self, prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
         tids, costs, quality = kwargs["task_id"], kwargs["cost"], kwargs["quality"]
         turns = kwargs.get("policy_turns") or [None] * len(tids)
-        return [self.score(t, (q or 0) > 0, float(c or 0.0), format_ok=(pt is None or check_format(pt) is None)) for t, c, q, pt in zip(tids, costs, quality, turns)]
+        given = kwargs.get("format_error")  # the environment's verdict, when the rollout gives it
+        ok = [why is None for why in given] if given is not None else [pt is None or check_format(pt) is None for pt in turns]
+        return [self.score(t, (q or 0) > 0, float(c or 0.0), format_ok=f) for t, c, q, f in zip(tids, costs, quality, ok)]
 
 
 def boundary_reward_refs(reward: BoPOReward, task_ids: Sequence[str]) -> tuple[list[float], list[bool]]:

@@ -8,6 +8,9 @@ Commands:
   serve        a trained router as an OpenAI-compatible /v1/chat/completions endpoint
   rollout      run policies (the router, always-<model>, random) on a recipe's held-out tasks
   pool-server  serve a pool as an OpenAI-compatible HTTP endpoint (127.0.0.1 by default)
+  boundaries   run the boundary policies (always-cheap, always-strong) and classify tasks
+  steps-label  record step-level routing data (prefix -> needed tier, per-tier cost) from an agentic env
+  steps-replay score a router on recorded step-level data, offline
 """
 
 from __future__ import annotations
@@ -331,6 +334,111 @@ def pool_server(
         srv.serve_forever()
     except KeyboardInterrupt:
         srv.stop()
+
+
+def _recipe_tokenizer(recipe: Any) -> Any:
+    from .tiny import load_tiny_tokenizer, load_tokenizer
+
+    return load_tiny_tokenizer() if recipe.model.name_or_path == "tiny" else load_tokenizer(recipe.model.name_or_path)
+
+
+@app.command()
+def boundaries(
+    recipe: str = typer.Argument(..., help="Recipe YAML; its pool, env (and budget) and train tasks are used."),
+    out: str = typer.Option("boundaries.json", "--out", help="Where to write per-task outcomes, costs and classes (JSON)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Limit the number of train tasks."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field, e.g. --set env.budget=0.002."),
+) -> None:
+    """Run both boundary policies (always-cheap, always-strong; algorithm.cheap_model /
+    strong_model, default the pool's cheapest / strongest) on the recipe's train tasks, save
+    per-task success and cost of each, and print the difficulty taxonomy: both (cheap
+    suffices), strong_only, cheap_only, neither. BoPO's SFT synthesis and reward read this."""
+    from .boundary import class_counts, run_boundaries, save_boundaries
+    from .recipe import load_recipe, validate_against_pool
+    from .runner import make_engine
+
+    try:
+        r = load_recipe(recipe, set_ or [])
+        pool = r.build_pool()
+        tasks = r.tasks(pool)[0][:n] if n else r.tasks(pool)[0]
+        cheap, strong = validate_against_pool(r, pool, tasks)
+    except (ConfigError, ValueError) as e:
+        _fail(e)
+    tok = _recipe_tokenizer(r)
+    records, eps = run_boundaries(make_engine(r, pool, tok), pool, tasks, tok, cheap=cheap, strong=strong, style=r.algorithm.sft_style)
+    save_boundaries(out, records)
+    t = Table(title=f"boundaries on {len(tasks)} train tasks ({cheap} vs {strong})")
+    for c in ("class", "tasks", "share", f"{cheap} $/1k", f"{strong} $/1k"):
+        t.add_column(c, justify="left" if c == "class" else "right")
+    for k, v in class_counts(records).items():
+        rs = [x for x in records.values() if x.klass == k]
+        t.add_row(k, str(v), f"{v / max(1, len(records)):.0%}", f"{1000 * sum(x.cheap_cost for x in rs) / max(1, len(rs)):.3f}", f"{1000 * sum(x.strong_cost for x in rs) / max(1, len(rs)):.3f}")
+    console.print(t)
+    console.print(f"wrote {out}")
+
+
+@app.command("steps-label")
+def steps_label(
+    recipe: str = typer.Argument(..., help="A recipe with env.name: agentic."),
+    out: str = typer.Option("steps.jsonl", "--out", help="Step-level JSONL to write (one routing decision per line)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Limit the number of held-out tasks."),
+    split: str = typer.Option("heldout", "--split", help="heldout or train tasks."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field."),
+) -> None:
+    """Record step-level routing data: at every step, every tier is probed on a copy of the
+    state; the record holds the router-visible prefix, each tier's cost and correctness, and
+    the target (cheapest tier that was right). Format: rl_router/steplog.py."""
+    from envs import make_env
+
+    from .recipe import load_recipe
+    from .steplog import label_steps, write_steps
+
+    try:
+        r = load_recipe(recipe, set_ or [])
+        if r.env.get("name") != "agentic":
+            raise ConfigError("env.name", "step-level labels need the agentic env", "use a recipe with env.name: agentic")
+        if split not in ("heldout", "train"):
+            raise ConfigError("--split", f"unknown {split!r}", "use heldout or train")
+        pool = r.build_pool()
+        train_t, held = r.tasks(pool)
+        tasks = (held if split == "heldout" else train_t)[: n or None]
+    except ConfigError as e:
+        _fail(e)
+    tok, cfg = _recipe_tokenizer(r), r.env_config()
+    k = write_steps(out, label_steps(lambda: make_env("agentic", pool, config=cfg, tokenizer=tok), tasks))
+    console.print(f"wrote {k} step records from {len(tasks)} tasks to {out}")
+
+
+@app.command("steps-replay")
+def steps_replay(
+    steps: str = typer.Argument(..., help="Step-level JSONL (from steps-label, or a converted benchmark)."),
+    target: str = typer.Argument(..., help="A router model folder or a training output dir."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the scores as JSON here."),
+) -> None:
+    """Score a router on recorded routing decisions, offline: tier accuracy, step success,
+    cost, under- / over-routing, next to always-<tier> and the labels themselves."""
+    from .evaluate import resolve_checkpoint
+    from .policies import HFPolicy
+    from .steplog import read_steps, replay
+    from .tiny import load_router
+
+    ck = resolve_checkpoint(target)
+    if ck is None:
+        _fail(ValueError(f"{target!r} is not a model folder or a training output dir"))
+    try:
+        recs = read_steps(steps)
+    except (OSError, ValueError) as e:
+        _fail(e)
+    model, tok = load_router(str(ck))
+    res = replay(recs, HFPolicy(model, tok, max_new_tokens=48, temperature=0.0), tok)
+    t = Table(title=f"{len(recs)} recorded routing decisions")
+    for c in ("policy", "tier accuracy", "step success", "$ / 1k steps", "under-routing", "over-routing", "invalid"):
+        t.add_column(c, justify="left" if c == "policy" else "right")
+    for name, s in res.items():
+        t.add_row(name, f"{s['tier_accuracy']:.3f}", f"{s['step_success']:.3f}", f"{1000 * s['mean_cost']:.3f}", f"{s['under_routing_rate']:.0%}", f"{s['over_routing_rate']:.0%}", f"{s['invalid_rate']:.0%}")
+    console.print(t)
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1))
 
 
 def main() -> None:  # pragma: no cover

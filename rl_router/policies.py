@@ -179,6 +179,7 @@ class ScriptedPolicy:
     final answer. `always(model)` is a boundary policy; `random(models)` the random baseline."""
 
     SHORT_QUERY = "Solve the task above."
+    STEP_NOTE = "Do the next step."
 
     def __init__(self, tokenizer: Any, choose: Callable[[Task], str], name: str = "scripted", *, routes: int = 1, query: str = "question", adopt: bool = False):
         if query not in ("question", "short"):
@@ -199,9 +200,10 @@ class ScriptedPolicy:
         return cls(tokenizer, lambda _t: rng.choice(models), name="random", query=query, adopt=adopt)
 
     def _text(self, s: EpisodeState) -> str:
-        if len(s.policy_turns) < self.routes:
+        agentic = getattr(s.env, "final_action", "answer") == "route"  # agentic envs: route at every step
+        if agentic or len(s.policy_turns) < self.routes:
             m = self.choose(s.task)
-            q = s.task.question if self.query == "question" else self.SHORT_QUERY
+            q = self.STEP_NOTE if agentic else s.task.question if self.query == "question" else self.SHORT_QUERY
             return f'<think>Route to {m}.</think><route model="{m}">{q}</route>'
         if self.adopt and "error:" not in s.last_obs:
             m = s.last_obs.split("[", 1)[-1].split(" |", 1)[0]

@@ -54,11 +54,13 @@ def parse_turn(text: str) -> Action:
     return Action("invalid", error="no action found; " + ROUTE_HINT, think=think)
 
 
-def check_turn_format(text: str, *, last: bool) -> str | None:
+def check_turn_format(text: str, *, last: bool, final: str = "answer") -> str | None:
     """Why one policy turn is badly formatted, or None if it is well formed.
 
     Well formed: starts with a <think> block, then exactly one action (a route, or on the
     last turn an answer), tags balanced and not nested, nothing written after the action.
+    `final="route"` is the agentic protocol: every turn routes (the episode ends when the
+    task does), and <answer> is never an action.
     """
     s = text.strip()
     if "<information" in s:
@@ -81,7 +83,10 @@ def check_turn_format(text: str, *, last: bool) -> str | None:
     routes, answers = ROUTE_RE.findall(s), ANSWER_RE.findall(s)
     if len(routes) + len(answers) != 1:
         return f"expected exactly one action per turn, found {len(routes) + len(answers)}"
-    if last and not answers:
+    if final == "route":
+        if answers:
+            return "<answer> is not an action here; pick the next step's model with <route>"
+    elif last and not answers:
         return "trajectory does not end with <answer>"
     if not last and answers:
         return "<answer> before the end of the trajectory"
@@ -90,12 +95,13 @@ def check_turn_format(text: str, *, last: bool) -> str | None:
     return None
 
 
-def check_format(policy_turns: list[str]) -> str | None:
-    """Why a whole trajectory (the router's own turns, in order) is badly formatted, or None."""
+def check_format(policy_turns: list[str], final: str = "answer") -> str | None:
+    """Why a whole trajectory (the router's own turns, in order) is badly formatted, or None.
+    `final`: "answer" (Router-R1: routes, then one answer) or "route" (agentic: routes only)."""
     if not policy_turns:
         return "empty trajectory"
     for i, t in enumerate(policy_turns):
-        why = check_turn_format(t, last=i == len(policy_turns) - 1)
+        why = check_turn_format(t, last=i == len(policy_turns) - 1, final=final)
         if why:
             return f"turn {i + 1}: {why}"
     return None

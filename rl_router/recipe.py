@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from envs.router_r1 import RoutingEnvConfig
+from envs import ENV_CONFIGS
 from .errors import ConfigError, check_keys, typed
 from .tasks import Task, split_tasks
 
@@ -41,7 +41,7 @@ class RolloutSection:
 
 @dataclass
 class DataSection:
-    source: str = "pool"  # "pool": the recorded pool's tasks; "synthetic": generated; "hf": `hf` datasets; or a JSONL path
+    source: str = "pool"  # "pool": the recorded pool's tasks; "synthetic": generated; "hf": `hf` datasets; "arithmetic" / "code": agent worlds (env.name: agentic); or a JSONL path
     datasets: list[str] = field(default_factory=lambda: ["gsm8k"])  # filter for source=pool
     heldout_fraction: float = 0.2
     max_train: int | None = 256
@@ -50,6 +50,7 @@ class DataSection:
     synthetic_n: int = 200
     synthetic_topics: list[str] = field(default_factory=lambda: ["easy", "hard"])
     hf: list[dict[str, Any]] = field(default_factory=list)  # source=hf: [{path, name, split, question, answer, answer_type, data_files}]
+    world: dict[str, Any] = field(default_factory=dict)  # source=arithmetic|code: task generator options (min_steps, max_steps, p_hard, timeout_s)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class AlgorithmSection:
     sft_examples: int = 256  # stratified boundary trajectories to synthesize
     sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
     neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
-    sft_mix: str = "efficient"  # "efficient": BoPO's stratified cost-efficient successes; "both": both boundaries of every task (no routing preference)
+    sft_mix: str = "efficient"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise" (agentic): strong_only tasks as the boundary-guided per-step hybrid; "both": both boundaries of every task (no routing preference)
     bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
     bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
     bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
@@ -127,9 +128,10 @@ class Recipe:
     output_dir: str = "outputs/quickstart"
 
     # ---- building ---------------------------------------------------------------------------
-    def env_config(self) -> RoutingEnvConfig:
+    def env_config(self) -> Any:
+        """The `env:` section as the named environment's config dataclass."""
         kw = {k: v for k, v in self.env.items() if k != "name"}
-        return RoutingEnvConfig(**kw)
+        return ENV_CONFIGS[self.env.get("name", "router_r1")](**kw)
 
     def build_pool(self) -> Any:
         from .pools import build_pool
@@ -149,6 +151,8 @@ class Recipe:
             tasks = synthetic_tasks(d.synthetic_n, d.synthetic_topics, d.seed)
         elif d.source == "hf":
             tasks = load_hf_tasks(d.hf)
+        elif d.source in WORLD_SOURCES:
+            tasks = world_tasks(d.source, d.synthetic_n, d.seed, d.world)
         else:
             tasks = load_task_file(d.source)
         train, held = split_tasks(tasks, d.heldout_fraction, d.seed)
@@ -166,6 +170,18 @@ def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:
         Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold="c" + stable_hash(str(seed), str(i))[:6], answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
         for i in range(n)
     ]
+
+
+WORLD_SOURCES = ("arithmetic", "code")
+WORLD_KEYS = {"min_steps", "max_steps", "p_hard", "timeout_s"}
+
+
+def world_tasks(name: str, n: int, seed: int, options: dict[str, Any]) -> list[Task]:
+    """Tasks of an agent world (`envs/worlds`), for the agentic env."""
+    from envs.worlds import get_world
+
+    check_keys(options, WORLD_KEYS, "data.world")
+    return get_world(name).make_tasks(n, seed, **options)
 
 
 HF_SPEC_KEYS = {"path", "name", "split", "data_files", "question", "answer", "answer_type", "dataset", "limit"}
@@ -268,8 +284,12 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     if not isinstance(raw, dict):
         raise ConfigError("recipe", f"expected a mapping at the top level, got {type(raw).__name__}")
     check_keys(raw, SECTIONS, "recipe")
-    env = {**_default_env(), **(raw.get("env") or {})}
-    check_keys(env, {"name"} | {f.name for f in dataclasses.fields(RoutingEnvConfig)}, "env")
+    raw_env = raw.get("env") or {}
+    env_name = raw_env.get("name", "router_r1")
+    if env_name not in ENV_CONFIGS:
+        raise ConfigError("env.name", f"unknown environment {env_name!r}", f"use one of {sorted(ENV_CONFIGS)}")
+    env = {**(_default_env() if env_name == "router_r1" else {"name": env_name}), **raw_env}
+    check_keys(env, {"name"} | {f.name for f in dataclasses.fields(ENV_CONFIGS[env_name])}, "env")
     pool = raw.get("pool") or _default_pool()
     if isinstance(pool, dict) and "type" not in pool:  # e.g. --set pool.datasets=[mmlu] on the default pool
         pool = {**_default_pool(), **pool}
@@ -307,10 +327,16 @@ def validate_combination(r: Recipe) -> None:
     a, t = r.algorithm, r.trainer
     if a.name not in ("grpo", "rloo", "bopo"):
         raise ConfigError("algorithm.name", f"unknown {a.name!r}", "use grpo, rloo or bopo")
-    if a.sft_mix not in ("efficient", "both"):
-        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient or both")
+    if a.sft_mix not in ("efficient", "stepwise", "both"):
+        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise or both")
+    if a.sft_mix == "stepwise" and r.env.get("name") != "agentic":
+        raise ConfigError("algorithm.sft_mix", "stepwise needs a step-level env", "use env.name: agentic, or sft_mix: efficient")
     if a.sft_style not in ("compact", "verbatim"):
         raise ConfigError("algorithm.sft_style", f"unknown {a.sft_style!r}", "use compact or verbatim")
+    agentic = r.env.get("name") == "agentic"
+    if agentic != (r.data.source in WORLD_SOURCES):
+        fix = f"use data.source: one of {list(WORLD_SOURCES)}" if agentic else "use env.name: agentic"
+        raise ConfigError("data.source" if agentic else "env.name", f"env {r.env.get('name')!r} cannot run data.source {r.data.source!r} tasks", fix)
     g = int(t.get("num_generations", 8))
     batch = int(t.get("per_device_train_batch_size", 8)) * int(t.get("steps_per_generation") or t.get("gradient_accumulation_steps", 1))
     if g < 2:
@@ -333,7 +359,13 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
     budget = r.env_config().budget
     if budget is not None and tasks:
         sample = tasks[: min(16, len(tasks))]
-        costs = sorted(pool.estimate_cost(cheap, initial_messages(t, pool.models, budget), max_tokens=1, context=t.context()) for t in sample)
+        if r.env.get("name") == "agentic":  # one step of the cheapest tier
+            from envs import make_env
+
+            env = make_env("agentic", pool, config=r.env_config())
+            costs = sorted(env.reset(t) and env.step_cost(cheap) for t in sample)
+        else:
+            costs = sorted(pool.estimate_cost(cheap, initial_messages(t, pool.models, budget), max_tokens=1, context=t.context()) for t in sample)
         median = costs[len(costs) // 2]
         if budget < median:
             raise ConfigError("env.budget", f"${budget:g} per task is below the cheapest call on a typical task (${median:.6f} with {cheap})", f"raise env.budget above {median:.6f}, or use a cheaper pool")

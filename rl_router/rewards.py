@@ -63,7 +63,12 @@ def _turns(completions: Sequence[Any], kwargs: dict[str, Any]) -> list[list[str]
 # ---- format -------------------------------------------------------------------------------
 def format_reward(prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
     """1.0 if the trajectory is well formed (each turn: <think> then one action; exactly one
-    <answer>, at the end; tags balanced, not nested; no router-written <information>), else 0."""
+    <answer>, at the end; tags balanced, not nested; no router-written <information>), else 0.
+    Episodes from the rollout engine carry the environment's own verdict (`format_error`),
+    which the agentic env gives by its routes-only protocol."""
+    given = kwargs.get("format_error")
+    if given is not None:
+        return [0.0 if why else 1.0 for why in given]
     return [0.0 if check_format(t) else 1.0 for t in _turns(completions, kwargs)]
 
 
@@ -80,6 +85,15 @@ def accuracy_reward(prompts: Sequence[Any] = (), completions: Sequence[Any] = ()
     answers, golds = _answers(completions, kwargs), _golds(kwargs, len(completions))
     types = _col(kwargs, "answer_type", len(answers), "text")
     return [score_answer(a, g, t) for a, g, t in zip(answers, golds, types)]
+
+
+def success_reward(prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
+    """The environment's own outcome (`quality` of the episode): 1.0 when an agentic task
+    succeeded by its programmatic check (tests pass, final value right)."""
+    q = kwargs.get("quality")
+    if q is None:
+        raise KeyError("the success reward needs the rollout's 'quality' field (episodes from the rollout engine)")
+    return [float(x or 0.0) for x in q]
 
 
 def exact_match_reward(prompts: Sequence[Any] = (), completions: Sequence[Any] = (), completion_ids: Any = None, **kwargs: Any) -> list[float]:
@@ -196,16 +210,19 @@ class RouterR1Reward:
         ]
 
 
+OUTCOMES = {"accuracy": accuracy_reward, "exact_match": exact_match_reward, "f1": f1_reward, "success": success_reward}
+
 REWARDS: dict[str, Callable[..., Any]] = {
     "format": lambda **_: format_reward,
     "accuracy": lambda **_: accuracy_reward,
+    "success": lambda **_: success_reward,
     "exact_match": lambda **_: exact_match_reward,
     "f1": lambda **_: f1_reward,
     "cost": lambda **kw: CostReward(**kw),
     "budget_penalty": lambda **_: budget_penalty,
     "router_r1": lambda **kw: RouterR1Reward(
         alpha=kw.get("alpha", 0.2),
-        outcome={"accuracy": accuracy_reward, "exact_match": exact_match_reward, "f1": f1_reward}[kw.get("outcome", "accuracy")],
+        outcome=OUTCOMES[kw.get("outcome", "accuracy")],
         cost=CostReward(kw.get("cost_mode", "percentile"), kw.get("cost_scale")),
     ),
 }

@@ -24,6 +24,7 @@ from .aio import gather_sync
 from .env import TextEnv
 from .policies import EpisodeState, Policy
 from .prompts import encode_chat
+from .protocol import check_format
 from .tasks import Task
 
 EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "format_errors", "pool_errors", "calls", "done_reason")
@@ -135,6 +136,11 @@ class RolloutEngine:
         }
         for k in EPISODE_FIELDS:
             ep[k] = s.info.get(k)
+        # format is the environment's call (agentic episodes end on a route, not an answer)
+        checker = getattr(s.env, "check_format", None) or check_format
+        ep["format_error"] = checker(s.policy_turns)
+        if "steps" in s.info:
+            ep["steps"] = s.info["steps"]
         if s.done_reason:
             ep["done_reason"] = s.done_reason
         return ep

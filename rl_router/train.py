@@ -168,7 +168,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     bopo_reward = None
     if algo.sft_warmstart or algo.name == "bopo":
         log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
-        records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, cheap=cheap, strong=strong, style=algo.sft_style)
+        records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, cheap=cheap, strong=strong, style=algo.sft_style, stepwise=algo.sft_mix == "stepwise")
         if main:
             save_boundaries(out / "boundaries.json", records)
         metrics["boundary_classes"] = class_counts(records)

@@ -2,7 +2,9 @@
 
 For fast tests and benchmarks: whether model M answers task T correctly is a pure function
 of (seed, M, T) and M's skill on T's topic, so runs are reproducible across processes, and
-latency is a real `asyncio.sleep`, so concurrency can be measured.
+latency is a real `asyncio.sleep`, so concurrency can be measured. Agent worlds pass
+`context["wrong"]`, a plausible wrong action (an off-by-one operand, a classic bug), which a
+model that gets the step wrong answers instead of noise, so its mistake is executed.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class SimulatedPool(Pool):
             gold = gold[0] if gold else None
         if gold is not None and self.is_correct(model, tid, ctx.get("topic", "general")):
             ans = str(gold)
+        elif ctx.get("wrong") is not None:  # agent worlds give a plausible wrong action
+            ans = str(ctx["wrong"])
         else:
             ans = "w" + stable_hash(str(self.seed), model, tid)[:6]
         filler = " ".join(["step"] * max(0, self.sim[model].answer_tokens - 6))

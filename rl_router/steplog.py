@@ -1,0 +1,157 @@
+"""Recorded step-level routing data: label it from an agentic env, replay a router on it offline.
+
+Step-level routing benchmarks (BoPO's static evaluation among them) are sets of routing
+decisions: the router-visible prefix of an agent episode at one step, which tier that step
+needed, and what each tier would have cost. This module fixes that as a JSONL format, one
+decision per line:
+
+    {"task_id": "...", "world": "arithmetic", "step": 1, "attempt": 0,
+     "messages": [{"role": "system", ...}, {"role": "user", ...}],   # the episode's opening chat
+     "completion": "<think>...</think><route ...>...</route>\n<information>...</information>\n",
+     "tiers": {"cheap": {"cost": 2.4e-05, "correct": false}, "expensive": {"cost": 7e-04, "correct": true}},
+     "target": "expensive",                                            # cheapest tier that was right
+     "source": "label_steps"}
+
+`messages` + `completion` is exactly what a router sees before deciding (the chat template
+applied to `messages` with the generation prompt, then `completion`'s tokens), so a replay
+asks the router the same question the live env would.
+
+`label_steps` builds such data from any agentic env and pool: at every step it probes every
+tier on a copy of the state (nothing committed), labels the cheapest tier that got the step
+right, and follows that tier to the next step. `replay` scores a policy on the records
+without running the env: tier accuracy, step success (the chosen tier was right there),
+cost, under- and over-routing, with always-<tier> and the labels as reference rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .aio import gather_sync
+from .protocol import parse_turn
+from .tasks import Task
+
+REQUIRED = ("task_id", "step", "messages", "completion", "tiers", "target")
+
+
+@dataclass
+class StepRecord:
+    task_id: str
+    step: int
+    messages: list[dict[str, str]]
+    completion: str
+    tiers: dict[str, dict[str, Any]]  # tier -> {"cost": USD, "correct": bool | None}
+    target: str
+    attempt: int = 0
+    world: str = ""
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def write_steps(path: str | Path, records: Iterable[StepRecord]) -> int:
+    n = 0
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(asdict(r)) + "\n")
+            n += 1
+    return n
+
+
+def read_steps(path: str | Path) -> list[StepRecord]:
+    """Read a step-level JSONL file; a malformed line names its line number and the field."""
+    out = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not JSON ({e})") from None
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise ValueError(f"{path}:{i}: missing field(s) {missing}; each line needs {list(REQUIRED)}")
+        if d["target"] not in d["tiers"]:
+            raise ValueError(f"{path}:{i}: target {d['target']!r} is not one of its tiers {sorted(d['tiers'])}")
+        out.append(StepRecord(**{k: v for k, v in d.items() if k in StepRecord.__dataclass_fields__}))
+    return out
+
+
+def _route_text(model: str) -> str:
+    return f'<think>Route to {model}.</think><route model="{model}">Do the next step.</route>'
+
+
+def label_steps(env_factory: Callable[[], Any], tasks: list[Task], *, source: str = "label_steps") -> list[StepRecord]:
+    """Probe every tier at every step of every task, label the cheapest correct tier, follow it.
+
+    Tiers are tried in price order (the env's pool cards); a step no tier gets right is
+    labelled with the most expensive tier. Episodes run concurrently (one env each)."""
+
+    async def one(task: Task) -> list[StepRecord]:
+        env = env_factory()
+        env.reset(task)
+        tiers = sorted(env.pool.models, key=lambda c: (c.price_in + c.price_out, c.name))
+        recs: list[StepRecord] = []
+        completion = ""
+        while env.info["done_reason"] is None:
+            step, attempt = env.step_key()
+            probes = {c.name: await env.probe(c.name) for c in tiers}
+            ok = [c.name for c in tiers if probes[c.name]["correct"]]
+            target = ok[0] if ok else tiers[-1].name
+            recs.append(StepRecord(task.task_id, step, [dict(m) for m in env.messages], completion,
+                                   {k: {"cost": v["cost"], "correct": v["correct"]} for k, v in probes.items()}, target, attempt, env.info.get("world", ""), source))
+            action = _route_text(target)
+            obs, *_ = await env.astep(action)
+            completion += action + obs
+        return recs
+
+    return [r for recs in gather_sync([one(t) for t in tasks]) for r in recs]
+
+
+class _ReplayState:
+    """The bits of an EpisodeState a policy reads: context ids (and the task for scripted ones)."""
+
+    def __init__(self, ids: list[int]):
+        self.prompt_ids, self.completion_ids, self.policy_turns, self.last_obs = ids, [], [], ""
+        self.task, self.env = None, None
+
+    @property
+    def context_ids(self) -> list[int]:
+        return self.prompt_ids
+
+
+def _score(chosen: list[str | None], records: list[StepRecord]) -> dict[str, Any]:
+    n = max(1, len(records))
+    order = {name: i for i, name in enumerate(sorted(records[0].tiers, key=lambda k: records[0].tiers[k]["cost"]))} if records else {}
+    valid = [(c, r) for c, r in zip(chosen, records) if c in r.tiers]
+    under = sum(1 for c, r in valid if order.get(c, 0) < order.get(r.target, 0) and not r.tiers[c]["correct"])
+    over = sum(1 for c, r in valid if order.get(c, 0) > order.get(r.target, 0))
+    return {
+        "decisions": len(records),
+        "tier_accuracy": sum(1 for c, r in valid if c == r.target) / n,
+        "step_success": sum(1 for c, r in valid if r.tiers[c]["correct"]) / n,
+        "mean_cost": sum(r.tiers[c]["cost"] for c, r in valid) / n,
+        "invalid_rate": 1 - len(valid) / n,
+        "under_routing_rate": under / n,
+        "over_routing_rate": over / n,
+        "choice_share": {t: sum(1 for c, _ in valid if c == t) / n for t in order},
+    }
+
+
+def replay(records: list[StepRecord], policy: Any, tokenizer: Any, *, batch_size: int = 32) -> dict[str, Any]:
+    """Score `policy` (e.g. an HFPolicy) on recorded decisions, next to always-<tier> and the labels."""
+    from .prompts import encode_chat
+
+    chosen: list[str | None] = []
+    for i in range(0, len(records), batch_size):
+        chunk = records[i : i + batch_size]
+        states = [_ReplayState(encode_chat(tokenizer, r.messages) + (tokenizer.encode(r.completion, add_special_tokens=False) if r.completion else [])) for r in chunk]
+        for turn in policy.act(states):
+            a = parse_turn(turn.text)
+            chosen.append(a.model if a.kind == "route" else None)
+    out = {"policy": _score(chosen, records), "labels": _score([r.target for r in records], records)}
+    for t in (sorted(records[0].tiers) if records else []):
+        out[f"always-{t}"] = _score([t] * len(records), records)
+    return out
