@@ -215,7 +215,17 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     zero3 = is_deepspeed_zero3_enabled()
-    rollout_func = make_rollout_func(engine, train_tasks, lambda trainer: HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, synced_gpus=zero3))
+    def rollout_policy(trainer: Any) -> Any:
+        """The policy that generates router turns with the trainer's current weights: vLLM
+        (TRL's engine, weights synced by TRL before each rollout) when `trainer.use_vllm`,
+        else HF generate on the unwrapped model."""
+        if args.use_vllm:
+            from .vllm_policy import VLLMPolicy, backend_from_trainer
+
+            return VLLMPolicy(backend_from_trainer(trainer), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0)
+        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, synced_gpus=zero3)
+
+    rollout_func = make_rollout_func(engine, train_tasks, rollout_policy)
     peft_config = lora_config(recipe)
     trainer = RouterGRPOTrainer(
         model=model,
