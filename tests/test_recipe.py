@@ -23,7 +23,7 @@ def test_quickstart_yaml_equals_embedded_defaults():
         assert raw[section] == d[section], section
 
 
-@pytest.mark.parametrize("name", ["quickstart", "rloo", "bopo_agentic", "router_r1_qwen2.5-3b"])
+@pytest.mark.parametrize("name", ["quickstart", "rloo", "bopo_agentic", "router_r1_qwen2.5-3b", "router_r1_qwen2.5-3b_vllm_server"])
 def test_shipped_recipes_validate(name):
     r = load_recipe(ROOT / f"recipes/{name}.yaml")
     from trl import GRPOConfig
@@ -36,7 +36,7 @@ def test_shipped_recipes_validate(name):
         assert all("api_key" not in m and m["api_key_env"] == "TOGETHER_API_KEY" for m in r.pool["models"].values())
 
 
-@pytest.mark.parametrize("cfg", ["cpu", "single_gpu", "ddp", "zero2", "zero3", "multinode"])
+@pytest.mark.parametrize("cfg", ["cpu", "single_gpu", "ddp", "zero2", "zero3", "multinode", "multinode_hostfile"])
 def test_accelerate_configs_load(cfg):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -46,6 +46,9 @@ def test_accelerate_configs_load(cfg):
         assert c.distributed_type == "DEEPSPEED" and c.deepspeed_config["zero_stage"] in (2, 3)
     if cfg == "multinode":
         assert c.num_machines == 2 and c.main_process_ip
+    if cfg == "multinode_hostfile":
+        hosts = (ROOT / c.deepspeed_config["deepspeed_hostfile"]).read_text().splitlines()
+        assert c.deepspeed_config["deepspeed_multinode_launcher"] == "pdsh" and sum(1 for h in hosts if "slots=" in h) == c.num_machines
 
 
 def test_hf_data_source_loads_with_datasets(tmp_path):
