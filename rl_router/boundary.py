@@ -12,10 +12,11 @@ boundary policies per task: always-cheapest and always-strongest.
    cheap succeeds, the strong one when only strong succeeds; "neither" tasks contribute
    the cheap (least wasteful) trajectory at a small rate. Stratifying stops the warm start
    from collapsing to whichever boundary is more common.
-   In step-level (agentic) envs, `mix="stepwise"` replaces the strong trajectory of a
-   strong_only task by the boundary-guided hybrid (`StepwiseBoundaryPolicy`): cheap at
-   every step the cheap boundary got right, strong where it slipped. The two boundary runs
-   say which steps need the strong model; a whole-task boundary trajectory hides it.
+   `mix="stepwise"` replaces the strong trajectory of a strong_only task by the
+   boundary-guided hybrid (`StepwiseBoundaryPolicy`): in agentic envs cheap at every step
+   the cheap boundary got right, strong where it slipped; in Router-R1 envs a cascade (cheap
+   first, then strong). The two boundary runs say where the strong model is needed; a
+   whole-task boundary trajectory hides it.
 4. `BoPOReward`: boundary-relative reward. With c_lo, c_hi the boundary costs on the task,
        c~ = clip((c - c_lo) / max(c_hi - c_lo, eps), 0, 2)
        r  = 1 + lam * (1 - c~)     if the episode succeeded      (in [1 - lam, 1 + lam])
@@ -72,21 +73,39 @@ def classify(cheap_success: bool, strong_success: bool) -> str:
 
 
 class StepwiseBoundaryPolicy:
-    """Agentic envs: route a step to the cheap model when the cheap boundary run got that
-    (step, attempt) of the task right, else to the strong model. Scripted turns, same
-    shape as the boundary policies' (so SFT teaches a per-step choice, not new syntax)."""
+    """The boundary-guided hybrid: cheap wherever the cheap boundary run was right, strong
+    only where it slipped. Scripted turns in the boundary policies' own shape (so SFT teaches
+    a choice, not new syntax).
 
-    def __init__(self, tokenizer: Any, cheap: str, strong: str, cheap_episodes: dict[str, dict[str, Any]]):
+    Agentic envs: per step, cheap at every (step, attempt) the cheap boundary got right.
+    Router-R1 envs: a cascade, route to cheap first; adopt its answer where the cheap boundary
+    succeeded (or the strong one failed too), else route to strong and adopt that: the
+    router sees the cheap reply before deciding, so it can learn which replies to distrust."""
+
+    def __init__(self, tokenizer: Any, cheap: str, strong: str, episodes: dict[str, dict[str, dict[str, Any]]]):
         self.tokenizer, self.cheap, self.strong = tokenizer, cheap, strong
-        self.cheap_ok = {tid: {(st["step"], st.get("attempt", 0)) for st in (ep.get("steps") or []) if st.get("correct")} for tid, ep in cheap_episodes.items()}
+        self.cheap_ok = {tid: {(st["step"], st.get("attempt", 0)) for st in (eps["cheap"].get("steps") or []) if st.get("correct")} for tid, eps in episodes.items()}
+        self.escalate = {tid for tid, eps in episodes.items() if not (eps["cheap"].get("quality") or 0) > 0 and (eps["strong"].get("quality") or 0) > 0}
+
+    def _text(self, s: Any) -> str:
+        q = ScriptedPolicy.STEP_NOTE
+        if getattr(s.env, "final_action", "answer") == "route":
+            m = self.cheap if s.env.step_key() in self.cheap_ok.get(s.task.task_id, set()) else self.strong
+            return f'<think>Route to {m}.</think><route model="{m}">{q}</route>'
+        k, q = len(s.policy_turns), ScriptedPolicy.SHORT_QUERY
+        if k == 0:
+            return f'<think>Route to {self.cheap}.</think><route model="{self.cheap}">{q}</route>'
+        m = self.strong if s.task.task_id in self.escalate else self.cheap
+        if k == 1 and m == self.strong:
+            return f'<think>Route to {m}.</think><route model="{m}">{q}</route>'
+        return f"<think>Adopt {m}'s answer.</think><answer>@{m}</answer>"
 
     def act(self, states: list[Any]) -> list[Any]:
         from .policies import Turn
 
         out = []
         for s in states:
-            m = self.cheap if s.env.step_key() in self.cheap_ok.get(s.task.task_id, set()) else self.strong
-            text = f'<think>Route to {m}.</think><route model="{m}">{ScriptedPolicy.STEP_NOTE}</route>'
+            text = self._text(s)
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             out.append(Turn(ids, [0.0] * len(ids), text, False))
         return out
@@ -104,7 +123,7 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
         for t, ep in zip(tasks, engine.run_batched(tasks, policy, batch_size=batch_size)):
             episodes[t.task_id][role] = ep
     if stepwise:
-        hybrid = StepwiseBoundaryPolicy(tokenizer, cheap, strong, {tid: eps["cheap"] for tid, eps in episodes.items()})
+        hybrid = StepwiseBoundaryPolicy(tokenizer, cheap, strong, episodes)
         for t, ep in zip(tasks, engine.run_batched(tasks, hybrid, batch_size=batch_size)):
             episodes[t.task_id]["stepwise"] = ep
     records = {
@@ -149,7 +168,7 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
     for tid, r in records.items():
         ep = episodes[tid][pick[r.klass]]
         hybrid = episodes[tid].get("stepwise")
-        if mix == "stepwise" and r.klass == "strong_only" and hybrid is not None and (hybrid.get("quality") or 0) > 0 and hybrid["cost"] <= ep["cost"]:
+        if mix == "stepwise" and r.klass == "strong_only" and hybrid is not None and (hybrid.get("quality") or 0) > 0:
             ep = hybrid
         strata[r.klass].append(ep)
     rng = random.Random(seed)

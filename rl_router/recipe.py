@@ -62,7 +62,7 @@ class AlgorithmSection:
     sft_examples: int = 256  # stratified boundary trajectories to synthesize
     sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
     neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
-    sft_mix: str = "efficient"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise" (agentic): strong_only tasks as the boundary-guided per-step hybrid; "both": both boundaries of every task (no routing preference)
+    sft_mix: str = "efficient"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference)
     bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
     bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
     bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
@@ -329,8 +329,6 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("algorithm.name", f"unknown {a.name!r}", "use grpo, rloo or bopo")
     if a.sft_mix not in ("efficient", "stepwise", "both"):
         raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise or both")
-    if a.sft_mix == "stepwise" and r.env.get("name") != "agentic":
-        raise ConfigError("algorithm.sft_mix", "stepwise needs a step-level env", "use env.name: agentic, or sft_mix: efficient")
     if a.sft_style not in ("compact", "verbatim"):
         raise ConfigError("algorithm.sft_style", f"unknown {a.sft_style!r}", "use compact or verbatim")
     agentic = r.env.get("name") == "agentic"

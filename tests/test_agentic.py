@@ -274,3 +274,24 @@ def test_eval_on_the_agentic_env(tmp_path):
     assert p["always-cheap"]["calls_per_task"]["cheap"] >= 3
     assert p["oracle"]["quality"] >= p["always-expensive"]["quality"] - 1e-9
     assert (tmp_path / "eval.json") in files and (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_stepwise_hybrid_is_a_cascade_in_the_router_r1_env(tokenizer, recorded_pool):
+    """In Router-R1 episodes the boundary-guided hybrid routes to cheap first and escalates
+    exactly on the tasks only the strong boundary solved."""
+    from envs import RoutingEnvConfig
+
+    tasks = recorded_pool.tasks()[:40]
+    cfg = RoutingEnvConfig(budget=0.01, max_turns=3, max_obs_tokens=64)
+    eng = RolloutEngine(lambda: make_env("router_r1", recorded_pool, config=cfg, tokenizer=tokenizer), tokenizer)
+    cheap, strong = "mixtral-8x7b", "gpt-4-1106"
+    records, eps = run_boundaries(eng, recorded_pool, tasks, tokenizer, cheap=cheap, strong=strong, style="compact", stepwise=True)
+    assert {r.klass for r in records.values()} >= {"both", "strong_only"}
+    for t in tasks:
+        r, h = records[t.task_id], eps[t.task_id]["stepwise"]
+        assert [tr["model"] for tr in h["trace"]][0] == cheap and h["format_error"] is None
+        if r.klass == "strong_only":
+            assert [tr["model"] for tr in h["trace"]] == [cheap, strong] and h["quality"] == 1.0
+            assert h["cost"] == pytest.approx(r.cheap_cost + r.strong_cost)
+        else:
+            assert h["calls"][strong] == 0 and h["quality"] == eps[t.task_id]["cheap"]["quality"]
