@@ -295,3 +295,24 @@ def test_stepwise_hybrid_is_a_cascade_in_the_router_r1_env(tokenizer, recorded_p
             assert h["cost"] == pytest.approx(r.cheap_cost + r.strong_cost)
         else:
             assert h["calls"][strong] == 0 and h["quality"] == eps[t.task_id]["cheap"]["quality"]
+
+
+def test_three_tiers(tokenizer):
+    """N tiers: cards sorted by price in the prompt, every tier routable, labels pick the
+    cheapest tier that was right."""
+    pool = SimulatedPool([SimModel("large", 5.0, 15.0, skills={"easy": 0.99, "hard": 0.95}, answer_tokens=12),
+                          SimModel("small", 0.2, 0.2, skills={"easy": 0.9, "hard": 0.1}, answer_tokens=12),
+                          SimModel("medium", 1.0, 2.0, skills={"easy": 0.97, "hard": 0.6}, answer_tokens=12)], latency_scale=0)
+    tasks = get_world("arithmetic").make_tasks(20, seed=8)
+    env = make_env("agentic", pool, config=AgenticEnvConfig(budget=0.004), tokenizer=tokenizer)
+    env.reset(tasks[0])
+    sysmsg = env.messages[0]["content"]
+    assert sysmsg.index("- small:") < sysmsg.index("- medium:") < sysmsg.index("- large:")
+    eps = engine(pool, tokenizer).run(tasks, ScriptedPolicy.random(tokenizer, pool.model_names, seed=3))
+    assert all(sum(e["calls"].values()) >= 3 for e in eps) and all(sum(e["calls"][m] for e in eps) > 0 for m in pool.model_names)
+    recs = label_steps(lambda: make_env("agentic", pool, config=AgenticEnvConfig(budget=0.004), tokenizer=tokenizer), tasks)
+    order = ["small", "medium", "large"]
+    for r in recs:
+        ok = [t for t in order if r.tiers[t]["correct"]]
+        assert r.target == (ok[0] if ok else "large")
+    assert {r.target for r in recs} == set(order)
