@@ -103,8 +103,10 @@ class AgenticRoutingEnv(TextEnv):
         tid = f"{self.task.task_id}#s{sc.get('step', 0)}#a{sc.get('attempt', 0)}"
         return {**sc, "task_id": tid, "dataset": self.task.dataset}
 
-    def _estimate(self, model: str, hint: str = "") -> float:
-        return self.pool.estimate_cost(model, self.state.agent_messages(hint), max_tokens=self.config.pool_max_tokens, context=self._context())
+    def _estimate(self, model: str, msgs: list[dict[str, str]] | None = None, ctx: dict[str, Any] | None = None) -> float:
+        """Cost bound of `model` acting now (agent prompt and pool context built if not given)."""
+        msgs = self.state.agent_messages() if msgs is None else msgs
+        return self.pool.estimate_cost(model, msgs, max_tokens=self.config.pool_max_tokens, context=self._context() if ctx is None else ctx)
 
     def step_key(self) -> tuple[int, int]:
         """(step, attempt) of the next decision: which step of the task, which try at it."""
@@ -126,7 +128,8 @@ class AgenticRoutingEnv(TextEnv):
         return self._estimate(model)
 
     def _affordable(self) -> bool:
-        return min(self._estimate(c.name) for c in self.pool.models) <= self._left() + 1e-12
+        msgs, ctx = self.state.agent_messages(), self._context()
+        return min(self._estimate(c.name, msgs, ctx) for c in self.pool.models) <= self._left() + 1e-12
 
     def check_format(self, policy_turns: list[str]) -> str | None:
         return check_format(policy_turns, final="route")
@@ -160,23 +163,13 @@ class AgenticRoutingEnv(TextEnv):
         }
         return "\n\n".join(m["content"] for m in self.messages), self._public_info()
 
-    def _public_info(self) -> dict[str, Any]:
-        d = dict(self.info)
-        d["calls"] = dict(self.info["calls"])
-        d["trace"] = list(self.info["trace"])
-        d["steps"] = list(self.info["steps"])
-        return d
-
     def _finish(self, reason: str) -> None:
         self.info["done_reason"] = reason
         self.info["answer"] = self.state.final_answer
         self.info["quality"] = 1.0 if self.state.success else 0.0
 
     async def astep(self, action: str) -> StepResult:
-        if self.task is None:
-            raise RuntimeError("call reset(task) before step()")
-        if self.info["done_reason"] is not None:
-            raise RuntimeError("episode is over; call reset(task) to start a new one")
+        self._check_can_step()
         cfg, info = self.config, self.info
         info["turn"] += 1
         act = parse_turn(action)
@@ -191,7 +184,8 @@ class AgenticRoutingEnv(TextEnv):
             info["format_errors"] += 1
             obs = information(f"error: unknown model {act.model!r}; choose one of: {', '.join(self.pool.model_names)}")
         else:
-            est, left = self._estimate(act.model, act.query), self._left()
+            msgs, ctx = self.state.agent_messages(act.query), self._context()
+            est, left = self._estimate(act.model, msgs, ctx), self._left()
             if est > left + 1e-12:
                 info["over_budget"] += 1
                 if cfg.on_over_budget == "end":
@@ -199,8 +193,7 @@ class AgenticRoutingEnv(TextEnv):
                     return StepResult("", 0.0, False, True, self._public_info())
                 obs = information(f"error: over budget: {act.model} costs about ${est:.6f} but ${max(left, 0):.6f} is left; pick a cheaper model")
             else:
-                ctx = self._context()
-                comp = await self.pool.complete(act.model, self.state.agent_messages(act.query), context=ctx, max_tokens=cfg.pool_max_tokens, temperature=cfg.pool_temperature)
+                comp = await self.pool.complete(act.model, msgs, context=ctx, max_tokens=cfg.pool_max_tokens, temperature=cfg.pool_temperature)
                 info["trace"].append({"model": act.model, "cost": comp.cost, "error": comp.error, "latency_s": comp.latency_s, "retries": comp.retries, "step": ctx.get("step")})
                 if comp.error:
                     info["pool_errors"] += 1

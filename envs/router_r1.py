@@ -116,17 +116,8 @@ class MultiRoundRoutingEnv(TextEnv):
         obs = "\n\n".join(m["content"] for m in self.messages)
         return obs, self._public_info()
 
-    def _public_info(self) -> dict[str, Any]:
-        d = dict(self.info)
-        d["calls"] = dict(self.info["calls"])
-        d["trace"] = list(self.info["trace"])
-        return d
-
     async def astep(self, action: str) -> StepResult:
-        if self.task is None:
-            raise RuntimeError("call reset(task) before step()")
-        if self.info["done_reason"] is not None:
-            raise RuntimeError("episode is over; call reset(task) to start a new one")
+        self._check_can_step()
         cfg, info = self.config, self.info
         info["turn"] += 1
         act = parse_turn(action)

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .policies import ScriptedPolicy
+from .policies import ScriptedPolicy, adopt_text, route_text, text_turns
 from .protocol import check_format
 from .rollout import RolloutEngine
 from .tasks import Task
@@ -88,27 +88,17 @@ class StepwiseBoundaryPolicy:
         self.escalate = {tid for tid, eps in episodes.items() if not (eps["cheap"].get("quality") or 0) > 0 and (eps["strong"].get("quality") or 0) > 0}
 
     def _text(self, s: Any) -> str:
-        q = ScriptedPolicy.STEP_NOTE
         if getattr(s.env, "final_action", "answer") == "route":
             m = self.cheap if s.env.step_key() in self.cheap_ok.get(s.task.task_id, set()) else self.strong
-            return f'<think>Route to {m}.</think><route model="{m}">{q}</route>'
-        k, q = len(s.policy_turns), ScriptedPolicy.SHORT_QUERY
-        if k == 0:
-            return f'<think>Route to {self.cheap}.</think><route model="{self.cheap}">{q}</route>'
+            return route_text(m, ScriptedPolicy.STEP_NOTE)
+        k = len(s.policy_turns)
         m = self.strong if s.task.task_id in self.escalate else self.cheap
-        if k == 1 and m == self.strong:
-            return f'<think>Route to {m}.</think><route model="{m}">{q}</route>'
-        return f"<think>Adopt {m}'s answer.</think><answer>@{m}</answer>"
+        if k == 0 or (k == 1 and m == self.strong):
+            return route_text(self.cheap if k == 0 else m, ScriptedPolicy.SHORT_QUERY)
+        return adopt_text(m)
 
     def act(self, states: list[Any]) -> list[Any]:
-        from .policies import Turn
-
-        out = []
-        for s in states:
-            text = self._text(s)
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
-            out.append(Turn(ids, [0.0] * len(ids), text, False))
-        return out
+        return text_turns(self.tokenizer, [self._text(s) for s in states])
 
 
 def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:

@@ -174,6 +174,26 @@ class HFPolicy:
         return turns
 
 
+def route_text(model: str, query: str) -> str:
+    """A scripted route turn, in the one shape every scripted policy (and the SFT data built
+    from them) uses."""
+    return f'<think>Route to {model}.</think><route model="{model}">{query}</route>'
+
+
+def adopt_text(model: str) -> str:
+    """A scripted answer turn adopting `model`'s final answer."""
+    return f"<think>Adopt {model}'s answer.</think><answer>@{model}</answer>"
+
+
+def text_turns(tokenizer: Any, texts: list[str]) -> list[Turn]:
+    """Scripted turns from their text (no sampler: log-probs 0, never EOS)."""
+    out = []
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        out.append(Turn(ids, [0.0] * len(ids), text, False))
+    return out
+
+
 class ScriptedPolicy:
     """Route the task's question verbatim to `choose(task)`, then answer with that reply's
     final answer. `always(model)` is a boundary policy; `random(models)` the random baseline."""
@@ -204,18 +224,12 @@ class ScriptedPolicy:
         if agentic or len(s.policy_turns) < self.routes:
             m = self.choose(s.task)
             q = self.STEP_NOTE if agentic else s.task.question if self.query == "question" else self.SHORT_QUERY
-            return f'<think>Route to {m}.</think><route model="{m}">{q}</route>'
+            return route_text(m, q)
         if self.adopt and "error:" not in s.last_obs:
-            m = s.last_obs.split("[", 1)[-1].split(" |", 1)[0]
-            return f"<think>Adopt {m}'s answer.</think><answer>@{m}</answer>"
+            return adopt_text(s.last_obs.split("[", 1)[-1].split(" |", 1)[0])
         body = s.last_obs.split("]\n", 1)[-1] if "error:" not in s.last_obs else ""
         ans = extract_final_answer(body.replace("</information>", "")) if body else "unknown"
         return f"<think>Adopt the reply's final answer.</think><answer>{ans}</answer>"
 
     def act(self, states: list[EpisodeState]) -> list[Turn]:
-        out = []
-        for s in states:
-            text = self._text(s)
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
-            out.append(Turn(ids, [0.0] * len(ids), text, False))
-        return out
+        return text_turns(self.tokenizer, [self._text(s) for s in states])

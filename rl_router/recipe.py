@@ -361,7 +361,11 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
             from envs import make_env
 
             env = make_env("agentic", pool, config=r.env_config())
-            costs = sorted(env.reset(t) and env.step_cost(cheap) for t in sample)
+            costs = []
+            for t in sample:
+                env.reset(t)
+                costs.append(env.step_cost(cheap))
+            costs.sort()
         else:
             costs = sorted(pool.estimate_cost(cheap, initial_messages(t, pool.models, budget), max_tokens=1, context=t.context()) for t in sample)
         median = costs[len(costs) // 2]

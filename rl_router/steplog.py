@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .aio import gather_sync
+from .policies import ScriptedPolicy, route_text
 from .protocol import parse_turn
 from .tasks import Task
 
@@ -79,10 +80,6 @@ def read_steps(path: str | Path) -> list[StepRecord]:
     return out
 
 
-def _route_text(model: str) -> str:
-    return f'<think>Route to {model}.</think><route model="{model}">Do the next step.</route>'
-
-
 def label_steps(env_factory: Callable[[], Any], tasks: list[Task], *, source: str = "label_steps") -> list[StepRecord]:
     """Probe every tier at every step of every task, label the cheapest correct tier, follow it.
 
@@ -102,7 +99,7 @@ def label_steps(env_factory: Callable[[], Any], tasks: list[Task], *, source: st
             target = ok[0] if ok else tiers[-1].name
             recs.append(StepRecord(task.task_id, step, [dict(m) for m in env.messages], completion,
                                    {k: {"cost": v["cost"], "correct": v["correct"]} for k, v in probes.items()}, target, attempt, env.info.get("world", ""), source))
-            action = _route_text(target)
+            action = route_text(target, ScriptedPolicy.STEP_NOTE)
             obs, *_ = await env.astep(action)
             completion += action + obs
         return recs

@@ -232,10 +232,9 @@ class _Always:
         self.tok, self.m = tok, m
 
     def act(self, states):
-        from rl_router.policies import Turn
+        from rl_router.policies import route_text, text_turns
 
-        text = f'<think>x</think><route model="{self.m}">Do the next step.</route>'
-        return [Turn(self.tok.encode(text), [], text) for _ in states]
+        return text_turns(self.tok, [route_text(self.m, "Do the next step.")] * len(states))
 
 
 # ---- recipe and eval -----------------------------------------------------------------------
