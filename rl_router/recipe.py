@@ -18,7 +18,7 @@ import yaml
 
 from envs import ENV_CONFIGS
 from .errors import ConfigError, check_keys, typed
-from .tasks import Task, split_tasks
+from .tasks import Task, split_tasks, stable_hash
 
 
 @dataclass
@@ -156,10 +156,29 @@ class Recipe:
         else:
             tasks = load_task_file(d.source)
         train, held = split_tasks(tasks, d.heldout_fraction, d.seed)
+        if d.source == "pool":
+            train, held = interleave_datasets(train, d.seed), interleave_datasets(held, d.seed)
         return train[: d.max_train] if d.max_train else train, held[: d.max_heldout] if d.max_heldout else held
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def interleave_datasets(tasks: list[Task], seed: int = 0) -> list[Task]:
+    """Round-robin over datasets, each in a seeded hash order.
+
+    Why: `max_train` / `max_heldout` cap the list from the front. In file order the cap would
+    take only the first dataset, and MMLU's records are sorted by subject (the first 100 are
+    all abstract algebra); the interleave makes any cap a balanced, topic-diverse draw.
+    Deterministic across machines, like the split."""
+    by_ds: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_ds.setdefault(t.dataset, []).append(t)
+    queues = [sorted(ts, key=lambda t: stable_hash(str(seed), "order", t.task_id)) for ts in by_ds.values()]
+    out: list[Task] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
 
 
 def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:

@@ -114,6 +114,24 @@ def test_tasks_are_split_deterministically(recorded_pool):
     assert len(a) + len(b) == 50 and {t.topic for t in a} == {"easy", "hard"}
 
 
+def test_capped_task_lists_are_balanced_and_topic_diverse():
+    """`max_train` / `max_heldout` cut from the front: the interleave makes that cut a balanced
+    draw over datasets and, within MMLU (whose records are sorted by subject), over subjects."""
+    from rl_router.pools.recorded import RecordedPool
+
+    pool = RecordedPool.packaged(["gsm8k", "mmlu"])
+    r = recipe_from_dict({"pool": {"datasets": ["gsm8k", "mmlu"]}, "data": {"datasets": ["gsm8k", "mmlu"], "max_train": 40, "max_heldout": 20}})
+    train, held = r.tasks(pool)
+    assert [t.dataset for t in train] == ["gsm8k", "mmlu"] * 20 and [t.dataset for t in held] == ["gsm8k", "mmlu"] * 10
+    assert len({t.topic for t in train if t.dataset == "mmlu"}) >= 12  # 20 MMLU tasks from many subjects, not one
+    again, _ = r.tasks(pool)
+    assert [t.task_id for t in again] == [t.task_id for t in train]
+    other, _ = recipe_from_dict({**r.to_dict(), "data": {**r.to_dict()["data"], "seed": 1}}).tasks(pool)
+    assert [t.task_id for t in other] != [t.task_id for t in train]  # the seed moves the draw
+    full, full_held = recipe_from_dict({**r.to_dict(), "data": {**r.to_dict()["data"], "max_train": None, "max_heldout": None}}).tasks(pool)
+    assert not {t.task_id for t in full} & {t.task_id for t in full_held}
+    assert {t.task_id for t in train} <= {t.task_id for t in full}  # the cap only orders and cuts the split
+
 def test_setting_one_pool_field_keeps_the_default_pool_type():
     r = load_recipe(None, ["pool.datasets=[mmlu]"])
     assert r.pool == {"type": "recorded", "datasets": ["mmlu"]}
