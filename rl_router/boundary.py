@@ -139,8 +139,15 @@ def load_boundaries(path: str | Path) -> dict[str, BoundaryRecord]:
     return {r["task_id"]: BoundaryRecord(**r) for r in d["records"]}
 
 
-def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]], n: int, *, seed: int = 0, neither_rate: float = 0.1, mix: str = "efficient") -> list[dict[str, Any]]:
+def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]], n: int, *, seed: int = 0, neither_rate: float = 0.1, strong_only_share: float | None = None, mix: str = "efficient") -> list[dict[str, Any]]:
     """Stratified sample of `n` cost-efficient boundary trajectories (see module docstring).
+
+    `strong_only_share` sets the share of strong_only tasks (the escalations) instead of an
+    equal share per class. Why: greedy decoding escalates only where the warm-started router
+    puts P(escalate | context) above 1/2, but on the cost-quality plane an escalation pays as
+    soon as P(cheap wrong and strong right | context) beats the random mixture's slope (about
+    0.3 on GSM8K), so a router trained on the natural mix escalates too rarely. Oversampling
+    the escalations moves the greedy threshold toward that break-even.
 
     mix="both" instead takes both boundary trajectories of every task, in equal numbers: a
     warm start that teaches the protocol but no routing preference (maximal exploration of
@@ -165,11 +172,18 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
     n_neither = int(round(n * neither_rate)) if strata["neither"] else 0
     main = [k for k in ("both", "strong_only", "cheap_only") if strata[k]]
     out: list[dict[str, Any]] = [rng.choice(strata["neither"]) for _ in range(n_neither)]
-    per = (n - n_neither) // max(1, len(main))
+    if strong_only_share is not None and not 0.0 <= strong_only_share <= 1.0 - neither_rate:
+        raise ValueError(f"algorithm.strong_only_share must be in [0, 1 - neither_rate], got {strong_only_share}")
+    counts = {k: (n - n_neither) // max(1, len(main)) for k in main}
+    if strong_only_share is not None and "strong_only" in counts:
+        counts["strong_only"] = int(round(n * strong_only_share))
+        rest = [k for k in main if k != "strong_only"]
+        for k in rest:
+            counts[k] = (n - n_neither - counts["strong_only"]) // max(1, len(rest))
     for k in main:
         pool = strata[k][:]
         rng.shuffle(pool)
-        out += [pool[i % len(pool)] for i in range(per)]
+        out += [pool[i % len(pool)] for i in range(counts[k])]
     rng.shuffle(out)
     return out
 

@@ -96,6 +96,8 @@ def _print_training(metrics: dict[str, Any], out: Path) -> None:
         f"quality {metrics['heldout_quality_before']:.3f} -> {metrics['heldout_quality_after']:.3f}, "
         f"quality per $ {metrics['heldout_quality_per_dollar_before']:.0f} -> {metrics['heldout_quality_per_dollar_after']:.0f}"
     )
+    stages = [(k, f"heldout_above_random_mixture_{k}") for k in ("before", "after_sft", "after")]
+    console.print("above the random cheap/strong mixture at the same cost: " + ", ".join(f"{k.replace('_', ' ')} {metrics[m]:+.3f}" for k, m in stages if m in metrics))
     console.print(f"wrote {out / 'metrics.json'}, {out / 'training_curves.png'} and the router in {out / 'final'}")
 
 

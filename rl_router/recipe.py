@@ -44,8 +44,8 @@ class DataSection:
     source: str = "pool"  # "pool": the recorded pool's tasks; "synthetic": generated; "hf": `hf` datasets; "arithmetic" / "code": agent worlds (env.name: agentic); or a JSONL path
     datasets: list[str] = field(default_factory=lambda: ["gsm8k"])  # filter for source=pool
     heldout_fraction: float = 0.2
-    max_train: int | None = 256
-    max_heldout: int | None = 64
+    max_train: int | None = None  # cap on train tasks (null: all)
+    max_heldout: int | None = None  # cap on held-out tasks (null: all)
     seed: int = 0
     synthetic_n: int = 200
     synthetic_topics: list[str] = field(default_factory=lambda: ["easy", "hard"])
@@ -59,10 +59,11 @@ class AlgorithmSection:
 
     name: str = "grpo"  # grpo | rloo | bopo
     sft_warmstart: bool = True  # boundary-guided SFT before RL
-    sft_examples: int = 256  # stratified boundary trajectories to synthesize
+    sft_examples: int = 512  # stratified boundary trajectories to synthesize
     sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
     neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
-    sft_mix: str = "efficient"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference)
+    strong_only_share: float | None = 0.5  # share of strong_only tasks (escalations) in the SFT mix; null = equal to each other class
+    sft_mix: str = "stepwise"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference)
     bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
     bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
     bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
@@ -89,9 +90,9 @@ def _default_trainer() -> dict[str, Any]:
 
 def _default_sft() -> dict[str, Any]:
     return {
-        "max_steps": 150,
+        "max_steps": 300,
         "per_device_train_batch_size": 8,
-        "learning_rate": 3.0e-3,
+        "learning_rate": 1.0e-2,
         "lr_scheduler_type": "cosine",
         "warmup_steps": 10,
         "logging_steps": 25,

@@ -182,7 +182,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
 
             model = AutoModelForCausalLM.from_pretrained(sft_dir)
         else:
-            rows = sft_rows(synthesize_sft(records, bepisodes, algo.sft_examples, seed=seed, neither_rate=algo.neither_rate, mix=algo.sft_mix))
+            rows = sft_rows(synthesize_sft(records, bepisodes, algo.sft_examples, seed=seed, neither_rate=algo.neither_rate, strong_only_share=algo.strong_only_share, mix=algo.sft_mix))
             log(f"boundary-guided SFT on {len(rows)} stratified trajectories")
             sft_args = SFTConfig(output_dir=str(out / "sft_run"), **{**hw, **recipe.sft})
             sft = PolicyTokenSFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=lora_config(recipe))
@@ -259,6 +259,14 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     metrics["heldout_quality_per_dollar_after"] = qpd(after)
     metrics["heldout_before"], metrics["heldout_after"] = before, after
     metrics["heldout_baselines"] = evaluate_baselines(engine, pool, tok, held, reward_funcs, weights, seed=seed, cheap=cheap, strong=strong)
+    # the one-number frontier check: quality minus the random cheap/strong mixture's at the same cost
+    from .frontier import above, random_mixture
+
+    pt = lambda s: (s["mean_cost"], s["quality"])  # noqa: E731
+    line = random_mixture(pt(metrics["heldout_baselines"][f"always-{cheap}"]), pt(metrics["heldout_baselines"][f"always-{strong}"]))
+    for stage in ("before", "after_sft", "after"):
+        if f"heldout_{stage}" in metrics:
+            metrics[f"heldout_above_random_mixture_{stage}"] = above(pt(metrics[f"heldout_{stage}"]), line)
     metrics["global_step"] = trainer.state.global_step
     metrics["is_main_process"] = trainer.accelerator.is_main_process
     metrics["log_history"] = trainer.state.log_history

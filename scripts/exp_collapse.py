@@ -47,7 +47,7 @@ def collapse_recipe(algorithm: str, steps: int, *, n_tasks: int = 96, sft_steps:
         "rollout": {"max_new_tokens": 48},
         "rewards": rewards,
         "algorithm": {"name": algorithm, "sft_examples": 128, "neither_rate": 0.0, "sft_mix": "both"},
-        "sft": {"max_steps": sft_steps, "logging_steps": 40},
+        "sft": {"max_steps": sft_steps, "learning_rate": 3.0e-3, "logging_steps": 40},
         "trainer": {
             "max_steps": steps,
             "per_device_train_batch_size": 16,

@@ -4,6 +4,7 @@ tokens zero loss weight, RLOO / BoPO advantages against hand computations, BoPO'
 from __future__ import annotations
 
 import importlib.metadata
+from collections import Counter
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from datasets import Dataset
 from trl import GRPOConfig
 
 from rl_router.advantages import bopo_advantages, grpo_advantages, rloo_advantages
-from rl_router.boundary import BoPOReward, BoundaryRecord, boundary_reward_refs, classify
+from rl_router.boundary import BoPOReward, BoundaryRecord, boundary_reward_refs, classify, synthesize_sft
 from rl_router.tiny import build_tiny_router
 from rl_router.trainer import RouterGRPOTrainer
 
@@ -176,6 +177,19 @@ def records():
 def test_boundary_classes():
     assert [classify(*x) for x in ((True, True), (False, True), (True, False), (False, False))] == ["both", "strong_only", "cheap_only", "neither"]
     assert {k: r.klass for k, r in records().items()} == {"t_both": "both", "t_strong": "strong_only", "t_none": "neither"}
+
+
+def test_sft_mix_is_stratified_and_the_escalation_share_is_settable():
+    recs = records()
+    eps = {tid: {"cheap": {"who": (tid, "cheap")}, "strong": {"who": (tid, "strong")}} for tid in recs}
+    count = lambda mix: Counter(e["who"] for e in mix)  # noqa: E731
+    # equal strata for the classes present (both, strong_only), neither at its rate
+    c = count(synthesize_sft(recs, eps, 100, neither_rate=0.1))
+    assert c == {("t_none", "cheap"): 10, ("t_both", "cheap"): 45, ("t_strong", "strong"): 45}
+    c = count(synthesize_sft(recs, eps, 100, neither_rate=0.1, strong_only_share=0.7))
+    assert c == {("t_none", "cheap"): 10, ("t_both", "cheap"): 20, ("t_strong", "strong"): 70}
+    with pytest.raises(ValueError, match="strong_only_share"):
+        synthesize_sft(recs, eps, 100, neither_rate=0.1, strong_only_share=0.95)
 
 
 def test_bopo_reward_formula_and_ordering():
