@@ -107,10 +107,11 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
         lines.append(f"| {c['name']} | {c['price_in']:g} / {c['price_out']:g} | {c['latency_ms']:.0f} ms | {', '.join(f'{k} {v:.0%}' for k, v in c['example_scores'].items()) or '-'} |")
     lines += ["", "## Rewards", "", "```json", json.dumps(recipe.rewards, indent=1), "```", ""]
     if pol:
-        lines += [f"## Measured results ({ev['tasks']} held-out tasks, greedy)", "", "| policy | quality | $ / 1k tasks | reward | PGR | format errors |", "|---|---|---|---|---|---|"]
+        lines += [f"## Measured results ({ev['tasks']} held-out tasks, greedy)", "", "| policy | quality | $ / 1k tasks | reward | PGR | above random line | format errors |", "|---|---|---|---|---|---|---|"]
         for name, s in pol.items():
-            lines.append(f"| {name} | {s['quality']:.3f} | {_fmt(s['mean_cost'], 1000)} | {_fmt(s.get('reward'))} | {_fmt(s.get('pgr'), 1, 2)} | {s['format_error_rate']:.0%} |")
-        lines += ["", "PGR: share of the cheapest -> strongest quality gap recovered. Full figures in `eval.json`.", ""]
+            above = s.get("above_random_mixture")
+            lines.append(f"| {name} | {s['quality']:.3f} | {_fmt(s['mean_cost'], 1000)} | {_fmt(s.get('reward'))} | {_fmt(s.get('pgr'), 1, 2)} | {'-' if above is None else f'{above + 1e-9:+.3f}'} | {s['format_error_rate']:.0%} |")
+        lines += ["", "PGR: share of the cheapest -> strongest quality gap recovered. Above random line: quality minus that of the random cheap/strong mixture at the same cost. Full figures in `eval.json`.", ""]
     else:
         lines += ["## Measured results", "", "Not evaluated yet: run `rl-router eval` and export again.", ""]
     lines += [

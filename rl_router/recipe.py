@@ -59,7 +59,7 @@ class AlgorithmSection:
 
     name: str = "grpo"  # grpo | rloo | bopo
     sft_warmstart: bool = True  # boundary-guided SFT before RL
-    sft_examples: int = 512  # stratified boundary trajectories to synthesize
+    sft_examples: int = 1024  # stratified boundary trajectories to synthesize
     sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
     neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
     strong_only_share: float | None = 0.5  # share of strong_only tasks (escalations) in the SFT mix; null = equal to each other class
@@ -76,7 +76,7 @@ def _default_trainer() -> dict[str, Any]:
         "max_steps": 16,
         "per_device_train_batch_size": 8,
         "num_generations": 4,
-        "learning_rate": 1.0e-4,
+        "learning_rate": 2.0e-5,
         "beta": 0.0,
         "temperature": 0.7,  # the warm-started tiny router derails on its tail at T=1 (77% format errors vs 20% at 0.7)
         "logging_steps": 1,

@@ -53,6 +53,8 @@ def test_export_reload_push_and_no_secrets(tmp_path):
     metrics = meta["model-index"][0]["results"][0]["metrics"]
     assert metrics[0]["value"] == round(ev["policies"]["router (greedy)"]["quality"], 4)
     assert "rl-router serve acme/tiny-router" in card and "| always-gpt-4-1106 |" in card
+    router_row = next(line for line in card.splitlines() if line.startswith("| router (greedy) |"))
+    assert f"| {ev['policies']['router (greedy)']['above_random_mixture'] + 1e-9:+.3f} |" in router_row and "above random line" in card
 
     # reload the exported folder: the same greedy numbers
     p = run("eval", str(out), "--no-sampled", "--output-dir", str(tmp_path / "ev2"))
