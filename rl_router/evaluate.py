@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .frontier import above, area_under, cost_to_reach, oracle_frontier, pgr, random_mixture
+from .frontier import above, area_under, cost_to_reach, oracle_frontier, pgr, point, random_mixture
 from .knn_router import TfidfKNN
 from .metrics import summarize
 from .policies import HFPolicy, ScriptedPolicy
@@ -132,7 +132,7 @@ def evaluate(
     knn_curve = []
     for th in knn_thresholds:
         s, _ = ev.run(f"knn@{th}", short(lambda t, th=th: cheap if p_cheap[t.task_id] >= th else strong, f"knn@{th}"))
-        knn_curve.append((s["mean_cost"], s["quality"]))
+        knn_curve.append(point(s))
         if th == 0.5:
             policies["knn-tfidf"] = s
 
@@ -147,10 +147,9 @@ def evaluate(
             policies[f"{label} (sampled)"], _ = ev.run("router sampled", HFPolicy(model, tok, max_new_tokens=r.max_new_tokens, temperature=temp, top_p=r.top_p))
             router_names.append(f"{label} (sampled)")
 
-    pt = lambda s: (s["mean_cost"], s["quality"])  # noqa: E731
     q_cheap, q_strong = policies[f"always-{cheap}"]["quality"], policies[f"always-{strong}"]["quality"]
     curves = {
-        "random mixture": random_mixture(pt(policies[f"always-{cheap}"]), pt(policies[f"always-{strong}"])),
+        "random mixture": random_mixture(point(policies[f"always-{cheap}"]), point(policies[f"always-{strong}"])),
         "oracle frontier": oracle_frontier({m: outcomes[m] for m in names}),
         "knn-tfidf sweep": sorted(knn_curve),
     }
@@ -158,7 +157,7 @@ def evaluate(
     target_q = q_cheap + CPT_PGR * (q_strong - q_cheap)
     for name, s in policies.items():
         s["pgr"] = pgr(s["quality"], q_cheap, q_strong)
-        s["above_random_mixture"] = above(pt(s), curves["random mixture"])
+        s["above_random_mixture"] = above(point(s), curves["random mixture"])
         s["cost_fraction_of_strongest"] = s["mean_cost"] / c_max if c_max > 0 else None
 
     sweep = []
@@ -166,7 +165,7 @@ def evaluate(
         for b in budgets:
             s, _ = ev.run(f"budget {b}", HFPolicy(model, tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=0.0), budget=b)
             sweep.append({"budget": b, **{k: s[k] for k in ("quality", "mean_cost", "reward", "budget_violation_rate", "routes_per_task")}})
-        curves["router budget sweep"] = sorted((x["mean_cost"], x["quality"]) for x in sweep)
+        curves["router budget sweep"] = sorted(point(x) for x in sweep)
 
     def apgr(c: list[tuple[float, float]]) -> float | None:  # mean PGR over costs [0, cost of always-strongest]
         a = area_under(c, c_max)
@@ -175,7 +174,7 @@ def evaluate(
     cpt = f"cpt_{int(CPT_PGR * 100)}"
     curve_scores = {name: {"area_under_frontier": area_under(c, c_max), "apgr": apgr(c), cpt: cost_to_reach(c, target_q)} for name, c in curves.items()}
     for name in list(policies):  # a single point reaches the target at its own cost, or never
-        curve_scores[name] = {cpt: cost_to_reach([pt(policies[name])], target_q)}
+        curve_scores[name] = {cpt: cost_to_reach([point(policies[name])], target_q)}
 
     ck_rows = []
     if checkpoints and ckpt is not None:

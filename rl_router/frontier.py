@@ -22,9 +22,14 @@ our own code on costs in dollars rather than on "% calls to the strong model":
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 Point = tuple[float, float]
+
+
+def point(summary: Mapping[str, Any]) -> Point:
+    """A policy's summary (metrics.summarize) as a point on the cost-quality plane."""
+    return (summary["mean_cost"], summary["quality"])
 
 
 def random_mixture(cheap: Point, strong: Point, n: int = 11) -> list[Point]:

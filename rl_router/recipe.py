@@ -184,8 +184,6 @@ def interleave_datasets(tasks: list[Task], seed: int = 0) -> list[Task]:
 
 def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:
     """Opaque-answer tasks for simulated pools: the pool decides who solves what by topic skill."""
-    from .tasks import stable_hash
-
     return [
         Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold="c" + stable_hash(str(seed), str(i))[:6], answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
         for i in range(n)

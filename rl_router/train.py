@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from .frontier import above, point, random_mixture
 from .metrics import summarize
 from .policies import HFPolicy
 from .recipe import Recipe, validate_against_pool
@@ -260,13 +261,10 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     metrics["heldout_before"], metrics["heldout_after"] = before, after
     metrics["heldout_baselines"] = evaluate_baselines(engine, pool, tok, held, reward_funcs, weights, seed=seed, cheap=cheap, strong=strong)
     # the one-number frontier check: quality minus the random cheap/strong mixture's at the same cost
-    from .frontier import above, random_mixture
-
-    pt = lambda s: (s["mean_cost"], s["quality"])  # noqa: E731
-    line = random_mixture(pt(metrics["heldout_baselines"][f"always-{cheap}"]), pt(metrics["heldout_baselines"][f"always-{strong}"]))
+    line = random_mixture(point(metrics["heldout_baselines"][f"always-{cheap}"]), point(metrics["heldout_baselines"][f"always-{strong}"]))
     for stage in ("before", "after_sft", "after"):
         if f"heldout_{stage}" in metrics:
-            metrics[f"heldout_above_random_mixture_{stage}"] = above(pt(metrics[f"heldout_{stage}"]), line)
+            metrics[f"heldout_above_random_mixture_{stage}"] = above(point(metrics[f"heldout_{stage}"]), line)
     metrics["global_step"] = trainer.state.global_step
     metrics["is_main_process"] = trainer.accelerator.is_main_process
     metrics["log_history"] = trainer.state.log_history

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from rl_router.evaluate import evaluate
-from rl_router.frontier import above, random_mixture
+from rl_router.frontier import above, point, random_mixture
 from rl_router.recipe import load_recipe
 from rl_router.train import train
 
@@ -20,10 +20,10 @@ def test_bopo_router_beats_the_boundary_mixture_at_equal_cost(tmp_path):
     m = train(r, output_dir=str(tmp_path), log=lambda _: None)
     base = m["heldout_baselines"]
     cheap, strong = base["always-cheap"], base["always-expensive"]
-    line = random_mixture((cheap["mean_cost"], cheap["quality"]), (strong["mean_cost"], strong["quality"]))
+    line = random_mixture(point(cheap), point(strong))
     sft, after = m["heldout_after_sft"], m["heldout_after"]
-    gap_after = above((after["mean_cost"], after["quality"]), line)
-    gap_sft = above((sft["mean_cost"], sft["quality"]), line)
+    gap_after = above(point(after), line)
+    gap_sft = above(point(sft), line)
     print(f"\nboundaries: cheap {cheap['quality']:.3f} @ ${1000 * cheap['mean_cost']:.3f}/1k, expensive {strong['quality']:.3f} @ ${1000 * strong['mean_cost']:.3f}/1k; "
           f"SFT {sft['quality']:.3f} @ ${1000 * sft['mean_cost']:.3f} ({gap_sft:+.3f}); BoPO {after['quality']:.3f} @ ${1000 * after['mean_cost']:.3f} ({gap_after:+.3f})")
     assert gap_after > 0.1  # success above the mixture line at the router's own cost

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rl_router.frontier import above, random_mixture
+from rl_router.frontier import above, point, random_mixture
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["trainer.max_steps=8", "trainer.save_steps=100", "sft.max_steps=200", "data.max_heldout=24"]
@@ -47,9 +47,9 @@ def test_two_processes_train_like_one(tmp_path):
     for name, m in (("1 process", one), ("2 processes", two)):
         c = _curve(m)
         b = m["heldout_baselines"]
-        line = random_mixture((b["always-cheap"]["mean_cost"], b["always-cheap"]["quality"]), (b["always-expensive"]["mean_cost"], b["always-expensive"]["quality"]))
+        line = random_mixture(point(b["always-cheap"]), point(b["always-expensive"]))
         a, w = m["heldout_after"], m["heldout_after_sft"]
-        shapes[name] = (w, a, above((a["mean_cost"], a["quality"]), line))
+        shapes[name] = (w, a, above(point(a), line))
         print(f"\n{name}: sampled $/1k per step {[round(1000 * x, 2) for x in c]}, loss {[round(h['loss'], 3) for h in m['log_history'] if 'loss' in h]}; "
               f"held-out warm start {w['quality']:.3f} @ ${1000 * w['mean_cost']:.3f} -> RL {a['quality']:.3f} @ ${1000 * a['mean_cost']:.3f} ({shapes[name][2]:+.3f} vs mixture)")
     for name, (w, a, gap) in shapes.items():
