@@ -349,6 +349,8 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise or both")
     if a.sft_style not in ("compact", "verbatim"):
         raise ConfigError("algorithm.sft_style", f"unknown {a.sft_style!r}", "use compact or verbatim")
+    if a.strong_only_share is not None and not 0.0 <= a.strong_only_share <= 1.0 - a.neither_rate:
+        raise ConfigError("algorithm.strong_only_share", f"{a.strong_only_share} is outside [0, 1 - neither_rate] with neither_rate {a.neither_rate}", f"use a share in [0, {1.0 - a.neither_rate:g}], or null for equal strata")
     agentic = r.env.get("name") == "agentic"
     if agentic != (r.data.source in WORLD_SOURCES):
         fix = f"use data.source: one of {list(WORLD_SOURCES)}" if agentic else "use env.name: agentic"

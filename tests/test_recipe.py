@@ -84,6 +84,7 @@ def test_overrides_are_parsed_as_yaml():
         ({"data": {"heldout_fraction": "x"}}, "data.heldout_fraction"),
         ({"algorithm": {"name": "ppo"}}, "algorithm.name"),
         ({"algorithm": {"sft_mix": "all"}}, "algorithm.sft_mix"),
+        ({"algorithm": {"strong_only_share": 0.95}}, "algorithm.strong_only_share"),
         ({"algorithm": {"bopo_lamda": 0.5}}, "algorithm.bopo_lamda"),
         ({"trainer": {"num_generations": 3}}, "trainer.num_generations"),
         ({"trainer": {"num_generations": 1, "per_device_train_batch_size": 1}}, "trainer.num_generations"),
