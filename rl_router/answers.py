@@ -69,16 +69,46 @@ def numeric_match(prediction: str, golds: str | list[str]) -> float:
     return 0.0
 
 
+_CHOICE = re.compile(r"^\s*\(?([A-Za-z])\)?(?=[\s.):,]|$)")
+
+
+def parse_choice(text: str) -> str | None:
+    """A multiple-choice letter at the start of `text` ("B", "(b)", "C. True, False"), upper-cased."""
+    m = _CHOICE.match(text or "")
+    return m.group(1).upper() if m else None
+
+
+def choice_match(prediction: str, golds: str | list[str]) -> float:
+    """Exact letter match. Not SQuAD EM: its normalisation drops "a" as an article, so "A",
+    "a" and an empty answer would all equal gold "A"."""
+    golds = [golds] if isinstance(golds, str) else list(golds)
+    p = parse_choice(prediction)
+    return float(p is not None and any(p == parse_choice(g) for g in golds))
+
+
+def code_match(prediction: str, golds: str | list[str]) -> float:
+    """Exact match of an opaque answer code (case-insensitive, surrounding space and a final
+    full stop ignored)."""
+    golds = [golds] if isinstance(golds, str) else list(golds)
+    p = prediction.strip().rstrip(".").strip().lower()
+    return float(bool(p) and any(p == g.strip().lower() for g in golds))
+
+
 def score_answer(prediction: str | None, gold: str | list[str] | None, answer_type: str = "text") -> float:
     """Quality of one final answer in [0, 1] by the task's answer type.
 
-    `number`: numeric equality of the last number; `code`: exact match of a choice/answer
-    code; `text`: SQuAD exact match (use `token_f1` for partial credit).
+    `number`: numeric equality of the last number; `choice`: the multiple-choice letter;
+    `code`: exact match of an opaque answer code; `text`: SQuAD exact match (use `token_f1`
+    for partial credit).
     """
     if prediction is None or gold is None:
         return 0.0
     if answer_type == "number":
         return numeric_match(prediction, gold)
+    if answer_type == "choice":
+        return choice_match(prediction, gold)
+    if answer_type == "code":
+        return code_match(prediction, gold)
     return exact_match(prediction, gold)
 
 

@@ -183,9 +183,11 @@ def interleave_datasets(tasks: list[Task], seed: int = 0) -> list[Task]:
 
 
 def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:
-    """Opaque-answer tasks for simulated pools: the pool decides who solves what by topic skill."""
+    """Opaque-answer tasks for simulated pools: the pool decides who solves what by topic skill.
+    Gold is a 6-digit code; a simulated model that gets the task wrong answers another 6-digit
+    code (`pools.simulated.wrong_like`), so a reply's form never shows its verdict."""
     return [
-        Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold="c" + stable_hash(str(seed), str(i))[:6], answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
+        Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold=f"{int(stable_hash(str(seed), str(i))[:8], 16) % 10**6:06d}", answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
         for i in range(n)
     ]
 

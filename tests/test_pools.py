@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from rl_router.aio import run_sync
+from rl_router.answers import score_answer
 from rl_router.errors import ConfigError
 from rl_router.pools import (
     Endpoint, FaultConfig, HFLocalPool, LocalModel, ModelCard, OpenAIPool, PoolServer, RecordedPool, RetryPolicy,
@@ -74,14 +75,16 @@ def test_recorded_pool_loads_user_csv_in_routellm_format(tmp_path):
     assert c.text == "Canberra."
 
 
-def test_recorded_pool_correctness_only_rows_get_opaque_codes():
+def test_recorded_pool_correctness_only_rows_answer_with_choice_letters():
     pool = RecordedPool.packaged(["mmlu"])
-    t = pool.tasks()[0]
-    rec = pool.recorded(t.task_id)
-    for name, ans in rec.answers.items():
-        code = ans.response.removeprefix("The answer is ").rstrip(".")
-        assert (code == t.gold) == ans.correct
-    assert t.answer_type == "code"
+    for t in pool.tasks()[:50]:
+        rec = pool.recorded(t.task_id)
+        assert t.answer_type == "choice" and t.gold in "ABCD"
+        for name, ans in rec.answers.items():
+            letter = ans.response.removeprefix("The answer is ").rstrip(".")
+            assert letter in "ABCD" and (letter == t.gold) == ans.correct
+            assert score_answer(letter, t.gold, "choice") == float(ans.correct)
+    assert score_answer("", "A", "choice") == 0.0 and score_answer("a", "A", "choice") == 1.0  # not SQuAD EM: "a" is no article here
 
 
 # ---- SimulatedPool ------------------------------------------------------------------------

@@ -15,10 +15,13 @@ rule (the model needed the whole question to give the recorded answer), completi
 are chars/4 of the recorded response; cost uses the card's prices.
 
 Correctness-only data (MMLU in RouteLLM has verdicts, no responses, no gold letter): each
-task gets an opaque gold code; a model recorded correct replies with that code, a model
-recorded wrong replies with its own wrong code. The router cannot tell from the text which
-is right, exactly as with real answers, and its outcome is the verdict of the model whose
-answer it adopts.
+task gets a gold letter among its choices (A-D unless the prompt lists others), drawn by a
+hash of the task id; a model recorded correct replies "The answer is <gold>.", a model
+recorded wrong replies with one of the other letters, drawn by a hash of (task, model). So
+every reply has the same form and the same letter distribution whatever its verdict: the
+router cannot tell from the text which is right (a test holds a reply-text classifier at
+chance), two wrong models agree as often as two random wrong letters do, and the outcome is
+the verdict of the model whose answer it adopts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import csv
 import gzip
 import json
+import re
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -75,6 +79,19 @@ ROUTELLM_MODELS = {
 
 def _norm(s: str) -> str:
     return " ".join(s.split()).lower()
+
+
+_CHOICE_LINE = re.compile(r"^\s*([A-Z])[.)]\s", re.M)
+
+
+def choice_letters(prompt: str) -> list[str]:
+    """The option letters a multiple-choice prompt lists ("A. ...", "B) ..."), else A-D."""
+    found = list(dict.fromkeys(_CHOICE_LINE.findall(prompt)))
+    return found if len(found) >= 2 else ["A", "B", "C", "D"]
+
+
+def _draw(*parts: str) -> int:
+    return int(stable_hash(*parts)[:8], 16)
 
 
 def read_routellm_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -155,18 +172,19 @@ class RecordedPool(Pool):
             recorded = rec.get("models", {})
             has_text = all(recorded.get(spec.get("column", n), {}).get("response") for n, spec in models.items() if spec.get("column", n) in recorded)
             gold = rec.get("gold")
-            answer_type = "number" if ds == "gsm8k" else ("code" if not has_text else "text")
+            answer_type = "number" if ds == "gsm8k" else ("choice" if not has_text else "text")
             question = rec["prompt"]
             task = Task(question=question, gold=None, answer_type=answer_type, dataset=ds, topic=rec.get("topic", "general"), task_id=rec.get("task_id", ""))
             answers: dict[str, RecordedAnswer] = {}
             if not has_text:
-                code = "c" + stable_hash(task.task_id, "correct")[:6]
-                task.gold = code
+                letters = choice_letters(question)
+                task.gold = letters[_draw(task.task_id, "gold") % len(letters)]
+                wrong = [x for x in letters if x != task.gold]
                 for name, spec in models.items():
                     r = recorded.get(spec.get("column", name))
                     if r is None:
                         continue
-                    mine = code if r["correct"] else "w" + stable_hash(task.task_id, name)[:6]
+                    mine = task.gold if r["correct"] else wrong[_draw(task.task_id, name) % len(wrong)]
                     answers[name] = RecordedAnswer(r["correct"], f"The answer is {mine}.", r.get("cost"))
             else:
                 task.gold = gold

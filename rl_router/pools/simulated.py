@@ -33,6 +33,33 @@ class SimModel:
         return self.skills.get(topic, self.default_skill)
 
 
+def wrong_like(gold: str, *salt: str) -> str:
+    """A wrong answer shaped like `gold`: every digit replaced by a digit, every letter by a
+    letter of the same case, everything else kept, drawn from a hash of `salt`, and never
+    equal to gold. Why: a wrong reply must not be recognisable by its form (a "w" prefix,
+    another length or alphabet), or a router could read the verdict off the text."""
+    out = []
+    for i, ch in enumerate(gold):
+        u = int(stable_hash(*salt, gold, str(i))[:12], 16)  # wide enough that u % 10 is unbiased
+        if ch.isdigit():
+            out.append("0123456789"[u % 10])
+        elif ch.isalpha() and ch.isascii():
+            abc = "abcdefghijklmnopqrstuvwxyz"
+            out.append((abc[u % 26]).upper() if ch.isupper() else abc[u % 26])
+        else:
+            out.append(ch)
+    w = "".join(out)
+    if w == gold:  # change the first digit/letter to its successor
+        for i, ch in enumerate(gold):
+            if ch.isdigit():
+                return gold[:i] + str((int(ch) + 1) % 10) + gold[i + 1 :]
+            if ch.isalpha() and ch.isascii():
+                nxt = chr((ord(ch.lower()) - 97 + 1) % 26 + 97)
+                return gold[:i] + (nxt.upper() if ch.isupper() else nxt) + gold[i + 1 :]
+        return gold + "?"
+    return w
+
+
 class SimulatedPool(Pool):
     def __init__(self, models: list[SimModel], *, seed: int = 0, latency_scale: float = 1.0):
         if not models:
@@ -68,8 +95,8 @@ class SimulatedPool(Pool):
             ans = str(gold)
         elif ctx.get("wrong") is not None:  # agent worlds give a plausible wrong action
             ans = str(ctx["wrong"])
-        else:
-            ans = "w" + stable_hash(str(self.seed), model, tid)[:6]
+        else:  # wrong: an answer of the gold's own form (same length and character classes)
+            ans = wrong_like(str(gold) if gold is not None else "000000", str(self.seed), model, tid)
         filler = " ".join(["step"] * max(0, self.sim[model].answer_tokens - 6))
         return f"{filler} The answer is {ans}.".strip()
 
