@@ -101,7 +101,7 @@ class AgenticRoutingEnv(TextEnv):
     def _context(self) -> dict[str, Any]:
         sc = self.state.step_context()
         tid = f"{self.task.task_id}#s{sc.get('step', 0)}#a{sc.get('attempt', 0)}"
-        return {**sc, "task_id": tid, "dataset": self.task.dataset}
+        return {**sc, "task_id": tid, "question": self.task.question, "dataset": self.task.dataset}
 
     def _estimate(self, model: str, msgs: list[dict[str, str]] | None = None, ctx: dict[str, Any] | None = None) -> float:
         """Cost bound of `model` acting now (agent prompt and pool context built if not given)."""

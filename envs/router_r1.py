@@ -28,7 +28,7 @@ from rl_router.answers import extract_final_answer, score_answer
 from rl_router.env import StepResult, TextEnv
 from rl_router.errors import ConfigError
 from rl_router.pools.base import Pool
-from rl_router.prompts import initial_messages
+from rl_router.prompts import initial_messages, pool_messages
 from rl_router.protocol import parse_turn
 from rl_router.tasks import Task
 
@@ -144,7 +144,7 @@ class MultiRoundRoutingEnv(TextEnv):
         elif not self.pool.has_model(act.model):
             obs = self._error("format_errors", f"unknown model {act.model!r}; choose one of: {', '.join(self.pool.model_names)}")
         else:
-            msgs = [{"role": "user", "content": act.query}]
+            msgs = pool_messages(self.task.question, act.query)
             est = self.pool.estimate_cost(act.model, msgs, max_tokens=cfg.pool_max_tokens, context=self.task.context())
             left = self._budget_left()
             if est > left + 1e-12:
@@ -171,7 +171,7 @@ class MultiRoundRoutingEnv(TextEnv):
         return StepResult(obs, reward, terminated, truncated, self._public_info())
 
     def _cheapest_call(self) -> float:
-        msgs = [{"role": "user", "content": self.task.question if self.task else ""}]
+        msgs = pool_messages(self.task.question, self.task.question) if self.task else []
         ctx = self.task.context() if self.task else None
         return min(self.pool.estimate_cost(c.name, msgs, max_tokens=self.config.pool_max_tokens, context=ctx) for c in self.pool.models)
 

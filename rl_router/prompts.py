@@ -43,6 +43,26 @@ def initial_messages(task: Task, cards: list[ModelCard], budget: float | None, e
     ]
 
 
+def pool_messages(question: str, query: str) -> list[dict[str, str]]:
+    """What a pool model receives for one route: the task, then the router's sub-query.
+
+    Why the task always travels: a router's sub-query often refers to the task rather than
+    restating it ("Solve the task above.", "check step 2"), and a live model answers only
+    what it is sent. A sub-query that already contains the task is sent as it is; otherwise
+    the task comes first, then a blank line, then the sub-query. Every pool type gets the
+    same messages, so recorded and simulated pools are held to what a live model could do
+    (they refuse a request whose text does not contain the task)."""
+    q = query.strip()
+    if normalize_space(question) in normalize_space(q):
+        return [{"role": "user", "content": q}]
+    return [{"role": "user", "content": f"{question}\n\n{q}"}]
+
+
+def normalize_space(s: str) -> str:
+    """Whitespace-folded, lower-cased text: how requests are matched to tasks."""
+    return " ".join(s.split()).lower()
+
+
 def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of `messages` with the generation prompt (transformers 5 returns a dict)."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

@@ -369,7 +369,8 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
     """Checks that need the pool (built from config, before any model loads): named boundary
     models exist, and the per-task budget covers at least the cheapest call on a typical task.
     Returns the (cheap, strong) boundary model names."""
-    from .prompts import initial_messages
+    from .policies import ScriptedPolicy
+    from .prompts import pool_messages
 
     cheap = r.algorithm.cheap_model or pool.cheapest().name
     strong = r.algorithm.strong_model or pool.strongest().name
@@ -389,7 +390,7 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
                 costs.append(env.step_cost(cheap))
             costs.sort()
         else:
-            costs = sorted(pool.estimate_cost(cheap, initial_messages(t, pool.models, budget), max_tokens=1, context=t.context()) for t in sample)
+            costs = sorted(pool.estimate_cost(cheap, pool_messages(t.question, ScriptedPolicy.SHORT_QUERY), max_tokens=1, context=t.context()) for t in sample)
         median = costs[len(costs) // 2]
         if budget < median:
             raise ConfigError("env.budget", f"${budget:g} per task is below the cheapest call on a typical task (${median:.6f} with {cheap})", f"raise env.budget above {median:.6f}, or use a cheaper pool")

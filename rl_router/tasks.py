@@ -30,8 +30,9 @@ class Task:
             self.task_id = stable_hash(self.dataset, self.question)[:16]
 
     def context(self) -> dict[str, Any]:
-        """What a recorded/simulated pool may use to resolve a sub-query to this task."""
-        return {"task_id": self.task_id, "gold": self.gold, "topic": self.topic, "dataset": self.dataset}
+        """What a recorded/simulated pool may use to resolve a sub-query to this task (the
+        question too: those pools refuse a request whose text does not contain it)."""
+        return {"task_id": self.task_id, "question": self.question, "gold": self.gold, "topic": self.topic, "dataset": self.dataset}
 
     def to_row(self) -> dict[str, Any]:
         """A flat dict for `datasets.Dataset` rows (reward kwargs in TRL)."""

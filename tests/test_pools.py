@@ -17,8 +17,8 @@ from rl_router.pools import (
     Endpoint, FaultConfig, HFLocalPool, LocalModel, ModelCard, OpenAIPool, PoolServer, RecordedPool, RetryPolicy,
     SimModel, SimulatedPool, build_pool,
 )
-from rl_router.pools.base import approx_tokens
-from rl_router.prompts import encode_chat
+from rl_router.pools.base import approx_tokens, messages_tokens
+from rl_router.prompts import encode_chat, pool_messages
 from rl_router.tasks import Task
 
 from conftest import make_sim_pool
@@ -47,11 +47,14 @@ def test_recorded_pool_replays_answers_and_bills_by_rule(recorded_pool):
     assert c.completion_tokens == approx_tokens(c.text)
     assert c.prompt_tokens == approx_tokens(t.question) + 4
     assert c.cost == pytest.approx((c.prompt_tokens * 10 + c.completion_tokens * 30) / 1e6)
-    # a free-form sub-query resolves to the episode's task through the context, billed at
-    # least the recorded prompt (the model needed the whole question)
-    c2 = run_sync(recorded_pool.complete("mixtral-8x7b", [{"role": "user", "content": "eggs?"}], context=t.context()))
-    assert c2.text == rec.answers["mixtral-8x7b"].response and c2.prompt_tokens == c.prompt_tokens
-    assert recorded_pool.estimate_cost("mixtral-8x7b", [{"role": "user", "content": "eggs?"}], max_tokens=9, context=t.context()) == pytest.approx(c2.cost)
+    # a free-form sub-query after the task (as the env sends it) resolves from the text alone,
+    # billed as sent (never less than the recorded prompt: the model needed the whole question)
+    sub = pool_messages(t.question, "eggs?")
+    c2 = run_sync(recorded_pool.complete("mixtral-8x7b", sub))
+    assert c2.text == rec.answers["mixtral-8x7b"].response and c2.prompt_tokens == messages_tokens(sub) > c.prompt_tokens
+    assert recorded_pool.estimate_cost("mixtral-8x7b", sub, max_tokens=9, context=t.context()) == pytest.approx(c2.cost)
+    short = [{"role": "user", "content": "eggs?"}]
+    assert run_sync(recorded_pool.complete("mixtral-8x7b", short)).ok is False
     # unknown query without context: an error completion, never an exception, no cost
     c3 = run_sync(recorded_pool.complete("mixtral-8x7b", [{"role": "user", "content": "unrelated"}]))
     assert not c3.ok and c3.cost == 0.0 and "no recorded answer" in c3.error
@@ -96,7 +99,7 @@ def test_simulated_pool_is_deterministic_and_follows_skills():
     assert 0.05 < sum(ra) / len(ra) < 0.15  # skill 0.1
     big = sum(a.is_correct("large", t.task_id, "hard") for t in tasks) / len(tasks)
     assert 0.85 < big < 0.95
-    c = run_sync(a.complete("large", MSG, context=tasks[0].context()))
+    c = run_sync(a.complete("large", pool_messages(tasks[0].question, "go"), context=tasks[0].context()))
     assert c.ok and c.cost == pytest.approx(a.card("large").cost(c.prompt_tokens, c.completion_tokens))
 
 
@@ -259,19 +262,22 @@ def test_identical_concurrent_calls_are_coalesced(sim_pool):
         run_sync(op.aclose())
 
 
-def test_cache_key_includes_forwarded_task_context(recorded_pool, tmp_path):
-    """Same sub-query, different tasks: with the task context forwarded, the server's answer
-    depends on it, so neither the disk cache nor coalescing may share the two calls."""
-    with PoolServer(recorded_pool) as srv:
-        op = OpenAIPool([Endpoint(c, srv.url, c.name) for c in recorded_pool.models], forward_context=True, cache_dir=tmp_path)
-        msg = [{"role": "user", "content": "Solve the task above."}]
-        a, b = recorded_pool.tasks()[:2]
+def test_cache_key_includes_forwarded_task_context(tmp_path):
+    """Same messages, different step contexts (as agentic worlds forward to a simulated pool
+    served over HTTP): the server's answer depends on the context, so neither the disk cache
+    nor coalescing may share the two calls."""
+    sim = make_sim_pool()
+    with PoolServer(sim) as srv:
+        op = OpenAIPool([Endpoint(c, srv.url, c.name) for c in sim.models], forward_context=True, cache_dir=tmp_path)
+        msg = [{"role": "user", "content": "Task: add 3 to 4. Do step 1."}]
+        a = {"task_id": "t#s0", "gold": "7", "wrong": "8", "topic": "easy"}
+        b = {"task_id": "t#s1", "gold": "9", "wrong": "10", "topic": "easy"}
 
         async def both():
-            return await asyncio.gather(op.complete("gpt-4-1106", msg, context=a.context()), op.complete("gpt-4-1106", msg, context=b.context()))
+            return await asyncio.gather(op.complete("large", msg, context=a), op.complete("large", msg, context=b))
 
         ra, rb = run_sync(both())
         assert ra.ok and rb.ok and ra.text != rb.text and op.stats.coalesced == 0
-        again = run_sync(op.complete("gpt-4-1106", msg, context=b.context()))
+        again = run_sync(op.complete("large", msg, context=b))
         assert again.cached and again.text == rb.text and op.stats.cache_hits == 1
         run_sync(op.aclose())

@@ -66,6 +66,21 @@ def messages_tokens(messages: list[Message]) -> int:
     return sum(approx_tokens(m.get("content", "")) + 4 for m in messages)
 
 
+def request_text(messages: list[Message]) -> str:
+    """All message contents of a request, whitespace-folded and lower-cased."""
+    return " ".join(" ".join(str(m.get("content", "")).split()).lower() for m in messages)
+
+
+def shows_task(messages: list[Message], question: str) -> bool:
+    """Does the request contain the task's question? A model cannot solve a task it was not
+    shown, so a replaying pool refuses a request that does not (the rule every pool type
+    shares; see prompts.pool_messages)."""
+    return " ".join(question.split()).lower() in request_text(messages)
+
+
+TASK_NOT_SHOWN = "the request does not contain the task (a model only answers what it is sent; put the task's question in the messages)"
+
+
 def last_user_text(messages: list[Message]) -> str:
     for m in reversed(messages):
         if m.get("role") == "user":

@@ -5,10 +5,13 @@ answered and whether it was right. Replaying it lets a router be trained and eva
 with real model behaviour and no network.
 
 Resolving sub-queries: a router writes free-form sub-queries, which rarely equal a
-recorded prompt. The pool answers (1) the recorded prompt equal to the sub-query (after
-whitespace normalisation), else (2) the episode's task given in `context`, else (3) an
-error completion. So a recorded pool answers "the question of this episode"; it cannot
-answer arbitrary decompositions, which only live pools can.
+recorded prompt. The environment sends the task with every sub-query
+(`prompts.pool_messages`), so the pool finds the task from the request text alone: (1) the
+recorded prompt the request starts with (after whitespace normalisation), else (2) the
+episode's task given in `context`; either way the request must contain that task's prompt
+(a model cannot answer a task it was not shown), else an error completion. So a recorded
+pool answers "the question of this episode"; it cannot answer arbitrary decompositions,
+which only live pools can. Over HTTP (`PoolServer`) it needs no context at all.
 
 Billing: prompt tokens are max(tokens sent, tokens of the recorded prompt) by the chars/4
 rule (the model needed the whole question to give the recorded answer), completion tokens
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..tasks import Task, stable_hash
-from .base import Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens
+from .base import TASK_NOT_SHOWN, Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens, shows_task
 
 
 @dataclass
@@ -246,9 +249,16 @@ class RecordedPool(Pool):
         return self._tasks[task_id]
 
     def _resolve(self, messages: list[Message], context: dict[str, Any] | None) -> RecordedTask | None:
-        tid = self._by_prompt.get(_norm(last_user_text(messages)))
-        if tid is None and context:
-            tid = context.get("task_id")
+        """The recorded task a request is about: from its text alone (the last user message is
+        a recorded prompt, or starts with one followed by a blank line and a sub-query, as
+        `prompts.pool_messages` writes it), else the episode's task in `context`."""
+        text = last_user_text(messages)
+        parts = text.split("\n\n")
+        for k in range(len(parts), 0, -1):  # longest prefix first: prompts may contain blank lines
+            tid = self._by_prompt.get(_norm("\n\n".join(parts[:k])))
+            if tid is not None:
+                return self._tasks[tid]
+        tid = (context or {}).get("task_id")
         return self._tasks.get(tid) if tid else None
 
     def _bill(self, model: str, messages: list[Message], rt: RecordedTask) -> tuple[int, int, float]:
@@ -260,7 +270,7 @@ class RecordedPool(Pool):
 
     def estimate_cost(self, model: str, messages: list[Message], *, max_tokens: int, context: dict[str, Any] | None = None) -> float:
         rt = self._resolve(messages, context)
-        if rt is None or model not in rt.answers:
+        if rt is None or model not in rt.answers or not shows_task(messages, rt.prompt):
             return 0.0  # the call will fail and bill nothing
         return self._bill(model, messages, rt)[2]
 
@@ -272,6 +282,8 @@ class RecordedPool(Pool):
         rt = self._resolve(messages, context)
         if rt is None:
             return Completion("", error="no recorded answer for this query (a recorded pool only answers the prompts it holds)", model=model)
+        if not shows_task(messages, rt.prompt):
+            return Completion("", error=TASK_NOT_SHOWN, model=model)
         if model not in rt.answers:
             return Completion("", error=f"{model} has no recorded answer for this task", model=model)
         p, c, cost = self._bill(model, messages, rt)

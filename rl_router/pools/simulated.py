@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..tasks import stable_hash
-from .base import Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens
+from .base import TASK_NOT_SHOWN, Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens, shows_task
 
 
 @dataclass
@@ -115,6 +115,9 @@ class SimulatedPool(Pool):
         self.calls += 1
         if model not in self.sim:
             return Completion("", error=f"unknown model {model!r}", model=model)
+        question = (context or {}).get("question")
+        if question and not shows_task(messages, question):
+            return Completion("", error=TASK_NOT_SHOWN, model=model)
         text, p, c, cost = self._usage(model, messages, context)
         if self.latency_scale > 0 and self.sim[model].latency_ms > 0:
             await asyncio.sleep(self.sim[model].latency_ms / 1000.0 * self.latency_scale)
