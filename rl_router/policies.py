@@ -9,6 +9,7 @@ numbers are comparable.
 from __future__ import annotations
 
 import random
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -60,7 +61,7 @@ def first_stop(text: str, stops: tuple[str, ...] = STOP_STRINGS) -> int:
 def cut_at_stop(ids: list[int], tokenizer: Any, stops: tuple[str, ...] = STOP_STRINGS) -> list[int]:
     """Shortest prefix of `ids` whose decoding contains a stop string (binary search: prefix
     containment is monotone), or `ids` unchanged if none does."""
-    if first_stop(tokenizer.decode(ids)) < 0:
+    if first_stop(tokenizer.decode(ids), stops) < 0:
         return ids
     lo, hi = 1, len(ids)
     while lo < hi:
@@ -72,32 +73,27 @@ def cut_at_stop(ids: list[int], tokenizer: Any, stops: tuple[str, ...] = STOP_ST
     return ids[:lo]
 
 
-_STOP_CACHE: dict[tuple[int, tuple[str, ...]], Any] = {}
+#: per tokenizer object (weakly held: an entry dies with its tokenizer, so a new tokenizer
+#: that Python puts at a freed address never inherits another one's stop ids)
+_STOP_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], dict[str, Any]]]" = weakref.WeakKeyDictionary()
 
 
 def _stop_kwargs(tokenizer: Any, stops: tuple[str, ...]) -> dict[str, Any]:
     """How generate stops a turn. When every stop string is a single token (the tiny
     router's tags are), they are extra EOS ids, checked inside generate for free; otherwise
-    transformers' StopStringCriteria (about 5% of generate time on the tiny router)."""
-    key = (id(tokenizer), ("ids",) + tuple(stops))
-    if key not in _STOP_CACHE:
+    transformers' StopStringCriteria, built once per tokenizer: its constructor scans the
+    whole vocabulary (~0.2 s), which `generate(stop_strings=...)` would repeat on every call."""
+    per_tok = _STOP_CACHE.setdefault(tokenizer, {})
+    key = tuple(stops)
+    if key not in per_tok:
         ids = [tokenizer.encode(s, add_special_tokens=False) for s in stops]
         if all(len(i) == 1 for i in ids):
-            _STOP_CACHE[key] = {"eos_token_id": [tokenizer.eos_token_id] + [i[0] for i in ids]}
+            per_tok[key] = {"eos_token_id": [tokenizer.eos_token_id] + [i[0] for i in ids]}
         else:
-            _STOP_CACHE[key] = {"eos_token_id": tokenizer.eos_token_id, "stopping_criteria": _stop_criteria(tokenizer, stops)}
-    return _STOP_CACHE[key]
+            from transformers import StoppingCriteriaList, StopStringCriteria
 
-
-def _stop_criteria(tokenizer: Any, stops: tuple[str, ...]) -> Any:
-    """transformers' StopStringCriteria, built once per tokenizer: its constructor scans the
-    whole vocabulary (~0.2 s), which `generate(stop_strings=...)` would repeat on every call."""
-    from transformers import StoppingCriteriaList, StopStringCriteria
-
-    key = (id(tokenizer), tuple(stops))
-    if key not in _STOP_CACHE:
-        _STOP_CACHE[key] = StoppingCriteriaList([StopStringCriteria(tokenizer, list(stops))])
-    return _STOP_CACHE[key]
+            per_tok[key] = {"eos_token_id": tokenizer.eos_token_id, "stopping_criteria": StoppingCriteriaList([StopStringCriteria(tokenizer, list(stops))])}
+    return per_tok[key]
 
 
 class HFPolicy:

@@ -84,6 +84,26 @@ def test_cut_at_stop_finds_the_shortest_prefix(tokenizer):
     ids = tokenizer.encode('<think>a</think><route model="m">q</route> junk', add_special_tokens=False)
     cut = cut_at_stop(ids, tokenizer)
     assert tokenizer.decode(cut).endswith("</route>") and len(cut) < len(ids)
+    # the stops given are the stops used, also where none of the default tags occurs
+    ids = tokenizer.encode("<think>a</think> then more text", add_special_tokens=False)
+    assert tokenizer.decode(cut_at_stop(ids, tokenizer, ("</think>",))) == "<think>a</think>"
+    assert cut_at_stop(ids, tokenizer) == ids
+
+
+def test_stop_settings_are_cached_per_tokenizer_object_and_die_with_it():
+    import gc
+
+    from rl_router.policies import _STOP_CACHE, _stop_kwargs
+    from rl_router.tiny import load_tiny_tokenizer
+
+    tok = load_tiny_tokenizer()
+    kw = _stop_kwargs(tok, ("</route>", "</answer>"))
+    assert kw is _stop_kwargs(tok, ("</route>", "</answer>")) and len(kw["eos_token_id"]) == 3
+    assert "stopping_criteria" in _stop_kwargs(tok, ("the end",))  # multi-token stop: criteria
+    before = len(_STOP_CACHE)
+    del tok, kw
+    gc.collect()
+    assert len(_STOP_CACHE) == before - 1  # nothing a later tokenizer at the same address could inherit
 
 
 @pytest.mark.parametrize("model", ["mixtral-8x7b", "gpt-4-1106"])
