@@ -29,7 +29,7 @@ from rl_router.env import StepResult, TextEnv
 from rl_router.errors import ConfigError
 from rl_router.pools.base import Pool
 from rl_router.prompts import format_card
-from rl_router.protocol import check_format, parse_turn
+from rl_router.protocol import parse_turn
 from rl_router.tasks import Task
 
 from .router_r1 import information
@@ -131,9 +131,6 @@ class AgenticRoutingEnv(TextEnv):
         msgs, ctx = self.state.agent_messages(), self._context()
         return min(self._estimate(c.name, msgs, ctx) for c in self.pool.models) <= self._left() + 1e-12
 
-    def check_format(self, policy_turns: list[str]) -> str | None:
-        return check_format(policy_turns, final="route")
-
     # ---- gym API ------------------------------------------------------------------------
     def reset(self, task: Task, *, seed: int | None = None) -> tuple[str, dict[str, Any]]:
         world = (task.meta or {}).get("world")
@@ -144,45 +141,24 @@ class AgenticRoutingEnv(TextEnv):
         b = self.config.budget
         user = f"Task: {task.question}\n{self.state.describe()}" + (f"\nBudget: ${b:.4f}" if b is not None else "")
         self.messages = [{"role": "system", "content": agentic_system_prompt(self.pool, self.config.system_extra)}, {"role": "user", "content": user}]
-        self.info: dict[str, Any] = {
-            "task_id": task.task_id,
-            "world": world,
-            "turn": 0,
-            "cost": 0.0,
-            "budget": b,
-            "n_routes": 0,
-            "calls": {name: 0 for name in self.pool.model_names},
-            "format_errors": 0,
-            "over_budget": 0,
-            "pool_errors": 0,
-            "answer": None,
-            "quality": 0.0,
-            "done_reason": None,
-            "trace": [],
-            "steps": [],
-        }
+        self.info: dict[str, Any] = self._start_info(task, world=world, steps=[])
         return "\n\n".join(m["content"] for m in self.messages), self._public_info()
 
     def _finish(self, reason: str) -> None:
-        self.info["done_reason"] = reason
         self.info["answer"] = self.state.final_answer
         self.info["quality"] = 1.0 if self.state.success else 0.0
+        self._end(reason)
 
     async def astep(self, action: str) -> StepResult:
-        self._check_can_step()
+        self._record_turn(action)
         cfg, info = self.config, self.info
-        info["turn"] += 1
         act = parse_turn(action)
         obs = ""
-        if act.kind == "answer":
-            info["format_errors"] += 1
-            obs = information('error: there is no <answer> here; pick the model for the next step with <route model="NAME">...</route>')
-        elif act.kind == "invalid":
-            info["format_errors"] += 1
-            obs = information(f"error: {act.error}")
-        elif not self.pool.has_model(act.model):
-            info["format_errors"] += 1
-            obs = information(f"error: unknown model {act.model!r}; choose one of: {', '.join(self.pool.model_names)}")
+        if act.kind in ("answer", "invalid") or not self.pool.has_model(act.model):
+            why = ('there is no <answer> here; pick the model for the next step with <route model="NAME">...</route>' if act.kind == "answer"
+                   else act.error if act.kind == "invalid" else f"unknown model {act.model!r}; choose one of: {', '.join(self.pool.model_names)}")
+            self._invalid(why)
+            obs = information(f"error: {why}")
         else:
             msgs, ctx = self.state.agent_messages(act.query), self._context()
             est, left = self._estimate(act.model, msgs, ctx), self._left()

@@ -5,7 +5,8 @@ calls the pool and the reply comes back as `<information>...</information>`; the
 ends at `<answer>` (terminated) or when `max_turns` policy turns have passed (truncated).
 `<answer>@NAME</answer>` adopts the final answer of NAME's latest reply (as a one-shot
 router returns its chosen model's answer) so a router need not re-type it; adopting a
-model that was not called is a format error and scores 0.
+model that was not called is a format error (`TextEnv.format_error`), as is routing to a
+model the pool does not have.
 
 Budget (USD per task) is hard: before a call the environment asks the pool for the call's
 cost upper bound (exact for recorded and simulated pools; prompt + `pool_max_tokens` of
@@ -89,7 +90,12 @@ class MultiRoundRoutingEnv(TextEnv):
         return float("inf") if b is None else b - self.info["cost"]
 
     def _error(self, kind: str, msg: str) -> str:
-        self.info[kind] += 1
+        """An error observation; `kind` is "invalid" (a malformed action: a format error),
+        "over_budget" or "pool_errors" (counted, not format errors)."""
+        if kind == "invalid":
+            self._invalid(msg)
+        else:
+            self.info[kind] += 1
         return information(f"error: {msg}")
 
     # ---- gym API ------------------------------------------------------------------------
@@ -97,29 +103,13 @@ class MultiRoundRoutingEnv(TextEnv):
         self.task = task
         self.messages = initial_messages(task, self.pool.models, self.config.budget, self.config.system_extra)
         self._replies: dict[str, str] = {}
-        self.info: dict[str, Any] = {
-            "task_id": task.task_id,
-            "turn": 0,
-            "cost": 0.0,
-            "budget": self.config.budget,
-            "n_routes": 0,
-            "calls": {name: 0 for name in self.pool.model_names},
-            "format_errors": 0,
-            "over_budget": 0,
-            "pool_errors": 0,
-            "answer": None,
-            "adopted": None,
-            "quality": 0.0,
-            "done_reason": None,
-            "trace": [],
-        }
+        self.info: dict[str, Any] = self._start_info(task, adopted=None)
         obs = "\n\n".join(m["content"] for m in self.messages)
         return obs, self._public_info()
 
     async def astep(self, action: str) -> StepResult:
-        self._check_can_step()
+        self._record_turn(action)
         cfg, info = self.config, self.info
-        info["turn"] += 1
         act = parse_turn(action)
         obs, reward, terminated = "", 0.0, False
 
@@ -129,20 +119,20 @@ class MultiRoundRoutingEnv(TextEnv):
             if m:  # "@NAME": adopt the final answer of NAME's latest reply
                 reply = self._replies.get(m.group(1))
                 if reply is None:
-                    info["format_errors"] += 1
+                    self._invalid(f"adopted {m.group(1)!r}, which was never called; route to it first or write the answer")
                     answer = None
                 else:
                     answer = extract_final_answer(reply)
                     info["adopted"] = m.group(1)
             info["answer"] = answer
             info["quality"] = score_answer(answer, self.task.gold, self.task.answer_type)
-            info["done_reason"] = "answer"
+            self._end("answer")
             return StepResult("", info["quality"], True, False, self._public_info())
 
         if act.kind == "invalid":
-            obs = self._error("format_errors", act.error)
+            obs = self._error("invalid", act.error)
         elif not self.pool.has_model(act.model):
-            obs = self._error("format_errors", f"unknown model {act.model!r}; choose one of: {', '.join(self.pool.model_names)}")
+            obs = self._error("invalid", f"unknown model {act.model!r}; choose one of: {', '.join(self.pool.model_names)}")
         else:
             msgs = pool_messages(self.task.question, act.query)
             est = self.pool.estimate_cost(act.model, msgs, max_tokens=cfg.pool_max_tokens, context=self.task.context())
@@ -165,9 +155,11 @@ class MultiRoundRoutingEnv(TextEnv):
 
         truncated = False
         if info["turn"] >= cfg.max_turns:
-            truncated, info["done_reason"] = True, "max_turns"
+            truncated = True
+            self._end("max_turns")
         elif cfg.on_budget_exhausted == "end" and cfg.budget is not None and self._budget_left() < self._cheapest_call():
-            truncated, info["done_reason"] = True, "budget_exhausted"
+            truncated = True
+            self._end("budget_exhausted")
         return StepResult(obs, reward, terminated, truncated, self._public_info())
 
     def _cheapest_call(self) -> float:

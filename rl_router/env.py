@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
 from .aio import run_sync
+from .protocol import check_format
 from .tasks import Task
 
 
@@ -32,6 +33,45 @@ class TextEnv(ABC):
     #: the episode's running info (set by reset); `done_reason` is None while it runs
     info: dict[str, Any]
     task: Task | None = None
+    #: how a well-formed episode ends: "answer" (Router-R1: routes, then one <answer>) or
+    #: "route" (agentic: every turn routes; the task world ends the episode)
+    final_action: str = "answer"
+    #: the router's turns so far, as stepped
+    turns: list[str]
+
+    def _start_info(self, task: Task, **extra: Any) -> dict[str, Any]:
+        """The info every routing episode starts with (envs add their own keys in `extra`)."""
+        self.turns = []
+        return {
+            "task_id": task.task_id, **extra, "turn": 0, "cost": 0.0, "budget": getattr(self.config, "budget", None), "n_routes": 0,
+            "calls": {name: 0 for name in self.pool.model_names},
+            "invalid_actions": 0, "format_error": None, "over_budget": 0, "pool_errors": 0,
+            "answer": None, "quality": 0.0, "done_reason": None, "trace": [],
+        }
+
+    def _invalid(self, reason: str) -> None:
+        """Record an action the env refused as malformed (an unknown model, adopting a model
+        never called, a broken tag): the episode breaks the protocol."""
+        self.info["invalid_actions"] += 1
+        if self.info["format_error"] is None:
+            self.info["format_error"] = f"turn {len(self.turns)}: {reason}"
+
+    def format_error(self) -> str | None:
+        """The one definition of a format error, used by the rollout, every reward and the
+        metrics: why this episode's router turns break the protocol, or None. A trajectory
+        breaks it when its text breaks the tag grammar (`protocol.check_format`) or when the
+        env refused one of its actions as invalid."""
+        return check_format(self.turns, final=self.final_action) or self.info["format_error"]
+
+    def _record_turn(self, action: str) -> None:
+        self._check_can_step()
+        self.turns.append(action)
+        self.info["turn"] += 1
+
+    def _end(self, reason: str) -> None:
+        """Close the episode: its reason, and its format verdict in `info`."""
+        self.info["done_reason"] = reason
+        self.info["format_error"] = self.format_error()
 
     @abstractmethod
     def reset(self, task: Task, *, seed: int | None = None) -> tuple[str, dict[str, Any]]: ...

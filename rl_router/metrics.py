@@ -25,7 +25,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "quality_per_dollar": quality / cost if cost > 0 else None,
         "routes_per_task": mean(float(e.get("n_routes") or 0) for e in episodes),
         "answered_rate": mean(1.0 if e.get("answer") is not None else 0.0 for e in episodes),
-        "format_error_rate": mean(1.0 if (e.get("format_errors") or 0) > 0 else 0.0 for e in episodes),
+        "format_error_rate": mean(1.0 if e.get("format_error") else 0.0 for e in episodes),
         "budget_violation_rate": mean(1.0 if (e.get("over_budget") or 0) > 0 else 0.0 for e in episodes),
         "budget_exceeded_rate": mean(1.0 if e.get("budget") is not None and float(e.get("cost") or 0.0) > float(e["budget"]) + 1e-12 else 0.0 for e in episodes),
         "calls_per_task": {m: k / n for m, k in sorted(calls.items())},

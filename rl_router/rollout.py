@@ -24,10 +24,9 @@ from .aio import gather_sync
 from .env import TextEnv
 from .policies import EpisodeState, Policy
 from .prompts import encode_chat
-from .protocol import check_format
 from .tasks import Task
 
-EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "format_errors", "pool_errors", "calls", "done_reason")
+EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "invalid_actions", "pool_errors", "calls", "done_reason")
 
 
 @dataclass
@@ -136,9 +135,8 @@ class RolloutEngine:
         }
         for k in EPISODE_FIELDS:
             ep[k] = s.info.get(k)
-        # format is the environment's call (agentic episodes end on a route, not an answer)
-        checker = getattr(s.env, "check_format", None) or check_format
-        ep["format_error"] = checker(s.policy_turns)
+        # the one format verdict: the tag grammar of the turns, or an action the env refused
+        ep["format_error"] = s.env.format_error()
         if "steps" in s.info:
             ep["steps"] = s.info["steps"]
         if s.done_reason:

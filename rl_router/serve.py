@@ -157,7 +157,7 @@ class RouterServer(ServerLifecycle):
                 "routes": [{k: c.get(k) for k in ("model", "query", "cost", "error")} for c in ep.get("trace") or []],
                 "turns": len(ep.get("policy_turns") or []),
                 "done_reason": ep.get("done_reason") or ("answer" if answer is not None else None),
-                "format_errors": ep.get("format_errors") or 0,
+                "format_error": ep.get("format_error"),
                 "trajectory": ep.get("policy_turns") or [],
             },
         }

@@ -82,12 +82,12 @@ class RouterGRPOTrainer(GRPOTrainer):
         out = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         local = self._last_inputs
-        fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes", "pool_errors", "format_errors")}
+        fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes", "pool_errors", "format_error")}
         m = self._metrics[mode]
         n = max(1, len(fields["task_id"]))
         for key, name in (("cost", "cost"), ("quality", "quality"), ("n_routes", "routes")):
             m[f"episode/{name}"].append(sum(float(v or 0.0) for v in fields[key]) / n)
-        for key, name in (("pool_errors", "pool_error_rate"), ("format_errors", "format_error_rate")):  # share of episodes with any
+        for key, name in (("pool_errors", "pool_error_rate"), ("format_error", "format_error_rate")):  # share of episodes with any
             m[f"episode/{name}"].append(sum(1 for v in fields[key] if v) / n)
         if self.advantage == "grpo" or self._last_rewards_per_func is None:
             return out

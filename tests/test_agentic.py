@@ -144,7 +144,9 @@ def test_format_is_the_agentic_protocol(tokenizer):
     assert all(e["format_error"] is None and len(e["policy_turns"]) == 3 for e in eps)  # routes only, no <answer>
     assert format_reward(completions=[""] * 4, format_error=[e["format_error"] for e in eps]) == [1.0] * 4
     env = make_env("agentic", pool, config=AgenticEnvConfig(), tokenizer=tokenizer)
-    assert env.check_format(["<think>a</think><answer>1</answer>"]) is not None
+    env.reset(tasks[0])
+    _, _, _, _, info = env.step("<think>a</think><answer>1</answer>")
+    assert info["invalid_actions"] == 1 and "no <answer> here" in env.format_error()
 
 
 def test_agentic_episodes_over_real_http(tokenizer):

@@ -52,7 +52,7 @@ def test_invalid_actions_return_error_observations(recorded_pool, action, needle
     env.reset(recorded_pool.tasks()[0])
     obs, r, term, trunc, info = env.step(action)
     assert obs.startswith("\n<information>error: ") and needle in obs
-    assert not term and not trunc and r == 0.0 and info["format_errors"] == 1 and info["cost"] == 0.0
+    assert not term and not trunc and r == 0.0 and info["invalid_actions"] == 1 and info["format_error"] and info["cost"] == 0.0
 
 
 def test_over_budget_route_is_refused_and_budget_never_exceeded(recorded_pool):
@@ -83,7 +83,7 @@ def test_max_turns_truncates(recorded_pool):
     env.reset(recorded_pool.tasks()[1])
     assert not env.step("<think>a</think>")[3]
     _obs, _r, term, trunc, info = env.step("<think>b</think>")
-    assert trunc and not term and info["done_reason"] == "max_turns" and info["format_errors"] == 2
+    assert trunc and not term and info["done_reason"] == "max_turns" and info["invalid_actions"] == 2 and info["format_error"]
 
 
 def test_observation_is_cut_to_max_obs_tokens_keeping_head_and_tail(recorded_pool, tokenizer):

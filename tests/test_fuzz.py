@@ -47,7 +47,7 @@ def test_env_step_always_returns_a_valid_observation_within_budget(turns, budget
         assert isinstance(obs, str) and isinstance(r, float) and isinstance(term, bool) and isinstance(trunc, bool)
         assert info["cost"] <= budget + 1e-12
         if "<information" in text:  # injection: never pool output, always a format error
-            assert info["format_errors"] >= 1 and obs.startswith("\n<information>error: ")
+            assert info["invalid_actions"] >= 1 and info["format_error"] and obs.startswith("\n<information>error: ")
         if term or trunc:
             break
     assert sum(info["calls"].values()) == info["n_routes"] and set(info["calls"]) == set(MODELS)
