@@ -146,7 +146,7 @@ def test_format_is_the_agentic_protocol(tokenizer):
     env = make_env("agentic", pool, config=AgenticEnvConfig(), tokenizer=tokenizer)
     env.reset(tasks[0])
     _, _, _, _, info = env.step("<think>a</think><answer>1</answer>")
-    assert info["invalid_actions"] == 1 and "no <answer> here" in env.format_error()
+    assert info["invalid_actions"] == 1 and "<answer> is not an action here" in env.format_error()
 
 
 def test_agentic_episodes_over_real_http(tokenizer):
