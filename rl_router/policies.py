@@ -182,11 +182,11 @@ def adopt_text(model: str) -> str:
 
 
 def text_turns(tokenizer: Any, texts: list[str]) -> list[Turn]:
-    """Scripted turns from their text (no sampler: log-probs 0, never EOS)."""
+    """Scripted turns from their text (no sampler: log-probs NaN, never EOS)."""
     out = []
     for text in texts:
         ids = tokenizer.encode(text, add_special_tokens=False)
-        out.append(Turn(ids, [0.0] * len(ids), text, False))
+        out.append(Turn(ids, [float("nan")] * len(ids), text, False))
     return out
 
 

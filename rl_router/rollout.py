@@ -9,9 +9,11 @@ Token layout per episode, exactly what TRL 1.16's `GRPOTrainer(rollout_func=...)
 `prompt_ids` (chat template + generation prompt), `completion_ids` = policy tokens and
 environment-inserted `<information>` tokens interleaved, ending in EOS when the router
 answered, `env_mask` (1 = policy token, 0 = inserted; TRL zeroes the loss on 0s) and
-`logprobs` (sampling log-probs of policy tokens; 0.0 on inserted tokens and on the EOS the
-engine appends after `</answer>`, which no sampler produced). Extra keys become reward
-kwargs in TRL.
+`logprobs` (sampling log-probs of sampled policy tokens; NaN, TRL 1.16's "no sampler
+log-prob", on inserted tokens, on scripted turns and on the EOS the engine appends after
+`</answer>`, which no sampler produced: TRL's importance-sampling correction then leaves
+those tokens at ratio 1 instead of scaling the episode by an invented probability). Extra
+keys become reward kwargs in TRL.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from .env import TextEnv
 from .policies import EpisodeState, Policy
 from .prompts import encode_chat
 from .tasks import Task
+
+#: the log-prob of a token no sampler produced (TRL 1.16 neutralises NaN in its IS ratio)
+NO_LOGPROB = float("nan")
 
 EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "invalid_actions", "pool_errors", "calls", "done_reason")
 
@@ -78,7 +83,7 @@ class RolloutEngine:
             for s, turn in zip(active, turns):
                 s.completion_ids += turn.ids
                 s.env_mask += [1] * len(turn.ids)
-                s.logprobs += list(turn.logprobs) if turn.logprobs else [0.0] * len(turn.ids)
+                s.logprobs += list(turn.logprobs) if turn.logprobs else [NO_LOGPROB] * len(turn.ids)
                 s.policy_turns.append(turn.text)
             results = gather_sync([s.env.astep(turn.text) for s, turn in zip(active, turns)])
             self.stats.env_s += time.perf_counter() - t1
@@ -89,7 +94,7 @@ class RolloutEngine:
                     if not turn.eos:  # close the answer with EOS, as the chat template would
                         s.completion_ids.append(eos)
                         s.env_mask.append(1)
-                        s.logprobs.append(0.0)
+                        s.logprobs.append(NO_LOGPROB)
                     continue
                 if turn.eos:  # the router stopped talking without answering
                     s.done, s.truncated, s.done_reason = True, True, "eos_without_answer"
@@ -97,7 +102,7 @@ class RolloutEngine:
                 obs_ids = self.tokenizer.encode(obs, add_special_tokens=False) if obs else []
                 s.completion_ids += obs_ids
                 s.env_mask += [0] * len(obs_ids)
-                s.logprobs += [0.0] * len(obs_ids)
+                s.logprobs += [NO_LOGPROB] * len(obs_ids)
                 s.observations.append(obs)
                 s.last_obs = obs
                 if truncated:

@@ -17,8 +17,8 @@ Per-token log-probs of the sampled tokens come back from vLLM (`logprobs=0`; TRL
 with `logprobs_mode="processed_logprobs"`, i.e. after temperature, the same quantity
 `HFPolicy` returns), so TRL's importance-sampling correction works on policy tokens.
 `Turn` assembly (stop tags, EOS, log-prob alignment) is shared with every backend, and a
-backend is anything with `generate_ids`; `HFBackend` runs transformers' generate behind the
-same interface, which is how the code path is tested on machines without vLLM.
+backend is anything with `generate_ids`, which is how the code path is tested on machines
+without vLLM (`tests/test_vllm_path.py` drives it with an independent token-by-token decoder).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from .policies import EpisodeState, Turn, cut_at_stop
 from .protocol import STOP_STRINGS
+from .rollout import NO_LOGPROB
 
 
 @dataclass
@@ -61,14 +62,15 @@ def _sampling_kwargs(s: Sampling) -> dict[str, Any]:
 
 
 def _sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
-    """vLLM's per-position {token_id: Logprob} dicts -> the sampled token's log-prob."""
+    """vLLM's per-position {token_id: Logprob} dicts -> the sampled token's log-prob (NaN
+    where vLLM gave none: TRL's "no sampler log-prob", never an invented 0.0)."""
     if not logprobs:
-        return [0.0] * len(token_ids)
+        return [NO_LOGPROB] * len(token_ids)
     out = []
     for tid, d in zip(token_ids, logprobs):
         lp = d.get(tid) if isinstance(d, dict) else None
-        out.append(float(getattr(lp, "logprob", lp)) if lp is not None else 0.0)
-    return out
+        out.append(float(getattr(lp, "logprob", lp)) if lp is not None else NO_LOGPROB)
+    return out + [NO_LOGPROB] * (len(token_ids) - len(out))
 
 
 class ColocateBackend:
@@ -104,7 +106,7 @@ class ServerBackend:
         kw = _sampling_kwargs(sampling)
         extra = {k: kw[k] for k in ("stop", "stop_token_ids", "include_stop_str_in_output")}
         out = self.client.generate(prompts, n=1, temperature=kw["temperature"], top_p=kw["top_p"], top_k=max(0, kw["top_k"]), max_tokens=kw["max_tokens"], logprobs=0, generation_kwargs=extra)
-        return [(list(ids), [float(lp[0]) if lp else 0.0 for lp in lps]) for ids, lps in zip(out["completion_ids"], out["logprobs"])]
+        return [(list(ids), [float(lp[0]) if lp else NO_LOGPROB for lp in lps]) for ids, lps in zip(out["completion_ids"], out["logprobs"])]
 
     def generate_ids(self, prompts: list[list[int]], sampling: Sampling) -> list[tuple[list[int], list[float]]]:
         acc = self.acc
@@ -124,20 +126,6 @@ class ServerBackend:
             results = [split]
         broadcast_object_list(results, from_process=0)
         return results[0][acc.process_index]
-
-
-class HFBackend:
-    """transformers' generate behind the backend interface (no vLLM needed)."""
-
-    def __init__(self, model: Any, tokenizer: Any):
-        from .policies import HFPolicy
-
-        self.model, self.tokenizer, self._hf = model, tokenizer, HFPolicy
-
-    def generate_ids(self, prompts: list[list[int]], sampling: Sampling) -> list[tuple[list[int], list[float]]]:
-        pol = self._hf(self.model, self.tokenizer, max_new_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k, stop_strings=sampling.stop)
-        turns = pol.act([EpisodeState(task=None, env=None, prompt_ids=p) for p in prompts])  # type: ignore[arg-type]
-        return [(t.ids, list(t.logprobs)) for t in turns]
 
 
 class VLLMPolicy:
@@ -163,7 +151,7 @@ class VLLMPolicy:
             eos = eos_at is not None and len(cut) == len(body)
             new = cut + [eos_id] if eos else cut
             lp = list(lps[: len(cut)]) + ([float(lps[eos_at])] if eos and eos_at is not None and eos_at < len(lps) else [])
-            lp += [0.0] * (len(new) - len(lp))
+            lp += [NO_LOGPROB] * (len(new) - len(lp))
             turns.append(Turn(new, lp, tok.decode(cut), eos))
         return turns
 

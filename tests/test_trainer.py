@@ -231,3 +231,63 @@ def test_checkpoints_are_renamed_into_place_and_rotated(tmp_path, tokenizer):
     assert names == ["checkpoint-2", "checkpoint-3"] and not (tmp_path / ".staging").exists()
     for n in names:
         assert (tmp_path / n / "trainer_state.json").exists() and (tmp_path / n / "optimizer.pt").exists()
+
+
+# ---- sampler log-probs through TRL's importance-sampling correction -------------------------
+class ForcedPolicy:
+    """Scripted turns with their *true* log-probs under the model at temperature T (one forward
+    pass): what a sampler that happened to draw these tokens would report. Every episode
+    answers, so the engine closes each with an EOS that no sampler produced."""
+
+    def __init__(self, model, tok, temperature):
+        self.model, self.tok, self.T = model, tok, temperature
+
+    def act(self, states):
+        from rl_router.policies import Turn
+
+        out = []
+        for s in states:
+            text = '<think>a</think><route model="mixtral-8x7b">go</route>' if not s.policy_turns else "<think>b</think><answer>@mixtral-8x7b</answer>"
+            ids = self.tok.encode(text, add_special_tokens=False)
+            ctx = torch.tensor([s.context_ids + ids])
+            with torch.no_grad():
+                logits = self.model(ctx).logits[0, len(s.context_ids) - 1 : -1].float() / self.T
+            lps = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None])[:, 0].tolist()
+            out.append(Turn(ids, lps, text, False))
+        return out
+
+
+@pytest.mark.parametrize("mode", ["sequence_mask", "token_truncate"])
+def test_importance_sampling_ratio_is_one_on_every_trained_token(tmp_path, recorded_pool, tokenizer, mode):
+    """TRL 1.16 corrects vLLM rollouts by exp(logp_model - logp_sampler) per token (or per
+    sequence). Our rollouts report true sampler log-probs for sampled tokens and NaN ("no
+    sampler log-prob", which TRL neutralises to a ratio of 1) for tokens no sampler produced:
+    the EOS the engine appends after </answer>. So TRL's ratio is 1 everywhere; an invented
+    0.0 would scale each answered episode by p(EOS) (or mask it out, per sequence)."""
+    from envs import MultiRoundRoutingEnv
+    from rl_router.rollout import RolloutEngine, make_rollout_func
+
+    T = 0.7
+    tasks = recorded_pool.tasks()[:2]
+    model, _ = build_tiny_router(seed=0, hidden_size=32, num_layers=1)
+    engine = RolloutEngine(lambda: MultiRoundRoutingEnv(recorded_pool, tokenizer=tokenizer, max_turns=3), tokenizer)
+    rollout = make_rollout_func(engine, tasks, lambda tr: ForcedPolicy(tr.model, tokenizer, T))
+    args = GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2, max_steps=1, learning_rate=1e-3, temperature=T,
+        beta=0.0, bf16=False, use_cpu=True, report_to="none", save_strategy="no", max_completion_length=512, gradient_checkpointing=False,
+        vllm_importance_sampling_mode=mode,
+    )
+    ds = Dataset.from_list([{"prompt": t.question} for t in tasks])
+    trainer = RouterGRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [1.0] * len(completions)], args=args, train_dataset=ds, processing_class=tokenizer, rollout_func=rollout)
+    # drive TRL's vLLM branch of _generate_and_score_completions with our rollout (no vLLM engine
+    # is needed: the rollout_func supplies the tokens; weights are "already synced")
+    trainer.use_vllm, trainer.vllm_importance_sampling_correction, trainer._last_loaded_step = True, True, trainer.state.global_step
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks for _ in range(2)])
+    ratio, mask = out["importance_sampling_ratio"], out["completion_mask"] * out["tool_mask"]
+    eos = (out["completion_ids"] == tokenizer.eos_token_id) & mask.bool()
+    assert eos.sum() == 4  # every episode answered and was closed by the engine's EOS
+    if mode == "sequence_mask":
+        torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=2e-3)
+    else:
+        torch.testing.assert_close(ratio[mask.bool()], torch.ones(int(mask.sum())), rtol=0, atol=2e-3)
