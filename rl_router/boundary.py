@@ -29,7 +29,9 @@ boundary policies per task: always-cheapest and always-strongest.
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ from typing import Any, Sequence
 
 from .policies import ScriptedPolicy, adopt_text, route_text, text_turns
 from .protocol import check_format
-from .rollout import RolloutEngine
+from .rollout import RolloutEngine, run_sharded
 from .tasks import Task
 
 CLASSES = ("both", "strong_only", "cheap_only", "neither")
@@ -110,11 +112,11 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
     for role, model in (("cheap", cheap), ("strong", strong)):
         compact = style == "compact"
         policy = ScriptedPolicy.always(tokenizer, model, query="short" if compact else "question", adopt=compact)
-        for t, ep in zip(tasks, engine.run_batched(tasks, policy, batch_size=batch_size)):
+        for t, ep in zip(tasks, run_sharded(engine, tasks, policy, batch_size=batch_size)):
             episodes[t.task_id][role] = ep
     if stepwise:
         hybrid = StepwiseBoundaryPolicy(tokenizer, cheap, strong, episodes)
-        for t, ep in zip(tasks, engine.run_batched(tasks, hybrid, batch_size=batch_size)):
+        for t, ep in zip(tasks, run_sharded(engine, tasks, hybrid, batch_size=batch_size)):
             episodes[t.task_id]["stepwise"] = ep
     records = {
         tid: BoundaryRecord(tid, cheap, strong, eps["cheap"]["quality"] > 0, float(eps["cheap"]["cost"]), eps["strong"]["quality"] > 0, float(eps["strong"]["cost"]))
@@ -130,13 +132,42 @@ def class_counts(records: dict[str, BoundaryRecord]) -> dict[str, int]:
     return out
 
 
-def save_boundaries(path: str | Path, records: dict[str, BoundaryRecord]) -> None:
-    Path(path).write_text(json.dumps({"classes": class_counts(records), "records": [asdict(r) for r in records.values()]}, indent=1))
+def save_boundaries(path: str | Path, records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+    """Write the records (JSON, atomically) and, if given, the boundary episodes beside them
+    (`<stem>_episodes.jsonl.gz`: what the warm start is synthesised from), so a resumed run
+    or a later eval reuses them instead of paying for the calls again."""
+    path = Path(path)
+    _atomic_write(path, json.dumps({"classes": class_counts(records), "records": [asdict(r) for r in records.values()]}, indent=1).encode())
+    if episodes is not None:
+        keep = ("prompt_ids", "completion_ids", "env_mask", "policy_turns", "quality", "cost", "calls", "steps", "format_error", "task_id")
+        lines = [json.dumps({"task_id": tid, "role": role, "episode": {k: ep[k] for k in keep if k in ep}}) for tid, eps in episodes.items() for role, ep in eps.items()]
+        _atomic_write(episodes_path(path), gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+
+
+def episodes_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + "_episodes.jsonl.gz")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def load_boundaries(path: str | Path) -> dict[str, BoundaryRecord]:
     d = json.loads(Path(path).read_text())
     return {r["task_id"]: BoundaryRecord(**r) for r in d["records"]}
+
+
+def load_boundary_episodes(path: str | Path) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    with gzip.open(episodes_path(path), "rt") as fh:
+        for line in fh:
+            if line.strip():
+                d = json.loads(line)
+                out.setdefault(d["task_id"], {})[d["role"]] = d["episode"]
+    return out
 
 
 def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]], n: int, *, seed: int = 0, neither_rate: float = 0.1, strong_only_share: float | None = None, mix: str = "efficient") -> list[dict[str, Any]]:

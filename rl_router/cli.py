@@ -54,31 +54,40 @@ def _table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
     return t
 
 
-def _run_policies(recipe_path: Optional[str], sets: list[str], policies: Optional[list[str]], n: Optional[int], output_dir: Optional[str], batch_size: int) -> dict[str, Any]:
+def _run_policies(recipe_path: Optional[str], sets: list[str], policies: Optional[list[str]], n: Optional[int], output_dir: Optional[str], batch_size: int, *, greedy: bool, baseline_query: str) -> dict[str, Any]:
+    from .evaluate import EvalOptions, Evaluator, baseline_policy, policy_names, router_policy
     from .recipe import load_recipe
-    from .runner import make_policy, policy_names, run_policy
-    from .tiny import load_router
+    from .train import load_model
 
     recipe = load_recipe(recipe_path, sets)
+    if baseline_query not in ("short", "question"):
+        raise ConfigError("--baseline-query", f"unknown {baseline_query!r}", "use short or question")
     pool = recipe.build_pool()
     _train, held = recipe.tasks(pool)
     if n:
         held = held[:n]
     names = policies or policy_names(pool)
-    model = tok = None
-    m = recipe.model
-    kw = {"hidden_size": m.hidden_size, "num_layers": m.num_layers, "seed": m.seed} if m.name_or_path == "tiny" else {}
-    model, tok = load_router(m.name_or_path, **kw)
+    for name in names:
+        if name != "router" and name != "random" and not (name.startswith("always-") and pool.has_model(name.removeprefix("always-"))):
+            raise ConfigError("--policy", f"unknown policy {name!r}", f"use one of {policy_names(pool)}")
+    model, tok = load_model(recipe)
     summaries: dict[str, dict[str, Any]] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False) as prog:
+        bars: dict[str, Any] = {}
+
+        def advance(name: str, k: int) -> None:
+            if name not in bars:
+                bars[name] = prog.add_task(f"{name:<24}", total=len(held))
+            prog.advance(bars[name], k)
+
+        ev = Evaluator(recipe, pool, tok, held, options=EvalOptions(baseline_query=baseline_query, batch_size=batch_size), progress=advance)
+        ev.set_cost_reference([e["cost"] or 0.0 for m in pool.model_names for e in ev.episodes(f"always-{m}", ev.baseline(f"always-{m}"))])
         for name in names:
-            policy = make_policy(name, recipe, pool, model, tok, greedy=False)
-            bar = prog.add_task(f"{name:<24}", total=len(held))
-            _eps, summ = run_policy(recipe, pool, policy, tok, held, batch_size=batch_size, on_batch=lambda k, b=bar: prog.advance(b, k))
-            summaries[name] = summ
+            policy = router_policy(model, tok, recipe, greedy=greedy) if name == "router" else baseline_policy(name, tok, pool.model_names, seed=recipe.data.seed, query=baseline_query)
+            summaries[name], _ = ev.run(name, policy)
     out = Path(output_dir or recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "rollout_summary.json").write_text(json.dumps({"tasks": len(held), "policies": summaries}, indent=2))
+    (out / "rollout_summary.json").write_text(json.dumps({"tasks": len(held), "greedy": greedy, "baseline_query": baseline_query, "policies": summaries}, indent=2))
     console.print(_table(f"{len(held)} held-out tasks, budget ${recipe.env_config().budget}/task", summaries))
     console.print(f"wrote {out / 'rollout_summary.json'}")
     return summaries
@@ -304,11 +313,15 @@ def rollout(
     n: Optional[int] = typer.Option(None, "--n", help="Limit the number of held-out tasks."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field: --set env.budget=0.02 (YAML value)."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Overrides the recipe's output_dir."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Episodes per lock-step batch."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Episodes per lock-step batch."),
+    greedy: bool = typer.Option(True, "--greedy/--sampled", help="Run the router greedy (as eval and train's held-out reports do) or sampled at trainer.temperature."),
+    baseline_query: str = typer.Option("short", "--baseline-query", help="How scripted baselines phrase their sub-query: short ('Solve the task above.', then adopt the reply; as eval does) or question (the question verbatim, then re-type the answer). The pool receives the task either way."),
 ) -> None:
-    """Run policies on a recipe's held-out tasks and print quality, cost, routes and error rates."""
+    """Run policies on a recipe's held-out tasks and print quality, cost, routes, reward and
+    error rates. Same evaluation path, options and numbers as `eval` and training's held-out
+    reports (the router greedy, baselines in the short style) unless you change the options."""
     try:
-        _run_policies(recipe, set_ or [], policy, n, output_dir, batch_size)
+        _run_policies(recipe, set_ or [], policy, n, output_dir, batch_size, greedy=greedy, baseline_query=baseline_query)
     except (ConfigError, ValueError) as e:
         _fail(e)
 
@@ -356,7 +369,9 @@ def boundaries(
     """Run both boundary policies (always-cheap, always-strong; algorithm.cheap_model /
     strong_model, default the pool's cheapest / strongest) on the recipe's train tasks, save
     per-task success and cost of each, and print the difficulty taxonomy: both (cheap
-    suffices), strong_only, cheap_only, neither. BoPO's SFT synthesis and reward read this."""
+    suffices), strong_only, cheap_only, neither. Writes the records to --out and the episodes
+    beside them (<out stem>_episodes.jsonl.gz). Training runs the same step and keeps its own
+    copy in OUT/boundaries.json, which `--resume` and `rl-router eval` reuse."""
     from .boundary import class_counts, run_boundaries, save_boundaries
     from .recipe import load_recipe, validate_against_pool
     from .runner import make_engine
@@ -370,7 +385,7 @@ def boundaries(
         _fail(e)
     tok = _recipe_tokenizer(r)
     records, eps = run_boundaries(make_engine(r, pool, tok), pool, tasks, tok, cheap=cheap, strong=strong, style=r.algorithm.sft_style)
-    save_boundaries(out, records)
+    save_boundaries(out, records, eps)
     t = Table(title=f"boundaries on {len(tasks)} train tasks ({cheap} vs {strong})")
     for c in ("class", "tasks", "share", f"{cheap} $/1k", f"{strong} $/1k"):
         t.add_column(c, justify="left" if c == "class" else "right")

@@ -11,9 +11,13 @@ Router-R1's reward (Zhang et al., 2025, arXiv:2506.09033):
     r = R_format + (1 - alpha) * R_outcome + alpha * R_cost
 with hierarchical gating: a format failure gives -1 and nothing else; the cost credit is
 paid only when the outcome is correct (a cheap wrong answer earns nothing for being
-cheap). R_cost here is 1 - normalised cost, in [0, 1], normalised against a running
-percentile window of observed costs (kept separately for train and eval so evaluation
-does not shift the training scale), or linearly against a fixed cost scale.
+cheap). R_cost here is 1 - normalised cost, in [0, 1], normalised linearly against a fixed
+cost scale, or (Router-R1) by percentiles of a cost distribution:
+- in training (the rollout's `split` is "train"), a running window of the costs seen so far,
+  fed with every rank's costs (gathered), so all ranks share one window;
+- in evaluation (any other split), a fixed reference given at construction (our evaluator
+  passes the always-<model> baselines' costs on the same tasks), else the scored batch
+  itself: stateless, so a policy's score never depends on what was scored before it.
 """
 
 from __future__ import annotations
@@ -118,6 +122,13 @@ class PercentileCostNormalizer:
         self._fifo: deque[float] = deque()
         self._sorted: list[float] = []
 
+    @classmethod
+    def fixed(cls, costs: Sequence[float]) -> "PercentileCostNormalizer":
+        """A normaliser over a fixed set of costs (never updated)."""
+        n = cls(window=max(1, len(costs)))
+        n.update(costs)
+        return n
+
     def update(self, costs: Sequence[float]) -> None:
         for c in costs:
             self._fifo.append(float(c))
@@ -141,22 +152,40 @@ class PercentileCostNormalizer:
         return min(1.0, max(0.0, (c - lo) / (hi - lo)))
 
 
+def gather_across_ranks(values: Sequence[float]) -> list[float]:
+    """Every rank's values, in rank order, on every rank (the values themselves when not
+    distributed). Reward functions run on all ranks in the same order inside TRL's scoring,
+    so a collective here is safe."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return list(values)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return list(values)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(values))
+    return [v for part in parts for v in part]
+
+
 class CostReward:
     """R_cost = 1 - normalised cost, in [0, 1] (cheaper is better).
 
-    mode "percentile": Router-R1's running-percentile normalisation, with separate state per
-    split (the rollout's `split` field: "train" / "eval"); mode "linear": cost / `scale`
+    mode "percentile": Router-R1's percentile normalisation. Training batches (`split`
+    "train") feed a running window shared by all ranks; every other split is scored
+    statelessly against `reference` (fixed costs, e.g. the boundary policies' on the same
+    tasks) or, without one, against the scored batch itself. mode "linear": cost / `scale`
     clipped to [0, 1] (`scale` = the cost that earns 0, e.g. the task budget).
     """
 
     __name__ = "cost_reward"
 
-    def __init__(self, mode: str = "percentile", scale: float | None = None, window: int = 4096):
+    def __init__(self, mode: str = "percentile", scale: float | None = None, window: int = 4096, reference: Sequence[float] | None = None):
         if mode not in ("percentile", "linear"):
             raise ValueError(f"rewards.cost.mode: unknown {mode!r}; use 'percentile' or 'linear'")
         if mode == "linear" and not scale:
             raise ValueError("rewards.cost.scale: linear cost normalisation needs a positive scale (USD that earns 0)")
         self.mode, self.scale, self.window = mode, scale, window
+        self.reference = None if reference is None else [float(c) for c in reference]
         self.state: dict[str, PercentileCostNormalizer] = {}
 
     def normalizer(self, split: str) -> PercentileCostNormalizer:
@@ -169,8 +198,11 @@ class CostReward:
         if self.mode == "linear":
             return [1.0 - min(1.0, max(0.0, c / float(self.scale))) for c in costs]
         split = (kwargs.get("split") or ["train"])[0]
-        norm = self.normalizer(split)
-        norm.update(costs)  # the batch itself is part of the window, so the first batch is scaled too
+        if split == "train":
+            norm = self.normalizer("train")
+            norm.update(gather_across_ranks(costs))  # the batch itself is part of the window, so the first batch is scaled too
+        else:
+            norm = PercentileCostNormalizer.fixed(self.reference if self.reference is not None else costs)
         return [1.0 - norm.normalize(c) for c in costs]
 
 
@@ -218,19 +250,21 @@ REWARDS: dict[str, Callable[..., Any]] = {
     "success": lambda **_: success_reward,
     "exact_match": lambda **_: exact_match_reward,
     "f1": lambda **_: f1_reward,
-    "cost": lambda **kw: CostReward(**kw),
+    "cost": lambda reference=None, **kw: CostReward(**kw, reference=reference),
     "budget_penalty": lambda **_: budget_penalty,
-    "router_r1": lambda **kw: RouterR1Reward(
+    "router_r1": lambda reference=None, **kw: RouterR1Reward(
         alpha=kw.get("alpha", 0.2),
         outcome=OUTCOMES[kw.get("outcome", "accuracy")],
-        cost=CostReward(kw.get("cost_mode", "percentile"), kw.get("cost_scale")),
+        cost=CostReward(kw.get("cost_mode", "percentile"), kw.get("cost_scale"), reference=reference),
     ),
 }
+_TAKES_REFERENCE = ("cost", "router_r1")
 
 
-def build_rewards(specs: list[dict[str, Any]], path: str = "rewards") -> tuple[list[RewardFunc], list[float]]:
+def build_rewards(specs: list[dict[str, Any]], path: str = "rewards", *, cost_reference: Sequence[float] | None = None) -> tuple[list[RewardFunc], list[float]]:
     """From a recipe's `rewards:` list (`- {name: router_r1, weight: 1.0, alpha: 0.2}`) to
-    TRL's `reward_funcs` and `reward_weights`."""
+    TRL's `reward_funcs` and `reward_weights`. `cost_reference`: the fixed costs percentile
+    cost rewards score evaluation episodes against (see CostReward)."""
     from .errors import ConfigError
 
     funcs, weights = [], []
@@ -241,6 +275,8 @@ def build_rewards(specs: list[dict[str, Any]], path: str = "rewards") -> tuple[l
         if name not in REWARDS:
             raise ConfigError(f"{path}[{i}].name", f"unknown reward {name!r}", f"use one of {sorted(REWARDS)}")
         kw = {k: v for k, v in spec.items() if k not in ("name", "weight")}
+        if name in _TAKES_REFERENCE:
+            kw["reference"] = cost_reference
         try:
             f = REWARDS[name](**kw)
         except (TypeError, ValueError, KeyError) as e:

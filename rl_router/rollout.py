@@ -149,6 +149,50 @@ class RolloutEngine:
         return ep
 
 
+def lockstep(state: Any) -> Callable[[bool], bool] | None:
+    """`keep_going` for `RolloutEngine.run` under several processes (an accelerate
+    `Accelerator` or `PartialState`): a rank with no active episode keeps stepping while any
+    rank has one. None with one process (nothing to wait for)."""
+    if state is None or state.num_processes < 2:
+        return None
+    import torch
+    from accelerate.utils import gather
+
+    def keep_going(local_active: bool) -> bool:
+        flag = torch.tensor([1 if local_active else 0], device=state.device)
+        return bool(gather(flag).sum().item() > 0)
+
+    return keep_going
+
+
+def run_sharded(engine: RolloutEngine, tasks: list[Task], policy: Any, *, batch_size: int = 32, on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """`engine.run_batched`, but with N processes each rank runs every N-th task of each batch
+    of N x batch_size, ranks in lock-step per turn (ZeRO-3 generates collectively), and the
+    episodes are gathered back in task order on every rank."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    n = state.num_processes
+    if n == 1:
+        return engine.run_batched(tasks, policy, batch_size=batch_size, on_batch=on_batch)
+    from accelerate.utils import gather_object
+
+    out: list[dict[str, Any]] = []
+    step = batch_size * n
+    for i in range(0, len(tasks), step):
+        chunk = tasks[i : i + step]
+        mine = chunk[state.process_index :: n]
+        local = engine.run(mine, policy, keep_going=lockstep(state))
+        parts = gather_object([local])  # one list per rank, in rank order
+        merged: list[Any] = [None] * len(chunk)
+        for r, part in enumerate(parts):
+            merged[r::n] = part
+        out += merged
+        if on_batch:
+            on_batch(len(chunk))
+    return out
+
+
 def episodes_to_batch(episodes: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Columns from episode dicts: the dict-of-lists shape a TRL rollout_func returns."""
     keys = episodes[0].keys() if episodes else []
@@ -172,16 +216,8 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
             if q not in by_question:
                 raise KeyError(f"rollout_func: prompt not found among the recipe's tasks: {q[:80]!r}")
             chosen.append(by_question[q])
-        keep_going = None
         acc = getattr(trainer, "accelerator", None)
-        if acc is not None and acc.num_processes > 1:
-            import torch
-
-            def keep_going(local_active: bool) -> bool:
-                flag = torch.tensor([1 if local_active else 0], device=acc.device)
-                return bool(acc.gather(flag).sum().item() > 0)
-
-        episodes = engine.run(chosen, policy_factory(trainer), keep_going=keep_going)
+        episodes = engine.run(chosen, policy_factory(trainer), keep_going=lockstep(acc) if acc is not None else None)
         batch = episodes_to_batch(episodes)
         mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
         batch["split"] = [mode] * len(episodes)

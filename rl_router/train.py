@@ -20,12 +20,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+from .evaluate import Evaluator, router_policy, tqdm_progress
 from .frontier import above, point, random_mixture
-from .metrics import summarize
 from .policies import HFPolicy
 from .recipe import Recipe, validate_against_pool
 from .rewards import build_rewards
-from .rollout import RolloutEngine, episodes_to_batch, make_rollout_func
+from .rollout import make_rollout_func
 from .runner import make_engine
 
 
@@ -37,51 +37,6 @@ def load_model(recipe: Recipe) -> tuple[Any, Any]:
         return load_router("tiny", hidden_size=m.hidden_size, num_layers=m.num_layers, seed=m.seed)
     kw = {"dtype": m.dtype} if m.dtype else {}
     return load_router(m.name_or_path, **kw)
-
-
-def score_episodes(episodes: list[dict[str, Any]], tasks: list[Any], reward_funcs: list[Callable[..., list[float]]], weights: list[float], split: str = "eval") -> list[float]:
-    """The recipe's weighted reward for finished episodes, exactly as TRL would compute it."""
-    batch = episodes_to_batch(episodes)
-    rows = [t.to_row() for t in tasks]
-    extra = {k: v for k, v in batch.items() if k not in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}  # as TRL forwards them
-    kw = {**{k: [r[k] for r in rows] for k in rows[0]}, **extra, "split": [split] * len(episodes)}
-    totals = [0.0] * len(episodes)
-    for f, w in zip(reward_funcs, weights):
-        for i, v in enumerate(f(prompts=[t.question for t in tasks], completions=[""] * len(tasks), completion_ids=batch["completion_ids"], **kw)):
-            totals[i] += w * v
-    return totals
-
-
-def evaluate_policy(engine: RolloutEngine, policy: Any, tasks: list[Any], reward_funcs: list[Any], weights: list[float], *, batch_size: int = 32, desc: str = "eval") -> dict[str, Any]:
-    """Summary (quality, cost, routes, error rates) plus the recipe's mean reward."""
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(tasks), desc=desc, unit="task", leave=False, disable=os.environ.get("RL_ROUTER_NO_PROGRESS") == "1") as bar:
-        eps = engine.run_batched(tasks, policy, batch_size=batch_size, on_batch=bar.update)
-    rewards = score_episodes(eps, tasks, reward_funcs, weights)
-    s = summarize(eps)
-    s["reward"] = sum(rewards) / len(rewards)
-    return s
-
-
-def evaluate_router(engine: RolloutEngine, model: Any, tokenizer: Any, tasks: list[Any], reward_funcs: list[Any], weights: list[float], *, max_new_tokens: int, batch_size: int = 32) -> dict[str, Any]:
-    """Greedy held-out evaluation of a router model."""
-    policy = HFPolicy(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
-    return evaluate_policy(engine, policy, tasks, reward_funcs, weights, batch_size=batch_size, desc="held-out eval")
-
-
-def evaluate_baselines(engine: RolloutEngine, pool: Any, tokenizer: Any, tasks: list[Any], reward_funcs: list[Any], weights: list[float], *, seed: int = 0, cheap: str | None = None, strong: str | None = None) -> dict[str, dict[str, Any]]:
-    """always-cheapest, always-strongest (the boundary policies, in the compact style the
-    router is warm-started on) and random, scored with the same rewards on the same tasks."""
-    from .policies import ScriptedPolicy
-
-    cheap, strong = cheap or pool.cheapest().name, strong or pool.strongest().name
-    pols = {
-        f"always-{cheap}": ScriptedPolicy.always(tokenizer, cheap, query="short", adopt=True),
-        f"always-{strong}": ScriptedPolicy.always(tokenizer, strong, query="short", adopt=True),
-        "random": ScriptedPolicy.random(tokenizer, pool.model_names, seed=seed, query="short", adopt=True),
-    }
-    return {k: evaluate_policy(engine, p, tasks, reward_funcs, weights, desc=k) for k, p in pols.items()}
 
 
 def lora_config(recipe: Recipe) -> Any:
@@ -121,7 +76,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     from transformers import set_seed
     from trl import GRPOConfig, SFTConfig
 
-    from .boundary import BoPOReward, class_counts, run_boundaries, save_boundaries, sft_rows, synthesize_sft
+    from .boundary import BoPOReward, class_counts, episodes_path, load_boundaries, load_boundary_episodes, run_boundaries, save_boundaries, sft_rows, synthesize_sft
     from .sft import PolicyTokenSFTTrainer
     from .trainer import RouterGRPOTrainer
 
@@ -150,28 +105,46 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     cheap, strong = validate_against_pool(recipe, pool, train_tasks or held)  # before any model loads
     model, tok = load_model(recipe)
     engine = make_engine(recipe, pool, tok)
-    reward_funcs, weights = build_rewards(recipe.rewards)
+    reward_funcs, weights = build_rewards(recipe.rewards)  # training's: percentile cost keeps a running window shared by all ranks
     algo = recipe.algorithm
     metrics: dict[str, Any] = {"algorithm": algo.name, "train_tasks": len(train_tasks), "heldout_tasks": len(held), "pool": pool.model_names}
     mnt = recipe.rollout.max_new_tokens
 
     rl_dir = out / "rl"
     ckpt = _latest_checkpoint(rl_dir) if resume else None
+    # held-out evaluation: one Evaluator for every stage, baselines first (their costs are the
+    # fixed reference percentile cost rewards are scored against)
+    ev = Evaluator(recipe, pool, tok, held, progress=tqdm_progress())
+    base_path = out / "eval_baselines.json"
+    if resume and base_path.exists():
+        saved = json.loads(base_path.read_text())
+        baselines = saved["policies"]
+        ev.set_cost_reference(saved["cost_reference"])
+    else:
+        log(f"running the baselines on {len(held)} held-out tasks")
+        baselines, _ = ev.baselines()
+        write(base_path, {"policies": baselines, "cost_reference": ev.cost_reference})
     before_path = out / "eval_before.json"
     if ckpt is not None and before_path.exists():
         before = json.loads(before_path.read_text())
     else:
         log(f"evaluating the initial router on {len(held)} held-out tasks")
-        before = evaluate_router(engine, model, tok, held, reward_funcs, weights, max_new_tokens=mnt)
+        before = ev.summarize(ev.episodes("held-out eval", router_policy(model, tok, recipe)))
         write(before_path, before)
 
     # ---- boundaries and warm start ------------------------------------------------------
     bopo_reward = None
     if algo.sft_warmstart or algo.name == "bopo":
-        log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
-        records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, cheap=cheap, strong=strong, style=algo.sft_style, stepwise=algo.sft_mix == "stepwise")
-        if main:
-            save_boundaries(out / "boundaries.json", records)
+        bpath = out / "boundaries.json"
+        if resume and bpath.exists() and episodes_path(bpath).exists():
+            log(f"boundary outcomes found in {bpath}; reusing them (no pool calls)")
+            records, bepisodes = load_boundaries(bpath), load_boundary_episodes(bpath)
+        else:
+            log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
+            records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, cheap=cheap, strong=strong, style=algo.sft_style, stepwise=algo.sft_mix == "stepwise")
+            if main:
+                save_boundaries(bpath, records, bepisodes)
+            state.wait_for_everyone()
         metrics["boundary_classes"] = class_counts(records)
         if algo.name == "bopo":
             bopo_reward = BoPOReward(records, lam=algo.bopo_lam, mu=algo.bopo_mu)
@@ -204,7 +177,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
         if after_sft_path.exists():
             metrics["heldout_after_sft"] = json.loads(after_sft_path.read_text())
         else:
-            metrics["heldout_after_sft"] = evaluate_router(engine, model, tok, held, reward_funcs, weights, max_new_tokens=mnt)
+            metrics["heldout_after_sft"] = ev.summarize(ev.episodes("held-out eval", router_policy(model, tok, recipe)))
             write(after_sft_path, metrics["heldout_after_sft"])
 
     # ---- RL -------------------------------------------------------------------------------
@@ -250,7 +223,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
         model.save_pretrained(final)
         tok.save_pretrained(final)
 
-    after = evaluate_router(engine, model, tok, held, reward_funcs, weights, max_new_tokens=mnt)
+    after = ev.summarize(ev.episodes("held-out eval", router_policy(model, tok, recipe)))
     for key in ("reward", "quality", "mean_cost"):
         name = key.replace("mean_", "")
         metrics[f"heldout_{name}_before"] = before[key]
@@ -259,7 +232,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     metrics["heldout_quality_per_dollar_before"] = qpd(before)
     metrics["heldout_quality_per_dollar_after"] = qpd(after)
     metrics["heldout_before"], metrics["heldout_after"] = before, after
-    metrics["heldout_baselines"] = evaluate_baselines(engine, pool, tok, held, reward_funcs, weights, seed=seed, cheap=cheap, strong=strong)
+    metrics["heldout_baselines"] = baselines
     # the one-number frontier check: quality minus the random cheap/strong mixture's at the same cost
     line = random_mixture(point(metrics["heldout_baselines"][f"always-{cheap}"]), point(metrics["heldout_baselines"][f"always-{strong}"]))
     for stage in ("before", "after_sft", "after"):
