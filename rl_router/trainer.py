@@ -9,7 +9,8 @@ What it adds to TRL, and why:
   TRL's scoring, so groups that span ranks are whole before advantages are taken;
 - episode metrics (cost, routes, quality, pool and format error rates) are logged next to
   TRL's, so `report_to` and the reward/cost curve see them;
-- checkpoints are written to a staging folder and renamed into place when complete.
+- checkpoints are written to a staging folder and renamed into place (by rank 0, after a
+  barrier: every rank writes its own RNG state there) when complete.
 
 Contract pinned against trl==1.16.0 (tests/test_trainer.py fails loudly if it moves):
 `_calculate_rewards(inputs, prompts, completions, completion_ids_list)` returns the
@@ -63,6 +64,9 @@ class RouterGRPOTrainer(GRPOTrainer):
         finally:
             del self._get_output_dir  # back to the class method
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        # every rank writes its own files (rng_state_{rank}.pth) into the staging folder:
+        # rank 0 may rename it only once all of them are done
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             dst = os.path.join(run_dir, name)
             if os.path.exists(dst):
