@@ -11,8 +11,9 @@ the world says success or failure (terminated), or after `max_turns` router turn
 (truncated). Reward arrives only at the end: the env's reward is 1.0 for success.
 
 Budget (USD per task) is hard. Before each call the env asks the pool for the call's cost
-upper bound (exact for simulated pools; prompt + `pool_max_tokens` of output for live
-ones). A call that would exceed what is left is refused; `on_over_budget: refuse` shows
+upper bound (exact for simulated pools; for live ones the prompt's UTF-8 bytes plus chat
+overhead, and `pool_max_tokens` of output; a provider billing past it ends the episode, see
+`TextEnv._charge`). A call that would exceed what is left is refused; `on_over_budget: refuse` shows
 the router an error and the episode continues with what is affordable, `end` ends the
 episode as a failure. When not even the cheapest tier is affordable the episode ends.
 So `info["cost"] <= budget` in every episode, whatever the router writes.
@@ -175,13 +176,16 @@ class AgenticRoutingEnv(TextEnv):
                     info["pool_errors"] += 1
                     obs = information(f"error: {act.model} failed ({comp.error}); try again or pick another model")
                 else:
-                    info["cost"] += comp.cost
+                    broke_budget = self._charge(comp.cost, est)
                     info["n_routes"] += 1
                     info["calls"][act.model] += 1
                     out = self.state.apply(comp.text)
                     info["steps"].append({"step": ctx.get("step"), "attempt": ctx.get("attempt", 0), "model": act.model, "topic": ctx.get("topic"), "cost": comp.cost, "correct": out.correct, "advanced": out.advanced})
                     note = f" | ${self._left():.6f} left" if cfg.budget is not None else ""
                     obs = information(f"[{act.model} | ${comp.cost:.6f}{note}] {self._truncate(out.text)}\n{self.state.describe()}")
+                    if broke_budget and not self.state.done:
+                        self._finish("provider_overcharge")
+                        return StepResult(obs, 0.0, False, True, self._public_info())
                     if self.state.done:
                         self._finish("success" if self.state.success else "failure")
                         return StepResult(obs, info["quality"], True, False, self._public_info())

@@ -9,9 +9,11 @@ model that was not called is a format error (`TextEnv.format_error`), as is rout
 model the pool does not have.
 
 Budget (USD per task) is hard: before a call the environment asks the pool for the call's
-cost upper bound (exact for recorded and simulated pools; prompt + `pool_max_tokens` of
-output for live ones) and refuses the call with an error observation if the remaining
-budget does not cover it. So `info["cost"] <= budget` holds in every episode.
+cost upper bound (exact for recorded and simulated pools; for live ones the prompt's UTF-8
+bytes plus chat overhead, and `pool_max_tokens` of output) and refuses the call with an
+error observation if the remaining budget does not cover it. So `info["cost"] <= budget`
+holds in every episode whose providers bill within that bound; a provider that bills past
+it is charged what it billed and the episode ends at once (`TextEnv._charge`).
 
 Rewards: the env's own reward is the outcome quality at termination (gymnasium users get
 a usable signal); training combines richer terms from `rl_router.rewards` computed on the
@@ -145,13 +147,16 @@ class MultiRoundRoutingEnv(TextEnv):
                 if comp.error:
                     obs = self._error("pool_errors", f"{act.model} failed ({comp.error}); try again or route elsewhere")
                 else:
-                    info["cost"] += comp.cost
+                    broke_budget = self._charge(comp.cost, est)
                     info["n_routes"] += 1
                     info["calls"][act.model] += 1
                     self._replies[act.model] = comp.text
                     left = self._budget_left()
                     budget_note = f" | ${left:.6f} left" if cfg.budget is not None else ""
                     obs = information(f"[{act.model} | ${comp.cost:.6f}{budget_note}]\n{self._truncate(comp.text.strip())}")
+                    if broke_budget:
+                        self._end("provider_overcharge")
+                        return StepResult(obs, 0.0, False, True, self._public_info())
 
         truncated = False
         if info["turn"] >= cfg.max_turns:

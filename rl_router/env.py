@@ -45,7 +45,7 @@ class TextEnv(ABC):
         return {
             "task_id": task.task_id, **extra, "turn": 0, "cost": 0.0, "budget": getattr(self.config, "budget", None), "n_routes": 0,
             "calls": {name: 0 for name in self.pool.model_names},
-            "invalid_actions": 0, "format_error": None, "over_budget": 0, "pool_errors": 0,
+            "invalid_actions": 0, "format_error": None, "over_budget": 0, "overcharged": 0, "pool_errors": 0,
             "answer": None, "quality": 0.0, "done_reason": None, "trace": [],
         }
 
@@ -67,6 +67,22 @@ class TextEnv(ABC):
         self._check_can_step()
         self.turns.append(action)
         self.info["turn"] += 1
+
+    def _charge(self, cost: float, bound: float) -> bool:
+        """Add a call's billed cost; True when the episode must end because a provider billed
+        past the bound reserved for the call and the budget is now exceeded.
+
+        The budget guarantee: a call is made only when its bound fits what is left, so the
+        episode cost stays within the budget whenever providers bill within the bound (exact
+        for recorded and simulated pools; prompt <= UTF-8 bytes + chat overhead and
+        completion <= max_tokens for live ones). A provider that bills more is charged what
+        it billed (counted in `overcharged`); if that breaks the budget the episode ends at
+        once (done_reason "provider_overcharge"), and eval reports it in budget_exceeded_rate."""
+        self.info["cost"] += cost
+        if cost > bound + 1e-12:
+            self.info["overcharged"] += 1
+        b = self.info.get("budget")
+        return b is not None and self.info["cost"] > b + 1e-12
 
     def _end(self, reason: str) -> None:
         """Close the episode: its reason, and its format verdict in `info`."""

@@ -151,11 +151,12 @@ def test_format_is_the_agentic_protocol(tokenizer):
 
 def test_agentic_episodes_over_real_http(tokenizer):
     sim, tasks = tier_pool(), get_world("arithmetic").make_tasks(24, seed=5)
-    # a live pool's cost bound is prompt + pool_max_tokens of output: keep it inside the budget
-    direct = engine(sim, tokenizer, pool_max_tokens=32).run(tasks, ScriptedPolicy.random(tokenizer, sim.model_names, seed=1))
+    # a live pool's cost bound is the prompt's UTF-8 bytes + chat overhead + pool_max_tokens of
+    # output: a budget with room for it, so both runs make the same calls
+    direct = engine(sim, tokenizer, pool_max_tokens=32, budget=0.03).run(tasks, ScriptedPolicy.random(tokenizer, sim.model_names, seed=1))
     with PoolServer(tier_pool()) as srv:
         pool = OpenAIPool([Endpoint(c, srv.url, c.name) for c in sim.models], forward_context=True)
-        via_http = engine(pool, tokenizer, pool_max_tokens=32).run(tasks, ScriptedPolicy.random(tokenizer, sim.model_names, seed=1))
+        via_http = engine(pool, tokenizer, pool_max_tokens=32, budget=0.03).run(tasks, ScriptedPolicy.random(tokenizer, sim.model_names, seed=1))
         run_sync(pool.aclose())
     assert srv.stats.ok == sum(sum(e["calls"].values()) for e in via_http) >= 24 * 3
     assert [e["quality"] for e in via_http] == [e["quality"] for e in direct]

@@ -66,6 +66,21 @@ def messages_tokens(messages: list[Message]) -> int:
     return sum(approx_tokens(m.get("content", "")) + 4 for m in messages)
 
 
+#: chat-template overhead a provider may add: per message (role headers, separators) and per
+#: request (generation prompt, a default system prompt some templates inject)
+CHAT_TOKENS_PER_MESSAGE = 8
+CHAT_TOKENS_PER_REQUEST = 64
+
+
+def prompt_token_bound(messages: list[Message]) -> int:
+    """An upper bound of the prompt tokens any provider can bill for `messages`.
+
+    Why UTF-8 bytes: byte-level BPE (GPT, Llama 3, Qwen, SmolLM, ...) never yields more tokens
+    than bytes, and SentencePiece with byte fallback at most one per byte plus a prefix; chars/4
+    is only a typical rate, which digits, code and non-English text exceed several times."""
+    return sum(len(str(m.get("content", "")).encode("utf-8")) + CHAT_TOKENS_PER_MESSAGE for m in messages) + CHAT_TOKENS_PER_REQUEST
+
+
 def request_text(messages: list[Message]) -> str:
     """All message contents of a request, whitespace-folded and lower-cased."""
     return " ".join(" ".join(str(m.get("content", "")).split()).lower() for m in messages)
@@ -125,10 +140,12 @@ class Pool(ABC):
     ) -> float:
         """Upper bound of a call's cost, used to refuse calls that would break a hard budget.
 
-        Default: prompt by the chars/4 rule plus `max_tokens` of output. Pools that know the
-        answer in advance (recorded, simulated) override it with the exact cost.
+        Default (live pools): `prompt_token_bound` of input plus `max_tokens` of output, which
+        the request caps. Pools that know the answer in advance (recorded, simulated) override
+        it with the exact cost. Envs reconcile with what the provider bills: a charge above
+        this bound is a provider over-charge and ends the episode (see TextEnv._charge).
         """
-        return self.card(model).cost(messages_tokens(messages), max_tokens)
+        return self.card(model).cost(prompt_token_bound(messages), max_tokens)
 
     def cheapest(self) -> ModelCard:
         return min(self.cards, key=lambda c: (c.price_in + c.price_out, c.name))
