@@ -367,7 +367,8 @@ def validate_combination(r: Recipe) -> None:
 
 def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str, str]:
     """Checks that need the pool (built from config, before any model loads): named boundary
-    models exist, and the per-task budget covers at least the cheapest call on a typical task.
+    models exist, and the per-task budget covers one call of each boundary model on a typical
+    task (else always-<model> could never call it and the boundaries say nothing).
     Returns the (cheap, strong) boundary model names."""
     from .policies import ScriptedPolicy
     from .prompts import pool_messages
@@ -377,23 +378,33 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
     for field_, m in (("algorithm.cheap_model", cheap), ("algorithm.strong_model", strong)):
         if not pool.has_model(m):
             raise ConfigError(field_, f"{m!r} is not in the pool", f"use one of {pool.model_names}")
-    budget = r.env_config().budget
+    cfg = r.env_config()
+    budget = cfg.budget
     if budget is not None and tasks:
         sample = tasks[: min(16, len(tasks))]
-        if r.env.get("name") == "agentic":  # one step of the cheapest tier
-            from envs import make_env
 
-            env = make_env("agentic", pool, config=r.env_config())
-            costs = []
-            for t in sample:
-                env.reset(t)
-                costs.append(env.step_cost(cheap))
-            costs.sort()
-        else:
-            costs = sorted(pool.estimate_cost(cheap, pool_messages(t.question, ScriptedPolicy.SHORT_QUERY), max_tokens=1, context=t.context()) for t in sample)
-        median = costs[len(costs) // 2]
-        if budget < median:
-            raise ConfigError("env.budget", f"${budget:g} per task is below the cheapest call on a typical task (${median:.6f} with {cheap})", f"raise env.budget above {median:.6f}, or use a cheaper pool")
+        def typical_cost(model: str) -> float:
+            """The median cost bound (what the env reserves before the call) of one call by
+            `model` on the sample: one agent step, or the task with a short sub-query."""
+            if r.env.get("name") == "agentic":
+                from envs import make_env
+
+                env = make_env("agentic", pool, config=cfg)
+                costs = []
+                for t in sample:
+                    env.reset(t)
+                    costs.append(env.step_cost(model))
+            else:
+                costs = [pool.estimate_cost(model, pool_messages(t.question, ScriptedPolicy.SHORT_QUERY), max_tokens=cfg.pool_max_tokens, context=t.context()) for t in sample]
+            return sorted(costs)[len(costs) // 2]
+
+        for role, m in (("cheapest", cheap), ("strongest", strong)):
+            c = typical_cost(m)
+            if budget < c:
+                raise ConfigError(
+                    "env.budget", f"${budget:g} per task is below one call to the {role} boundary model {m} on a typical task (up to ${c:.6f}, "
+                    f"the bound the env reserves: {'exact for this pool' if c == 0 or pool.__class__.__name__ in ('RecordedPool', 'SimulatedPool') else f'prompt bytes + env.pool_max_tokens={cfg.pool_max_tokens} of output'})",
+                    f"raise env.budget above {c:.6f}" + ("" if pool.__class__.__name__ in ("RecordedPool", "SimulatedPool") else ", or lower env.pool_max_tokens"))
     return cheap, strong
 
 

@@ -169,9 +169,9 @@ def run_sharded(engine: RolloutEngine, tasks: list[Task], policy: Any, *, batch_
     """`engine.run_batched`, but with N processes each rank runs every N-th task of each batch
     of N x batch_size, ranks in lock-step per turn (ZeRO-3 generates collectively), and the
     episodes are gathered back in task order on every rank."""
-    from accelerate import PartialState
+    from .distributed import process_state
 
-    state = PartialState()
+    state = process_state()
     n = state.num_processes
     if n == 1:
         return engine.run_batched(tasks, policy, batch_size=batch_size, on_batch=on_batch)

@@ -82,9 +82,9 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
 
     # TRL's configs default to bf16, which a CPU-only machine refuses; a recipe may still set it
     hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
-    from accelerate import PartialState
+    from .distributed import process_state
 
-    state = PartialState()  # under `accelerate launch`: every rank runs this; only rank 0 writes files
+    state = process_state()  # under torchrun / accelerate launch: every rank runs this; only rank 0 writes files
     main = state.is_main_process
 
     def write(path: Path, obj: Any) -> None:

@@ -1,0 +1,56 @@
+"""Evaluation under two processes (gloo on CPU) against a live pool: the same numbers as one
+process, and every pool call made once (counted at our OpenAI-compatible server), not once per
+rank. The training pipeline's held-out evaluations and boundary runs go through the same
+sharded path (`rollout.run_sharded`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import torch.multiprocessing as mp
+
+from rl_router.pools import PoolServer, RecordedPool
+
+
+def _recipe(url: str, task_file: str):
+    from rl_router.recipe import load_recipe
+
+    models = {m: {"base_url": url, "price_in": p_in, "price_out": p_out} for m, p_in, p_out in (("mixtral-8x7b", 0.6, 0.6), ("gpt-4-1106", 10.0, 30.0))}
+    return load_recipe(None, [f"pool={json.dumps({'type': 'openai', 'models': models})}", f"data.source={task_file}", "data.max_heldout=12", "data.max_train=24", "env.budget=0.05"])
+
+
+def _comparable(policies: dict) -> dict:
+    """Everything but measured wall-clock latency."""
+    return {k: {f: v for f, v in s.items() if f != "pool_latency_s"} for k, s in policies.items()}
+
+
+def _rank(rank: int, port: int, url: str, task_file: str, out: dict) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from rl_router.evaluate import evaluate
+
+    res = evaluate(_recipe(url, task_file), "always-mixtral-8x7b", sampled=False, knn_thresholds=(0.5,))
+    out[rank] = json.dumps(_comparable(res["policies"]), sort_keys=True)
+
+
+def test_two_processes_evaluate_like_one_and_call_the_pool_once(tmp_path):
+    from rl_router.evaluate import evaluate
+
+    recorded = RecordedPool.packaged(["gsm8k"])
+    task_file = tmp_path / "tasks.jsonl"
+    task_file.write_text("".join(json.dumps(t.to_row()) + "\n" for t in recorded.tasks()[:200]))
+    with PoolServer(recorded) as srv:
+        one = evaluate(_recipe(srv.url, str(task_file)), "always-mixtral-8x7b", sampled=False, knn_thresholds=(0.5,))
+        calls_one = srv.stats.requests
+        assert calls_one > 12 * 4 and one["policies"]["always-gpt-4-1106"]["pool_error_rate"] == 0.0
+        srv.stats.requests = 0
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        out = mp.Manager().dict()
+        mp.spawn(_rank, args=(port, srv.url, str(task_file), out), nprocs=2, join=True)
+        calls_two = srv.stats.requests
+    assert calls_two == calls_one  # each call once, however many ranks
+    assert out[0] == out[1] == json.dumps(_comparable(one["policies"]), sort_keys=True)  # every rank reports the same, = 1 process
