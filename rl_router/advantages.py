@@ -41,18 +41,28 @@ def grpo_advantages(rewards: torch.Tensor, G: int, eps: float = 1e-4) -> torch.T
 
 
 def rloo_advantages(rewards: torch.Tensor, G: int) -> torch.Tensor:
+    """NaN rewards (TRL's unscorable episodes: every reward function returned None) are left
+    out of the other episodes' baselines and get advantage 0, as TRL does for GRPO."""
     if G < 2:
         raise ValueError("RLOO needs num_generations >= 2 (the baseline leaves one out)")
     g = _groups(rewards, G)
-    others = (g.sum(dim=1, keepdim=True) - g) / (G - 1)
-    return (g - others).reshape(-1)
+    valid = ~torch.isnan(g)
+    v = torch.where(valid, g, torch.zeros_like(g))
+    n_others = valid.sum(dim=1, keepdim=True) - valid.long()
+    others = (v.sum(dim=1, keepdim=True) - v) / n_others.clamp(min=1)
+    adv = torch.where(valid & (n_others > 0), g - others, torch.zeros_like(g))
+    return adv.reshape(-1)
 
 
 def bopo_advantages(rewards: torch.Tensor, G: int, ref_rewards: torch.Tensor, success: torch.Tensor, ref_solvable: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
-    """`ref_rewards`, `ref_solvable`: per episode (constant within a group); `success`: per episode."""
+    """`ref_rewards`, `ref_solvable`: per episode (constant within a group); `success`: per
+    episode. NaN rewards (unscorable episodes) are left out of the group mean and get 0."""
     g = _groups(rewards, G)
     ref = _groups(ref_rewards.to(rewards.dtype), G)[:, :1]
-    base = (1 - beta) * g.mean(dim=1, keepdim=True) + beta * ref
+    mean = torch.nanmean(g, dim=1, keepdim=True)
+    mean = torch.where(torch.isnan(mean), ref, mean)  # a wholly unscorable group: baseline = reference
+    base = (1 - beta) * mean + beta * ref
     adv = (g - base).reshape(-1)
     clamp = (~success.bool()) & ref_solvable.bool()
-    return torch.where(clamp, torch.clamp(adv, max=0.0), adv)
+    adv = torch.where(clamp, torch.clamp(adv, max=0.0), adv)
+    return torch.nan_to_num(adv, nan=0.0)

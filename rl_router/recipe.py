@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,6 +343,15 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     return r
 
 
+def world_size() -> int:
+    """Processes this run is launched with (torchrun / accelerate set WORLD_SIZE), before any
+    process group exists: recipes are validated before anything starts."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def validate_combination(r: Recipe) -> None:
     """Cross-field checks that would otherwise fail deep inside training."""
     a, t = r.algorithm, r.trainer
@@ -358,11 +368,12 @@ def validate_combination(r: Recipe) -> None:
         fix = f"use data.source: one of {list(WORLD_SOURCES)}" if agentic else "use env.name: agentic"
         raise ConfigError("data.source" if agentic else "env.name", f"env {r.env.get('name')!r} cannot run data.source {r.data.source!r} tasks", fix)
     g = int(t.get("num_generations", 8))
-    batch = int(t.get("per_device_train_batch_size", 8)) * int(t.get("steps_per_generation") or t.get("gradient_accumulation_steps", 1))
+    procs = world_size()
+    batch = int(t.get("per_device_train_batch_size", 8)) * procs * int(t.get("steps_per_generation") or t.get("gradient_accumulation_steps", 1))
     if g < 2:
         raise ConfigError("trainer.num_generations", f"must be >= 2 for group advantages, got {g}")
-    if batch % g:
-        raise ConfigError("trainer.num_generations", f"{g} does not divide the generation batch {batch} (per_device_train_batch_size x steps_per_generation)", f"pick a divisor of {batch}")
+    if batch % g:  # TRL's own rule: groups may span processes
+        raise ConfigError("trainer.num_generations", f"{g} does not divide the generation batch {batch} (per_device_train_batch_size x {procs} process(es) x steps_per_generation)", f"pick a divisor of {batch}")
 
 
 def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str, str]:

@@ -32,17 +32,28 @@ def _decoder_and_head(model: Any) -> tuple[Any, Any]:
 
 def policy_token_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None, num_items_in_batch: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of next-token NLL over positions whose label is not -100, divided by their count
-    (or by `num_items_in_batch` under gradient accumulation, as transformers does)."""
-    decoder, head = _decoder_and_head(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
+    (or by `num_items_in_batch` under gradient accumulation, as transformers does).
+
+    A model wrapped for data parallelism (DDP) must run its own forward, or its gradients are
+    never all-reduced: then the LM head runs at the positions labelled in *any* row of the
+    batch (transformers' `logits_to_keep`), still far fewer than all positions."""
     target = labels[:, 1:]
     keep = target != -100
-    logits = head(hidden[keep]).float()
-    nll = F.cross_entropy(logits, target[keep], reduction="sum")
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        pos = keep.any(dim=0).nonzero(as_tuple=True)[0]
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=pos)
+        logits = out.logits[keep[:, pos]].float()
+        tgt = target[:, pos][keep[:, pos]]
+    else:
+        decoder, head = _decoder_and_head(model)
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
+        logits = head(hidden[keep]).float()
+        tgt = target[keep]
+    nll = F.cross_entropy(logits, tgt, reduction="sum")
     n = keep.sum() if num_items_in_batch is None else num_items_in_batch
     loss = nll / torch.as_tensor(n, device=nll.device).clamp(min=1)
     with torch.no_grad():
-        acc = (logits.argmax(-1) == target[keep]).float().mean().item() if keep.any() else 0.0
+        acc = (logits.argmax(-1) == tgt).float().mean().item() if keep.any() else 0.0
     return loss, {"mean_token_accuracy": acc, "policy_tokens": float(keep.sum().item())}
 
 

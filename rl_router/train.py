@@ -71,7 +71,6 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
 
     t_start = time.perf_counter()
     _log = log
-    log = lambda msg: _log(f"[{time.perf_counter() - t_start:7.1f}s] {msg}")  # noqa: E731
     from datasets import Dataset
     from transformers import set_seed
     from trl import GRPOConfig, SFTConfig
@@ -86,6 +85,10 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
 
     state = process_state()  # under torchrun / accelerate launch: every rank runs this; only rank 0 writes files
     main = state.is_main_process
+
+    def log(msg: str) -> None:  # rank 0 speaks for the run
+        if main:
+            _log(f"[{time.perf_counter() - t_start:7.1f}s] {msg}")
 
     def write(path: Path, obj: Any) -> None:
         if main:

@@ -98,6 +98,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         G = self.num_generations if mode == "train" else self.num_generations_eval
         rpf = self._last_rewards_per_func
         rewards = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(rpf).all(dim=1)] = torch.nan  # TRL's unscorable episodes: no baseline share, advantage 0
         if self.advantage == "rloo":
             adv = rloo_advantages(rewards, G)
         else:
@@ -108,5 +109,9 @@ class RouterGRPOTrainer(GRPOTrainer):
         n_local = len(local)
         start = self.accelerator.process_index * n_local
         out["advantages"] = adv[start : start + n_local].to(out["advantages"].device, out["advantages"].dtype)
+        # TRL logged its own GRPO advantages for these episodes: log the ones actually used
+        logged = self._logs["advantages"]
+        for i, a in enumerate(adv.tolist()):
+            logged[len(logged) - len(adv) + i] = a
         m[f"advantage/{self.advantage}_mean_abs"].append(float(adv.abs().mean()))
         return out

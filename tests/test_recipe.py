@@ -24,12 +24,20 @@ def test_quickstart_yaml_equals_embedded_defaults():
 
 
 @pytest.mark.parametrize("name", ["quickstart", "rloo", "bopo_agentic", "router_r1_qwen2.5-3b", "router_r1_qwen2.5-3b_vllm_server"])
-def test_shipped_recipes_validate(name):
+def test_shipped_recipes_validate(name, tmp_path):
+    """Each shipped recipe loads, its trainer / sft sections construct TRL's own configs (the
+    1:1 mapping, types included), and its pool builds."""
     r = load_recipe(ROOT / f"recipes/{name}.yaml")
-    from trl import GRPOConfig
+    from trl import GRPOConfig, SFTConfig
 
-    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    assert set(r.trainer) <= fields  # 1:1 onto TRL
+    cpu = {"use_cpu": True, "bf16": False}
+    g = GRPOConfig(output_dir=str(tmp_path / "g"), **{**r.trainer, **cpu, "use_vllm": False})
+    normalised = {"report_to": lambda v: [] if v == "none" else [v] if isinstance(v, str) else v}  # TRL's own normalisation
+    assert all(getattr(g, k) == normalised.get(k, lambda v: v)(v) for k, v in r.trainer.items() if k not in cpu and k != "use_vllm")
+    s = SFTConfig(output_dir=str(tmp_path / "s"), **{**r.sft, **cpu})
+    assert s.max_steps == r.sft["max_steps"] and s.learning_rate == float(r.sft["learning_rate"])
+    pool = r.build_pool()
+    assert len(pool.model_names) >= 2
     if name == "router_r1_qwen2.5-3b":
         assert r.model.name_or_path == "Qwen/Qwen2.5-3B-Instruct" and r.data.source == "hf"
         assert r.rewards[0]["outcome"] == "exact_match" and len(r.pool["models"]) == 6
@@ -41,7 +49,12 @@ def test_accelerate_configs_load(cfg):
     from accelerate.commands.config.config_args import load_config_from_file
 
     c = load_config_from_file(str(ROOT / f"recipes/accelerate/{cfg}.yaml"))
-    assert c.num_processes >= 1
+    want = {  # what each file is for: its distributed type, process count, machines
+        "cpu": ("NO", 1, 1), "single_gpu": ("NO", 1, 1), "ddp": ("MULTI_GPU", 8, 1), "zero2": ("DEEPSPEED", 8, 1),
+        "zero3": ("DEEPSPEED", 8, 1), "multinode": ("DEEPSPEED", 16, 2), "multinode_hostfile": ("DEEPSPEED", 16, 2),
+    }[cfg]
+    assert (c.distributed_type, c.num_processes, c.num_machines) == want
+    assert c.use_cpu == (cfg == "cpu")
     if cfg.startswith("zero") or cfg == "multinode":
         assert c.distributed_type == "DEEPSPEED" and c.deepspeed_config["zero_stage"] in (2, 3)
     if cfg == "multinode":
@@ -158,3 +171,14 @@ def test_pool_dependent_checks_fail_before_any_model_loads(tmp_path):
     bin_ = str(Path(sys.executable).with_name("rl-router"))
     p = subprocess.run([bin_, "train", str(ROOT / "recipes/quickstart.yaml"), "--output-dir", str(tmp_path), "--set", "env.budget=1e-9", "--set", "model.name_or_path=/no/such/model"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "env.budget" in p.stdout and "Traceback" not in p.stderr
+
+
+def test_num_generations_is_checked_against_the_global_batch(monkeypatch):
+    """TRL's rule: num_generations divides per_device_train_batch_size x processes x
+    steps_per_generation (groups may span processes)."""
+    sets = ["trainer.per_device_train_batch_size=2", "trainer.num_generations=4"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match="num_generations"):
+        load_recipe(None, sets)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert load_recipe(None, sets).trainer["num_generations"] == 4

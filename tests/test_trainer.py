@@ -47,7 +47,7 @@ class FixedRollout:
             out["env_mask"].append([1] * len(policy) + [0 if self.mask_inserted else 1] * len(self.inserted))
             out["fixed_reward"].append(self.rewards[i % len(self.rewards)])
             out["task_id"].append(p)
-            out["quality"].append(1.0 if self.rewards[i % len(self.rewards)] > 0 else 0.0)
+            out["quality"].append(1.0 if (self.rewards[i % len(self.rewards)] or 0) > 0 else 0.0)
             out["cost"].append(0.001 * i)
             out["n_routes"].append(1)
         return out
@@ -291,3 +291,26 @@ def test_importance_sampling_ratio_is_one_on_every_trained_token(tmp_path, recor
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=2e-3)
     else:
         torch.testing.assert_close(ratio[mask.bool()], torch.ones(int(mask.sum())), rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "bopo"])
+def test_unscorable_episodes_get_zero_advantage_and_logs_show_the_advantages_used(tmp_path, tokenizer, advantage):
+    """TRL marks an episode whose every reward function returned None as unscorable (NaN): it
+    takes no share of its group's baseline and gets advantage 0. Our RLOO / BoPO replace TRL's
+    GRPO advantages, so they must honour the same rule, and what TRL logs as the advantages
+    must be the ones the loss used."""
+    rewards = [1.0, None, 0.0, 0.5, 0.2, 0.9, None, 0.0]
+    rollout = FixedRollout(tokenizer, [5, 6], rewards=rewards)
+    kw = {}
+    if advantage == "bopo":
+        recs = {f"question number {i}": BoundaryRecord(f"question number {i}", "c", "s", True, 0.0, True, 0.1) for i in range(4)}
+        kw = {"bopo_reward": BoPOReward(recs), "bopo_beta": 0.5}
+    trainer = make_trainer(tmp_path, tokenizer, rollout, advantage=advantage, **kw)
+    _, out = grads_for(trainer)
+    adv = out["advantages"]
+    assert adv[1] == 0.0 and adv[6] == 0.0
+    if advantage == "rloo":  # the group [1, -, 0, .5]: baselines over the other *scorable* rewards
+        torch.testing.assert_close(adv[[0, 2, 3]], torch.tensor([1.0 - 0.25, 0.0 - 0.75, 0.5 - 0.5]), rtol=0, atol=1e-6)
+    else:  # baseline 0.5 * mean(1, 0, .5) + 0.5 * ref 1.5 (a cheap success at cost 0: 1 + lam) = 1.0
+        torch.testing.assert_close(adv[[0, 2, 3]], torch.tensor([0.0, -1.0, -0.5]), rtol=0, atol=1e-6)
+    assert list(trainer._logs["advantages"]) == pytest.approx(adv.tolist())
