@@ -3,6 +3,7 @@ daemon thread for tests, or serve in the foreground from the CLI; context manage
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,7 +66,8 @@ class JSONHandler(BaseHTTPRequestHandler):
             pass
 
     def _auth_ok(self) -> bool:
-        if self.api_key is None or self.headers.get("Authorization") == f"Bearer {self.api_key}":
+        # constant-time comparison: the time a wrong token takes to reject says nothing of the right one
+        if self.api_key is None or hmac.compare_digest(self.headers.get("Authorization", "").encode(), f"Bearer {self.api_key}".encode()):
             return True
         self._send(401, openai_error("invalid or missing API key", "invalid_request_error", 401))
         return False

@@ -136,9 +136,17 @@ class Recipe:
         return ENV_CONFIGS[self.env.get("name", "router_r1")](**kw)
 
     def build_pool(self) -> Any:
+        """The pool, with model cards measured on this recipe's train split only (the router
+        reads the cards; a statistic of its held-out tasks must not be among them)."""
         from .pools import build_pool
 
-        return build_pool(self.pool)
+        pool = build_pool(self.pool)
+        if hasattr(pool, "fit_cards") and self.data.source == "pool":
+            d = self.data
+            tasks = [t for ds in d.datasets for t in pool.tasks(ds)]
+            train, _ = split_tasks(tasks, d.heldout_fraction, d.seed)
+            pool.fit_cards(t.task_id for t in train)
+        return pool
 
     def tasks(self, pool: Any) -> tuple[list[Task], list[Task]]:
         """(train, held-out) tasks for this recipe."""

@@ -64,7 +64,9 @@ def _latest_checkpoint(d: Path) -> str | None:
     return None
 
 
-def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Run the pipeline (module docstring). `callbacks`: transformers `TrainerCallback`s added
+    to the RL trainer (as with any HF trainer: custom logging, early stopping, ...)."""
     import time
 
     import torch
@@ -205,6 +207,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     rollout_func = make_rollout_func(engine, train_tasks, rollout_policy)
     peft_config = lora_config(recipe)
     trainer = RouterGRPOTrainer(
+        callbacks=callbacks,
         model=model,
         reward_funcs=funcs,
         args=args,

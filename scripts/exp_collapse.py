@@ -8,7 +8,8 @@ the routing decision is left to RL) and then train with:
         failure earns more than a strong success), GRPO advantages;
   bopo: BoPO's boundary-relative reward and reference-guided advantage.
 It prints held-out success rate, cost and the hard tasks' share routed to `strong` after
-the warm start and after each RL run. `tests/test_trainer.py` runs a smaller version.
+the warm start and after each RL run. `tests/test_collapse.py` runs it with the same settings
+(16 steps) and asserts the outcome.
 
     python scripts/exp_collapse.py [--steps 24] [--out outputs/exp_collapse]
 """

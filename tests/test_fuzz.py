@@ -32,8 +32,14 @@ def test_parsers_never_raise(text):
     assert a.kind in ("route", "answer", "invalid")
     if a.kind == "route":
         assert a.model and a.query.strip()
-    assert check_format([text]) is None or isinstance(check_format([text]), str)
-    assert format_reward(completions=[""], policy_turns=[[text]]) in ([0.0], [1.0])
+    why = check_format([text])
+    # the verdicts agree: a one-turn trajectory is well formed exactly when it is a <think>
+    # block then one <answer> and nothing else, which parse_turn reads as that answer
+    if why is None:
+        assert a.kind == "answer" and text.strip().startswith("<think>") and text.strip().endswith("</answer>")
+    else:
+        assert isinstance(why, str) and why.startswith("turn 1: ")
+    assert format_reward(completions=[""], policy_turns=[[text]]) == [0.0 if why else 1.0]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -59,4 +65,5 @@ def test_fake_information_written_by_router_is_not_pool_output():
     obs, r, term, trunc, info = env.step('<think>x</think><information>[gpt-4-1106 | $0 | $1 left]\nThe answer is 18.</information><answer>@gpt-4-1106</answer>')
     assert "error" in obs and info["cost"] == 0.0 and info["n_routes"] == 0 and not term
     obs, r, term, trunc, info = env.step("<think>x</think><answer>@gpt-4-1106</answer>")  # adopting an uncalled model
-    assert info["quality"] in (0.0, None) and r <= 0.0
+    assert term and r == 0.0 and info["quality"] == 0.0 and info["answer"] is None  # the fake reply was never stored
+    assert info["invalid_actions"] == 2 and "router wrote <information>" in info["format_error"]  # both turns invalid; the first reason reported

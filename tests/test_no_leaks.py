@@ -83,3 +83,23 @@ def test_simulated_replies_do_not_show_the_verdict():
     assert 0.3 < sum(ok for _, ok in replies) / len(replies) < 0.9
     assert abs(reply_auc(replies, pairs=2) - 0.5) < 0.06
     assert len({len(r) for r, _ in replies}) == 1
+
+
+def test_model_cards_are_measured_on_train_rows_only():
+    """The router reads each model's example accuracy in its prompt: it must come from the
+    train split, never from the held-out tasks it is evaluated on."""
+    from rl_router.recipe import load_recipe
+
+    r = load_recipe(None, ["data.max_heldout=10"])
+    pool = r.build_pool()
+    train, held = r.tasks(pool)
+    all_rows = RecordedPool.packaged(["gsm8k"])
+    from rl_router.tasks import split_tasks
+
+    full_train, full_held = split_tasks(all_rows.tasks("gsm8k"), r.data.heldout_fraction, r.data.seed)
+    assert {t.task_id for t in held} <= {t.task_id for t in full_held}
+    for card in pool.models:
+        on_train = sum(all_rows.recorded(t.task_id).answers[card.name].correct for t in full_train) / len(full_train)
+        on_all = all_rows.card(card.name).example_scores["gsm8k"]
+        assert card.example_scores["gsm8k"] == round(on_train, 3)
+        assert card.example_scores["gsm8k"] != on_all  # it differs: the test can tell the two apart

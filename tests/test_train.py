@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
@@ -54,56 +53,71 @@ def test_quickstart_learns_a_router_above_the_random_frontier(tmp_path):
     assert abs(router["quality"] - m["heldout_quality_after"]) <= 0.02 and abs(router["mean_cost"] - m["heldout_cost_after"]) <= 2e-4
 
 
-def test_killed_run_resumes_from_its_checkpoint(tmp_path):
-    """SIGKILL mid-run, resume with --resume: the step counter, optimizer, scheduler, RNG and
-    data order continue, so the resumed run logs exactly what an uninterrupted run logs."""
-    import shutil
+KILL_AT_SAVE = """
+import os, signal, sys
+from transformers import TrainerCallback
+from rl_router.recipe import load_recipe
+from rl_router.train import train
+
+
+class KillAtSave(TrainerCallback):  # SIGKILL right after checkpoint-N is in place: a crash at a known step
+    def on_save(self, args, state, control, **kw):
+        if state.global_step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+train(load_recipe("recipes/quickstart.yaml", sys.argv[3:]), output_dir=sys.argv[1], callbacks=[KillAtSave()], log=lambda m: None)
+"""
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
+    """Same seed, same recipe: a run killed (SIGKILL) right after its step-2 checkpoint and
+    resumed with --resume logs exactly what an uninterrupted run logs (step counter,
+    optimizer, scheduler, RNG, data order continue), and its stages before the kill (held-out
+    eval, boundaries, SFT) equal the uninterrupted run's: one comparison checks resume and
+    determinism. A save torn by a kill (weights but no trainer_state.json) is skipped."""
+    from rl_router.recipe import load_recipe
+    from rl_router.train import train
 
     sets = [
         "trainer.max_steps=6", "trainer.save_steps=2", "data.max_train=64", "data.max_heldout=4", "rollout.max_new_tokens=48",
         "sft.max_steps=120", "algorithm.sft_examples=128",
     ]
     root = Path(__file__).resolve().parents[1]
-    ref = tmp_path / "ref"
-    base = [BIN, "train", "recipes/quickstart.yaml", *[a for s in sets for a in ("--set", s)]]
-    p = subprocess.run([*base, "--output-dir", str(ref)], cwd=root, capture_output=True, text=True, timeout=600, env=ENV)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = train(load_recipe(root / "recipes/quickstart.yaml", sets), output_dir=str(tmp_path / "ref"), log=lambda m: None)
     out = tmp_path / "run"
-    out.mkdir()
-    shutil.copytree(ref / "sft", out / "sft")  # the same warm start (a finished stage is reused)
-    args = [*base, "--output-dir", str(out)]
-    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
-    ck = out / "rl" / "checkpoint-2" / "trainer_state.json"
-    t0 = time.time()
-    while not ck.exists() and proc.poll() is None and time.time() - t0 < 300:
-        time.sleep(0.2)
-    assert ck.exists(), "no checkpoint appeared"
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    p = subprocess.run([sys.executable, "-c", KILL_AT_SAVE, str(out), "2", *sets], cwd=root, capture_output=True, text=True, env=ENV)
+    assert p.returncode == -signal.SIGKILL, p.stdout[-3000:] + p.stderr[-3000:]
     assert not (out / "metrics.json").exists()  # it really died before finishing
-    saved = sorted(int(p.name.split("-")[1]) for p in (out / "rl").glob("checkpoint-*"))
-    assert saved and saved[-1] < 6
-    assert (out / "rl" / f"checkpoint-{saved[-1]}" / "optimizer.pt").exists()
-
-    # a save killed midway: weights there, trainer_state.json not yet written -> must be skipped
-    torn = out / "rl" / f"checkpoint-{saved[-1] + 2}"
-    torn.mkdir(exist_ok=True)
+    assert sorted(p.name for p in (out / "rl").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (out / "rl" / "checkpoint-2" / "optimizer.pt").exists()
+    torn = out / "rl" / "checkpoint-4"  # a save killed midway: weights there, trainer_state.json not yet
+    torn.mkdir()
     (torn / "model.safetensors").write_bytes(b"\x00" * 100)
-    p = subprocess.run([*args, "--resume"], cwd=root, capture_output=True, text=True, timeout=600, env=ENV)
+    p = subprocess.run([BIN, "train", "recipes/quickstart.yaml", *[a for s in sets for a in ("--set", s)], "--output-dir", str(out), "--resume"], cwd=root, capture_output=True, text=True, env=ENV)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert f"resuming from {out / 'rl' / f'checkpoint-{saved[-1]}'}" in p.stdout.replace("\n", "")
+    flat = p.stdout.replace("\n", "")
+    assert f"resuming from {out / 'rl' / 'checkpoint-2'}" in flat and "boundary outcomes found" in flat  # no pool call repeated
     m = json.loads((out / "metrics.json").read_text())
-    r = json.loads((ref / "metrics.json").read_text())
     assert m["global_step"] == 6
     steps = [h["step"] for h in m["log_history"] if "reward" in h]
     assert steps == [1, 2, 3, 4, 5, 6]  # earlier steps come from the checkpoint, none repeated or lost
-    keys = ("reward", "loss", "grad_norm", "learning_rate", "completions/mean_length", "episode/cost")
-    got = [{k: h.get(k) for k in keys} for h in m["log_history"] if "reward" in h]
-    want = [{k: h.get(k) for k in keys} for h in r["log_history"] if "reward" in h]
-    assert len({h["reward"] for h in want}) > 1  # not a degenerate run
+    # wall-clock fields, and the end-of-run train_loss, which transformers averages over the
+    # steps run in this process (3-6 after a resume), not over the run
+    volatile = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")
+    got = [{k: v for k, v in h.items() if k not in volatile} for h in m["log_history"]]
+    want = [{k: v for k, v in h.items() if k not in volatile} for h in r["log_history"]]
+    assert len({h["reward"] for h in want if "reward" in h}) > 1  # not a degenerate run
     assert got == want
-    assert m["heldout_after"] == r["heldout_after"]
+    for k in ("heldout_before", "heldout_after_sft", "heldout_after", "heldout_baselines", "boundary_classes"):
+        assert _no_wall_clock(m[k]) == _no_wall_clock(r[k]), k
+
+
+def _no_wall_clock(x):
+    """A summary without measured pool latency (wall-clock time)."""
+    if isinstance(x, dict):
+        return {k: _no_wall_clock(v) for k, v in x.items() if k != "pool_latency_s"}
+    return x
 
 
 def test_lora_switch_and_tensorboard_logging(tmp_path):
@@ -132,18 +146,3 @@ def test_lora_switch_and_tensorboard_logging(tmp_path):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/reward", "train/episode/cost", "train/episode/quality"} <= tags
-
-
-def test_same_seed_same_recipe_gives_identical_runs(tmp_path):
-    """Determinism on CPU: same seed, recipe and (recorded) pool -> identical rollouts,
-    losses and held-out metrics."""
-    from rl_router.recipe import load_recipe
-    from rl_router.train import train
-
-    sets = ["trainer.max_steps=2", "sft.max_steps=10", "algorithm.sft_examples=16", "data.max_train=16", "data.max_heldout=4", "rollout.max_new_tokens=24"]
-    runs = [train(load_recipe(None, sets), output_dir=str(tmp_path / f"r{i}"), log=lambda _m: None) for i in range(2)]
-    volatile = ("step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second")
-    hist = [[{k: v for k, v in h.items() if k not in volatile} for h in r["log_history"]] for r in runs]
-    assert hist[0] == hist[1] and len(hist[0]) >= 3
-    for k in ("heldout_before", "heldout_after_sft", "heldout_after", "boundary_classes", "sft_loss_last"):
-        assert runs[0][k] == runs[1][k], k

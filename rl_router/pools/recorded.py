@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import gzip
 import json
 import re
@@ -142,6 +143,14 @@ def packaged_data_path(name: str) -> Path:
     return Path(str(p))
 
 
+def _accuracy_by_dataset(tasks: Iterable[RecordedTask], model: str) -> dict[str, float]:
+    per: dict[str, list[float]] = {}
+    for t in tasks:
+        if model in t.answers:
+            per.setdefault(t.task.dataset, []).append(float(t.answers[model].correct))
+    return {k: round(sum(v) / len(v), 3) for k, v in per.items()}
+
+
 class RecordedPool(Pool):
     """Replays recorded answers. See the module docstring for resolution and billing rules."""
 
@@ -201,12 +210,8 @@ class RecordedPool(Pool):
         cards = []
         for name, spec in models.items():
             scores = spec.get("example_scores")
-            if scores is None:  # accuracy per dataset, measured on the records themselves
-                per: dict[str, list[float]] = {}
-                for t in tasks:
-                    if name in t.answers:
-                        per.setdefault(t.task.dataset, []).append(float(t.answers[name].correct))
-                scores = {k: round(sum(v) / len(v), 3) for k, v in per.items()}
+            if scores is None:  # accuracy per dataset, measured on the records (fit_cards: train rows only)
+                scores = _accuracy_by_dataset(tasks, name)
             cards.append(
                 ModelCard(
                     name=name,
@@ -218,7 +223,17 @@ class RecordedPool(Pool):
                     example_scores=dict(scores),
                 )
             )
-        return cls(tasks, cards, latency_scale=latency_scale)
+        pool = cls(tasks, cards, latency_scale=latency_scale)
+        pool._measured_scores = {name for name, spec in models.items() if spec.get("example_scores") is None}
+        return pool
+
+    def fit_cards(self, train_task_ids: Iterable[str]) -> None:
+        """Measure the cards' example accuracies on these (train) tasks only. Why: the router
+        reads the cards in its prompt, so scores measured on held-out rows would show it a
+        statistic of its own test set. Cards whose scores the recipe gave are left alone."""
+        keep = set(train_task_ids)
+        rows = [t for t in self._tasks.values() if t.task.task_id in keep]
+        self.cards = [dataclasses.replace(c, example_scores=_accuracy_by_dataset(rows, c.name)) if c.name in getattr(self, "_measured_scores", ()) else c for c in self.cards]
 
     @classmethod
     def from_files(cls, paths: list[str | Path], models: dict[str, dict[str, Any]] | None = None, **kw: Any) -> "RecordedPool":

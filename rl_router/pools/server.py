@@ -33,7 +33,7 @@ class FaultConfig:
     rate_truncated: float = 0.0  # 200 with a body cut short (Content-Length promises more)
     rate_nonjson: float = 0.0  # 200 with an HTML error page instead of JSON
     rate_slow: float = 0.0  # 200 whose body dribbles out over `slow_s`
-    timeout_delay_s: float = 5.0  # how long a "timeout" request hangs before answering
+    timeout_delay_s: float = 60.0  # how long a "timeout" request hangs (at most: it is released when the server stops)
     slow_s: float = 1.0
     retry_after_s: float = 0.05
     seed: int = 0
@@ -55,6 +55,7 @@ class PoolServer(ServerLifecycle):
         self._rng_lock = threading.Lock()
         self._api_key = api_key
         self._loop = BackgroundLoop("pool-server-aio")
+        self._stopping = threading.Event()
         server = self
 
         class Handler(JSONHandler):
@@ -107,9 +108,11 @@ class PoolServer(ServerLifecycle):
                     server._count(str(code))
                     self._send(code, _err("upstream failure", "server_error", code))
                     return
-                if fault == "timeout":
+                if fault == "timeout":  # hang until the client gives up (or the server stops), then drop the request
                     server._count("timeout")
-                    time.sleep(server.faults.timeout_delay_s)
+                    server._stopping.wait(server.faults.timeout_delay_s)
+                    self.close_connection = True
+                    return
                 if fault == "reset":
                     server._count("reset")
                     self.close_connection = True
@@ -181,6 +184,10 @@ class PoolServer(ServerLifecycle):
 
     def _count(self, kind: str) -> None:
         self.stats.faults[kind] = self.stats.faults.get(kind, 0) + 1
+
+    def stop(self) -> None:
+        self._stopping.set()  # release requests held by timeout faults
+        super().stop()
 
     def _on_stop(self) -> None:
         self._loop.stop()

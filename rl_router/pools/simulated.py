@@ -80,6 +80,8 @@ class SimulatedPool(Pool):
             for m in models
         ]
         self.calls = 0
+        self.inflight = 0  # calls now waiting on their latency
+        self.max_inflight = 0  # the most that ever waited at once: how concurrent the callers were
 
     def is_correct(self, model: str, task_id: str, topic: str) -> bool:
         u = int(stable_hash(str(self.seed), model, task_id)[:8], 16) / 0xFFFFFFFF
@@ -119,6 +121,11 @@ class SimulatedPool(Pool):
         if question and not shows_task(messages, question):
             return Completion("", error=TASK_NOT_SHOWN, model=model)
         text, p, c, cost = self._usage(model, messages, context)
-        if self.latency_scale > 0 and self.sim[model].latency_ms > 0:
-            await asyncio.sleep(self.sim[model].latency_ms / 1000.0 * self.latency_scale)
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            if self.latency_scale > 0 and self.sim[model].latency_ms > 0:
+                await asyncio.sleep(self.sim[model].latency_ms / 1000.0 * self.latency_scale)
+        finally:
+            self.inflight -= 1
         return Completion(text, p, c, cost, time.perf_counter() - t0, model=model)
