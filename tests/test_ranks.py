@@ -54,3 +54,41 @@ def test_two_processes_evaluate_like_one_and_call_the_pool_once(tmp_path):
         calls_two = srv.stats.requests
     assert calls_two == calls_one  # each call once, however many ranks
     assert out[0] == out[1] == json.dumps(_comparable(one["policies"]), sort_keys=True)  # every rank reports the same, = 1 process
+
+
+def _zero3_rank(rank: int, port: int, out: dict) -> None:
+    """Rank 0 has episodes, rank 1 none: rank 1 must keep making (dummy) synced generate calls
+    while rank 0 generates, as ZeRO-3 needs every rank in every forward pass."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+
+    from envs import MultiRoundRoutingEnv
+    from rl_router.distributed import process_state
+    from rl_router.policies import HFPolicy
+    from rl_router.rollout import RolloutEngine, lockstep
+    from rl_router.tiny import build_tiny_router
+
+    state = process_state()
+    torch.manual_seed(0)
+    model, tok = build_tiny_router(seed=0)
+    pool = RecordedPool.packaged(["gsm8k"])
+    engine = RolloutEngine(lambda: MultiRoundRoutingEnv(pool, tokenizer=tok, max_turns=3), tok)
+    policy = HFPolicy(model, tok, max_new_tokens=16, temperature=1.0, synced_gpus=True)
+    calls = []
+    inner = policy.act
+    policy.act = lambda states: calls.append(len(states)) or inner(states)
+    eps = engine.run(pool.tasks()[:2] if rank == 0 else [], policy, keep_going=lockstep(state))
+    out[rank] = (len(eps), calls, policy.dummy_calls)
+
+
+def test_a_rank_without_episodes_keeps_generating_in_step_under_zero3():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    out = mp.Manager().dict()
+    mp.spawn(_zero3_rank, args=(port, out), nprocs=2, join=True)
+    (n0, calls0, dummy0), (n1, calls1, dummy1) = out[0], out[1]
+    assert n0 == 2 and n1 == 0
+    assert len(calls0) == len(calls1) >= 1  # the same number of generate rounds on both ranks
+    assert all(c > 0 for c in calls0) and all(c == 0 for c in calls1) and dummy1 == len(calls1) and dummy0 == 0
