@@ -34,3 +34,20 @@ def make_sim_pool(latency_ms: float = 0.0, seed: int = 0) -> SimulatedPool:
 @pytest.fixture
 def sim_pool():
     return make_sim_pool()
+
+
+#: the BoPO agentic run both test_agentic_train (learning) and test_distributed (1 vs 2
+#: processes) read: trained once per session
+BOPO_SETS = ["trainer.max_steps=8", "trainer.save_steps=4", "sft.max_steps=200"]
+
+
+@pytest.fixture(scope="session")
+def bopo_run(tmp_path_factory):
+    import os
+
+    from rl_router.recipe import load_recipe
+    from rl_router.train import train
+
+    os.environ["RL_ROUTER_NO_PROGRESS"] = "1"
+    out = tmp_path_factory.mktemp("bopo_one_process")
+    return out, train(load_recipe("recipes/bopo_agentic.yaml", BOPO_SETS), output_dir=str(out), log=lambda _: None)

@@ -6,18 +6,13 @@ from the warm start."""
 
 from __future__ import annotations
 
-import os
-
 from rl_router.evaluate import evaluate
 from rl_router.frontier import above, point, random_mixture
 from rl_router.recipe import load_recipe
-from rl_router.train import train
 
 
-def test_bopo_router_beats_the_boundary_mixture_at_equal_cost(tmp_path):
-    os.environ["RL_ROUTER_NO_PROGRESS"] = "1"
-    r = load_recipe("recipes/bopo_agentic.yaml", ["trainer.max_steps=8", "trainer.save_steps=100"])
-    m = train(r, output_dir=str(tmp_path), log=lambda _: None)
+def test_bopo_router_beats_the_boundary_mixture_at_equal_cost(bopo_run):
+    run_dir, m = bopo_run
     base = m["heldout_baselines"]
     cheap, strong = base["always-cheap"], base["always-expensive"]
     line = random_mixture(point(cheap), point(strong))
@@ -31,7 +26,7 @@ def test_bopo_router_beats_the_boundary_mixture_at_equal_cost(tmp_path):
     assert after["reward"] > sft["reward"] + 0.1  # RL moved it, not only the warm start
     assert after["budget_violation_rate"] <= 0.05 and after["format_error_rate"] <= 0.1
     # eval on the trained run: budget compliance, calls per tier, above the random line
-    res = evaluate(load_recipe("recipes/bopo_agentic.yaml"), str(tmp_path), sampled=False, knn_thresholds=(0.5,))
+    res = evaluate(load_recipe("recipes/bopo_agentic.yaml"), str(run_dir), sampled=False, knn_thresholds=(0.5,))
     p = res["policies"]["router (greedy)"]
     assert p["budget_exceeded_rate"] == 0.0 and set(p["calls_per_task"]) == {"cheap", "expensive"}
     assert p["above_random_mixture"] > 0.1
