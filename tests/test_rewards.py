@@ -67,16 +67,20 @@ def test_percentile_normalizer_hand_computed():
     assert w.normalize(2.0) == 0.5
 
 
-def test_cost_reward_keeps_train_and_eval_state_apart():
+def test_cost_reward_keeps_a_training_window_and_scores_evaluation_statelessly():
     cr = CostReward("percentile")
     tr = cr(completions=["", ""], cost=[0.0, 10.0], split=["train", "train"])
     assert tr == [1.0, 0.0]
     ev = cr(completions=["", ""], cost=[0.0, 1.0], split=["eval", "eval"])
-    assert ev == [1.0, 0.0]  # eval has its own scale: 1.0 is its maximum
+    assert ev == [1.0, 0.0]  # no reference: the batch itself is the scale
+    assert cr(completions=["", ""], cost=[0.0, 1.0], split=["eval", "eval"]) == ev  # and nothing was remembered
     # train window [0, 10]: p5 = 0.5, p95 = 9.5, so a cost of 1.0 sits at 0.5 / 9
     assert cr.state["train"].normalize(1.0) == pytest.approx(0.5 / 9)
-    assert cr.state["eval"].normalize(0.5) == pytest.approx(0.5)
-    assert len(cr.state["train"]._sorted) == 2 and len(cr.state["eval"]._sorted) == 2
+    assert set(cr.state) == {"train"} and len(cr.state["train"]._sorted) == 2
+    # with a fixed reference, evaluation scores against it, whatever else is in the batch
+    ref = CostReward("percentile", reference=[0.0, 10.0])
+    assert ref(completions=[""], cost=[1.0], split=["eval"]) == pytest.approx([1 - 0.5 / 9])
+    assert ref(completions=["", ""], cost=[1.0, 100.0], split=["eval", "eval"])[0] == pytest.approx(1 - 0.5 / 9)
 
 
 def test_linear_cost_reward():

@@ -29,6 +29,7 @@ def test_training_through_an_authenticated_pool_leaks_no_key(tmp_path):
             "pool": {"type": "openai", "forward_context": True, "timeout_s": 10, "max_retries": 1,
                      "models": {c.name: {"base_url": srv.url, "api_key_env": "PLANTED_POOL_KEY", "price_in": c.price_in, "price_out": c.price_out} for c in recorded.models}},
             "data": {"source": str(data), "heldout_fraction": 0.25},
+            "env": {"budget": 0.05},  # a live pool's reserved bound for GPT-4 (prompt bytes + 512 output tokens) is above $0.01
             "rollout": {"max_new_tokens": 24},
             "algorithm": {"sft_examples": 16},
             "sft": {"max_steps": 5, "logging_steps": 1},
