@@ -1,0 +1,33 @@
+"""rl-router: train small LLMs to route tasks across a pool of LLMs under a budget, with RL on TRL.
+
+Importing the package pins CPU numerics to a portable profile (see `_portable_cpu_numerics`)
+before torch loads, so the same seed gives the same numbers on any x86-64 machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def _portable_cpu_numerics() -> None:
+    """Make CPU results the same on every x86-64 machine with AVX2 (practically all since 2013).
+
+    Why: torch's CPU kernels and MKL's GEMM pick their instruction set (AVX2, AVX512, ...) per
+    machine and sum floats in different orders, so the same seed trained on an AVX512 EPYC and
+    on an AVX2 laptop drifts apart, enough to move a small router across the random line. Pinning
+    ATen's kernels to AVX2 and MKL to its AVX2 code path in strict conditional-reproducibility
+    mode (MKL_CBWR) fixes the order: measured on the dev machine, the same weights bit for bit
+    whatever MKL / oneDNN are allowed to use and with 1 or 2 threads, at the speed of the native
+    AVX512 kernels. Values the user already set win; RL_ROUTER_NATIVE_CPU=1 turns this off.
+    It must run before torch is first imported (the `rl-router` command does; a script that
+    imports torch before rl_router keeps torch's own choice)."""
+    if os.environ.get("RL_ROUTER_NATIVE_CPU") == "1" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+    os.environ.setdefault("MKL_CBWR", "AVX2,STRICT")
+
+
+_portable_cpu_numerics()
+
+__version__ = "0.1.0"
