@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import ConfigError
+from rl_router.errors import ConfigError
+from rl_router.task_sources import recipe_pool, recipe_tasks
 
 app = typer.Typer(
     help="rl-router: train small LLMs to route tasks across a pool of LLMs under a budget.",
@@ -55,22 +56,22 @@ def _table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
 
 
 def _run_policies(recipe_path: Optional[str], sets: list[str], policies: Optional[list[str]], n: Optional[int], output_dir: Optional[str], batch_size: int, *, greedy: bool, baseline_query: str) -> dict[str, Any]:
-    from .evaluate import EvalOptions, Evaluator, baseline_policy, policy_names, router_policy
-    from .recipe import load_recipe
-    from .train import load_model
+    from rl_router.evaluation.evaluator import EvalOptions, Evaluator, baseline_policy, policy_names, router_policy
+    from rl_router.recipe import load_recipe
+    from rl_router.models import router_from_recipe
 
     recipe = load_recipe(recipe_path, sets)
     if baseline_query not in ("short", "question"):
         raise ConfigError("--baseline-query", f"unknown {baseline_query!r}", "use short or question")
-    pool = recipe.build_pool()
-    _train, held = recipe.tasks(pool)
+    pool = recipe_pool(recipe)
+    _train, held = recipe_tasks(recipe, pool)
     if n:
         held = held[:n]
     names = policies or policy_names(pool)
     for name in names:
         if name != "router" and name != "random" and not (name.startswith("always-") and pool.has_model(name.removeprefix("always-"))):
             raise ConfigError("--policy", f"unknown policy {name!r}", f"use one of {policy_names(pool)}")
-    model, tok = load_model(recipe)
+    model, tok = router_from_recipe(recipe)
     summaries: dict[str, dict[str, Any]] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False) as prog:
         bars: dict[str, Any] = {}
@@ -111,8 +112,8 @@ def _print_training(metrics: dict[str, Any], out: Path) -> None:
 
 
 def _train(recipe_path: Optional[str], sets: list[str], output_dir: Optional[str], resume: bool) -> None:
-    from .recipe import load_recipe
-    from .train import train as run_training
+    from rl_router.recipe import load_recipe
+    from rl_router.training.pipeline import train as run_training
 
     try:
         recipe = load_recipe(recipe_path, sets)
@@ -160,7 +161,7 @@ def train(
 
 
 def _eval_recipe(target: str, recipe_path: Optional[str], sets: list[str]) -> Any:
-    from .recipe import apply_overrides, load_recipe, recipe_from_dict
+    from rl_router.recipe import apply_overrides, load_recipe, recipe_from_dict
 
     if recipe_path is None:  # a training output dir (or its final/) remembers its recipe
         for saved in (Path(target) / "recipe.json", Path(target).parent / "recipe.json"):
@@ -184,7 +185,8 @@ def eval_(
     oracle (cheapest model that solves each task) and a learned TF-IDF kNN router: quality,
     cost, routes, call share, format / budget / pool error rates, latency, reward; PGR and
     RouteLLM-style APGR and CPT(50%) computed by our code; the cost-quality frontier PNG."""
-    from .evaluate import evaluate, resolve_checkpoint, write_outputs
+    from rl_router.evaluation.report import evaluate, write_outputs
+    from rl_router.models import resolve_checkpoint
 
     try:
         r = _eval_recipe(target, recipe, set_ or [])
@@ -239,8 +241,8 @@ def export(
     template, router_config.json (pool model cards, system prompt, tag protocol, env and reward
     settings), recipe.json, eval.json and a model card with YAML metadata and measured results.
     No API key is ever read or written; exported files are scanned for secrets."""
-    from .export import export as do_export
-    from .export import push
+    from rl_router.serving.export import export as do_export
+    from rl_router.serving.export import push
 
     try:
         r = _eval_recipe(checkpoint, recipe, [])
@@ -273,10 +275,10 @@ def serve(
     trace (models called, cost) in the `rl_router` field; GET /v1/models."""
     import yaml
 
-    from .evaluate import resolve_checkpoint
-    from .recipe import recipe_from_dict
-    from .serve import RouterServer
-    from .tiny import load_router
+    from rl_router.models import resolve_checkpoint
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.serving.router_server import RouterServer
+    from rl_router.models import load_router
 
     try:
         ck = resolve_checkpoint(checkpoint)
@@ -293,7 +295,7 @@ def serve(
         if api_key_env and not key:
             raise ValueError(f"--api-key-env {api_key_env}: that environment variable is empty")
         srv = RouterServer(
-            *load_router(str(ck)), r.build_pool(), r.env_config(), env_name=r.env.get("name", "router_r1"),
+            *load_router(str(ck)), recipe_pool(r), r.env_config(), env_name=r.env.get("name", "router_r1"),
             model_id=model_id or (Path(checkpoint).resolve().name), max_new_tokens=r.rollout.max_new_tokens,
             max_completion_tokens=r.rollout.max_completion_tokens, host=host, port=port, api_key=key,
         )
@@ -335,11 +337,11 @@ def pool_server(
 ) -> None:
     """Serve a pool (recorded, simulated, local or remote) as an OpenAI-compatible endpoint:
     POST /v1/chat/completions and GET /v1/models."""
-    from .pools import PoolServer
-    from .recipe import load_recipe
+    from rl_router.pools import PoolServer
+    from rl_router.recipe import load_recipe
 
     try:
-        pool = load_recipe(recipe).build_pool()
+        pool = recipe_pool(load_recipe(recipe))
     except ConfigError as e:
         _fail(e)
     key = os.environ.get(api_key_env) if api_key_env else None
@@ -354,9 +356,9 @@ def pool_server(
 
 
 def _recipe_tokenizer(recipe: Any) -> Any:
-    from .tiny import load_tiny_tokenizer, load_tokenizer
+    from rl_router.models import tokenizer_from_recipe
 
-    return load_tiny_tokenizer() if recipe.model.name_or_path == "tiny" else load_tokenizer(recipe.model.name_or_path)
+    return tokenizer_from_recipe(recipe)
 
 
 @app.command()
@@ -372,14 +374,15 @@ def boundaries(
     suffices), strong_only, cheap_only, neither. Writes the records to --out and the episodes
     beside them (<out stem>_episodes.jsonl.gz). Training runs the same step and keeps its own
     copy in OUT/boundaries.json, which `--resume` and `rl-router eval` reuse."""
-    from .boundary import class_counts, run_boundaries, save_boundaries
-    from .recipe import load_recipe, validate_against_pool
-    from .runner import make_engine
+    from rl_router.boundary_records import class_counts, save_boundaries
+    from rl_router.training.boundary import run_boundaries
+    from rl_router.recipe import load_recipe, validate_against_pool
+    from rl_router.rollout.engine import make_engine
 
     try:
         r = load_recipe(recipe, set_ or [])
-        pool = r.build_pool()
-        tasks = r.tasks(pool)[0][:n] if n else r.tasks(pool)[0]
+        pool = recipe_pool(r)
+        tasks = recipe_tasks(r, pool)[0][:n] if n else recipe_tasks(r, pool)[0]
         cheap, strong = validate_against_pool(r, pool, tasks)
     except (ConfigError, ValueError) as e:
         _fail(e)
@@ -407,10 +410,10 @@ def steps_label(
     """Record step-level routing data: at every step, every tier is probed on a copy of the
     state; the record holds the router-visible prefix, each tier's cost and correctness, and
     the target (cheapest tier that was right). Format: rl_router/steplog.py."""
-    from envs import make_env
+    from rl_router.envs import make_env
 
-    from .recipe import load_recipe
-    from .steplog import label_steps, write_steps
+    from rl_router.recipe import load_recipe
+    from rl_router.evaluation.steplog import label_steps, write_steps
 
     try:
         r = load_recipe(recipe, set_ or [])
@@ -418,8 +421,8 @@ def steps_label(
             raise ConfigError("env.name", "step-level labels need the agentic env", "use a recipe with env.name: agentic")
         if split not in ("heldout", "train"):
             raise ConfigError("--split", f"unknown {split!r}", "use heldout or train")
-        pool = r.build_pool()
-        train_t, held = r.tasks(pool)
+        pool = recipe_pool(r)
+        train_t, held = recipe_tasks(r, pool)
         tasks = (held if split == "heldout" else train_t)[: n or None]
     except ConfigError as e:
         _fail(e)
@@ -436,10 +439,10 @@ def steps_replay(
 ) -> None:
     """Score a router on recorded routing decisions, offline: tier accuracy, step success,
     cost, under- / over-routing, next to always-<tier> and the labels themselves."""
-    from .evaluate import resolve_checkpoint
-    from .policies import HFPolicy
-    from .steplog import read_steps, replay
-    from .tiny import load_router
+    from rl_router.models import resolve_checkpoint
+    from rl_router.rollout.policies import HFPolicy
+    from rl_router.evaluation.steplog import read_steps, replay
+    from rl_router.models import load_router
 
     ck = resolve_checkpoint(target)
     if ck is None:

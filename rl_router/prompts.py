@@ -6,8 +6,8 @@ three in the system prompt as a table so the router can actually read them.
 
 from __future__ import annotations
 
-from .pools.base import ModelCard
-from .tasks import Task
+from rl_router.pools.base import ModelCard
+from rl_router.tasks import Task
 
 PROTOCOL = (
     "You are a router. Solve the user's task by calling models from the pool; you may call "
@@ -18,6 +18,12 @@ PROTOCOL = (
     "<information>...</information>\n"
     "3. Finish: <answer>final answer only</answer>, or <answer>@NAME</answer> to adopt NAME's final answer"
 )
+
+
+#: the sub-query scripted policies route when they do not restate the task (the pool still
+#: receives the task: see `pool_messages`), and the note they pass an agent at each step
+SHORT_QUERY = "Solve the task above."
+STEP_NOTE = "Do the next step."
 
 
 def format_card(c: ModelCard) -> str:

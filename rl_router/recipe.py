@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from envs import ENV_CONFIGS
-from .errors import ConfigError, check_keys, typed
-from .tasks import Task, split_tasks, stable_hash
+from rl_router.envs import ENV_CONFIGS
+from rl_router.errors import ConfigError, check_keys, typed
+from rl_router.tasks import Task
 
 
 @dataclass
@@ -135,133 +135,14 @@ class Recipe:
         kw = {k: v for k, v in self.env.items() if k != "name"}
         return ENV_CONFIGS[self.env.get("name", "router_r1")](**kw)
 
-    def build_pool(self) -> Any:
-        """The pool, with model cards measured on this recipe's train split only (the router
-        reads the cards; a statistic of its held-out tasks must not be among them)."""
-        from .pools import build_pool
-
-        pool = build_pool(self.pool)
-        if hasattr(pool, "fit_cards") and self.data.source == "pool":
-            d = self.data
-            tasks = [t for ds in d.datasets for t in pool.tasks(ds)]
-            train, _ = split_tasks(tasks, d.heldout_fraction, d.seed)
-            pool.fit_cards(t.task_id for t in train)
-        return pool
-
-    def tasks(self, pool: Any) -> tuple[list[Task], list[Task]]:
-        """(train, held-out) tasks for this recipe."""
-        d = self.data
-        if d.source == "pool":
-            if not hasattr(pool, "tasks"):
-                raise ConfigError("data.source", f"a {self.pool.get('type')} pool holds no tasks", "use source: synthetic or a JSONL path")
-            tasks = [t for ds in d.datasets for t in pool.tasks(ds)]
-            if not tasks:
-                raise ConfigError("data.datasets", f"no tasks for {d.datasets} in the pool")
-        elif d.source == "synthetic":
-            tasks = synthetic_tasks(d.synthetic_n, d.synthetic_topics, d.seed)
-        elif d.source == "hf":
-            tasks = load_hf_tasks(d.hf)
-        elif d.source in WORLD_SOURCES:
-            tasks = world_tasks(d.source, d.synthetic_n, d.seed, d.world)
-        else:
-            tasks = load_task_file(d.source)
-        train, held = split_tasks(tasks, d.heldout_fraction, d.seed)
-        if d.source == "pool":
-            train, held = interleave_datasets(train, d.seed), interleave_datasets(held, d.seed)
-        return train[: d.max_train] if d.max_train else train, held[: d.max_heldout] if d.max_heldout else held
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def interleave_datasets(tasks: list[Task], seed: int = 0) -> list[Task]:
-    """Round-robin over datasets, each in a seeded hash order.
-
-    Why: `max_train` / `max_heldout` cap the list from the front. In file order the cap would
-    take only the first dataset, and MMLU's records are sorted by subject (the first 100 are
-    all abstract algebra); the interleave makes any cap a balanced, topic-diverse draw.
-    Deterministic across machines, like the split."""
-    by_ds: dict[str, list[Task]] = {}
-    for t in tasks:
-        by_ds.setdefault(t.dataset, []).append(t)
-    queues = [sorted(ts, key=lambda t: stable_hash(str(seed), "order", t.task_id)) for ts in by_ds.values()]
-    out: list[Task] = []
-    for i in range(max((len(q) for q in queues), default=0)):
-        out.extend(q[i] for q in queues if i < len(q))
-    return out
-
-
-def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:
-    """Opaque-answer tasks for simulated pools: the pool decides who solves what by topic skill.
-    Gold is a 6-digit code; a simulated model that gets the task wrong answers another 6-digit
-    code (`pools.simulated.wrong_like`), so a reply's form never shows its verdict."""
-    return [
-        Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold=f"{int(stable_hash(str(seed), str(i))[:8], 16) % 10**6:06d}", answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
-        for i in range(n)
-    ]
-
-
+#: data.source values that are agent worlds (env.name: agentic)
 WORLD_SOURCES = ("arithmetic", "code")
 WORLD_KEYS = {"min_steps", "max_steps", "p_hard", "timeout_s"}
-
-
-def world_tasks(name: str, n: int, seed: int, options: dict[str, Any]) -> list[Task]:
-    """Tasks of an agent world (`envs/worlds`), for the agentic env."""
-    from envs.worlds import get_world
-
-    check_keys(options, WORLD_KEYS, "data.world")
-    return get_world(name).make_tasks(n, seed, **options)
-
-
 HF_SPEC_KEYS = {"path", "name", "split", "data_files", "question", "answer", "answer_type", "dataset", "limit"}
-
-
-def load_hf_tasks(specs: list[dict[str, Any]]) -> list[Task]:
-    """Tasks from `datasets.load_dataset` (Hub ids, or local builders such as `json`).
-
-    Each spec names the question and answer columns, so any QA dataset plugs in, e.g.
-    `{path: RUC-NLPIR/FlashRAG_datasets, name: nq, split: train, question: question,
-    answer: golden_answers}` (Router-R1's NQ); a list-valued answer column is a set of
-    accepted answers (EM / F1 take the best).
-    """
-    if not specs:
-        raise ConfigError("data.hf", "source: hf needs at least one dataset spec", "e.g. [{path: json, data_files: qa.jsonl, split: train, question: q, answer: a}]")
-    from datasets import load_dataset
-
-    tasks: list[Task] = []
-    for i, spec in enumerate(specs):
-        where = f"data.hf[{i}]"
-        if not isinstance(spec, dict) or "path" not in spec:
-            raise ConfigError(where, "each spec needs a 'path' (Hub id or builder such as json)")
-        check_keys(spec, HF_SPEC_KEYS, where)
-        kw = {k: spec[k] for k in ("name", "data_files") if spec.get(k) is not None}
-        ds = load_dataset(spec["path"], split=spec.get("split", "train"), **kw)
-        q, a = spec.get("question", "question"), spec.get("answer", "answer")
-        for col in (q, a):
-            if col not in ds.column_names:
-                raise ConfigError(f"{where}.{'question' if col == q else 'answer'}", f"column {col!r} not in {ds.column_names}")
-        label = spec.get("dataset") or spec.get("name") or str(spec["path"]).split("/")[-1]
-        n = spec.get("limit")
-        for j, row in enumerate(ds):
-            if n is not None and j >= n:
-                break
-            gold = row[a]
-            gold = [str(x) for x in gold] if isinstance(gold, (list, tuple)) else str(gold)
-            tasks.append(Task(question=str(row[q]), gold=gold, answer_type=spec.get("answer_type", "text"), dataset=label))
-    return tasks
-
-
-def load_task_file(path: str) -> list[Task]:
-    import json
-
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError("data.source", f"{path} does not exist", "use 'pool', 'synthetic' or a JSONL file with question/gold/answer_type rows")
-    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    for i, r in enumerate(rows):
-        if "question" not in r:
-            raise ConfigError("data.source", f"{path} line {i + 1} has no 'question'")
-    return [Task.from_row(r) for r in rows]
 
 
 # ---- loading and validation ---------------------------------------------------------------
@@ -345,7 +226,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     )
     r.env_config()  # validates env fields
     validate_combination(r)
-    from .rewards import build_rewards
+    from rl_router.rewards import build_rewards
 
     build_rewards(r.rewards)  # validates reward specs
     return r
@@ -389,8 +270,7 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
     models exist, and the per-task budget covers one call of each boundary model on a typical
     task (else always-<model> could never call it and the boundaries say nothing).
     Returns the (cheap, strong) boundary model names."""
-    from .policies import ScriptedPolicy
-    from .prompts import pool_messages
+    from rl_router.prompts import SHORT_QUERY, pool_messages
 
     cheap = r.algorithm.cheap_model or pool.cheapest().name
     strong = r.algorithm.strong_model or pool.strongest().name
@@ -406,7 +286,7 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
             """The median cost bound (what the env reserves before the call) of one call by
             `model` on the sample: one agent step, or the task with a short sub-query."""
             if r.env.get("name") == "agentic":
-                from envs import make_env
+                from rl_router.envs import make_env
 
                 env = make_env("agentic", pool, config=cfg)
                 costs = []
@@ -414,7 +294,7 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
                     env.reset(t)
                     costs.append(env.step_cost(model))
             else:
-                costs = [pool.estimate_cost(model, pool_messages(t.question, ScriptedPolicy.SHORT_QUERY), max_tokens=cfg.pool_max_tokens, context=t.context()) for t in sample]
+                costs = [pool.estimate_cost(model, pool_messages(t.question, SHORT_QUERY), max_tokens=cfg.pool_max_tokens, context=t.context()) for t in sample]
             return sorted(costs)[len(costs) // 2]
 
         for role, m in (("cheapest", cheap), ("strongest", strong)):

@@ -26,8 +26,8 @@ import bisect
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from .answers import score_answer, token_f1
-from .protocol import ANSWER_RE, check_format, split_policy_turns
+from rl_router.answers import score_answer, token_f1
+from rl_router.protocol import ANSWER_RE, check_format, split_policy_turns
 
 RewardFunc = Callable[..., list[float]]
 
@@ -265,7 +265,7 @@ def build_rewards(specs: list[dict[str, Any]], path: str = "rewards", *, cost_re
     """From a recipe's `rewards:` list (`- {name: router_r1, weight: 1.0, alpha: 0.2}`) to
     TRL's `reward_funcs` and `reward_weights`. `cost_reference`: the fixed costs percentile
     cost rewards score evaluation episodes against (see CostReward)."""
-    from .errors import ConfigError
+    from rl_router.errors import ConfigError
 
     funcs, weights = [], []
     for i, spec in enumerate(specs):

@@ -3,7 +3,8 @@
 Why: tests and the quickstart must run with no Hub access, so the project ships a byte-level
 BPE tokenizer it trained itself (`scripts/train_tokenizer.py`, on the shipped recorded data
 and the protocol text) with a ChatML chat template, and builds the model from a config with
-random weights. Real recipes name Hub models instead (`model.name_or_path`).
+random weights. Real recipes name Hub models instead (`model.name_or_path`); `models.py`
+loads either.
 """
 
 from __future__ import annotations
@@ -80,38 +81,3 @@ def build_tiny_router(
         model.save_pretrained(save_dir)
         tok.save_pretrained(save_dir)
     return model, tok
-
-
-def load_router(name_or_path: str, **kwargs: Any) -> tuple[Any, Any]:
-    """Load a router by Hub id or local path; `tiny` builds the offline tiny router."""
-    if name_or_path == "tiny":
-        return build_tiny_router(**kwargs)
-    from transformers import AutoModelForCausalLM
-
-    tok = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    return model, tok
-
-
-def load_tokenizer(name_or_path: str | Path) -> Any:
-    """A router's tokenizer, exactly as it was saved.
-
-    transformers 5's AutoTokenizer maps a `qwen2` model folder to `Qwen2Tokenizer`, which
-    rebuilds its own pre-tokenizer instead of the saved one; for a tokenizer saved as a
-    plain `tokenizers` backend (the tiny router's) that changes token ids (measured: a
-    reloaded tiny router lost 1.6 points of held-out quality). So a folder whose
-    tokenizer_config says `TokenizersBackend` is loaded as such; anything else (Hub models)
-    goes through AutoTokenizer."""
-    import json
-
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    cfg = Path(name_or_path) / "tokenizer_config.json"
-    if cfg.exists() and json.loads(cfg.read_text()).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
-        tok = PreTrainedTokenizerFast.from_pretrained(str(name_or_path))
-    else:
-        tok = AutoTokenizer.from_pretrained(str(name_or_path))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    return tok

@@ -16,10 +16,10 @@ import platform
 import resource
 import time
 
-from envs import MultiRoundRoutingEnv
-from rl_router.policies import ScriptedPolicy
+from rl_router.envs import MultiRoundRoutingEnv
+from rl_router.rollout.policies import ScriptedPolicy
 from rl_router.pools import SimModel, SimulatedPool
-from rl_router.rollout import RolloutEngine
+from rl_router.rollout.engine import RolloutEngine
 from rl_router.tasks import Task
 from rl_router.tiny import load_tiny_tokenizer
 

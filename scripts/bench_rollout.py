@@ -26,12 +26,12 @@ def main() -> None:
 
     import torch
 
-    from envs import make_env
-    from envs.router_r1 import RoutingEnvConfig
-    from rl_router.policies import HFPolicy
+    from rl_router.envs import make_env
+    from rl_router.envs.router_r1 import RoutingEnvConfig
+    from rl_router.rollout.policies import HFPolicy
     from rl_router.pools import SimModel, SimulatedPool
-    from rl_router.recipe import synthetic_tasks
-    from rl_router.rollout import RolloutEngine
+    from rl_router.task_sources import synthetic_tasks
+    from rl_router.rollout.engine import RolloutEngine
     from rl_router.tiny import build_tiny_router
 
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ import resource
 import statistics
 import tempfile
 import time
+from rl_router.task_sources import recipe_pool, recipe_tasks
 
 
 def main() -> None:
@@ -30,14 +31,14 @@ def main() -> None:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from envs import make_env
-    from rl_router.policies import HFPolicy
+    from rl_router.envs import make_env
+    from rl_router.rollout.policies import HFPolicy
     from rl_router.prompts import initial_messages
     from rl_router.recipe import load_recipe
     from rl_router.rewards import build_rewards
-    from rl_router.rollout import RolloutEngine, make_rollout_func
+    from rl_router.rollout.engine import RolloutEngine, make_rollout_func
     from rl_router.tiny import build_tiny_router
-    from rl_router.trainer import RouterGRPOTrainer
+    from rl_router.training.trainer import RouterGRPOTrainer
 
     class Timer(TrainerCallback):
         def __init__(self):
@@ -50,8 +51,8 @@ def main() -> None:
             self.times.append(time.perf_counter() - self.t)
 
     r = load_recipe(None, ["data.max_train=64"])
-    pool = r.build_pool()
-    tasks, _ = r.tasks(pool)
+    pool = recipe_pool(r)
+    tasks, _ = recipe_tasks(r, pool)
     funcs, weights = build_rewards(r.rewards)
     common = dict(per_device_train_batch_size=8, num_generations=4, max_steps=a.steps, learning_rate=1e-4, beta=0.0, bf16=False, use_cpu=True,
                   report_to="none", save_strategy="no", logging_steps=1, gradient_checkpointing=False, disable_tqdm=True, seed=0)

@@ -17,7 +17,6 @@ the warm start and after each RL run. `tests/test_collapse.py` runs it with the 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ def collapse_recipe(algorithm: str, steps: int, *, n_tasks: int = 96, sft_steps:
 
 def run(algorithm: str, steps: int, out: Path, warm: Path | None = None, **kw: Any) -> dict[str, Any]:
     from rl_router.recipe import recipe_from_dict
-    from rl_router.train import train
+    from rl_router.training.pipeline import train
 
     recipe = recipe_from_dict(collapse_recipe(algorithm, steps, **kw))
     if warm is not None and (warm / "sft").exists() and not (out / "sft").exists():

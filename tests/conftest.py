@@ -46,7 +46,7 @@ def bopo_run(tmp_path_factory):
     import os
 
     from rl_router.recipe import load_recipe
-    from rl_router.train import train
+    from rl_router.training.pipeline import train
 
     os.environ["RL_ROUTER_NO_PROGRESS"] = "1"
     out = tmp_path_factory.mktemp("bopo_one_process")

@@ -10,20 +10,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envs import AgenticEnvConfig, make_env
-from envs.worlds import get_world
-from envs.worlds.arithmetic import CalculatorError, calculate
-from envs.worlds.code import run_tests
+from rl_router.envs import AgenticEnvConfig, make_env
+from rl_router.envs.worlds import get_world
+from rl_router.envs.worlds.arithmetic import CalculatorError, calculate
+from rl_router.envs.worlds.code import run_tests
 from rl_router.aio import run_sync
-from rl_router.boundary import StepwiseBoundaryPolicy, run_boundaries, synthesize_sft
+from rl_router.training.boundary import run_boundaries, synthesize_sft
 from rl_router.errors import ConfigError
 from rl_router.metrics import summarize
-from rl_router.policies import ScriptedPolicy
+from rl_router.rollout.policies import ScriptedPolicy
 from rl_router.pools import Endpoint, OpenAIPool, PoolServer, SimModel, SimulatedPool
 from rl_router.recipe import load_recipe
 from rl_router.rewards import build_rewards, format_reward
-from rl_router.rollout import RolloutEngine
-from rl_router.steplog import label_steps, read_steps, replay, write_steps
+from rl_router.rollout.engine import RolloutEngine
+from rl_router.evaluation.steplog import label_steps, read_steps, replay, write_steps
+from rl_router.task_sources import recipe_pool, recipe_tasks
 
 
 def tier_pool(seed: int = 0) -> SimulatedPool:
@@ -235,7 +236,7 @@ class _Always:
         self.tok, self.m = tok, m
 
     def act(self, states):
-        from rl_router.policies import route_text, text_turns
+        from rl_router.rollout.policies import route_text, text_turns
 
         return text_turns(self.tok, [route_text(self.m, "Do the next step.")] * len(states))
 
@@ -251,19 +252,19 @@ def test_recipe_validation_names_the_field():
     with pytest.raises(ConfigError, match="env"):
         load_recipe("recipes/bopo_agentic.yaml", ["env.max_obs_tokenz=3"])
     with pytest.raises(ConfigError, match="data.world"):
-        load_recipe("recipes/bopo_agentic.yaml", ["data.world.hardness=1"]).tasks(None)
+        recipe_tasks(load_recipe("recipes/bopo_agentic.yaml", ["data.world.hardness=1"]), None)
     r = load_recipe("recipes/bopo_agentic.yaml", ["env.budget=0.00001"])
     from rl_router.recipe import validate_against_pool
 
-    pool = r.build_pool()
+    pool = recipe_pool(r)
     with pytest.raises(ConfigError, match="env.budget"):
-        validate_against_pool(r, pool, r.tasks(pool)[0])
+        validate_against_pool(r, pool, recipe_tasks(r, pool)[0])
     funcs, _ = build_rewards(r.rewards)
     assert funcs[0](completions=[""] * 2, quality=[1.0, 0.0], cost=[0.0, 0.0], format_error=[None, None]) == [1.0, 0.0]
 
 
 def test_eval_on_the_agentic_env(tmp_path):
-    from rl_router.evaluate import evaluate, write_outputs
+    from rl_router.evaluation.report import evaluate, write_outputs
 
     r = load_recipe("recipes/bopo_agentic.yaml", [f"output_dir={tmp_path}"])
     res = evaluate(r, "baselines", n=16, sampled=False, budgets=[0.001, 0.004], knn_thresholds=(0.5,))
@@ -281,7 +282,7 @@ def test_eval_on_the_agentic_env(tmp_path):
 def test_stepwise_hybrid_is_a_cascade_in_the_router_r1_env(tokenizer, recorded_pool):
     """In Router-R1 episodes the boundary-guided hybrid routes to cheap first and escalates
     exactly on the tasks only the strong boundary solved."""
-    from envs import RoutingEnvConfig
+    from rl_router.envs import RoutingEnvConfig
 
     tasks = recorded_pool.tasks()[:40]
     cfg = RoutingEnvConfig(budget=0.01, max_turns=3, max_obs_tokens=64)

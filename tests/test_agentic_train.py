@@ -6,7 +6,7 @@ from the warm start."""
 
 from __future__ import annotations
 
-from rl_router.evaluate import evaluate
+from rl_router.evaluation.report import evaluate
 from rl_router.frontier import above, point, random_mixture
 from rl_router.recipe import load_recipe
 

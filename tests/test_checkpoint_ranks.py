@@ -26,7 +26,7 @@ def _worker(rank: int, port: int, out_dir: str, max_steps: int, resume: bool, re
     from trl import GRPOConfig
 
     from rl_router.tiny import build_tiny_router, load_tiny_tokenizer
-    from rl_router.trainer import RouterGRPOTrainer
+    from rl_router.training.trainer import RouterGRPOTrainer
 
     tok = load_tiny_tokenizer()
     signal = Path(out_dir) / "rank0_at_checkpoint_barrier"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs import MultiRoundRoutingEnv, RoutingEnvConfig, make_env
+from rl_router.envs import MultiRoundRoutingEnv, RoutingEnvConfig, make_env
 from rl_router.errors import ConfigError
-from rl_router.gym_adapter import GymRoutingEnv
+from rl_router.envs.gym_adapter import GymRoutingEnv
 from rl_router.pools import Endpoint, ModelCard, OpenAIPool, RetryPolicy
 from rl_router.protocol import parse_turn
 

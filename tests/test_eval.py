@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rl_router.frontier import above, area_under, cost_to_reach, interp, oracle_frontier, pgr, random_mixture
-from rl_router.knn_router import TfidfKNN
+from rl_router.evaluation.knn_router import TfidfKNN
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
 

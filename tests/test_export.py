@@ -81,7 +81,7 @@ def test_export_reload_push_and_no_secrets(tmp_path):
 
 
 def test_export_redacts_planted_secret_and_url_credentials(tmp_path, monkeypatch):
-    from rl_router.export import _scrub, redact_text, secret_values
+    from rl_router.serving.export import _scrub, redact_text, secret_values
     from rl_router.recipe import recipe_from_dict
 
     monkeypatch.setenv("POOL_KEY", SECRET)

@@ -8,12 +8,13 @@ sees the same verdict: the episode's `format_error`, and Router-R1's gated rewar
 
 from __future__ import annotations
 
-from envs import MultiRoundRoutingEnv
-from rl_router.boundary import BoPOReward, BoundaryRecord
+from rl_router.envs import MultiRoundRoutingEnv
+from rl_router.boundary_records import BoundaryRecord
+from rl_router.training.boundary import BoPOReward
 from rl_router.metrics import summarize
-from rl_router.policies import text_turns
+from rl_router.rollout.policies import text_turns
 from rl_router.rewards import RouterR1Reward, format_reward
-from rl_router.rollout import RolloutEngine
+from rl_router.rollout.engine import RolloutEngine
 
 
 class Script:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envs import MultiRoundRoutingEnv
+from rl_router.envs import MultiRoundRoutingEnv
 from rl_router.pools import RecordedPool
 from rl_router.protocol import check_format, parse_turn
 from rl_router.rewards import format_reward

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from envs import AgenticEnvConfig, MultiRoundRoutingEnv, make_env
-from envs.worlds import get_world
+from rl_router.envs import AgenticEnvConfig, MultiRoundRoutingEnv, make_env
+from rl_router.envs.worlds import get_world
 from rl_router.aio import run_sync
 from rl_router.pools import Completion, Endpoint, ModelCard, OpenAIPool, Pool, PoolServer, RetryPolicy
 from rl_router.prompts import encode_chat

@@ -14,7 +14,8 @@ from collections import Counter
 
 from rl_router.aio import run_sync
 from rl_router.pools import RecordedPool
-from rl_router.recipe import synthetic_tasks
+from rl_router.task_sources import synthetic_tasks
+from rl_router.task_sources import recipe_pool, recipe_tasks
 
 from conftest import make_sim_pool
 
@@ -91,8 +92,8 @@ def test_model_cards_are_measured_on_train_rows_only():
     from rl_router.recipe import load_recipe
 
     r = load_recipe(None, ["data.max_heldout=10"])
-    pool = r.build_pool()
-    train, held = r.tasks(pool)
+    pool = recipe_pool(r)
+    train, held = recipe_tasks(r, pool)
     all_rows = RecordedPool.packaged(["gsm8k"])
     from rl_router.tasks import split_tasks
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
-import os
 import socket
 
 import pytest
@@ -15,7 +13,7 @@ from rl_router.answers import score_answer
 from rl_router.errors import ConfigError
 from rl_router.pools import (
     Endpoint, FaultConfig, HFLocalPool, LocalModel, ModelCard, OpenAIPool, PoolServer, RecordedPool, RetryPolicy,
-    SimModel, SimulatedPool, build_pool,
+    SimulatedPool, build_pool,
 )
 from rl_router.pools.base import approx_tokens, messages_tokens
 from rl_router.prompts import encode_chat, pool_messages

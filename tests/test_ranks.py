@@ -28,14 +28,14 @@ def _comparable(policies: dict) -> dict:
 
 def _rank(rank: int, port: int, url: str, task_file: str, out: dict) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from rl_router.evaluate import evaluate
+    from rl_router.evaluation.report import evaluate
 
     res = evaluate(_recipe(url, task_file), "always-mixtral-8x7b", sampled=False, knn_thresholds=(0.5,))
     out[rank] = json.dumps(_comparable(res["policies"]), sort_keys=True)
 
 
 def test_two_processes_evaluate_like_one_and_call_the_pool_once(tmp_path):
-    from rl_router.evaluate import evaluate
+    from rl_router.evaluation.report import evaluate
 
     recorded = RecordedPool.packaged(["gsm8k"])
     task_file = tmp_path / "tasks.jsonl"
@@ -62,10 +62,10 @@ def _zero3_rank(rank: int, port: int, out: dict) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch
 
-    from envs import MultiRoundRoutingEnv
+    from rl_router.envs import MultiRoundRoutingEnv
     from rl_router.distributed import process_state
-    from rl_router.policies import HFPolicy
-    from rl_router.rollout import RolloutEngine, lockstep
+    from rl_router.rollout.policies import HFPolicy
+    from rl_router.rollout.engine import RolloutEngine, lockstep
     from rl_router.tiny import build_tiny_router
 
     state = process_state()

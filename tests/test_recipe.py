@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import yaml
 
 from rl_router.errors import ConfigError
 from rl_router.recipe import Recipe, load_recipe, recipe_from_dict
+from rl_router.task_sources import recipe_pool, recipe_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_shipped_recipes_validate(name, tmp_path):
     assert all(getattr(g, k) == normalised.get(k, lambda v: v)(v) for k, v in r.trainer.items() if k not in cpu and k != "use_vllm")
     s = SFTConfig(output_dir=str(tmp_path / "s"), **{**r.sft, **cpu})
     assert s.max_steps == r.sft["max_steps"] and s.learning_rate == float(r.sft["learning_rate"])
-    pool = r.build_pool()
+    pool = recipe_pool(r)
     assert len(pool.model_names) >= 2
     if name == "router_r1_qwen2.5-3b":
         assert r.model.name_or_path == "Qwen/Qwen2.5-3B-Instruct" and r.data.source == "hf"
@@ -68,13 +68,13 @@ def test_hf_data_source_loads_with_datasets(tmp_path):
     f = tmp_path / "qa.jsonl"
     f.write_text("\n".join(json.dumps({"q": f"who wrote book {i}?", "answers": [f"author {i}", f"a{i}"]}) for i in range(20)))
     r = recipe_from_dict({"data": {"source": "hf", "hf": [{"path": "json", "data_files": str(f), "split": "train", "question": "q", "answer": "answers", "dataset": "mine"}], "heldout_fraction": 0.25}})
-    train, held = r.tasks(None)
+    train, held = recipe_tasks(r, None)
     assert len(train) + len(held) == 20 and held
     t = (train + held)[0]
     assert t.dataset == "mine" and isinstance(t.gold, list) and t.gold[0].startswith("author")
     bad = recipe_from_dict({"data": {"source": "hf", "hf": [{"path": "json", "data_files": str(f), "question": "question"}]}})
     with pytest.raises(ConfigError) as e:
-        bad.tasks(None)
+        recipe_tasks(bad, None)
     assert e.value.field == "data.hf[0].question"
 
 
@@ -119,12 +119,12 @@ def test_typo_gets_a_suggestion():
 
 def test_tasks_are_split_deterministically(recorded_pool):
     r = Recipe()
-    tr1, he1 = r.tasks(recorded_pool)
-    tr2, he2 = r.tasks(recorded_pool)
+    tr1, he1 = recipe_tasks(r, recorded_pool)
+    tr2, he2 = recipe_tasks(r, recorded_pool)
     assert [t.task_id for t in he1] == [t.task_id for t in he2] and len(he1) == 187 and len(tr1) == 813  # all of GSM8K, split 0.2
     assert not {t.task_id for t in tr1} & {t.task_id for t in he1}
     syn = recipe_from_dict({"data": {"source": "synthetic", "synthetic_n": 50, "max_heldout": None, "max_train": None}})
-    a, b = syn.tasks(None)
+    a, b = recipe_tasks(syn, None)
     assert len(a) + len(b) == 50 and {t.topic for t in a} == {"easy", "hard"}
 
 
@@ -135,14 +135,14 @@ def test_capped_task_lists_are_balanced_and_topic_diverse():
 
     pool = RecordedPool.packaged(["gsm8k", "mmlu"])
     r = recipe_from_dict({"pool": {"datasets": ["gsm8k", "mmlu"]}, "data": {"datasets": ["gsm8k", "mmlu"], "max_train": 40, "max_heldout": 20}})
-    train, held = r.tasks(pool)
+    train, held = recipe_tasks(r, pool)
     assert [t.dataset for t in train] == ["gsm8k", "mmlu"] * 20 and [t.dataset for t in held] == ["gsm8k", "mmlu"] * 10
     assert len({t.topic for t in train if t.dataset == "mmlu"}) >= 12  # 20 MMLU tasks from many subjects, not one
-    again, _ = r.tasks(pool)
+    again, _ = recipe_tasks(r, pool)
     assert [t.task_id for t in again] == [t.task_id for t in train]
-    other, _ = recipe_from_dict({**r.to_dict(), "data": {**r.to_dict()["data"], "seed": 1}}).tasks(pool)
+    other, _ = recipe_tasks(recipe_from_dict({**r.to_dict(), "data": {**r.to_dict()["data"], "seed": 1}}), pool)
     assert [t.task_id for t in other] != [t.task_id for t in train]  # the seed moves the draw
-    full, full_held = recipe_from_dict({**r.to_dict(), "data": {**r.to_dict()["data"], "max_train": None, "max_heldout": None}}).tasks(pool)
+    full, full_held = recipe_tasks(recipe_from_dict({**r.to_dict(), "data": {**r.to_dict()["data"], "max_train": None, "max_heldout": None}}), pool)
     assert not {t.task_id for t in full} & {t.task_id for t in full_held}
     assert {t.task_id for t in train} <= {t.task_id for t in full}  # the cap only orders and cuts the split
 
@@ -158,8 +158,8 @@ def test_pool_dependent_checks_fail_before_any_model_loads(tmp_path):
     from rl_router.recipe import validate_against_pool
 
     r = recipe_from_dict({"env": {"budget": 1e-9}})
-    pool = r.build_pool()
-    train, _ = r.tasks(pool)
+    pool = recipe_pool(r)
+    train, _ = recipe_tasks(r, pool)
     with pytest.raises(ConfigError) as e:
         validate_against_pool(r, pool, train)
     assert e.value.field == "env.budget" and "raise env.budget above" in str(e.value)

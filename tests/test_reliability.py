@@ -6,14 +6,14 @@ from __future__ import annotations
 import socket
 import time
 
-from envs import make_env
-from envs.router_r1 import RoutingEnvConfig
+from rl_router.envs import make_env
+from rl_router.envs.router_r1 import RoutingEnvConfig
 from rl_router.aio import run_sync
 from rl_router.metrics import summarize
-from rl_router.policies import ScriptedPolicy
+from rl_router.rollout.policies import ScriptedPolicy
 from rl_router.pools import Endpoint, OpenAIPool, RecordedPool, RetryPolicy
 from rl_router.pools.server import FaultConfig, PoolServer
-from rl_router.rollout import RolloutEngine
+from rl_router.rollout.engine import RolloutEngine
 from rl_router.tiny import load_tiny_tokenizer
 
 KINDS = ("429", "timeout", "reset", "truncated", "nonjson", "slow")

@@ -9,13 +9,14 @@ import socket
 import pytest
 import torch.multiprocessing as mp
 
-from envs import MultiRoundRoutingEnv
-from rl_router.evaluate import Evaluator
-from rl_router.policies import ScriptedPolicy
+from rl_router.envs import MultiRoundRoutingEnv
+from rl_router.evaluation.evaluator import Evaluator
+from rl_router.rollout.policies import ScriptedPolicy
 from rl_router.recipe import load_recipe
 from rl_router.rewards import CostReward
-from rl_router.rollout import RolloutEngine
-from rl_router.evaluate import score_episodes
+from rl_router.rollout.engine import RolloutEngine
+from rl_router.evaluation.evaluator import score_episodes
+from rl_router.task_sources import recipe_tasks
 
 PERCENTILE = ["rewards=[{name: router_r1, alpha: 0.5, cost_mode: percentile}]", "data.max_heldout=40"]
 
@@ -27,7 +28,7 @@ def _episodes(pool, tok, tasks):
 
 def test_evaluation_scores_do_not_depend_on_what_was_scored_before(recorded_pool, tokenizer):
     recipe = load_recipe(None, PERCENTILE)
-    tasks = recipe.tasks(recorded_pool)[1]
+    tasks = recipe_tasks(recipe, recorded_pool)[1]
     eps = _episodes(recorded_pool, tokenizer, tasks)
     ev = Evaluator(recipe, recorded_pool, tokenizer, tasks)
     ev.set_cost_reference([e["cost"] for m in eps for e in eps[m]])

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from envs import MultiRoundRoutingEnv
+from rl_router.envs import MultiRoundRoutingEnv
 from rl_router.answers import extract_final_answer, score_answer
-from rl_router.policies import HFPolicy, ScriptedPolicy, cut_at_stop
-from rl_router.rollout import RolloutEngine, make_rollout_func
+from rl_router.rollout.policies import HFPolicy, ScriptedPolicy, cut_at_stop
+from rl_router.rollout.engine import RolloutEngine, make_rollout_func
 from rl_router.tasks import Task
 
 from conftest import make_sim_pool
@@ -92,7 +92,7 @@ def test_cut_at_stop_finds_the_shortest_prefix(tokenizer):
 def test_stop_settings_are_cached_per_tokenizer_object_and_die_with_it():
     import gc
 
-    from rl_router.policies import _STOP_CACHE, _stop_kwargs
+    from rl_router.rollout.policies import _STOP_CACHE, _stop_kwargs
     from rl_router.tiny import load_tiny_tokenizer
 
     tok = load_tiny_tokenizer()
@@ -151,9 +151,9 @@ def test_rollout_func_returns_one_episode_per_prompt_in_trl_shape(recorded_pool,
 def test_ranks_stay_in_step_when_others_still_generate(recorded_pool, tokenizer):
     """Multi-process rule: a rank whose episodes are done keeps making (dummy) generate calls
     while any other rank is active, so all ranks make the same number of calls."""
-    from envs import make_env
-    from rl_router.policies import ScriptedPolicy
-    from rl_router.rollout import RolloutEngine
+    from rl_router.envs import make_env
+    from rl_router.rollout.policies import ScriptedPolicy
+    from rl_router.rollout.engine import RolloutEngine
 
     class Counting:
         def __init__(self, inner):
@@ -182,7 +182,7 @@ def test_ranks_stay_in_step_when_others_still_generate(recorded_pool, tokenizer)
 
 
 def test_hf_policy_dummy_turn_without_episodes(tiny_router):
-    from rl_router.policies import HFPolicy
+    from rl_router.rollout.policies import HFPolicy
 
     model, tok = tiny_router
     p = HFPolicy(model, tok, max_new_tokens=4)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from rl_router.task_sources import recipe_pool, recipe_tasks
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
 
@@ -23,17 +24,17 @@ def warm_router(tmp_path_factory):
     from datasets import Dataset
     from trl import SFTConfig
 
-    from envs import make_env
-    from rl_router.boundary import run_boundaries, sft_rows, synthesize_sft
+    from rl_router.envs import make_env
+    from rl_router.training.boundary import run_boundaries, sft_rows, synthesize_sft
     from rl_router.recipe import load_recipe
-    from rl_router.rollout import RolloutEngine
-    from rl_router.sft import PolicyTokenSFTTrainer
+    from rl_router.rollout.engine import RolloutEngine
+    from rl_router.training.sft import PolicyTokenSFTTrainer
     from rl_router.tiny import build_tiny_router
 
     d = tmp_path_factory.mktemp("served")
     r = load_recipe(None, ["data.max_train=64"])
-    pool = r.build_pool()
-    train, held = r.tasks(pool)
+    pool = recipe_pool(r)
+    train, held = recipe_tasks(r, pool)
     model, tok = build_tiny_router(seed=0)
     eng = RolloutEngine(lambda: make_env("router_r1", pool, config=r.env_config(), tokenizer=tok), tok)
     recs, eps = run_boundaries(eng, pool, train, tok, style="compact")

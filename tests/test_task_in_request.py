@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from envs import MultiRoundRoutingEnv
+from rl_router.envs import MultiRoundRoutingEnv
 from rl_router.aio import run_sync
-from rl_router.boundary import run_boundaries
+from rl_router.training.boundary import run_boundaries
 from rl_router.pools import Endpoint, OpenAIPool, PoolServer
-from rl_router.policies import ScriptedPolicy
-from rl_router.rollout import RolloutEngine
+from rl_router.rollout.policies import ScriptedPolicy
+from rl_router.rollout.engine import RolloutEngine
 
 from conftest import make_sim_pool
 

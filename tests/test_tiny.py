@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rl_router.prompts import encode_chat
-from rl_router.tiny import PROTOCOL_TOKENS, build_tiny_router, load_router
+from rl_router.models import load_router
+from rl_router.tiny import PROTOCOL_TOKENS, build_tiny_router
 
 
 def test_protocol_tags_are_single_tokens_and_survive_decoding(tokenizer):
@@ -34,7 +35,8 @@ def test_tiny_router_saves_and_loads_by_path(tmp_path):
 
 
 def test_saved_router_reloads_with_identical_tokenization(tmp_path, tokenizer):
-    from rl_router.tiny import build_tiny_router, load_router
+    from rl_router.models import load_router
+    from rl_router.tiny import build_tiny_router
 
     model, tok = build_tiny_router(seed=0, hidden_size=32, num_layers=1)
     model.save_pretrained(tmp_path)

@@ -42,7 +42,7 @@ def test_quickstart_learns_a_router_above_the_random_frontier(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads((out / "eval" / "eval.json").read_text())
     pol = res["policies"]
-    router, cheap, strong, rand = pol["router (greedy)"], pol["always-mixtral-8x7b"], pol["always-gpt-4-1106"], pol["random"]
+    router, cheap, strong = pol["router (greedy)"], pol["always-mixtral-8x7b"], pol["always-gpt-4-1106"]
     assert res["tasks"] == 187 and router["format_error_rate"] < 0.1
     # the frontier claim: above the random cheap/strong line at its own cost ...
     assert router["above_random_mixture"] > 0.0, (router["quality"], router["mean_cost"], router["above_random_mixture"])
@@ -57,7 +57,7 @@ KILL_AT_SAVE = """
 import os, signal, sys
 from transformers import TrainerCallback
 from rl_router.recipe import load_recipe
-from rl_router.train import train
+from rl_router.training.pipeline import train
 
 
 class KillAtSave(TrainerCallback):  # SIGKILL right after checkpoint-N is in place: a crash at a known step
@@ -77,7 +77,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     eval, boundaries, SFT) equal the uninterrupted run's: one comparison checks resume and
     determinism. A save torn by a kill (weights but no trainer_state.json) is skipped."""
     from rl_router.recipe import load_recipe
-    from rl_router.train import train
+    from rl_router.training.pipeline import train
 
     sets = [
         "trainer.max_steps=6", "trainer.save_steps=2", "data.max_train=64", "data.max_heldout=4", "rollout.max_new_tokens=48",
@@ -126,7 +126,7 @@ def test_lora_switch_and_tensorboard_logging(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from rl_router.recipe import load_recipe
-    from rl_router.train import train
+    from rl_router.training.pipeline import train
 
     r = load_recipe(None, [
         "model.lora={r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}", "trainer.report_to=tensorboard",

@@ -11,10 +11,11 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig
 
-from rl_router.advantages import bopo_advantages, grpo_advantages, rloo_advantages
-from rl_router.boundary import BoPOReward, BoundaryRecord, boundary_reward_refs, classify, synthesize_sft
+from rl_router.training.advantages import bopo_advantages, grpo_advantages, rloo_advantages
+from rl_router.boundary_records import BoundaryRecord, classify
+from rl_router.training.boundary import BoPOReward, boundary_reward_refs, synthesize_sft
 from rl_router.tiny import build_tiny_router
-from rl_router.trainer import RouterGRPOTrainer
+from rl_router.training.trainer import RouterGRPOTrainer
 
 G = 4
 
@@ -243,7 +244,7 @@ class ForcedPolicy:
         self.model, self.tok, self.T = model, tok, temperature
 
     def act(self, states):
-        from rl_router.policies import Turn
+        from rl_router.rollout.policies import Turn
 
         out = []
         for s in states:
@@ -264,8 +265,8 @@ def test_importance_sampling_ratio_is_one_on_every_trained_token(tmp_path, recor
     sampler log-prob", which TRL neutralises to a ratio of 1) for tokens no sampler produced:
     the EOS the engine appends after </answer>. So TRL's ratio is 1 everywhere; an invented
     0.0 would scale each answered episode by p(EOS) (or mask it out, per sequence)."""
-    from envs import MultiRoundRoutingEnv
-    from rl_router.rollout import RolloutEngine, make_rollout_func
+    from rl_router.envs import MultiRoundRoutingEnv
+    from rl_router.rollout.engine import RolloutEngine, make_rollout_func
 
     T = 0.7
     tasks = recorded_pool.tasks()[:2]

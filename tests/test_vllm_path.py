@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs import RoutingEnvConfig, make_env
-from rl_router.policies import EpisodeState, HFPolicy
-from rl_router.rollout import RolloutEngine
-from rl_router.vllm_policy import Sampling, VLLMPolicy, _sampling_kwargs
+from rl_router.envs import RoutingEnvConfig, make_env
+from rl_router.rollout.policies import EpisodeState, HFPolicy
+from rl_router.rollout.engine import RolloutEngine
+from rl_router.rollout.vllm import Sampling, VLLMPolicy, _sampling_kwargs
 
 
 class _GreedyDecoder:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, check_keys, typed
-from .base import ModelCard, Pool
-from .hf_local import HFLocalPool, LocalModel
-from .openai_pool import Endpoint, OpenAIPool, RetryPolicy
-from .recorded import ROUTELLM_MODELS, RecordedPool
-from .simulated import SimModel, SimulatedPool
+from rl_router.errors import ConfigError, check_keys, typed
+from rl_router.pools.base import ModelCard, Pool
+from rl_router.pools.hf_local import HFLocalPool, LocalModel
+from rl_router.pools.openai_pool import Endpoint, OpenAIPool, RetryPolicy
+from rl_router.pools.recorded import ROUTELLM_MODELS, RecordedPool
+from rl_router.pools.simulated import SimModel, SimulatedPool
 
 POOL_TYPES = ("recorded", "simulated", "openai", "hf_local")
 CARD_KEYS = {"price_in", "price_out", "latency_ms", "context", "strengths", "example_scores"}
@@ -66,7 +66,7 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
         for f in files:
             if not Path(f).exists():
                 raise ConfigError(f"{path}.files", f"{f} does not exist", "give paths to RouteLLM-style CSV or JSONL(.gz) recordings")
-        from .recorded import packaged_data_path
+        from rl_router.pools.recorded import packaged_data_path
 
         paths = [packaged_data_path(d) for d in datasets] + [Path(f) for f in files]
         return RecordedPool.from_files(paths, models, latency_scale=latency_scale)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Completion, Message, ModelCard, Pool
+from rl_router.pools.base import Completion, Message, ModelCard, Pool
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from .base import Completion, Message, ModelCard, Pool, approx_tokens, messages_tokens
+from rl_router.pools.base import Completion, Message, ModelCard, Pool, approx_tokens, messages_tokens
 
 RETRY_STATUS = {408, 409, 425, 429}
 

@@ -41,8 +41,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..tasks import Task, stable_hash
-from .base import TASK_NOT_SHOWN, Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens, shows_task
+from rl_router.tasks import Task, stable_hash
+from rl_router.pools.base import TASK_NOT_SHOWN, Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens, shows_task
 
 
 @dataclass

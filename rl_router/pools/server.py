@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..aio import BackgroundLoop
-from ..httpd import JSONHandler, QuietHTTPServer, ServerLifecycle, openai_error
-from .base import Pool
+from rl_router.aio import BackgroundLoop
+from rl_router.httpd import JSONHandler, QuietHTTPServer, ServerLifecycle, openai_error
+from rl_router.pools.base import Pool
 
 
 @dataclass

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..tasks import stable_hash
-from .base import TASK_NOT_SHOWN, Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens, shows_task
+from rl_router.tasks import stable_hash
+from rl_router.pools.base import TASK_NOT_SHOWN, Completion, Message, ModelCard, Pool, approx_tokens, last_user_text, messages_tokens, shows_task
 
 
 @dataclass

@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .aio import gather_sync
-from .env import TextEnv
-from .policies import EpisodeState, Policy
-from .prompts import encode_chat
-from .tasks import Task
+from rl_router.aio import gather_sync
+from rl_router.envs.base import TextEnv
+from rl_router.rollout.state import EpisodeState, Policy
+from rl_router.prompts import encode_chat
+from rl_router.tasks import Task
 
 #: the log-prob of a token no sampler produced (TRL 1.16 neutralises NaN in its IS ratio)
 NO_LOGPROB = float("nan")
@@ -169,7 +169,7 @@ def run_sharded(engine: RolloutEngine, tasks: list[Task], policy: Any, *, batch_
     """`engine.run_batched`, but with N processes each rank runs every N-th task of each batch
     of N x batch_size, ranks in lock-step per turn (ZeRO-3 generates collectively), and the
     episodes are gathered back in task order on every rank."""
-    from .distributed import process_state
+    from rl_router.distributed import process_state
 
     state = process_state()
     n = state.num_processes
@@ -224,3 +224,16 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
         return batch
 
     return rollout_func
+
+
+def make_engine(recipe: Any, pool: Any, tokenizer: Any, *, budget: float | None = None) -> RolloutEngine:
+    """The recipe's environment over `pool` in a rollout engine (optionally at another budget)."""
+    import dataclasses
+
+    from rl_router.envs import make_env
+
+    cfg = recipe.env_config()
+    if budget is not None:
+        cfg = dataclasses.replace(cfg, budget=budget)
+    name = recipe.env.get("name", "router_r1")
+    return RolloutEngine(lambda: make_env(name, pool, config=cfg, tokenizer=tokenizer), tokenizer, max_completion_tokens=recipe.rollout.max_completion_tokens)

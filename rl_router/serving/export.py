@@ -22,9 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import protocol
-from .prompts import PROTOCOL, system_prompt
-from .recipe import Recipe
+from rl_router import protocol
+from rl_router.prompts import PROTOCOL, system_prompt
+from rl_router.recipe import Recipe
+from rl_router.task_sources import recipe_pool
 
 WEIGHT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "vocab.json", "merges.txt")
 URL_CREDS = re.compile(r"(https?://)[^/@\s:]+:[^/@\s]+@")
@@ -126,7 +127,7 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
 
 
 def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path, *, eval_json: str | Path | None = None, base_model: str | None = None) -> Path:
-    from .evaluate import resolve_checkpoint
+    from rl_router.models import resolve_checkpoint
 
     if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"--repo-id: {repo_id!r} is not ORG/NAME")
@@ -146,7 +147,7 @@ def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path
     if (ck / "adapter_config.json").exists():
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(ck / f, out / f)
-    pool = recipe.build_pool()
+    pool = recipe_pool(recipe)
     cfg = router_config(recipe, pool)
     (out / "router_config.json").write_text(json.dumps(cfg, indent=1, default=str))
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1, default=str))  # `rl-router eval EXPORT_DIR` re-measures it

@@ -86,8 +86,8 @@ def last_answer(reply: str) -> str:
 
 
 def _registry() -> dict[str, World]:
-    from .arithmetic import ArithmeticWorld
-    from .code import CodeWorld
+    from rl_router.envs.worlds.arithmetic import ArithmeticWorld
+    from rl_router.envs.worlds.code import CodeWorld
 
     return {"arithmetic": ArithmeticWorld(), "code": CodeWorld()}
 

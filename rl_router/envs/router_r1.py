@@ -28,7 +28,7 @@ from typing import Any
 import re
 
 from rl_router.answers import extract_final_answer, score_answer
-from rl_router.env import StepResult, TextEnv
+from rl_router.envs.base import StepResult, TextEnv
 from rl_router.errors import ConfigError
 from rl_router.pools.base import Pool
 from rl_router.prompts import initial_messages, pool_messages

@@ -20,32 +20,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .evaluate import Evaluator, router_policy, tqdm_progress
-from .frontier import above, point, random_mixture
-from .policies import HFPolicy
-from .recipe import Recipe, validate_against_pool
-from .rewards import build_rewards
-from .rollout import make_rollout_func
-from .runner import make_engine
-
-
-def load_model(recipe: Recipe) -> tuple[Any, Any]:
-    from .tiny import load_router
-
-    m = recipe.model
-    if m.name_or_path == "tiny":
-        return load_router("tiny", hidden_size=m.hidden_size, num_layers=m.num_layers, seed=m.seed)
-    kw = {"dtype": m.dtype} if m.dtype else {}
-    return load_router(m.name_or_path, **kw)
-
-
-def lora_config(recipe: Recipe) -> Any:
-    """peft LoraConfig from `model.lora` (None = full fine-tuning); used by SFT and RL alike."""
-    if not recipe.model.lora:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(task_type="CAUSAL_LM", **{k: v for k, v in recipe.model.lora.items() if k != "task_type"})
+from rl_router.evaluation.evaluator import Evaluator, router_policy, tqdm_progress
+from rl_router.frontier import above, point, random_mixture
+from rl_router.models import lora_config, router_from_recipe
+from rl_router.recipe import Recipe, validate_against_pool
+from rl_router.rewards import build_rewards
+from rl_router.rollout.engine import make_engine, make_rollout_func
+from rl_router.rollout.policies import HFPolicy
+from rl_router.task_sources import recipe_pool, recipe_tasks
 
 
 def _latest_checkpoint(d: Path) -> str | None:
@@ -77,13 +59,14 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     from transformers import set_seed
     from trl import GRPOConfig, SFTConfig
 
-    from .boundary import BoPOReward, class_counts, episodes_path, load_boundaries, load_boundary_episodes, run_boundaries, save_boundaries, sft_rows, synthesize_sft
-    from .sft import PolicyTokenSFTTrainer
-    from .trainer import RouterGRPOTrainer
+    from rl_router.boundary_records import class_counts, episodes_path, load_boundaries, load_boundary_episodes, save_boundaries
+    from rl_router.training.boundary import BoPOReward, run_boundaries, sft_rows, synthesize_sft
+    from rl_router.training.sft import PolicyTokenSFTTrainer
+    from rl_router.training.trainer import RouterGRPOTrainer
 
     # TRL's configs default to bf16, which a CPU-only machine refuses; a recipe may still set it
     hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
-    from .distributed import process_state
+    from rl_router.distributed import process_state
 
     state = process_state()  # under torchrun / accelerate launch: every rank runs this; only rank 0 writes files
     main = state.is_main_process
@@ -105,10 +88,10 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     set_seed(seed)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
-    pool = recipe.build_pool()
-    train_tasks, held = recipe.tasks(pool)
+    pool = recipe_pool(recipe)
+    train_tasks, held = recipe_tasks(recipe, pool)
     cheap, strong = validate_against_pool(recipe, pool, train_tasks or held)  # before any model loads
-    model, tok = load_model(recipe)
+    model, tok = router_from_recipe(recipe)
     engine = make_engine(recipe, pool, tok)
     reward_funcs, weights = build_rewards(recipe.rewards)  # training's: percentile cost keeps a running window shared by all ranks
     algo = recipe.algorithm
@@ -199,7 +182,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
         (TRL's engine, weights synced by TRL before each rollout) when `trainer.use_vllm`,
         else HF generate on the unwrapped model."""
         if args.use_vllm:
-            from .vllm_policy import VLLMPolicy, backend_from_trainer
+            from rl_router.rollout.vllm import VLLMPolicy, backend_from_trainer
 
             return VLLMPolicy(backend_from_trainer(trainer), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0)
         return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, synced_gpus=zero3)
@@ -249,7 +232,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     metrics["log_history"] = trainer.state.log_history
     if trainer.accelerator.is_main_process:
         write(out / "metrics.json", metrics)
-        from .plots import plot_training
+        from rl_router.plots import plot_training
 
         plot_training(trainer.state.log_history, out / "training_curves.png", title=f"{algo.name.upper()} on {', '.join(pool.model_names)}")
     return metrics

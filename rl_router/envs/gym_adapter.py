@@ -12,8 +12,8 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from .env import TextEnv
-from .tasks import Task
+from rl_router.envs.base import TextEnv
+from rl_router.tasks import Task
 
 
 class AnyText(spaces.Text):

@@ -24,11 +24,11 @@ import time
 import uuid
 from typing import Any
 
-from envs import make_env
-from .httpd import JSONHandler, QuietHTTPServer, ServerLifecycle, openai_error
-from .policies import HFPolicy
-from .rollout import RolloutEngine
-from .tasks import Task
+from rl_router.envs import make_env
+from rl_router.httpd import JSONHandler, QuietHTTPServer, ServerLifecycle, openai_error
+from rl_router.rollout.policies import HFPolicy
+from rl_router.rollout.engine import RolloutEngine
+from rl_router.tasks import Task
 
 
 _err = openai_error

@@ -26,9 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .policies import EpisodeState, Turn, cut_at_stop
-from .protocol import STOP_STRINGS
-from .rollout import NO_LOGPROB
+from rl_router.rollout.policies import cut_at_stop
+from rl_router.rollout.state import EpisodeState, Turn
+from rl_router.protocol import STOP_STRINGS
+from rl_router.rollout.engine import NO_LOGPROB
 
 
 @dataclass

@@ -29,50 +29,15 @@ boundary policies per task: always-cheapest and always-strongest.
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 import random
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
-from .policies import ScriptedPolicy, adopt_text, route_text, text_turns
-from .protocol import check_format
-from .rollout import RolloutEngine, run_sharded
-from .tasks import Task
-
-CLASSES = ("both", "strong_only", "cheap_only", "neither")
-
-
-@dataclass
-class BoundaryRecord:
-    task_id: str
-    cheap_model: str
-    strong_model: str
-    cheap_success: bool
-    cheap_cost: float
-    strong_success: bool
-    strong_cost: float
-
-    @property
-    def klass(self) -> str:
-        return classify(self.cheap_success, self.strong_success)
-
-    @property
-    def solvable(self) -> bool:
-        return self.cheap_success or self.strong_success
-
-
-def classify(cheap_success: bool, strong_success: bool) -> str:
-    if cheap_success and strong_success:
-        return "both"
-    if strong_success:
-        return "strong_only"
-    if cheap_success:
-        return "cheap_only"
-    return "neither"
-
+from rl_router.prompts import SHORT_QUERY, STEP_NOTE
+from rl_router.rollout.policies import ScriptedPolicy, adopt_text, route_text, text_turns
+from rl_router.protocol import check_format
+from rl_router.boundary_records import CLASSES, BoundaryRecord
+from rl_router.rollout.engine import RolloutEngine, run_sharded
+from rl_router.tasks import Task
 
 class StepwiseBoundaryPolicy:
     """The boundary-guided hybrid: cheap wherever the cheap boundary run was right, strong
@@ -92,11 +57,11 @@ class StepwiseBoundaryPolicy:
     def _text(self, s: Any) -> str:
         if getattr(s.env, "final_action", "answer") == "route":
             m = self.cheap if s.env.step_key() in self.cheap_ok.get(s.task.task_id, set()) else self.strong
-            return route_text(m, ScriptedPolicy.STEP_NOTE)
+            return route_text(m, STEP_NOTE)
         k = len(s.policy_turns)
         m = self.strong if s.task.task_id in self.escalate else self.cheap
         if k == 0 or (k == 1 and m == self.strong):
-            return route_text(self.cheap if k == 0 else m, ScriptedPolicy.SHORT_QUERY)
+            return route_text(self.cheap if k == 0 else m, SHORT_QUERY)
         return adopt_text(m)
 
     def act(self, states: list[Any]) -> list[Any]:
@@ -123,51 +88,6 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
         for tid, eps in episodes.items()
     }
     return records, episodes
-
-
-def class_counts(records: dict[str, BoundaryRecord]) -> dict[str, int]:
-    out = {k: 0 for k in CLASSES}
-    for r in records.values():
-        out[r.klass] += 1
-    return out
-
-
-def save_boundaries(path: str | Path, records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
-    """Write the records (JSON, atomically) and, if given, the boundary episodes beside them
-    (`<stem>_episodes.jsonl.gz`: what the warm start is synthesised from), so a resumed run
-    or a later eval reuses them instead of paying for the calls again."""
-    path = Path(path)
-    _atomic_write(path, json.dumps({"classes": class_counts(records), "records": [asdict(r) for r in records.values()]}, indent=1).encode())
-    if episodes is not None:
-        keep = ("prompt_ids", "completion_ids", "env_mask", "policy_turns", "quality", "cost", "calls", "steps", "format_error", "task_id")
-        lines = [json.dumps({"task_id": tid, "role": role, "episode": {k: ep[k] for k in keep if k in ep}}) for tid, eps in episodes.items() for role, ep in eps.items()]
-        _atomic_write(episodes_path(path), gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
-
-
-def episodes_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.stem + "_episodes.jsonl.gz")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def load_boundaries(path: str | Path) -> dict[str, BoundaryRecord]:
-    d = json.loads(Path(path).read_text())
-    return {r["task_id"]: BoundaryRecord(**r) for r in d["records"]}
-
-
-def load_boundary_episodes(path: str | Path) -> dict[str, dict[str, dict[str, Any]]]:
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    with gzip.open(episodes_path(path), "rt") as fh:
-        for line in fh:
-            if line.strip():
-                d = json.loads(line)
-                out.setdefault(d["task_id"], {})[d["role"]] = d["episode"]
-    return out
 
 
 def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[str, dict[str, Any]]], n: int, *, seed: int = 0, neither_rate: float = 0.1, strong_only_share: float | None = None, mix: str = "efficient") -> list[dict[str, Any]]:

@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .aio import gather_sync
-from .policies import ScriptedPolicy, route_text
-from .protocol import parse_turn
-from .tasks import Task
+from rl_router.aio import gather_sync
+from rl_router.prompts import STEP_NOTE
+from rl_router.rollout.policies import route_text
+from rl_router.protocol import parse_turn
+from rl_router.tasks import Task
 
 REQUIRED = ("task_id", "step", "messages", "completion", "tiers", "target")
 
@@ -99,7 +100,7 @@ def label_steps(env_factory: Callable[[], Any], tasks: list[Task], *, source: st
             target = ok[0] if ok else tiers[-1].name
             recs.append(StepRecord(task.task_id, step, [dict(m) for m in env.messages], completion,
                                    {k: {"cost": v["cost"], "correct": v["correct"]} for k, v in probes.items()}, target, attempt, env.info.get("world", ""), source))
-            action = route_text(target, ScriptedPolicy.STEP_NOTE)
+            action = route_text(target, STEP_NOTE)
             obs, *_ = await env.astep(action)
             completion += action + obs
         return recs
@@ -139,7 +140,7 @@ def _score(chosen: list[str | None], records: list[StepRecord]) -> dict[str, Any
 
 def replay(records: list[StepRecord], policy: Any, tokenizer: Any, *, batch_size: int = 32) -> dict[str, Any]:
     """Score `policy` (e.g. an HFPolicy) on recorded decisions, next to always-<tier> and the labels."""
-    from .prompts import encode_chat
+    from rl_router.prompts import encode_chat
 
     chosen: list[str | None] = []
     for i in range(0, len(records), batch_size):

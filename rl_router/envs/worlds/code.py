@@ -24,7 +24,7 @@ from typing import Any
 
 from rl_router.tasks import Task
 
-from . import StepOutcome, World, WorldState, last_answer
+from rl_router.envs.worlds import StepOutcome, World, WorldState, last_answer
 
 # (difficulty, spec, reference, plausible bug); {k} {r} {p} are filled per task, {p} = previous function
 STEPS: list[dict[str, tuple[str, str, str, str]]] = [

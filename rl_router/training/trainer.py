@@ -29,8 +29,8 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
-from .advantages import bopo_advantages, rloo_advantages
-from .boundary import BoPOReward, boundary_reward_refs
+from rl_router.training.advantages import bopo_advantages, rloo_advantages
+from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 
 ADVANTAGES = ("grpo", "rloo", "bopo")
 

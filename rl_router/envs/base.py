@@ -12,9 +12,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
-from .aio import run_sync
-from .protocol import check_format
-from .tasks import Task
+from rl_router.aio import run_sync
+from rl_router.protocol import check_format
+from rl_router.tasks import Task
 
 
 class StepResult(NamedTuple):

@@ -21,7 +21,7 @@ from typing import Any
 
 from rl_router.tasks import Task
 
-from . import StepOutcome, World, WorldState, last_answer
+from rl_router.envs.worlds import StepOutcome, World, WorldState, last_answer
 
 OPS = {
     "add": ("easy", "add {k}", "{v} + {k}", operator.add),

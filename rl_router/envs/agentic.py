@@ -26,15 +26,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rl_router.env import StepResult, TextEnv
+from rl_router.envs.base import StepResult, TextEnv
 from rl_router.errors import ConfigError
 from rl_router.pools.base import Pool
 from rl_router.prompts import format_card
 from rl_router.protocol import parse_turn
 from rl_router.tasks import Task
 
-from .router_r1 import information
-from .worlds import get_world
+from rl_router.envs.router_r1 import information
+from rl_router.envs.worlds import get_world
 
 PROTOCOL = (
     "You are the router of an agent. At each step choose which model acts next; cheap models "

@@ -10,46 +10,13 @@ from __future__ import annotations
 
 import random
 import weakref
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-from .answers import extract_final_answer
-from .protocol import STOP_STRINGS
-from .tasks import Task
-
-
-@dataclass
-class Turn:
-    ids: list[int]
-    logprobs: list[float]
-    text: str
-    eos: bool = False  # the policy ended its output (EOS) in this turn
-
-
-@dataclass
-class EpisodeState:
-    task: Task
-    env: Any
-    prompt_ids: list[int]
-    completion_ids: list[int] = field(default_factory=list)
-    env_mask: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    policy_turns: list[str] = field(default_factory=list)
-    observations: list[str] = field(default_factory=list)
-    last_obs: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-    done: bool = False
-    terminated: bool = False
-    truncated: bool = False
-    done_reason: str | None = None
-
-    @property
-    def context_ids(self) -> list[int]:
-        return self.prompt_ids + self.completion_ids
-
-
-class Policy(Protocol):
-    def act(self, states: list[EpisodeState]) -> list[Turn]: ...
+from rl_router.answers import extract_final_answer
+from rl_router.prompts import SHORT_QUERY, STEP_NOTE
+from rl_router.protocol import STOP_STRINGS
+from rl_router.rollout.state import EpisodeState, Turn
+from rl_router.tasks import Task
 
 
 def first_stop(text: str, stops: tuple[str, ...] = STOP_STRINGS) -> int:
@@ -194,8 +161,8 @@ class ScriptedPolicy:
     """Route the task's question verbatim to `choose(task)`, then answer with that reply's
     final answer. `always(model)` is a boundary policy; `random(models)` the random baseline."""
 
-    SHORT_QUERY = "Solve the task above."
-    STEP_NOTE = "Do the next step."
+    SHORT_QUERY = SHORT_QUERY
+    STEP_NOTE = STEP_NOTE
 
     def __init__(self, tokenizer: Any, choose: Callable[[Task], str], name: str = "scripted", *, routes: int = 1, query: str = "question", adopt: bool = False):
         if query not in ("question", "short"):

@@ -1,0 +1,172 @@
+"""`rl-router eval`: a router (or the baselines alone) next to every baseline, on one recipe's
+held-out tasks, all scored the same way (`evaluator.Evaluator`): always-<model> for every pool
+model, random (a per-task hash, so the draw does not depend on order or sharding), oracle
+(per task the cheapest model that solves it: an upper bound no router can pass) and a learned
+single-shot kNN router over TF-IDF (`knn_router.py`), fitted on the train tasks' cheap-model
+outcomes (reused from a training run's boundaries when there). Outputs: `eval.json`,
+`frontier.png`, `budget_sweep.png`, `checkpoints.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from rl_router.evaluation.evaluator import Evaluator, router_policy
+from rl_router.evaluation.knn_router import TfidfKNN
+from rl_router.frontier import above, area_under, cost_to_reach, oracle_frontier, pgr, point, random_mixture
+from rl_router.models import resolve_checkpoint
+from rl_router.recipe import Recipe
+from rl_router.task_sources import recipe_pool, recipe_tasks
+
+CPT_PGR = 0.5  # RouteLLM's CPT(50%): the cost at which half the cheap->strong quality gap is recovered
+
+
+def _cheap_outcomes_on_train(recipe: Recipe, ev_train: Evaluator, cheap: str, run_dir: Path | None) -> dict[str, bool]:
+    """Did the cheapest model solve each train task? A training run's boundaries hold exactly
+    that (the same compact always-cheap policy, env and budget); else run it."""
+    from rl_router.boundary_records import load_boundaries
+
+    saved = run_dir / "boundaries.json" if run_dir is not None else None
+    if saved is not None and saved.exists():
+        recs = load_boundaries(saved)
+        if all(t.task_id in recs and recs[t.task_id].cheap_model == cheap for t in ev_train.tasks):
+            return {tid: r.cheap_success for tid, r in recs.items()}
+    eps = ev_train.episodes("knn-fit", ev_train.baseline(f"always-{cheap}"))
+    return {t.task_id: (e.get("quality") or 0) > 0 for t, e in zip(ev_train.tasks, eps)}
+
+
+def evaluate(
+    recipe: Recipe,
+    target: str,
+    *,
+    n: int | None = None,
+    sampled: bool = True,
+    budgets: list[float] | None = None,
+    checkpoints: bool = False,
+    knn_thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    from rl_router.models import load_checkpoint, router_from_recipe, tokenizer_from_recipe
+    from rl_router.recipe import validate_against_pool
+
+    pool = recipe_pool(recipe)
+    train_tasks, held = recipe_tasks(recipe, pool)
+    held = held[:n] if n else held
+    cheap, strong = validate_against_pool(recipe, pool, held)
+    ckpt = resolve_checkpoint(target)
+    model = tok = None
+    if ckpt is not None:
+        model, tok = load_checkpoint(ckpt, recipe)
+    elif target == "initial":
+        model, tok = router_from_recipe(recipe)
+    else:  # baselines only: the tokenizer is enough
+        tok = tokenizer_from_recipe(recipe)
+    ev = Evaluator(recipe, pool, tok, held, progress=progress)
+    names = pool.model_names
+    policies, episodes = ev.baselines()
+    outcomes = {m: [((e.get("quality") or 0) > 0, float(e.get("cost") or 0.0)) for e in episodes[f"always-{m}"]] for m in names}
+    # oracle: per task, the cheapest model that solves it (else the cheapest model)
+    by_cost = sorted(names, key=lambda m: sum(c for _, c in outcomes[m]))
+    oracle_pick = {}
+    for i, t in enumerate(held):
+        ok = [m for m in by_cost if outcomes[m][i][0]]
+        oracle_pick[t.task_id] = ok[0] if ok else by_cost[0]
+    policies["oracle"], _ = ev.run("oracle", ev.baseline("oracle", choose=lambda t: oracle_pick[t.task_id]))
+    # learned single-shot baseline, fitted on the train tasks' cheap-model outcomes
+    run_dir = ckpt.parent if ckpt is not None and ckpt.name == "final" else None
+    solved = _cheap_outcomes_on_train(recipe, Evaluator(recipe, pool, tok, train_tasks, progress=progress), cheap, run_dir)
+    knn = TfidfKNN(k=10).fit([t.question for t in train_tasks], [1.0 if solved.get(t.task_id) else 0.0 for t in train_tasks])
+    p_cheap = dict(zip([t.task_id for t in held], knn.predict_proba([t.question for t in held])))
+    knn_curve = []
+    for th in knn_thresholds:
+        s, _ = ev.run(f"knn@{th}", ev.baseline(f"knn@{th}", choose=lambda t, th=th: cheap if p_cheap[t.task_id] >= th else strong))
+        knn_curve.append(point(s))
+        if th == 0.5:
+            policies["knn-tfidf"] = s
+
+    router_names = []
+    if model is not None:
+        label = "router" if target != "initial" else "initial router"
+        policies[f"{label} (greedy)"], _ = ev.run("router greedy", router_policy(model, tok, recipe, greedy=True))
+        router_names.append(f"{label} (greedy)")
+        if sampled:
+            policies[f"{label} (sampled)"], _ = ev.run("router sampled", router_policy(model, tok, recipe, greedy=False))
+            router_names.append(f"{label} (sampled)")
+
+    q_cheap, q_strong = policies[f"always-{cheap}"]["quality"], policies[f"always-{strong}"]["quality"]
+    curves = {
+        "random mixture": random_mixture(point(policies[f"always-{cheap}"]), point(policies[f"always-{strong}"])),
+        "oracle frontier": oracle_frontier({m: outcomes[m] for m in names}),
+        "knn-tfidf sweep": sorted(knn_curve),
+    }
+    c_max = policies[f"always-{strong}"]["mean_cost"]
+    target_q = q_cheap + CPT_PGR * (q_strong - q_cheap)
+    for name, s in policies.items():
+        s["pgr"] = pgr(s["quality"], q_cheap, q_strong)
+        s["above_random_mixture"] = above(point(s), curves["random mixture"])
+        s["cost_fraction_of_strongest"] = s["mean_cost"] / c_max if c_max > 0 else None
+
+    sweep = []
+    if budgets and model is not None:
+        for b in budgets:
+            s, _ = ev.run(f"budget {b}", router_policy(model, tok, recipe, greedy=True), budget=b)
+            sweep.append({"budget": b, **{k: s[k] for k in ("quality", "mean_cost", "reward", "budget_violation_rate", "routes_per_task")}})
+        curves["router budget sweep"] = sorted(point(x) for x in sweep)
+
+    def apgr(c: list[tuple[float, float]]) -> float | None:  # mean PGR over costs [0, cost of always-strongest]
+        a = area_under(c, c_max)
+        return pgr(a, q_cheap, q_strong)
+
+    cpt = f"cpt_{int(CPT_PGR * 100)}"
+    curve_scores = {name: {"area_under_frontier": area_under(c, c_max), "apgr": apgr(c), cpt: cost_to_reach(c, target_q)} for name, c in curves.items()}
+    for name in list(policies):  # a single point reaches the target at its own cost, or never
+        curve_scores[name] = {cpt: cost_to_reach([point(policies[name])], target_q)}
+
+    ck_rows = []
+    if checkpoints and ckpt is not None:
+        rl = ckpt.parent / "rl"
+        for d in sorted(rl.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
+            if not (d / "config.json").exists():
+                continue
+            m, _ = load_checkpoint(d, recipe)
+            s, _ = ev.run(d.name, router_policy(m, tok, recipe, greedy=True))
+            ck_rows.append({"step": int(d.name.split("-")[-1]), **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
+
+    return {
+        "target": str(ckpt or target),
+        "tasks": len(held),
+        "pool": [dataclasses.asdict(pool.card(m)) for m in names],
+        "budget": recipe.env_config().budget,
+        "routers": router_names,
+        "policies": policies,
+        "curves": {k: [list(p) for p in v] for k, v in curves.items()},
+        "scores": curve_scores,
+        "cpt_target_quality": target_q,
+        "definitions": {
+            "pgr": "(quality - q_cheapest) / (q_strongest - q_cheapest)",
+            "apgr": "mean PGR of a curve over costs [0, cost of always-strongest], curve flat beyond its ends",
+            cpt: f"least mean cost per task at which the policy/curve reaches PGR {CPT_PGR} (RouteLLM's CPT, in $ instead of % strong calls)",
+            "above_random_mixture": "quality minus the random cheap/strong mixture's quality at the same cost",
+        },
+        "budget_sweep": sweep,
+        "checkpoints": ck_rows,
+    }
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
+    from rl_router.plots import plot_budget_sweep, plot_checkpoints, plot_frontier
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, out / "eval.json")
+    files = [out / "eval.json", plot_frontier(result, out / "frontier.png")]
+    if result["budget_sweep"]:
+        files.append(plot_budget_sweep(result["budget_sweep"], out / "budget_sweep.png"))
+    if result["checkpoints"]:
+        files.append(plot_checkpoints(result["checkpoints"], out / "checkpoints.png"))
+    return files

@@ -1,0 +1,140 @@
+"""Where a recipe's tasks and pool come from: the recorded pool's own tasks, synthetic tasks
+for simulated pools, Hugging Face datasets, agent worlds, or a JSONL file; the seeded,
+machine-independent train / held-out split; and balanced caps across datasets.
+
+Kept apart from `recipe.py`, which is configuration only: a recipe is data validated once at
+load; this module does the loading (files, the Hub, the pool).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rl_router.errors import ConfigError, check_keys
+from rl_router.recipe import HF_SPEC_KEYS, WORLD_KEYS, WORLD_SOURCES, Recipe
+from rl_router.tasks import Task, split_tasks, stable_hash
+
+
+def recipe_pool(recipe: Recipe) -> Any:
+    """The pool, with model cards measured on this recipe's train split only (the router
+    reads the cards; a statistic of its held-out tasks must not be among them)."""
+    from rl_router.pools import build_pool
+
+    pool = build_pool(recipe.pool)
+    if hasattr(pool, "fit_cards") and recipe.data.source == "pool":
+        d = recipe.data
+        tasks = [t for ds in d.datasets for t in pool.tasks(ds)]
+        train, _ = split_tasks(tasks, d.heldout_fraction, d.seed)
+        pool.fit_cards(t.task_id for t in train)
+    return pool
+
+
+def recipe_tasks(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task]]:
+    """(train, held-out) tasks for this recipe."""
+    d = recipe.data
+    if d.source == "pool":
+        if not hasattr(pool, "tasks"):
+            raise ConfigError("data.source", f"a {recipe.pool.get('type')} pool holds no tasks", "use source: synthetic or a JSONL path")
+        tasks = [t for ds in d.datasets for t in pool.tasks(ds)]
+        if not tasks:
+            raise ConfigError("data.datasets", f"no tasks for {d.datasets} in the pool")
+    elif d.source == "synthetic":
+        tasks = synthetic_tasks(d.synthetic_n, d.synthetic_topics, d.seed)
+    elif d.source == "hf":
+        tasks = load_hf_tasks(d.hf)
+    elif d.source in WORLD_SOURCES:
+        tasks = world_tasks(d.source, d.synthetic_n, d.seed, d.world)
+    else:
+        tasks = load_task_file(d.source)
+    train, held = split_tasks(tasks, d.heldout_fraction, d.seed)
+    if d.source == "pool":
+        train, held = interleave_datasets(train, d.seed), interleave_datasets(held, d.seed)
+    return train[: d.max_train] if d.max_train else train, held[: d.max_heldout] if d.max_heldout else held
+
+
+def interleave_datasets(tasks: list[Task], seed: int = 0) -> list[Task]:
+    """Round-robin over datasets, each in a seeded hash order.
+
+    Why: `max_train` / `max_heldout` cap the list from the front. In file order the cap would
+    take only the first dataset, and MMLU's records are sorted by subject (the first 100 are
+    all abstract algebra); the interleave makes any cap a balanced, topic-diverse draw.
+    Deterministic across machines, like the split."""
+    by_ds: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_ds.setdefault(t.dataset, []).append(t)
+    queues = [sorted(ts, key=lambda t: stable_hash(str(seed), "order", t.task_id)) for ts in by_ds.values()]
+    out: list[Task] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
+
+
+def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:
+    """Opaque-answer tasks for simulated pools: the pool decides who solves what by topic skill.
+    Gold is a 6-digit code; a simulated model that gets the task wrong answers another 6-digit
+    code (`pools.simulated.wrong_like`), so a reply's form never shows its verdict."""
+    return [
+        Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold=f"{int(stable_hash(str(seed), str(i))[:8], 16) % 10**6:06d}", answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
+        for i in range(n)
+    ]
+
+
+
+
+def world_tasks(name: str, n: int, seed: int, options: dict[str, Any]) -> list[Task]:
+    """Tasks of an agent world (`envs/worlds`), for the agentic env."""
+    from rl_router.envs.worlds import get_world
+
+    check_keys(options, WORLD_KEYS, "data.world")
+    return get_world(name).make_tasks(n, seed, **options)
+
+
+
+
+def load_hf_tasks(specs: list[dict[str, Any]]) -> list[Task]:
+    """Tasks from `datasets.load_dataset` (Hub ids, or local builders such as `json`).
+
+    Each spec names the question and answer columns, so any QA dataset plugs in, e.g.
+    `{path: RUC-NLPIR/FlashRAG_datasets, name: nq, split: train, question: question,
+    answer: golden_answers}` (Router-R1's NQ); a list-valued answer column is a set of
+    accepted answers (EM / F1 take the best).
+    """
+    if not specs:
+        raise ConfigError("data.hf", "source: hf needs at least one dataset spec", "e.g. [{path: json, data_files: qa.jsonl, split: train, question: q, answer: a}]")
+    from datasets import load_dataset
+
+    tasks: list[Task] = []
+    for i, spec in enumerate(specs):
+        where = f"data.hf[{i}]"
+        if not isinstance(spec, dict) or "path" not in spec:
+            raise ConfigError(where, "each spec needs a 'path' (Hub id or builder such as json)")
+        check_keys(spec, HF_SPEC_KEYS, where)
+        kw = {k: spec[k] for k in ("name", "data_files") if spec.get(k) is not None}
+        ds = load_dataset(spec["path"], split=spec.get("split", "train"), **kw)
+        q, a = spec.get("question", "question"), spec.get("answer", "answer")
+        for col in (q, a):
+            if col not in ds.column_names:
+                raise ConfigError(f"{where}.{'question' if col == q else 'answer'}", f"column {col!r} not in {ds.column_names}")
+        label = spec.get("dataset") or spec.get("name") or str(spec["path"]).split("/")[-1]
+        n = spec.get("limit")
+        for j, row in enumerate(ds):
+            if n is not None and j >= n:
+                break
+            gold = row[a]
+            gold = [str(x) for x in gold] if isinstance(gold, (list, tuple)) else str(gold)
+            tasks.append(Task(question=str(row[q]), gold=gold, answer_type=spec.get("answer_type", "text"), dataset=label))
+    return tasks
+
+
+def load_task_file(path: str) -> list[Task]:
+    import json
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError("data.source", f"{path} does not exist", "use 'pool', 'synthetic' or a JSONL file with question/gold/answer_type rows")
+    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    for i, r in enumerate(rows):
+        if "question" not in r:
+            raise ConfigError("data.source", f"{path} line {i + 1} has no 'question'")
+    return [Task.from_row(r) for r in rows]
