@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,16 +43,23 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _pm(s: dict[str, Any], key: str, scale: float) -> str:
+    """A mean with half its 95% interval: '0.743 ±0.063'."""
+    lo, hi = (s.get("ci95") or {}).get(key, (None, None))
+    v = f"{scale * s[key]:.3f}"
+    return v if lo is None else f"{v} ±{scale * (hi - lo) / 2:.3f}"
+
+
 def _table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
     t = Table(title=title)
     with_reward = any("reward" in s for s in summaries.values())
-    for col in (("policy", "reward") if with_reward else ("policy",)) + ("quality", "$ / 1k tasks", "quality/$", "routes/task", "format err", "over budget", "call share"):
+    for col in (("policy", "reward") if with_reward else ("policy",)) + ("quality ±95%", "$ / 1k tasks ±95%", "quality/$", "routes/task", "format err", "over budget", "pool err", "call share"):
         t.add_column(col, justify="right" if col not in ("policy", "call share") else "left")
     for name, s in summaries.items():
         qpd = s.get("quality_per_dollar")
         share = ", ".join(f"{m} {v:.0%}" for m, v in s.get("call_share", {}).items())
         reward = [f"{s['reward']:.3f}" if "reward" in s else "-"] if with_reward else []
-        t.add_row(name, *reward, f"{s['quality']:.3f}", f"{1000 * s['mean_cost']:.3f}", f"{qpd:.0f}" if qpd else "-", f"{s['routes_per_task']:.2f}", f"{s['format_error_rate']:.0%}", f"{s['budget_violation_rate']:.0%}", share)
+        t.add_row(name, *reward, _pm(s, "quality", 1.0), _pm(s, "mean_cost", 1000.0), f"{qpd:.0f}" if qpd else "-", f"{s['routes_per_task']:.2f}", f"{s['format_error_rate']:.0%}", f"{s['budget_violation_rate']:.0%}", f"{s.get('pool_error_rate', 0.0):.0%}", share)
     return t
 
 
@@ -107,7 +115,8 @@ def _print_training(metrics: dict[str, Any], out: Path) -> None:
         f"quality per $ {metrics['heldout_quality_per_dollar_before']:.0f} -> {metrics['heldout_quality_per_dollar_after']:.0f}"
     )
     stages = [(k, f"heldout_above_random_mixture_{k}") for k in ("before", "after_sft", "after")]
-    console.print("above the random cheap/strong mixture at the same cost: " + ", ".join(f"{k.replace('_', ' ')} {metrics[m]:+.3f}" for k, m in stages if m in metrics))
+    console.print("above the random cheap/strong mixture at the same cost (95% interval over tasks): " + ", ".join(
+        f"{k.replace('_', ' ')} {metrics[m]:+.3f} [{metrics[m + '_ci95'][0]:+.3f}, {metrics[m + '_ci95'][1]:+.3f}]" for k, m in stages if m in metrics))
     console.print(f"wrote {out / 'metrics.json'}, {out / 'training_curves.png'} and the router in {out / 'final'}")
 
 
@@ -124,8 +133,22 @@ def _train(recipe_path: Optional[str], sets: list[str], output_dir: Optional[str
         metrics = run_training(recipe, output_dir=str(out), resume=resume, log=lambda m: console.print(m, highlight=False))
     except ConfigError as e:  # checks that need the pool run before any model loads
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted(out, recipe_path, sets)
     if metrics.get("is_main_process", True):
         _print_training(metrics, out)
+
+
+def _interrupted(out: Path, recipe_path: Optional[str], sets: list[str]) -> None:
+    """Ctrl-C: say what was kept and the exact command that continues the run, then exit 130."""
+    from rl_router.training.pipeline import latest_checkpoint
+
+    rl, sft = latest_checkpoint(out / "rl"), latest_checkpoint(out / "sft_run")
+    kept = f"RL checkpoint {rl}" if rl else f"warm-start checkpoint {sft}" if sft else "the finished stages in " + str(out)
+    cmd = ["rl-router", "train", recipe_path] if recipe_path else ["rl-router", "quickstart"]
+    cmd += [a for s in sets for a in ("--set", shlex.quote(s))] + ["--output-dir", str(out), "--resume"]
+    console.print(f"[bold yellow]interrupted[/] kept {kept}; continue with:\n  {' '.join(cmd)}")
+    raise typer.Exit(130)
 
 
 @app.command()
@@ -216,13 +239,17 @@ def eval_(
     files = write_outputs(res, out)
     console.print(_table(f"{res['tasks']} held-out tasks, budget ${res['budget']}/task", res["policies"]))
     st = Table(title="one-number comparisons (RouteLLM-style PGR / cost-to-reach, our code)")
-    for c in ("policy or curve", "PGR", "above random line", "APGR", "CPT(50%) $/1k"):
+    for c in ("policy or curve", "PGR", "above random line [95%]", "APGR", "CPT(50%) $/1k"):
         st.add_column(c, justify="left" if c == "policy or curve" else "right")
     key = "cpt_50"
     for name, sc in res["scores"].items():
         p = res["policies"].get(name, {})
         ctr = sc.get(key)
-        st.add_row(name, f"{p['pgr']:.2f}" if p.get("pgr") is not None else "-", f"{p['above_random_mixture'] + 1e-9:+.3f}" if "above_random_mixture" in p else "-", f"{sc['apgr']:.3f}" if sc.get("apgr") is not None else "-", f"{1000 * ctr:.3f}" if ctr is not None else "not reached")
+        ab = "-"
+        if "above_random_mixture" in p:
+            lo, hi = p["ci95"]["above_random_mixture"]
+            ab = f"{p['above_random_mixture'] + 1e-9:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        st.add_row(name, f"{p['pgr']:.2f}" if p.get("pgr") is not None else "-", ab, f"{sc['apgr']:.3f}" if sc.get("apgr") is not None else "-", f"{1000 * ctr:.3f}" if ctr is not None else "not reached")
     console.print(st)
     console.print("wrote " + ", ".join(str(f) for f in files))
 

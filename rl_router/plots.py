@@ -6,15 +6,37 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: str = "training") -> Path:
-    """Reward (group mean), sampled quality and cost per training step, from TRL's log history."""
+def _smooth(xs: list[float], window: int) -> list[float]:
+    """Trailing moving average (the raw per-batch values zig-zag with a few episodes a step)."""
+    out = []
+    for i in range(len(xs)):
+        w = xs[max(0, i - window + 1) : i + 1]
+        out.append(sum(w) / len(w))
+    return out
+
+
+def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: str = "training", heldout: dict[str, Any] | None = None) -> Path:
+    """Reward and sampled quality per training step (raw points and a moving average) with the
+    cost on the right axis, from TRL's log history; with `heldout` (the run's metrics) the
+    held-out quality before training, after the warm start and after RL as marks at the ends,
+    so a reader sees whether training helped on tasks it never saw."""
     plt = _plt()
     rows = [h for h in log_history if "reward" in h and "step" in h]
     steps = [h["step"] for h in rows]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot(steps, [h["reward"] for h in rows], "o-", color="tab:blue", label="reward (mean of group)")
+    win = max(2, len(rows) // 8)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+    r = [h["reward"] for h in rows]
+    ax.plot(steps, r, "o", color="tab:blue", alpha=0.3, ms=3)
+    ax.plot(steps, _smooth(r, win), "-", color="tab:blue", lw=2, label=f"reward (batch mean; line: {win}-step average)")
     if rows and "episode/quality" in rows[0]:
-        ax.plot(steps, [h["episode/quality"] for h in rows], "s--", color="tab:green", label="quality")
+        q = [h["episode/quality"] for h in rows]
+        ax.plot(steps, q, "s", color="tab:green", alpha=0.3, ms=3)
+        ax.plot(steps, _smooth(q, win), "--", color="tab:green", lw=2, label="sampled quality (average)")
+    if heldout and steps:
+        marks = [("heldout_before", steps[0], "initial"), ("heldout_after_sft", steps[0], "after warm start"), ("heldout_after", steps[-1], "after RL")]
+        for key, x, label in marks:
+            if key in heldout:
+                ax.scatter([x], [heldout[key]["quality"]], marker="*", s=140, zorder=4, edgecolors="black", linewidths=0.5, label=f"held-out quality, {label}: {heldout[key]['quality']:.3f}")
     ax.set_xlabel("training step")
     ax.set_ylabel("reward / quality")
     return _cost_axis(ax, steps, [h.get("episode/cost", 0.0) for h in rows], title, path)

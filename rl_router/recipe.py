@@ -97,7 +97,9 @@ def _default_sft() -> dict[str, Any]:
         "lr_scheduler_type": "cosine",
         "warmup_steps": 10,
         "logging_steps": 25,
-        "save_strategy": "no",
+        "save_strategy": "steps",  # checkpoints in OUT/sft_run: an interrupted warm start resumes
+        "save_steps": 100,
+        "save_total_limit": 1,
         "report_to": "none",
         "seed": 0,
         "gradient_checkpointing": False,

@@ -17,7 +17,6 @@ the warm start and after each RL run. `tests/test_collapse.py` runs it with the 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +65,11 @@ def run(algorithm: str, steps: int, out: Path, warm: Path | None = None, **kw: A
     from rl_router.recipe import recipe_from_dict
     from rl_router.training.pipeline import train
 
-    recipe = recipe_from_dict(collapse_recipe(algorithm, steps, **kw))
-    if warm is not None and (warm / "sft").exists() and not (out / "sft").exists():
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(warm / "sft", out / "sft")  # same warm start for both algorithms
-    return train(recipe, output_dir=str(out), log=lambda m: print(m, flush=True))
+    raw = collapse_recipe(algorithm, steps, **kw)
+    if warm is not None:  # the same warm start for both algorithms: the other run's SFT weights as the initial model
+        raw["model"] = {"name_or_path": str(warm / "sft")}
+        raw["algorithm"]["sft_warmstart"] = False
+    return train(recipe_from_dict(raw), output_dir=str(out), log=lambda m: print(m, flush=True))
 
 
 def main() -> None:
@@ -84,7 +83,7 @@ def main() -> None:
     res["bopo"] = run("bopo", a.steps, root / "bopo", warm=root / "grpo")
     print(f"\n{'':24}{'success':>9}{'$/1k':>9}{'strong share':>14}")
     for name, m in res.items():
-        for stage, s in (("after SFT", m["heldout_after_sft"]), (f"after {name.upper()}", m["heldout_after"])):
+        for stage, s in (("after SFT", m.get("heldout_after_sft", m["heldout_before"])), (f"after {name.upper()}", m["heldout_after"])):
             print(f"{name + ' ' + stage:24}{s['quality']:9.3f}{1000 * s['mean_cost']:9.3f}{s['call_share'].get('strong', 0):14.2f}")
 
 

@@ -28,6 +28,7 @@ from rl_router.recipe import Recipe
 from rl_router.rewards import build_rewards
 from rl_router.rollout.engine import RolloutEngine, episodes_to_batch, make_engine, run_sharded
 from rl_router.rollout.policies import HFPolicy, ScriptedPolicy
+from rl_router.stats import mean_ci, resample_index
 from rl_router.tasks import Task, stable_hash
 
 
@@ -146,11 +147,17 @@ class Evaluator:
         return run_sharded(self.engine(budget), tasks, policy, batch_size=self.options.batch_size, on_batch=on_batch)
 
     def summarize(self, eps: list[dict[str, Any]], tasks: list[Task] | None = None) -> dict[str, Any]:
+        """Means over the tasks, their 95% bootstrap intervals (`ci95`), and the per-task values
+        (`per_task`) that paired comparisons between policies resample."""
         tasks = self.tasks if tasks is None else tasks
         s = summarize(eps)
         rewards = score_episodes(eps, tasks, self.recipe.rewards, cost_reference=self.cost_reference)
         s["reward"] = sum(rewards) / len(rewards)
         s.update(_latency(eps, self.pool))
+        per_task = {"quality": [float(e.get("quality") or 0.0) for e in eps], "cost": [float(e.get("cost") or 0.0) for e in eps], "reward": rewards}
+        idx = resample_index(len(eps))
+        s["ci95"] = {"quality": list(mean_ci(per_task["quality"], idx)), "mean_cost": list(mean_ci(per_task["cost"], idx)), "reward": list(mean_ci(rewards, idx))}
+        s["per_task"] = per_task
         by_ds: dict[str, list[int]] = {}
         for i, t in enumerate(tasks):
             by_ds.setdefault(t.dataset, []).append(i)

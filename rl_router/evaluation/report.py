@@ -20,6 +20,7 @@ from rl_router.evaluation.knn_router import TfidfKNN
 from rl_router.frontier import above, area_under, cost_to_reach, oracle_frontier, pgr, point, random_mixture
 from rl_router.models import resolve_checkpoint
 from rl_router.recipe import Recipe
+from rl_router.stats import above_line_values, paired_difference, pgr_values, resample_index, statistic_ci
 from rl_router.task_sources import recipe_pool, recipe_tasks
 
 CPT_PGR = 0.5  # RouteLLM's CPT(50%): the cost at which half the cheap->strong quality gap is recovered
@@ -105,10 +106,22 @@ def evaluate(
     }
     c_max = policies[f"always-{strong}"]["mean_cost"]
     target_q = q_cheap + CPT_PGR * (q_strong - q_cheap)
+    idx = resample_index(len(held))
+    lo_t, hi_t = policies[f"always-{cheap}"]["per_task"], policies[f"always-{strong}"]["per_task"]
     for name, s in policies.items():
         s["pgr"] = pgr(s["quality"], q_cheap, q_strong)
         s["above_random_mixture"] = above(point(s), curves["random mixture"])
         s["cost_fraction_of_strongest"] = s["mean_cost"] / c_max if c_max > 0 else None
+        # paired bootstrap over tasks: the policy and the two boundaries resampled together
+        s["ci95"]["above_random_mixture"] = statistic_ci(lambda i, p=s["per_task"]: above_line_values(p, lo_t, hi_t, i), idx)["ci95"]
+        s["ci95"]["pgr"] = statistic_ci(lambda i, p=s["per_task"]: pgr_values(p, lo_t, hi_t, i), idx)["ci95"]
+    for r in router_names:  # router minus each baseline on the same tasks
+        rt = policies[r]["per_task"]
+        policies[r]["vs"] = {
+            b: {"quality": paired_difference(rt["quality"], policies[b]["per_task"]["quality"], idx), "cost": paired_difference(rt["cost"], policies[b]["per_task"]["cost"], idx),
+                "above_random_mixture": statistic_ci(lambda i, b=b: above_line_values(rt, lo_t, hi_t, i) - above_line_values(policies[b]["per_task"], lo_t, hi_t, i), idx)}
+            for b in policies if b not in router_names
+        }
 
     sweep = []
     if budgets and model is not None:

@@ -1,15 +1,20 @@
-"""`rl-router train`: recipe -> (boundary-guided SFT warm start) -> GRPO / RLOO / BoPO -> metrics.
+"""`rl-router train`: recipe -> baselines -> boundary-guided SFT warm start -> GRPO / RLOO / BoPO -> report.
 
-Stages, each in its own output folder so a killed run resumes where it stopped:
-  OUT/boundaries.json   always-cheap / always-strong outcomes and costs per train task
-  OUT/sft/              warm-started weights (renamed into place when complete; reused when there)
-  OUT/sft_run/          SFTTrainer's own output (logs, checkpoints if sft.save_strategy asks)
-  OUT/rl/checkpoint-N/  TRL checkpoints (resume with --resume)
-  OUT/final/            the trained router (weights + tokenizer + chat template)
-  OUT/metrics.json      held-out reward / quality / cost before and after, per stage
-  OUT/training_curves.png
-Held-out evaluation is greedy, on tasks never seen in training, scored with the recipe's
-own reward functions (eval split state).
+`train()` is a short sequence of named stages. Each writes its output into OUT and records the
+recipe fields it depends on (`stages.py`); `--resume` reuses a finished stage only when those
+fields are unchanged, so a killed run continues where it stopped and never mixes settings:
+
+  baselines       OUT/eval_baselines.json   always-<model> and random on the held-out tasks
+  eval_before     OUT/eval_before.json      the initial router, greedy
+  boundaries      OUT/boundaries.json       always-cheap / always-strong on the train tasks (+ episodes)
+  warm_start      OUT/sft/                  boundary-guided SFT (checkpoints in OUT/sft_run resume too)
+  eval_after_sft  OUT/eval_after_sft.json
+  rl              OUT/rl/checkpoint-N/      TRL checkpoints; OUT/final/ the trained router
+  report          OUT/metrics.json, OUT/training_curves.png
+
+Held-out evaluation runs through `evaluation.Evaluator` (the path `eval` and `rollout` use),
+greedy, on tasks never seen in training. Under torchrun every rank runs every stage (rollouts
+sharded, training data parallel); only rank 0 writes files, after a barrier where others read.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,10 +34,12 @@ from rl_router.recipe import Recipe, validate_against_pool
 from rl_router.rewards import build_rewards
 from rl_router.rollout.engine import make_engine, make_rollout_func
 from rl_router.rollout.policies import HFPolicy
+from rl_router.stats import above_line_values, resample_index, statistic_ci
 from rl_router.task_sources import recipe_pool, recipe_tasks
+from rl_router.training.stages import RunFolder
 
 
-def _latest_checkpoint(d: Path) -> str | None:
+def latest_checkpoint(d: Path) -> str | None:
     """The newest *complete* checkpoint. transformers writes trainer_state.json last (after
     weights, optimizer, scheduler and RNG), so a folder without a readable one is a save that
     was killed midway: skip it and resume from the one before (losing one save interval)."""
@@ -46,137 +55,185 @@ def _latest_checkpoint(d: Path) -> str | None:
     return None
 
 
-def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print, callbacks: list[Any] | None = None) -> dict[str, Any]:
-    """Run the pipeline (module docstring). `callbacks`: transformers `TrainerCallback`s added
-    to the RL trainer (as with any HF trainer: custom logging, early stopping, ...)."""
-    import time
+@dataclass
+class Run:
+    """What the stages share: the recipe, the output folder, the pool and tasks, the router."""
 
-    import torch
+    recipe: Recipe
+    out: Path
+    folder: RunFolder
+    state: Any  # accelerate process state
+    log: Callable[[str], None]
+    pool: Any
+    train_tasks: list[Any]
+    held: list[Any]
+    cheap: str
+    strong: str
+    model: Any
+    tok: Any
+    evaluator: Evaluator
+    hw: dict[str, Any]  # device settings TRL's configs need on this machine
+    metrics: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, Any] | None = None
+    boundary_episodes: dict[str, Any] | None = None
 
-    t_start = time.perf_counter()
-    _log = log
-    from datasets import Dataset
-    from transformers import set_seed
-    from trl import GRPOConfig, SFTConfig
+    @property
+    def main(self) -> bool:
+        return self.state.is_main_process
 
-    from rl_router.boundary_records import class_counts, episodes_path, load_boundaries, load_boundary_episodes, save_boundaries
-    from rl_router.training.boundary import BoPOReward, run_boundaries, sft_rows, synthesize_sft
-    from rl_router.training.sft import PolicyTokenSFTTrainer
-    from rl_router.training.trainer import RouterGRPOTrainer
-
-    # TRL's configs default to bf16, which a CPU-only machine refuses; a recipe may still set it
-    hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
-    from rl_router.distributed import process_state
-
-    state = process_state()  # under torchrun / accelerate launch: every rank runs this; only rank 0 writes files
-    main = state.is_main_process
-
-    def log(msg: str) -> None:  # rank 0 speaks for the run
-        if main:
-            _log(f"[{time.perf_counter() - t_start:7.1f}s] {msg}")
-
-    def write(path: Path, obj: Any) -> None:
-        if main:
+    def write(self, name: str, obj: Any) -> None:
+        """Rank 0 writes JSON atomically (temp file then rename: a kill never leaves half a file)."""
+        if self.main:
+            path = self.out / name
             tmp = path.with_suffix(path.suffix + ".tmp")
             tmp.write_text(json.dumps(obj, indent=1, default=str))
-            os.replace(tmp, path)  # atomic: a kill never leaves half a file
+            os.replace(tmp, path)
+
+    def read(self, name: str) -> Any:
+        return json.loads((self.out / name).read_text())
+
+    def evaluate_router(self) -> dict[str, Any]:
+        return self.evaluator.summarize(self.evaluator.episodes("held-out eval", router_policy(self.model, self.tok, self.recipe)))
+
+
+def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[str], None]) -> Run:
+    """Pool, tasks and every check that needs them, before any model loads."""
+    import torch
+    from transformers import set_seed
+
+    from rl_router.distributed import process_state
+
+    state = process_state()  # first, so every rank joins the process group (see distributed.py)
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:  # rank 0 speaks for the run
+        if state.is_main_process:
+            log(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
 
     out = Path(output_dir or recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write(out / "recipe.json", recipe.to_dict())  # recipes hold env var names, never keys
-    seed = int(recipe.trainer.get("seed", 0))
-    set_seed(seed)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    if out.exists() and not out.is_dir():
+        from rl_router.errors import ConfigError
 
+        raise ConfigError("--output-dir", f"{out} is a file", "give a folder (it is created if missing)")
+    folder = RunFolder(out, recipe.to_dict(), resume=resume, main=state.is_main_process)
+    folder.check()  # stages already there: reusable under --resume with the same settings, or stop now
     pool = recipe_pool(recipe)
     train_tasks, held = recipe_tasks(recipe, pool)
-    cheap, strong = validate_against_pool(recipe, pool, train_tasks or held)  # before any model loads
+    cheap, strong = validate_against_pool(recipe, pool, train_tasks or held)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(int(recipe.trainer.get("seed", 0)))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     model, tok = router_from_recipe(recipe)
-    engine = make_engine(recipe, pool, tok)
-    reward_funcs, weights = build_rewards(recipe.rewards)  # training's: percentile cost keeps a running window shared by all ranks
-    algo = recipe.algorithm
-    metrics: dict[str, Any] = {"algorithm": algo.name, "train_tasks": len(train_tasks), "heldout_tasks": len(held), "pool": pool.model_names}
-    mnt = recipe.rollout.max_new_tokens
+    # TRL's configs default to bf16, which a CPU-only machine refuses; a recipe may still set it
+    hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
+    run = Run(recipe, out, folder, state, say, pool, train_tasks, held, cheap, strong, model, tok, Evaluator(recipe, pool, tok, held, progress=tqdm_progress()), hw)
+    run.write("recipe.json", recipe.to_dict())  # recipes hold env var names, never keys
+    run.metrics.update(algorithm=recipe.algorithm.name, train_tasks=len(train_tasks), heldout_tasks=len(held), pool=pool.model_names)
+    return run
 
-    rl_dir = out / "rl"
-    ckpt = _latest_checkpoint(rl_dir) if resume else None
-    # held-out evaluation: one Evaluator for every stage, baselines first (their costs are the
-    # fixed reference percentile cost rewards are scored against)
-    ev = Evaluator(recipe, pool, tok, held, progress=tqdm_progress())
-    base_path = out / "eval_baselines.json"
-    if resume and base_path.exists():
-        saved = json.loads(base_path.read_text())
-        baselines = saved["policies"]
-        ev.set_cost_reference(saved["cost_reference"])
+
+def stage_baselines(run: Run) -> None:
+    """always-<model> and random on the held-out tasks; their costs become the fixed reference
+    percentile cost rewards are scored against, so this stage comes first."""
+    if run.folder.reuse("baselines"):
+        saved = run.read("eval_baselines.json")
+        run.metrics["heldout_baselines"] = saved["policies"]
+        run.evaluator.set_cost_reference(saved["cost_reference"])
+        return
+    run.log(f"running the baselines on {len(run.held)} held-out tasks")
+    run.metrics["heldout_baselines"], _ = run.evaluator.baselines()
+    run.write("eval_baselines.json", {"policies": run.metrics["heldout_baselines"], "cost_reference": run.evaluator.cost_reference})
+    run.folder.finished("baselines")
+
+
+def stage_eval(run: Run, stage: str, key: str, file: str, what: str) -> None:
+    """The router as it stands, greedy, on the held-out tasks."""
+    if run.folder.reuse(stage):
+        run.metrics[key] = run.read(file)
+        return
+    run.log(f"evaluating {what} on {len(run.held)} held-out tasks")
+    run.metrics[key] = run.evaluate_router()
+    run.write(file, run.metrics[key])
+    run.folder.finished(stage)
+
+
+def stage_boundaries(run: Run) -> None:
+    """Always-cheapest and always-strongest on the train tasks: task classes, the warm start's
+    trajectories and BoPO's reference."""
+    from rl_router.boundary_records import class_counts, load_boundaries, load_boundary_episodes, save_boundaries
+    from rl_router.training.boundary import run_boundaries
+
+    a, path = run.recipe.algorithm, run.out / "boundaries.json"
+    if run.folder.reuse("boundaries"):
+        run.log(f"boundary outcomes found in {path}; reusing them (no pool calls)")
+        run.records, run.boundary_episodes = load_boundaries(path), load_boundary_episodes(path)
     else:
-        log(f"running the baselines on {len(held)} held-out tasks")
-        baselines, _ = ev.baselines()
-        write(base_path, {"policies": baselines, "cost_reference": ev.cost_reference})
-    before_path = out / "eval_before.json"
-    if ckpt is not None and before_path.exists():
-        before = json.loads(before_path.read_text())
-    else:
-        log(f"evaluating the initial router on {len(held)} held-out tasks")
-        before = ev.summarize(ev.episodes("held-out eval", router_policy(model, tok, recipe)))
-        write(before_path, before)
+        run.log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
+        engine = make_engine(run.recipe, run.pool, run.tok)
+        run.records, run.boundary_episodes = run_boundaries(engine, run.pool, run.train_tasks, run.tok, cheap=run.cheap, strong=run.strong, style=a.sft_style, stepwise=a.sft_mix == "stepwise")
+        if run.main:
+            save_boundaries(path, run.records, run.boundary_episodes)
+        run.state.wait_for_everyone()
+        run.folder.finished("boundaries")
+    run.metrics["boundary_classes"] = class_counts(run.records)
 
-    # ---- boundaries and warm start ------------------------------------------------------
-    bopo_reward = None
-    if algo.sft_warmstart or algo.name == "bopo":
-        bpath = out / "boundaries.json"
-        if resume and bpath.exists() and episodes_path(bpath).exists():
-            log(f"boundary outcomes found in {bpath}; reusing them (no pool calls)")
-            records, bepisodes = load_boundaries(bpath), load_boundary_episodes(bpath)
-        else:
-            log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
-            records, bepisodes = run_boundaries(engine, pool, train_tasks, tok, cheap=cheap, strong=strong, style=algo.sft_style, stepwise=algo.sft_mix == "stepwise")
-            if main:
-                save_boundaries(bpath, records, bepisodes)
-            state.wait_for_everyone()
-        metrics["boundary_classes"] = class_counts(records)
-        if algo.name == "bopo":
-            bopo_reward = BoPOReward(records, lam=algo.bopo_lam, mu=algo.bopo_mu)
-    sft_dir = out / "sft"
-    if algo.sft_warmstart:
-        if (sft_dir / "config.json").exists():
-            log(f"warm start found in {sft_dir}; loading it")
-            from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(sft_dir)
-        else:
-            rows = sft_rows(synthesize_sft(records, bepisodes, algo.sft_examples, seed=seed, neither_rate=algo.neither_rate, strong_only_share=algo.strong_only_share, mix=algo.sft_mix))
-            log(f"boundary-guided SFT on {len(rows)} stratified trajectories")
-            sft_args = SFTConfig(output_dir=str(out / "sft_run"), **{**hw, **recipe.sft})
-            sft = PolicyTokenSFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=lora_config(recipe))
-            sft.train()
-            model = sft.accelerator.unwrap_model(sft.model)
-            if hasattr(model, "merge_and_unload"):
-                model = model.merge_and_unload()  # RL then starts a fresh adapter on the warm-started weights
-            if main:
-                tmp = out / "sft.tmp"
-                model.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
-                if sft_dir.exists():
-                    shutil.rmtree(sft_dir)  # a partial folder from a killed run
-                os.replace(tmp, sft_dir)  # the stage counts as done only once fully written
-            state.wait_for_everyone()
-            metrics["sft_loss_last"] = next((h["loss"] for h in reversed(sft.state.log_history) if "loss" in h), None)
-        after_sft_path = out / "eval_after_sft.json"
-        if after_sft_path.exists():
-            metrics["heldout_after_sft"] = json.loads(after_sft_path.read_text())
-        else:
-            metrics["heldout_after_sft"] = ev.summarize(ev.episodes("held-out eval", router_policy(model, tok, recipe)))
-            write(after_sft_path, metrics["heldout_after_sft"])
+def stage_warm_start(run: Run) -> None:
+    """Boundary-guided SFT (TRL's SFTTrainer, loss on policy tokens only). Checkpoints in
+    OUT/sft_run (`sft.save_steps`) let an interrupted warm start resume."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig
 
-    # ---- RL -------------------------------------------------------------------------------
-    funcs = [bopo_reward] if algo.name == "bopo" else reward_funcs
-    w = [1.0] if algo.name == "bopo" else weights
-    rows = [{"prompt": t.question, **t.to_row()} for t in train_tasks]
-    targs = {**hw, **recipe.trainer, "reward_weights": w}
-    args = GRPOConfig(output_dir=str(rl_dir), **targs)
+    from rl_router.training.boundary import sft_rows, synthesize_sft
+    from rl_router.training.sft import PolicyTokenSFTTrainer
+
+    sft_dir = run.out / "sft"
+    if run.folder.reuse("warm_start"):
+        run.log(f"warm start found in {sft_dir}; loading it")
+        run.model = AutoModelForCausalLM.from_pretrained(sft_dir)
+        return
+    a, seed = run.recipe.algorithm, int(run.recipe.trainer.get("seed", 0))
+    rows = sft_rows(synthesize_sft(run.records, run.boundary_episodes, a.sft_examples, seed=seed, neither_rate=a.neither_rate, strong_only_share=a.strong_only_share, mix=a.sft_mix))
+    run_dir = run.out / "sft_run"
+    ckpt = latest_checkpoint(run_dir) if run.folder.resume and run.folder.done.get("warm_start_started") == run.folder.fields_of("warm_start") else None
+    run.log(f"boundary-guided SFT on {len(rows)} stratified trajectories" + (f", resuming from {ckpt}" if ckpt else ""))
+    run.folder.started("warm_start")
+    args = SFTConfig(output_dir=str(run_dir), **{**run.hw, **run.recipe.sft})
+    sft = PolicyTokenSFTTrainer(model=run.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=run.tok, peft_config=lora_config(run.recipe))
+    sft.train(resume_from_checkpoint=ckpt)
+    model = sft.accelerator.unwrap_model(sft.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()  # RL then starts a fresh adapter on the warm-started weights
+    run.model = model
+    if run.main:
+        tmp = run.out / "sft.tmp"
+        model.save_pretrained(tmp)
+        run.tok.save_pretrained(tmp)
+        if sft_dir.exists():
+            shutil.rmtree(sft_dir)  # a partial folder of our own from a killed run
+        os.replace(tmp, sft_dir)  # the stage counts as done only once fully written
+    run.state.wait_for_everyone()
+    run.folder.finished("warm_start")
+    run.metrics["sft_loss_last"] = next((h["loss"] for h in reversed(sft.state.log_history) if "loss" in h), None)
+
+
+def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
+    """GRPO / RLOO / BoPO on TRL's GRPOTrainer with our multi-turn rollout hook."""
+    from datasets import Dataset
     from transformers.integrations import is_deepspeed_zero3_enabled
+    from trl import GRPOConfig
 
-    zero3 = is_deepspeed_zero3_enabled()
+    from rl_router.training.boundary import BoPOReward
+    from rl_router.training.trainer import RouterGRPOTrainer
+
+    a, rl_dir = run.recipe.algorithm, run.out / "rl"
+    ckpt = latest_checkpoint(rl_dir) if run.folder.reuse("rl") else None
+    bopo = BoPOReward(run.records, lam=a.bopo_lam, mu=a.bopo_mu) if a.name == "bopo" else None
+    reward_funcs, weights = ([bopo], [1.0]) if bopo else build_rewards(run.recipe.rewards)  # training's percentile window is shared by all ranks
+    args = GRPOConfig(output_dir=str(rl_dir), **{**run.hw, **run.recipe.trainer, "reward_weights": weights})
+    mnt, zero3, tok = run.recipe.rollout.max_new_tokens, is_deepspeed_zero3_enabled(), run.tok
+
     def rollout_policy(trainer: Any) -> Any:
         """The policy that generates router turns with the trainer's current weights: vLLM
         (TRL's engine, weights synced by TRL before each rollout) when `trainer.use_vllm`,
@@ -187,52 +244,67 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
             return VLLMPolicy(backend_from_trainer(trainer), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0)
         return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, synced_gpus=zero3)
 
-    rollout_func = make_rollout_func(engine, train_tasks, rollout_policy)
-    peft_config = lora_config(recipe)
+    peft_config = lora_config(run.recipe)
     trainer = RouterGRPOTrainer(
-        callbacks=callbacks,
-        model=model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        rollout_func=rollout_func,
-        peft_config=peft_config,
-        advantage=algo.name,
-        bopo_reward=bopo_reward,
-        bopo_beta=algo.bopo_beta,
+        model=run.model, reward_funcs=reward_funcs, args=args, callbacks=callbacks, processing_class=tok,
+        train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in run.train_tasks]),
+        rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy),
+        peft_config=peft_config, advantage=a.name, bopo_reward=bopo, bopo_beta=a.bopo_beta,
     )
-    log(f"{algo.name.upper()} for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
+    run.log(f"{a.name.upper()} for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
+    run.folder.finished("rl")  # recorded before the first checkpoint: a killed run resumes with the same settings
     trainer.train(resume_from_checkpoint=ckpt)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if peft_config is not None:
-        model = model.merge_and_unload()
-    final = out / "final"
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(final)
-        tok.save_pretrained(final)
+    run.model = model.merge_and_unload() if peft_config is not None else model
+    if run.main:
+        run.model.save_pretrained(run.out / "final")
+        tok.save_pretrained(run.out / "final")
+    return trainer
 
-    after = ev.summarize(ev.episodes("held-out eval", router_policy(model, tok, recipe)))
+
+def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
+    """The trained router on the held-out tasks, every stage next to the baselines and the
+    random cheap/strong line; metrics.json and training_curves.png."""
+    m = run.metrics
+    m["heldout_after"] = run.evaluate_router()
+    before, after = m["heldout_before"], m["heldout_after"]
     for key in ("reward", "quality", "mean_cost"):
         name = key.replace("mean_", "")
-        metrics[f"heldout_{name}_before"] = before[key]
-        metrics[f"heldout_{name}_after"] = after[key]
-    qpd = lambda s: (s["quality"] / s["mean_cost"]) if s["mean_cost"] > 0 else 0.0  # noqa: E731
-    metrics["heldout_quality_per_dollar_before"] = qpd(before)
-    metrics["heldout_quality_per_dollar_after"] = qpd(after)
-    metrics["heldout_before"], metrics["heldout_after"] = before, after
-    metrics["heldout_baselines"] = baselines
+        m[f"heldout_{name}_before"], m[f"heldout_{name}_after"] = before[key], after[key]
+    for when, s in (("before", before), ("after", after)):
+        m[f"heldout_quality_per_dollar_{when}"] = s["quality"] / s["mean_cost"] if s["mean_cost"] > 0 else 0.0
     # the one-number frontier check: quality minus the random cheap/strong mixture's at the same cost
-    line = random_mixture(point(metrics["heldout_baselines"][f"always-{cheap}"]), point(metrics["heldout_baselines"][f"always-{strong}"]))
+    b = m["heldout_baselines"]
+    line = random_mixture(point(b[f"always-{run.cheap}"]), point(b[f"always-{run.strong}"]))
+    idx = resample_index(len(run.held))
+    lo_t, hi_t = b[f"always-{run.cheap}"]["per_task"], b[f"always-{run.strong}"]["per_task"]
     for stage in ("before", "after_sft", "after"):
-        if f"heldout_{stage}" in metrics:
-            metrics[f"heldout_above_random_mixture_{stage}"] = above(point(metrics[f"heldout_{stage}"]), line)
-    metrics["global_step"] = trainer.state.global_step
-    metrics["is_main_process"] = trainer.accelerator.is_main_process
-    metrics["log_history"] = trainer.state.log_history
-    if trainer.accelerator.is_main_process:
-        write(out / "metrics.json", metrics)
+        if f"heldout_{stage}" in m:
+            m[f"heldout_above_random_mixture_{stage}"] = above(point(m[f"heldout_{stage}"]), line)
+            # 95% paired bootstrap interval over the held-out tasks (router and boundaries resampled together)
+            m[f"heldout_above_random_mixture_{stage}_ci95"] = statistic_ci(lambda i, p=m[f"heldout_{stage}"]["per_task"]: above_line_values(p, lo_t, hi_t, i), idx)["ci95"]
+    m["global_step"] = trainer.state.global_step
+    m["is_main_process"] = run.main
+    m["log_history"] = trainer.state.log_history
+    if run.main:
+        run.write("metrics.json", m)
         from rl_router.plots import plot_training
 
-        plot_training(trainer.state.log_history, out / "training_curves.png", title=f"{algo.name.upper()} on {', '.join(pool.model_names)}")
-    return metrics
+        plot_training(trainer.state.log_history, run.out / "training_curves.png", title=f"{run.recipe.algorithm.name.upper()} on {', '.join(run.pool.model_names)}", heldout=m)
+    return m
+
+
+def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Run the stages (module docstring) and return the metrics. `callbacks`: transformers
+    `TrainerCallback`s for the RL trainer (as with any HF trainer: logging, early stopping)."""
+    run = setup(recipe, output_dir, resume, log)
+    a = recipe.algorithm
+    stage_baselines(run)
+    stage_eval(run, "eval_before", "heldout_before", "eval_before.json", "the initial router")
+    if a.sft_warmstart or a.name == "bopo":
+        stage_boundaries(run)
+    if a.sft_warmstart:
+        stage_warm_start(run)
+        stage_eval(run, "eval_after_sft", "heldout_after_sft", "eval_after_sft.json", "the warm-started router")
+    trainer = stage_rl(run, callbacks)
+    return stage_report(run, trainer)
