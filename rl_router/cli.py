@@ -35,7 +35,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(width=None if Console().is_terminal else 150)
+console = Console(width=None if Console().is_terminal else int(os.environ.get("COLUMNS") or 200))  # pipes and logs: wide enough for the tables
 
 
 def _fail(e: Exception) -> None:
