@@ -51,3 +51,24 @@ def bopo_run(tmp_path_factory):
     os.environ["RL_ROUTER_NO_PROGRESS"] = "1"
     out = tmp_path_factory.mktemp("bopo_one_process")
     return out, train(load_recipe("recipes/bopo_agentic.yaml", BOPO_SETS), output_dir=str(out), log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """README's quickstart with 2 GRPO steps, then `rl-router eval` on it, once per session:
+    the trained router the quickstart, serve and export tests read (each copies what it changes)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    bin_ = str(Path(sys.executable).with_name("rl-router"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    train = subprocess.run([bin_, "quickstart", "--output-dir", str(out), "--set", "trainer.max_steps=2"], capture_output=True, text=True, env=env)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    ev = subprocess.run([bin_, "eval", str(out), "--no-sampled"], capture_output=True, text=True, env=env)
+    assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
+    return SimpleNamespace(out=out, train_stdout=train.stdout, eval_stdout=ev.stdout, metrics=json.loads((out / "metrics.json").read_text()), eval=json.loads((out / "eval" / "eval.json").read_text()))

@@ -19,34 +19,13 @@ BIN = str(Path(sys.executable).with_name("rl-router"))
 
 
 @pytest.fixture(scope="module")
-def warm_router(tmp_path_factory):
-    """A tiny router taught the protocol by boundary-guided SFT (about 20 s on CPU)."""
-    from datasets import Dataset
-    from trl import SFTConfig
+def warm_router(quickstart_run):
+    """The quickstart's trained router (the session's run) and its held-out tasks."""
+    from rl_router.recipe import recipe_from_dict
 
-    from rl_router.envs import make_env
-    from rl_router.training.boundary import run_boundaries, sft_rows, synthesize_sft
-    from rl_router.recipe import load_recipe
-    from rl_router.rollout.engine import RolloutEngine
-    from rl_router.training.sft import PolicyTokenSFTTrainer
-    from rl_router.tiny import build_tiny_router
-
-    d = tmp_path_factory.mktemp("served")
-    r = load_recipe(None, ["data.max_train=64"])
-    pool = recipe_pool(r)
-    train, held = recipe_tasks(r, pool)
-    model, tok = build_tiny_router(seed=0)
-    eng = RolloutEngine(lambda: make_env("router_r1", pool, config=r.env_config(), tokenizer=tok), tok)
-    recs, eps = run_boundaries(eng, pool, train, tok, style="compact")
-    rows = sft_rows(synthesize_sft(recs, eps, 128))
-    args = SFTConfig(output_dir=str(d / "sft_run"), max_steps=120, per_device_train_batch_size=8, learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=10,
-                     save_strategy="no", report_to="none", bf16=False, use_cpu=True, gradient_checkpointing=False, disable_tqdm=True)
-    PolicyTokenSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok).train()
-    final = d / "run" / "final"
-    model.save_pretrained(final)
-    tok.save_pretrained(final)
-    (d / "run" / "recipe.json").write_text(json.dumps(r.to_dict()))
-    return d / "run", held
+    r = recipe_from_dict(json.loads((quickstart_run.out / "recipe.json").read_text()))
+    _train, held = recipe_tasks(r, recipe_pool(r))
+    return quickstart_run.out, held
 
 
 def free_port() -> int:
