@@ -44,3 +44,92 @@ def typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str,
     if minimum is not None and v < minimum:
         raise ConfigError(f"{path}.{key}", f"must be >= {minimum}, got {v}")
     return v
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def check_value(value: Any, annotation: Any, path: str) -> Any:
+    """Check (and lightly coerce) one value against a dataclass field's annotation: int, float
+    (ints accepted; numeric strings such as YAML 1.1's "1e-5" converted), bool, str, None,
+    list[...], dict[...], Optional / unions and Literal. Returns the value to use."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if annotation is Any or annotation is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(annotation):
+            try:
+                return check_value(value, arm, path)
+            except ConfigError as e:
+                errors.append(e)
+        plain = {type(None): "null", float: "a number", int: "a whole number", str: "text", bool: "true/false", list: "a list", dict: "a mapping"}
+        names = " or ".join(plain.get(typing.get_origin(a) or a, _type_name(typing.get_origin(a) or a)) for a in typing.get_args(annotation))
+        raise ConfigError(path, f"expected {names}, got {type(value).__name__} {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(annotation):
+            raise ConfigError(path, f"must be one of {list(typing.get_args(annotation))}, got {value!r}")
+        return value
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(path, f"expected null, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected a whole number, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(path, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected text, got {type(value).__name__} {value!r}")
+        return value
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(annotation)
+        return [check_value(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        # an enum or a class: accept what the class accepts (TRL's enums take their string values)
+        try:
+            annotation(value)
+        except Exception:  # noqa: BLE001
+            raise ConfigError(path, f"expected {_type_name(annotation)}, got {value!r}") from None
+    return value
+
+
+def check_fields(cls: type, values: dict[str, Any], path: str, *, positive: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every key a field of dataclass `cls`, every value of its field's type; fields in
+    `positive` must be > 0. Returns the (coerced) values."""
+    import dataclasses
+    import typing
+
+    if not isinstance(values, dict):
+        raise ConfigError(path, f"expected a mapping, got {type(values).__name__} {values!r}")
+    hints = typing.get_type_hints(cls)
+    check_keys(values, {f.name for f in dataclasses.fields(cls)}, path)
+    out = {}
+    for k, v in values.items():
+        out[k] = check_value(v, hints.get(k, Any), f"{path}.{k}")
+        if k in positive and out[k] is not None and out[k] <= 0:
+            raise ConfigError(f"{path}.{k}", f"must be > 0, got {out[k]}")
+    return out

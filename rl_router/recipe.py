@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from rl_router.envs import ENV_CONFIGS
-from rl_router.errors import ConfigError, check_keys, typed
+from rl_router.errors import ConfigError, check_fields, check_keys
 from rl_router.tasks import Task
 
 
@@ -152,56 +152,60 @@ SECTIONS = {"model", "pool", "env", "rollout", "rewards", "trainer", "algorithm"
 
 
 def _section(cls: type, raw: Any, path: str) -> Any:
+    """One of our sections as its dataclass, every field type-checked."""
     if raw is None:
         return cls()
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    check_keys(raw, allowed, path)
-    defaults = cls()
-    kw = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            dv = getattr(defaults, f.name)
-            kind: Any = type(dv) if dv is not None else object
-            if kind is object or raw[f.name] is None:
-                kw[f.name] = raw[f.name]
-            else:
-                kw[f.name] = typed(raw, f.name, (kind,) if kind is not float else (float,), path)
-    return dataclasses.replace(defaults, **kw)
+    return dataclasses.replace(cls(), **check_fields(cls, raw, path))
+
+
+#: TRL config fields that must be positive (a negative batch size is accepted by TRL's
+#: dataclasses and fails minutes later, deep inside training)
+POSITIVE_TRL_FIELDS = (
+    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_generations", "steps_per_generation",
+    "max_completion_length", "max_length", "logging_steps", "save_steps", "learning_rate", "temperature", "num_iterations",
+)
 
 
 def validate_trainer(trainer: dict[str, Any], path: str = "trainer", config_cls: Any = None) -> None:
-    """Every key must be a field of TRL's GRPOConfig (`trainer`) or SFTConfig (`sft`).
-
-    YAML 1.1 reads `1e-5` (no dot) as a string; where GRPOConfig's default is a float we
-    convert such strings, as TRL's own argument parser would.
-    """
+    """Every key must be a field of TRL's GRPOConfig (`trainer`) or SFTConfig (`sft`), every
+    value of that field's type (checked against the dataclass's annotations), counts and
+    rates positive, `max_steps` > 0. YAML 1.1 reads `1e-5` (no dot) as a string; where the
+    field is a float we convert such strings, as TRL's own argument parser would."""
+    if not isinstance(trainer, dict):
+        raise ConfigError(path, f"expected a mapping of {'GRPOConfig' if path == 'trainer' else 'SFTConfig'} fields, got {type(trainer).__name__} {trainer!r}")
     if not trainer:
         return
     if config_cls is None:
         from trl import GRPOConfig as config_cls
 
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     if "output_dir" in trainer:
         raise ConfigError(f"{path}.output_dir", "is set by rl-router", "use the top-level output_dir or --output-dir")
-    check_keys(trainer, set(fields), path)
-    for k, v in trainer.items():
-        if isinstance(v, str) and isinstance(fields[k].default, float):
-            try:
-                trainer[k] = float(v)
-            except ValueError:
-                raise ConfigError(f"{path}.{k}", f"expected a number, got {v!r}") from None
+    checked = check_fields(config_cls, trainer, path, positive=POSITIVE_TRL_FIELDS)
+    if "max_steps" in checked and checked["max_steps"] <= 0:
+        raise ConfigError(f"{path}.max_steps", f"must be > 0, got {checked['max_steps']}", "rl-router trains for a number of steps")
+    trainer.update(checked)
+
+
+MAPPING_SECTIONS = ("model", "pool", "env", "rollout", "trainer", "algorithm", "sft", "data")
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     if not isinstance(raw, dict):
         raise ConfigError("recipe", f"expected a mapping at the top level, got {type(raw).__name__}")
     check_keys(raw, SECTIONS, "recipe")
+    for sec in MAPPING_SECTIONS:
+        if raw.get(sec) is not None and not isinstance(raw[sec], dict):
+            raise ConfigError(sec, f"expected a mapping (a section of fields), got {type(raw[sec]).__name__} {raw[sec]!r}", f"write it as {sec}: {{field: value, ...}}, or set one field with --set {sec}.FIELD=VALUE")
+    if "output_dir" in raw and not isinstance(raw["output_dir"], str):
+        raise ConfigError("output_dir", f"expected a folder path, got {raw['output_dir']!r}")
     raw_env = raw.get("env") or {}
     env_name = raw_env.get("name", "router_r1")
+    if not isinstance(env_name, str):
+        raise ConfigError("env.name", f"expected text, got {env_name!r}", f"use one of {sorted(ENV_CONFIGS)}")
     if env_name not in ENV_CONFIGS:
         raise ConfigError("env.name", f"unknown environment {env_name!r}", f"use one of {sorted(ENV_CONFIGS)}")
     env = {**(_default_env() if env_name == "router_r1" else {"name": env_name}), **raw_env}
-    check_keys(env, {"name"} | {f.name for f in dataclasses.fields(ENV_CONFIGS[env_name])}, "env")
+    env = {"name": env_name, **check_fields(ENV_CONFIGS[env_name], {k: v for k, v in env.items() if k != "name"}, "env")}
     pool = raw.get("pool") or _default_pool()
     if isinstance(pool, dict) and "type" not in pool:  # e.g. --set pool.datasets=[mmlu] on the default pool
         pool = {**_default_pool(), **pool}
@@ -318,11 +322,16 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
         key, val = s.split("=", 1)
         node = raw
         parts = key.split(".")
-        for p in parts[:-1]:
+        if not all(parts):
+            raise ConfigError(f"--set {key}", "empty field name", "e.g. --set trainer.max_steps=8")
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}", f"{p} is not a section")
-        parsed = yaml.safe_load(val)
+                raise ConfigError(f"--set {key}", f"{'.'.join(parts[: i + 1])} is a value, not a section", f"set {'.'.join(parts[: i + 1])}=VALUE")
+        try:
+            parsed = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}", f"{val!r} is not a valid YAML value ({str(e).splitlines()[0]})", "quote text, write lists as [a, b]") from None
         if isinstance(parsed, str):  # YAML 1.1 leaves 1e-5 a string
             try:
                 parsed = float(parsed)
@@ -338,9 +347,15 @@ def load_recipe(path: str | Path | None = None, sets: list[str] | None = None) -
     if path is not None:
         p = Path(path)
         if not p.exists():
-            raise ConfigError("recipe", f"{p} does not exist")
+            raise ConfigError("recipe", f"{p} does not exist", "give a recipe YAML file, e.g. recipes/quickstart.yaml")
+        if p.is_dir():
+            raise ConfigError("recipe", f"{p} is a folder", "give a recipe YAML file inside it, e.g. recipes/quickstart.yaml")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError("recipe", f"{p} is not valid YAML: {e}") from e
+            raw = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError("recipe", f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+        if raw is None:
+            raise ConfigError("recipe", f"{p} is empty", "write a recipe (see recipes/quickstart.yaml), or run `rl-router quickstart` for the defaults")
+        if not isinstance(raw, dict):
+            raise ConfigError("recipe", f"{p} holds a {type(raw).__name__}, not sections", "write sections such as trainer: {max_steps: 8} (see recipes/quickstart.yaml)")
     return recipe_from_dict(apply_overrides(raw, sets or []))

@@ -80,6 +80,24 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def layers(edges: dict[str, set[str]]) -> dict[int, list[str]]:
+    """Each node's layer: 0 for what imports nothing of rl_router, else one above the highest
+    layer it imports (defined when there is no cycle)."""
+    level: dict[str, int] = {}
+
+    def lv(v: str, seen: tuple[str, ...] = ()) -> int:
+        if v not in level:
+            level[v] = 0 if not edges.get(v) else 1 + max(lv(w, seen + (v,)) for w in edges[v] if w not in seen)
+        return level[v]
+
+    for v in edges:
+        lv(v)
+    out: dict[int, list[str]] = {}
+    for v, k in level.items():
+        out.setdefault(k, []).append(v)
+    return {k: sorted(out[k]) for k in sorted(out)}
+
+
 def main() -> int:
     edges = graph()
     if "--dot" in sys.argv:
@@ -93,6 +111,10 @@ def main() -> int:
             print(f"{a:<18} -> {', '.join(sorted(edges[a])) or '(nothing of rl_router)'}")
     found = cycles(edges)
     print("cycles:", found or "none")
+    if not found and "--dot" not in sys.argv:
+        print("layers (a module imports only from layers below its own):")
+        for k, names in sorted(layers(edges).items(), reverse=True):
+            print(f"  {k}: {', '.join(names)}")
     return 1 if found else 0
 
 

@@ -83,7 +83,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
 
     sets = [
         "trainer.max_steps=6", "trainer.save_steps=2", "data.max_train=48", "data.max_heldout=4", "rollout.max_new_tokens=48",
-        "sft.max_steps=40", "algorithm.sft_examples=64",
+        "sft.max_steps=100", "algorithm.sft_examples=96",
     ]
     root = Path(__file__).resolve().parents[1]
     r = train(load_recipe(root / "recipes/quickstart.yaml", sets), output_dir=str(tmp_path / "ref"), log=lambda m: None)
