@@ -221,7 +221,8 @@ def eval_(
     ck = resolve_checkpoint(target)
     if ck is None and target != "initial" and not (target.startswith("always-") or target in ("random", "oracle", "knn-tfidf")):
         _fail(ValueError(f"{target!r} is neither a model folder, a training output dir, 'initial', nor a baseline name"))
-    out = Path(output_dir) if output_dir else (ck.parent / "eval" if ck is not None and ck.name == "final" else Path(r.output_dir) / "eval")
+    # beside the target, never into a folder named by a recipe that was copied along with it
+    out = Path(output_dir) if output_dir else (ck.parent / "eval" if ck is not None and ck.name == "final" else ck.parent / f"{ck.name}-eval" if ck is not None else Path(r.output_dir) / "eval")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as prog:
         bars: dict[str, Any] = {}
         total = n or r.data.max_heldout or 0
@@ -263,6 +264,7 @@ def export(
     eval_json: Optional[str] = typer.Option(None, "--eval-json", help="eval.json to publish (default: CHECKPOINT/eval/eval.json if present)."),
     push_: bool = typer.Option(False, "--push", help="Upload with huggingface_hub (token from HF_TOKEN; HF_ENDPOINT selects the Hub)."),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out that is not an earlier rl-router export (same-named files are replaced; other files are kept)."),
 ) -> None:
     """Write a Hub-ready folder for a trained router: merged weights, tokenizer and chat
     template, router_config.json (pool model cards, system prompt, tag protocol, env and reward
@@ -276,10 +278,10 @@ def export(
         name = repo_id.split("/")[-1]
         base = Path(checkpoint) if (Path(checkpoint) / "final").exists() else Path("export")
         dest = Path(out) if out else (base / "export" / name if base != Path("export") else base / name)
-        folder = do_export(checkpoint, repo_id, r, dest, eval_json=eval_json)
+        folder = do_export(checkpoint, repo_id, r, dest, eval_json=eval_json, overwrite=overwrite)
     except (ConfigError, ValueError, RuntimeError) as e:
         _fail(e)
-    console.print(f"exported {sorted(p.name for p in folder.iterdir())} to {folder}")
+    console.print(f"exported {sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))} to {folder}")
     if push_:
         try:
             url = push(folder, repo_id, private=private)

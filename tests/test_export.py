@@ -38,7 +38,7 @@ def test_export_reload_push_and_no_secrets(tmp_path, quickstart_run):
     p = run("export", str(run_dir), "--repo-id", "acme/tiny-router", env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     out = run_dir / "export" / "tiny-router"
-    names = {f.name for f in out.iterdir()}
+    names = {f.name for f in out.iterdir() if not f.name.startswith(".")}  # the export manifest stays local
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "router_config.json", "eval.json", "README.md", "recipe.json"} <= names
     cfg = json.loads((out / "router_config.json").read_text())
     assert [m["name"] for m in cfg["pool"]["models"]] == ["mixtral-8x7b", "gpt-4-1106"] and cfg["pool"]["models"][1]["price_out"] == 30.0
@@ -99,3 +99,43 @@ def test_export_bad_repo_id_exits_2(tmp_path):
     build_tiny_router(save_dir=tmp_path / "m", seed=0)
     p = run("export", str(tmp_path / "m"), "--repo-id", "no-slash", "--out", str(tmp_path / "x"))
     assert p.returncode == 2 and "ORG/NAME" in p.stdout
+
+
+def test_export_never_deletes_what_it_did_not_write(tmp_path, quickstart_run):
+    """A user's folder is refused unless --overwrite, which keeps every file of another name;
+    the run folder itself is refused; a re-export replaces exactly its own earlier files."""
+    ck = str(quickstart_run.out / "final")
+    mine = tmp_path / "u"
+    mine.mkdir()
+    (mine / "important.txt").write_text("notes")
+    p = run("export", ck, "--repo-id", "me/r", "--out", str(mine))
+    assert p.returncode == 2 and "not empty" in p.stdout and "--overwrite" in p.stdout
+    assert (mine / "important.txt").read_text() == "notes" and len(list(mine.iterdir())) == 1
+    p = run("export", ck, "--repo-id", "me/r", "--out", str(mine), "--overwrite")
+    assert p.returncode == 0, p.stdout[-2000:]
+    assert (mine / "important.txt").read_text() == "notes" and (mine / "model.safetensors").exists()
+    # again: an earlier export of ours is replaced, the user's file still kept
+    (mine / "README.md").write_text("stale card")
+    p = run("export", ck, "--repo-id", "me/r", "--out", str(mine))
+    assert p.returncode == 0 and (mine / "important.txt").exists() and "stale card" not in (mine / "README.md").read_text()
+    # the training run itself (or its final/) is never an export target
+    for target in (quickstart_run.out, quickstart_run.out / "final"):
+        before = sorted(p.name for p in quickstart_run.out.rglob("*"))
+        p = run("export", str(quickstart_run.out), "--repo-id", "me/r", "--out", str(target))
+        assert p.returncode == 2 and "choose a folder of its own" in p.stdout
+        assert sorted(p.name for p in quickstart_run.out.rglob("*")) == before
+
+
+def test_eval_of_a_copied_export_writes_beside_it(tmp_path, quickstart_run):
+    """`rl-router eval EXPORT` from elsewhere writes next to EXPORT, not into the output_dir
+    named by the recipe.json copied into it."""
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(quickstart_run.out / "final", exp)
+    shutil.copy(quickstart_run.out / "recipe.json", exp / "recipe.json")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    p = subprocess.run([BIN, "eval", str(exp), "--no-sampled", "--n", "4"], cwd=cwd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert (tmp_path / "exp-eval" / "eval.json").exists() and not (cwd / "outputs").exists() and not (exp / "eval").exists()

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,9 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
     return "\n".join(head + [""] + lines)
 
 
-def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path, *, eval_json: str | Path | None = None, base_model: str | None = None) -> Path:
+def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path, *, eval_json: str | Path | None = None, base_model: str | None = None, overwrite: bool = False) -> Path:
+    """Write the Hub-ready folder `out` (staged beside it, scrubbed of secrets, then moved in:
+    see `_place` for what happens to a folder that already exists)."""
     from rl_router.models import resolve_checkpoint
 
     if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
@@ -134,10 +137,47 @@ def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path
     ck = resolve_checkpoint(str(checkpoint))
     if ck is None:
         raise ValueError(f"{checkpoint}: no model there (expected config.json, or final/config.json of a training run)")
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = Path(out).resolve()
+    model, run = ck.resolve(), ck.resolve().parent if ck.name == "final" else ck.resolve()
+    if out in (model, run) or out in model.parents or model in out.parents:
+        raise ValueError(f"--out {out}: that is (or holds, or sits inside) the model or training run being exported; choose a folder of its own (default: RUN/export/NAME)")
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.rl-router-", dir=out.parent if out.parent.exists() else None))
+    try:
+        _write_export(ck, repo_id, recipe, stage, eval_json=eval_json, base_model=base_model)
+        _scrub(stage, secret_values(recipe))
+        _place(stage, out, overwrite=overwrite)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # our own staging folder only
+    return out
+
+
+MANIFEST = ".rl-router-export.json"
+
+
+def _place(stage: Path, out: Path, *, overwrite: bool) -> None:
+    """Move the staged export into `out` without deleting anything we did not write: a new or
+    empty folder takes it whole; a previous export of ours (its manifest lists our files) has
+    exactly those files replaced; any other non-empty folder is refused unless `overwrite`,
+    which replaces same-named files and keeps every other file."""
+    names = sorted(p.name for p in stage.iterdir())
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; choose a folder")
+    if out.exists() and any(out.iterdir()):
+        manifest = out / MANIFEST
+        if manifest.exists():
+            for name in json.loads(manifest.read_text()).get("files", []):
+                p = out / name
+                if p.is_file():
+                    p.unlink()
+        elif not overwrite:
+            raise ValueError(f"--out {out} is not empty and holds no rl-router export; choose an empty folder, or pass --overwrite to write the export into it (files of other names are kept)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        os.replace(stage / name, out / name)
+    (out / MANIFEST).write_text(json.dumps({"files": names}, indent=1))
+
+
+def _write_export(ck: Path, repo_id: str, recipe: Recipe, out: Path, *, eval_json: str | Path | None, base_model: str | None) -> None:
     for f in WEIGHT_FILES:
         if (ck / f).exists():
             shutil.copy2(ck / f, out / f)
@@ -157,8 +197,6 @@ def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path
         (out / "eval.json").write_text(json.dumps(ev, indent=1))
     base = base_model or ("tiny router built from a config (no Hub base)" if recipe.model.name_or_path == "tiny" else recipe.model.name_or_path)
     (out / "README.md").write_text(model_card(repo_id, recipe, cfg, ev, base))
-    _scrub(out, secret_values(recipe))
-    return out
 
 
 def _scrub(out: Path, secrets: list[str]) -> None:
@@ -170,8 +208,7 @@ def _scrub(out: Path, secrets: list[str]) -> None:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             if any(s.encode() in data for s in secrets):
-                shutil.rmtree(out)
-                raise RuntimeError(f"{f.name} contains a secret from the environment; export aborted") from None
+                raise RuntimeError(f"{f.name} contains a secret from the environment; export aborted (nothing was written)") from None
             continue
         clean = redact_text(text, secrets)
         if clean != text:
@@ -186,5 +223,5 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token_env: 
     token = os.environ.get(token_env) or None
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload router exported by rl-router")
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload router exported by rl-router", ignore_patterns=[MANIFEST])
     return str(getattr(info, "commit_url", info))
