@@ -28,6 +28,17 @@ def _portable_cpu_numerics() -> None:
     os.environ.setdefault("MKL_CBWR", "AVX2,STRICT")
 
 
+def _quiet_dependencies() -> None:
+    """Keep a run's output to what a user needs. TRL warns that `rollout_func` is experimental
+    on every run: rl-router depends on it knowingly (trl pinned, its contract tested in
+    tests/test_trainer.py). DeepSpeed, imported by accelerate whenever a model is saved, warns
+    "Setting accelerator to CPU" on machines without a GPU; saying so up front silences it."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if not any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/accel")):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 _portable_cpu_numerics()
+_quiet_dependencies()
 
 __version__ = "0.1.0"

@@ -87,3 +87,14 @@ def load_boundary_episodes(path: str | Path) -> dict[str, dict[str, dict[str, An
                 d = json.loads(line)
                 out.setdefault(d["task_id"], {})[d["role"]] = d["episode"]
     return out
+
+
+def class_costs(records: dict[str, BoundaryRecord]) -> list[dict[str, Any]]:
+    """Per class: how many tasks, their share, and each boundary's mean cost on them."""
+    n = max(1, len(records))
+    rows = []
+    for k, v in class_counts(records).items():
+        rs = [x for x in records.values() if x.klass == k]
+        m = max(1, len(rs))
+        rows.append({"class": k, "tasks": v, "share": v / n, "cheap_cost": sum(x.cheap_cost for x in rs) / m, "strong_cost": sum(x.strong_cost for x in rs) / m})
+    return rows

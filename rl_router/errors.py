@@ -6,7 +6,12 @@ import difflib
 from typing import Any
 
 
-class ConfigError(ValueError):
+class RouterError(Exception):
+    """An error the user can fix: the CLI prints its one line (what, where, the fix) and exits 2,
+    never a traceback."""
+
+
+class ConfigError(RouterError, ValueError):
     """A recipe / YAML section is wrong. The message names the field path and how to fix it."""
 
     def __init__(self, field: str, problem: str, fix: str = ""):
@@ -15,6 +20,31 @@ class ConfigError(ValueError):
         if fix:
             msg += f" -> {fix}"
         super().__init__(msg)
+
+
+class PoolFailure(RouterError, RuntimeError):
+    """Too many pool calls failed for the numbers to mean anything (see pool.max_error_rate)."""
+
+
+class CheckpointError(RouterError, RuntimeError):
+    """A checkpoint file is damaged (truncated, not what it claims to be)."""
+
+
+def check_pool_errors(episodes: list[dict[str, Any]], limit: float, what: str) -> None:
+    """Stop when more than `limit` of the episodes hit a failed pool call, naming the most
+    common error: a run against a dead or misconfigured pool must not report numbers."""
+    if not episodes:
+        return
+    failed = [e for e in episodes if e.get("pool_errors")]
+    rate = len(failed) / len(episodes)
+    if rate > limit:
+        errs: dict[str, int] = {}
+        for e in failed:
+            for c in e.get("trace") or []:
+                if c.get("error"):
+                    errs[str(c["error"])[:160]] = errs.get(str(c["error"])[:160], 0) + 1
+        top = max(errs, key=errs.get) if errs else "unknown"
+        raise PoolFailure(f"{what}: {rate:.0%} of {len(episodes)} episodes hit failed pool calls (pool.max_error_rate is {limit:g}); most common error: {top} -> check the pool's endpoints, or raise pool.max_error_rate")
 
 
 def check_keys(d: dict[str, Any], allowed: set[str] | list[str], path: str) -> None:

@@ -1,5 +1,7 @@
-"""Lifecycle shared by our small stdlib HTTP servers (pool server, router server): start in a
-daemon thread for tests, or serve in the foreground from the CLI; context manager."""
+"""The pool server's HTTP layer (stdlib): lifecycle (a daemon thread for tests, the foreground
+from the CLI; context manager), JSON replies, OpenAI-shaped errors, bearer auth, bounded
+bodies. Why stdlib here, when `serve` runs on uvicorn: the pool server is a test and replay
+tool whose fault injection (truncated, reset, dribbling bodies) needs the raw socket."""
 
 from __future__ import annotations
 
@@ -64,6 +66,27 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    max_body_bytes = 1 << 20
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering 400 / 413 for a bad Content-Length (not a
+        number, negative, over `max_body_bytes`): never a traceback, never a read that waits
+        for bytes a client only claimed to send."""
+        declared = self.headers.get("Content-Length")
+        try:
+            n = int(declared) if declared is not None else 0
+        except ValueError:
+            n = -1
+        if n < 0:
+            self._send(400, openai_error(f"invalid Content-Length {declared!r}", "invalid_request_error", 400))
+            self.close_connection = True
+            return None
+        if n > self.max_body_bytes:
+            self._send(413, openai_error(f"request body of {n} bytes is over the {self.max_body_bytes}-byte limit", "invalid_request_error", 413))
+            self.close_connection = True
+            return None
+        return self.rfile.read(n)
 
     def _auth_ok(self) -> bool:
         # constant-time comparison: the time a wrong token takes to reject says nothing of the right one

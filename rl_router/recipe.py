@@ -278,6 +278,11 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
     Returns the (cheap, strong) boundary model names."""
     from rl_router.prompts import SHORT_QUERY, pool_messages
 
+    from rl_router.aio import run_sync
+
+    problems = run_sync(pool.check())  # reachable endpoints, accepted keys, served models
+    if problems:
+        raise ConfigError("pool", "is not usable: " + "; ".join(problems))
     cheap = r.algorithm.cheap_model or pool.cheapest().name
     strong = r.algorithm.strong_model or pool.strongest().name
     for field_, m in (("algorithm.cheap_model", cheap), ("algorithm.strong_model", strong)):
@@ -359,3 +364,34 @@ def load_recipe(path: str | Path | None = None, sets: list[str] | None = None) -
         if not isinstance(raw, dict):
             raise ConfigError("recipe", f"{p} holds a {type(raw).__name__}, not sections", "write sections such as trainer: {max_steps: 8} (see recipes/quickstart.yaml)")
     return recipe_from_dict(apply_overrides(raw, sets or []))
+
+
+def recipe_for_target(target: str, recipe_path: str | None, sets: list[str]) -> Recipe:
+    """The recipe to evaluate / export / serve `target` with: `recipe_path` when given, else the
+    recipe.json a training run (or an export) keeps beside its weights, else the defaults."""
+    import json
+
+    if recipe_path is None:
+        for saved in (Path(target) / "recipe.json", Path(target).parent / "recipe.json"):
+            if saved.is_file():
+                try:
+                    raw = json.loads(saved.read_text())
+                except ValueError as e:
+                    raise ConfigError("recipe", f"{saved} is not valid JSON ({e})", "restore it from the run, or pass --recipe") from None
+                return recipe_from_dict(apply_overrides(raw, sets))
+    return load_recipe(recipe_path, sets)
+
+
+def load_pool_file(path: str) -> dict[str, Any]:
+    """A pool section from YAML: a recipe (its `pool:`) or a file that is a pool section itself."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("--pool", f"{p} is not a file", "give a YAML file holding a pool section ({type: openai, models: ...}) or a recipe")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError("--pool", f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+    section = raw if isinstance(raw, dict) and "type" in raw else raw.get("pool") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError("--pool", f"{p} holds neither a pool section ({{type: ..., models: ...}}) nor a recipe with one", "see README, section Pools")
+    return section

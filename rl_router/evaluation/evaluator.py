@@ -23,7 +23,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rl_router.errors import check_pool_errors
 from rl_router.metrics import summarize
+from rl_router.pools.factory import max_error_rate
 from rl_router.recipe import Recipe
 from rl_router.rewards import build_rewards
 from rl_router.rollout.engine import RolloutEngine, episodes_to_batch, make_engine, run_sharded
@@ -144,7 +146,9 @@ class Evaluator:
         """One episode per task, in task order; sharded across ranks when distributed."""
         tasks = self.tasks if tasks is None else tasks
         on_batch = (lambda k: self.progress(name, k)) if self.progress else None
-        return run_sharded(self.engine(budget), tasks, policy, batch_size=self.options.batch_size, on_batch=on_batch)
+        eps = run_sharded(self.engine(budget), tasks, policy, batch_size=self.options.batch_size, on_batch=on_batch)
+        check_pool_errors(eps, max_error_rate(self.recipe.pool), name)
+        return eps
 
     def summarize(self, eps: list[dict[str, Any]], tasks: list[Task] | None = None) -> dict[str, Any]:
         """Means over the tasks, their 95% bootstrap intervals (`ci95`), and the per-task values

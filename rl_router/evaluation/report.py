@@ -54,7 +54,11 @@ def evaluate(
     from rl_router.models import load_checkpoint, router_from_recipe, tokenizer_from_recipe
     from rl_router.recipe import validate_against_pool
 
+    from rl_router.errors import ConfigError
+
     pool = recipe_pool(recipe)
+    if target.startswith("always-") and not pool.has_model(target.removeprefix("always-")):
+        raise ConfigError("target", f"{target!r} names a model the pool does not have", f"use one of {[f'always-{m}' for m in pool.model_names]}, random, oracle or knn-tfidf")
     train_tasks, held = recipe_tasks(recipe, pool)
     held = held[:n] if n else held
     cheap, strong = validate_against_pool(recipe, pool, held)
@@ -183,3 +187,61 @@ def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
     if result["checkpoints"]:
         files.append(plot_checkpoints(result["checkpoints"], out / "checkpoints.png"))
     return files
+
+
+def compare_policies(recipe: Recipe, names: list[str] | None, *, n: int | None = None, options: Any = None, greedy: bool = True, progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """`rl-router rollout`: named policies (the recipe's router, always-<model>, random) on the
+    recipe's held-out tasks, through the evaluator eval and train use (same numbers for the
+    same options)."""
+    from rl_router.errors import ConfigError
+    from rl_router.evaluation.evaluator import EvalOptions, baseline_policy, policy_names
+    from rl_router.models import router_from_recipe
+    from rl_router.recipe import validate_against_pool
+    from rl_router.task_sources import recipe_pool, recipe_tasks
+
+    options = options or EvalOptions()
+    pool = recipe_pool(recipe)
+    _train, held = recipe_tasks(recipe, pool)
+    held = held[:n] if n else held
+    validate_against_pool(recipe, pool, held)
+    names = names or policy_names(pool)
+    for name in names:
+        if name not in policy_names(pool):
+            raise ConfigError("--policy", f"unknown policy {name!r}", f"use one of {policy_names(pool)}")
+    model, tok = router_from_recipe(recipe) if "router" in names else (None, None)
+    if tok is None:
+        from rl_router.models import tokenizer_from_recipe
+
+        tok = tokenizer_from_recipe(recipe)
+    ev = Evaluator(recipe, pool, tok, held, options=options, progress=progress)
+    ev.set_cost_reference([e["cost"] or 0.0 for m in pool.model_names for e in ev.episodes(f"always-{m}", ev.baseline(f"always-{m}"))])
+    summaries = {}
+    for name in names:
+        policy = router_policy(model, tok, recipe, greedy=greedy) if name == "router" else baseline_policy(name, tok, pool.model_names, seed=recipe.data.seed, query=options.baseline_query)
+        summaries[name], _ = ev.run(name, policy)
+    return {"tasks": len(held), "budget": recipe.env_config().budget, "greedy": greedy, "baseline_query": options.baseline_query, "policies": summaries}
+
+
+def eval_target(target: str, recipe_path: str | None, sets: list[str], output_dir: str | None) -> tuple[Recipe, Path]:
+    """What `rl-router eval TARGET` evaluates with and where it writes: the recipe (TARGET's own
+    recipe.json unless --recipe), and the output folder, beside the target: RUN/eval for a
+    training run, MODEL-eval next to a model folder (never into a folder named by a recipe that
+    was copied along with it), the recipe's output_dir/eval for the baselines alone."""
+    from rl_router.errors import ConfigError
+    from rl_router.models import resolve_checkpoint
+    from rl_router.recipe import recipe_for_target
+
+    ck = resolve_checkpoint(target)
+    baseline = target in ("random", "oracle", "knn-tfidf") or target.startswith("always-")
+    if ck is None and target != "initial" and not baseline:
+        raise ConfigError("target", f"{target!r} is neither a model folder, a training output dir, 'initial', nor a baseline name", "e.g. rl-router eval outputs/quickstart, or eval always-<model> --recipe R")
+    r = recipe_for_target(target, recipe_path, sets)
+    if output_dir is not None:
+        out = Path(output_dir)
+    elif ck is not None:
+        out = ck.parent / "eval" if ck.name == "final" else ck.parent / f"{ck.name}-eval"
+    else:
+        out = Path(r.output_dir) / "eval"
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--output-dir", f"{out} is a file", "give a folder")
+    return r, out

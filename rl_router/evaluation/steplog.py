@@ -153,3 +153,39 @@ def replay(records: list[StepRecord], policy: Any, tokenizer: Any, *, batch_size
     for t in (sorted(records[0].tiers) if records else []):
         out[f"always-{t}"] = _score([t] * len(records), records)
     return out
+
+
+def label_recipe(recipe_path: str, sets: list[str], *, split: str = "heldout", n: int | None = None) -> tuple[list[StepRecord], int]:
+    """`rl-router steps-label`: label the recipe's (first n) tasks of one split."""
+    from rl_router.envs import make_env
+    from rl_router.errors import ConfigError
+    from rl_router.models import tokenizer_from_recipe
+    from rl_router.recipe import load_recipe
+    from rl_router.task_sources import recipe_pool, recipe_tasks
+
+    r = load_recipe(recipe_path, sets)
+    if r.env.get("name") != "agentic":
+        raise ConfigError("env.name", "step-level labels need the agentic env", "use a recipe with env.name: agentic")
+    if split not in ("heldout", "train"):
+        raise ConfigError("--split", f"unknown {split!r}", "use heldout or train")
+    pool = recipe_pool(r)
+    train_t, held = recipe_tasks(r, pool)
+    tasks = (held if split == "heldout" else train_t)[: n or None]
+    tok, cfg = tokenizer_from_recipe(r), r.env_config()
+    return label_steps(lambda: make_env("agentic", pool, config=cfg, tokenizer=tok), tasks), len(tasks)
+
+
+def replay_target(steps_path: str, target: str) -> tuple[list[StepRecord], dict[str, Any]]:
+    """`rl-router steps-replay`: a router (folder or training run) on recorded decisions."""
+    from rl_router.errors import ConfigError
+    from rl_router.models import load_checkpoint, resolve_checkpoint
+    from rl_router.rollout.policies import HFPolicy
+
+    if resolve_checkpoint(target) is None:
+        raise ConfigError("target", f"{target!r} is not a model folder or a training output dir")
+    try:
+        recs = read_steps(steps_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError("steps", str(e)) from None
+    model, tok = load_checkpoint(target)
+    return recs, replay(recs, HFPolicy(model, tok, max_new_tokens=48, temperature=0.0), tok)

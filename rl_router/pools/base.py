@@ -159,5 +159,11 @@ class Pool(ABC):
 
         return max(self.cards, key=key)
 
+    async def check(self) -> list[str]:
+        """Problems that make the pool unusable, found cheaply before any training starts
+        (an unreachable endpoint, a rejected key, a model the server does not serve). Default:
+        none (in-process pools)."""
+        return []
+
     async def aclose(self) -> None:
         """Release network clients or model memory; default: nothing to do."""

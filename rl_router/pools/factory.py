@@ -44,15 +44,28 @@ def _models(section: dict[str, Any], path: str, required: bool = True) -> dict[s
     return models
 
 
+#: keys every pool type takes: `max_error_rate` is the share of episodes with a failed pool
+#: call above which an evaluation or boundary run stops (a dead endpoint must not train)
+COMMON_KEYS = {"type", "max_error_rate"}
+DEFAULT_MAX_ERROR_RATE = 0.2
+
+
+def max_error_rate(section: dict[str, Any]) -> float:
+    return float(section.get("max_error_rate", DEFAULT_MAX_ERROR_RATE)) if isinstance(section, dict) else DEFAULT_MAX_ERROR_RATE
+
+
 def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
     if not isinstance(section, dict):
         raise ConfigError(path, f"expected a mapping, got {type(section).__name__}")
+    rate = section.get("max_error_rate", DEFAULT_MAX_ERROR_RATE)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ConfigError(f"{path}.max_error_rate", f"must be a share in [0, 1], got {rate!r}", "e.g. 0.2: stop when more than 20% of episodes hit a failed pool call")
     kind = section.get("type")
     if kind not in POOL_TYPES:
         raise ConfigError(f"{path}.type", f"unknown pool type {kind!r}", f"use one of {list(POOL_TYPES)}")
 
     if kind == "recorded":
-        check_keys(section, {"type", "datasets", "files", "models", "latency_scale"}, path)
+        check_keys(section, COMMON_KEYS | {"datasets", "files", "models", "latency_scale"}, path)
         models = _models(section, path, required=False) or ROUTELLM_MODELS
         for name, spec in models.items():
             check_keys(spec, CARD_KEYS | {"column"}, f"{path}.models.{name}")
@@ -72,7 +85,7 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
         return RecordedPool.from_files(paths, models, latency_scale=latency_scale)
 
     if kind == "simulated":
-        check_keys(section, {"type", "models", "seed", "latency_scale"}, path)
+        check_keys(section, COMMON_KEYS | {"models", "seed", "latency_scale"}, path)
         sims = []
         for name, spec in _models(section, path).items():
             p = f"{path}.models.{name}"
@@ -92,7 +105,7 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
         return SimulatedPool(sims, seed=typed(section, "seed", int, path, 0), latency_scale=typed(section, "latency_scale", float, path, 1.0, minimum=0))
 
     if kind == "openai":
-        check_keys(section, {"type", "models", "timeout_s", "max_concurrency", "max_retries", "backoff_base_s", "backoff_max_s", "cache_dir", "forward_context", "breaker_threshold", "breaker_cooldown_s"}, path)
+        check_keys(section, COMMON_KEYS | {"models", "timeout_s", "max_concurrency", "max_retries", "backoff_base_s", "backoff_max_s", "cache_dir", "forward_context", "breaker_threshold", "breaker_cooldown_s"}, path)
         eps = []
         for name, spec in _models(section, path).items():
             p = f"{path}.models.{name}"
@@ -118,7 +131,7 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
         )
 
     # hf_local
-    check_keys(section, {"type", "models", "default_max_tokens"}, path)
+    check_keys(section, COMMON_KEYS | {"models", "default_max_tokens"}, path)
     members = []
     for name, spec in _models(section, path).items():
         p = f"{path}.models.{name}"

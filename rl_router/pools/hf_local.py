@@ -75,6 +75,16 @@ class HFLocalPool(Pool):
         p, c = int(input_ids.shape[1]), int(new.shape[0])
         return Completion(text, p, c, self.card(name).cost(p, c), model=name)
 
+    async def check(self) -> list[str]:
+        """A local model given as a path must exist (Hub ids are fetched on first use)."""
+        from pathlib import Path
+
+        problems = []
+        for name, m in self.members.items():
+            if isinstance(m.model, str) and (m.model.startswith((".", "/", "~")) or Path(m.model).exists()) and not (Path(m.model).expanduser() / "config.json").exists():
+                problems.append(f"pool.models.{name}.path: {m.model} holds no model (no config.json) -> give a model folder or a Hub id")
+        return problems
+
     async def complete(self, model: str, messages: list[Message], *, context: dict[str, Any] | None = None, **sampling: Any) -> Completion:
         if model not in self.members:
             return Completion("", error=f"unknown model {model!r}", model=model)

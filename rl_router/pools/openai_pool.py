@@ -179,6 +179,31 @@ class OpenAIPool(Pool):
             await self._client.aclose()
             self._client = None
 
+    async def check(self) -> list[str]:
+        """One GET /models per endpoint (free on every OpenAI-compatible server): reachable,
+        key accepted, and the model served when the server lists its models."""
+        problems = []
+        for name, ep in self.endpoints.items():
+            url = ep.base_url.rstrip("/") + "/models"
+            try:
+                resp = await asyncio.wait_for(self._get_client().get(url, headers=ep.headers()), min(self.timeout_s, 15.0))
+            except (httpx.TimeoutException, asyncio.TimeoutError):
+                problems.append(f"pool.models.{name}.base_url: {ep.base_url} did not answer within {min(self.timeout_s, 15.0):g}s -> start the server, or fix base_url")
+                continue
+            except httpx.TransportError as e:
+                problems.append(f"pool.models.{name}.base_url: {ep.base_url} is not reachable ({type(e).__name__}) -> start the server, or fix base_url")
+                continue
+            if resp.status_code in (401, 403):
+                problems.append(f"pool.models.{name}.api_key_env: {ep.base_url} refused the key (HTTP {resp.status_code}) -> export {ep.api_key_env or 'the key variable'} with a valid key")
+            elif resp.status_code == 200:
+                try:
+                    served = [m.get("id") for m in resp.json().get("data", [])]
+                except (ValueError, AttributeError):
+                    served = []
+                if served and ep.model_id not in served:
+                    problems.append(f"pool.models.{name}.model_id: {ep.base_url} does not serve {ep.model_id!r} (it serves {served[:8]}) -> set model_id to one of them")
+        return problems
+
     # ---- the call -----------------------------------------------------------------------
     async def complete(self, model: str, messages: list[Message], *, context: dict[str, Any] | None = None, **sampling: Any) -> Completion:
         """One chat completion. Identical deterministic calls in flight at the same time

@@ -220,8 +220,34 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token_env: 
     read from the environment only; HF_ENDPOINT selects another Hub (or a local test server)."""
     from huggingface_hub import HfApi
 
+    from rl_router.errors import ConfigError
+
     token = os.environ.get(token_env) or None
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload router exported by rl-router", ignore_patterns=[MANIFEST])
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload router exported by rl-router", ignore_patterns=[MANIFEST])
+    except Exception as e:  # noqa: BLE001 (huggingface_hub raises many types; report, never echo the token)
+        raise ConfigError("--push", f"push to {repo_id} failed: {type(e).__name__}: {redact_text(str(e), [token] if token else [])[:300]}", f"check {token_env}, HF_ENDPOINT and the repo id") from None
     return str(getattr(info, "commit_url", info))
+
+
+def export_target(checkpoint: str, repo_id: str, *, out: str | None = None, recipe_path: str | None = None, eval_json: str | None = None, overwrite: bool = False) -> Path:
+    """`rl-router export`: the recipe (the run's recipe.json unless --recipe), the default
+    folder (RUN/export/NAME for a training run, ./export/NAME for a model folder), then `export`."""
+    from rl_router.errors import ConfigError
+    from rl_router.recipe import recipe_for_target
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError("--repo-id", f"{repo_id!r} is not ORG/NAME", "e.g. --repo-id my-org/tiny-router")
+    if eval_json is not None and not Path(eval_json).is_file():
+        raise ConfigError("--eval-json", f"{eval_json} is not a file", "give the eval.json written by rl-router eval")
+    r = recipe_for_target(checkpoint, recipe_path, [])
+    name = repo_id.split("/")[-1]
+    dest = Path(out) if out else (Path(checkpoint) / "export" / name if (Path(checkpoint) / "final").exists() else Path("export") / name)
+    try:
+        return export(checkpoint, repo_id, r, dest, eval_json=eval_json, overwrite=overwrite)
+    except (ValueError, RuntimeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError("export", str(e)) from None

@@ -1,23 +1,32 @@
-"""`rl-router serve`: a trained router behind an OpenAI-compatible endpoint.
+"""`rl-router serve`: a trained router behind an OpenAI-compatible endpoint, on Starlette + uvicorn.
 
-`POST /v1/chat/completions` takes the last user message as the task, runs the router's
-think / route loop against the pool (the same environment and rollout engine as training
-and evaluation, so served behaviour is evaluated behaviour), and returns the final answer
-as the assistant message. `usage` counts the router's own tokens; the extension field
-`rl_router` carries the routing trace (models called, per-call cost and errors, total
-cost, turns, why the episode ended). `stream: true` streams the final answer as
-server-sent events (the answer exists only once the episode ends, so the stream starts
-then). `GET /v1/models` lists the router. Errors use OpenAI's JSON shape and status codes
-(400 bad request, 401 bad key, 404 unknown model or route, 500 internal).
+`POST /v1/chat/completions` takes the last user message as the task (a string, or OpenAI's
+list of content parts whose text parts are joined), runs the router's think / route loop
+against the pool (the same environment and rollout engine as training and evaluation, so
+served behaviour is evaluated behaviour), and returns the final answer as the assistant
+message. `usage` counts the router's own tokens; the extension field `rl_router` carries the
+routing trace (models called, per-call cost and errors, total cost, turns, why the episode
+ended). `stream: true` streams the final answer as server-sent events (the answer exists only
+once the episode ends, so the stream starts then). `GET /v1/models` lists the router. Errors
+use OpenAI's JSON shape and status codes (400 bad request, 401 bad key, 404 unknown model or
+route, 413 body too large, 500 internal).
 
-Recorded pools answer only the questions they recorded: a served question is matched to
-its recorded task, and an unknown one is refused with 400 (a live pool answers anything).
-Binds 127.0.0.1 by default; optional bearer token. One generation at a time (a lock): the
-router is small, and the pool calls of an episode still run concurrently.
+Why an ASGI stack: users put this behind load balancers next to vLLM and LiteLLM. uvicorn
+parses HTTP (a malformed Content-Length is a 400, not a traceback; keep-alive; no Nagle
+stalls), and the app bounds what it reads: a body over `max_body_bytes` is refused from its
+Content-Length before it is read, and a body that dribbles in slower than `read_timeout_s`
+is dropped. Generation runs in a worker thread, one at a time (a lock: the router is small;
+the pool calls of an episode still run concurrently).
+
+Recorded pools answer only the questions they recorded: a served question is matched to its
+recorded task, and an unknown one is refused with 400 (a live pool answers anything).
+Binds 127.0.0.1 by default; optional bearer token (compared in constant time).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import threading
 import time
@@ -25,120 +34,163 @@ import uuid
 from typing import Any
 
 from rl_router.envs import make_env
-from rl_router.httpd import JSONHandler, QuietHTTPServer, ServerLifecycle, openai_error
-from rl_router.rollout.policies import HFPolicy
+from rl_router.httpd import openai_error
 from rl_router.rollout.engine import RolloutEngine
+from rl_router.rollout.policies import HFPolicy
 from rl_router.tasks import Task
 
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: a chat request with a long task fits many times over
+READ_TIMEOUT_S = 30.0
 
-_err = openai_error
+
+class RequestError(Exception):
+    def __init__(self, code: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
 
 
-class RouterServer(ServerLifecycle):
-    def __init__(self, model: Any, tokenizer: Any, pool: Any, env_config: Any, *, env_name: str = "router_r1", model_id: str = "rl-router", max_new_tokens: int = 96, max_completion_tokens: int = 2048, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None):
+def user_text(content: Any) -> str | None:
+    """A message's text: a string, or OpenAI's content parts (the text parts, joined)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)]
+        return "\n".join(parts) if parts else None
+    return None
+
+
+class RouterApp:
+    """The router as an ASGI application (Starlette)."""
+
+    def __init__(self, model: Any, tokenizer: Any, pool: Any, env_config: Any, *, env_name: str = "router_r1", model_id: str = "rl-router", max_new_tokens: int = 96,
+                 max_completion_tokens: int = 2048, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S):
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
         self.model, self.tok, self.pool = model, tokenizer, pool
-        self.model_id, self.max_new_tokens = model_id, max_new_tokens
-        self.api_key = api_key
+        self.model_id, self.max_new_tokens, self.api_key = model_id, max_new_tokens, api_key
+        self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
         self.engine = RolloutEngine(lambda: make_env(env_name, pool, config=env_config, tokenizer=tokenizer), tokenizer, max_completion_tokens=max_completion_tokens)
         self._lock = threading.Lock()
         self._recorded = {t.question: t for t in pool.tasks()} if hasattr(pool, "tasks") else None
         self.requests = 0
-        server = self
 
-        class Handler(JSONHandler):
-            api_key = server.api_key
+        async def not_found(request: Any, exc: Any) -> Any:
+            return self._error(404, f"no route {request.method} {request.url.path}", "invalid_request_error")
 
-            def do_GET(self) -> None:
-                if not self._auth_ok():
-                    return
-                if self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": server.model_id, "object": "model", "created": 0, "owned_by": "rl-router"}]})
-                else:
-                    self._send(404, _err(f"no route GET {self.path}", "invalid_request_error", 404))
+        self.app = Starlette(
+            routes=[Route("/v1/models", self._models, methods=["GET"]), Route("/v1/chat/completions", self._chat, methods=["POST"])],
+            exception_handlers={404: not_found, 405: not_found},
+        )
 
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if not self._auth_ok():
-                    return
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    self._send(404, _err(f"no route POST {self.path}", "invalid_request_error", 404))
-                    return
-                try:
-                    req = json.loads(raw or b"{}")
-                    if not isinstance(req, dict):
-                        raise ValueError("the body must be a JSON object")
-                except ValueError as e:
-                    self._send(400, _err(f"invalid JSON body: {e}", "invalid_request_error", 400))
-                    return
-                problem = server.validate(req)
-                if problem is not None:
-                    code, msg, param = problem
-                    self._send(code, _err(msg, "invalid_request_error", code, param))
-                    return
-                try:
-                    result = server.answer(req)
-                except LookupError as e:
-                    self._send(400, _err(str(e), "invalid_request_error", 400, "messages"))
-                    return
-                except Exception as e:  # noqa: BLE001 (the client gets an OpenAI-shaped 500, the server stays up)
-                    self._send(500, _err(f"router failed: {type(e).__name__}: {e}", "server_error", 500))
-                    return
-                if req.get("stream"):
-                    self._stream(result, bool((req.get("stream_options") or {}).get("include_usage")))
-                else:
-                    self._send(200, result)
+    # ---- HTTP -------------------------------------------------------------------------
+    def _error(self, code: int, message: str, type_: str = "invalid_request_error", param: str | None = None) -> Any:
+        from starlette.responses import JSONResponse
 
-            def _stream(self, result: dict[str, Any], include_usage: bool) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-cache")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                base = {"id": result["id"], "object": "chat.completion.chunk", "created": result["created"], "model": result["model"]}
-                text = result["choices"][0]["message"]["content"]
-                pieces = [text[i : i + 16] for i in range(0, len(text), 16)]
-                chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
-                chunks += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
-                chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": result["choices"][0]["finish_reason"]}], "rl_router": result["rl_router"]})
-                if include_usage:
-                    chunks.append({**base, "choices": [], "usage": result["usage"]})
-                for c in chunks:
-                    self.wfile.write(f"data: {json.dumps(c)}\n\n".encode())
-                    self.wfile.flush()
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
-                self.close_connection = True
+        return JSONResponse(openai_error(message, "server_error" if code >= 500 else type_, code, param), status_code=code)
 
-        self._httpd = QuietHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+    def _auth_ok(self, request: Any) -> bool:
+        return self.api_key is None or hmac.compare_digest(request.headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode())
+
+    async def _models(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        if not self._auth_ok(request):
+            return self._error(401, "invalid or missing API key")
+        return JSONResponse({"object": "list", "data": [{"id": self.model_id, "object": "model", "created": 0, "owned_by": "rl-router"}]})
+
+    async def _body(self, request: Any) -> bytes:
+        """The request body, bounded in size (from Content-Length before reading, and while
+        reading) and in time (each chunk within read_timeout_s)."""
+        declared = request.headers.get("content-length")
+        if declared is not None and int(declared) > self.max_body_bytes:  # uvicorn has rejected non-numbers already
+            raise RequestError(413, f"request body of {int(declared)} bytes is over the {self.max_body_bytes}-byte limit")
+        chunks, size = [], 0
+        stream = request.stream().__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), self.read_timeout_s)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"request body not received within {self.read_timeout_s:g}s") from None
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise RequestError(413, f"request body is over the {self.max_body_bytes}-byte limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _chat(self, request: Any) -> Any:
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        if not self._auth_ok(request):
+            return self._error(401, "invalid or missing API key")
+        try:
+            raw = await self._body(request)
+            try:
+                req = json.loads(raw or b"{}")
+            except ValueError as e:
+                raise RequestError(400, f"invalid JSON body: {e}") from None
+            if not isinstance(req, dict):
+                raise RequestError(400, "the body must be a JSON object")
+            self.validate(req)
+            result = await run_in_threadpool(self.answer, req)
+        except RequestError as e:
+            return self._error(e.code, e.message, param=e.param)
+        except Exception as e:  # noqa: BLE001 (the client gets an OpenAI-shaped 500, the server stays up)
+            return self._error(500, f"router failed: {type(e).__name__}: {e}")
+        if req.get("stream"):
+            return StreamingResponse(self._sse(result, bool((req.get("stream_options") or {}).get("include_usage"))), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return JSONResponse(result)
+
+    @staticmethod
+    def _sse(result: dict[str, Any], include_usage: bool) -> Any:
+        base = {"id": result["id"], "object": "chat.completion.chunk", "created": result["created"], "model": result["model"]}
+        text = result["choices"][0]["message"]["content"]
+        chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+        chunks += [{**base, "choices": [{"index": 0, "delta": {"content": text[i : i + 16]}, "finish_reason": None}]} for i in range(0, len(text), 16)]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": result["choices"][0]["finish_reason"]}], "rl_router": result["rl_router"]})
+        if include_usage:
+            chunks.append({**base, "choices": [], "usage": result["usage"]})
+        for c in chunks:
+            yield f"data: {json.dumps(c)}\n\n"
+        yield "data: [DONE]\n\n"
 
     # ---- the router -------------------------------------------------------------------
-    def validate(self, req: dict[str, Any]) -> tuple[int, str, str] | None:
+    def validate(self, req: dict[str, Any]) -> None:
         if req.get("model") not in (None, self.model_id):
-            return 404, f"model {req.get('model')!r} not found; this server serves {self.model_id!r}", "model"
+            raise RequestError(404, f"model {req.get('model')!r} not found; this server serves {self.model_id!r}", "model")
         msgs = req.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            return 400, "'messages' must be a non-empty list of {role, content}", "messages"
-        users = [m for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
-        if not users or not isinstance(users[-1].get("content"), str) or not users[-1]["content"].strip():
-            return 400, "the last user message must have non-empty string content (the task to route)", "messages"
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+            raise RequestError(400, "'messages' must be a non-empty list of {role, content}", "messages")
+        users = [m for m in msgs if m.get("role") == "user"]
+        text = user_text(users[-1].get("content")) if users else None
+        if not text or not text.strip():
+            raise RequestError(400, "the last user message must have non-empty text content (the task to route)", "messages")
         t = req.get("temperature", 0.0)
-        if not isinstance(t, (int, float)) or not 0 <= t <= 2:
-            return 400, f"'temperature' must be a number in [0, 2], got {t!r}", "temperature"
-        return None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 2:
+            raise RequestError(400, f"'temperature' must be a number in [0, 2], got {t!r}", "temperature")
+        for k in ("max_tokens", "max_completion_tokens"):
+            v = req.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise RequestError(400, f"'{k}' must be a positive integer, got {v!r}", k)
+        p = req.get("top_p", 1.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise RequestError(400, f"'top_p' must be a number in (0, 1], got {p!r}", "top_p")
 
     def task_for(self, question: str) -> Task:
         if self._recorded is None:
             return Task(question=question, dataset="served")
         if question not in self._recorded:
-            raise LookupError("a recorded pool only answers the questions it recorded; send one of them verbatim, or serve a live pool")
+            raise RequestError(400, "a recorded pool only answers the questions it recorded; send one of them verbatim, or serve a live pool", "messages")
         return self._recorded[question]
 
     def answer(self, req: dict[str, Any]) -> dict[str, Any]:
-        question = [m for m in req["messages"] if m.get("role") == "user"][-1]["content"]
+        question = user_text([m for m in req["messages"] if m.get("role") == "user"][-1]["content"]) or ""
         task = self.task_for(question)
-        temperature = float(req.get("temperature", 0.0))
-        policy = HFPolicy(self.model, self.tok, max_new_tokens=int(req.get("max_tokens") or self.max_new_tokens), temperature=temperature, top_p=float(req.get("top_p", 1.0)))
+        limit = req.get("max_completion_tokens") or req.get("max_tokens") or self.max_new_tokens
+        policy = HFPolicy(self.model, self.tok, max_new_tokens=int(limit), temperature=float(req.get("temperature", 0.0)), top_p=float(req.get("top_p", 1.0)))
         with self._lock:
             ep = self.engine.run([task], policy)[0]
         self.requests += 1
@@ -161,3 +213,100 @@ class RouterServer(ServerLifecycle):
                 "trajectory": ep.get("policy_turns") or [],
             },
         }
+
+
+class RouterServer(RouterApp):
+    """`RouterApp` under uvicorn: `start()` in a background thread (tests, benchmarks) or
+    `serve_forever()` in the foreground (the CLI); `url` once bound."""
+
+    def __init__(self, *args: Any, host: str = "127.0.0.1", port: int = 0, **kwargs: Any):
+        import socket
+
+        import uvicorn
+
+        super().__init__(*args, **kwargs)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))  # bind now: a busy port fails here, with its own error
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_keep_alive=30, lifespan="off"))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> "RouterServer":
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True, name="rl-router-serve")
+        self._thread.start()
+        while not self._server.started and self._thread.is_alive():
+            time.sleep(0.01)
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.run(sockets=[self._sock])
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> "RouterServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, host: str = "127.0.0.1", port: int = 8080, model_id: str | None = None, api_key_env: str | None = None) -> RouterServer:
+    """Everything `rl-router serve` needs, checked before the port opens: the router (a model
+    folder, a training run, or a Hub repo id), the recipe it was trained with, the pool (its
+    own, or --pool's, whose model names must be the ones the router was trained to call),
+    the bearer token's variable."""
+    import os
+    from pathlib import Path
+
+    from rl_router.errors import ConfigError
+    from rl_router.models import load_checkpoint, resolve_checkpoint
+    from rl_router.recipe import load_pool_file, recipe_for_target, recipe_from_dict
+    from rl_router.task_sources import recipe_pool
+
+    local = resolve_checkpoint(checkpoint)
+    if local is None:
+        local = fetch_from_hub(checkpoint)
+    recipe = recipe_for_target(str(local), None, [])
+    trained_on = recipe_pool(recipe).model_names
+    if pool_file:
+        recipe = recipe_from_dict({**recipe.to_dict(), "pool": load_pool_file(pool_file)})
+    pool = recipe_pool(recipe)
+    if sorted(pool.model_names) != sorted(trained_on):
+        raise ConfigError("--pool", f"its models {sorted(pool.model_names)} are not the ones the router was trained to call {sorted(trained_on)}", "name the pool's models as in training (each name may point at any endpoint)")
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not key:
+        raise ConfigError("--api-key-env", f"the environment variable {api_key_env} is empty", f"export {api_key_env}=<token clients must send>")
+    if not 0 <= port <= 65535:
+        raise ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)")
+    model, tok = load_checkpoint(local, recipe)
+    try:
+        return RouterServer(model, tok, pool, recipe.env_config(), env_name=recipe.env.get("name", "router_r1"), model_id=model_id or Path(checkpoint).resolve().name if Path(checkpoint).exists() else model_id or checkpoint.split("/")[-1],
+                            max_new_tokens=recipe.rollout.max_new_tokens, max_completion_tokens=recipe.rollout.max_completion_tokens, host=host, port=port, api_key=key)
+    except OSError as e:
+        raise ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror or e})", "pick a free port with --port, or stop what holds it") from None
+
+
+def fetch_from_hub(repo_id: str) -> Any:
+    """A router exported to the Hub (`rl-router export --push`): download it (HF_ENDPOINT picks
+    the Hub; offline, the local cache) and return its folder."""
+    from pathlib import Path
+
+    from rl_router.errors import ConfigError
+
+    if repo_id.count("/") != 1 or any(not p for p in repo_id.split("/")):
+        raise ConfigError("checkpoint", f"{repo_id}: no model there", "give a model folder, a training output dir (with final/), or a Hub repo id ORG/NAME")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id))
+    except Exception as e:  # noqa: BLE001 (huggingface_hub raises many types)
+        raise ConfigError("checkpoint", f"{repo_id}: not a local folder, and the Hub did not provide it ({type(e).__name__})", "give a model folder or training run, or check the repo id / HF_ENDPOINT / HF_TOKEN") from None

@@ -36,6 +36,7 @@ from rl_router.prompts import SHORT_QUERY, STEP_NOTE
 from rl_router.rollout.policies import ScriptedPolicy, adopt_text, route_text, text_turns
 from rl_router.protocol import check_format
 from rl_router.boundary_records import CLASSES, BoundaryRecord
+from rl_router.errors import check_pool_errors
 from rl_router.rollout.engine import RolloutEngine, run_sharded
 from rl_router.tasks import Task
 
@@ -68,16 +69,19 @@ class StepwiseBoundaryPolicy:
         return text_turns(self.tokenizer, [self._text(s) for s in states])
 
 
-def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
+def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False, max_error_rate: float = 1.0) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
     """Run always-cheap and always-strong on `tasks`; return records and their episodes.
-    `stepwise` (agentic envs) also runs the boundary-guided hybrid, kept as episodes[tid]["stepwise"]."""
+    `stepwise` (agentic envs) also runs the boundary-guided hybrid, kept as episodes[tid]["stepwise"].
+    Stops (PoolFailure) when more than `max_error_rate` of a boundary's episodes hit pool errors."""
     cheap = cheap or pool.cheapest().name
     strong = strong or pool.strongest().name
     episodes: dict[str, dict[str, dict[str, Any]]] = {t.task_id: {} for t in tasks}
     for role, model in (("cheap", cheap), ("strong", strong)):
         compact = style == "compact"
         policy = ScriptedPolicy.always(tokenizer, model, query="short" if compact else "question", adopt=compact)
-        for t, ep in zip(tasks, run_sharded(engine, tasks, policy, batch_size=batch_size)):
+        eps = run_sharded(engine, tasks, policy, batch_size=batch_size)
+        check_pool_errors(eps, max_error_rate, f"boundary always-{model}")
+        for t, ep in zip(tasks, eps):
             episodes[t.task_id][role] = ep
     if stepwise:
         hybrid = StepwiseBoundaryPolicy(tokenizer, cheap, strong, episodes)
@@ -187,3 +191,21 @@ class BoPOReward:
 
 def boundary_reward_refs(reward: BoPOReward, task_ids: Sequence[str]) -> tuple[list[float], list[bool]]:
     return [reward.ref_reward(t) for t in task_ids], [reward.records[t].solvable for t in task_ids]
+
+
+def boundaries_for_recipe(recipe_path: str, sets: list[str], *, n: int | None = None) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]], tuple[str, str], int]:
+    """`rl-router boundaries`: both boundary policies on the recipe's (first n) train tasks."""
+    from rl_router.models import tokenizer_from_recipe
+    from rl_router.pools.factory import max_error_rate
+    from rl_router.recipe import load_recipe, validate_against_pool
+    from rl_router.rollout.engine import make_engine
+    from rl_router.task_sources import recipe_pool, recipe_tasks
+
+    r = load_recipe(recipe_path, sets)
+    pool = recipe_pool(r)
+    tasks = recipe_tasks(r, pool)[0]
+    tasks = tasks[:n] if n else tasks
+    cheap, strong = validate_against_pool(r, pool, tasks)
+    tok = tokenizer_from_recipe(r)
+    records, eps = run_boundaries(make_engine(r, pool, tok), pool, tasks, tok, cheap=cheap, strong=strong, style=r.algorithm.sft_style, max_error_rate=max_error_rate(r.pool))
+    return records, eps, (cheap, strong), len(tasks)

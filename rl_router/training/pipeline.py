@@ -30,6 +30,7 @@ from typing import Any, Callable
 from rl_router.evaluation.evaluator import Evaluator, router_policy, tqdm_progress
 from rl_router.frontier import above, point, random_mixture
 from rl_router.models import lora_config, router_from_recipe
+from rl_router.pools.factory import max_error_rate
 from rl_router.recipe import Recipe, validate_against_pool
 from rl_router.rewards import build_rewards
 from rl_router.rollout.engine import make_engine, make_rollout_func
@@ -170,7 +171,8 @@ def stage_boundaries(run: Run) -> None:
     else:
         run.log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
         engine = make_engine(run.recipe, run.pool, run.tok)
-        run.records, run.boundary_episodes = run_boundaries(engine, run.pool, run.train_tasks, run.tok, cheap=run.cheap, strong=run.strong, style=a.sft_style, stepwise=a.sft_mix == "stepwise")
+        run.records, run.boundary_episodes = run_boundaries(engine, run.pool, run.train_tasks, run.tok, cheap=run.cheap, strong=run.strong, style=a.sft_style,
+                                                            stepwise=a.sft_mix == "stepwise", max_error_rate=max_error_rate(run.recipe.pool))
         if run.main:
             save_boundaries(path, run.records, run.boundary_episodes)
         run.state.wait_for_everyone()
