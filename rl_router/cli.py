@@ -332,7 +332,7 @@ def pool_server(
 ) -> None:
     """Serve a pool (recorded, simulated, local or remote) as an OpenAI-compatible endpoint:
     POST /v1/chat/completions and GET /v1/models."""
-    from rl_router.pools.server import server_for_recipe
+    from rl_router.serving.pool_server import server_for_recipe
 
     srv = server_for_recipe(recipe, host=host, port=port, api_key_env=api_key_env)
     console.print(f"serving {srv.pool.model_names} at {srv.url}")

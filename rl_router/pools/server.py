@@ -195,22 +195,3 @@ class PoolServer(ServerLifecycle):
 def _err(message: str, type_: str, code: int) -> dict[str, Any]:
     return openai_error(message, type_, code)
 
-
-def server_for_recipe(recipe_path: str | None, *, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None) -> PoolServer:
-    """`rl-router pool-server`: the recipe's pool behind our OpenAI-compatible server."""
-    import os
-
-    from rl_router.errors import ConfigError
-    from rl_router.recipe import load_recipe
-    from rl_router.task_sources import recipe_pool
-
-    pool = recipe_pool(load_recipe(recipe_path))
-    key = os.environ.get(api_key_env) if api_key_env else None
-    if api_key_env and not key:
-        raise ConfigError("--api-key-env", f"the environment variable {api_key_env} is empty", f"export {api_key_env}=<token clients must send>")
-    try:
-        return PoolServer(pool, host=host, port=port, api_key=key)
-    except OverflowError:
-        raise ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)") from None
-    except OSError as e:
-        raise ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror or e})", "pick a free port with --port, or stop what holds it") from None
