@@ -44,9 +44,15 @@ def tokenizer_from_recipe(recipe: Any) -> Any:
 
 def load_checkpoint(target: str | Path, recipe: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) of a model folder or a training run's `final/`, in the recipe's dtype."""
+    from rl_router.checkpoints import model_problem
+    from rl_router.errors import CheckpointError, ConfigError
+
     ck = resolve_checkpoint(str(target))
     if ck is None:
-        raise ValueError(f"{target}: no model there (expected config.json, or final/config.json of a training run)")
+        raise ConfigError("checkpoint", f"{target}: no model there (expected config.json, or final/config.json of a training run)")
+    why = model_problem(ck)
+    if why:
+        raise CheckpointError(f"{why} -> restore the weights (re-export, or re-run training with --resume)")
     return load_router(str(ck), dtype=getattr(getattr(recipe, "model", None), "dtype", None))
 
 

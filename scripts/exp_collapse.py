@@ -11,7 +11,7 @@ It prints held-out success rate, cost and the hard tasks' share routed to `stron
 the warm start and after each RL run. `tests/test_collapse.py` runs it with the same settings
 (16 steps) and asserts the outcome.
 
-    python scripts/exp_collapse.py [--steps 24] [--out outputs/exp_collapse]
+    python scripts/exp_collapse.py [--steps 16] [--seeds 0,1,2,3] [--out outputs/exp_collapse]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 
-def collapse_recipe(algorithm: str, steps: int, *, n_tasks: int = 96, sft_steps: int = 300, lr: float = 1e-3) -> dict[str, Any]:
+def collapse_recipe(algorithm: str, steps: int, *, n_tasks: int = 96, sft_steps: int = 300, lr: float = 5e-4) -> dict[str, Any]:
     rewards: list[dict[str, Any]]
     if algorithm == "grpo":
         rewards = [
@@ -65,7 +65,10 @@ def run(algorithm: str, steps: int, out: Path, warm: Path | None = None, **kw: A
     from rl_router.recipe import recipe_from_dict
     from rl_router.training.pipeline import train
 
+    seed = kw.pop("seed", None)
     raw = collapse_recipe(algorithm, steps, **kw)
+    if seed is not None:
+        raw["trainer"]["seed"] = seed
     if warm is not None:  # the same warm start for both algorithms: the other run's SFT weights as the initial model
         raw["model"] = {"name_or_path": str(warm / "sft")}
         raw["algorithm"]["sft_warmstart"] = False
@@ -75,16 +78,19 @@ def run(algorithm: str, steps: int, out: Path, warm: Path | None = None, **kw: A
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--seeds", default="0", help="RL seeds, comma-separated (one warm start, trained once, for all)")
     ap.add_argument("--out", default="outputs/exp_collapse")
     a = ap.parse_args()
     root = Path(a.out)
-    res = {}
-    res["grpo"] = run("grpo", a.steps, root / "grpo")
-    res["bopo"] = run("bopo", a.steps, root / "bopo", warm=root / "grpo")
-    print(f"\n{'':24}{'success':>9}{'$/1k':>9}{'strong share':>14}")
-    for name, m in res.items():
-        for stage, s in (("after SFT", m.get("heldout_after_sft", m["heldout_before"])), (f"after {name.upper()}", m["heldout_after"])):
-            print(f"{name + ' ' + stage:24}{s['quality']:9.3f}{1000 * s['mean_cost']:9.3f}{s['call_share'].get('strong', 0):14.2f}")
+    warm = run("grpo", a.steps, root / "warm")  # the warm start (and GRPO at seed 0 from it, in-pipeline)
+    w = warm["heldout_after_sft"]
+    print(f"\nwarm start: success {w['quality']:.3f}, ${1000 * w['mean_cost']:.3f}/1k, strong share {w['call_share'].get('strong', 0):.2f}")
+    print(f"{'seed':>4} {'algorithm':>9} {'success':>8} {'$/1k':>8} {'strong share':>13}")
+    for seed in [int(x) for x in a.seeds.split(",")]:
+        for algo in ("grpo", "bopo"):
+            m = run(algo, a.steps, root / f"{algo}-seed{seed}", warm=root / "warm", seed=seed)
+            s = m["heldout_after"]
+            print(f"{seed:>4} {algo:>9} {s['quality']:8.3f} {1000 * s['mean_cost']:8.3f} {s['call_share'].get('strong', 0):13.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,13 +93,22 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     assert not (out / "metrics.json").exists()  # it really died before finishing
     assert sorted(p.name for p in (out / "rl").glob("checkpoint-*")) == ["checkpoint-2"]
     assert (out / "rl" / "checkpoint-2" / "optimizer.pt").exists()
-    torn = out / "rl" / "checkpoint-4"  # a save killed midway: weights there, trainer_state.json not yet
+    import shutil
+
+    torn = out / "rl" / "checkpoint-3"  # a save killed midway: weights there, trainer_state.json not yet
     torn.mkdir()
     (torn / "model.safetensors").write_bytes(b"\x00" * 100)
+    # damaged checkpoints that look whole: truncated weights, a random optimizer.pt
+    for name, damage in (("checkpoint-4", "weights"), ("checkpoint-5", "optimizer")):
+        shutil.copytree(out / "rl" / "checkpoint-2", out / "rl" / name)
+        f = out / "rl" / name / ("model.safetensors" if damage == "weights" else "optimizer.pt")
+        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2] if damage == "weights" else os.urandom(4096))
     p = subprocess.run([BIN, "train", "recipes/quickstart.yaml", *[a for s in sets for a in ("--set", s)], "--output-dir", str(out), "--resume"], cwd=root, capture_output=True, text=True, env=ENV)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     flat = p.stdout.replace("\n", "")
     assert f"resuming from {out / 'rl' / 'checkpoint-2'}" in flat and "boundary outcomes found" in flat  # no pool call repeated
+    assert "skipping checkpoint-5: " in flat and "optimizer.pt is not an intact torch archive" in flat and "skipping checkpoint-4: " in flat and "truncated" in flat
+    assert "weights_only" not in p.stdout + p.stderr and "Traceback" not in p.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["global_step"] == 6
     steps = [h["step"] for h in m["log_history"] if "reward" in h]
@@ -113,6 +122,16 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     assert got == want
     for k in ("heldout_before", "heldout_after_sft", "heldout_after", "heldout_baselines", "boundary_classes"):
         assert _no_wall_clock(m[k]) == _no_wall_clock(r[k]), k
+
+    # a truncated warm start, or truncated final weights: one line naming the file, exit 2
+    sft = out / "sft" / "model.safetensors"
+    sft.write_bytes(sft.read_bytes()[:1000])
+    p = subprocess.run([BIN, "train", "recipes/quickstart.yaml", *[a for s in sets for a in ("--set", s)], "--output-dir", str(out), "--resume"], cwd=root, capture_output=True, text=True, env=ENV)
+    assert p.returncode == 2 and "sft/model.safetensors is truncated" in p.stdout and "delete" in p.stdout and "Traceback" not in p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
+    fin = out / "final" / "model.safetensors"
+    fin.write_bytes(fin.read_bytes()[:-10])
+    p = subprocess.run([BIN, "eval", str(out), "--no-sampled", "--n", "2"], cwd=root, capture_output=True, text=True, env=ENV)
+    assert p.returncode == 2 and "final/model.safetensors is truncated" in p.stdout and "Traceback" not in p.stderr
 
 
 def _no_wall_clock(x):

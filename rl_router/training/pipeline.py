@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,19 +39,21 @@ from rl_router.task_sources import recipe_pool, recipe_tasks
 from rl_router.training.stages import RunFolder
 
 
-def latest_checkpoint(d: Path) -> str | None:
-    """The newest *complete* checkpoint. transformers writes trainer_state.json last (after
-    weights, optimizer, scheduler and RNG), so a folder without a readable one is a save that
-    was killed midway: skip it and resume from the one before (losing one save interval)."""
+def latest_checkpoint(d: Path, warn: Callable[[str], None] | None = None) -> str | None:
+    """The newest *intact* checkpoint (`checkpoints.checkpoint_problem`): a save killed midway
+    (no trainer_state.json, transformers writes it last), truncated weights or a damaged
+    optimizer / RNG archive are skipped, with a warning, for the one before (losing one save
+    interval, never loading a broken file)."""
     if not d.exists():
         return None
+    from rl_router.checkpoints import checkpoint_problem
+
     for ck in sorted(d.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1, reverse=True):
-        try:
-            state = json.loads((ck / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if "global_step" in state and any(ck.glob("*.safetensors")):
+        why = checkpoint_problem(ck)
+        if why is None:
             return str(ck)
+        if warn:
+            warn(f"skipping {ck.name}: {why}")
     return None
 
 
@@ -118,6 +119,10 @@ def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[s
         raise ConfigError("--output-dir", f"{out} is a file", "give a folder (it is created if missing)")
     folder = RunFolder(out, recipe.to_dict(), resume=resume, main=state.is_main_process)
     folder.check()  # stages already there: reusable under --resume with the same settings, or stop now
+    if (out / "sft").exists() and not folder.has("warm_start"):
+        from rl_router.errors import ConfigError
+
+        raise ConfigError("--output-dir", f"{out / 'sft'} exists but is not a warm start of rl-router (no config.json)", "move it away or choose another --output-dir; rl-router never deletes what it did not write")
     pool = recipe_pool(recipe)
     train_tasks, held = recipe_tasks(recipe, pool)
     cheap, strong = validate_against_pool(recipe, pool, train_tasks or held)
@@ -192,13 +197,19 @@ def stage_warm_start(run: Run) -> None:
 
     sft_dir = run.out / "sft"
     if run.folder.reuse("warm_start"):
+        from rl_router.checkpoints import model_problem
+        from rl_router.errors import CheckpointError
+
+        why = model_problem(sft_dir)
+        if why:
+            raise CheckpointError(f"{why} -> delete {sft_dir} and --resume again to redo the warm start (its checkpoints in {run.out / 'sft_run'} resume it)")
         run.log(f"warm start found in {sft_dir}; loading it")
         run.model = AutoModelForCausalLM.from_pretrained(sft_dir)
         return
     a, seed = run.recipe.algorithm, int(run.recipe.trainer.get("seed", 0))
     rows = sft_rows(synthesize_sft(run.records, run.boundary_episodes, a.sft_examples, seed=seed, neither_rate=a.neither_rate, strong_only_share=a.strong_only_share, mix=a.sft_mix))
     run_dir = run.out / "sft_run"
-    ckpt = latest_checkpoint(run_dir) if run.folder.resume and run.folder.done.get("warm_start_started") == run.folder.fields_of("warm_start") else None
+    ckpt = latest_checkpoint(run_dir, warn=run.log) if run.folder.resume and run.folder.done.get("warm_start_started") == run.folder.fields_of("warm_start") else None
     run.log(f"boundary-guided SFT on {len(rows)} stratified trajectories" + (f", resuming from {ckpt}" if ckpt else ""))
     run.folder.started("warm_start")
     args = SFTConfig(output_dir=str(run_dir), **{**run.hw, **run.recipe.sft})
@@ -209,12 +220,10 @@ def stage_warm_start(run: Run) -> None:
         model = model.merge_and_unload()  # RL then starts a fresh adapter on the warm-started weights
     run.model = model
     if run.main:
-        tmp = run.out / "sft.tmp"
+        tmp = run.out / f".sft.tmp-{os.getpid()}"
         model.save_pretrained(tmp)
         run.tok.save_pretrained(tmp)
-        if sft_dir.exists():
-            shutil.rmtree(sft_dir)  # a partial folder of our own from a killed run
-        os.replace(tmp, sft_dir)  # the stage counts as done only once fully written
+        os.replace(tmp, sft_dir)  # the stage counts as done only once fully written (setup refused a foreign sft/)
     run.state.wait_for_everyone()
     run.folder.finished("warm_start")
     run.metrics["sft_loss_last"] = next((h["loss"] for h in reversed(sft.state.log_history) if "loss" in h), None)
@@ -230,7 +239,7 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     from rl_router.training.trainer import RouterGRPOTrainer
 
     a, rl_dir = run.recipe.algorithm, run.out / "rl"
-    ckpt = latest_checkpoint(rl_dir) if run.folder.reuse("rl") else None
+    ckpt = latest_checkpoint(rl_dir, warn=run.log) if run.folder.reuse("rl") else None
     bopo = BoPOReward(run.records, lam=a.bopo_lam, mu=a.bopo_mu) if a.name == "bopo" else None
     reward_funcs, weights = ([bopo], [1.0]) if bopo else build_rewards(run.recipe.rewards)  # training's percentile window is shared by all ranks
     args = GRPOConfig(output_dir=str(rl_dir), **{**run.hw, **run.recipe.trainer, "reward_weights": weights})
