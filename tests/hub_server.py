@@ -1,14 +1,19 @@
 """A small local stand-in for the Hugging Face Hub's HTTP API, enough for
-`HfApi.create_repo` and `HfApi.upload_folder` with regular (non-LFS) uploads. Started on
-127.0.0.1 inside the tests and reached through HF_ENDPOINT; files land in `root/<repo>/`."""
+`HfApi.create_repo` and `HfApi.upload_folder` with regular (non-LFS) uploads, and for
+`snapshot_download` of what was pushed. Started on 127.0.0.1 inside the tests and reached
+through HF_ENDPOINT; files land in `root/<repo>/`."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+
+COMMIT = "0123abcd" * 5
 
 
 class HubServer:
@@ -23,7 +28,7 @@ class HubServer:
             def log_message(self, *a):  # quiet
                 pass
 
-            def _json(self, code: int, obj: dict) -> None:
+            def _json(self, code: int, obj: dict | list) -> None:
                 body = json.dumps(obj).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -67,11 +72,46 @@ class HubServer:
                             dest = srv.root / repo / v["path"]
                             dest.parent.mkdir(parents=True, exist_ok=True)
                             dest.write_bytes(base64.b64decode(v["content"]))
-                    return self._json(200, {"commitUrl": f"{srv.url}/{repo}/commit/0123abcd", "commitOid": "0123abcd" * 5})
+                    return self._json(200, {"commitUrl": f"{srv.url}/{repo}/commit/0123abcd", "commitOid": COMMIT})
                 return self._json(404, {"error": f"not emulated: POST {path}"})
+
+            def _file(self, head: bool) -> None:
+                """GET/HEAD /ORG/NAME/resolve/REV/PATH: a pushed file, with the headers
+                huggingface_hub's downloader reads (commit, ETag, size)."""
+                parts = self.path.split("?")[0].strip("/").split("/")
+                repo, rel = "/".join(parts[:2]), "/".join(parts[4:])
+                f = srv.root / repo / rel
+                if len(parts) < 5 or parts[2] != "resolve" or not f.is_file():
+                    return self._json(404, {"error": f"no file {self.path}"})
+                data = f.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+
+            def do_HEAD(self):
+                srv.requests.append(("HEAD", self.path, self.headers.get("Authorization")))
+                self._file(head=True)
 
             def do_GET(self):
                 srv.requests.append(("GET", self.path, self.headers.get("Authorization")))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) >= 5 and parts[:2] == ["api", "models"] and parts[4] == "revision":  # model info for snapshot_download
+                    repo = f"{parts[2]}/{parts[3]}"
+                    files = sorted(str(p.relative_to(srv.root / repo)) for p in (srv.root / repo).rglob("*") if p.is_file())
+                    if not files:
+                        return self._json(404, {"error": f"no repo {repo}"})
+                    return self._json(200, {"id": repo, "modelId": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in files], "private": False})
+                if len(parts) >= 5 and parts[:2] == ["api", "models"] and parts[4] == "tree":  # the file listing
+                    repo = f"{parts[2]}/{parts[3]}"
+                    files = sorted(p for p in (srv.root / repo).rglob("*") if p.is_file())
+                    body = [{"type": "file", "path": str(p.relative_to(srv.root / repo)), "size": p.stat().st_size, "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for p in files]
+                    return self._json(200, body)
+                if len(parts) >= 5 and parts[2] == "resolve":
+                    return self._file(head=False)
                 return self._json(404, {"error": f"not emulated: GET {self.path}"})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

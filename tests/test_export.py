@@ -66,6 +66,8 @@ def test_export_reload_push_and_no_secrets(tmp_path, quickstart_run):
         assert hub.repos["acme/tiny-router"]["visibility"] == "private"
         assert all(auth == f"Bearer {SECRET}" for m, path, auth in hub.requests if path.startswith("/api/models/"))
         assert hub.validated and hub.validated[0]["library_name"] == "rl-router"
+        # every command in the card works as written, against this Hub
+        _run_card_commands(card, hub.url, tmp_path)
     pushed = tmp_path / "hub" / "acme" / "tiny-router"
     assert {f.name for f in pushed.iterdir()} == names
     assert (pushed / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
@@ -139,3 +141,39 @@ def test_eval_of_a_copied_export_writes_beside_it(tmp_path, quickstart_run):
     p = subprocess.run([BIN, "eval", str(exp), "--no-sampled", "--n", "4"], cwd=cwd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert (tmp_path / "exp-eval" / "eval.json").exists() and not (cwd / "outputs").exists() and not (exp / "eval").exists()
+
+
+def _run_card_commands(card: str, hub_url: str, tmp_path: Path) -> None:
+    """Run the model card's python and bash blocks verbatim (HF_ENDPOINT at the stand-in)."""
+    import re
+    import socket
+    import time
+
+    env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"), "COLUMNS": "200"}
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", card, re.S)
+    assert [k for k, _ in blocks] == ["python", "bash"]
+    p = subprocess.run([sys.executable, "-c", blocks[0][1]], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.split() == ["mixtral-8x7b", "qwen2"], p.stdout + p.stderr[-2000:]
+    cmd = blocks[1][1].strip()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    args = cmd.replace("--port 8080", f"--port {port}").split()
+    assert args[:2] == ["rl-router", "serve"]
+    proc = subprocess.Popen([BIN, *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    try:
+        import httpx
+
+        while True:  # until it answers or dies (no wall-clock bound: a slow machine is still a pass)
+            if proc.poll() is not None:
+                raise AssertionError(proc.stdout.read())
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["data"][0]["id"] == "tiny-router"
+    finally:
+        proc.terminate()
+        proc.wait()

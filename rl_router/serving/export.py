@@ -100,7 +100,7 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
     import yaml
 
     head = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---"]
-    lines = [f"# {repo_id.split('/')[-1]}", "", f"A **router** trained with [rl-router](https://github.com/) ({recipe.algorithm.name.upper()}"
+    lines = [f"# {repo_id.split('/')[-1]}", "", f"A **router** trained with rl-router ({recipe.algorithm.name.upper()}"
              + (", boundary-guided SFT warm start" if recipe.algorithm.sft_warmstart else "") + f") on top of `{base_model}`.",
              "For each task it thinks, calls models of its pool with `<route model=\"NAME\">sub-query</route>`, reads their replies",
              "in `<information>` blocks and finishes with `<answer>...</answer>` (or `<answer>@NAME</answer>` to adopt a model's answer),",
@@ -117,11 +117,13 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
     else:
         lines += ["## Measured results", "", "Not evaluated yet: run `rl-router eval` and export again.", ""]
     lines += [
-        "## Usage", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "import json",
-        f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")', f'tok = AutoTokenizer.from_pretrained("{repo_id}")',
-        "cfg = json.load(open(\"router_config.json\"))  # pool cards, system prompt, tag protocol", "```", "",
-        "With rl-router, serve it behind an OpenAI-compatible endpoint that runs the route loop against your pool:", "",
-        "```bash", f"rl-router serve {repo_id} --pool pool.yaml --port 8080", "```", "",
+        "## Usage", "", "Load the router (weights, its own tokenizer, and the pool cards, system prompt and tag protocol it was trained with):", "",
+        "```python", "import json", "from huggingface_hub import snapshot_download", "from rl_router.models import load_router", "",
+        f'path = snapshot_download("{repo_id}")', "model, tok = load_router(path)",
+        'cfg = json.load(open(f"{path}/router_config.json"))', 'print(cfg["pool"]["models"][0]["name"], model.config.model_type)', "```", "",
+        "Serve it behind an OpenAI-compatible endpoint that runs the route loop against the pool it was trained with",
+        "(`--pool pool.yaml` points the same model names at your own endpoints):", "",
+        "```bash", f"rl-router serve {repo_id} --port 8080", "```", "",
         "API keys of pool endpoints are read from the environment variables named in `router_config.json`; none is stored here.", "",
     ]
     return "\n".join(head + [""] + lines)
