@@ -70,10 +70,13 @@ def _cost_axis(ax: Any, xs: list[Any], costs_usd: list[float], title: str, path:
 
 
 def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
-    """Cost-quality plane: every policy a point, the random mixture line, the oracle frontier,
-    the kNN threshold sweep and (if swept) the router's budget curve. Cost in $ per 1k tasks."""
+    """Cost-quality plane: every policy a point (named in the legend with its figures, so no
+    label sits on another), its 95% intervals as error bars, the random mixture line, the
+    oracle frontier, the kNN threshold sweep and (if swept) the router's budget curve with each
+    point's budget written beside it. Cost in $ per 1k tasks. A policy whose pool calls failed
+    is flagged in the legend and the title: its point is not a real outcome."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9, 5.2), dpi=120)
     styles = {
         "oracle frontier": dict(color="black", ls="-", lw=1.5),
         "random mixture": dict(color="grey", ls="--", lw=1.2),
@@ -84,18 +87,32 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
         if pts:
             xs, ys = zip(*sorted(pts))
             ax.plot([1000 * x for x in xs], ys, label=name, **styles.get(name, {}))
-    markers = {"always-": ("s", "tab:blue"), "random": ("D", "grey"), "oracle": ("*", "black"), "knn-tfidf": ("P", "tab:purple")}
-    for name, s in result["policies"].items():
-        mk, col = next((v for k, v in markers.items() if name.startswith(k)), ("o", "tab:red"))
-        size = 140 if name in result.get("routers", []) else 60
-        ax.scatter([1000 * s["mean_cost"]], [s["quality"]], marker=mk, color=col, s=size, zorder=3, edgecolors="white", linewidths=0.5)
-        ax.annotate(name, (1000 * s["mean_cost"], s["quality"]), textcoords="offset points", xytext=(6, -10 if name.startswith("always") else 5), fontsize=7)
+    for row in result.get("budget_sweep") or []:
+        ax.annotate(f"${row['budget']:g}", (1000 * row["mean_cost"], row["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:red")
+    markers = {"always-": "s", "random": "D", "oracle": "*", "knn-tfidf": "P"}
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    failing = []
+    for i, (name, s) in enumerate(result["policies"].items()):
+        mk = next((v for k, v in markers.items() if name.startswith(k)), "o")
+        router = name in result.get("routers", [])
+        ci = s.get("ci95") or {}
+        x, y = 1000 * s["mean_cost"], s["quality"]
+        xerr = [[x - 1000 * ci["mean_cost"][0]], [1000 * ci["mean_cost"][1] - x]] if "mean_cost" in ci else None
+        yerr = [[y - ci["quality"][0]], [ci["quality"][1] - y]] if "quality" in ci else None
+        bad = (s.get("pool_error_rate") or 0) > 0
+        if bad:
+            failing.append(name)
+        label = f"{name}: {y:.3f} @ ${x:.3f}" + (f"  [{s['pool_error_rate']:.0%} POOL ERRORS]" if bad else "")
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=mk, color="tab:red" if router else colours[i % len(colours)], ms=11 if router else 7, mec="white", mew=0.5, elinewidth=0.8, capsize=2, zorder=3, label=label)
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("cost ($ per 1k tasks, symlog)")
     ax.set_ylabel("quality (accuracy / EM / success)")
-    ax.set_title(f"Cost-quality frontier, {result['tasks']} held-out tasks, budget ${result['budget']}/task")
+    title = f"Cost-quality frontier, {result['tasks']} held-out tasks, budget ${result['budget']}/task"
+    if failing:
+        title += f"\nWARNING: pool errors in {', '.join(failing)}"
+    ax.set_title(title, color="tab:red" if failing else "black", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -114,9 +131,14 @@ def plot_budget_sweep(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def plot_checkpoints(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Held-out reward, quality and cost per RL checkpoint; step 0 is the warm start (SFT) the
+    RL stage began from, when the run has one."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     steps = [r["step"] for r in rows]
+    if steps and steps[0] == 0:
+        ax.axvline(0, color="grey", lw=0.8, ls=":")
+        ax.annotate("warm start", (0, rows[0]["quality"]), textcoords="offset points", xytext=(4, 6), fontsize=7, color="grey")
     ax.plot(steps, [r["reward"] for r in rows], "o-", color="tab:blue", label="held-out reward")
     ax.plot(steps, [r["quality"] for r in rows], "s--", color="tab:green", label="held-out quality")
     ax.set_xlabel("training step (checkpoint)")

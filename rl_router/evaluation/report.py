@@ -145,6 +145,11 @@ def evaluate(
 
     ck_rows = []
     if checkpoints and ckpt is not None:
+        sft = ckpt.parent / "sft"
+        if (sft / "config.json").exists():  # step 0: where RL started
+            m, _ = load_checkpoint(sft, recipe)
+            s, _ = ev.run("warm start", router_policy(m, tok, recipe, greedy=True))
+            ck_rows.append({"step": 0, **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
         rl = ckpt.parent / "rl"
         for d in sorted(rl.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
             if not (d / "config.json").exists():
@@ -153,7 +158,16 @@ def evaluate(
             s, _ = ev.run(d.name, router_policy(m, tok, recipe, greedy=True))
             ck_rows.append({"step": int(d.name.split("-")[-1]), **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
 
+    notes = []
+    for row in sweep:  # where a tight budget leaves the router worse than the cheapest model alone
+        if row["quality"] < q_cheap:
+            notes.append(f"at a budget of ${row['budget']:g} per task the router's quality {row['quality']:.3f} is below always-{cheap}'s {q_cheap:.3f} (at the recipe's budget): it cannot afford the calls it was trained to make")
+    failing = [k for k, s in policies.items() if (s.get("pool_error_rate") or 0) > 0]
+    if failing:
+        shares = ", ".join(f"{k} ({policies[k]['pool_error_rate']:.0%})" for k in failing)
+        notes.append(f"pool errors in {shares}: those rows are not real outcomes")
     return {
+        "notes": notes,
         "target": str(ckpt or target),
         "tasks": len(held),
         "pool": [dataclasses.asdict(pool.card(m)) for m in names],
