@@ -362,7 +362,7 @@ def load_recipe(path: str | Path | None = None, sets: list[str] | None = None) -
         if raw is None:
             raise ConfigError("recipe", f"{p} is empty", "write a recipe (see recipes/quickstart.yaml), or run `rl-router quickstart` for the defaults")
         if not isinstance(raw, dict):
-            raise ConfigError("recipe", f"{p} holds a {type(raw).__name__}, not sections", "write sections such as trainer: {max_steps: 8} (see recipes/quickstart.yaml)")
+            raise ConfigError("recipe", f"{p} holds {type(raw).__name__} {str(raw)[:40]}, not sections", "write sections such as trainer: {max_steps: 8} (see recipes/quickstart.yaml)")
     return recipe_from_dict(apply_overrides(raw, sets or []))
 
 

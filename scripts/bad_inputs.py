@@ -1,0 +1,183 @@
+"""Bad inputs to every `rl-router` command and recipe section, and what each must answer:
+exit code 2 and one line naming the field or file and the fix, never a traceback.
+
+`tests/test_bad_inputs.py` runs every case; `python scripts/bad_inputs.py --write-docs`
+reruns them and writes the table in docs/reliability.md (so the table is what the code says).
+
+Each case: an id, the command line (after `rl-router`), the files it needs (created in a
+scratch folder; `{dir}` in arguments is that folder) and a text the message must contain.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import socket
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Case:
+    id: str
+    argv: str
+    expect: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+OPENAI_POOL = "{type: openai, models: {mixtral-8x7b: {base_url: 'http://127.0.0.1:{port}/v1', price_in: 0.6, price_out: 0.6}, gpt-4-1106: {base_url: 'http://127.0.0.1:{port}/v1', price_in: 10, price_out: 30}}}"
+QS = "recipes/quickstart.yaml"
+
+CASES = [
+    # recipe files
+    Case("recipe is a folder", "train recipes/", "is a folder"),
+    Case("recipe does not exist", "train {dir}/nope.yaml", "does not exist"),
+    Case("empty recipe", "train {dir}/empty.yaml", "is empty", {"empty.yaml": ""}),
+    Case("scalar recipe", "train {dir}/scalar.yaml", "holds int 5, not sections", {"scalar.yaml": "5\n"}),
+    Case("invalid YAML", "train {dir}/bad.yaml", "is not valid YAML", {"bad.yaml": "trainer: [\n"}),
+    Case("unknown section", "train {dir}/r.yaml", "recipe.trainr: unknown key -> did you mean 'trainer'?", {"r.yaml": "trainr: {max_steps: 2}\n"}),
+    # field types and ranges, in a file and by --set
+    Case("trainer.max_steps: sixteen", "train {dir}/r.yaml", "trainer.max_steps: expected a whole number, got str 'sixteen'", {"r.yaml": "trainer: {max_steps: sixteen}\n"}),
+    Case("env.max_turns: \"three\"", "train {dir}/r.yaml", "env.max_turns: expected a whole number, got str 'three'", {"r.yaml": "env: {max_turns: \"three\"}\n"}),
+    Case("--set sft.max_steps=many", "quickstart --set sft.max_steps=many", "sft.max_steps: expected a whole number"),
+    Case("--set trainer.max_steps.x=3", "quickstart --set trainer.max_steps.x=3", "trainer.max_steps: expected a whole number, got dict"),
+    Case("--set env.budget=abc", "quickstart --set env.budget=abc", "env.budget: expected a number or null"),
+    Case("--set trainer=5", "quickstart --set trainer=5", "trainer: expected a mapping"),
+    Case("--set env=5", "quickstart --set env=5", "env: expected a mapping"),
+    Case("--set 'trainer.max_steps=['", "quickstart --set trainer.max_steps=[", "is not a valid YAML value"),
+    Case("--set without =", "quickstart --set trainer.max_steps", "is not key=value"),
+    Case("negative batch size", "quickstart --set trainer.per_device_train_batch_size=-8", "must be > 0, got -8"),
+    Case("typo in a TRL field", "quickstart --set trainer.learnin_rate=1e-5", "did you mean 'learning_rate'"),
+    Case("unknown pool type", "quickstart --set pool.type=nope", "pool.type: unknown pool type"),
+    Case("unknown algorithm", "quickstart --set algorithm.name=ppo", "algorithm.name: unknown 'ppo'"),
+    Case("num_generations vs batch", "quickstart --set trainer.num_generations=3", "does not divide the generation batch"),
+    Case("API key in a recipe", "train {dir}/r.yaml", "API keys must not be written in a recipe", {"r.yaml": "pool: {type: openai, models: {m: {base_url: 'http://127.0.0.1:1/v1', api_key: sk-1, price_in: 1, price_out: 1}}}\n"}),
+    Case("budget below one call", "quickstart --set env.budget=0.0000001", "is below one call to the cheapest boundary model"),
+    Case("pool.max_error_rate out of range", "quickstart --set pool.max_error_rate=2", "pool.max_error_rate: must be a share in [0, 1]"),
+    Case("openai pool not reachable", "train {dir}/r.yaml", "is not reachable", {"r.yaml": "pool: " + OPENAI_POOL + "\ndata: {source: synthetic}\n"}),
+    # the output folder
+    Case("--output-dir is a file", "quickstart --output-dir {dir}/afile", "is a file", {"afile": "x"}),
+    Case("earlier run without --resume", "quickstart --output-dir {dir}/run", "already holds stages of an earlier run", {"run/eval_baselines.json": "{}"}),
+    Case("--resume with other settings", "quickstart --output-dir {dir}/run --resume --set env.budget=0.02", "was made with other settings (env.budget: 0.01 then, 0.02 now)",
+         {"run/eval_baselines.json": "{}", "run/stages.json": "@stages"}),
+    Case("foreign sft/ folder", "quickstart --output-dir {dir}/run", "exists but is not a warm start of rl-router", {"run/sft/notes.txt": "mine"}),
+    # eval, rollout, boundaries, steps
+    Case("eval: unknown target", "eval {dir}/nope", "is neither a model folder"),
+    Case("eval: unknown baseline name", "eval always-gpt-5", "names a model the pool does not have"),
+    Case("eval --n 0", "eval always-mixtral-8x7b --n 0", "--n: must be a positive number of tasks"),
+    Case("eval --n -5", "eval always-mixtral-8x7b --n -5", "--n: must be a positive number of tasks"),
+    Case("eval --budgets abc", "eval {model} --budgets abc", "--budgets: 'abc' is not a list of numbers"),
+    Case("eval --output-dir is a file", "eval {model} --output-dir {dir}/afile", "is a file", {"afile": "x"}),
+    Case("rollout: unknown policy", f"rollout {QS} --policy always-x", "--policy: unknown policy 'always-x'"),
+    Case("rollout --baseline-query", f"rollout {QS} --baseline-query long", "--baseline-query: unknown 'long'"),
+    Case("boundaries --n 0", f"boundaries {QS} --n 0", "--n: must be a positive number of tasks"),
+    Case("steps-label on router_r1", f"steps-label {QS}", "env.name: step-level labels need the agentic env"),
+    Case("steps-replay: missing file", "steps-replay {dir}/none.jsonl {model}", "No such file"),
+    # export
+    Case("export --repo-id without /", "export {model} --repo-id no-slash", "--repo-id: 'no-slash' is not ORG/NAME"),
+    Case("export into a user's folder", "export {model} --repo-id a/b --out {dir}/mine", "is not empty and holds no rl-router export", {"mine/important.txt": "notes"}),
+    Case("export into the model itself", "export {model} --repo-id a/b --out {model}", "choose a folder of its own"),
+    Case("export: missing --eval-json", "export {model} --repo-id a/b --eval-json {dir}/none.json --out {dir}/e", "--eval-json"),
+    # serve and pool-server
+    Case("serve: no model there", "serve {dir}/nope", "no model there"),
+    Case("serve: a Hub id the Hub lacks", "serve nobody/no-such-router", "not a local folder, and the Hub did not provide it"),
+    Case("serve --pool missing", "serve {model} --pool {dir}/nope.yaml", "--pool: {dir}/nope.yaml is not a file"),
+    Case("serve --pool bad YAML", "serve {model} --pool {dir}/bad.yaml", "--pool: {dir}/bad.yaml is not valid YAML", {"bad.yaml": "type: [\n"}),
+    Case("serve --pool scalar YAML", "serve {model} --pool {dir}/s.yaml", "holds neither a pool section", {"s.yaml": "5\n"}),
+    Case("serve --pool other model names", "serve {model} --pool {dir}/p.yaml", "are not the ones the router was trained to call",
+         {"p.yaml": "{type: simulated, models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}\n"}),
+    Case("serve on a busy port", "serve {model} --port {busy}", "cannot listen on"),
+    Case("serve --api-key-env unset", "serve {model} --api-key-env RL_ROUTER_UNSET_VAR", "the environment variable RL_ROUTER_UNSET_VAR is empty"),
+    Case("pool-server --port 99999", "pool-server --port 99999", "is not a port number"),
+    Case("pool-server on a busy port", "pool-server --port {busy}", "cannot listen on"),
+]
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def make_model(folder: Path) -> Path:
+    """A tiny router folder with its recipe.json, as a training run leaves it."""
+    from rl_router.recipe import load_recipe
+    from rl_router.tiny import build_tiny_router
+
+    if not (folder / "final" / "config.json").exists():
+        build_tiny_router(save_dir=folder / "final", seed=0)
+        (folder / "recipe.json").write_text(json.dumps(load_recipe(None, []).to_dict()))
+    return folder / "final"
+
+
+def run_case(case: Case, scratch: Path, model: Path, busy: int) -> tuple[int, str]:
+    """Run one case in-process through the CLI's entry point; (exit code, output)."""
+    from rl_router import cli
+    from rl_router.recipe import load_recipe
+    from rl_router.training.stages import RunFolder
+
+    d = scratch / case.id.replace(" ", "_").replace("/", "_").replace("'", "").replace('"', "")
+    d.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    for name, text in case.files.items():
+        p = d / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if text == "@stages":  # a stages record of the default recipe (budget 0.01)
+            rf = RunFolder(p.parent, load_recipe(None, []).to_dict(), resume=True)
+            rf.finished("baselines")
+            continue
+        p.write_text(text.replace("{port}", str(port)))
+    argv = shlex.split(case.argv.format(dir=d, model=model, busy=busy))
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.argv
+    sys.argv = ["rl-router", *argv]
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            cli.console.file = out
+            try:
+                cli.main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+        cli.console.file = None
+    return code, (out.getvalue() + err.getvalue()).replace(str(d), "{dir}").replace(str(model), "{model}")
+
+
+def main() -> None:
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp())
+    model = make_model(scratch / "run")
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = holder.getsockname()[1]
+    rows = ["| input | exit | message |", "|---|---|---|"]
+    for case in CASES:
+        code, output = run_case(case, scratch / "cases", model, busy)
+        line = next((ln for ln in output.splitlines() if ln.startswith("error")), output.strip().splitlines()[-1] if output.strip() else "")
+        rows.append(f"| `rl-router {case.argv.replace('{busy}', 'PORT_IN_USE').replace('|', '/')}` ({case.id}) | {code} | {line.replace('|', '/')[:300]} |")
+        print(code, case.id, "->", line[:160])
+    holder.close()
+    if "--write-docs" in sys.argv:
+        doc = ROOT / "docs" / "reliability.md"
+        text = doc.read_text()
+        start, end = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+        table = "\n".join(rows)
+        body = f"{start}\n{table}\n{end}"
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end) :] if start in text else text.rstrip() + "\n\n## Bad input: one line, exit 2\n\n" + \
+            "Every CLI command and recipe section, with the input a user gets wrong and what rl-router answers (generated by `python scripts/bad_inputs.py --write-docs`; `tests/test_bad_inputs.py` runs every row):\n\n" + body + "\n"
+        doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
