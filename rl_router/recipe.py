@@ -38,6 +38,7 @@ class RolloutSection:
     max_completion_tokens: int = 1024  # per episode, policy + inserted tokens
     temperature: float = 1.0
     top_p: float = 1.0
+    protocol: str = "tags"  # how the router acts: "tags" (<route model=...>) or "tools" (native tool calls through the chat template)
 
 
 @dataclass
@@ -250,6 +251,8 @@ def world_size() -> int:
 def validate_combination(r: Recipe) -> None:
     """Cross-field checks that would otherwise fail deep inside training."""
     a, t = r.algorithm, r.trainer
+    if r.rollout.protocol not in ("tags", "tools"):
+        raise ConfigError("rollout.protocol", f"unknown {r.rollout.protocol!r}", "use tags (<route model=...>) or tools (native tool calls)")
     if a.name not in ("grpo", "rloo", "bopo"):
         raise ConfigError("algorithm.name", f"unknown {a.name!r}", "use grpo, rloo or bopo")
     if a.sft_mix not in ("efficient", "stepwise", "both"):

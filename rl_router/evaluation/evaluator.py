@@ -28,7 +28,7 @@ from rl_router.metrics import summarize
 from rl_router.pools.factory import max_error_rate
 from rl_router.recipe import Recipe
 from rl_router.rewards import build_rewards
-from rl_router.rollout.engine import RolloutEngine, episodes_to_batch, make_engine, run_sharded
+from rl_router.rollout.engine import RolloutEngine, episodes_to_batch, make_engine, run_sharded, stop_strings
 from rl_router.rollout.policies import HFPolicy, ScriptedPolicy
 from rl_router.stats import mean_ci, resample_index
 from rl_router.tasks import Task, stable_hash
@@ -94,7 +94,7 @@ def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = 
 
     r = recipe.rollout
     temp = 0.0 if greedy else float(recipe.trainer.get("temperature", r.temperature))
-    return HFPolicy(model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=temp, top_p=r.top_p, synced_gpus=is_deepspeed_zero3_enabled())
+    return HFPolicy(model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=temp, top_p=r.top_p, stop_strings=stop_strings(recipe), synced_gpus=is_deepspeed_zero3_enabled())
 
 
 def tqdm_progress() -> Callable[[str, int], None] | None:

@@ -53,7 +53,8 @@ class RolloutEngine:
     def _start(self, task: Task, seed: int | None) -> EpisodeState:
         env = self.env_factory()
         obs, info = env.reset(task, seed=seed)
-        return EpisodeState(task=task, env=env, prompt_ids=encode_chat(self.tokenizer, env.messages), last_obs=obs, info=info)
+        ids = env.prompt_ids(self.tokenizer) if hasattr(env, "prompt_ids") else encode_chat(self.tokenizer, env.messages)
+        return EpisodeState(task=task, env=env, prompt_ids=ids, last_obs=obs, info=info)
 
     def run(self, tasks: list[Task], policy: Policy, *, seed: int | None = None, keep_going: Callable[[bool], bool] | None = None) -> list[dict[str, Any]]:
         """Run one episode per task (repeat tasks for groups) and return episode dicts.
@@ -89,14 +90,15 @@ class RolloutEngine:
             self.stats.env_s += time.perf_counter() - t1
             for s, turn, (obs, _r, terminated, truncated, info) in zip(active, turns, results):
                 s.info = info
+                per_turn_eos = getattr(s.env, "turn_ends_on_eos", False)  # tool calls: every turn ends with the end-of-turn token
+                if not turn.eos and (terminated or per_turn_eos):  # close the turn with EOS, as the chat template would
+                    s.completion_ids.append(eos)
+                    s.env_mask.append(1)
+                    s.logprobs.append(NO_LOGPROB)
                 if terminated:
                     s.done, s.terminated, s.done_reason = True, True, info.get("done_reason") or "answer"
-                    if not turn.eos:  # close the answer with EOS, as the chat template would
-                        s.completion_ids.append(eos)
-                        s.env_mask.append(1)
-                        s.logprobs.append(NO_LOGPROB)
                     continue
-                if turn.eos:  # the router stopped talking without answering
+                if turn.eos and not per_turn_eos:  # the router stopped talking without answering
                     s.done, s.truncated, s.done_reason = True, True, "eos_without_answer"
                     continue
                 obs_ids = self.tokenizer.encode(obs, add_special_tokens=False) if obs else []
@@ -226,6 +228,14 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
     return rollout_func
 
 
+def stop_strings(recipe: Any) -> tuple[str, ...]:
+    """Where a router turn ends under the recipe's protocol: after its action tag, or after its
+    tool call (the end-of-turn token ends both)."""
+    from rl_router.protocol import STOP_STRINGS
+
+    return ("</tool_call>",) if getattr(recipe.rollout, "protocol", "tags") == "tools" else STOP_STRINGS
+
+
 def make_engine(recipe: Any, pool: Any, tokenizer: Any, *, budget: float | None = None) -> RolloutEngine:
     """The recipe's environment over `pool` in a rollout engine (optionally at another budget)."""
     import dataclasses
@@ -236,4 +246,8 @@ def make_engine(recipe: Any, pool: Any, tokenizer: Any, *, budget: float | None 
     if budget is not None:
         cfg = dataclasses.replace(cfg, budget=budget)
     name = recipe.env.get("name", "router_r1")
+    if getattr(recipe.rollout, "protocol", "tags") == "tools":
+        from rl_router.envs.tools import ToolCallEnv
+
+        return RolloutEngine(lambda: ToolCallEnv(make_env(name, pool, config=cfg, tokenizer=tokenizer), tokenizer), tokenizer, max_completion_tokens=recipe.rollout.max_completion_tokens)
     return RolloutEngine(lambda: make_env(name, pool, config=cfg, tokenizer=tokenizer), tokenizer, max_completion_tokens=recipe.rollout.max_completion_tokens)

@@ -137,15 +137,23 @@ class HFPolicy:
         return turns
 
 
-def route_text(model: str, query: str) -> str:
+def route_text(model: str, query: str, env: Any = None) -> str:
     """A scripted route turn, in the one shape every scripted policy (and the SFT data built
-    from them) uses."""
+    from them) uses; in the env's own action syntax when it has one (tool calls)."""
+    if env is not None and hasattr(env, "render_route"):
+        return env.render_route(model, query)
     return f'<think>Route to {model}.</think><route model="{model}">{query}</route>'
 
 
-def adopt_text(model: str) -> str:
+def adopt_text(model: str, env: Any = None) -> str:
     """A scripted answer turn adopting `model`'s final answer."""
-    return f"<think>Adopt {model}'s answer.</think><answer>@{model}</answer>"
+    return answer_text(f"@{model}", env, think=f"Adopt {model}'s answer.")
+
+
+def answer_text(answer: str, env: Any = None, think: str = "Adopt the reply's final answer.") -> str:
+    if env is not None and hasattr(env, "render_answer"):
+        return env.render_answer(answer)
+    return f"<think>{think}</think><answer>{answer}</answer>"
 
 
 def text_turns(tokenizer: Any, texts: list[str]) -> list[Turn]:
@@ -155,6 +163,15 @@ def text_turns(tokenizer: Any, texts: list[str]) -> list[Turn]:
         ids = tokenizer.encode(text, add_special_tokens=False)
         out.append(Turn(ids, [float("nan")] * len(ids), text, False))
     return out
+
+
+def last_reply(s: EpisodeState) -> str:
+    """The last observation as the tag env writes it (a tool env wraps it in its chat template's
+    tool response: unwrap it)."""
+    obs = s.last_obs
+    if "<tool_response>" in obs:
+        obs = obs.split("<tool_response>\n", 1)[-1].rsplit("\n</tool_response>", 1)[0]
+    return obs
 
 
 class ScriptedPolicy:
@@ -187,12 +204,13 @@ class ScriptedPolicy:
         if agentic or len(s.policy_turns) < self.routes:
             m = self.choose(s.task)
             q = self.STEP_NOTE if agentic else s.task.question if self.query == "question" else self.SHORT_QUERY
-            return route_text(m, q)
-        if self.adopt and "error:" not in s.last_obs:
-            return adopt_text(s.last_obs.split("[", 1)[-1].split(" |", 1)[0])
-        body = s.last_obs.split("]\n", 1)[-1] if "error:" not in s.last_obs else ""
+            return route_text(m, q, s.env)
+        obs = last_reply(s)
+        if self.adopt and "error:" not in obs:
+            return adopt_text(obs.split("[", 1)[-1].split(" |", 1)[0], s.env)
+        body = obs.split("]\n", 1)[-1] if "error:" not in obs else ""
         ans = extract_final_answer(body.replace("</information>", "")) if body else "unknown"
-        return f"<think>Adopt the reply's final answer.</think><answer>{ans}</answer>"
+        return answer_text(ans, s.env)
 
     def act(self, states: list[EpisodeState]) -> list[Turn]:
         return text_turns(self.tokenizer, [self._text(s) for s in states])

@@ -63,14 +63,16 @@ class RouterApp:
     """The router as an ASGI application (Starlette)."""
 
     def __init__(self, model: Any, tokenizer: Any, pool: Any, env_config: Any, *, env_name: str = "router_r1", model_id: str = "rl-router", max_new_tokens: int = 96,
-                 max_completion_tokens: int = 2048, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S):
+                 max_completion_tokens: int = 2048, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S,
+                 stop_strings: tuple[str, ...] | None = None, engine: Any = None):
         from starlette.applications import Starlette
         from starlette.routing import Route
 
         self.model, self.tok, self.pool = model, tokenizer, pool
         self.model_id, self.max_new_tokens, self.api_key = model_id, max_new_tokens, api_key
         self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
-        self.engine = RolloutEngine(lambda: make_env(env_name, pool, config=env_config, tokenizer=tokenizer), tokenizer, max_completion_tokens=max_completion_tokens)
+        self.engine = engine or RolloutEngine(lambda: make_env(env_name, pool, config=env_config, tokenizer=tokenizer), tokenizer, max_completion_tokens=max_completion_tokens)
+        self.stop_strings = stop_strings
         self._lock = threading.Lock()
         self._recorded = {t.question: t for t in pool.tasks()} if hasattr(pool, "tasks") else None
         self.requests = 0
@@ -190,7 +192,8 @@ class RouterApp:
         question = user_text([m for m in req["messages"] if m.get("role") == "user"][-1]["content"]) or ""
         task = self.task_for(question)
         limit = req.get("max_completion_tokens") or req.get("max_tokens") or self.max_new_tokens
-        policy = HFPolicy(self.model, self.tok, max_new_tokens=int(limit), temperature=float(req.get("temperature", 0.0)), top_p=float(req.get("top_p", 1.0)))
+        kw = {"stop_strings": self.stop_strings} if self.stop_strings else {}
+        policy = HFPolicy(self.model, self.tok, max_new_tokens=int(limit), temperature=float(req.get("temperature", 0.0)), top_p=float(req.get("top_p", 1.0)), **kw)
         with self._lock:
             ep = self.engine.run([task], policy)[0]
         self.requests += 1
@@ -289,8 +292,11 @@ def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, hos
         raise ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)")
     model, tok = load_checkpoint(local, recipe)
     try:
+        from rl_router.rollout.engine import make_engine, stop_strings
+
         return RouterServer(model, tok, pool, recipe.env_config(), env_name=recipe.env.get("name", "router_r1"), model_id=model_id or Path(checkpoint).resolve().name if Path(checkpoint).exists() else model_id or checkpoint.split("/")[-1],
-                            max_new_tokens=recipe.rollout.max_new_tokens, max_completion_tokens=recipe.rollout.max_completion_tokens, host=host, port=port, api_key=key)
+                            max_new_tokens=recipe.rollout.max_new_tokens, max_completion_tokens=recipe.rollout.max_completion_tokens, host=host, port=port, api_key=key,
+                            stop_strings=stop_strings(recipe), engine=make_engine(recipe, pool, tok))
     except OSError as e:
         raise ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror or e})", "pick a free port with --port, or stop what holds it") from None
 

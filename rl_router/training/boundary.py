@@ -57,13 +57,14 @@ class StepwiseBoundaryPolicy:
 
     def _text(self, s: Any) -> str:
         if getattr(s.env, "final_action", "answer") == "route":
-            m = self.cheap if s.env.step_key() in self.cheap_ok.get(s.task.task_id, set()) else self.strong
-            return route_text(m, STEP_NOTE)
+            inner = getattr(s.env, "inner", s.env)
+            m = self.cheap if inner.step_key() in self.cheap_ok.get(s.task.task_id, set()) else self.strong
+            return route_text(m, STEP_NOTE, s.env)
         k = len(s.policy_turns)
         m = self.strong if s.task.task_id in self.escalate else self.cheap
         if k == 0 or (k == 1 and m == self.strong):
-            return route_text(self.cheap if k == 0 else m, SHORT_QUERY)
-        return adopt_text(m)
+            return route_text(self.cheap if k == 0 else m, SHORT_QUERY, s.env)
+        return adopt_text(m, s.env)
 
     def act(self, states: list[Any]) -> list[Any]:
         return text_turns(self.tokenizer, [self._text(s) for s in states])

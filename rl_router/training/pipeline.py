@@ -32,7 +32,7 @@ from rl_router.models import lora_config, router_from_recipe
 from rl_router.pools.factory import max_error_rate
 from rl_router.recipe import Recipe, validate_against_pool
 from rl_router.rewards import build_rewards
-from rl_router.rollout.engine import make_engine, make_rollout_func
+from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
 from rl_router.rollout.policies import HFPolicy
 from rl_router.stats import above_line_values, resample_index, statistic_ci
 from rl_router.task_sources import recipe_pool, recipe_tasks
@@ -243,7 +243,7 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     bopo = BoPOReward(run.records, lam=a.bopo_lam, mu=a.bopo_mu) if a.name == "bopo" else None
     reward_funcs, weights = ([bopo], [1.0]) if bopo else build_rewards(run.recipe.rewards)  # training's percentile window is shared by all ranks
     args = GRPOConfig(output_dir=str(rl_dir), **{**run.hw, **run.recipe.trainer, "reward_weights": weights})
-    mnt, zero3, tok = run.recipe.rollout.max_new_tokens, is_deepspeed_zero3_enabled(), run.tok
+    mnt, zero3, tok, stops = run.recipe.rollout.max_new_tokens, is_deepspeed_zero3_enabled(), run.tok, stop_strings(run.recipe)
 
     def rollout_policy(trainer: Any) -> Any:
         """The policy that generates router turns with the trainer's current weights: vLLM
@@ -252,8 +252,8 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
         if args.use_vllm:
             from rl_router.rollout.vllm import VLLMPolicy, backend_from_trainer
 
-            return VLLMPolicy(backend_from_trainer(trainer), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0)
-        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, synced_gpus=zero3)
+            return VLLMPolicy(backend_from_trainer(trainer), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops)
+        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, stop_strings=stops, synced_gpus=zero3)
 
     peft_config = lora_config(run.recipe)
     trainer = RouterGRPOTrainer(
