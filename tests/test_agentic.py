@@ -4,7 +4,6 @@ step-level data round-trips, and eval works on the agentic env."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -66,9 +65,8 @@ def test_code_world_runs_tests_in_a_subprocess_with_a_time_limit():
     assert not out.advanced and "failed" in out.text and s.i == 0
     loop = "```python\ndef f1(xs):\n    while True:\n        pass\n```"
     s.timeout_s = 1.0
-    t0 = time.perf_counter()
     out = s.apply(loop)
-    assert "timed out" in out.text and time.perf_counter() - t0 < 5
+    assert "timed out" in out.text  # the infinite loop was killed (else pytest-timeout ends the test)
     escape = "```python\nimport os\ndef f1(xs):\n    os._exit(0)\n```"  # exiting early is not passing
     assert not s.apply(escape).advanced
     while not s.done:

@@ -11,6 +11,8 @@ point by point.)"""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import socket
@@ -20,6 +22,9 @@ from pathlib import Path
 
 from conftest import BOPO_SETS
 from rl_router.frontier import above, point, random_mixture
+
+# these tests read one session fixture: under `pytest -n 2` they run on one worker, which builds it once
+pytestmark = pytest.mark.xdist_group("bopo")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,6 +3,8 @@ Hub stand-in (HF_ENDPOINT -> tests/hub_server.py on 127.0.0.1), secrets never ex
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -13,6 +15,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import HubServer  # noqa: E402
+
+# these tests read one session fixture: under `pytest -n 2` they run on one worker, which builds it once
+pytestmark = pytest.mark.xdist_group("quickstart")
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
 SECRET = "sk-planted-secret-0123456789abcdef"

@@ -15,6 +15,9 @@ import openai
 import pytest
 from rl_router.task_sources import recipe_pool, recipe_tasks
 
+# these tests read one session fixture: under `pytest -n 2` they run on one worker, which builds it once
+pytestmark = pytest.mark.xdist_group("quickstart")
+
 BIN = str(Path(sys.executable).with_name("rl-router"))
 
 
@@ -36,6 +39,17 @@ def free_port() -> int:
     return port
 
 
+def wait_for_server(proc, client):
+    """The server's model list once it accepts connections; fails only if the server exits
+    (no wall-clock bound: pytest-timeout ends a hung test)."""
+    while True:
+        try:
+            return client.models.list()
+        except openai.APIConnectionError:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+
+
 def test_served_router_answers_openai_client(warm_router):
     run_dir, held = warm_router
     port = free_port()
@@ -43,14 +57,7 @@ def test_served_router_answers_openai_client(warm_router):
     proc = subprocess.Popen([BIN, "serve", str(run_dir), "--port", str(port), "--model-id", "tiny-router", "--api-key-env", "ROUTER_TOKEN"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="tok-123", max_retries=0, timeout=60)
-        t0 = time.time()
-        while True:
-            try:
-                models = client.models.list()
-                break
-            except openai.APIConnectionError:
-                assert proc.poll() is None and time.time() - t0 < 120, proc.stdout.read() if proc.poll() is not None else "server did not start"
-                time.sleep(0.3)
+        models = wait_for_server(proc, client)
         assert [m.id for m in models.data] == ["tiny-router"]
 
         q = held[0]

@@ -197,7 +197,10 @@ def _write_export(ck: Path, repo_id: str, recipe: Recipe, out: Path, *, eval_jso
     ev = json.loads(ev_path.read_text()) if ev_path and ev_path.exists() else None
     if ev is not None:
         (out / "eval.json").write_text(json.dumps(ev, indent=1))
-    base = base_model or ("tiny router built from a config (no Hub base)" if recipe.model.name_or_path == "tiny" else recipe.model.name_or_path)
+    from rl_router import pretrained
+
+    name = recipe.model.name_or_path
+    base = base_model or ("tiny router built from a config (no Hub base)" if name == "tiny" else pretrained.KNOWN[name].hub_id if pretrained.is_known(name) else name)
     (out / "README.md").write_text(model_card(repo_id, recipe, cfg, ev, base))
 
 

