@@ -55,7 +55,7 @@ def test_eval_cli_writes_table_json_and_plots(tmp_path):
     build_tiny_router(save_dir=ck, seed=0)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     out = tmp_path / "ev"
-    p = subprocess.run([BIN, "eval", str(ck), "--n", "12", "--no-sampled", "--budgets", "0.00001,0.01", "--output-dir", str(out), "--set", "rollout.max_new_tokens=24"], capture_output=True, text=True, timeout=600, env=env)
+    p = subprocess.run([BIN, "eval", str(ck), "--n", "12", "--no-sampled", "--budgets", "0.00001,0.01", "--output-dir", str(out), "--set", "rollout.max_new_tokens=24"], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     res = json.loads((out / "eval.json").read_text())
     pol = res["policies"]
@@ -78,5 +78,5 @@ def test_eval_cli_writes_table_json_and_plots(tmp_path):
 
 
 def test_eval_rejects_unknown_target(tmp_path):
-    p = subprocess.run([BIN, "eval", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([BIN, "eval", str(tmp_path / "nope")], capture_output=True, text=True)
     assert p.returncode == 2 and "neither a model folder" in p.stdout

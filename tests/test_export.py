@@ -3,14 +3,13 @@ Hub stand-in (HF_ENDPOINT -> tests/hub_server.py on 127.0.0.1), secrets never ex
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -23,9 +22,9 @@ BIN = str(Path(sys.executable).with_name("rl-router"))
 SECRET = "sk-planted-secret-0123456789abcdef"
 
 
-def run(*args, env=None, timeout=600):
+def run(*args, env=None):
     e = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
-    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout, env=e)
+    return subprocess.run([BIN, *args], capture_output=True, text=True, env=e)
 
 
 def test_export_reload_push_and_no_secrets(tmp_path, quickstart_run):
@@ -83,8 +82,8 @@ def test_export_reload_push_and_no_secrets(tmp_path, quickstart_run):
 
 
 def test_export_redacts_planted_secret_and_url_credentials(tmp_path, monkeypatch):
-    from rl_router.serving.export import _scrub, redact_text, secret_values
     from rl_router.recipe import recipe_from_dict
+    from rl_router.serving.export import _scrub, redact_text, secret_values
 
     monkeypatch.setenv("POOL_KEY", SECRET)
     r = recipe_from_dict({"pool": {"type": "openai", "models": {"m": {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "POOL_KEY", "price_in": 1, "price_out": 1}}}, "data": {"source": "synthetic"}})

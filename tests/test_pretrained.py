@@ -81,7 +81,10 @@ def test_both_protocols_work_with_the_real_tokenizer(smol_cache):
 
 
 def test_ci_sized_run_trains_evaluates_exports_and_serves(smol_cache, tmp_path):
-    from test_serve import free_port, wait_for_server  # tests/ is on sys.path (rootdir conftest)
+    from test_serve import (  # tests/ is on sys.path (rootdir conftest)
+        free_port,
+        wait_for_server,
+    )
 
     _cache, env = smol_cache
     env = {**env, "RL_ROUTER_NO_PROGRESS": "1", "COLUMNS": "200"}

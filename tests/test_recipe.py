@@ -169,7 +169,7 @@ def test_pool_dependent_checks_fail_before_any_model_loads(tmp_path):
     assert validate_against_pool(Recipe(), pool, train) == ("mixtral-8x7b", "gpt-4-1106")
     # through the CLI: a model that could never load, and the budget error comes first
     bin_ = str(Path(sys.executable).with_name("rl-router"))
-    p = subprocess.run([bin_, "train", str(ROOT / "recipes/quickstart.yaml"), "--output-dir", str(tmp_path), "--set", "env.budget=1e-9", "--set", "model.name_or_path=/no/such/model"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([bin_, "train", str(ROOT / "recipes/quickstart.yaml"), "--output-dir", str(tmp_path), "--set", "env.budget=1e-9", "--set", "model.name_or_path=/no/such/model"], capture_output=True, text=True)
     assert p.returncode == 2 and "env.budget" in p.stdout and "Traceback" not in p.stderr
 
 

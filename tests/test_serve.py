@@ -13,6 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from rl_router.task_sources import recipe_pool, recipe_tasks
 
 # these tests read one session fixture: under `pytest -n 2` they run on one worker, which builds it once
