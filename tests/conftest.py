@@ -17,6 +17,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import pytest  # noqa: E402
 
+# Under `pytest -n 2` (README's command) the tests that read one session fixture must run on
+# one worker, or each worker builds the fixture (minutes) again. xdist's own `xdist_group`
+# marks do nothing with pytest 9 (the node-id suffix they rely on is not applied; checked with
+# pytest 9.2 / xdist 3.8), so the grouping is a scheduler: every test is its own unit of work
+# except these, which go to one worker together.
+SHARED_FIXTURE_GROUPS = {
+    "tests/test_export.py::": "quickstart_run",
+    "tests/test_serve.py::": "quickstart_run",
+    "tests/test_train.py::test_quickstart_": "quickstart_run",
+    "tests/test_agentic_train.py::": "bopo_run",
+    "tests/test_distributed.py::": "bopo_run",
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return next((group for prefix, group in SHARED_FIXTURE_GROUPS.items() if nodeid.startswith(prefix)), nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 from rl_router.pools import RecordedPool, SimModel, SimulatedPool
 from rl_router.tiny import build_tiny_router, load_tiny_tokenizer
 

@@ -6,14 +6,11 @@ from the warm start."""
 
 from __future__ import annotations
 
-import pytest
 
 from rl_router.evaluation.report import evaluate
 from rl_router.frontier import above, point, random_mixture
 from rl_router.recipe import load_recipe
 
-# these tests read one session fixture: under `pytest -n 2` they run on one worker, which builds it once
-pytestmark = pytest.mark.xdist_group("bopo")
 
 
 def test_bopo_router_beats_the_boundary_mixture_at_equal_cost(bopo_run):

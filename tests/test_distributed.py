@@ -18,13 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import BOPO_SETS
 
 from rl_router.frontier import above, point, random_mixture
 
-# these tests read one session fixture: under `pytest -n 2` they run on one worker, which builds it once
-pytestmark = pytest.mark.xdist_group("bopo")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,14 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import HubServer  # noqa: E402
 
-# these tests read one session fixture: under `pytest -n 2` they run on one worker, which builds it once
-pytestmark = pytest.mark.xdist_group("quickstart")
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
 SECRET = "sk-planted-secret-0123456789abcdef"

@@ -16,8 +16,6 @@ import pytest
 
 from rl_router.task_sources import recipe_pool, recipe_tasks
 
-# these tests read one session fixture: under `pytest -n 2` they run on one worker, which builds it once
-pytestmark = pytest.mark.xdist_group("quickstart")
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
 

@@ -9,13 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
 
 
-@pytest.mark.xdist_group("quickstart")  # shares the session's quickstart run with the export and serve tests
 def test_quickstart_learns_to_route_and_reports_where_it_stands(quickstart_run):
     """README's quickstart with 2 GRPO steps instead of 16 (baselines, boundary runs, SFT warm
     start, GRPO, all 187 held-out GSM8K tasks), then `rl-router eval` on the result (the
