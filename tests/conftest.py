@@ -19,9 +19,9 @@ import pytest  # noqa: E402
 
 # Under `pytest -n 2` (README's command) the tests that read one session fixture must run on
 # one worker, or each worker builds the fixture (minutes) again. xdist's own `xdist_group`
-# marks do nothing with pytest 9 (the node-id suffix they rely on is not applied; checked with
-# pytest 9.2 / xdist 3.8), so the grouping is a scheduler: every test is its own unit of work
-# except these, which go to one worker together.
+# marks did not group anything with pytest 9.2 / xdist 3.8 (--dist loadgroup, checked on a
+# small example), so the grouping is a scheduler: every test is its own unit of work except
+# these, which go to one worker together.
 SHARED_FIXTURE_GROUPS = {
     "tests/test_export.py::": "quickstart_run",
     "tests/test_serve.py::": "quickstart_run",
