@@ -27,7 +27,8 @@ def load_router(name_or_path: str, *, dtype: str | None = None, **tiny: Any) -> 
 
     if pretrained.is_known(name_or_path):
         # our cache stores bf16 to halve its size; that is not a training dtype on CPU: fp32 unless asked
-        name_or_path, dtype = str(pretrained.fetch(name_or_path)), dtype or "float32"
+        dtype = dtype or "float32"
+    name_or_path = local_path(name_or_path)
     tok = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **({"dtype": dtype} if dtype else {}))
     return model, tok

@@ -45,6 +45,17 @@ from rl_router.pools import RecordedPool, SimModel, SimulatedPool
 from rl_router.tiny import build_tiny_router, load_tiny_tokenizer
 
 
+def free_port() -> int:
+    """A port nothing listens on at the moment (for servers and process groups tests start)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tiny_tokenizer()

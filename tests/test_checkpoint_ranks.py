@@ -12,12 +12,12 @@ implementation allows.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 
 import torch.multiprocessing as mp
+from conftest import free_port
 
 
 def _worker(rank: int, port: int, out_dir: str, max_steps: int, resume: bool, result: dict) -> None:
@@ -75,10 +75,7 @@ def _worker(rank: int, port: int, out_dir: str, max_steps: int, resume: bool, re
 
 
 def _run(out: Path, max_steps: int, resume: bool) -> dict:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     result = mp.Manager().dict()
     mp.spawn(_worker, args=(port, str(out), max_steps, resume, result), nprocs=2, join=True)
     return dict(result)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from conftest import free_port
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
 
@@ -49,10 +49,7 @@ def test_bad_recipe_exits_2_naming_the_field(tmp_path):
 def test_pool_server_serves_openai_clients(tmp_path):
     import openai
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     env = {**os.environ, "RLR_SERVER_TOKEN": "tok-123"}
     proc = subprocess.Popen([BIN, "pool-server", "--port", str(port), "--api-key-env", "RLR_SERVER_TOKEN"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import BOPO_SETS
+from conftest import BOPO_SETS, free_port
 
 from rl_router.frontier import above, point, random_mixture
 
@@ -30,10 +29,7 @@ def _two_processes(out: Path) -> tuple[dict, str]:
     # the same global batches as one process: SFT 8 sequences per step, RL 16 episodes (4 groups of 4) per step
     per_dev = ["sft.per_device_train_batch_size=4", "trainer.per_device_train_batch_size=8"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RL_ROUTER_NO_PROGRESS": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     launch = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "rl_router.cli"]
     sets = [a for s in BOPO_SETS + per_dev for a in ("--set", s)]
     p = subprocess.run([*launch, "train", "recipes/bopo_agentic.yaml", "--output-dir", str(out), *sets], cwd=ROOT, capture_output=True, text=True, env=env)

@@ -13,6 +13,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import HubServer  # noqa: E402
+from conftest import free_port  # noqa: E402
 
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
@@ -147,7 +148,6 @@ def test_eval_of_a_copied_export_writes_beside_it(tmp_path, quickstart_run):
 def _run_card_commands(card: str, hub_url: str, tmp_path: Path) -> None:
     """Run the model card's python and bash blocks verbatim (HF_ENDPOINT at the stand-in)."""
     import re
-    import socket
     import time
 
     env = {**os.environ, "HF_ENDPOINT": hub_url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"), "COLUMNS": "200"}
@@ -156,10 +156,7 @@ def _run_card_commands(card: str, hub_url: str, tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-c", blocks[0][1]], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert p.returncode == 0 and p.stdout.split() == ["mixtral-8x7b", "qwen2"], p.stdout + p.stderr[-2000:]
     cmd = blocks[1][1].strip()
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     args = cmd.replace("--port 8080", f"--port {port}").split()
     assert args[:2] == ["rl-router", "serve"]
     proc = subprocess.Popen([BIN, *args[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)

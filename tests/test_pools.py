@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import socket
 
 import pytest
 
@@ -19,7 +18,7 @@ from rl_router.pools.base import approx_tokens, messages_tokens
 from rl_router.prompts import encode_chat, pool_messages
 from rl_router.tasks import Task
 
-from conftest import make_sim_pool
+from conftest import free_port, make_sim_pool
 
 MSG = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -189,10 +188,7 @@ def test_openai_pool_does_not_retry_client_errors(sim_pool):
 
 
 def test_openai_pool_unreachable_endpoint_is_an_error_not_a_crash():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = free_port()  # nothing listens there now
     op = OpenAIPool([Endpoint(ModelCard("m", 1, 1), f"http://127.0.0.1:{port}/v1", "m")], retry=RetryPolicy(1, 0.01, 0.02))
     c = run_sync(op.complete("m", MSG))
     assert not c.ok and "transport error" in c.error

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import torch.multiprocessing as mp
 
 from rl_router.pools import PoolServer, RecordedPool
+from conftest import free_port
 
 
 def _recipe(url: str, task_file: str):
@@ -45,10 +45,7 @@ def test_two_processes_evaluate_like_one_and_call_the_pool_once(tmp_path):
         calls_one = srv.stats.requests
         assert calls_one > 12 * 4 and one["policies"]["always-gpt-4-1106"]["pool_error_rate"] == 0.0
         srv.stats.requests = 0
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = free_port()
         out = mp.Manager().dict()
         mp.spawn(_rank, args=(port, srv.url, str(task_file), out), nprocs=2, join=True)
         calls_two = srv.stats.requests
@@ -82,10 +79,7 @@ def _zero3_rank(rank: int, port: int, out: dict) -> None:
 
 
 def test_a_rank_without_episodes_keeps_generating_in_step_under_zero3():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     out = mp.Manager().dict()
     mp.spawn(_zero3_rank, args=(port, out), nprocs=2, join=True)
     (n0, calls0, dummy0), (n1, calls1, dummy1) = out[0], out[1]

@@ -3,7 +3,6 @@ kind at a 20% rate; and the per-endpoint circuit breaker against a dead endpoint
 
 from __future__ import annotations
 
-import socket
 import time
 
 from rl_router.envs import make_env
@@ -15,6 +14,7 @@ from rl_router.pools import Endpoint, OpenAIPool, RecordedPool, RetryPolicy
 from rl_router.pools.server import FaultConfig, PoolServer
 from rl_router.rollout.engine import RolloutEngine
 from rl_router.tiny import load_tiny_tokenizer
+from conftest import free_port
 
 KINDS = ("429", "timeout", "reset", "truncated", "nonjson", "slow")
 
@@ -60,11 +60,7 @@ def test_500_episodes_at_20_percent_faults_never_crash(tmp_path):
 
 
 def _dead_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there
-    return port
+    return free_port()  # nothing listens there
 
 
 def test_circuit_breaker_stops_hammering_a_dead_endpoint():

@@ -4,7 +4,6 @@ state between evaluations, and training's running window must be the same on eve
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch.multiprocessing as mp
@@ -17,6 +16,7 @@ from rl_router.rewards import CostReward
 from rl_router.rollout.engine import RolloutEngine
 from rl_router.evaluation.evaluator import score_episodes
 from rl_router.task_sources import recipe_tasks
+from conftest import free_port
 
 PERCENTILE = ["rewards=[{name: router_r1, alpha: 0.5, cost_mode: percentile}]", "data.max_heldout=40"]
 
@@ -57,10 +57,7 @@ def _rank(rank: int, port: int, out: dict) -> None:
 
 
 def test_training_cost_window_is_shared_across_ranks():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     out = mp.Manager().dict()
     mp.spawn(_rank, args=(port, out), nprocs=2, join=True)
     w0, v0 = out[0]

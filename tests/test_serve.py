@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import openai
 import pytest
 
 from rl_router.task_sources import recipe_pool, recipe_tasks
+from conftest import free_port
 
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
@@ -28,14 +28,6 @@ def warm_router(quickstart_run):
     r = recipe_from_dict(json.loads((quickstart_run.out / "recipe.json").read_text()))
     _train, held = recipe_tasks(r, recipe_pool(r))
     return quickstart_run.out, held
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_for_server(proc, client):
