@@ -55,7 +55,7 @@ def router_from_recipe(recipe: Any) -> tuple[Any, Any]:
 def _for_protocol(tok: Any, recipe: Any) -> Any:
     """Tool calls need a chat template that renders them (saved with the router, so a checkpoint
     brings it back)."""
-    if getattr(recipe.rollout, "protocol", "tags") == "tools":
+    if recipe.rollout.protocol == "tools":
         from rl_router.envs.tools import with_tool_template
 
         return with_tool_template(tok)

@@ -233,7 +233,7 @@ def stop_strings(recipe: Any) -> tuple[str, ...]:
     tool call (the end-of-turn token ends both)."""
     from rl_router.protocol import STOP_STRINGS
 
-    return ("</tool_call>",) if getattr(recipe.rollout, "protocol", "tags") == "tools" else STOP_STRINGS
+    return ("</tool_call>",) if recipe.rollout.protocol == "tools" else STOP_STRINGS
 
 
 def make_engine(recipe: Any, pool: Any, tokenizer: Any, *, budget: float | None = None) -> RolloutEngine:
@@ -246,8 +246,13 @@ def make_engine(recipe: Any, pool: Any, tokenizer: Any, *, budget: float | None 
     if budget is not None:
         cfg = dataclasses.replace(cfg, budget=budget)
     name = recipe.env.get("name", "router_r1")
-    if getattr(recipe.rollout, "protocol", "tags") == "tools":
-        from rl_router.envs.tools import ToolCallEnv
 
-        return RolloutEngine(lambda: ToolCallEnv(make_env(name, pool, config=cfg, tokenizer=tokenizer), tokenizer), tokenizer, max_completion_tokens=recipe.rollout.max_completion_tokens)
-    return RolloutEngine(lambda: make_env(name, pool, config=cfg, tokenizer=tokenizer), tokenizer, max_completion_tokens=recipe.rollout.max_completion_tokens)
+    def env_factory() -> Any:
+        env = make_env(name, pool, config=cfg, tokenizer=tokenizer)
+        if recipe.rollout.protocol == "tools":  # the same env, acted on through tool calls
+            from rl_router.envs.tools import ToolCallEnv
+
+            return ToolCallEnv(env, tokenizer)
+        return env
+
+    return RolloutEngine(env_factory, tokenizer, max_completion_tokens=recipe.rollout.max_completion_tokens)
