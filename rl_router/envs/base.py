@@ -16,6 +16,10 @@ from rl_router.aio import run_sync
 from rl_router.protocol import check_format
 from rl_router.tasks import Task
 
+#: the `info` keys an episode record carries for reward functions and metrics (the rollout
+#: engine's episodes and the tool-call adapter's `get_reward` read the same ones)
+EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "invalid_actions", "pool_errors", "calls", "done_reason")
+
 
 class StepResult(NamedTuple):
     obs: str

@@ -33,7 +33,7 @@ import json
 import re
 from typing import Any, Callable
 
-from rl_router.envs.base import StepResult, TextEnv
+from rl_router.envs.base import EPISODE_FIELDS, StepResult, TextEnv
 from rl_router.prompts import format_card
 from rl_router.tasks import Task
 
@@ -215,9 +215,8 @@ def episode_of(env: TextEnv, task: Task) -> dict[str, Any]:
     """The fields our reward functions read, for one finished (or abandoned) episode."""
     info = env.info
     return {
-        "task_id": task.task_id, "cost": info["cost"], "quality": info["quality"], "answer": info["answer"], "budget": info.get("budget"),
-        "over_budget": info["over_budget"], "format_error": env.format_error() if env.turns else "no action", "policy_turns": list(env.turns),
-        "n_routes": info["n_routes"], "calls": dict(info["calls"]), "pool_errors": info["pool_errors"],
+        **{k: info.get(k) for k in EPISODE_FIELDS}, "task_id": task.task_id, "calls": dict(info["calls"]), "budget": info.get("budget"),
+        "format_error": env.format_error() if env.turns else "no action", "policy_turns": list(env.turns),
     }
 
 

@@ -23,15 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rl_router.aio import gather_sync
-from rl_router.envs.base import TextEnv
+from rl_router.envs.base import EPISODE_FIELDS, TextEnv
 from rl_router.rollout.state import EpisodeState, Policy
 from rl_router.prompts import encode_chat
 from rl_router.tasks import Task
 
 #: the log-prob of a token no sampler produced (TRL 1.16 neutralises NaN in its IS ratio)
 NO_LOGPROB = float("nan")
-
-EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "invalid_actions", "pool_errors", "calls", "done_reason")
 
 
 @dataclass
