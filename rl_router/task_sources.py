@@ -13,7 +13,7 @@ from typing import Any
 
 from rl_router.errors import ConfigError, check_keys
 from rl_router.recipe import HF_SPEC_KEYS, WORLD_KEYS, WORLD_SOURCES, Recipe
-from rl_router.tasks import Task, split_tasks, stable_hash
+from rl_router.tasks import Task, split_tasks, split_validation, stable_hash
 
 
 def recipe_pool(recipe: Recipe) -> Any:
@@ -25,13 +25,29 @@ def recipe_pool(recipe: Recipe) -> Any:
     if hasattr(pool, "fit_cards") and recipe.data.source == "pool":
         d = recipe.data
         tasks = [t for ds in d.datasets for t in pool.tasks(ds)]
-        train, _ = split_tasks(tasks, d.heldout_fraction, d.seed)
+        train, _ = split_tasks(tasks, d.heldout_fraction, d.seed, by=d.heldout_by)
         pool.fit_cards(t.task_id for t in train)
     return pool
 
 
 def recipe_tasks(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task]]:
-    """(train, held-out) tasks for this recipe."""
+    """(train, held-out) tasks for this recipe (the validation share excluded from train)."""
+    train, _val, held = recipe_splits(recipe, pool)
+    return train, held
+
+
+def recipe_validation_tasks(recipe: Recipe, pool: Any) -> list[Task]:
+    """The tasks `rl-router calibrate` tunes on: set aside from the train split before
+    training (`data.validation_fraction`), so neither trained on nor among the held-out ones."""
+    _train, val, _held = recipe_splits(recipe, pool)
+    if not val:
+        raise ConfigError("data.validation_fraction", f"the recipe sets no validation tasks (validation_fraction={recipe.data.validation_fraction})",
+                          "train with data.validation_fraction: 0.1 (a share of the train split kept out of training), or calibrate with --split heldout or train and say so")
+    return val
+
+
+def recipe_splits(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task], list[Task]]:
+    """(train, validation, held-out) tasks for this recipe."""
     d = recipe.data
     if d.source == "pool":
         if not hasattr(pool, "tasks"):
@@ -47,10 +63,11 @@ def recipe_tasks(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task]]:
         tasks = world_tasks(d.source, d.synthetic_n, d.seed, d.world)
     else:
         tasks = load_task_file(d.source)
-    train, held = split_tasks(tasks, d.heldout_fraction, d.seed)
+    train, held = split_tasks(tasks, d.heldout_fraction, d.seed, by=d.heldout_by)
+    train, val = split_validation(train, d.validation_fraction, d.seed)
     if d.source == "pool":
-        train, held = interleave_datasets(train, d.seed), interleave_datasets(held, d.seed)
-    return train[: d.max_train] if d.max_train else train, held[: d.max_heldout] if d.max_heldout else held
+        train, val, held = (interleave_datasets(x, d.seed) for x in (train, val, held))
+    return train[: d.max_train] if d.max_train else train, val, held[: d.max_heldout] if d.max_heldout else held
 
 
 def interleave_datasets(tasks: list[Task], seed: int = 0) -> list[Task]:

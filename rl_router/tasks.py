@@ -58,12 +58,31 @@ class Task:
         )
 
 
-def split_tasks(tasks: list[Task], heldout_fraction: float, seed: int = 0) -> tuple[list[Task], list[Task]]:
-    """Deterministic split by hashing task ids with the seed: stable across runs and machines."""
+def split_tasks(tasks: list[Task], heldout_fraction: float, seed: int = 0, *, by: str = "task") -> tuple[list[Task], list[Task]]:
+    """Deterministic split by hashing task ids (or, with `by="topic"`, topic names) with the
+    seed: stable across runs and machines. By topic, every held-out task comes from a topic
+    (an MMLU subject) that no train task has: the test of a router that must generalise to
+    traffic it never saw, not only to new questions on familiar subjects."""
     if not 0.0 <= heldout_fraction < 1.0:
         raise ValueError(f"data.heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    if by not in ("task", "topic"):
+        raise ValueError(f"data.heldout_by must be 'task' or 'topic', got {by!r}")
     train, held = [], []
     for t in tasks:
-        u = int(stable_hash(str(seed), t.task_id)[:8], 16) / 0xFFFFFFFF
+        key = t.task_id if by == "task" else f"topic:{t.dataset}:{t.topic}"
+        u = int(stable_hash(str(seed), key)[:8], 16) / 0xFFFFFFFF
         (held if u < heldout_fraction else train).append(t)
     return train, held
+
+
+def split_validation(train: list[Task], fraction: float, seed: int = 0) -> tuple[list[Task], list[Task]]:
+    """(train, validation): a seeded hash share of the train split set aside before training,
+    so `rl-router calibrate` tunes the cost knob on tasks the router never trained on and
+    the held-out tasks stay untouched for the final figures."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.validation_fraction must be in [0, 1), got {fraction}")
+    keep, val = [], []
+    for t in train:
+        u = int(stable_hash(str(seed), "validation", t.task_id)[:8], 16) / 0xFFFFFFFF
+        (val if u < fraction else keep).append(t)
+    return keep, val
