@@ -106,7 +106,7 @@ def _print_training(metrics: dict[str, Any], out: Path) -> None:
 def _print_eval(res: dict[str, Any], files: list[Path]) -> None:
     console.print(_table(f"{res['tasks']} held-out tasks, budget ${res['budget']}/task", res["policies"]))
     st = Table(title="one-number comparisons (RouteLLM-style PGR / cost-to-reach, our code; intervals: 95%, paired over tasks)")
-    for c in ("policy or curve", "PGR", "above random line [95%]", "APGR", "CPT(50%) $/1k"):
+    for c in ("policy or curve", "PGR", "above random line [95%]", "APGR [95%]", "CPT(50%) $/1k"):
         st.add_column(c, justify="left" if c == "policy or curve" else "right")
     for name, sc in res["scores"].items():
         p = res["policies"].get(name, {})
@@ -115,8 +115,20 @@ def _print_eval(res: dict[str, Any], files: list[Path]) -> None:
         if "above_random_mixture" in p:
             lo, hi = p["ci95"]["above_random_mixture"]
             ab = f"{p['above_random_mixture'] + 1e-9:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-        st.add_row(name, f"{p['pgr']:.2f}" if p.get("pgr") is not None else "-", ab, f"{sc['apgr']:.3f}" if sc.get("apgr") is not None else "-", f"{1000 * ctr:.3f}" if ctr is not None else "not reached")
+        ap = "-" if sc.get("apgr") is None else f"{sc['apgr']:.3f}" + (" [{:.3f}, {:.3f}]".format(*sc["apgr_ci95"]) if "apgr_ci95" in sc else "")
+        st.add_row(name, f"{p['pgr']:.2f}" if p.get("pgr") is not None else "-", ab, ap, f"{1000 * ctr:.3f}" if ctr is not None else "not reached")
     console.print(st)
+    if res.get("knob_sweep"):
+        kt = Table(title=f"the router's cost knob (route bias; the router rows above ran at {res['route_bias']:+g})")
+        for c in ("route bias", "quality [95%]", "$ / 1k tasks", "tasks calling the costliest model"):
+            kt.add_column(c, justify="right")
+        for k in res["knob_sweep"]:
+            lo, hi = k["ci95"]["quality"]
+            kt.add_row(f"{k['route_bias']:+g}", f"{k['quality']:.3f} [{lo:.3f}, {hi:.3f}]", f"{1000 * k['mean_cost']:.3f}", f"{k['strong_share']:.0%}")
+        console.print(kt)
+        for other, d in res["scores"]["router knob sweep"].get("apgr_minus", {}).items():
+            lo, hi = d["ci95"]
+            console.print(f"APGR router knob sweep minus {other}: {d['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired, 95%): {'significant' if d['significant'] else 'not significant'}")
     for line in res.get("notes", []):
         console.print(f"[yellow]note[/] {line}")
     console.print("wrote " + ", ".join(str(f) for f in files))
@@ -183,6 +195,9 @@ def train(
 
 
 # ---- evaluation -------------------------------------------------------------------------------
+DEFAULT_CURVE_BIASES = (-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0)  # eval --curve: route biases, logit units
+
+
 @app.command("eval")
 def eval_(
     target: str = typer.Argument(..., help="A training output dir (uses its final/ and recipe.json), a model folder, 'initial' (the recipe's untrained router), or a baseline name (always-<model>, random, oracle, knn-tfidf) to evaluate the baselines alone."),
@@ -192,6 +207,9 @@ def eval_(
     sampled: bool = typer.Option(True, "--sampled/--no-sampled", help="Also run the router sampled (at trainer.temperature), next to greedy."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated per-task budgets ($) for an inference-time budget sweep, e.g. 0.0005,0.002,0.01."),
     checkpoints: bool = typer.Option(False, "--checkpoints", help="Also evaluate every OUT/rl/checkpoint-N (greedy) and plot reward/cost over training."),
+    curve: bool = typer.Option(False, "--curve", help="Also run the router (greedy) at several route biases (the cost knob) and draw its cost-quality curve beside the kNN sweep and the random line, with APGR and paired APGR differences (95%)."),
+    curve_biases: Optional[str] = typer.Option(None, "--curve-biases", help=f"Comma-separated route biases for --curve (logit units; default {','.join(f'{b:g}' for b in DEFAULT_CURVE_BIASES)})."),
+    route_bias: Optional[float] = typer.Option(None, "--route-bias", help="Route bias for the router rows (default: the calibrated one in the model folder's route_bias.json, else 0)."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write eval.json and the PNGs (default: RUN/eval for a training run, MODEL-eval beside a model folder, else the recipe's output_dir/eval)."),
 ) -> None:
     """Evaluate a router on the recipe's held-out tasks against always-<model>, random, the
@@ -204,8 +222,58 @@ def eval_(
     r, out = eval_target(target, recipe, set_ or [], output_dir)
     bl = _budgets(budgets)
     with _progress() as prog:
-        res = evaluate(r, target, n=_positive("--n", n), sampled=sampled, budgets=bl, checkpoints=checkpoints, progress=_bars(prog, n or r.data.max_heldout or 0))
+        res = evaluate(r, target, n=_positive("--n", n), sampled=sampled, budgets=bl, checkpoints=checkpoints, curve_biases=_numbers("--curve-biases", curve_biases) or (list(DEFAULT_CURVE_BIASES) if curve else None),
+                       route_bias=route_bias, progress=_bars(prog, n or r.data.max_heldout or 0))
     _print_eval(res, write_outputs(res, out))
+
+
+
+def _numbers(option: str, text: Optional[str]) -> Optional[list[float]]:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(option, f"{text!r} is not a list of numbers", "e.g. -4,0,4") from None
+
+
+@app.command()
+def calibrate(
+    target: str = typer.Argument(..., help="A training output dir (its final/ and recipe.json) or a model folder."),
+    target_cost: Optional[float] = typer.Option(None, "--target-cost", help="Mean cost per task to hit, in $ (e.g. 0.002)."),
+    target_strong_share: Optional[float] = typer.Option(None, "--target-strong-share", help="Share of tasks that call the costliest model, in [0, 1] (RouteLLM's '% calls to the strong model')."),
+    split: str = typer.Option("validation", "--split", help="Tasks to calibrate on: validation (data.validation_fraction, kept out of training), or train / heldout (say so when you report)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Use the first N tasks of the split."),
+    iters: int = typer.Option(8, "--iters", help="Bisection steps after the two ends (each a greedy run on the tasks)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (default: TARGET's recipe.json)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Find the route bias (the cost knob: added to the logits of the tokens that choose a
+    costlier model) at which the router, greedy, hits a target mean cost per task or share of
+    tasks calling the costliest model on validation tasks. Writes route_bias.json beside the
+    weights; eval, serve and export use it from then on (eval --route-bias 0 to compare)."""
+    from rl_router.evaluation.calibration import calibrate as run
+    from rl_router.evaluation.report import eval_target
+
+    from rl_router.models import resolve_checkpoint
+
+    if iters < 0:
+        raise ConfigError("--iters", f"must be >= 0, got {iters}")
+    if resolve_checkpoint(target) is None:
+        raise ConfigError("target", f"{target!r} is not a model folder or a training output dir", "e.g. rl-router calibrate outputs/quickstart --target-strong-share 0.3")
+    r, _out = eval_target(target, recipe, set_ or [], None)
+    with _progress() as prog:
+        rec = run(r, target, cost=target_cost, strong_share=target_strong_share, split=split, n=_positive("--n", n), iters=iters, progress=_bars(prog, n or 0))
+    t = Table(title=f"route bias on {rec['tasks']} {rec['split']} tasks (target {rec['target']})")
+    for c in ("route bias", "quality", "$ / 1k tasks", "tasks calling the costliest model"):
+        t.add_column(c, justify="right")
+    for x in rec["tried"]:
+        mark = " <-" if x["route_bias"] == rec["route_bias"] else ""
+        t.add_row(f"{x['route_bias']:+g}{mark}", f"{x['quality']:.3f}", f"{1000 * x['mean_cost']:.3f}", f"{x['strong_share']:.0%}")
+    console.print(t)
+    if rec.get("note"):
+        console.print(f"[yellow]note[/] {rec['note']}")
+    console.print(f"route bias {rec['route_bias']:+g}: wrote {rec['file']}")
 
 
 def _budgets(text: Optional[str]) -> Optional[list[float]]:
@@ -311,6 +379,7 @@ def serve(
     port: int = typer.Option(8080, help="Port."),
     model_id: Optional[str] = typer.Option(None, "--model-id", help="Model name clients send (default: the checkpoint folder's name)."),
     api_key_env: Optional[str] = typer.Option(None, help="Name of an env var holding a bearer token clients must send."),
+    route_bias: Optional[float] = typer.Option(None, "--route-bias", help="The cost knob (default: the calibrated route_bias.json beside the weights, else 0); see rl-router calibrate."),
 ) -> None:
     """Serve a trained router (uvicorn): POST /v1/chat/completions runs its think/route loop
     against the pool and returns the final answer (stream: true streams it), with usage and the
@@ -318,8 +387,8 @@ def serve(
     bodies are bounded (1 MiB, 30 s)."""
     from rl_router.serving.router_server import server_from_checkpoint
 
-    srv = server_from_checkpoint(checkpoint, pool_file=pool, host=host, port=port, model_id=model_id, api_key_env=api_key_env)
-    console.print(f"serving router {srv.model_id!r} over {srv.pool.model_names} at {srv.url}")
+    srv = server_from_checkpoint(checkpoint, pool_file=pool, host=host, port=port, model_id=model_id, api_key_env=api_key_env, route_bias=route_bias)
+    console.print(f"serving router {srv.model_id!r} over {srv.pool.model_names} at {srv.url} (route bias {srv.route_bias:+g})")
     srv.serve_forever()
 
 
@@ -329,6 +398,7 @@ def pool_server(
     host: str = typer.Option("127.0.0.1", help="Bind address; keep 127.0.0.1 unless you mean to expose it."),
     port: int = typer.Option(8000, help="Port."),
     api_key_env: Optional[str] = typer.Option(None, help="Name of an env var holding a bearer token clients must send."),
+    route_bias: Optional[float] = typer.Option(None, "--route-bias", help="The cost knob (default: the calibrated route_bias.json beside the weights, else 0); see rl-router calibrate."),
 ) -> None:
     """Serve a pool (recorded, simulated, local or remote) as an OpenAI-compatible endpoint:
     POST /v1/chat/completions and GET /v1/models."""

@@ -58,6 +58,28 @@ def pgr_values(policy: Mapping[str, Sequence[float]], cheap: Mapping[str, Sequen
     return np.where(np.abs(gap) > 1e-12, (q["p"] - q["c"]) / np.where(np.abs(gap) > 1e-12, gap, 1.0), np.nan)
 
 
+def curve_apgr_values(points: Sequence[Mapping[str, Sequence[float]]], cheap: Mapping[str, Sequence[float]], strong: Mapping[str, Sequence[float]], idx: np.ndarray, steps: int = 400) -> np.ndarray:
+    """Per resample: the APGR of a cost-quality curve whose points are policies run on the same
+    tasks (`points[k]` holds per-task `quality` and `cost`): mean quality over costs
+    [0, always-strong's cost] (linear between points, flat beyond the ends, as
+    `frontier.area_under`), as a PGR between always-cheap and always-strong. Every point and
+    both boundaries are resampled together, so differences between curves are paired."""
+    mean = lambda v, f: np.asarray(v[f], dtype=float)[idx].mean(axis=1)  # noqa: E731
+    C = np.stack([mean(p, "cost") for p in points])  # (points, resamples)
+    Q = np.stack([mean(p, "quality") for p in points])
+    qc, qs, cmax = mean(cheap, "quality"), mean(strong, "quality"), mean(strong, "cost")
+    out = np.full(idx.shape[0], np.nan)
+    grid = (np.arange(steps) + 0.5) / steps
+    for r in range(idx.shape[0]):
+        gap = qs[r] - qc[r]
+        if cmax[r] <= 0 or abs(gap) < 1e-12:
+            continue
+        order = np.argsort(C[:, r], kind="stable")
+        area = np.interp(cmax[r] * grid, C[order, r], Q[order, r]).mean()
+        out[r] = (area - qc[r]) / gap
+    return out
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float], idx: np.ndarray) -> dict[str, float]:
     """Mean of a - b over tasks, its 95% interval and whether the interval excludes 0."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)

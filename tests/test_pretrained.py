@@ -72,7 +72,7 @@ def test_both_protocols_work_with_the_real_tokenizer(smol_cache):
 
     got = {}
     for protocol in ("tags", "tools"):
-        r = load_recipe(RECIPE, ["data.max_heldout=12", f"rollout.protocol={protocol}"])
+        r = load_recipe(RECIPE, ["data.max_heldout=24", f"rollout.protocol={protocol}"])
         pool = recipe_pool(r)
         held = recipe_tasks(r, pool)[1]
         tok = tokenizer_from_recipe(r)
@@ -84,7 +84,37 @@ def test_both_protocols_work_with_the_real_tokenizer(smol_cache):
             got.setdefault(name, []).append(([e["quality"] for e in eps], [e["cost"] for e in eps], score_episodes(eps, held, r.rewards)))
     for name, (tags, tools) in got.items():
         assert tags == tools, name
-        assert 0 < sum(tags[0]) < len(tags[0])
+        assert 0 < sum(tags[0])
+    assert any(sum(tags[0]) < len(tags[0]) for tags, _ in got.values())  # real verdicts: someone errs
+
+
+def test_cost_knob_with_the_real_tokenizer(smol_cache):
+    """SmolLM2's BPE splits the route header differently from the tiny tokenizer ('="' is one
+    token, 'Route to' then ' g'): the knob still finds the decision and a large bias decides
+    it, in the think text and in the route tag."""
+    import torch
+
+    from rl_router.models import router_from_recipe
+    from rl_router.prompts import encode_chat, initial_messages
+    from rl_router.rollout.route_bias import RouteBiasProcessor, cost_weights
+
+    r = load_recipe(RECIPE, ["data.max_heldout=2"])
+    pool = recipe_pool(r)
+    task = recipe_tasks(r, pool)[1][0]
+    model, tok = router_from_recipe(r)
+    model.eval()
+    weights = cost_weights(pool)
+    strong = max(weights, key=weights.get)
+    prompt = encode_chat(tok, initial_messages(task, [pool.card(m) for m in pool.model_names], r.env_config().budget))
+    for prefix in ("<think>Route to", '<think>Route to x.</think><route model'):
+        ids = torch.tensor([prompt + tok.encode(prefix, add_special_tokens=False)])
+        for bias in (100.0, -100.0):
+            proc = RouteBiasProcessor(tok, weights, bias, start=len(prompt))
+            with torch.no_grad():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, logits_processor=[proc], pad_token_id=tok.pad_token_id)
+            text = tok.decode(out[0, ids.shape[1]:])
+            assert proc.decisions >= 1, (prefix, text)
+            assert text.lstrip(' ="').startswith(strong[:2]) is (bias > 0), (prefix, bias, text)
 
 
 def test_ci_sized_run_trains_evaluates_exports_and_serves(smol_cache, tmp_path):

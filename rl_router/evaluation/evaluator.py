@@ -88,13 +88,21 @@ def baseline_policy(name: str, tokenizer: Any, models: list[str], *, seed: int =
     return ScriptedPolicy(tokenizer, choose, name=name, query=query, adopt=adopt)
 
 
-def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = True) -> HFPolicy:
-    """The router: greedy, or sampled at the temperature it was trained at."""
+def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = True, route_bias: float = 0.0, pool: Any = None) -> HFPolicy:
+    """The router: greedy, or sampled at the temperature it was trained at; `route_bias` turns
+    the cost knob (rollout/route_bias.py; needs the pool for the models' prices)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     r = recipe.rollout
     temp = 0.0 if greedy else float(recipe.trainer.get("temperature", r.temperature))
-    return HFPolicy(model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=temp, top_p=r.top_p, stop_strings=stop_strings(recipe), synced_gpus=is_deepspeed_zero3_enabled())
+    weights = None
+    if route_bias:
+        from rl_router.rollout.route_bias import cost_weights
+
+        if pool is None:
+            raise ValueError("router_policy(route_bias=...) needs the pool")
+        weights = cost_weights(pool)
+    return HFPolicy(model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=temp, top_p=r.top_p, stop_strings=stop_strings(recipe), synced_gpus=is_deepspeed_zero3_enabled(), route_bias=route_bias, route_weights=weights)
 
 
 def tqdm_progress() -> Callable[[str, int], None] | None:

@@ -15,12 +15,13 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from rl_router.evaluation.calibration import knob_point, read_route_bias
 from rl_router.evaluation.evaluator import Evaluator, router_policy
 from rl_router.evaluation.knn_router import TfidfKNN
 from rl_router.frontier import above, area_under, cost_to_reach, oracle_frontier, pgr, point, random_mixture
 from rl_router.models import resolve_checkpoint
 from rl_router.recipe import Recipe
-from rl_router.stats import above_line_values, paired_difference, pgr_values, resample_index, statistic_ci
+from rl_router.stats import above_line_values, curve_apgr_values, interval, paired_difference, pgr_values, resample_index, statistic_ci
 from rl_router.task_sources import recipe_pool, recipe_tasks
 
 CPT_PGR = 0.5  # RouteLLM's CPT(50%): the cost at which half the cheap->strong quality gap is recovered
@@ -48,9 +49,15 @@ def evaluate(
     sampled: bool = True,
     budgets: list[float] | None = None,
     checkpoints: bool = False,
-    knn_thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    knn_thresholds: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01),
+    curve_biases: list[float] | None = None,
+    route_bias: float | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
+    """`curve_biases`: route biases (the cost knob) at which to run the router for its own
+    cost-quality curve. `route_bias`: the router rows' setting (None: the calibrated one kept
+    beside the weights, else 0). kNN thresholds span all-cheap (0) to all-strong (1.01), so
+    its sweep and the router's cover the same costs."""
     from rl_router.models import load_checkpoint, router_from_recipe, tokenizer_from_recipe
     from rl_router.recipe import validate_against_pool
 
@@ -64,8 +71,12 @@ def evaluate(
     cheap, strong = validate_against_pool(recipe, pool, held)
     ckpt = resolve_checkpoint(target)
     model = tok = None
+    calibration = None
     if ckpt is not None:
         model, tok = load_checkpoint(ckpt, recipe)
+        calibration = read_route_bias(ckpt)
+    if route_bias is None:
+        route_bias = float(calibration["route_bias"]) if calibration else 0.0
     elif target == "initial":
         model, tok = router_from_recipe(recipe)
     else:  # baselines only: the tokenizer is enough
@@ -86,20 +97,21 @@ def evaluate(
     solved = _cheap_outcomes_on_train(recipe, Evaluator(recipe, pool, tok, train_tasks, progress=progress), cheap, run_dir)
     knn = TfidfKNN(k=10).fit([t.question for t in train_tasks], [1.0 if solved.get(t.task_id) else 0.0 for t in train_tasks])
     p_cheap = dict(zip([t.task_id for t in held], knn.predict_proba([t.question for t in held])))
-    knn_curve = []
+    knn_curve, knn_tasks = [], []
     for th in knn_thresholds:
         s, _ = ev.run(f"knn@{th}", ev.baseline(f"knn@{th}", choose=lambda t, th=th: cheap if p_cheap[t.task_id] >= th else strong))
         knn_curve.append(point(s))
+        knn_tasks.append(s["per_task"])
         if th == 0.5:
             policies["knn-tfidf"] = s
 
     router_names = []
     if model is not None:
         label = "router" if target != "initial" else "initial router"
-        policies[f"{label} (greedy)"], _ = ev.run("router greedy", router_policy(model, tok, recipe, greedy=True))
+        policies[f"{label} (greedy)"], _ = ev.run("router greedy", router_policy(model, tok, recipe, greedy=True, route_bias=route_bias, pool=pool))
         router_names.append(f"{label} (greedy)")
         if sampled:
-            policies[f"{label} (sampled)"], _ = ev.run("router sampled", router_policy(model, tok, recipe, greedy=False))
+            policies[f"{label} (sampled)"], _ = ev.run("router sampled", router_policy(model, tok, recipe, greedy=False, route_bias=route_bias, pool=pool))
             router_names.append(f"{label} (sampled)")
 
     q_cheap, q_strong = policies[f"always-{cheap}"]["quality"], policies[f"always-{strong}"]["quality"]
@@ -127,6 +139,13 @@ def evaluate(
             for b in policies if b not in router_names
         }
 
+    knob: list[dict[str, Any]] = []
+    if curve_biases and model is not None:
+        for b in sorted(set(curve_biases) | {route_bias}):
+            k = knob_point(ev, model, tok, recipe, b, strong)
+            knob.append(k)
+        curves["router knob sweep"] = sorted(point(k) for k in knob)
+
     sweep = []
     if budgets and model is not None:
         for b in budgets:
@@ -142,6 +161,17 @@ def evaluate(
     curve_scores = {name: {"area_under_frontier": area_under(c, c_max), "apgr": apgr(c), cpt: cost_to_reach(c, target_q)} for name, c in curves.items()}
     for name in list(policies):  # a single point reaches the target at its own cost, or never
         curve_scores[name] = {cpt: cost_to_reach([point(policies[name])], target_q)}
+    # APGR with 95% intervals, and paired differences between curves (all resampled together)
+    per_curve = {"random mixture": [lo_t, hi_t], "knn-tfidf sweep": knn_tasks}
+    if knob:
+        per_curve["router knob sweep"] = [k["per_task"] for k in knob]
+    apgr_v = {name: curve_apgr_values(pts, lo_t, hi_t, idx) for name, pts in per_curve.items()}
+    for name, v in apgr_v.items():
+        curve_scores[name]["apgr_ci95"] = list(interval(v))
+    if knob:
+        curve_scores["router knob sweep"]["apgr_minus"] = {
+            other: statistic_ci(lambda _i, o=other: apgr_v["router knob sweep"] - apgr_v[o], idx) for other in ("knn-tfidf sweep", "random mixture")
+        }
 
     ck_rows = []
     if checkpoints and ckpt is not None:
@@ -185,6 +215,9 @@ def evaluate(
         },
         "budget_sweep": sweep,
         "checkpoints": ck_rows,
+        "route_bias": route_bias,
+        "calibration": calibration,
+        "knob_sweep": [{k: x[k] for k in ("route_bias", "quality", "mean_cost", "strong_share", "ci95")} for x in knob],
     }
 
 

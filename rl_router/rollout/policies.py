@@ -70,8 +70,13 @@ class HFPolicy:
     distribution (logits / temperature), which TRL can use for importance sampling.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS, synced_gpus: bool = False):
+    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS, synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None):
         self.model, self.tokenizer = model, tokenizer
+        # the cost knob (rollout/route_bias.py): route_bias x route_weights[model] on the
+        # logits of the tokens that choose a model; 0 leaves generation untouched
+        self.route_bias, self.route_weights = float(route_bias), route_weights
+        if self.route_bias and not route_weights:
+            raise ValueError("route_bias needs route_weights (route_bias.cost_weights(pool))")
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop_strings = stop_strings
         # DeepSpeed ZeRO-3: every rank must run the same number of forward passes, so
@@ -113,6 +118,12 @@ class HFPolicy:
         }
         if not greedy:
             kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+        if self.route_bias:
+            from transformers import LogitsProcessorList
+
+            from rl_router.rollout.route_bias import RouteBiasProcessor
+
+            kw["logits_processor"] = LogitsProcessorList([RouteBiasProcessor(tok, self.route_weights or {}, self.route_bias, start=width)])
         was_training = model.training
         model.eval()
         with torch.no_grad():

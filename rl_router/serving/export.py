@@ -46,7 +46,9 @@ def redact_text(text: str, secrets: list[str]) -> str:
     return URL_CREDS.sub(r"\1***@", text)
 
 
-def router_config(recipe: Recipe, pool: Any) -> dict[str, Any]:
+def router_config(recipe: Recipe, pool: Any, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    from rl_router.rollout.route_bias import HEADERS, cost_weights
+
     cards = [pool.card(m) for m in pool.model_names]
     env = {k: v for k, v in recipe.env.items()}
     pool_section = {k: v for k, v in recipe.pool.items() if k != "models"}
@@ -67,6 +69,13 @@ def router_config(recipe: Recipe, pool: Any) -> dict[str, Any]:
         "rollout": dataclasses.asdict(recipe.rollout),
         "rewards": recipe.rewards,
         "algorithm": dataclasses.asdict(recipe.algorithm),
+        "cost_knob": {
+            "route_bias": float(calibration["route_bias"]) if calibration else 0.0,
+            "weights": cost_weights(pool),
+            "headers": [h for _a, h in HEADERS],
+            "how": "route_bias x weights[model] is added to the logits of the first token that commits a model name after a header; rl-router serve applies it",
+            "calibration": calibration,
+        },
     }
 
 
@@ -108,6 +117,17 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
     for c in cfg["pool"]["models"]:
         lines.append(f"| {c['name']} | {c['price_in']:g} / {c['price_out']:g} | {c['latency_ms']:.0f} ms | {', '.join(f'{k} {v:.0%}' for k, v in c['example_scores'].items()) or '-'} |")
     lines += ["", "## Rewards", "", "```json", json.dumps(recipe.rewards, indent=1), "```", ""]
+    knob = cfg.get("cost_knob") or {}
+    cal = knob.get("calibration")
+    lines += ["## Cost knob", ""]
+    if cal:
+        got = cal["achieved"]
+        lines += [f"Calibrated route bias **{knob['route_bias']:+g}** (added to the logits of the tokens that choose a costlier model; `route_bias.json`),",
+                  f"found by `rl-router calibrate` for target {cal['target']} on {cal['tasks']} {cal['split']} tasks, where it gave",
+                  f"{got['strong_share']:.0%} of tasks calling the costliest model, ${1000 * got['mean_cost']:.3f} per 1k tasks and quality {got['quality']:.3f}.",
+                  "`rl-router serve` applies it; `--route-bias B` overrides it.", ""]
+    else:
+        lines += ["Route bias 0 (not calibrated). `rl-router calibrate` sets one for a target cost or strong-call share; `rl-router serve --route-bias B` sets one by hand.", ""]
     if pol:
         lines += [f"## Measured results ({ev['tasks']} held-out tasks, greedy)", "", "| policy | quality | $ / 1k tasks | reward | PGR | above random line | format errors |", "|---|---|---|---|---|---|---|"]
         for name, s in pol.items():
@@ -189,8 +209,13 @@ def _write_export(ck: Path, repo_id: str, recipe: Recipe, out: Path, *, eval_jso
     if (ck / "adapter_config.json").exists():
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(ck / f, out / f)
+    from rl_router.evaluation.calibration import CALIBRATION_FILE, read_route_bias
+
     pool = recipe_pool(recipe)
-    cfg = router_config(recipe, pool)
+    calibration = read_route_bias(ck)
+    if calibration is not None:
+        shutil.copy2(ck / CALIBRATION_FILE, out / CALIBRATION_FILE)  # serve reads it from the export
+    cfg = router_config(recipe, pool, calibration)
     (out / "router_config.json").write_text(json.dumps(cfg, indent=1, default=str))
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1, default=str))  # `rl-router eval EXPORT_DIR` re-measures it
     ev_path = Path(eval_json) if eval_json else next((p for p in (ck.parent / "eval" / "eval.json", ck / "eval.json") if p.exists()), None)

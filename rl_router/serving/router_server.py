@@ -64,7 +64,7 @@ class RouterApp:
 
     def __init__(self, model: Any, tokenizer: Any, pool: Any, env_config: Any, *, env_name: str = "router_r1", model_id: str = "rl-router", max_new_tokens: int = 96,
                  max_completion_tokens: int = 2048, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S,
-                 stop_strings: tuple[str, ...] | None = None, engine: Any = None):
+                 stop_strings: tuple[str, ...] | None = None, engine: Any = None, route_bias: float = 0.0):
         from starlette.applications import Starlette
         from starlette.routing import Route
 
@@ -73,6 +73,14 @@ class RouterApp:
         self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
         self.engine = engine or RolloutEngine(lambda: make_env(env_name, pool, config=env_config, tokenizer=tokenizer), tokenizer, max_completion_tokens=max_completion_tokens)
         self.stop_strings = stop_strings
+        # the cost knob as calibrated (route_bias.json beside the weights) or set with --route-bias
+        self.route_bias = float(route_bias)
+        if self.route_bias:
+            from rl_router.rollout.route_bias import cost_weights
+
+            self.route_weights: dict[str, float] | None = cost_weights(pool)
+        else:
+            self.route_weights = None
         self._lock = threading.Lock()
         self._recorded = {t.question: t for t in pool.tasks()} if hasattr(pool, "tasks") else None
         self.requests = 0
@@ -193,7 +201,8 @@ class RouterApp:
         task = self.task_for(question)
         limit = req.get("max_completion_tokens") or req.get("max_tokens") or self.max_new_tokens
         kw = {"stop_strings": self.stop_strings} if self.stop_strings else {}
-        policy = HFPolicy(self.model, self.tok, max_new_tokens=int(limit), temperature=float(req.get("temperature", 0.0)), top_p=float(req.get("top_p", 1.0)), **kw)
+        policy = HFPolicy(self.model, self.tok, max_new_tokens=int(limit), temperature=float(req.get("temperature", 0.0)), top_p=float(req.get("top_p", 1.0)),
+                          route_bias=self.route_bias, route_weights=self.route_weights, **kw)
         with self._lock:
             ep = self.engine.run([task], policy)[0]
         self.requests += 1
@@ -213,6 +222,7 @@ class RouterApp:
                 "turns": len(ep.get("policy_turns") or []),
                 "done_reason": ep.get("done_reason") or ("answer" if answer is not None else None),
                 "format_error": ep.get("format_error"),
+                "route_bias": self.route_bias,
                 "trajectory": ep.get("policy_turns") or [],
             },
         }
@@ -262,7 +272,7 @@ class RouterServer(RouterApp):
         self.stop()
 
 
-def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, host: str = "127.0.0.1", port: int = 8080, model_id: str | None = None, api_key_env: str | None = None) -> RouterServer:
+def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, host: str = "127.0.0.1", port: int = 8080, model_id: str | None = None, api_key_env: str | None = None, route_bias: float | None = None) -> RouterServer:
     """Everything `rl-router serve` needs, checked before the port opens: the router (a model
     folder, a training run, or a Hub repo id), the recipe it was trained with, the pool (its
     own, or --pool's, whose model names must be the ones the router was trained to call),
@@ -291,12 +301,17 @@ def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, hos
     if not 0 <= port <= 65535:
         raise ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)")
     model, tok = load_checkpoint(local, recipe)
+    if route_bias is None:
+        from rl_router.evaluation.calibration import read_route_bias
+
+        cal = read_route_bias(local)
+        route_bias = float(cal["route_bias"]) if cal else 0.0
     try:
         from rl_router.rollout.engine import make_engine, stop_strings
 
         return RouterServer(model, tok, pool, recipe.env_config(), env_name=recipe.env.get("name", "router_r1"), model_id=model_id or Path(checkpoint).resolve().name if Path(checkpoint).exists() else model_id or checkpoint.split("/")[-1],
                             max_new_tokens=recipe.rollout.max_new_tokens, max_completion_tokens=recipe.rollout.max_completion_tokens, host=host, port=port, api_key=key,
-                            stop_strings=stop_strings(recipe), engine=make_engine(recipe, pool, tok))
+                            stop_strings=stop_strings(recipe), engine=make_engine(recipe, pool, tok), route_bias=route_bias)
     except OSError as e:
         raise ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror or e})", "pick a free port with --port, or stop what holds it") from None
 

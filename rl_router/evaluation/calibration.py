@@ -1,0 +1,140 @@
+"""`rl-router calibrate`: the cost knob's setting that hits a target on real traffic.
+
+RouteLLM users keep asking what a threshold means on their traffic. Here the answer is
+measured: the router runs greedy on validation tasks (set aside from training by
+`data.validation_fraction`) at several route biases (rollout/route_bias.py), and bisection
+finds the bias whose mean cost per task, or share of tasks that call the costliest model,
+is closest to the target. The setting is written beside the weights (`route_bias.json`), where
+`eval`, `serve` and `export` read it, so what is evaluated is what is served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from rl_router.errors import ConfigError
+
+CALIBRATION_FILE = "route_bias.json"
+BIAS_RANGE = (-32.0, 32.0)  # logit units; beyond this a choice is never flipped in practice
+
+
+def read_route_bias(folder: str | Path | None) -> dict[str, Any] | None:
+    """The calibrated setting kept beside a model's weights, or None."""
+    if folder is None:
+        return None
+    f = Path(folder) / CALIBRATION_FILE
+    if not f.is_file():
+        return None
+    try:
+        rec = json.loads(f.read_text())
+        float(rec["route_bias"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(str(f), f"not a calibration record ({type(e).__name__}: {e})", "run rl-router calibrate again, or delete the file") from None
+    return rec
+
+
+def write_route_bias(folder: Path, record: dict[str, Any]) -> Path:
+    f = folder / CALIBRATION_FILE
+    tmp = f.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, f)
+    return f
+
+
+def strong_calls(episodes: list[dict[str, Any]], strong: str) -> list[float]:
+    """Per task: 1 if the episode called the costliest model at least once."""
+    return [1.0 if any(c.get("model") == strong and not c.get("error") for c in e.get("trace") or []) else 0.0 for e in episodes]
+
+
+def knob_point(ev: Any, model: Any, tok: Any, recipe: Any, bias: float, strong: str, name: str | None = None) -> dict[str, Any]:
+    """The router, greedy, at one route bias: its summary plus the strong-call share."""
+    from rl_router.evaluation.evaluator import router_policy
+
+    eps = ev.episodes(name or f"bias {bias:+g}", router_policy(model, tok, recipe, greedy=True, route_bias=bias, pool=ev.pool))
+    s = ev.summarize(eps)
+    share = strong_calls(eps, strong)
+    s["strong_share"] = sum(share) / max(1, len(share))
+    s["per_task"]["strong"] = share
+    s["route_bias"] = bias
+    return s
+
+
+def bisect_bias(measure: Callable[[float], float], target: float, *, lo: float = BIAS_RANGE[0], hi: float = BIAS_RANGE[1], iters: int = 8) -> tuple[float, list[tuple[float, float]], str | None]:
+    """(bias, [(bias, value) tried], note): bisection on a measure that grows with the bias
+    (cost and strong-call share do: a larger bias only makes costlier names likelier). Returns
+    the tried bias whose value is closest to the target (ties: the smaller |bias|)."""
+    tried = [(lo, measure(lo)), (hi, measure(hi))]
+    note = None
+    if target <= tried[0][1]:
+        note = f"the target {target:g} is at or below what the router does at bias {lo:g} ({tried[0][1]:g}): that is the closest setting"
+    elif target >= tried[1][1]:
+        note = f"the target {target:g} is at or above what the router does at bias {hi:g} ({tried[1][1]:g}): that is the closest setting"
+    else:
+        a, b = lo, hi
+        for _ in range(iters):
+            mid = (a + b) / 2
+            v = measure(mid)
+            tried.append((mid, v))
+            if v == target:
+                break
+            a, b = (mid, b) if v < target else (a, mid)
+    best = min(tried, key=lambda bv: (abs(bv[1] - target), abs(bv[0])))
+    return best[0], tried, note
+
+
+def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_share: float | None = None, split: str = "validation", n: int | None = None,
+              iters: int = 8, progress: Callable[[str, int], None] | None = None, write: bool = True) -> dict[str, Any]:
+    """Find the route bias that hits `cost` (mean $ per task) or `strong_share` (share of tasks
+    calling the costliest model) on `split` tasks, and write it beside the router's weights."""
+    from rl_router.evaluation.evaluator import Evaluator
+    from rl_router.models import load_checkpoint, resolve_checkpoint
+    from rl_router.recipe import validate_against_pool
+    from rl_router.rollout.route_bias import cost_weights
+    from rl_router.task_sources import recipe_pool, recipe_splits, recipe_validation_tasks
+
+    if (cost is None) == (strong_share is None):
+        raise ConfigError("--target-cost / --target-strong-share", "give exactly one target", "e.g. --target-strong-share 0.3, or --target-cost 0.002 ($ per task)")
+    if strong_share is not None and not 0.0 <= strong_share <= 1.0:
+        raise ConfigError("--target-strong-share", f"{strong_share} is not a share", "use a number in [0, 1]")
+    if cost is not None and cost < 0:
+        raise ConfigError("--target-cost", f"{cost} is negative", "give dollars per task, e.g. 0.002")
+    if split not in ("validation", "train", "heldout"):
+        raise ConfigError("--split", f"unknown {split!r}", "use validation (default), train or heldout")
+    ckpt = resolve_checkpoint(target)
+    if ckpt is None:
+        raise ConfigError("target", f"{target!r} is not a model folder or a training output dir", "e.g. rl-router calibrate outputs/quickstart --target-strong-share 0.3")
+    pool = recipe_pool(recipe)
+    train, _val, held = recipe_splits(recipe, pool)
+    tasks = recipe_validation_tasks(recipe, pool) if split == "validation" else train if split == "train" else held
+    tasks = tasks[:n] if n else tasks
+    _cheap, _strong = validate_against_pool(recipe, pool, tasks)
+    weights = cost_weights(pool)
+    strong = max(weights, key=lambda m: weights[m])
+    model, tok = load_checkpoint(ckpt, recipe)
+    ev = Evaluator(recipe, pool, tok, tasks, progress=progress)
+    ev.set_cost_reference([e["cost"] or 0.0 for m in pool.model_names for e in ev.episodes(f"always-{m}", ev.baseline(f"always-{m}"))])
+    key, goal = ("mean_cost", cost) if cost is not None else ("strong_share", strong_share)
+    points: dict[float, dict[str, Any]] = {}
+
+    def measure(b: float) -> float:
+        points[b] = knob_point(ev, model, tok, recipe, b, strong)
+        return float(points[b][key])
+
+    bias, tried, note = bisect_bias(measure, float(goal), iters=iters)
+    got = points[bias]
+    record = {
+        "route_bias": bias,
+        "target": {key: goal},
+        "achieved": {"mean_cost": got["mean_cost"], "strong_share": got["strong_share"], "quality": got["quality"], "ci95": {"quality": got["ci95"]["quality"], "mean_cost": got["ci95"]["mean_cost"]}},
+        "split": split,
+        "tasks": len(tasks),
+        "weights": weights,
+        "tried": [{"route_bias": b, "mean_cost": points[b]["mean_cost"], "strong_share": points[b]["strong_share"], "quality": points[b]["quality"]} for b, _ in sorted(tried)],
+        "note": note,
+    }
+    if write:
+        record["file"] = str(write_route_bias(ckpt, record))
+    return record
