@@ -210,6 +210,7 @@ def eval_(
     curve: bool = typer.Option(False, "--curve", help="Also run the router (greedy) at several route biases (the cost knob) and draw its cost-quality curve beside the kNN sweep and the random line, with APGR and paired APGR differences (95%)."),
     curve_biases: Optional[str] = typer.Option(None, "--curve-biases", help=f"Comma-separated route biases for --curve (logit units; default {','.join(f'{b:g}' for b in DEFAULT_CURVE_BIASES)})."),
     route_bias: Optional[float] = typer.Option(None, "--route-bias", help="Route bias for the router rows (default: the calibrated one in the model folder's route_bias.json, else 0)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Episodes per lock-step batch (one generate call per turn for all of them): larger is faster on CPU while memory lasts."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write eval.json and the PNGs (default: RUN/eval for a training run, MODEL-eval beside a model folder, else the recipe's output_dir/eval)."),
 ) -> None:
     """Evaluate a router on the recipe's held-out tasks against always-<model>, random, the
@@ -223,7 +224,7 @@ def eval_(
     bl = _budgets(budgets)
     with _progress() as prog:
         res = evaluate(r, target, n=_positive("--n", n), sampled=sampled, budgets=bl, checkpoints=checkpoints, curve_biases=_numbers("--curve-biases", curve_biases) or (list(DEFAULT_CURVE_BIASES) if curve else None),
-                       route_bias=route_bias, progress=_bars(prog, n or r.data.max_heldout or 0))
+                       route_bias=route_bias, batch_size=_positive("--batch-size", batch_size), progress=_bars(prog, n or r.data.max_heldout or 0))
     _print_eval(res, write_outputs(res, out))
 
 
@@ -245,6 +246,7 @@ def calibrate(
     split: str = typer.Option("validation", "--split", help="Tasks to calibrate on: validation (data.validation_fraction, kept out of training), or train / heldout (say so when you report)."),
     n: Optional[int] = typer.Option(None, "--n", help="Use the first N tasks of the split."),
     iters: int = typer.Option(8, "--iters", help="Bisection steps after the two ends (each a greedy run on the tasks)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Episodes per lock-step batch."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (default: TARGET's recipe.json)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
@@ -263,7 +265,7 @@ def calibrate(
         raise ConfigError("target", f"{target!r} is not a model folder or a training output dir", "e.g. rl-router calibrate outputs/quickstart --target-strong-share 0.3")
     r, _out = eval_target(target, recipe, set_ or [], None)
     with _progress() as prog:
-        rec = run(r, target, cost=target_cost, strong_share=target_strong_share, split=split, n=_positive("--n", n), iters=iters, progress=_bars(prog, n or 0))
+        rec = run(r, target, cost=target_cost, strong_share=target_strong_share, split=split, n=_positive("--n", n), iters=iters, batch_size=_positive("--batch-size", batch_size), progress=_bars(prog, n or 0))
     t = Table(title=f"route bias on {rec['tasks']} {rec['split']} tasks (target {rec['target']})")
     for c in ("route bias", "quality", "$ / 1k tasks", "tasks calling the costliest model"):
         t.add_column(c, justify="right")

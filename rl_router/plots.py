@@ -72,7 +72,8 @@ def _cost_axis(ax: Any, xs: list[Any], costs_usd: list[float], title: str, path:
 def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
     """Cost-quality plane: every policy a point (named in the legend with its figures, so no
     label sits on another), its 95% intervals as error bars, the random mixture line, the
-    oracle frontier, the kNN threshold sweep and (if swept) the router's budget curve with each
+    oracle frontier, the kNN threshold sweep, the router's cost-knob curve (eval --curve; APGR
+    and its interval in the legend) and (if swept) the router's budget curve with each
     point's budget written beside it. Cost in $ per 1k tasks. A policy whose pool calls failed
     is flagged in the legend and the title: its point is not a real outcome."""
     plt = _plt()
@@ -82,11 +83,17 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
         "random mixture": dict(color="grey", ls="--", lw=1.2),
         "knn-tfidf sweep": dict(color="tab:purple", ls=":", lw=1.2, marker="."),
         "router budget sweep": dict(color="tab:red", ls="-.", lw=1.2, marker="."),
+        "router knob sweep": dict(color="tab:red", ls="-", lw=1.6, marker="o", ms=3),
     }
     for name, pts in result["curves"].items():
         if pts:
             xs, ys = zip(*sorted(pts))
             ax.plot([1000 * x for x in xs], ys, label=name, **styles.get(name, {}))
+    apgr = {name: sc for name, sc in (result.get("scores") or {}).items() if "apgr_ci95" in sc}
+    for line in ax.get_lines():  # the curves' APGR with its interval, in the legend
+        sc = apgr.get(line.get_label())
+        if sc:
+            line.set_label(f"{line.get_label()}: APGR {sc['apgr']:.3f} [{sc['apgr_ci95'][0]:.3f}, {sc['apgr_ci95'][1]:.3f}]")
     for row in result.get("budget_sweep") or []:
         ax.annotate(f"${row['budget']:g}", (1000 * row["mean_cost"], row["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:red")
     markers = {"always-": "s", "random": "D", "oracle": "*", "knn-tfidf": "P"}

@@ -66,8 +66,8 @@ def test_cost_weights_order_models_by_price(recorded_pool):
 
 def test_bias_flips_the_greedy_choice_of_a_random_router(tokenizer):
     """An untrained router at a route header: a large positive bias makes its next token commit
-    to the costliest model, a large negative one never does; bias 0 leaves the logits as
-    they are."""
+    to the costliest model, a large negative one to the cheapest (inside a name only pool
+    names are allowed while the knob is on); bias 0 leaves the logits as they are."""
     import torch
 
     from rl_router.tiny import build_tiny_router
@@ -76,20 +76,25 @@ def test_bias_flips_the_greedy_choice_of_a_random_router(tokenizer):
     model.eval()
     ids = torch.tensor([tokenizer.encode('<think>pick</think><route model="', add_special_tokens=False)])
     weights = {"mixtral-8x7b": 0.0, "gpt-4-1106": 1.0}
-    strong_ids = set(committing_tokens(tokenizer, MODELS, "", "")["gpt-4-1106"])
+    commits = committing_tokens(tokenizer, MODELS, "", "")
+    strong_ids, cheap_ids = set(commits["gpt-4-1106"]), set(commits["mixtral-8x7b"])
     with torch.no_grad():
         base = model(ids).logits[:, -1, :]
-    for bias, expect_strong in ((100.0, True), (-100.0, False)):
+    for bias, want in ((100.0, strong_ids), (-100.0, cheap_ids)):
         proc = RouteBiasProcessor(tokenizer, weights, bias, start=0)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False, logits_processor=[proc], pad_token_id=tokenizer.pad_token_id)
-        assert (out[0, -1].item() in strong_ids) is expect_strong
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, logits_processor=[proc], pad_token_id=tokenizer.pad_token_id)
+        assert out[0, ids.shape[1]].item() in want
+        name = tokenizer.decode(out[0, ids.shape[1]:])
+        assert name.startswith("gpt-4-1106" if bias > 0 else "mixtral-8x7b"), name  # the whole name, spelled as the pool's
         assert proc.decisions == 1
     zero = RouteBiasProcessor(tokenizer, weights, 0.0, start=0)
     assert torch.equal(zero(ids, base.clone()), base)
-    # the bias lands only on committing tokens of weighted models
-    moved = RouteBiasProcessor(tokenizer, weights, 5.0, start=0)(ids, base.clone()) - base
-    changed = set(torch.nonzero(moved[0]).flatten().tolist())
-    assert changed == strong_ids and torch.allclose(moved[0, sorted(changed)], torch.tensor(5.0))
+    # +5 lands only on the strong model's committing tokens; the cheap model's keep their
+    # logits; tokens that start no pool name are ruled out
+    moved = RouteBiasProcessor(tokenizer, weights, 5.0, start=0)(ids, base.clone())
+    assert torch.allclose(moved[0, sorted(strong_ids)], base[0, sorted(strong_ids)] + 5.0)
+    assert torch.equal(moved[0, sorted(cheap_ids)], base[0, sorted(cheap_ids)])
+    assert torch.isinf(moved[0, tokenizer.encode("Solve", add_special_tokens=False)[0]])
     # prompt text before `start` is never a decision: the header is in the prompt, not the turn
     assert torch.equal(RouteBiasProcessor(tokenizer, weights, 5.0, start=ids.shape[1])(ids, base.clone()), base)
 
@@ -133,7 +138,7 @@ def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, quicksta
     rec = read_route_bias(run_dir / "final")
     tried = {t["route_bias"]: t for t in rec["tried"]}
     assert len(tried) == 6 and rec["tasks"] == 48
-    assert tried[-32.0]["strong_share"] == 0.0 and tried[32.0]["strong_share"] >= 0.9  # the knob spans the range
+    assert tried[-32.0]["strong_share"] < 0.5 <= tried[32.0]["strong_share"]  # the knob spans the target
     assert tried[-32.0]["mean_cost"] < tried[32.0]["mean_cost"]
     best = min(abs(t["strong_share"] - 0.5) for t in rec["tried"])
     assert abs(rec["achieved"]["strong_share"] - 0.5) == best
@@ -146,7 +151,7 @@ def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, quicksta
     biases = [k["route_bias"] for k in ev["knob_sweep"]]
     assert biases == sorted({-32.0, 32.0, rec["route_bias"]})
     lo, hi = ev["knob_sweep"][0], ev["knob_sweep"][-1]
-    assert lo["strong_share"] == 0.0 and hi["strong_share"] >= 0.9 and lo["mean_cost"] < hi["mean_cost"]
+    assert lo["strong_share"] < hi["strong_share"] and lo["mean_cost"] < hi["mean_cost"]
     sc = ev["scores"]["router knob sweep"]
     assert sc["apgr_ci95"][0] <= sc["apgr"] + 1e-6 and set(sc["apgr_minus"]) == {"knn-tfidf sweep", "random mixture"}
     assert "APGR router knob sweep minus knn-tfidf sweep" in p.stdout

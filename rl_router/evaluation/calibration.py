@@ -86,10 +86,10 @@ def bisect_bias(measure: Callable[[float], float], target: float, *, lo: float =
 
 
 def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_share: float | None = None, split: str = "validation", n: int | None = None,
-              iters: int = 8, progress: Callable[[str, int], None] | None = None, write: bool = True) -> dict[str, Any]:
+              iters: int = 8, batch_size: int = 32, progress: Callable[[str, int], None] | None = None, write: bool = True) -> dict[str, Any]:
     """Find the route bias that hits `cost` (mean $ per task) or `strong_share` (share of tasks
     calling the costliest model) on `split` tasks, and write it beside the router's weights."""
-    from rl_router.evaluation.evaluator import Evaluator
+    from rl_router.evaluation.evaluator import EvalOptions, Evaluator
     from rl_router.models import load_checkpoint, resolve_checkpoint
     from rl_router.recipe import validate_against_pool
     from rl_router.rollout.route_bias import cost_weights
@@ -114,7 +114,7 @@ def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_sha
     weights = cost_weights(pool)
     strong = max(weights, key=lambda m: weights[m])
     model, tok = load_checkpoint(ckpt, recipe)
-    ev = Evaluator(recipe, pool, tok, tasks, progress=progress)
+    ev = Evaluator(recipe, pool, tok, tasks, options=EvalOptions(batch_size=batch_size), progress=progress)
     ev.set_cost_reference([e["cost"] or 0.0 for m in pool.model_names for e in ev.episodes(f"always-{m}", ev.baseline(f"always-{m}"))])
     key, goal = ("mean_cost", cost) if cost is not None else ("strong_share", strong_share)
     points: dict[float, dict[str, Any]] = {}

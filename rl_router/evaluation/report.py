@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rl_router.evaluation.calibration import knob_point, read_route_bias
-from rl_router.evaluation.evaluator import Evaluator, router_policy
+from rl_router.evaluation.evaluator import EvalOptions, Evaluator, router_policy
 from rl_router.evaluation.knn_router import TfidfKNN
 from rl_router.frontier import above, area_under, cost_to_reach, oracle_frontier, pgr, point, random_mixture
 from rl_router.models import resolve_checkpoint
@@ -52,6 +52,7 @@ def evaluate(
     knn_thresholds: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01),
     curve_biases: list[float] | None = None,
     route_bias: float | None = None,
+    batch_size: int = 32,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
     """`curve_biases`: route biases (the cost knob) at which to run the router for its own
@@ -81,7 +82,7 @@ def evaluate(
         model, tok = router_from_recipe(recipe)
     else:  # baselines only: the tokenizer is enough
         tok = tokenizer_from_recipe(recipe)
-    ev = Evaluator(recipe, pool, tok, held, progress=progress)
+    ev = Evaluator(recipe, pool, tok, held, options=EvalOptions(batch_size=batch_size), progress=progress)
     names = pool.model_names
     policies, episodes = ev.baselines()
     outcomes = {m: [((e.get("quality") or 0) > 0, float(e.get("cost") or 0.0)) for e in episodes[f"always-{m}"]] for m in names}
@@ -108,7 +109,7 @@ def evaluate(
     router_names = []
     if model is not None:
         label = "router" if target != "initial" else "initial router"
-        policies[f"{label} (greedy)"], _ = ev.run("router greedy", router_policy(model, tok, recipe, greedy=True, route_bias=route_bias, pool=pool))
+        policies[f"{label} (greedy)"] = knob_point(ev, model, tok, recipe, route_bias, strong, name="router greedy")
         router_names.append(f"{label} (greedy)")
         if sampled:
             policies[f"{label} (sampled)"], _ = ev.run("router sampled", router_policy(model, tok, recipe, greedy=False, route_bias=route_bias, pool=pool))
@@ -141,9 +142,8 @@ def evaluate(
 
     knob: list[dict[str, Any]] = []
     if curve_biases and model is not None:
-        for b in sorted(set(curve_biases) | {route_bias}):
-            k = knob_point(ev, model, tok, recipe, b, strong)
-            knob.append(k)
+        for b in sorted(set(curve_biases) | {route_bias}):  # the router row is the point at its own bias
+            knob.append(policies[router_names[0]] if b == route_bias else knob_point(ev, model, tok, recipe, b, strong))
         curves["router knob sweep"] = sorted(point(k) for k in knob)
 
     sweep = []

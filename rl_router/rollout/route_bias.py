@@ -8,6 +8,12 @@ calls to costly models; negative: fewer. Greedy decoding then flips a choice exa
 router's own logit margin between the names is smaller than the bias, so bias is a threshold
 on the router's log-odds, the same for every tokenizer.
 
+With the knob on (bias not 0), a model name, once begun, is also held to the pool's names:
+inside a name only tokens that continue (or complete) a pool model's name are allowed. Why: a
+large bias can push a router onto a name it would not have chosen, and a small router then
+misspells the rest of it ("gpt-1106"), an invalid action, not a costlier call. Bias 0 leaves
+generation exactly as it is.
+
 A decision point is the text right after a *header* where a model name follows:
 `<route model="` (tag protocol), `"model": "` (tool calls), and `Route to ` (the think text of
 the compact warm-start trajectories, where the router names its choice before the tag). The
@@ -69,6 +75,21 @@ def committing_tokens(tokenizer: Any, models: tuple[str, ...], rest: str, typed:
     return cache[key]
 
 
+def name_tokens(tokenizer: Any, models: tuple[str, ...], typed: str) -> list[int]:
+    """Token ids that keep a name begun as `typed` on some pool model's name (or complete it)."""
+    key = (models, None, typed)
+    cache = _COMMITS.setdefault(tokenizer, {})
+    if key not in cache:
+        live = [m for m in models if m.startswith(typed)]
+        ids = []
+        for i, s in enumerate(_vocab(tokenizer)):
+            w = typed + s
+            if s and any(m.startswith(w) or w.startswith(m) for m in live):
+                ids.append(i)
+        cache[key] = {"": ids}
+    return cache[key][""]
+
+
 def decision_state(text: str, models: tuple[str, ...]) -> tuple[str, str] | None:
     """(rest of the header, name typed so far) when `text` (the turn so far) ends inside an open
     model choice, else None."""
@@ -113,7 +134,14 @@ class RouteBiasProcessor:
             state = decision_state(self.tokenizer.decode(ids), self.models)
             if state is None:
                 continue
-            commits = committing_tokens(self.tokenizer, self.models, *state)
+            rest, typed = state
+            if not rest:  # inside the name: pool names only
+                allowed = name_tokens(self.tokenizer, self.models, typed)
+                if allowed:
+                    keep = scores[row, allowed].clone()
+                    scores[row, :] = float("-inf")
+                    scores[row, allowed] = keep
+            commits = committing_tokens(self.tokenizer, self.models, rest, typed)
             if not commits:
                 continue
             self.decisions += 1
