@@ -57,7 +57,7 @@ def knob_point(ev: Any, model: Any, tok: Any, recipe: Any, bias: float, strong: 
     s = ev.summarize(eps)
     share = strong_calls(eps, strong)
     s["strong_share"] = sum(share) / max(1, len(share))
-    s["per_task"]["strong"] = share
+    s["strong_per_task"] = share
     s["route_bias"] = bias
     return s
 

@@ -76,12 +76,12 @@ def evaluate(
     if ckpt is not None:
         model, tok = load_checkpoint(ckpt, recipe)
         calibration = read_route_bias(ckpt)
-    if route_bias is None:
-        route_bias = float(calibration["route_bias"]) if calibration else 0.0
     elif target == "initial":
         model, tok = router_from_recipe(recipe)
     else:  # baselines only: the tokenizer is enough
         tok = tokenizer_from_recipe(recipe)
+    if route_bias is None:
+        route_bias = float(calibration["route_bias"]) if calibration else 0.0
     ev = Evaluator(recipe, pool, tok, held, options=EvalOptions(batch_size=batch_size), progress=progress)
     names = pool.model_names
     policies, episodes = ev.baselines()
