@@ -89,6 +89,22 @@ def test_cut_at_stop_finds_the_shortest_prefix(tokenizer):
     assert cut_at_stop(ids, tokenizer) == ids
 
 
+def test_a_row_padded_with_eos_after_its_stop_did_not_end_by_eos(tokenizer):
+    """In a batch a row that stopped at `</route>` is padded until the others finish; models
+    whose pad is their EOS (SmolLM2) then show EOS after the stop. That is padding, not the
+    router ending the episode (before the fix: 24 of 32 SmolLM2 episodes ended 'eos without
+    answer' after their first route)."""
+    from rl_router.rollout.policies import split_turn
+
+    eos = tokenizer.eos_token_id
+    route = tokenizer.encode('<think>a</think><route model="m">q</route>', add_special_tokens=False)
+    assert split_turn(route + [eos, eos, eos], tokenizer) == (route, False)
+    assert split_turn(route + tokenizer.encode(" more", add_special_tokens=False) + [eos], tokenizer) == (route, False)
+    text = tokenizer.encode("<think>a</think> no action", add_special_tokens=False)
+    assert split_turn(text + [eos, eos], tokenizer) == (text, True)  # a real EOS: the turn ended the episode
+    assert split_turn(text, tokenizer) == (text, False)  # cut by max_new_tokens
+
+
 def test_stop_settings_are_cached_per_tokenizer_object_and_die_with_it():
     import gc
 

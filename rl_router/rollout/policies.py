@@ -40,6 +40,21 @@ def cut_at_stop(ids: list[int], tokenizer: Any, stops: tuple[str, ...] = STOP_ST
     return ids[:lo]
 
 
+def split_turn(new: list[int], tokenizer: Any, stops: tuple[str, ...] = STOP_STRINGS) -> tuple[list[int], bool]:
+    """(the turn's tokens, whether it ended by EOS) from what generate returned for one row.
+
+    The turn ends at the earliest stop string, or else at EOS. Why the order matters: in a
+    batch, a row that stopped early is padded until the others finish, and many chat models
+    pad with their EOS (SmolLM2: pad = eos = <|im_end|>). A row that stopped at `</route>` then
+    shows EOS right after it, which is padding, not the router ending its episode."""
+    eos_id = tokenizer.eos_token_id
+    eos_at = new.index(eos_id) if eos_id in new else None
+    body = new if eos_at is None else new[:eos_at]
+    cut = cut_at_stop(body, tokenizer, stops)
+    stopped = first_stop(tokenizer.decode(cut), stops) >= 0
+    return cut, eos_at is not None and not stopped
+
+
 #: per tokenizer object (weakly held: an entry dies with its tokenizer, so a new tokenizer
 #: that Python puts at a freed address never inherits another one's stop ids)
 _STOP_CACHE: "weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], dict[str, Any]]]" = weakref.WeakKeyDictionary()
@@ -138,10 +153,7 @@ class HFPolicy:
         turns = []
         eos_id = tok.eos_token_id
         for i, new in enumerate(seqs):
-            eos_at = new.index(eos_id) if eos_id in new else None
-            body = new if eos_at is None else new[:eos_at]
-            cut = cut_at_stop(body, tok, self.stop_strings)
-            eos = eos_at is not None and len(cut) == len(body)  # EOS ends the turn only if no stop came first
+            cut, eos = split_turn(new, tok, self.stop_strings)
             new = cut + [eos_id] if eos else cut
             lps = chosen[i][: len(cut)] + ([float(logp[i, len(cut), eos_id])] if eos else [])
             turns.append(Turn(new, lps, tok.decode(cut), eos))
