@@ -182,3 +182,24 @@ def test_num_generations_is_checked_against_the_global_batch(monkeypatch):
         load_recipe(None, sets)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert load_recipe(None, sets).trainer["num_generations"] == 4
+
+
+def test_topic_split_holds_whole_subjects_out_and_validation_is_kept_out_of_training():
+    """data.heldout_by: topic: no held-out MMLU subject has a train task; validation tasks
+    (data.validation_fraction) are neither trained on nor held out; the default split is
+    unchanged by the new fields (the quickstart's 813 / 187)."""
+    from rl_router.task_sources import recipe_pool, recipe_splits, recipe_tasks
+
+    r = recipe_from_dict({"pool": {"datasets": ["mmlu"]}, "data": {"datasets": ["mmlu"], "heldout_by": "topic", "validation_fraction": 0.1}})
+    pool = recipe_pool(r)
+    train, val, held = recipe_splits(r, pool)
+    assert {t.topic for t in held} and not {t.topic for t in held} & {t.topic for t in train + val}
+    ids = [{t.task_id for t in x} for x in (train, val, held)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert 0.05 < len(val) / (len(train) + len(val)) < 0.15
+    assert [t.task_id for t in recipe_tasks(r, pool)[0]] == [t.task_id for t in train]
+    again = recipe_splits(r, recipe_pool(r))
+    assert [[t.task_id for t in x] for x in again] == [[t.task_id for t in x] for x in (train, val, held)]
+    d = recipe_from_dict({})
+    tr, va, he = recipe_splits(d, recipe_pool(d))
+    assert (len(tr), len(va), len(he)) == (813, 0, 187)
