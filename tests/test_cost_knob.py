@@ -105,6 +105,9 @@ def test_bisect_finds_the_closest_setting_and_says_when_unreachable():
     assert note is None and abs(step(bias) - 0.3) == min(abs(v - 0.3) for _, v in tried) and abs(step(bias) - 0.3) < 1e-9
     bias, _tried, note = bisect_bias(lambda b: 0.2, 0.9, lo=-8, hi=8)
     assert bias in (-8, 8) and "at or above" in note
+    # a decision that flips between two tried biases: the bracket is named, not hidden by a tie
+    bias, _tried, note = bisect_bias(lambda b: float(b > 5.0), 0.5, lo=-32, hi=32, iters=3)
+    assert "lies between bias 0 (0) and 8 (1)" in note
 
 
 def test_curve_apgr_matches_area_under_and_the_random_line():

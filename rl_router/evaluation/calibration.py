@@ -82,6 +82,9 @@ def bisect_bias(measure: Callable[[float], float], target: float, *, lo: float =
                 break
             a, b = (mid, b) if v < target else (a, mid)
     best = min(tried, key=lambda bv: (abs(bv[1] - target), abs(bv[0])))
+    if note is None and best[1] != target:
+        va, vb = dict(tried)[a], dict(tried)[b]
+        note = f"the target {target:g} lies between bias {a:g} ({va:g}) and {b:g} ({vb:g}), the closest tried is {best[0]:g} ({best[1]:g}): more --iters narrows the bracket"
     return best[0], tried, note
 
 
