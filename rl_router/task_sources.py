@@ -36,10 +36,9 @@ def recipe_tasks(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task]]:
     return train, held
 
 
-def recipe_validation_tasks(recipe: Recipe, pool: Any) -> list[Task]:
-    """The tasks `rl-router calibrate` tunes on: set aside from the train split before
-    training (`data.validation_fraction`), so neither trained on nor among the held-out ones."""
-    _train, val, _held = recipe_splits(recipe, pool)
+def check_validation_tasks(recipe: Recipe, val: list[Task]) -> list[Task]:
+    """The tasks `rl-router calibrate` tunes on (`recipe_splits`' validation share: set aside
+    from the train split before training), or a clear error when the recipe sets none."""
     if not val:
         raise ConfigError("data.validation_fraction", f"the recipe sets no validation tasks (validation_fraction={recipe.data.validation_fraction})",
                           "train with data.validation_fraction: 0.1 (a share of the train split kept out of training), or calibrate with --split heldout or train and say so")

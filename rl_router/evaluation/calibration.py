@@ -96,7 +96,7 @@ def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_sha
     from rl_router.models import load_checkpoint, resolve_checkpoint
     from rl_router.recipe import validate_against_pool
     from rl_router.rollout.route_bias import cost_weights
-    from rl_router.task_sources import recipe_pool, recipe_splits, recipe_validation_tasks
+    from rl_router.task_sources import check_validation_tasks, recipe_pool, recipe_splits
 
     if (cost is None) == (strong_share is None):
         raise ConfigError("--target-cost / --target-strong-share", "give exactly one target", "e.g. --target-strong-share 0.3, or --target-cost 0.002 ($ per task)")
@@ -110,8 +110,8 @@ def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_sha
     if ckpt is None:
         raise ConfigError("target", f"{target!r} is not a model folder or a training output dir", "e.g. rl-router calibrate outputs/quickstart --target-strong-share 0.3")
     pool = recipe_pool(recipe)
-    train, _val, held = recipe_splits(recipe, pool)
-    tasks = recipe_validation_tasks(recipe, pool) if split == "validation" else train if split == "train" else held
+    train, val, held = recipe_splits(recipe, pool)
+    tasks = check_validation_tasks(recipe, val) if split == "validation" else train if split == "train" else held
     tasks = tasks[:n] if n else tasks
     _cheap, _strong = validate_against_pool(recipe, pool, tasks)
     weights = cost_weights(pool)

@@ -46,6 +46,7 @@ def cost_weights(pool: Any) -> dict[str, float]:
 
 _VOCAB: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
 _COMMITS: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], dict[str, list[int]]]]" = weakref.WeakKeyDictionary()
+_NAMES: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[int]]]" = weakref.WeakKeyDictionary()
 
 
 def _vocab(tokenizer: Any) -> list[str]:
@@ -77,17 +78,12 @@ def committing_tokens(tokenizer: Any, models: tuple[str, ...], rest: str, typed:
 
 def name_tokens(tokenizer: Any, models: tuple[str, ...], typed: str) -> list[int]:
     """Token ids that keep a name begun as `typed` on some pool model's name (or complete it)."""
-    key = (models, None, typed)
-    cache = _COMMITS.setdefault(tokenizer, {})
+    key = (models, typed)
+    cache = _NAMES.setdefault(tokenizer, {})
     if key not in cache:
         live = [m for m in models if m.startswith(typed)]
-        ids = []
-        for i, s in enumerate(_vocab(tokenizer)):
-            w = typed + s
-            if s and any(m.startswith(w) or w.startswith(m) for m in live):
-                ids.append(i)
-        cache[key] = {"": ids}
-    return cache[key][""]
+        cache[key] = [i for i, s in enumerate(_vocab(tokenizer)) if s and any(m.startswith(typed + s) or (typed + s).startswith(m) for m in live)]
+    return cache[key]
 
 
 def decision_state(text: str, models: tuple[str, ...]) -> tuple[str, str] | None:
