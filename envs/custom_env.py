@@ -53,7 +53,7 @@ class SingleShotRoutingEnv(TextEnv):
                     self._charge(comp.cost, bound)
                     self.info["n_routes"] += 1
                     self.info["calls"][act.model] += 1
-                    self.info["answer"] = extract_final_answer(comp.text)
+                    self.info["answer"] = extract_final_answer(comp.text, self.task.answer_type)
                     self.info["quality"] = score_answer(self.info["answer"], self.task.gold, self.task.answer_type)
         self._end("answer" if self.info["answer"] is not None else "failed")
         return StepResult("", self.info["quality"], True, False, self._public_info())

@@ -94,15 +94,33 @@ def code_match(prediction: str, golds: str | list[str]) -> float:
     return float(bool(p) and any(p == g.strip().lower() for g in golds))
 
 
+def graded_match(prediction: str, golds: str | list[str]) -> float:
+    """Partial credit by answer code: `golds` lists "CODE=SCORE" (recorded score-only data with
+    fractional scores, see pools/records.py); the answer scores its code's share, else 0."""
+    golds = [golds] if isinstance(golds, str) else list(golds)
+    p = prediction.strip().rstrip(".").strip().lower()
+    best = 0.0
+    for g in golds:
+        c, _, v = g.rpartition("=")
+        if p and p == c.strip().lower():
+            try:
+                best = max(best, float(v))
+            except ValueError:
+                continue
+    return best
+
+
 def score_answer(prediction: str | None, gold: str | list[str] | None, answer_type: str = "text") -> float:
     """Quality of one final answer in [0, 1] by the task's answer type.
 
     `number`: numeric equality of the last number; `choice`: the multiple-choice letter;
-    `code`: exact match of an opaque answer code; `text`: SQuAD exact match (use `token_f1`
-    for partial credit).
+    `code`: exact match of an opaque answer code; `graded`: the score of the answer's code
+    ("CODE=SCORE" golds); `text`: SQuAD exact match (use `token_f1` for partial credit).
     """
     if prediction is None or gold is None:
         return 0.0
+    if answer_type == "graded":
+        return graded_match(prediction, gold)
     if answer_type == "number":
         return numeric_match(prediction, gold)
     if answer_type == "choice":
@@ -112,12 +130,27 @@ def score_answer(prediction: str | None, gold: str | list[str] | None, answer_ty
     return exact_match(prediction, gold)
 
 
-def extract_final_answer(text: str) -> str:
+#: a reply's stated choice: "The answer is (B)", "answer: C", "The answer is none." (MMLU-Pro's
+#: phrasing; the last statement counts, as a reader takes the conclusion)
+_STATED_CHOICE = re.compile(r"[Aa]nswer(?:\s+is|:)\s*:?\s*\**\(?([A-Z]|none)\b")
+_BARE_CHOICE = re.compile(r"^\W*([A-Z])\W*$")
+
+
+def extract_final_answer(text: str, answer_type: str | None = None) -> str:
     """What a reader would take as a pool reply's final answer.
 
-    Used by the scripted baselines that adopt a pool model's answer: GSM8K's `#### N`,
-    then "answer is X", then the last number, then the last non-empty line.
+    Used wherever a reply is adopted (`@NAME`, scripted baselines, recorded grading).
+    Multiple-choice tasks (`answer_type="choice"`): the letter of the reply's last "answer is
+    (X)" / "answer: X" statement, or a reply that is a bare letter; "" when it states none.
+    Otherwise: GSM8K's `#### N`, then "answer is X", then the last number, then the last
+    non-empty line.
     """
+    if answer_type == "choice":
+        found = _STATED_CHOICE.findall(text or "")
+        if found:
+            return "" if found[-1] == "none" else found[-1]
+        m = _BARE_CHOICE.match(text or "")
+        return m.group(1) if m else ""
     if "####" in text:
         return text.split("####")[-1].strip().split("\n")[0].strip()
     m = re.findall(r"answer is[:\s]*\$?\s*([^\s.,;]+(?:\.\d+)?)", text, flags=re.IGNORECASE)

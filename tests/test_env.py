@@ -18,7 +18,7 @@ def test_valid_episode_routes_then_answers(recorded_pool):
     t = recorded_pool.tasks()[0]  # Janet's ducks, gold 18
     env = MultiRoundRoutingEnv(recorded_pool, budget=0.01, max_turns=3)
     obs, info = env.reset(t)
-    assert "gpt-4-1106" in obs and "$10/$30" in obs and "gsm8k 85%" in obs and "latency 2500 ms" in obs  # cards in the prompt
+    assert "gpt-4-1106" in obs and "$10/$30" in obs and "gsm8k 89%" in obs and "latency 2500 ms" in obs  # cards in the prompt
     assert env.messages[0]["role"] == "system" and "Budget: $0.0100" in env.messages[1]["content"]
     obs, r, term, trunc, info = env.step(ROUTE.format(m="mixtral-8x7b", q=t.question))
     assert obs.startswith("\n<information>[mixtral-8x7b") and "#### 18" in obs and not (term or trunc)

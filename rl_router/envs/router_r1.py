@@ -124,7 +124,7 @@ class MultiRoundRoutingEnv(TextEnv):
                     self._invalid(f"adopted {m.group(1)!r}, which was never called; route to it first or write the answer")
                     answer = None
                 else:
-                    answer = extract_final_answer(reply)
+                    answer = extract_final_answer(reply, self.task.answer_type)
                     info["adopted"] = m.group(1)
             info["answer"] = answer
             info["quality"] = score_answer(answer, self.task.gold, self.task.answer_type)

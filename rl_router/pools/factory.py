@@ -9,7 +9,7 @@ from rl_router.errors import ConfigError, check_keys, typed
 from rl_router.pools.base import ModelCard, Pool
 from rl_router.pools.hf_local import HFLocalPool, LocalModel
 from rl_router.pools.openai_pool import Endpoint, OpenAIPool, RetryPolicy
-from rl_router.pools.recorded import ROUTELLM_MODELS, RecordedPool
+from rl_router.pools.recorded import RecordedPool
 from rl_router.pools.simulated import SimModel, SimulatedPool
 
 POOL_TYPES = ("recorded", "simulated", "openai", "hf_local")
@@ -65,24 +65,35 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
         raise ConfigError(f"{path}.type", f"unknown pool type {kind!r}", f"use one of {list(POOL_TYPES)}")
 
     if kind == "recorded":
-        check_keys(section, COMMON_KEYS | {"datasets", "files", "models", "latency_scale"}, path)
-        models = _models(section, path, required=False) or ROUTELLM_MODELS
-        for name, spec in models.items():
-            check_keys(spec, CARD_KEYS | {"column"}, f"{path}.models.{name}")
-            _card(name, spec, f"{path}.models.{name}")
+        check_keys(section, COMMON_KEYS | {"datasets", "files", "hf_dataset", "models", "latency_scale"}, path)
+        models = section.get("models")
+        if isinstance(models, list):
+            if not models or not all(isinstance(m, str) for m in models):
+                raise ConfigError(f"{path}.models", f"expected a list of model names, got {models!r}", "e.g. [gemini-1.5-flash-002, gemini-1.5-pro-002], or a mapping of name -> card fields")
+        elif models is not None:
+            models = _models(section, path)
+            for name, spec in models.items():
+                check_keys(spec, CARD_KEYS | {"column"}, f"{path}.models.{name}")
+                _card(name, {"price_in": 0, "price_out": 0, **spec}, f"{path}.models.{name}")
         latency_scale = typed(section, "latency_scale", float, path, 0.0, minimum=0)
         files = typed(section, "files", list, path, [])
-        datasets = typed(section, "datasets", list, path, [] if files else ["gsm8k"])
-        for d in datasets:
-            if d not in ("gsm8k", "mmlu"):
-                raise ConfigError(f"{path}.datasets", f"unknown packaged dataset {d!r}", "use gsm8k and/or mmlu, or give your own recordings in pool.files")
-        for f in files:
-            if not Path(f).exists():
-                raise ConfigError(f"{path}.files", f"{f} does not exist", "give paths to RouteLLM-style CSV or JSONL(.gz) recordings")
-        from rl_router.pools.recorded import packaged_data_path
+        hf = section.get("hf_dataset")
+        if isinstance(hf, str):
+            hf = {"path": hf}
+        if hf is not None:
+            if not isinstance(hf, dict) or not isinstance(hf.get("path"), str):
+                raise ConfigError(f"{path}.hf_dataset", f"expected a Hub id or {{path, name, split, data_files, format, dataset}}, got {hf!r}", "e.g. hf_dataset: ORG/NAME, or {path: parquet, data_files: my.parquet}")
+            check_keys(hf, {"path", "name", "split", "data_files", "format", "dataset"}, f"{path}.hf_dataset")
+        datasets = typed(section, "datasets", list, path, [] if files or hf else ["gsm8k"])
+        from rl_router.pools.recorded_datasets import DATASETS
 
-        paths = [packaged_data_path(d) for d in datasets] + [Path(f) for f in files]
-        return RecordedPool.from_files(paths, models, latency_scale=latency_scale)
+        for d in datasets:
+            if d not in DATASETS:
+                raise ConfigError(f"{path}.datasets", f"unknown packaged dataset {d!r}", f"use any of {sorted(DATASETS)}, or give your own recordings in pool.files")
+        for f in files:
+            if not isinstance(f, str) or not Path(f).exists():
+                raise ConfigError(f"{path}.files", f"{f} does not exist", "give paths to recordings (RouteLLM CSV, MMLU-Pro or dcrouter JSONL(.gz), LLMRouter JSON, RouterBench tables)")
+        return RecordedPool.load(datasets=datasets, files=files, hf_dataset=hf, models=models, latency_scale=latency_scale)
 
     if kind == "simulated":
         check_keys(section, COMMON_KEYS | {"models", "seed", "latency_scale"}, path)

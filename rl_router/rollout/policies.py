@@ -232,7 +232,7 @@ class ScriptedPolicy:
         if self.adopt and "error:" not in obs:
             return adopt_text(obs.split("[", 1)[-1].split(" |", 1)[0], s.env)
         body = obs.split("]\n", 1)[-1] if "error:" not in obs else ""
-        ans = extract_final_answer(body.replace("</information>", "")) if body else "unknown"
+        ans = extract_final_answer(body.replace("</information>", ""), s.task.answer_type) if body else "unknown"
         return answer_text(ans, s.env)
 
     def act(self, states: list[EpisodeState]) -> list[Turn]:
