@@ -79,7 +79,8 @@ def _table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
         t.add_column(col, justify="right" if col not in ("policy", "call share") else "left")
     for name, s in summaries.items():
         qpd = s.get("quality_per_dollar")
-        share = ", ".join(f"{m} {v:.0%}" for m, v in s.get("call_share", {}).items())
+        shares = sorted(s.get("call_share", {}).items(), key=lambda kv: -kv[1])
+        share = ", ".join(f"{m} {v:.0%}" for m, v in shares[:3] if v > 0) + (f" (+{sum(1 for _, v in shares[3:] if v > 0)} more)" if sum(1 for _, v in shares[3:] if v > 0) else "")
         reward = [f"{s['reward']:.3f}" if "reward" in s else "-"] if with_reward else []
         t.add_row(name, *reward, _pm(s, "quality", 1.0), _pm(s, "mean_cost", 1000.0), f"{qpd:.0f}" if qpd else "-", f"{s['routes_per_task']:.2f}", f"{s['format_error_rate']:.0%}", f"{s['budget_violation_rate']:.0%}", f"{s.get('pool_error_rate', 0.0):.0%}", share)
     return t
@@ -97,26 +98,55 @@ def _print_training(metrics: dict[str, Any], out: Path) -> None:
         f"quality {metrics['heldout_quality_before']:.3f} -> {metrics['heldout_quality_after']:.3f}, "
         f"quality per $ {metrics['heldout_quality_per_dollar_before']:.0f} -> {metrics['heldout_quality_per_dollar_after']:.0f}"
     )
-    stages = [(k, f"heldout_above_random_mixture_{k}") for k in ("before", "after_sft", "after")]
-    console.print("above the random cheap/strong mixture at the same cost (95% interval over tasks): " + ", ".join(
+    stages = [(k, f"heldout_above_hull_{k}") for k in ("before", "after_sft", "after")]
+    line = "the random cheap/strong mixture" if len(metrics.get("pool", [])) == 2 else "the single-model hull (the best random mix of single models)"
+    console.print(f"above {line} at the same cost (95% interval over tasks): " + ", ".join(
         f"{k.replace('_', ' ')} {metrics[m]:+.3f} [{metrics[m + '_ci95'][0]:+.3f}, {metrics[m + '_ci95'][1]:+.3f}]" for k, m in stages if m in metrics))
     console.print(f"wrote {out / 'metrics.json'}, {out / 'training_curves.png'} and the router in {out / 'final'}")
 
 
+def _ci(x: dict[str, Any] | None, key: str = "ci95", scale: float = 1.0, sign: bool = True) -> str:
+    if not x or x.get(key) is None or any(v is None or v != v for v in x[key]):
+        return ""
+    lo, hi = x[key]
+    f = "{:+.3f}" if sign else "{:.3f}"
+    return " [" + f.format(scale * lo) + ", " + f.format(scale * hi) + "]"
+
+
 def _print_eval(res: dict[str, Any], files: list[Path]) -> None:
-    console.print(_table(f"{res['tasks']} held-out tasks, budget ${res['budget']}/task", res["policies"]))
-    st = Table(title="one-number comparisons (RouteLLM-style PGR / cost-to-reach, our code; intervals: 95%, paired over tasks)")
-    for c in ("policy or curve", "PGR", "above random line [95%]", "APGR [95%]", "CPT(50%) $/1k"):
+    pol = res["policies"]
+    single = {f"always-{m['model']}" for m in res.get("single_models", [])}
+    mt = Table(title=f"single models on {res['tasks']} held-out tasks, by cost (* = on the single-model frontier: no other model is cheaper and better)")
+    for c in ("model", "quality ±95%", "$ / 1k tasks ±95%", "vs best: quality [95%]", "cost share of best"):
+        mt.add_column(c, justify="left" if c == "model" else "right")
+    best = res.get("references", {}).get("best")
+    for m in res.get("single_models", []):
+        s = pol[f"always-{m['model']}"]
+        vb = s.get("vs_best", {}).get("quality", {})
+        share = s.get("cost_fraction_of_best")
+        mt.add_row(("* " if m["frontier"] else "  ") + m["model"] + (" (best)" if m["model"] == best else ""), _pm(s, "quality", 1.0), _pm(s, "mean_cost", 1000.0),
+                   "-" if m["model"] == best else f"{vb.get('mean', 0):+.3f}" + _ci(vb), f"{share:.2f}" if share is not None else "-")
+    console.print(mt)
+    console.print(_table(f"routers and baselines on the same {res['tasks']} tasks, budget ${res['budget']}/task", {k: v for k, v in pol.items() if k not in single}))
+    st = Table(title=f"against the single models (intervals: 95%, paired over tasks; best single model: {best})")
+    for c in ("policy or curve", "PGR", "above hull [95%]", "vs best: quality [95%]", "APGR [95%]", "CPT(50%) $/1k"):
         st.add_column(c, justify="left" if c == "policy or curve" else "right")
     for name, sc in res["scores"].items():
-        p = res["policies"].get(name, {})
+        if name in single:
+            continue
+        p = pol.get(name, {})
         ctr = sc.get("cpt_50")
-        ab = "-"
-        if "above_random_mixture" in p:
-            lo, hi = p["ci95"]["above_random_mixture"]
-            ab = f"{p['above_random_mixture'] + 1e-9:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-        ap = "-" if sc.get("apgr") is None else f"{sc['apgr']:.3f}" + (" [{:.3f}, {:.3f}]".format(*sc["apgr_ci95"]) if "apgr_ci95" in sc else "")
-        st.add_row(name, f"{p['pgr']:.2f}" if p.get("pgr") is not None else "-", ab, ap, f"{1000 * ctr:.3f}" if ctr is not None else "not reached")
+        ab = "-" if "above_hull" not in p else f"{p['above_hull'] + 1e-9:+.3f}" + _ci(p["ci95"], "above_hull")
+        if p:
+            vb = p.get("vs_best", {}).get("quality", {})
+            vbs = f"{vb.get('mean', 0):+.3f}" + _ci(vb)
+        elif "vs_best" in sc:
+            vb = sc["vs_best"]["quality_at_its_cost"]
+            vbs = f"{vb['value']:+.3f}" + _ci(vb) + " at its cost"
+        else:
+            vbs = "-"
+        ap = "-" if sc.get("apgr") is None else f"{sc['apgr']:.3f}" + _ci(sc, "apgr_ci95", sign=False)
+        st.add_row(name, f"{p['pgr']:.2f}" if p.get("pgr") is not None else "-", ab, vbs, ap, f"{1000 * ctr:.3f}" if ctr is not None else "not reached")
     console.print(st)
     if res.get("knob_sweep"):
         kt = Table(title=f"the router's cost knob (route bias; the router rows above ran at {res['route_bias']:+g})")

@@ -16,8 +16,20 @@ our own code on costs in dollars rather than on "% calls to the strong model":
 - `cost_to_reach(curve, target)`: the least cost at which a curve (linear between its
   points) reaches `target` quality; with target = PGR 50% this is RouteLLM's CPT(50%);
 - `area_under(curve, c_max)`: mean quality over costs [0, c_max] with the curve held flat
-  beyond its ends: a router whose curve lies higher everywhere has a larger area; as a PGR
-  (`pgr(area)`) it is our APGR.
+  beyond its ends (kept for callers that need it).
+
+With N models, the comparison line is the **single-model hull** (`hull`): the best quality
+reachable at each cost by sending each task to one fixed model drawn at random from a mix of
+single models, i.e. the upper concave envelope of the always-<model> points from the cheapest
+model to the best one (its vertices are the non-dominated models a mixture uses). With two
+models it is the random cheap/strong line. `above(point, hull)` is a policy's quality minus
+the hull's at the same cost.
+
+**Closed curves** (`closed`, `apgr_area`): a curve's area is taken over what any policy can
+reach, costs from always-cheapest to always-best, and every curve is first closed with those
+two points (a knob sweep or a kNN sweep that never reaches an end would otherwise be held
+flat there, which credits a curve for costs it never ran at). APGR = PGR of the closed curve's
+mean quality over [cost of always-cheapest, cost of always-best].
 """
 
 from __future__ import annotations
@@ -96,3 +108,60 @@ def area_under(curve: Sequence[Point], c_max: float, steps: int = 400) -> float:
     if c_max <= 0 or not curve:
         return 0.0
     return sum(interp(curve, c_max * (i + 0.5) / steps) for i in range(steps)) / steps
+
+
+def non_dominated(points: Mapping[str, Point]) -> list[str]:
+    """Names whose point no other point beats (cost <= and quality >=, one of them strictly),
+    in cost order: the single models worth considering."""
+    names = sorted(points, key=lambda n: (points[n][0], -points[n][1]))
+    out = []
+    for n in names:
+        c, q = points[n]
+        if not any((c2 <= c and q2 >= q) and (c2 < c or q2 > q) for m, (c2, q2) in points.items() if m != n):
+            out.append(n)
+    return out
+
+
+def hull(points: Sequence[Point]) -> list[Point]:
+    """The upper concave envelope of `points` from the cheapest point to the best one: the
+    quality a random mixture of single models reaches at each cost (see the module docstring).
+    Points beyond the best one in cost add nothing (the best is reachable for less)."""
+    pts = sorted(set(points), key=lambda p: (p[0], -p[1]))
+    if not pts:
+        return []
+    start = pts[0]
+    best = max(pts, key=lambda p: (p[1], -p[0]))
+    cand = [p for p in pts if start[0] <= p[0] <= best[0] and p[1] >= start[1]]
+    out: list[Point] = []
+    for p in cand:
+        while len(out) >= 2:
+            (x1, y1), (x2, y2) = out[-2], out[-1]
+            # drop the middle point when it lies on or below the segment from out[-2] to p
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                out.pop()
+            else:
+                break
+        if out and p[0] == out[-1][0]:
+            continue  # same cost, lower quality (sorted best first)
+        out.append(p)
+    return out
+
+
+def closed(curve: Sequence[Point], cheapest: Point, best: Point) -> list[Point]:
+    """A curve with the always-cheapest and always-best points added (cost order)."""
+    return sorted(list(curve) + [cheapest, best])
+
+
+def apgr_area(curve: Sequence[Point], cheapest: Point, best: Point, steps: int = 400) -> float:
+    """Mean quality of the closed curve over costs [cheapest, best] (linear between points)."""
+    lo, hi = cheapest[0], best[0]
+    pts = closed(curve, cheapest, best)
+    if hi <= lo:
+        return interp(pts, lo)
+    return sum(interp(pts, lo + (hi - lo) * (i + 0.5) / steps) for i in range(steps)) / steps
+
+
+def apgr(curve: Sequence[Point], cheapest: Point, best: Point) -> float | None:
+    """APGR of a curve (closed with both ends): PGR of its mean quality over the costs
+    between always-cheapest and always-best."""
+    return pgr(apgr_area(curve, cheapest, best), cheapest[1], best[1])

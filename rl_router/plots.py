@@ -77,11 +77,12 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
     point's budget written beside it. Cost in $ per 1k tasks. A policy whose pool calls failed
     is flagged in the legend and the title: its point is not a real outcome."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 5.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 5.6), dpi=120)
     styles = {
         "oracle frontier": dict(color="black", ls="-", lw=1.5),
-        "random mixture": dict(color="grey", ls="--", lw=1.2),
+        "single-model hull": dict(color="grey", ls="--", lw=1.4),
         "knn-tfidf sweep": dict(color="tab:purple", ls=":", lw=1.2, marker="."),
+        "per-category sweep": dict(color="tab:olive", ls=":", lw=1.2, marker="."),
         "router budget sweep": dict(color="tab:red", ls="-.", lw=1.2, marker="."),
         "router knob sweep": dict(color="tab:red", ls="-", lw=1.6, marker="o", ms=3),
     }
@@ -96,12 +97,15 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
             line.set_label(f"{line.get_label()}: APGR {sc['apgr']:.3f} [{sc['apgr_ci95'][0]:.3f}, {sc['apgr_ci95'][1]:.3f}]")
     for row in result.get("budget_sweep") or []:
         ax.annotate(f"${row['budget']:g}", (1000 * row["mean_cost"], row["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:red")
-    markers = {"always-": "s", "random": "D", "oracle": "*", "knn-tfidf": "P"}
+    markers = {"always-": "s", "random": "D", "oracle": "*", "knn-tfidf": "P", "per-category": "X", "agreement cascade": "^"}
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    frontier = {f"always-{m['model']}" for m in result.get("single_models", []) if m["frontier"]}
     failing = []
     for i, (name, s) in enumerate(result["policies"].items()):
         mk = next((v for k, v in markers.items() if name.startswith(k)), "o")
         router = name in result.get("routers", [])
+        if name.startswith("always-") and name not in frontier:
+            name = f"{name} (dominated)"
         ci = s.get("ci95") or {}
         x, y = 1000 * s["mean_cost"], s["quality"]
         xerr = [[x - 1000 * ci["mean_cost"][0]], [1000 * ci["mean_cost"][1] - x]] if "mean_cost" in ci else None
@@ -110,8 +114,12 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
         if bad:
             failing.append(name)
         label = f"{name}: {y:.3f} @ ${x:.3f}" + (f"  [{s['pool_error_rate']:.0%} POOL ERRORS]" if bad else "")
-        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=mk, color="tab:red" if router else colours[i % len(colours)], ms=11 if router else 7, mec="white", mew=0.5, elinewidth=0.8, capsize=2, zorder=3, label=label)
-    ax.set_xscale("symlog", linthresh=0.1)
+        hollow = name.endswith("(dominated)")
+        colour = "tab:red" if router else colours[i % len(colours)]
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=mk, color=colour, mfc="none" if hollow else colour, ms=11 if router else 7, mec=colour if hollow else "white", mew=0.8 if hollow else 0.5,
+                    elinewidth=0.8, capsize=2, zorder=3, label=label, alpha=0.7 if hollow else 1.0)
+    xs_all = [1000 * s["mean_cost"] for s in result["policies"].values() if s["mean_cost"] > 0]
+    ax.set_xscale("symlog", linthresh=min([0.1] + [x / 2 for x in xs_all]))  # log above the cheapest point, linear down to 0
     ax.set_xlabel("cost ($ per 1k tasks, symlog)")
     ax.set_ylabel("quality (accuracy / EM / success)")
     title = f"Cost-quality frontier, {result['tasks']} held-out tasks, budget ${result['budget']}/task"

@@ -46,7 +46,7 @@ class DataSection:
     source: str = "pool"  # "pool": the recorded pool's tasks; "synthetic": generated; "hf": `hf` datasets; "arithmetic" / "code": agent worlds (env.name: agentic); or a JSONL path
     datasets: list[str] = field(default_factory=lambda: ["gsm8k"])  # filter for source=pool
     heldout_fraction: float = 0.2
-    heldout_by: str = "task"  # "task": held-out tasks drawn at random; "topic": whole topics (MMLU subjects) held out, never trained on
+    heldout_by: str = "task"  # "task": held-out tasks drawn at random; "topic": whole topics (MMLU subjects) held out, never trained on; "files": the tasks of pool.files / pool.hf_dataset are the held-out set (by task when the pool has none)
     validation_fraction: float = 0.0  # share of the train split set aside (never trained on) for `rl-router calibrate`
     max_train: int | None = None  # cap on train tasks (null: all)
     max_heldout: int | None = None  # cap on held-out tasks (null: all)
@@ -264,8 +264,8 @@ def validate_combination(r: Recipe) -> None:
     if a.strong_only_share is not None and not 0.0 <= a.strong_only_share <= 1.0 - a.neither_rate:
         raise ConfigError("algorithm.strong_only_share", f"{a.strong_only_share} is outside [0, 1 - neither_rate] with neither_rate {a.neither_rate}", f"use a share in [0, {1.0 - a.neither_rate:g}], or null for equal strata")
     d = r.data
-    if d.heldout_by not in ("task", "topic"):
-        raise ConfigError("data.heldout_by", f"unknown {d.heldout_by!r}", "use task (random tasks held out) or topic (whole topics held out, e.g. MMLU subjects)")
+    if d.heldout_by not in ("task", "topic", "files"):
+        raise ConfigError("data.heldout_by", f"unknown {d.heldout_by!r}", "use task (random tasks held out), topic (whole topics held out, e.g. MMLU subjects) or files (the tasks of pool.files held out)")
     for name in ("heldout_fraction", "validation_fraction"):
         if not 0.0 <= getattr(d, name) < 1.0:
             raise ConfigError(f"data.{name}", f"{getattr(d, name)} is outside [0, 1)", "use a share such as 0.1")

@@ -58,26 +58,93 @@ def pgr_values(policy: Mapping[str, Sequence[float]], cheap: Mapping[str, Sequen
     return np.where(np.abs(gap) > 1e-12, (q["p"] - q["c"]) / np.where(np.abs(gap) > 1e-12, gap, 1.0), np.nan)
 
 
+def _means(per_task: Mapping[str, Sequence[float]], f: str, idx: np.ndarray) -> np.ndarray:
+    return np.asarray(per_task[f], dtype=float)[idx].mean(axis=1)
+
+
+def hull_at(c: np.ndarray, C: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """Per resample r: the single-model hull (frontier.hull) of the points (C[m, r], Q[m, r])
+    at cost c[r], flat beyond its ends."""
+    from rl_router.frontier import hull
+
+    out = np.empty(len(c))
+    for r in range(len(c)):
+        xs, ys = zip(*hull(list(zip(C[:, r].tolist(), Q[:, r].tolist()))))
+        out[r] = np.interp(c[r], xs, ys)
+    return out
+
+
+def model_points(models: Sequence[Mapping[str, Sequence[float]]], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, Q): every single model's mean cost and quality per resample, shape (models, resamples)."""
+    return np.stack([_means(m, "cost", idx) for m in models]), np.stack([_means(m, "quality", idx) for m in models])
+
+
+def above_hull_values(policy: Mapping[str, Sequence[float]], models: Sequence[Mapping[str, Sequence[float]]], idx: np.ndarray) -> np.ndarray:
+    """Per resample: the policy's quality minus the single-model hull's at the policy's cost,
+    the policy and every model resampled on the same tasks (paired). With two models this is
+    `above_line_values`."""
+    C, Q = model_points(models, idx)
+    return _means(policy, "quality", idx) - hull_at(_means(policy, "cost", idx), C, Q)
+
+
 def curve_apgr_values(points: Sequence[Mapping[str, Sequence[float]]], cheap: Mapping[str, Sequence[float]], strong: Mapping[str, Sequence[float]], idx: np.ndarray, steps: int = 400) -> np.ndarray:
     """Per resample: the APGR of a cost-quality curve whose points are policies run on the same
-    tasks (`points[k]` holds per-task `quality` and `cost`): mean quality over costs
-    [0, always-strong's cost] (linear between points, flat beyond the ends, as
-    `frontier.area_under`), as a PGR between always-cheap and always-strong. Every point and
-    both boundaries are resampled together, so differences between curves are paired."""
-    mean = lambda v, f: np.asarray(v[f], dtype=float)[idx].mean(axis=1)  # noqa: E731
-    C = np.stack([mean(p, "cost") for p in points])  # (points, resamples)
-    Q = np.stack([mean(p, "quality") for p in points])
-    qc, qs, cmax = mean(cheap, "quality"), mean(strong, "quality"), mean(strong, "cost")
+    tasks (`points[k]` holds per-task `quality` and `cost`), as `frontier.apgr`: the curve
+    closed with the always-cheapest (`cheap`) and always-best (`strong`) points, its mean
+    quality over costs [cheapest's, best's] (linear between points), as a PGR between the two.
+    Every point and both ends are resampled together, so differences between curves are paired."""
+    C = np.stack([_means(p, "cost", idx) for p in list(points) + [cheap, strong]])  # (points, resamples)
+    Q = np.stack([_means(p, "quality", idx) for p in list(points) + [cheap, strong]])
+    qc, qs, clo, chi = _means(cheap, "quality", idx), _means(strong, "quality", idx), _means(cheap, "cost", idx), _means(strong, "cost", idx)
     out = np.full(idx.shape[0], np.nan)
     grid = (np.arange(steps) + 0.5) / steps
     for r in range(idx.shape[0]):
         gap = qs[r] - qc[r]
-        if cmax[r] <= 0 or abs(gap) < 1e-12:
+        if chi[r] <= clo[r] or abs(gap) < 1e-12:
             continue
-        order = np.argsort(C[:, r], kind="stable")
-        area = np.interp(cmax[r] * grid, C[order, r], Q[order, r]).mean()
+        order = np.lexsort((Q[:, r], C[:, r]))
+        area = np.interp(clo[r] + (chi[r] - clo[r]) * grid, C[order, r], Q[order, r]).mean()
         out[r] = (area - qc[r]) / gap
     return out
+
+
+def hull_apgr_values(models: Sequence[Mapping[str, Sequence[float]]], cheap: Mapping[str, Sequence[float]], strong: Mapping[str, Sequence[float]], idx: np.ndarray, steps: int = 400) -> np.ndarray:
+    """Per resample: the APGR of the single-model hull itself (its envelope recomputed on every
+    resample), on the same terms as `curve_apgr_values`."""
+    from rl_router.frontier import hull
+
+    C, Q = model_points(models, idx)
+    qc, qs, clo, chi = _means(cheap, "quality", idx), _means(strong, "quality", idx), _means(cheap, "cost", idx), _means(strong, "cost", idx)
+    out = np.full(idx.shape[0], np.nan)
+    grid = (np.arange(steps) + 0.5) / steps
+    for r in range(idx.shape[0]):
+        gap = qs[r] - qc[r]
+        if chi[r] <= clo[r] or abs(gap) < 1e-12:
+            continue
+        pts = hull(list(zip(C[:, r].tolist(), Q[:, r].tolist())) + [(clo[r], qc[r]), (chi[r], qs[r])])
+        xs, ys = zip(*pts)
+        out[r] = (np.interp(clo[r] + (chi[r] - clo[r]) * grid, xs, ys).mean() - qc[r]) / gap
+    return out
+
+
+def vs_best_values(points: Sequence[Mapping[str, Sequence[float]]], best: Mapping[str, Sequence[float]], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Per resample, a policy (one point) or a curve (several) against the best single model:
+    `quality_at_its_cost` (the curve's quality at the best model's cost minus the best
+    model's quality; flat beyond the curve's ends), `cost_to_reach` (the least cost at which the
+    curve reaches the best model's quality, NaN when it does not) and `cost_saved` (1 -
+    cost_to_reach / the best model's cost: the share of its cost saved at equal quality)."""
+    from rl_router.frontier import cost_to_reach
+
+    C = np.stack([_means(p, "cost", idx) for p in points])
+    Q = np.stack([_means(p, "quality", idx) for p in points])
+    cb, qb = _means(best, "cost", idx), _means(best, "quality", idx)
+    at, reach = np.empty(idx.shape[0]), np.full(idx.shape[0], np.nan)
+    for r in range(idx.shape[0]):
+        order = np.lexsort((Q[:, r], C[:, r]))
+        at[r] = np.interp(cb[r], C[order, r], Q[order, r]) - qb[r]
+        c = cost_to_reach(list(zip(C[:, r].tolist(), Q[:, r].tolist())), qb[r] - 1e-12)
+        reach[r] = np.nan if c is None else c
+    return {"quality_at_its_cost": at, "cost_to_reach": reach, "cost_saved": 1.0 - reach / np.where(cb > 0, cb, np.nan)}
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], idx: np.ndarray) -> dict[str, float]:

@@ -25,9 +25,21 @@ def recipe_pool(recipe: Recipe) -> Any:
     if hasattr(pool, "fit_cards") and recipe.data.source == "pool":
         d = recipe.data
         tasks = [t for ds in d.datasets for t in pool.tasks(ds)]
-        train, _ = split_tasks(tasks, d.heldout_fraction, d.seed, by=d.heldout_by)
+        train, _ = heldout_split(recipe, pool, tasks)
         pool.fit_cards(t.task_id for t in train)
     return pool
+
+
+def heldout_split(recipe: Recipe, pool: Any, tasks: list[Task]) -> tuple[list[Task], list[Task]]:
+    """(train, held-out) by `data.heldout_by`: a seeded hash of task ids or topics, or (`files`)
+    the tasks of the recorded pool's `pool.files` / `pool.hf_dataset` as the held-out set, so a
+    held-out file is evaluated with no code (`--set pool.files=[F]`); a packaged task that the
+    file repeats is the file's, so never trained on. With no such files, `files` splits by task."""
+    d = recipe.data
+    held_ids = getattr(pool, "file_task_ids", set()) if d.heldout_by == "files" else set()
+    if held_ids:
+        return [t for t in tasks if t.task_id not in held_ids], [t for t in tasks if t.task_id in held_ids]
+    return split_tasks(tasks, d.heldout_fraction, d.seed, by="task" if d.heldout_by == "files" else d.heldout_by)
 
 
 def recipe_tasks(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task]]:
@@ -62,7 +74,10 @@ def recipe_splits(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task], li
         tasks = world_tasks(d.source, d.synthetic_n, d.seed, d.world)
     else:
         tasks = load_task_file(d.source)
-    train, held = split_tasks(tasks, d.heldout_fraction, d.seed, by=d.heldout_by)
+    if d.source == "pool":
+        train, held = heldout_split(recipe, pool, tasks)
+    else:
+        train, held = split_tasks(tasks, d.heldout_fraction, d.seed, by="task" if d.heldout_by == "files" else d.heldout_by)
     train, val = split_validation(train, d.validation_fraction, d.seed)
     if d.source == "pool":
         train, val, held = (interleave_datasets(x, d.seed) for x in (train, val, held))

@@ -49,7 +49,7 @@ def main() -> None:
                 continue
             h = m[f"heldout_{stage}"]
             row[stage] = {"quality": h["quality"], "quality_ci95": h["ci95"]["quality"], "cost": h["mean_cost"], "cost_ci95": h["ci95"]["mean_cost"],
-                          "above_line": m[f"heldout_above_random_mixture_{stage}"], "above_line_ci95": m[f"heldout_above_random_mixture_{stage}_ci95"],
+                          "above_line": m[f"heldout_above_hull_{stage}"], "above_line_ci95": m[f"heldout_above_hull_{stage}_ci95"],
                           "strong_share": max((v for k, v in h["call_share"].items() if k != min(h["call_share"], key=lambda x: 0)), default=0.0), "call_share": h["call_share"], "format_error_rate": h["format_error_rate"]}
         row["baselines"] = {k: {"quality": v["quality"], "cost": v["mean_cost"]} for k, v in m["heldout_baselines"].items()}
         rows.append(row)

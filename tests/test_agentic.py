@@ -265,7 +265,7 @@ def test_eval_on_the_agentic_env(tmp_path):
     from rl_router.evaluation.report import evaluate, write_outputs
 
     r = load_recipe("recipes/bopo_agentic.yaml", [f"output_dir={tmp_path}"])
-    res = evaluate(r, "baselines", n=16, sampled=False, budgets=[0.001, 0.004], knn_thresholds=(0.5,))
+    res = evaluate(r, "baselines", n=16, sampled=False, budgets=[0.001, 0.004], knn_lambdas=(0.0, 0.5))
     files = write_outputs(res, tmp_path)
     p = res["policies"]
     for name in ("always-cheap", "always-expensive", "random", "oracle", "knn-tfidf"):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rl_router.evaluation.calibration import bisect_bias, read_route_bias
-from rl_router.frontier import area_under, pgr
+from rl_router.frontier import apgr
 from rl_router.rollout.route_bias import RouteBiasProcessor, committing_tokens, cost_weights, decision_state
 from rl_router.stats import curve_apgr_values, resample_index
 
@@ -110,7 +110,10 @@ def test_bisect_finds_the_closest_setting_and_says_when_unreachable():
     assert "lies between bias 0 (0) and 8 (1)" in note
 
 
-def test_curve_apgr_matches_area_under_and_the_random_line():
+def test_curve_apgr_is_the_closed_curve_area_and_the_line_is_one_half():
+    """APGR closes every curve with the always-cheapest and always-best points and averages
+    over the costs between them: the random line is exactly 0.5, and a curve that stops short
+    of an end is no longer held flat there (the old [0, c_max] area credited it)."""
     rng = np.random.default_rng(0)
     n = 200
     cheap = {"quality": rng.integers(0, 2, n).astype(float), "cost": np.full(n, 0.001)}
@@ -120,11 +123,14 @@ def test_curve_apgr_matches_area_under_and_the_random_line():
     pts = [cheap, mid, strong]
     v = curve_apgr_values(pts, cheap, strong, idx)
     curve = [(float(np.mean(p["cost"])), float(np.mean(p["quality"]))) for p in pts]
-    qc, qs = curve[0][1], curve[2][1]
-    assert v[0] == pytest.approx(pgr(area_under(curve, curve[2][0]), qc, qs), abs=1e-9)
+    assert v[0] == pytest.approx(apgr(curve, curve[0], curve[2]), abs=1e-9)
     line = curve_apgr_values([cheap, strong], cheap, strong, idx)
-    assert line[0] == pytest.approx(0.5 * (1 - 0.1), abs=1e-3)  # flat at q_cheap up to its cost, then the line
+    assert line[0] == pytest.approx(0.5, abs=1e-9) and np.nanmax(np.abs(line - 0.5)) < 1e-9
     assert np.isfinite(v).all() and v.std() > 0
+    # closing: the mid point alone is a curve that reaches neither end; closed, its area is
+    # that of the polyline cheap -> mid -> best
+    alone = curve_apgr_values([mid], cheap, strong, idx)
+    assert alone[0] == pytest.approx(v[0], abs=1e-9)
 
 
 def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, quickstart_run):
@@ -156,7 +162,7 @@ def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, quicksta
     lo, hi = ev["knob_sweep"][0], ev["knob_sweep"][-1]
     assert lo["strong_share"] < hi["strong_share"] and lo["mean_cost"] < hi["mean_cost"]
     sc = ev["scores"]["router knob sweep"]
-    assert sc["apgr_ci95"][0] <= sc["apgr"] + 1e-6 and set(sc["apgr_minus"]) == {"knn-tfidf sweep", "random mixture"}
+    assert sc["apgr_ci95"][0] <= sc["apgr"] + 1e-6 and set(sc["apgr_minus"]) == {"knn-tfidf sweep", "per-category sweep", "single-model hull"}
     assert "APGR router knob sweep minus knn-tfidf sweep" in p.stdout
     # the knob at the calibrated bias on these tasks is what the router rows report
     at_cal = next(k for k in ev["knob_sweep"] if k["route_bias"] == rec["route_bias"])

@@ -59,11 +59,11 @@ def test_eval_cli_writes_table_json_and_plots(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     res = json.loads((out / "eval.json").read_text())
     pol = res["policies"]
-    assert set(pol) == {"always-mixtral-8x7b", "always-gpt-4-1106", "random", "oracle", "knn-tfidf", "router (greedy)"}
+    assert set(pol) == {"always-mixtral-8x7b", "always-gpt-4-1106", "random", "oracle", "per-category", "knn-tfidf", "router (greedy)"}
     cheap, strong, oracle = pol["always-mixtral-8x7b"], pol["always-gpt-4-1106"], pol["oracle"]
     assert oracle["quality"] >= max(cheap["quality"], strong["quality"]) and oracle["mean_cost"] <= strong["mean_cost"]
     assert strong["call_share"]["gpt-4-1106"] == 1.0 and cheap["pgr"] == 0.0 and strong["pgr"] == 1.0
-    assert abs(cheap["above_random_mixture"]) < 1e-6
+    assert abs(cheap["above_random_mixture"]) < 1e-6 and cheap["above_hull"] == cheap["above_random_mixture"]  # two models: the hull is the random line
     for s in pol.values():
         for k in ("quality", "mean_cost", "total_cost", "routes_per_task", "call_share", "format_error_rate", "budget_violation_rate", "pool_latency_s", "modelled_latency_s", "reward"):
             assert k in s, k
@@ -71,7 +71,7 @@ def test_eval_cli_writes_table_json_and_plots(tmp_path):
     assert pol["router (greedy)"]["format_error_rate"] == 1.0  # an untrained router, scored honestly
     assert res["curves"]["oracle frontier"][0][1] == pytest.approx(cheap["quality"])
     assert [b["budget"] for b in res["budget_sweep"]] == [0.00001, 0.01]
-    assert "cpt_50" in res["scores"]["oracle frontier"] and res["scores"]["oracle frontier"]["apgr"] > res["scores"]["random mixture"]["apgr"]
+    assert "cpt_50" in res["scores"]["oracle frontier"] and res["scores"]["oracle frontier"]["apgr"] > res["scores"]["single-model hull"]["apgr"] == pytest.approx(0.5)
     for png in ("frontier.png", "budget_sweep.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "oracle" in p.stdout and "CPT(50%)" in p.stdout

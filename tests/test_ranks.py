@@ -30,7 +30,7 @@ def _rank(rank: int, port: int, url: str, task_file: str, out: dict) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from rl_router.evaluation.report import evaluate
 
-    res = evaluate(_recipe(url, task_file), "always-mixtral-8x7b", sampled=False, knn_thresholds=(0.5,))
+    res = evaluate(_recipe(url, task_file), "always-mixtral-8x7b", sampled=False, knn_lambdas=(0.5,))
     out[rank] = json.dumps(_comparable(res["policies"]), sort_keys=True)
 
 
@@ -41,7 +41,7 @@ def test_two_processes_evaluate_like_one_and_call_the_pool_once(tmp_path):
     task_file = tmp_path / "tasks.jsonl"
     task_file.write_text("".join(json.dumps(t.to_row()) + "\n" for t in recorded.tasks()[:200]))
     with PoolServer(recorded) as srv:
-        one = evaluate(_recipe(srv.url, str(task_file)), "always-mixtral-8x7b", sampled=False, knn_thresholds=(0.5,))
+        one = evaluate(_recipe(srv.url, str(task_file)), "always-mixtral-8x7b", sampled=False, knn_lambdas=(0.5,))
         calls_one = srv.stats.requests
         assert calls_one > 12 * 4 and one["policies"]["always-gpt-4-1106"]["pool_error_rate"] == 0.0
         srv.stats.requests = 0

@@ -72,6 +72,11 @@ class MultiRoundRoutingEnv(TextEnv):
         self.task: Task | None = None
         self.messages = []
 
+    @property
+    def replies(self) -> dict[str, str]:
+        """Each model's latest reply of this episode, in full (what `@NAME` adopts from)."""
+        return dict(self._replies)
+
     # ---- helpers ------------------------------------------------------------------------
     def _truncate(self, text: str) -> str:
         """Cut a pool reply to `max_obs_tokens`, keeping its head and its tail (final answers

@@ -118,7 +118,7 @@ def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_sha
     strong = max(weights, key=lambda m: weights[m])
     model, tok = load_checkpoint(ckpt, recipe)
     ev = Evaluator(recipe, pool, tok, tasks, options=EvalOptions(batch_size=batch_size), progress=progress)
-    ev.set_cost_reference([e["cost"] or 0.0 for m in pool.model_names for e in ev.episodes(f"always-{m}", ev.baseline(f"always-{m}"))])
+    ev.run_single_models()  # the cost reference
     key, goal = ("mean_cost", cost) if cost is not None else ("strong_share", strong_share)
     points: dict[float, dict[str, Any]] = {}
 

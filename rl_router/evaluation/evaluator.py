@@ -139,22 +139,23 @@ class Evaluator:
         self.options = options or EvalOptions()
         self.progress = progress
         self.cost_reference: list[float] | None = None
-        self._engines: dict[float | None, RolloutEngine] = {}
+        self._engines: dict[tuple[float | None, int | None], RolloutEngine] = {}
+        self.single: dict[str, list[dict[str, Any]]] = {}  # always-<model> episodes, by model (run_baselines)
 
-    def engine(self, budget: float | None = None) -> RolloutEngine:
-        if budget not in self._engines:
-            self._engines[budget] = make_engine(self.recipe, self.pool, self.tok, budget=budget)
-        return self._engines[budget]
+    def engine(self, budget: float | None = None, max_turns: int | None = None) -> RolloutEngine:
+        if (budget, max_turns) not in self._engines:
+            self._engines[(budget, max_turns)] = make_engine(self.recipe, self.pool, self.tok, budget=budget, max_turns=max_turns)
+        return self._engines[(budget, max_turns)]
 
     def set_cost_reference(self, costs: list[float]) -> None:
         """The fixed costs percentile cost rewards are normalised against (see CostReward)."""
         self.cost_reference = [float(c) for c in costs]
 
-    def episodes(self, name: str, policy: Any, *, budget: float | None = None, tasks: list[Task] | None = None) -> list[dict[str, Any]]:
+    def episodes(self, name: str, policy: Any, *, budget: float | None = None, tasks: list[Task] | None = None, max_turns: int | None = None) -> list[dict[str, Any]]:
         """One episode per task, in task order; sharded across ranks when distributed."""
         tasks = self.tasks if tasks is None else tasks
         on_batch = (lambda k: self.progress(name, k)) if self.progress else None
-        eps = run_sharded(self.engine(budget), tasks, policy, batch_size=self.options.batch_size, on_batch=on_batch)
+        eps = run_sharded(self.engine(budget, max_turns), tasks, policy, batch_size=self.options.batch_size, on_batch=on_batch)
         check_pool_errors(eps, max_error_rate(self.recipe.pool), name)
         return eps
 
@@ -184,10 +185,25 @@ class Evaluator:
     def baseline(self, name: str, *, choose: Callable[[Task], str] | None = None) -> ScriptedPolicy:
         return baseline_policy(name, self.tok, self.pool.model_names, seed=self.recipe.data.seed, query=self.options.baseline_query, choose=choose)
 
+    def run_single_models(self) -> dict[str, list[dict[str, Any]]]:
+        """always-<model> on every task for every pool model, and their costs as the fixed
+        cost reference (the one place that does both: run it before scoring anything else)."""
+        if not self.single:
+            self.single = {m: self.episodes(f"always-{m}", self.baseline(f"always-{m}")) for m in self.pool.model_names}
+            self.set_cost_reference([e["cost"] or 0.0 for es in self.single.values() for e in es])
+        return self.single
+
+    def assemble(self, choice: dict[str, str] | Callable[[Task], str]) -> list[dict[str, Any]]:
+        """The episodes of a single-shot policy that sends each task to one model: on every
+        task, the always-<that model> episode (the same env, tokenizer and budget; no pool call
+        made twice). `choice`: task id -> model, or a function of the task."""
+        single = self.run_single_models()
+        pick = choice if callable(choice) else (lambda t: choice[t.task_id])
+        return [single[pick(t)][i] for i, t in enumerate(self.tasks)]
+
     def baselines(self) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-        """always-<model> for every pool model and random. The always-<model> costs become
-        the cost reference, so run this before scoring anything else."""
-        eps = {f"always-{m}": self.episodes(f"always-{m}", self.baseline(f"always-{m}")) for m in self.pool.model_names}
-        self.set_cost_reference([e["cost"] or 0.0 for es in eps.values() for e in es])
-        eps["random"] = self.episodes("random", self.baseline("random"))
+        """always-<model> for every pool model, and random (a model per task by a hash of
+        (seed, task id), assembled from those episodes)."""
+        eps = {f"always-{m}": es for m, es in self.run_single_models().items()}
+        eps["random"] = self.assemble(hashed_choice(self.pool.model_names, self.recipe.data.seed))
         return {k: self.summarize(v) for k, v in eps.items()}, eps

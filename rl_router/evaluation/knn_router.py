@@ -1,10 +1,7 @@
-"""A learned single-shot baseline in the spirit of RouteLLM: TF-IDF + k nearest neighbours.
-
-Fit on the train tasks' boundary outcomes (did the cheapest model solve it?); for a new
-task, P(cheap succeeds) is the similarity-weighted share of its k nearest train tasks the
-cheap model solved; route to the cheapest model when P >= threshold, else the strongest.
-Sweeping the threshold traces this baseline's own cost-quality curve. Plain numpy: no
-model download, deterministic.
+"""TF-IDF + k nearest neighbours, the core of the learned single-shot baselines (RouteLLM's and
+LLMRouter's kNN routers): a new task's labels (every model's score and cost, see
+evaluation/baselines.py) are the similarity-weighted means over its k nearest train tasks.
+Plain numpy: no model download, deterministic.
 """
 
 from __future__ import annotations
@@ -50,9 +47,16 @@ class TfidfKNN:
         norms = np.linalg.norm(X, axis=1, keepdims=True)
         return X / np.where(norms > 0, norms, 1.0)
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Similarity-weighted mean of the k nearest train tasks' labels: (n,) for one label
+        per task, (n, outputs) for several (every model's score and cost)."""
         S = self._vec(texts) @ self.X.T
         k = min(self.k, S.shape[1])
-        idx = np.argsort(-S, axis=1)[:, :k]
+        idx = np.argsort(-S, axis=1, kind="stable")[:, :k]
         w = np.take_along_axis(S, idx, axis=1) + 1e-6
-        return (w * self.y[idx]).sum(axis=1) / w.sum(axis=1)
+        y = self.y[idx]  # (n, k) or (n, k, outputs)
+        if y.ndim == 3:
+            return (w[..., None] * y).sum(axis=1) / w.sum(axis=1, keepdims=True)
+        return (w * y).sum(axis=1) / w.sum(axis=1)
+
+    predict_proba = predict  # one label in [0, 1]: a probability

@@ -1,10 +1,20 @@
 """`rl-router eval`: a router (or the baselines alone) next to every baseline, on one recipe's
-held-out tasks, all scored the same way (`evaluator.Evaluator`): always-<model> for every pool
-model, random (a per-task hash, so the draw does not depend on order or sharding), oracle
-(per task the cheapest model that solves it: an upper bound no router can pass) and a learned
-single-shot kNN router over TF-IDF (`knn_router.py`), fitted on the train tasks' cheap-model
-outcomes (reused from a training run's boundaries when there). Outputs: `eval.json`,
-`frontier.png`, `budget_sweep.png`, `checkpoints.png`.
+held-out tasks, all scored the same way (`evaluator.Evaluator`).
+
+`evaluate` is a list of named steps:
+1. `prepare`: the pool, the splits, the router (or just a tokenizer for baselines alone);
+2. `single_models`: always-<model> for every pool model (their costs become the cost
+   reference) and random;
+3. `train_outcomes`: every model's outcome on the train tasks, which the learned baselines
+   are fitted on (read from a recorded pool's records, or a run's boundaries, else run);
+4. `simple_baselines`: oracle, per-category best, the kNN router (both swept over lambda into
+   curves) and, where replies are real text and there are three or more models, the
+   agreement cascade (`baselines.py`);
+5. `router_rows`: the router greedy (and sampled), its knob sweep (`--curve`), budget sweep
+   (`--budgets`) and checkpoints (`--checkpoints`);
+6. `compare`: PGR, distance above the single-model hull, against the best single model, APGR
+   of every closed curve, paired differences (`comparisons.py`), all with 95% intervals.
+Outputs: `eval.json`, `frontier.png`, `budget_sweep.png`, `checkpoints.png`.
 """
 
 from __future__ import annotations
@@ -12,67 +22,67 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from rl_router.evaluation.baselines import (
+    LAMBDAS, AgreementCascadePolicy, OutcomeTable, fit_cascade, has_reply_text, knn_choices, oracle_choice, per_category_choices, table_from_episodes,
+    table_from_records,
+)
 from rl_router.evaluation.calibration import knob_point, read_route_bias
-from rl_router.evaluation.evaluator import EvalOptions, Evaluator, router_policy
-from rl_router.evaluation.knn_router import TfidfKNN
-from rl_router.frontier import above, area_under, cost_to_reach, oracle_frontier, pgr, point, random_mixture
+from rl_router.evaluation.comparisons import References, paired_vs, references, score_curve, score_policy
+from rl_router.evaluation.evaluator import EvalOptions, Evaluator, hashed_choice, router_policy
+from rl_router.frontier import cost_to_reach, oracle_frontier, pgr, point
 from rl_router.models import resolve_checkpoint
 from rl_router.recipe import Recipe
-from rl_router.stats import above_line_values, curve_apgr_values, interval, paired_difference, pgr_values, resample_index, statistic_ci
+from rl_router.stats import resample_index, statistic_ci
 from rl_router.task_sources import recipe_pool, recipe_tasks
 
-CPT_PGR = 0.5  # RouteLLM's CPT(50%): the cost at which half the cheap->strong quality gap is recovered
+CPT_PGR = 0.5  # RouteLLM's CPT(50%): the cost at which half the cheapest->best quality gap is recovered
 
 
-def _cheap_outcomes_on_train(recipe: Recipe, ev_train: Evaluator, cheap: str, run_dir: Path | None) -> dict[str, bool]:
-    """Did the cheapest model solve each train task? A training run's boundaries hold exactly
-    that (the same compact always-cheap policy, env and budget); else run it."""
-    from rl_router.boundary_records import load_boundaries
+@dataclass
+class EvalRun:
+    """What the steps of one evaluation share."""
 
-    saved = run_dir / "boundaries.json" if run_dir is not None else None
-    if saved is not None and saved.exists():
-        recs = load_boundaries(saved)
-        if all(t.task_id in recs and recs[t.task_id].cheap_model == cheap for t in ev_train.tasks):
-            return {tid: r.cheap_success for tid, r in recs.items()}
-    eps = ev_train.episodes("knn-fit", ev_train.baseline(f"always-{cheap}"))
-    return {t.task_id: (e.get("quality") or 0) > 0 for t, e in zip(ev_train.tasks, eps)}
+    recipe: Recipe
+    pool: Any
+    train: list[Any]
+    held: list[Any]
+    ev: Evaluator
+    tok: Any
+    model: Any = None
+    ckpt: Path | None = None
+    calibration: dict[str, Any] | None = None
+    route_bias: float = 0.0
+    target: str = ""
+    progress: Callable[[str, int], None] | None = None
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    curves: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # name -> the summaries of its points
+    routers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return self.pool.model_names
 
 
-def evaluate(
-    recipe: Recipe,
-    target: str,
-    *,
-    n: int | None = None,
-    sampled: bool = True,
-    budgets: list[float] | None = None,
-    checkpoints: bool = False,
-    knn_thresholds: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01),
-    curve_biases: list[float] | None = None,
-    route_bias: float | None = None,
-    batch_size: int = 32,
-    progress: Callable[[str, int], None] | None = None,
-) -> dict[str, Any]:
-    """`curve_biases`: route biases (the cost knob) at which to run the router for its own
-    cost-quality curve. `route_bias`: the router rows' setting (None: the calibrated one kept
-    beside the weights, else 0). kNN thresholds span all-cheap (0) to all-strong (1.01), so
-    its sweep and the router's cover the same costs."""
+def prepare(recipe: Recipe, target: str, *, n: int | None, batch_size: int, route_bias: float | None, progress: Callable[[str, int], None] | None) -> EvalRun:
+    """Step 1: pool, splits, and the router when the target is one."""
+    from rl_router.errors import ConfigError
     from rl_router.models import load_checkpoint, router_from_recipe, tokenizer_from_recipe
     from rl_router.recipe import validate_against_pool
-
-    from rl_router.errors import ConfigError
 
     pool = recipe_pool(recipe)
     if target.startswith("always-") and not pool.has_model(target.removeprefix("always-")):
         raise ConfigError("target", f"{target!r} names a model the pool does not have", f"use one of {[f'always-{m}' for m in pool.model_names]}, random, oracle or knn-tfidf")
-    train_tasks, held = recipe_tasks(recipe, pool)
+    train, held = recipe_tasks(recipe, pool)
     held = held[:n] if n else held
-    cheap, strong = validate_against_pool(recipe, pool, held)
+    validate_against_pool(recipe, pool, held)
     ckpt = resolve_checkpoint(target)
-    model = tok = None
-    calibration = None
+    model = calibration = None
     if ckpt is not None:
         model, tok = load_checkpoint(ckpt, recipe)
         calibration = read_route_bias(ckpt)
@@ -83,140 +93,210 @@ def evaluate(
     if route_bias is None:
         route_bias = float(calibration["route_bias"]) if calibration else 0.0
     ev = Evaluator(recipe, pool, tok, held, options=EvalOptions(batch_size=batch_size), progress=progress)
-    names = pool.model_names
-    policies, episodes = ev.baselines()
-    outcomes = {m: [((e.get("quality") or 0) > 0, float(e.get("cost") or 0.0)) for e in episodes[f"always-{m}"]] for m in names}
-    # oracle: per task, the cheapest model that solves it (else the cheapest model)
-    by_cost = sorted(names, key=lambda m: sum(c for _, c in outcomes[m]))
-    oracle_pick = {}
-    for i, t in enumerate(held):
-        ok = [m for m in by_cost if outcomes[m][i][0]]
-        oracle_pick[t.task_id] = ok[0] if ok else by_cost[0]
-    policies["oracle"], _ = ev.run("oracle", ev.baseline("oracle", choose=lambda t: oracle_pick[t.task_id]))
-    # learned single-shot baseline, fitted on the train tasks' cheap-model outcomes
-    run_dir = ckpt.parent if ckpt is not None and ckpt.name == "final" else None
-    solved = _cheap_outcomes_on_train(recipe, Evaluator(recipe, pool, tok, train_tasks, progress=progress), cheap, run_dir)
-    knn = TfidfKNN(k=10).fit([t.question for t in train_tasks], [1.0 if solved.get(t.task_id) else 0.0 for t in train_tasks])
-    p_cheap = dict(zip([t.task_id for t in held], knn.predict_proba([t.question for t in held])))
-    knn_curve, knn_tasks = [], []
-    for th in knn_thresholds:
-        s, _ = ev.run(f"knn@{th}", ev.baseline(f"knn@{th}", choose=lambda t, th=th: cheap if p_cheap[t.task_id] >= th else strong))
-        knn_curve.append(point(s))
-        knn_tasks.append(s["per_task"])
-        if th == 0.5:
-            policies["knn-tfidf"] = s
+    run = EvalRun(recipe, pool, train, held, ev, tok, model, ckpt, calibration, route_bias, target, progress)
+    run.notes += list(getattr(pool, "notes", []))
+    return run
 
-    router_names = []
-    if model is not None:
-        label = "router" if target != "initial" else "initial router"
-        policies[f"{label} (greedy)"] = knob_point(ev, model, tok, recipe, route_bias, strong, name="router greedy")
-        router_names.append(f"{label} (greedy)")
-        if sampled:
-            policies[f"{label} (sampled)"], _ = ev.run("router sampled", router_policy(model, tok, recipe, greedy=False, route_bias=route_bias, pool=pool))
-            router_names.append(f"{label} (sampled)")
 
-    q_cheap, q_strong = policies[f"always-{cheap}"]["quality"], policies[f"always-{strong}"]["quality"]
-    curves = {
-        "random mixture": random_mixture(point(policies[f"always-{cheap}"]), point(policies[f"always-{strong}"])),
-        "oracle frontier": oracle_frontier({m: outcomes[m] for m in names}),
-        "knn-tfidf sweep": sorted(knn_curve),
-    }
-    c_max = policies[f"always-{strong}"]["mean_cost"]
-    target_q = q_cheap + CPT_PGR * (q_strong - q_cheap)
-    idx = resample_index(len(held))
-    lo_t, hi_t = policies[f"always-{cheap}"]["per_task"], policies[f"always-{strong}"]["per_task"]
-    for name, s in policies.items():
-        s["pgr"] = pgr(s["quality"], q_cheap, q_strong)
-        s["above_random_mixture"] = above(point(s), curves["random mixture"])
-        s["cost_fraction_of_strongest"] = s["mean_cost"] / c_max if c_max > 0 else None
-        # paired bootstrap over tasks: the policy and the two boundaries resampled together
-        s["ci95"]["above_random_mixture"] = statistic_ci(lambda i, p=s["per_task"]: above_line_values(p, lo_t, hi_t, i), idx)["ci95"]
-        s["ci95"]["pgr"] = statistic_ci(lambda i, p=s["per_task"]: pgr_values(p, lo_t, hi_t, i), idx)["ci95"]
-    for r in router_names:  # router minus each baseline on the same tasks
-        rt = policies[r]["per_task"]
-        policies[r]["vs"] = {
-            b: {"quality": paired_difference(rt["quality"], policies[b]["per_task"]["quality"], idx), "cost": paired_difference(rt["cost"], policies[b]["per_task"]["cost"], idx),
-                "above_random_mixture": statistic_ci(lambda i, b=b: above_line_values(rt, lo_t, hi_t, i) - above_line_values(policies[b]["per_task"], lo_t, hi_t, i), idx)}
-            for b in policies if b not in router_names
-        }
+def single_models(run: EvalRun) -> References:
+    """Step 2: always-<model> for every model and random; the references they define."""
+    summaries, _ = run.ev.baselines()
+    run.policies.update(summaries)
+    return references({m: run.policies[f"always-{m}"] for m in run.names})
 
-    knob: list[dict[str, Any]] = []
-    if curve_biases and model is not None:
-        for b in sorted(set(curve_biases) | {route_bias}):  # the router row is the point at its own bias
-            knob.append(policies[router_names[0]] if b == route_bias else knob_point(ev, model, tok, recipe, b, strong))
-        curves["router knob sweep"] = sorted(point(k) for k in knob)
 
+def train_outcomes(run: EvalRun) -> OutcomeTable:
+    """Step 3: every model's outcome on the train tasks (what the learned baselines may see)."""
+    if hasattr(run.pool, "recorded"):
+        return table_from_records(run.pool, run.train)
+    saved = run.ckpt.parent / "boundaries.json" if run.ckpt is not None and run.ckpt.name == "final" else None
+    if saved is not None and saved.exists() and len(run.names) == 2:
+        from rl_router.boundary_records import load_boundaries
+
+        recs = load_boundaries(saved)
+        if all(t.task_id in recs for t in run.train):
+            r0 = recs[run.train[0].task_id]
+            eps = {r0.cheap_model: [{"quality": float(recs[t.task_id].cheap_success), "cost": recs[t.task_id].cheap_cost} for t in run.train],
+                   r0.strong_model: [{"quality": float(recs[t.task_id].strong_success), "cost": recs[t.task_id].strong_cost} for t in run.train]}
+            if set(eps) == set(run.names):
+                return table_from_episodes(run.train, {m: eps[m] for m in run.names})
+    fit = Evaluator(run.recipe, run.pool, run.tok, run.train, options=run.ev.options, progress=run.progress)
+    return table_from_episodes(run.train, {m: fit.episodes(f"fit always-{m}", fit.baseline(f"always-{m}")) for m in run.names})
+
+
+def _sweep(run: EvalRun, name: str, choices: list[tuple[float, dict[str, str]]]) -> list[dict[str, Any]]:
+    out = []
+    for lam, pick in choices:
+        s = run.ev.summarize(run.ev.assemble(pick))
+        s["lambda"] = lam
+        out.append(s)
+    run.curves[name] = out
+    return out
+
+
+def simple_baselines(run: EvalRun, table: OutcomeTable, refs: References, lambdas: tuple[float, ...] = LAMBDAS) -> None:
+    """Step 4: oracle, per-category best, kNN (with their lambda sweeps), agreement cascade."""
+    held_table = table_from_episodes(run.held, run.ev.run_single_models())
+    run.policies["oracle"] = run.ev.summarize(run.ev.assemble(oracle_choice(held_table)))
+    cat = _sweep(run, "per-category sweep", per_category_choices(table, run.held, lambdas))
+    run.policies["per-category"] = next((s for s in cat if s["lambda"] == 0.0), cat[0])
+    knn = _sweep(run, "knn-tfidf sweep", knn_choices(table, run.held, lambdas))
+    # the kNN row: lambda at the train hull's slope, where a predicted gain pays for its cost
+    pts = table.points()
+    best, cheapest = table.best_model(), min(pts, key=lambda m: pts[m][0])
+    span = (pts[best][0] - pts[cheapest][0]) / pts[best][0] if pts[best][0] > 0 else 1.0
+    slope = (pts[best][1] - pts[cheapest][1]) / span if span > 0 else 0.0
+    lam = min(lambdas, key=lambda x: abs(x - slope))
+    run.policies["knn-tfidf"] = next(s for s in knn if s["lambda"] == lam)
+    run.extra["knn_lambda"] = lam
+    if len(run.names) >= 3 and has_reply_text(run.pool, run.held) and run.recipe.env.get("name", "router_r1") == "router_r1":
+        a, b, strong, fit = fit_cascade(table)
+        name = "agreement cascade"
+        eps = run.ev.episodes(name, AgreementCascadePolicy(run.tok, a, b, strong), max_turns=4)
+        run.policies[name] = run.ev.summarize(eps)
+        run.extra["cascade"] = {"cheap_pair": [a, b], "strong": strong, "fit_on_train": fit, "max_turns": max(4, run.recipe.env_config().max_turns)}
+
+
+def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None, budgets: list[float] | None, checkpoints: bool, knob_strong: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Step 5: the router greedy / sampled; knob sweep, budget sweep, checkpoints."""
+    from rl_router.models import load_checkpoint
+
+    if run.model is None:
+        return [], [], []
+    model, tok, recipe = run.model, run.tok, run.recipe
+    label = "router" if run.target != "initial" else "initial router"
+    run.policies[f"{label} (greedy)"] = knob_point(run.ev, model, tok, recipe, run.route_bias, knob_strong, name="router greedy")
+    run.routers.append(f"{label} (greedy)")
+    if sampled:
+        run.policies[f"{label} (sampled)"], _ = run.ev.run("router sampled", router_policy(model, tok, recipe, greedy=False, route_bias=run.route_bias, pool=run.pool))
+        run.routers.append(f"{label} (sampled)")
+    knob = []
+    if curve_biases:
+        for b in sorted(set(curve_biases) | {run.route_bias}):  # the router row is the point at its own bias
+            knob.append(run.policies[run.routers[0]] if b == run.route_bias else knob_point(run.ev, model, tok, recipe, b, knob_strong))
+        run.curves["router knob sweep"] = knob
     sweep = []
-    if budgets and model is not None:
-        for b in budgets:
-            s, _ = ev.run(f"budget {b}", router_policy(model, tok, recipe, greedy=True), budget=b)
-            sweep.append({"budget": b, **{k: s[k] for k in ("quality", "mean_cost", "reward", "budget_violation_rate", "routes_per_task")}})
-        curves["router budget sweep"] = sorted(point(x) for x in sweep)
-
-    def apgr(c: list[tuple[float, float]]) -> float | None:  # mean PGR over costs [0, cost of always-strongest]
-        a = area_under(c, c_max)
-        return pgr(a, q_cheap, q_strong)
-
-    cpt = f"cpt_{int(CPT_PGR * 100)}"
-    curve_scores = {name: {"area_under_frontier": area_under(c, c_max), "apgr": apgr(c), cpt: cost_to_reach(c, target_q)} for name, c in curves.items()}
-    for name in list(policies):  # a single point reaches the target at its own cost, or never
-        curve_scores[name] = {cpt: cost_to_reach([point(policies[name])], target_q)}
-    # APGR with 95% intervals, and paired differences between curves (all resampled together)
-    per_curve = {"random mixture": [lo_t, hi_t], "knn-tfidf sweep": knn_tasks}
-    if knob:
-        per_curve["router knob sweep"] = [k["per_task"] for k in knob]
-    apgr_v = {name: curve_apgr_values(pts, lo_t, hi_t, idx) for name, pts in per_curve.items()}
-    for name, v in apgr_v.items():
-        curve_scores[name]["apgr_ci95"] = list(interval(v))
-    if knob:
-        curve_scores["router knob sweep"]["apgr_minus"] = {
-            other: statistic_ci(lambda _i, o=other: apgr_v["router knob sweep"] - apgr_v[o], idx) for other in ("knn-tfidf sweep", "random mixture")
-        }
-
-    ck_rows = []
-    if checkpoints and ckpt is not None:
-        sft = ckpt.parent / "sft"
+    for b in budgets or []:
+        s, _ = run.ev.run(f"budget {b}", router_policy(model, tok, recipe, greedy=True), budget=b)
+        sweep.append({"budget": b, **{k: s[k] for k in ("quality", "mean_cost", "reward", "budget_violation_rate", "routes_per_task")}, "per_task": s["per_task"]})
+    if sweep:
+        run.curves["router budget sweep"] = sweep
+    rows = []
+    if checkpoints and run.ckpt is not None:
+        sft = run.ckpt.parent / "sft"
         if (sft / "config.json").exists():  # step 0: where RL started
             m, _ = load_checkpoint(sft, recipe)
-            s, _ = ev.run("warm start", router_policy(m, tok, recipe, greedy=True))
-            ck_rows.append({"step": 0, **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
-        rl = ckpt.parent / "rl"
-        for d in sorted(rl.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
-            if not (d / "config.json").exists():
-                continue
-            m, _ = load_checkpoint(d, recipe)
-            s, _ = ev.run(d.name, router_policy(m, tok, recipe, greedy=True))
-            ck_rows.append({"step": int(d.name.split("-")[-1]), **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
+            s, _ = run.ev.run("warm start", router_policy(m, tok, recipe, greedy=True))
+            rows.append({"step": 0, **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
+        for d in sorted((run.ckpt.parent / "rl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
+            if (d / "config.json").exists():
+                m, _ = load_checkpoint(d, recipe)
+                s, _ = run.ev.run(d.name, router_policy(m, tok, recipe, greedy=True))
+                rows.append({"step": int(d.name.split("-")[-1]), **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
+    return knob, sweep, rows
 
-    notes = []
+
+def compare(run: EvalRun, refs: References) -> dict[str, Any]:
+    """Step 6: every figure against the single models (comparisons.py), every curve's APGR
+    and vs-best figures, and the routers' paired differences; returns the curve scores."""
+    idx = resample_index(len(run.held))
+    for s in run.policies.values():
+        score_policy(s, refs, idx)
+    for r in run.routers:  # router minus each baseline on the same tasks
+        run.policies[r]["vs"] = paired_vs(run.policies[r], {b: s for b, s in run.policies.items() if b not in run.routers}, refs, idx)
+    lo, hi = refs.summaries[refs.cheapest], refs.summaries[refs.best]
+    target_q = lo["quality"] + CPT_PGR * (hi["quality"] - lo["quality"])
+    cpt = f"cpt_{int(CPT_PGR * 100)}"
+    scores: dict[str, dict[str, Any]] = {}
+    hull_points = [refs.summaries[m] for m in refs.models]
+    curve_sets = {"single-model hull": hull_points, **run.curves}
+    outcomes = {m: [(q >= 1.0 or (q > 0 and q >= max(run.policies[f"always-{x}"]["per_task"]["quality"][i] for x in run.names)), c)
+                    for i, (q, c) in enumerate(zip(run.policies[f"always-{m}"]["per_task"]["quality"], run.policies[f"always-{m}"]["per_task"]["cost"]))] for m in run.names}
+    oracle_curve = oracle_frontier(outcomes)
+    for name, pts in curve_sets.items():
+        sc = score_curve(pts, refs, idx, envelope=name == "single-model hull")
+        sc[cpt] = cost_to_reach([point(p) for p in pts] if name != "single-model hull" else refs.hull, target_q)
+        scores[name] = sc
+    scores["oracle frontier"] = {cpt: cost_to_reach(oracle_curve, target_q), "apgr": _apgr_of(oracle_curve, refs)}
+    for name in run.policies:  # a single point reaches the target at its own cost, or never
+        scores[name] = {cpt: cost_to_reach([point(run.policies[name])], target_q)}
+    if "router knob sweep" in scores:
+        v = scores["router knob sweep"]["_apgr_values"]
+        scores["router knob sweep"]["apgr_minus"] = {other: statistic_ci(lambda _i, o=other: v - scores[o]["_apgr_values"], idx) for other in ("knn-tfidf sweep", "per-category sweep", "single-model hull") if other in scores}
+    for sc in scores.values():
+        sc.pop("_apgr_values", None)
+    run.extra["cpt_target_quality"] = target_q
+    run.extra["oracle_curve"] = oracle_curve
+    return scores
+
+
+def _apgr_of(curve: list[tuple[float, float]], refs: References) -> float | None:
+    from rl_router.frontier import apgr
+
+    return apgr(curve, refs.point(refs.cheapest), refs.point(refs.best))
+
+
+def evaluate(
+    recipe: Recipe,
+    target: str,
+    *,
+    n: int | None = None,
+    sampled: bool = True,
+    budgets: list[float] | None = None,
+    checkpoints: bool = False,
+    knn_lambdas: tuple[float, ...] = LAMBDAS,
+    curve_biases: list[float] | None = None,
+    route_bias: float | None = None,
+    batch_size: int = 32,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """The steps of the module docstring. `curve_biases`: route biases (the cost knob) at
+    which to run the router for its own curve; `route_bias`: the router rows' setting (None:
+    the calibrated one kept beside the weights, else 0); `knn_lambdas`: the lambda grid of the
+    learned baselines' sweeps."""
+    from rl_router.rollout.route_bias import cost_weights
+
+    run = prepare(recipe, target, n=n, batch_size=batch_size, route_bias=route_bias, progress=progress)
+    refs = single_models(run)
+    simple_baselines(run, train_outcomes(run), refs, knn_lambdas)
+    weights = cost_weights(run.pool)
+    knob, sweep, ck_rows = router_rows(run, sampled=sampled, curve_biases=curve_biases, budgets=budgets, checkpoints=checkpoints, knob_strong=max(weights, key=lambda m: weights[m]))
+    scores = compare(run, refs)
+    q_cheap = refs.summaries[refs.cheapest]["quality"]
     for row in sweep:  # where a tight budget leaves the router worse than the cheapest model alone
         if row["quality"] < q_cheap:
-            notes.append(f"at a budget of ${row['budget']:g} per task the router's quality {row['quality']:.3f} is below always-{cheap}'s {q_cheap:.3f} (at the recipe's budget): it cannot afford the calls it was trained to make")
-    failing = [k for k, s in policies.items() if (s.get("pool_error_rate") or 0) > 0]
+            run.notes.append(f"at a budget of ${row['budget']:g} per task the router's quality {row['quality']:.3f} is below always-{refs.cheapest}'s {q_cheap:.3f} (at the recipe's budget): it cannot afford the calls it was trained to make")
+    failing = [k for k, s in run.policies.items() if (s.get("pool_error_rate") or 0) > 0]
     if failing:
-        shares = ", ".join(f"{k} ({policies[k]['pool_error_rate']:.0%})" for k in failing)
-        notes.append(f"pool errors in {shares}: those rows are not real outcomes")
+        run.notes.append("pool errors in " + ", ".join(f"{k} ({run.policies[k]['pool_error_rate']:.0%})" for k in failing) + ": those rows are not real outcomes")
+    curves = {name: [list(point(p)) for p in sorted(pts, key=point)] for name, pts in run.curves.items()}
+    curves["single-model hull"] = [list(p) for p in refs.hull]
+    curves["oracle frontier"] = [list(p) for p in run.extra["oracle_curve"]]
     return {
-        "notes": notes,
-        "target": str(ckpt or target),
-        "tasks": len(held),
-        "pool": [dataclasses.asdict(pool.card(m)) for m in names],
+        "notes": run.notes,
+        "target": str(run.ckpt or target),
+        "tasks": len(run.held),
+        "pool": [dataclasses.asdict(run.pool.card(m)) for m in run.names],
+        "single_models": [{"model": m, "quality": refs.summaries[m]["quality"], "mean_cost": refs.summaries[m]["mean_cost"], "frontier": m in refs.frontier} for m in refs.models],
+        "references": {"cheapest": refs.cheapest, "best": refs.best, "frontier": refs.frontier},
         "budget": recipe.env_config().budget,
-        "routers": router_names,
-        "policies": policies,
-        "curves": {k: [list(p) for p in v] for k, v in curves.items()},
-        "scores": curve_scores,
-        "cpt_target_quality": target_q,
+        "routers": run.routers,
+        "policies": run.policies,
+        "curves": curves,
+        "scores": scores,
+        "cpt_target_quality": run.extra["cpt_target_quality"],
+        "baselines": {k: run.extra[k] for k in ("knn_lambda", "cascade") if k in run.extra} | {"lambdas": list(knn_lambdas)},
         "definitions": {
-            "pgr": "(quality - q_cheapest) / (q_strongest - q_cheapest)",
-            "apgr": "mean PGR of a curve over costs [0, cost of always-strongest], curve flat beyond its ends",
-            cpt: f"least mean cost per task at which the policy/curve reaches PGR {CPT_PGR} (RouteLLM's CPT, in $ instead of % strong calls)",
-            "above_random_mixture": "quality minus the random cheap/strong mixture's quality at the same cost",
+            "pgr": "(quality - q_cheapest) / (q_best - q_cheapest), the cheapest and best single models on these tasks",
+            "above_hull": "quality minus the single-model hull's quality at the same cost (the best random mixture of single models; two models: the random cheap/strong line)",
+            "apgr": "mean PGR of a curve closed with the always-cheapest and always-best points, over costs from the cheapest's to the best's",
+            f"cpt_{int(CPT_PGR * 100)}": f"least mean cost per task at which the policy/curve reaches PGR {CPT_PGR} (RouteLLM's CPT, in $ instead of % strong calls)",
+            "vs_best": "against the best single model: quality (paired difference), cost; for curves the quality at its cost, the cost to reach its quality and the share of its cost saved",
         },
-        "budget_sweep": sweep,
+        "budget_sweep": [{k: v for k, v in row.items() if k != "per_task"} for row in sweep],
         "checkpoints": ck_rows,
-        "route_bias": route_bias,
-        "calibration": calibration,
+        "route_bias": run.route_bias,
+        "calibration": run.calibration,
         "knob_sweep": [{k: x[k] for k in ("route_bias", "quality", "mean_cost", "strong_share", "ci95")} for x in knob],
     }
 
@@ -261,7 +341,7 @@ def compare_policies(recipe: Recipe, names: list[str] | None, *, n: int | None =
 
         tok = tokenizer_from_recipe(recipe)
     ev = Evaluator(recipe, pool, tok, held, options=options, progress=progress)
-    ev.set_cost_reference([e["cost"] or 0.0 for m in pool.model_names for e in ev.episodes(f"always-{m}", ev.baseline(f"always-{m}"))])
+    ev.run_single_models()  # the cost reference
     summaries = {}
     for name in names:
         policy = router_policy(model, tok, recipe, greedy=greedy) if name == "router" else baseline_policy(name, tok, pool.model_names, seed=recipe.data.seed, query=options.baseline_query)

@@ -175,6 +175,7 @@ class RecordedPool(Pool):
         self.file_task_ids = set(file_task_ids)  # tasks read from pool.files / pool.hf_dataset
         self.calls = 0
         self._measured_scores: set[str] = set()
+        self.made_up_replies: set[str] = set()  # datasets whose replies are made up from scores (records.scored_replies)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -261,6 +262,7 @@ class RecordedPool(Pool):
                 example_scores=dict(scores) if scores is not None else _accuracy_by_dataset(tasks, name),
             ))
         pool = cls(tasks, cards, latency_scale=latency_scale, notes=notes, file_task_ids=user_ids & {t.task.task_id for t in tasks})
+        pool.made_up_replies = {r.dataset for r in records if r.made_up}
         pool._measured_scores = {name for name, spec in chosen.items() if spec.get("example_scores") is None}
         return pool
 

@@ -100,6 +100,7 @@ class Record:
     topic: str = "general"
     task_id: str = ""
     where: str = ""
+    made_up: bool = False  # replies made up from scores (records.scored_replies), not recorded text
 
     def __post_init__(self) -> None:
         if not self.task_id:
@@ -447,7 +448,7 @@ def routellm_record(cv: Converter, where: str, row: dict[str, Any]) -> Record:
     gold_, kind, made = scored_replies(rec.task_id, {m: a.score for m, a in answers.items()}, choice_letters(prompt))
     for m, a in made.items():
         a.cost = answers[m].cost
-    rec.answers, rec.gold, rec.answer_type = made, gold_, kind
+    rec.answers, rec.gold, rec.answer_type, rec.made_up = made, gold_, kind, True
     return rec
 
 
@@ -502,7 +503,7 @@ def dcrouter_record(cv: Converter, where: str, row: dict[str, Any]) -> Record:
     topic = str(row.get("task_name") or row.get("cluster_id") or "general")
     rec = Record(prompt, cv.dataset, {}, None, "code", topic, "", where)
     gold, kind, answers = scored_replies(rec.task_id, vals, parse_choices(row.get("choices")))
-    rec.answers, rec.answer_type = answers, kind
+    rec.answers, rec.answer_type, rec.made_up = answers, kind, True
     rec.gold = graded_gold(answers, gold) if kind == "graded" else gold
     return rec
 
@@ -528,7 +529,7 @@ def routerbench_record(cv: Converter, where: str, row: dict[str, Any]) -> Record
     gold, kind, answers = scored_replies(rec.task_id, vals, choice_letters(prompt) if _CHOICE_LINE.search(prompt) else None)
     for m, a in answers.items():
         a.cost = costs[m]
-    rec.answers, rec.answer_type = answers, kind
+    rec.answers, rec.answer_type, rec.made_up = answers, kind, True
     rec.gold = graded_gold(answers, gold) if kind == "graded" else gold
     return rec
 

@@ -47,12 +47,21 @@ class RolloutEngine:
         self.max_completion_tokens = max_completion_tokens
         self.max_turns = max_turns  # safety stop; the env's own max_turns normally ends episodes first
         self.stats = RolloutStats()
+        self._prompt_cache: dict[tuple[Any, ...], list[int]] = {}
 
     def _start(self, task: Task, seed: int | None) -> EpisodeState:
         env = self.env_factory()
         obs, info = env.reset(task, seed=seed)
-        ids = env.prompt_ids(self.tokenizer) if hasattr(env, "prompt_ids") else encode_chat(self.tokenizer, env.messages)
-        return EpisodeState(task=task, env=env, prompt_ids=ids, last_obs=obs, info=info)
+        if hasattr(env, "prompt_ids"):
+            ids = env.prompt_ids(self.tokenizer)
+        else:  # the same opening messages always tokenize alike: encode once per engine
+            key = tuple((m.get("role"), m.get("content")) for m in env.messages)
+            ids = self._prompt_cache.get(key)
+            if ids is None:
+                ids = self._prompt_cache.setdefault(key, encode_chat(self.tokenizer, env.messages))
+                if len(self._prompt_cache) > 50_000:
+                    self._prompt_cache.clear()
+        return EpisodeState(task=task, env=env, prompt_ids=list(ids), last_obs=obs, info=info)
 
     def run(self, tasks: list[Task], policy: Policy, *, seed: int | None = None, keep_going: Callable[[bool], bool] | None = None) -> list[dict[str, Any]]:
         """Run one episode per task (repeat tasks for groups) and return episode dicts.
@@ -234,8 +243,9 @@ def stop_strings(recipe: Any) -> tuple[str, ...]:
     return ("</tool_call>",) if recipe.rollout.protocol == "tools" else STOP_STRINGS
 
 
-def make_engine(recipe: Any, pool: Any, tokenizer: Any, *, budget: float | None = None) -> RolloutEngine:
-    """The recipe's environment over `pool` in a rollout engine (optionally at another budget)."""
+def make_engine(recipe: Any, pool: Any, tokenizer: Any, *, budget: float | None = None, max_turns: int | None = None) -> RolloutEngine:
+    """The recipe's environment over `pool` in a rollout engine (optionally at another budget,
+    or with at least `max_turns` turns: baselines that need more calls than the router has)."""
     import dataclasses
 
     from rl_router.envs import make_env
@@ -243,6 +253,8 @@ def make_engine(recipe: Any, pool: Any, tokenizer: Any, *, budget: float | None 
     cfg = recipe.env_config()
     if budget is not None:
         cfg = dataclasses.replace(cfg, budget=budget)
+    if max_turns is not None and hasattr(cfg, "max_turns") and cfg.max_turns < max_turns:
+        cfg = dataclasses.replace(cfg, max_turns=max_turns)
     name = recipe.env.get("name", "router_r1")
 
     def env_factory() -> Any:

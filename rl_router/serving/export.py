@@ -129,11 +129,12 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
     else:
         lines += ["Route bias 0 (not calibrated). `rl-router calibrate` sets one for a target cost or strong-call share; `rl-router serve --route-bias B` sets one by hand.", ""]
     if pol:
-        lines += [f"## Measured results ({ev['tasks']} held-out tasks, greedy)", "", "| policy | quality | $ / 1k tasks | reward | PGR | above random line | format errors |", "|---|---|---|---|---|---|---|"]
+        line_name = "above random line" if len(ev.get("single_models") or cfg["pool"]["models"]) == 2 else "above single-model hull"
+        lines += [f"## Measured results ({ev['tasks']} held-out tasks, greedy)", "", f"| policy | quality | $ / 1k tasks | reward | PGR | {line_name} | format errors |", "|---|---|---|---|---|---|---|"]
         for name, s in pol.items():
-            above = s.get("above_random_mixture")
+            above = s.get("above_hull", s.get("above_random_mixture"))
             lines.append(f"| {name} | {s['quality']:.3f} | {_fmt(s['mean_cost'], 1000)} | {_fmt(s.get('reward'))} | {_fmt(s.get('pgr'), 1, 2)} | {'-' if above is None else f'{above + 1e-9:+.3f}'} | {s['format_error_rate']:.0%} |")
-        lines += ["", "PGR: share of the cheapest -> strongest quality gap recovered. Above random line: quality minus that of the random cheap/strong mixture at the same cost. Full figures in `eval.json`.", ""]
+        lines += ["", "PGR: share of the cheapest -> best single model's quality gap recovered. Above the line / hull: quality minus that of the best random mixture of single models at the same cost (two models: the random cheap/strong line). Full figures, with 95% intervals, in `eval.json`.", ""]
     else:
         lines += ["## Measured results", "", "Not evaluated yet: run `rl-router eval` and export again.", ""]
     lines += [

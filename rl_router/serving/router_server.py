@@ -74,13 +74,10 @@ class RouterApp:
         self.engine = engine or RolloutEngine(lambda: make_env(env_name, pool, config=env_config, tokenizer=tokenizer), tokenizer, max_completion_tokens=max_completion_tokens)
         self.stop_strings = stop_strings
         # the cost knob as calibrated (route_bias.json beside the weights) or set with --route-bias
-        self.route_bias = float(route_bias)
-        if self.route_bias:
-            from rl_router.rollout.route_bias import cost_weights
+        from rl_router.rollout.route_bias import cost_weights
 
-            self.route_weights: dict[str, float] | None = cost_weights(pool)
-        else:
-            self.route_weights = None
+        self.route_bias = float(route_bias)
+        self.route_weights: dict[str, float] = cost_weights(pool)  # each model's share of the bias (0: cheapest, 1: costliest)
         self._lock = threading.Lock()
         self._recorded = {t.question: t for t in pool.tasks()} if hasattr(pool, "tasks") else None
         self.requests = 0

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rl_router.evaluation.evaluator import Evaluator, router_policy, tqdm_progress
-from rl_router.frontier import above, point, random_mixture
 from rl_router.models import lora_config, router_from_recipe
 from rl_router.pools.factory import max_error_rate
 from rl_router.recipe import Recipe, validate_against_pool
 from rl_router.rewards import build_rewards
 from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
 from rl_router.rollout.policies import HFPolicy
-from rl_router.stats import above_line_values, resample_index, statistic_ci
+from rl_router.stats import resample_index
 from rl_router.task_sources import recipe_pool, recipe_tasks
 from rl_router.training.stages import RunFolder
 
@@ -284,16 +283,21 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
         m[f"heldout_{name}_before"], m[f"heldout_{name}_after"] = before[key], after[key]
     for when, s in (("before", before), ("after", after)):
         m[f"heldout_quality_per_dollar_{when}"] = s["quality"] / s["mean_cost"] if s["mean_cost"] > 0 else 0.0
-    # the one-number frontier check: quality minus the random cheap/strong mixture's at the same cost
+    # the one-number frontier check: quality minus the single-model hull's at the same cost
+    # (two models: the random cheap/strong line), with a 95% interval paired over the tasks
+    from rl_router.evaluation.comparisons import references, score_policy
+
     b = m["heldout_baselines"]
-    line = random_mixture(point(b[f"always-{run.cheap}"]), point(b[f"always-{run.strong}"]))
+    refs = references({k.removeprefix("always-"): v for k, v in b.items() if k.startswith("always-")})
     idx = resample_index(len(run.held))
-    lo_t, hi_t = b[f"always-{run.cheap}"]["per_task"], b[f"always-{run.strong}"]["per_task"]
     for stage in ("before", "after_sft", "after"):
         if f"heldout_{stage}" in m:
-            m[f"heldout_above_random_mixture_{stage}"] = above(point(m[f"heldout_{stage}"]), line)
-            # 95% paired bootstrap interval over the held-out tasks (router and boundaries resampled together)
-            m[f"heldout_above_random_mixture_{stage}_ci95"] = statistic_ci(lambda i, p=m[f"heldout_{stage}"]["per_task"]: above_line_values(p, lo_t, hi_t, i), idx)["ci95"]
+            s = m[f"heldout_{stage}"]
+            score_policy(s, refs, idx)
+            m[f"heldout_above_hull_{stage}"], m[f"heldout_above_hull_{stage}_ci95"] = s["above_hull"], s["ci95"]["above_hull"]
+            if len(refs.models) == 2:
+                m[f"heldout_above_random_mixture_{stage}"], m[f"heldout_above_random_mixture_{stage}_ci95"] = s["above_hull"], s["ci95"]["above_hull"]
+    m["references"] = {"cheapest": refs.cheapest, "best": refs.best, "frontier": refs.frontier}
     m["global_step"] = trainer.state.global_step
     m["is_main_process"] = run.main
     m["log_history"] = trainer.state.log_history
