@@ -32,7 +32,38 @@ def format_card(c: ModelCard) -> str:
     return line + (f"; {c.strengths}" if c.strengths else "")
 
 
-def system_prompt(cards: list[ModelCard], extra: str = "") -> str:
+#: the protocol in the compact style (many models: the cards, not the instructions, must fit)
+COMPACT_PROTOCOL = ('Call models with <think>..</think><route model="NAME">query</route>; replies come as <information>. '
+                    "Answer <answer>X</answer> or <answer>@NAME</answer> (adopt its answer).")
+COMPACT_HEADER = "Models (accuracy %, $/1M tokens in/out):"
+#: `card_style: auto` is compact above this many models
+COMPACT_ABOVE = 3
+
+
+def _short_price(x: float) -> str:
+    return f"{x:g}".removeprefix("0") if 0 < x < 1 else f"{x:g}"
+
+
+def format_card_compact(c: ModelCard) -> str:
+    """One line per model, `name accuracy in/out`: 10 cards fit in 200 SmolLM2 tokens (a test
+    counts them). Accuracy is the mean of the card's example scores (measured on train tasks)."""
+    acc = f" {round(100 * sum(c.example_scores.values()) / len(c.example_scores))}" if c.example_scores else " ?"
+    return f"{c.name}{acc} {_short_price(c.price_in)}/{_short_price(c.price_out)}"
+
+
+def card_style(style: str, n_models: int) -> str:
+    if style == "auto":
+        return "compact" if n_models > COMPACT_ABOVE else "full"
+    return style
+
+
+def system_prompt(cards: list[ModelCard], extra: str = "", style: str = "full") -> str:
+    """The router's system prompt: the protocol and a card per pool model. `style`: "full"
+    (price, latency, context, accuracy per dataset, strengths: what Router-R1 conditions on),
+    "compact" (name, accuracy, prices: for many models), or "auto" (compact above 3 models)."""
+    if card_style(style, len(cards)) == "compact":
+        pool = "\n".join(format_card_compact(c) for c in cards)
+        return f"{COMPACT_PROTOCOL}\n{COMPACT_HEADER}\n{pool}" + (f"\n{extra}" if extra else "")
     pool = "\n".join(format_card(c) for c in cards)
     return f"{PROTOCOL}\nPool:\n{pool}" + (f"\n{extra}" if extra else "")
 
@@ -42,9 +73,9 @@ def user_prompt(task: Task, budget: float | None) -> str:
     return f"Task: {task.question}{b}"
 
 
-def initial_messages(task: Task, cards: list[ModelCard], budget: float | None, extra: str = "") -> list[dict[str, str]]:
+def initial_messages(task: Task, cards: list[ModelCard], budget: float | None, extra: str = "", style: str = "full") -> list[dict[str, str]]:
     return [
-        {"role": "system", "content": system_prompt(cards, extra)},
+        {"role": "system", "content": system_prompt(cards, extra, style)},
         {"role": "user", "content": user_prompt(task, budget)},
     ]
 

@@ -88,6 +88,24 @@ def test_both_protocols_work_with_the_real_tokenizer(smol_cache):
     assert any(sum(tags[0]) < len(tags[0]) for tags, _ in got.values())  # real verdicts: someone errs
 
 
+def test_ten_model_cards_stay_short_in_smollm2_tokens(smol_cache):
+    """With ten models the router's system prompt must stay short: the compact cards (name,
+    accuracy, prices) of MMLU-Pro's ten models take at most 200 SmolLM2 tokens, and the whole
+    system prompt for ten models is about what the full style spends on two."""
+    from rl_router.models import tokenizer_from_recipe
+    from rl_router.pools import RecordedPool
+    from rl_router.prompts import format_card_compact, system_prompt
+
+    tok = tokenizer_from_recipe(load_recipe(RECIPE))
+    ten = RecordedPool.packaged(["mmlu-pro"]).models
+    two = RecordedPool.packaged(["gsm8k"]).models
+    count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    cards = "\n".join(format_card_compact(c) for c in ten)
+    assert len(ten) == 10 and count(cards) <= 200, count(cards)
+    assert count(system_prompt(ten, style="auto")) <= count(system_prompt(two, style="full")) + 10
+    assert count(system_prompt(ten, style="full")) > 2 * count(system_prompt(ten, style="auto"))  # what compact saves
+
+
 def test_cost_knob_with_the_real_tokenizer(smol_cache):
     """SmolLM2's BPE splits the route header differently from the tiny tokenizer ('="' is one
     token, 'Route to' then ' g'): the knob still finds the decision and a large bias decides

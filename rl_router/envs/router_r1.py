@@ -45,6 +45,7 @@ class RoutingEnvConfig:
     pool_temperature: float = 0.0
     on_budget_exhausted: str = "continue"  # "continue": the router must answer; "end": truncate
     system_extra: str = ""  # appended to the system prompt
+    card_style: str = "auto"  # model cards in the system prompt: full | compact | auto (compact above 3 models)
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
@@ -53,6 +54,8 @@ class RoutingEnvConfig:
             raise ConfigError("env.budget", f"must be > 0 or null, got {self.budget}")
         if self.max_obs_tokens < 1:
             raise ConfigError("env.max_obs_tokens", f"must be >= 1, got {self.max_obs_tokens}")
+        if self.card_style not in ("auto", "full", "compact"):
+            raise ConfigError("env.card_style", f"unknown value {self.card_style!r}", "use auto, full or compact")
         if self.on_budget_exhausted not in ("continue", "end"):
             raise ConfigError("env.on_budget_exhausted", f"unknown value {self.on_budget_exhausted!r}", "use 'continue' or 'end'")
 
@@ -108,7 +111,7 @@ class MultiRoundRoutingEnv(TextEnv):
     # ---- gym API ------------------------------------------------------------------------
     def reset(self, task: Task, *, seed: int | None = None) -> tuple[str, dict[str, Any]]:
         self.task = task
-        self.messages = initial_messages(task, self.pool.models, self.config.budget, self.config.system_extra)
+        self.messages = initial_messages(task, self.pool.models, self.config.budget, self.config.system_extra, self.config.card_style)
         self._replies: dict[str, str] = {}
         self.info: dict[str, Any] = self._start_info(task, adopted=None)
         obs = "\n\n".join(m["content"] for m in self.messages)

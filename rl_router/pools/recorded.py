@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,13 @@ class RecordedPool(Pool):
             p = Path(f)
             if not p.exists():
                 raise ConfigError("pool.files", f"{p} does not exist", "give paths to recordings (RouteLLM CSV, MMLU-Pro or dcrouter JSONL(.gz), LLMRouter JSON, RouterBench tables)")
-            srcs.append(Source(str(p), read_rows(p)))
+            first, rows = _peek(read_rows(p))
+            fmt = detect_format(first[1]) if first else None
+            if fmt == "mmlu-pro-outputs" and srcs and srcs[-1].format == "mmlu-pro-outputs":  # one file per model: one source
+                prev = srcs[-1]
+                prev.rows, prev.label = itertools.chain(prev.rows, rows), f"{prev.label}, {p}"
+                continue
+            srcs.append(Source(str(p), rows, format=fmt if fmt == "mmlu-pro-outputs" else None))
         if hf_dataset is not None:
             srcs.append(Source(str(hf_dataset.get("path")), hf_rows(hf_dataset), format=hf_dataset.get("format"), dataset=hf_dataset.get("dataset")))
         n_user = len(srcs)

@@ -173,11 +173,9 @@ def _cost(where: str, key: str, v: Any) -> float | None:
 
 
 def check_models(where: str, found: Iterable[str], known: Iterable[str], field_: str) -> None:
-    """Every known model must be in the row, and the row must name no model the dataset lacks."""
+    """The row names no model the dataset lacks (the pool's models must all be there: see
+    `Converter.pool_answers`)."""
     found, known = set(found), list(known)
-    missing = [m for m in known if m not in found]
-    if missing:
-        raise RecordError(where, f"{field_}.{missing[0]}", "is missing from this row", f"every row needs every model ({len(known)}: {', '.join(known)}); drop the model from pool.models or complete the row")
     extra = sorted(found - set(known))
     if extra:
         raise RecordError(where, f"{field_}.{extra[0]}", "is a model this dataset does not know", f"its models are {', '.join(known)}; give its card in pool.models to use it")
@@ -387,7 +385,7 @@ class Converter:
             check_models(where, recorded, known_columns(self.dataset) or list(self.columns), field_)
         missing = [c for c in self.columns if c not in recorded]
         if missing:
-            raise RecordError(where, f"{field_}.{missing[0]}", "is missing from this row", f"every row needs every model in pool.models ({', '.join(self.columns)})")
+            raise RecordError(where, f"{field_}.{missing[0]}", "is missing from this row", f"every row needs every model of the pool ({len(self.columns)}: {', '.join(self.columns)}); complete the row, or leave the model out with pool.models")
         return {self.columns[c]: recorded[c] for c in self.columns}
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_router import protocol
-from rl_router.prompts import PROTOCOL, system_prompt
+from rl_router.prompts import COMPACT_PROTOCOL, PROTOCOL, card_style, system_prompt
 from rl_router.recipe import Recipe
 from rl_router.task_sources import recipe_pool
 
@@ -34,7 +34,8 @@ URL_CREDS = re.compile(r"(https?://)[^/@\s:]+:[^/@\s]+@")
 
 def secret_values(recipe: Recipe) -> list[str]:
     names = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
-    for spec in (recipe.pool.get("models") or {}).values():
+    models = recipe.pool.get("models")
+    for spec in (models.values() if isinstance(models, dict) else []):
         if isinstance(spec, dict) and spec.get("api_key_env"):
             names.add(spec["api_key_env"])
     return [v for n in sorted(names) if len(v := os.environ.get(n, "")) >= 8]
@@ -50,13 +51,15 @@ def router_config(recipe: Recipe, pool: Any, calibration: dict[str, Any] | None 
     from rl_router.rollout.route_bias import HEADERS, cost_weights
 
     cards = [pool.card(m) for m in pool.model_names]
+    style = getattr(recipe.env_config(), "card_style", "full")
     env = {k: v for k, v in recipe.env.items()}
     pool_section = {k: v for k, v in recipe.pool.items() if k != "models"}
     return {
         "library": "rl-router",
         "pool": {"type": recipe.pool.get("type"), "settings": pool_section, "models": [dataclasses.asdict(c) for c in cards]},
-        "endpoints": {m: {k: v for k, v in spec.items() if k in ("base_url", "model_id", "api_key_env")} for m, spec in (recipe.pool.get("models") or {}).items() if isinstance(spec, dict)},
-        "prompt": {"protocol": PROTOCOL, "system_prompt": system_prompt(cards), "user_template": "Task: {question}\nBudget: ${budget:.4f}"},
+        "endpoints": {m: {k: v for k, v in spec.items() if k in ("base_url", "model_id", "api_key_env")} for m, spec in (recipe.pool.get("models") if isinstance(recipe.pool.get("models"), dict) else {}).items() if isinstance(spec, dict)},
+        "prompt": {"protocol": PROTOCOL if card_style(style, len(cards)) == "full" else COMPACT_PROTOCOL, "system_prompt": system_prompt(cards, style=style), "card_style": card_style(style, len(cards)),
+                   "user_template": "Task: {question}\nBudget: ${budget:.4f}"},
         "tag_protocol": {
             "think": protocol.THINK_RE.pattern,
             "route": protocol.ROUTE_RE.pattern,
