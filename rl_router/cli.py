@@ -237,7 +237,7 @@ def eval_(
     sampled: bool = typer.Option(True, "--sampled/--no-sampled", help="Also run the router sampled (at trainer.temperature), next to greedy."),
     budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated per-task budgets ($) for an inference-time budget sweep, e.g. 0.0005,0.002,0.01."),
     checkpoints: bool = typer.Option(False, "--checkpoints", help="Also evaluate every OUT/rl/checkpoint-N (greedy) and plot reward/cost over training."),
-    curve: bool = typer.Option(False, "--curve", help="Also run the router (greedy) at several route biases (the cost knob) and draw its cost-quality curve beside the kNN sweep and the random line, with APGR and paired APGR differences (95%)."),
+    curve: bool = typer.Option(False, "--curve", help="Also run the router (greedy) at several route biases (the cost knob), all in one pass, and draw its cost-quality curve beside the baselines' sweeps and the single-model hull, with APGR and paired APGR differences (95%)."),
     curve_biases: Optional[str] = typer.Option(None, "--curve-biases", help=f"Comma-separated route biases for --curve (logit units; default {','.join(f'{b:g}' for b in DEFAULT_CURVE_BIASES)})."),
     route_bias: Optional[float] = typer.Option(None, "--route-bias", help="Route bias for the router rows (default: the calibrated one in the model folder's route_bias.json, else 0)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Episodes per lock-step batch (one generate call per turn for all of them): larger is faster on CPU while memory lasts."),
@@ -275,14 +275,15 @@ def calibrate(
     target_strong_share: Optional[float] = typer.Option(None, "--target-strong-share", help="Share of tasks that call the costliest model, in [0, 1] (RouteLLM's '% calls to the strong model')."),
     split: str = typer.Option("validation", "--split", help="Tasks to calibrate on: validation (data.validation_fraction, kept out of training), or train / heldout (say so when you report)."),
     n: Optional[int] = typer.Option(None, "--n", help="Use the first N tasks of the split."),
-    iters: int = typer.Option(8, "--iters", help="Bisection steps after the two ends (each a greedy run on the tasks)."),
+    iters: int = typer.Option(8, "--iters", help="Biases of the second pass, inside the bracket around the target (the first pass runs a fixed grid from -32 to +32; each pass is one run over the tasks)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Episodes per lock-step batch."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (default: TARGET's recipe.json)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
-    """Find the route bias (the cost knob: added to the logits of the tokens that choose a
-    costlier model) at which the router, greedy, hits a target mean cost per task or share of
-    tasks calling the costliest model on validation tasks. Writes route_bias.json beside the
+    """Find the route bias (the cost knob: where the router names a model, every name is scored
+    and it takes argmax log p(name) + bias x the model's price position) at which the router,
+    greedy, hits a target mean cost per task or share of tasks calling the costliest model on
+    validation tasks, in two passes over them. Writes route_bias.json beside the
     weights; eval, serve and export use it from then on (eval --route-bias 0 to compare)."""
     from rl_router.evaluation.calibration import calibrate as run
     from rl_router.evaluation.report import eval_target

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 SHARED_FIXTURE_GROUPS = {
     "tests/test_export.py::": "quickstart_run",
     "tests/test_serve.py::": "quickstart_run",
-    "tests/test_cost_knob.py::test_calibrate_": "quickstart_run",
+    "tests/test_cost_knob.py::test_calibrate_eval": "quickstart_run",
     "tests/test_train.py::test_quickstart_": "quickstart_run",
     "tests/test_agentic_train.py::": "bopo_run",
     "tests/test_distributed.py::": "bopo_run",

@@ -28,7 +28,7 @@ def test_bopo_router_beats_the_boundary_mixture_at_equal_cost(bopo_run):
     assert after["reward"] > sft["reward"] + 0.1  # RL moved it, not only the warm start
     assert after["budget_violation_rate"] <= 0.05 and after["format_error_rate"] <= 0.1
     # eval on the trained run: budget compliance, calls per tier, above the random line
-    res = evaluate(load_recipe("recipes/bopo_agentic.yaml"), str(run_dir), sampled=False, knn_thresholds=(0.5,))
+    res = evaluate(load_recipe("recipes/bopo_agentic.yaml"), str(run_dir), sampled=False, knn_lambdas=(0.0, 0.5))
     p = res["policies"]["router (greedy)"]
     assert p["budget_exceeded_rate"] == 0.0 and set(p["calls_per_task"]) == {"cheap", "expensive"}
     assert p["above_random_mixture"] > 0.1

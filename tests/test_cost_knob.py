@@ -1,6 +1,7 @@
-"""The cost knob: a route bias on the tokens that choose a costlier model, `rl-router calibrate`
-(bisection to a target strong-call share or cost), eval's router curve with APGR intervals,
-and serve / export carrying the calibrated setting."""
+"""The cost knob, decided once by name (rollout/names.py): a threshold on the router's log-odds
+between model names for any tokenizer and any names, `rl-router calibrate` (two passes to a
+target strong-call share or cost), eval's one-pass router curve with APGR intervals, and serve /
+export carrying the calibrated setting."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rl_router.evaluation.calibration import bisect_bias, read_route_bias
+from rl_router.evaluation.calibration import GRID, read_route_bias, search_bias
 from rl_router.frontier import apgr
-from rl_router.rollout.route_bias import RouteBiasProcessor, committing_tokens, cost_weights, decision_state
+from rl_router.rollout.names import STEMS, continuation, cost_weights, stem_at_end
 from rl_router.stats import curve_apgr_values, resample_index
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
@@ -28,35 +29,29 @@ def run(*args):
     return subprocess.run([BIN, *args], capture_output=True, text=True, env=env)
 
 
-@pytest.mark.parametrize(
-    "text, state",
-    [
-        ('<think>hm</think><route model="', ("", "")),
-        ("<think>hm</think><route mod", ('el="', "")),
-        ('<route model="gpt', ("", "gpt")),
-        ('<route model="gpt-4-1106', None),  # the name is complete: nothing left to choose
-        ('<route model="gpt-4-1106">Solve', None),
-        ('<route model="llama', None),  # not a pool name
-        ("<think>Route to", (" ", "")),
-        ('{"name": "route", "arguments": {"model": "', ("", "")),
-        ("<think>no header here</think>", None),
-        ('<route model="mixtral-8x7b">q</route><information>x</information><think>Route to', (" ", "")),  # the last header counts
-    ],
-)
-def test_decision_state(text, state):
-    assert decision_state(text, MODELS) == state
+PREFIXED = ("gpt-4o", "gpt-4o-mini")  # names that share a prefix: the old token-level knob never fired on them
+LLAMAS = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b")
 
 
-def test_committing_tokens_choose_one_model_each(tokenizer):
-    commits = committing_tokens(tokenizer, MODELS, "", "")
-    assert set(commits) == set(MODELS)
-    for m, ids in commits.items():
-        for i in ids:
-            s = tokenizer.decode([i])
-            assert m.startswith(s) or s.startswith(m + '"'), (m, s)
-    # a header still to finish: only tokens that finish it and start a name commit
-    rest = committing_tokens(tokenizer, MODELS, '"', "")
-    assert all(tokenizer.decode([i]).startswith('"') and len(tokenizer.decode([i])) > 1 for ids in rest.values() for i in ids)
+@pytest.mark.parametrize("text, stem", [
+    ('<think>hm</think><route model="', '<route model="'),
+    ("<think>Route to", "Route to"),
+    ('{"name": "route", "arguments": {"model": "', '"model": "'),
+    ("<think>ok</think><answer>@", "<answer>@"),
+    ('<route model="gpt', None),
+    ("<think>no stem here</think>", None),
+])
+def test_decision_stems(text, stem):
+    hit = stem_at_end(text)
+    assert (hit[0] if hit else None) == stem
+
+
+@pytest.mark.parametrize("names", [MODELS, PREFIXED, LLAMAS])
+def test_every_name_is_a_continuation_at_every_stem(tokenizer, names):
+    for stem, tmpl, _kind in STEMS:
+        conts = [continuation(tokenizer, stem, tmpl.format(name=n)) for n in names]
+        assert all(conts), (stem, names)
+        assert len({tuple(c) for c in conts}) == len(names)  # distinct sequences, each with its closer
 
 
 def test_cost_weights_order_models_by_price(recorded_pool):
@@ -64,50 +59,75 @@ def test_cost_weights_order_models_by_price(recorded_pool):
     assert w == {"mixtral-8x7b": 0.0, "gpt-4-1106": 1.0}
 
 
-def test_bias_flips_the_greedy_choice_of_a_random_router(tokenizer):
-    """An untrained router at a route header: a large positive bias makes its next token commit
-    to the costliest model, a large negative one to the cheapest (inside a name only pool
-    names are allowed while the knob is on); bias 0 leaves the logits as they are."""
+def decision_at(model, tok, context: list[int], stem: str, names: tuple[str, ...], weights: dict, bias: float):
+    """The policy's decision where a turn has just written `stem`, and each name's log-prob
+    computed independently (a plain forward over context + stem + name, no cache)."""
     import torch
 
+    from rl_router.rollout.decoder import RowTurn, Session
+    from rl_router.rollout.policies import HFPolicy
+    from rl_router.rollout.state import EpisodeState
+
+    stem_ids = tok.encode(stem, add_special_tokens=False)
+    sess = Session(model, tok.pad_token_id)
+    sess.sync([0], [context + stem_ids])
+    pol = HFPolicy(model, tok, temperature=0.0, route_weights=weights, names=list(names), route_bias=bias)
+    turn = RowTurn(text=stem)
+    st = EpisodeState(task=None, env=None, prompt_ids=context)
+    pol._decide(sess, [0], [turn], [{"state": st, "biases": (bias,)}])
+    d = turn.decisions[0]
+    tmpl = next(t for s_, t, _k in STEMS if s_ == stem)
+    direct = []
+    for n in names:
+        cont = continuation(tok, stem, tmpl.format(name=n))
+        ids = torch.tensor([context + stem_ids + cont])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        start = len(context) + len(stem_ids)
+        direct.append(float(sum(lp[start + k - 1, t] for k, t in enumerate(cont))))
+    return d, direct, turn
+
+
+@pytest.mark.parametrize("names", [PREFIXED, LLAMAS])
+def test_the_knob_is_a_threshold_on_the_routers_log_odds(tokenizer, names):
+    """At a decision every name is scored as a teacher-forced continuation (the cached batched
+    scores equal a plain forward), and the choice is argmax log p(name) + B w(name): it flips
+    exactly where B crosses the log-odds over the price gap, for names that share a prefix and
+    for three names; the chosen name's tokens are forced, spelled as the pool's."""
     from rl_router.tiny import build_tiny_router
 
     model, _ = build_tiny_router(seed=3, hidden_size=32, num_layers=1)
     model.eval()
-    ids = torch.tensor([tokenizer.encode('<think>pick</think><route model="', add_special_tokens=False)])
-    weights = {"mixtral-8x7b": 0.0, "gpt-4-1106": 1.0}
-    commits = committing_tokens(tokenizer, MODELS, "", "")
-    strong_ids, cheap_ids = set(commits["gpt-4-1106"]), set(commits["mixtral-8x7b"])
-    with torch.no_grad():
-        base = model(ids).logits[:, -1, :]
-    for bias, want in ((100.0, strong_ids), (-100.0, cheap_ids)):
-        proc = RouteBiasProcessor(tokenizer, weights, bias, start=0)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, logits_processor=[proc], pad_token_id=tokenizer.pad_token_id)
-        assert out[0, ids.shape[1]].item() in want
-        name = tokenizer.decode(out[0, ids.shape[1]:])
-        assert name.startswith("gpt-4-1106" if bias > 0 else "mixtral-8x7b"), name  # the whole name, spelled as the pool's
-        assert proc.decisions == 1
-    zero = RouteBiasProcessor(tokenizer, weights, 0.0, start=0)
-    assert torch.equal(zero(ids, base.clone()), base)
-    # +5 lands only on the strong model's committing tokens; the cheap model's keep their
-    # logits; tokens that start no pool name are ruled out
-    moved = RouteBiasProcessor(tokenizer, weights, 5.0, start=0)(ids, base.clone())
-    assert torch.allclose(moved[0, sorted(strong_ids)], base[0, sorted(strong_ids)] + 5.0)
-    assert torch.equal(moved[0, sorted(cheap_ids)], base[0, sorted(cheap_ids)])
-    assert torch.isinf(moved[0, tokenizer.encode("Solve", add_special_tokens=False)[0]])
-    # prompt text before `start` is never a decision: the header is in the prompt, not the turn
-    assert torch.equal(RouteBiasProcessor(tokenizer, weights, 5.0, start=ids.shape[1])(ids, base.clone()), base)
+    context = tokenizer.encode("<|im_start|>assistant\n<think>pick</think>", add_special_tokens=False)
+    weights = {n: i / (len(names) - 1) for i, n in enumerate(names)}
+    d, direct, turn = decision_at(model, tokenizer, context, '<route model="', names, weights, 0.0)
+    assert d["names"] == list(names) and np.allclose(d["scores"], direct, atol=1e-4)
+    s = dict(zip(names, d["scores"]))
+    assert d["choice"] == max(names, key=lambda n: s[n])
+    assert tokenizer.decode(turn.forced) == f'{d["choice"]}">'
+    cheap, dear = names[0], names[-1]
+    flip = (s[cheap] - s[dear]) / (weights[dear] - weights[cheap])  # B at which dear's score reaches cheap's
+    lo, _, _ = decision_at(model, tokenizer, context, '<route model="', (cheap, dear), weights, flip - 0.05)
+    hi, _, _ = decision_at(model, tokenizer, context, '<route model="', (cheap, dear), weights, flip + 0.05)
+    assert (lo["choice"], hi["choice"]) == (cheap, dear)
+    assert decision_at(model, tokenizer, context, "Route to", names, weights, 100.0)[0]["choice"] == dear
+    assert decision_at(model, tokenizer, context, "Route to", names, weights, -100.0)[0]["choice"] == cheap
 
 
-def test_bisect_finds_the_closest_setting_and_says_when_unreachable():
+def test_search_finds_the_closest_setting_and_describes_the_one_it_returns():
     step = lambda b: float(np.clip(np.floor(b) / 10 + 0.5, 0, 1))  # noqa: E731  (monotone, stepped)
-    bias, tried, note = bisect_bias(step, 0.3, lo=-8, hi=8, iters=8)
-    assert note is None and abs(step(bias) - 0.3) == min(abs(v - 0.3) for _, v in tried) and abs(step(bias) - 0.3) < 1e-9
-    bias, _tried, note = bisect_bias(lambda b: 0.2, 0.9, lo=-8, hi=8)
-    assert bias in (-8, 8) and "at or above" in note
-    # a decision that flips between two tried biases: the bracket is named, not hidden by a tie
-    bias, _tried, note = bisect_bias(lambda b: float(b > 5.0), 0.5, lo=-32, hi=32, iters=3)
-    assert "lies between bias 0 (0) and 8 (1)" in note
+    calls = []
+
+    def measure(bs):
+        calls.append(len(bs))
+        return {b: step(b) for b in bs}
+
+    bias, tried, note = search_bias(measure, 0.3, refine=8)
+    assert abs(step(bias) - 0.3) < 1e-9 and len(calls) == 2  # two passes: the grid, then the bracket
+    bias, _tried, note = search_bias(lambda bs: {b: 0.2 for b in bs}, 0.9)
+    assert f"bias {bias:g} is the closest setting" in note and "above what the router does at any bias" in note
+    bias, _tried, note = search_bias(lambda bs: {b: float(b > 5.0) for b in bs}, 0.5, refine=0)
+    assert "lies between bias 4 (0) and 6 (1)" in note
 
 
 def test_curve_apgr_is_the_closed_curve_area_and_the_line_is_one_half():
@@ -146,7 +166,7 @@ def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, quicksta
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rec = read_route_bias(run_dir / "final")
     tried = {t["route_bias"]: t for t in rec["tried"]}
-    assert len(tried) == 6 and rec["tasks"] == 48
+    assert len(GRID) <= len(tried) <= len(GRID) + 4 and rec["tasks"] == 48  # the grid, then 4 inside the bracket
     assert tried[-32.0]["strong_share"] < 0.5 <= tried[32.0]["strong_share"]  # the knob spans the target
     assert tried[-32.0]["mean_cost"] < tried[32.0]["mean_cost"]
     best = min(abs(t["strong_share"] - 0.5) for t in rec["tried"])
@@ -180,3 +200,21 @@ def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, quicksta
     srv = server_from_checkpoint(str(exp), port=0)
     assert srv.route_bias == rec["route_bias"] and srv.route_weights == {"mixtral-8x7b": 0.0, "gpt-4-1106": 1.0}
     assert server_from_checkpoint(str(exp), port=0, route_bias=0.0).route_bias == 0.0
+
+
+def test_calibrate_reaches_a_target_on_a_pool_whose_names_share_a_prefix(tmp_path):
+    """The recorded GSM8K pool with its two models renamed gpt-4o-mini (Mixtral's answers and
+    prices) and gpt-4o (GPT-4's): a tiny router warm-started on those names is calibrated to a
+    strong-call share and lands on it (the token-level knob this replaced never fired here)."""
+    pool = json.dumps({"type": "recorded", "datasets": ["gsm8k"], "models": {
+        "gpt-4o-mini": {"column": "mistralai/Mixtral-8x7B-Instruct-v0.1", "price_in": 0.6, "price_out": 0.6},
+        "gpt-4o": {"column": "gpt-4-1106-preview", "price_in": 10, "price_out": 30}}})
+    out = tmp_path / "run"
+    p = run("quickstart", "--output-dir", str(out), "--set", f"pool={pool}", "--set", "trainer.max_steps=1", "--set", "sft.max_steps=120", "--set", "data.max_heldout=24")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    p = run("calibrate", str(out), "--target-strong-share", "0.5", "--split", "train", "--n", "64", "--iters", "6")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rec = read_route_bias(out / "final")
+    shares = [t["strong_share"] for t in rec["tried"]]
+    assert min(shares) == 0.0 and max(shares) == 1.0  # the knob spans all-cheap to all-strong on these names
+    assert abs(rec["achieved"]["strong_share"] - 0.5) <= 0.1, rec

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 
@@ -107,32 +108,48 @@ def test_ten_model_cards_stay_short_in_smollm2_tokens(smol_cache):
 
 
 def test_cost_knob_with_the_real_tokenizer(smol_cache):
-    """SmolLM2's BPE splits the route header differently from the tiny tokenizer ('="' is one
-    token, 'Route to' then ' g'): the knob still finds the decision and a large bias decides
-    it, in the think text and in the route tag."""
-    import torch
+    """SmolLM2's BPE splits the protocol differently from the tiny tokenizer ('="' and '">' are
+    single tokens, 'Route to' then ' g'): every name is still a continuation at every stem, the
+    cached name scores equal a plain forward, and a large bias decides the choice."""
+    from test_cost_knob import LLAMAS, PREFIXED, decision_at
 
     from rl_router.models import router_from_recipe
     from rl_router.prompts import encode_chat, initial_messages
-    from rl_router.rollout.route_bias import RouteBiasProcessor, cost_weights
+    from rl_router.rollout.names import STEMS, continuation
 
     r = load_recipe(RECIPE, ["data.max_heldout=2"])
     pool = recipe_pool(r)
     task = recipe_tasks(r, pool)[1][0]
     model, tok = router_from_recipe(r)
     model.eval()
-    weights = cost_weights(pool)
-    strong = max(weights, key=weights.get)
-    prompt = encode_chat(tok, initial_messages(task, [pool.card(m) for m in pool.model_names], r.env_config().budget))
-    for prefix in ("<think>Route to", '<think>Route to x.</think><route model'):
-        ids = torch.tensor([prompt + tok.encode(prefix, add_special_tokens=False)])
-        for bias in (100.0, -100.0):
-            proc = RouteBiasProcessor(tok, weights, bias, start=len(prompt))
-            with torch.no_grad():
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, logits_processor=[proc], pad_token_id=tok.pad_token_id)
-            text = tok.decode(out[0, ids.shape[1]:])
-            assert proc.decisions >= 1, (prefix, text)
-            assert text.lstrip(' ="').startswith(strong[:2]) is (bias > 0), (prefix, bias, text)
+    for names in (tuple(pool.model_names), PREFIXED, LLAMAS):
+        for stem, tmpl, _k in STEMS:
+            assert all(continuation(tok, stem, tmpl.format(name=n)) for n in names), (stem, names)
+    context = encode_chat(tok, initial_messages(task, [pool.card(m) for m in pool.model_names], r.env_config().budget)) + tok.encode("<think>", add_special_tokens=False)
+    for names in (PREFIXED, LLAMAS):
+        weights = {n: i / (len(names) - 1) for i, n in enumerate(names)}
+        for stem in ("Route to", '<route model="'):
+            d, direct, _ = decision_at(model, tok, context, stem, names, weights, 0.0)
+            assert np.allclose(d["scores"], direct, atol=2e-3), (stem, d["scores"], direct)
+            assert decision_at(model, tok, context, stem, names, weights, 100.0)[0]["choice"] == names[-1]
+            assert decision_at(model, tok, context, stem, names, weights, -100.0)[0]["choice"] == names[0]
+
+
+def test_cached_decoder_gives_generates_greedy_episodes_on_smollm2(smol_cache):
+    """The KV-cached decoder (one cache row per episode across turns, the system prompt shared)
+    gives the same greedy episodes as re-prefilling with model.generate every turn."""
+    from rl_router.models import router_from_recipe
+    from rl_router.rollout.policies import GeneratePolicy, HFPolicy
+
+    r = load_recipe(RECIPE, ["data.max_heldout=6", "env.max_turns=2"])
+    pool = recipe_pool(r)
+    held = recipe_tasks(r, pool)[1]
+    model, tok = router_from_recipe(r)
+    engine = make_engine(r, pool, tok)
+    kw = {"max_new_tokens": 20, "temperature": 0.0}
+    ref = engine.run(held, GeneratePolicy(model, tok, **kw))
+    new = engine.run(held, HFPolicy(model, tok, **kw))
+    assert [e["completion_ids"] for e in new] == [e["completion_ids"] for e in ref]
 
 
 def test_ci_sized_run_trains_evaluates_exports_and_serves(smol_cache, tmp_path):

@@ -21,6 +21,23 @@ from rl_router.tasks import Task
 EPISODE_FIELDS = ("task_id", "cost", "n_routes", "answer", "quality", "over_budget", "invalid_actions", "pool_errors", "calls", "done_reason")
 
 
+def fork_env(env: Any) -> Any:
+    """A deep copy of an environment mid-episode that shares what is not episode state: the
+    pool, tokenizers, models and the event loop (found on the env and on any env it wraps)."""
+    import copy
+
+    memo: dict[int, Any] = {}
+    node, seen = env, 0
+    while node is not None and seen < 8:
+        for v in vars(node).values():
+            if v is None or isinstance(v, (str, int, float, bool, list, dict, tuple)):
+                continue
+            if hasattr(v, "complete") or hasattr(v, "encode") or hasattr(v, "parameters") or callable(v):
+                memo[id(v)] = v
+        node, seen = getattr(node, "inner", None), seen + 1
+    return copy.deepcopy(env, memo)
+
+
 class StepResult(NamedTuple):
     obs: str
     reward: float

@@ -2,9 +2,10 @@
 
 RouteLLM users keep asking what a threshold means on their traffic. Here the answer is
 measured: the router runs greedy on validation tasks (set aside from training by
-`data.validation_fraction`) at several route biases (rollout/route_bias.py), and bisection
-finds the bias whose mean cost per task, or share of tasks that call the costliest model,
-is closest to the target. The setting is written beside the weights (`route_bias.json`), where
+`data.validation_fraction`) at a grid of route biases in one pass (the decisions are made by
+name and episodes fork where the biases disagree: rollout/names.py), then at a finer grid
+inside the bracket around the target, and the bias whose mean cost per task, or share of
+tasks that call the costliest model, is closest to the target is kept. The setting is written beside the weights (`route_bias.json`), where
 `eval`, `serve` and `export` read it, so what is evaluated is what is served.
 """
 
@@ -18,7 +19,6 @@ from typing import Any, Callable
 from rl_router.errors import ConfigError
 
 CALIBRATION_FILE = "route_bias.json"
-BIAS_RANGE = (-32.0, 32.0)  # logit units; beyond this a choice is never flipped in practice
 
 
 def read_route_bias(folder: str | Path | None) -> dict[str, Any] | None:
@@ -49,11 +49,7 @@ def strong_calls(episodes: list[dict[str, Any]], strong: str) -> list[float]:
     return [1.0 if any(c.get("model") == strong and not c.get("error") for c in e.get("trace") or []) else 0.0 for e in episodes]
 
 
-def knob_point(ev: Any, model: Any, tok: Any, recipe: Any, bias: float, strong: str, name: str | None = None) -> dict[str, Any]:
-    """The router, greedy, at one route bias: its summary plus the strong-call share."""
-    from rl_router.evaluation.evaluator import router_policy
-
-    eps = ev.episodes(name or f"bias {bias:+g}", router_policy(model, tok, recipe, greedy=True, route_bias=bias, pool=ev.pool))
+def knob_summary(ev: Any, eps: list[dict[str, Any]], bias: float, strong: str) -> dict[str, Any]:
     s = ev.summarize(eps)
     share = strong_calls(eps, strong)
     s["strong_share"] = sum(share) / max(1, len(share))
@@ -62,30 +58,51 @@ def knob_point(ev: Any, model: Any, tok: Any, recipe: Any, bias: float, strong: 
     return s
 
 
-def bisect_bias(measure: Callable[[float], float], target: float, *, lo: float = BIAS_RANGE[0], hi: float = BIAS_RANGE[1], iters: int = 8) -> tuple[float, list[tuple[float, float]], str | None]:
-    """(bias, [(bias, value) tried], note): bisection on a measure that grows with the bias
-    (cost and strong-call share do: a larger bias only makes costlier names likelier). Returns
-    the tried bias whose value is closest to the target (ties: the smaller |bias|)."""
-    tried = [(lo, measure(lo)), (hi, measure(hi))]
+def knob_point(ev: Any, model: Any, tok: Any, recipe: Any, bias: float, strong: str, name: str | None = None) -> dict[str, Any]:
+    """The router, greedy, at one route bias: its summary plus the strong-call share."""
+    from rl_router.evaluation.evaluator import router_policy
+
+    eps = ev.episodes(name or f"bias {bias:+g}", router_policy(model, tok, recipe, greedy=True, route_bias=bias, pool=ev.pool))
+    return knob_summary(ev, eps, bias, strong)
+
+
+def knob_points(ev: Any, model: Any, tok: Any, recipe: Any, biases: list[float], strong: str, name: str = "knob sweep") -> dict[float, dict[str, Any]]:
+    """The router, greedy, at every bias from one pass (episodes fork where biases disagree)."""
+    from rl_router.evaluation.evaluator import router_policy
+
+    biases = sorted(set(float(b) for b in biases))
+    eps = ev.episodes_at_biases(name, router_policy(model, tok, recipe, greedy=True, pool=ev.pool, biases=biases), biases)
+    return {b: knob_summary(ev, eps[b], b, strong) for b in biases}
+
+
+#: the first pass's biases (logit units): dense near 0, where a trained router's margins lie
+GRID = (-32.0, -16.0, -8.0, -4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+
+
+def search_bias(measure: Callable[[list[float]], dict[float, float]], target: float, *, grid: tuple[float, ...] = GRID, refine: int = 8) -> tuple[float, dict[float, float], str | None]:
+    """(bias, {bias: value}, note) for a measure that grows with the bias (cost and strong-call
+    share do: a larger bias only makes costlier names likelier). `measure(biases)` runs them
+    all in one pass; a second pass puts `refine` biases inside the bracket around the target.
+    The bias returned is the tried one closest to the target (ties: the smaller |bias|), and
+    the note describes that bias, never another."""
+    values = dict(measure(list(grid)))
+    lo_b, hi_b = min(values), max(values)
+    inside = [(a, b) for a, b in zip(sorted(values), sorted(values)[1:]) if values[a] <= target <= values[b] and values[a] != values[b]]
+    if inside and refine > 0:
+        a, b = inside[0]
+        values.update(measure([a + (b - a) * (i + 1) / (refine + 1) for i in range(refine)]))
+    best = min(values, key=lambda x: (abs(values[x] - target), abs(x)))
     note = None
-    if target <= tried[0][1]:
-        note = f"the target {target:g} is at or below what the router does at bias {lo:g} ({tried[0][1]:g}): that is the closest setting"
-    elif target >= tried[1][1]:
-        note = f"the target {target:g} is at or above what the router does at bias {hi:g} ({tried[1][1]:g}): that is the closest setting"
-    else:
-        a, b = lo, hi
-        for _ in range(iters):
-            mid = (a + b) / 2
-            v = measure(mid)
-            tried.append((mid, v))
-            if v == target:
-                break
-            a, b = (mid, b) if v < target else (a, mid)
-    best = min(tried, key=lambda bv: (abs(bv[1] - target), abs(bv[0])))
-    if note is None and best[1] != target:
-        va, vb = dict(tried)[a], dict(tried)[b]
-        note = f"the target {target:g} lies between bias {a:g} ({va:g}) and {b:g} ({vb:g}), the closest tried is {best[0]:g} ({best[1]:g}): more --iters narrows the bracket"
-    return best[0], tried, note
+    if target < min(values.values()) - 1e-12:
+        note = f"the target {target:g} is below what the router does at any bias (at least {min(values.values()):g}, from bias {lo_b:g}): bias {best:g} is the closest setting"
+    elif target > max(values.values()) + 1e-12:
+        note = f"the target {target:g} is above what the router does at any bias (at most {max(values.values()):g}, up to bias {hi_b:g}): bias {best:g} is the closest setting"
+    elif values[best] != target:
+        below = max((x for x in values if values[x] < target), default=None)  # the bracket's two nearest biases
+        above = min((x for x in values if values[x] > target), default=None)
+        note = (f"the target {target:g} lies between bias {below:g} ({values[below]:g}) and {above:g} ({values[above]:g}); bias {best:g} ({values[best]:g}) is the closest tried"
+                if below is not None and above is not None else f"bias {best:g} ({values[best]:g}) is the closest tried")
+    return best, values, note
 
 
 def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_share: float | None = None, split: str = "validation", n: int | None = None,
@@ -95,7 +112,7 @@ def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_sha
     from rl_router.evaluation.evaluator import EvalOptions, Evaluator
     from rl_router.models import load_checkpoint, resolve_checkpoint
     from rl_router.recipe import validate_against_pool
-    from rl_router.rollout.route_bias import cost_weights
+    from rl_router.rollout.names import cost_weights
     from rl_router.task_sources import check_validation_tasks, recipe_pool, recipe_splits
 
     if (cost is None) == (strong_share is None):
@@ -122,11 +139,12 @@ def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_sha
     key, goal = ("mean_cost", cost) if cost is not None else ("strong_share", strong_share)
     points: dict[float, dict[str, Any]] = {}
 
-    def measure(b: float) -> float:
-        points[b] = knob_point(ev, model, tok, recipe, b, strong)
-        return float(points[b][key])
+    def measure(biases: list[float]) -> dict[float, float]:
+        new = knob_points(ev, model, tok, recipe, biases, strong, name=f"calibrate ({len(biases)} biases, one pass)")
+        points.update(new)
+        return {b: float(p[key]) for b, p in new.items()}
 
-    bias, tried, note = bisect_bias(measure, float(goal), iters=iters)
+    bias, tried, note = search_bias(measure, float(goal), refine=iters)
     got = points[bias]
     record = {
         "route_bias": bias,
@@ -135,7 +153,7 @@ def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_sha
         "split": split,
         "tasks": len(tasks),
         "weights": weights,
-        "tried": [{"route_bias": b, "mean_cost": points[b]["mean_cost"], "strong_share": points[b]["strong_share"], "quality": points[b]["quality"]} for b, _ in sorted(tried)],
+        "tried": [{"route_bias": b, "mean_cost": points[b]["mean_cost"], "strong_share": points[b]["strong_share"], "quality": points[b]["quality"]} for b in sorted(tried)],
         "note": note,
     }
     if write:

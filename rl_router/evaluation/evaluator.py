@@ -88,21 +88,23 @@ def baseline_policy(name: str, tokenizer: Any, models: list[str], *, seed: int =
     return ScriptedPolicy(tokenizer, choose, name=name, query=query, adopt=adopt)
 
 
-def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = True, route_bias: float = 0.0, pool: Any = None) -> HFPolicy:
-    """The router: greedy, or sampled at the temperature it was trained at; `route_bias` turns
-    the cost knob (rollout/route_bias.py; needs the pool for the models' prices)."""
+def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = True, route_bias: float = 0.0, pool: Any = None, biases: list[float] | None = None) -> HFPolicy:
+    """The router: greedy, or sampled at the temperature it was trained at. With the pool it
+    decides route choices by name (rollout/names.py), and `route_bias` turns the cost knob;
+    `biases` runs several knob settings in one pass (episodes fork where they disagree)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     r = recipe.rollout
     temp = 0.0 if greedy else float(recipe.trainer.get("temperature", r.temperature))
-    weights = None
-    if route_bias:
-        from rl_router.rollout.route_bias import cost_weights
+    weights = names = None
+    if pool is not None:
+        from rl_router.rollout.names import cost_weights
 
-        if pool is None:
-            raise ValueError("router_policy(route_bias=...) needs the pool")
-        weights = cost_weights(pool)
-    return HFPolicy(model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=temp, top_p=r.top_p, stop_strings=stop_strings(recipe), synced_gpus=is_deepspeed_zero3_enabled(), route_bias=route_bias, route_weights=weights)
+        weights, names = cost_weights(pool), pool.model_names
+    elif route_bias or biases:
+        raise ValueError("router_policy(route_bias=...) needs the pool")
+    return HFPolicy(model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=temp, top_p=r.top_p, stop_strings=stop_strings(recipe), synced_gpus=is_deepspeed_zero3_enabled(),
+                    route_bias=route_bias, route_weights=weights, biases=tuple(biases) if biases else None, names=names)
 
 
 def tqdm_progress() -> Callable[[str, int], None] | None:
@@ -158,6 +160,17 @@ class Evaluator:
         eps = run_sharded(self.engine(budget, max_turns), tasks, policy, batch_size=self.options.batch_size, on_batch=on_batch)
         check_pool_errors(eps, max_error_rate(self.recipe.pool), name)
         return eps
+
+    def episodes_at_biases(self, name: str, policy: Any, biases: list[float]) -> dict[float, list[dict[str, Any]]]:
+        """One episode per task at every cost-knob bias, from one pass (episodes fork where the
+        biases disagree: rollout/engine.run_biases)."""
+        from rl_router.rollout.engine import run_biases
+
+        on_batch = (lambda k: self.progress(name, k)) if self.progress else None
+        out = run_biases(self.engine(), self.tasks, policy, list(biases), batch_size=self.options.batch_size, on_batch=on_batch)
+        for b, eps in out.items():
+            check_pool_errors(eps, max_error_rate(self.recipe.pool), f"{name} at bias {b:+g}")
+        return out
 
     def summarize(self, eps: list[dict[str, Any]], tasks: list[Task] | None = None) -> dict[str, Any]:
         """Means over the tasks, their 95% bootstrap intervals (`ci95`), and the per-task values

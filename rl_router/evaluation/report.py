@@ -30,7 +30,7 @@ from rl_router.evaluation.baselines import (
     LAMBDAS, AgreementCascadePolicy, OutcomeTable, fit_cascade, has_reply_text, knn_choices, oracle_choice, per_category_choices, table_from_episodes,
     table_from_records,
 )
-from rl_router.evaluation.calibration import knob_point, read_route_bias
+from rl_router.evaluation.calibration import knob_point, knob_points, read_route_bias
 from rl_router.evaluation.comparisons import References, paired_vs, references, score_curve, score_policy
 from rl_router.evaluation.evaluator import EvalOptions, Evaluator, hashed_choice, router_policy
 from rl_router.frontier import cost_to_reach, oracle_frontier, pgr, point
@@ -171,13 +171,13 @@ def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None
         run.policies[f"{label} (sampled)"], _ = run.ev.run("router sampled", router_policy(model, tok, recipe, greedy=False, route_bias=run.route_bias, pool=run.pool))
         run.routers.append(f"{label} (sampled)")
     knob = []
-    if curve_biases:
-        for b in sorted(set(curve_biases) | {run.route_bias}):  # the router row is the point at its own bias
-            knob.append(run.policies[run.routers[0]] if b == run.route_bias else knob_point(run.ev, model, tok, recipe, b, knob_strong))
+    if curve_biases:  # one pass for every bias; the router row is the point at its own bias
+        pts = knob_points(run.ev, model, tok, recipe, sorted(set(curve_biases) | {run.route_bias}), knob_strong)
+        knob = [run.policies[run.routers[0]] if b == run.route_bias else p for b, p in pts.items()]
         run.curves["router knob sweep"] = knob
     sweep = []
     for b in budgets or []:
-        s, _ = run.ev.run(f"budget {b}", router_policy(model, tok, recipe, greedy=True), budget=b)
+        s, _ = run.ev.run(f"budget {b}", router_policy(model, tok, recipe, greedy=True, pool=run.pool), budget=b)
         sweep.append({"budget": b, **{k: s[k] for k in ("quality", "mean_cost", "reward", "budget_violation_rate", "routes_per_task")}, "per_task": s["per_task"]})
     if sweep:
         run.curves["router budget sweep"] = sweep
@@ -186,12 +186,12 @@ def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None
         sft = run.ckpt.parent / "sft"
         if (sft / "config.json").exists():  # step 0: where RL started
             m, _ = load_checkpoint(sft, recipe)
-            s, _ = run.ev.run("warm start", router_policy(m, tok, recipe, greedy=True))
+            s, _ = run.ev.run("warm start", router_policy(m, tok, recipe, greedy=True, pool=run.pool))
             rows.append({"step": 0, **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
         for d in sorted((run.ckpt.parent / "rl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
             if (d / "config.json").exists():
                 m, _ = load_checkpoint(d, recipe)
-                s, _ = run.ev.run(d.name, router_policy(m, tok, recipe, greedy=True))
+                s, _ = run.ev.run(d.name, router_policy(m, tok, recipe, greedy=True, pool=run.pool))
                 rows.append({"step": int(d.name.split("-")[-1]), **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
     return knob, sweep, rows
 
@@ -254,7 +254,7 @@ def evaluate(
     which to run the router for its own curve; `route_bias`: the router rows' setting (None:
     the calibrated one kept beside the weights, else 0); `knn_lambdas`: the lambda grid of the
     learned baselines' sweeps."""
-    from rl_router.rollout.route_bias import cost_weights
+    from rl_router.rollout.names import cost_weights
 
     run = prepare(recipe, target, n=n, batch_size=batch_size, route_bias=route_bias, progress=progress)
     refs = single_models(run)
@@ -344,7 +344,7 @@ def compare_policies(recipe: Recipe, names: list[str] | None, *, n: int | None =
     ev.run_single_models()  # the cost reference
     summaries = {}
     for name in names:
-        policy = router_policy(model, tok, recipe, greedy=greedy) if name == "router" else baseline_policy(name, tok, pool.model_names, seed=recipe.data.seed, query=options.baseline_query)
+        policy = router_policy(model, tok, recipe, greedy=greedy, pool=pool) if name == "router" else baseline_policy(name, tok, pool.model_names, seed=recipe.data.seed, query=options.baseline_query)
         summaries[name], _ = ev.run(name, policy)
     return {"tasks": len(held), "budget": recipe.env_config().budget, "greedy": greedy, "baseline_query": options.baseline_query, "policies": summaries}
 

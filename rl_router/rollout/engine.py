@@ -86,6 +86,11 @@ class RolloutEngine:
             n_turns += 1
             t0 = time.perf_counter()
             turns = policy.act(active)
+            forks = [f for turn in turns for f in getattr(turn, "forks", ())]
+            if forks:  # episodes split off at a decision (several cost-knob biases): run on from here
+                states += [fs for fs, _ in forks]
+                active = active + [fs for fs, _ in forks]
+                turns = list(turns) + [ft for _, ft in forks]
             t1 = time.perf_counter()
             self.stats.generate_s += t1 - t0
             for s, turn in zip(active, turns):
@@ -93,6 +98,7 @@ class RolloutEngine:
                 s.env_mask += [1] * len(turn.ids)
                 s.logprobs += list(turn.logprobs) if turn.logprobs else [NO_LOGPROB] * len(turn.ids)
                 s.policy_turns.append(turn.text)
+                s.decisions.append(list(getattr(turn, "decisions", ())))
             results = gather_sync([s.env.astep(turn.text) for s, turn in zip(active, turns)])
             self.stats.env_s += time.perf_counter() - t1
             for s, turn, (obs, _r, terminated, truncated, info) in zip(active, turns, results):
@@ -146,6 +152,8 @@ class RolloutEngine:
             "truncated": s.truncated,
             "trace": s.info.get("trace", []),
             "budget": s.info.get("budget"),
+            "decisions": s.decisions,  # per turn, the route decisions made by name (rollout/names.py)
+            "biases": list(s.biases) if s.biases is not None else None,
         }
         for k in EPISODE_FIELDS:
             ep[k] = s.info.get(k)
@@ -197,6 +205,37 @@ def run_sharded(engine: RolloutEngine, tasks: list[Task], policy: Any, *, batch_
         for r, part in enumerate(parts):
             merged[r::n] = part
         out += merged
+        if on_batch:
+            on_batch(len(chunk))
+    return out
+
+
+def run_biases(engine: RolloutEngine, tasks: list[Task], policy: Any, biases: list[float], *, batch_size: int = 32, on_batch: Callable[[int], None] | None = None) -> dict[float, list[dict[str, Any]]]:
+    """Every bias's episodes from one pass: `policy` decides by name with all `biases` at once
+    and forks an episode where they disagree (`HFPolicy(biases=...)`). Returns bias -> one
+    episode per task, in task order; sharded across ranks like `run_sharded`."""
+    from rl_router.distributed import process_state
+
+    state = process_state()
+    n = state.num_processes
+    out: dict[float, list[dict[str, Any]]] = {b: [] for b in biases}
+    step = batch_size * n
+    for i in range(0, len(tasks), step):
+        chunk = tasks[i : i + step]
+        mine = list(range(len(chunk)))[state.process_index :: n]
+        local = engine.run([chunk[j] for j in mine], policy, keep_going=lockstep(state))
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for ep in local:
+            by_task.setdefault(ep["task_id"], []).append(ep)
+        part = [(j, by_task.get(chunk[j].task_id, [])) for j in mine]
+        if n > 1:
+            from accelerate.utils import gather_object
+
+            part = [x for rank in gather_object([part]) for x in rank]
+        eps_of = dict(part)
+        for j in range(len(chunk)):
+            for b in biases:
+                out[b].append(next(e for e in eps_of[j] if b in (e.get("biases") or [])))
         if on_batch:
             on_batch(len(chunk))
     return out

@@ -78,8 +78,11 @@ def _stop_kwargs(tokenizer: Any, stops: tuple[str, ...]) -> dict[str, Any]:
     return per_tok[key]
 
 
-class HFPolicy:
-    """Batched `model.generate` over the episodes' full contexts (left padded).
+class GeneratePolicy:
+    """Batched `model.generate` over the episodes' full contexts (left padded), re-prefilled
+    every turn: the reference `HFPolicy` is measured and tested against, and the path under
+    DeepSpeed ZeRO-3, where every rank must run the same number of forward passes
+    (transformers' `synced_gpus`). No cost knob here (`HFPolicy` decides names).
 
     Returns per-token log-probabilities of the sampled tokens under the sampling
     distribution (logits / temperature), which TRL can use for importance sampling.
@@ -87,11 +90,9 @@ class HFPolicy:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS, synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None):
         self.model, self.tokenizer = model, tokenizer
-        # the cost knob (rollout/route_bias.py): route_bias x route_weights[model] on the
-        # logits of the tokens that choose a model; 0 leaves generation untouched
-        self.route_bias, self.route_weights = float(route_bias), route_weights
-        if self.route_bias and not route_weights:
-            raise ValueError("route_bias needs route_weights (route_bias.cost_weights(pool))")
+        if route_bias:
+            raise ValueError("the cost knob decides by name in HFPolicy's cached decoder; it is not available with model.generate (ZeRO-3)")
+        self.route_bias, self.route_weights = 0.0, route_weights
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop_strings = stop_strings
         # DeepSpeed ZeRO-3: every rank must run the same number of forward passes, so
@@ -133,12 +134,6 @@ class HFPolicy:
         }
         if not greedy:
             kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
-        if self.route_bias:
-            from transformers import LogitsProcessorList
-
-            from rl_router.rollout.route_bias import RouteBiasProcessor
-
-            kw["logits_processor"] = LogitsProcessorList([RouteBiasProcessor(tok, self.route_weights or {}, self.route_bias, start=width)])
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -158,6 +153,151 @@ class HFPolicy:
             lps = chosen[i][: len(cut)] + ([float(logp[i, len(cut), eos_id])] if eos else [])
             turns.append(Turn(new, lps, tok.decode(cut), eos))
         return turns
+
+
+class HFPolicy:
+    """A transformers router decoding its turns with a KV cache kept across turns
+    (`decoder.Session`): a turn feeds only what is new, the system prompt is computed once per
+    batch, and only the last position's logits are computed. Route decisions are made by name
+    (`names.py`) when decoding greedily or with a cost knob: `route_bias` is B, added as
+    B x route_weights[model] to each name's log-probability; `biases` (several) forks an
+    episode wherever its biases disagree, so one run gives every bias's episodes (`eval
+    --curve`). Sampling at B = 0 (training) leaves every token to the router's own distribution.
+
+    Returns per-token log-probabilities of the emitted tokens under the sampling distribution
+    (logits / temperature), which TRL uses for importance sampling. Under DeepSpeed ZeRO-3
+    (`synced_gpus`) it falls back to `GeneratePolicy`."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS,
+                 synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None, biases: tuple[float, ...] | None = None, names: list[str] | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
+        self.stop_strings = stop_strings
+        self.synced_gpus = synced_gpus
+        self.biases = tuple(float(b) for b in (biases if biases else (route_bias,)))
+        self.route_bias = self.biases[0]
+        if any(self.biases) and not route_weights:
+            raise ValueError("route_bias needs route_weights (names.cost_weights(pool))")
+        self.route_weights = dict(route_weights or {})
+        self.names = list(names or self.route_weights)
+        self.greedy = temperature <= 0
+        self.decides = bool(self.names) and (self.greedy or any(self.biases))
+        self._fallback = GeneratePolicy(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop_strings=stop_strings, synced_gpus=True) if synced_gpus else None
+        self.session: Any = None
+        self.dummy_calls = 0
+        self.undecided = 0  # decision points where no name could be scored (see names.py)
+
+    def act(self, states: list[EpisodeState]) -> list[Turn]:
+        from rl_router.rollout.decoder import Session, decode_turns
+        from rl_router.rollout.names import vocab_strings
+
+        if self._fallback is not None:
+            out = self._fallback.act(states)
+            self.dummy_calls = self._fallback.dummy_calls
+            return out
+        if not states:
+            self.dummy_calls += 1
+            self.session = None
+            return []
+        tok, model = self.tokenizer, self.model
+        if self.session is None or self.session.model is not model:
+            self.session = Session(model, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        for s in states:
+            if s.biases is None:
+                s.biases = self.biases
+        was_training = model.training
+        model.eval()
+        # one entry per session row: the episode it belongs to and the biases it stands for
+        meta = [{"state": st, "biases": tuple(st.biases)} for st in states]
+        try:
+            self.session.sync([st.uid for st in states], [st.context_ids for st in states])
+            turns, forks = decode_turns(self.session, tokenizer=tok, vocab=vocab_strings(tok), max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings,
+                                        temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                        decide=(lambda sess, rows, ts: self._decide(sess, rows, ts, meta)) if self.decides else None)
+        finally:
+            if was_training:
+                model.train()
+        out = [self._turn(t) for t in turns[: len(states)]]
+        for i, st in enumerate(states):
+            st.biases = meta[i]["biases"]
+        for j, f in enumerate(forks):  # a forked row becomes its own episode, with the biases that chose it
+            row = len(states) + j
+            origin = meta[row]["state"]
+            child = origin.fork()
+            child.biases = meta[row]["biases"]
+            self.session.keys[row] = child.uid
+            out[states.index(origin)].forks.append((child, self._turn(f.turn)))
+        return out
+
+    def _turn(self, t: Any) -> Turn:
+        ids = list(t.ids)
+        body = ids[:-1] if t.eos else ids
+        return Turn(ids, list(t.logprobs), self.tokenizer.decode(body), t.eos, decisions=list(t.decisions))
+
+    def _decide(self, session: Any, rows: list[int], turns: list[Any], meta: list[dict[str, Any]]) -> list[Any]:
+        """Rows whose text just reached a decision stem: score the allowed names, choose, force
+        the choice's tokens; fork rows whose biases disagree (names.py, decoder.Fork)."""
+        from rl_router.rollout.decoder import Fork
+        from rl_router.rollout.names import Decision, choose, continuation, group_biases, sample_choice, stem_at_end
+
+        tok = self.tokenizer
+        jobs = []
+        for r in rows:
+            t = turns[r]
+            hit = stem_at_end(t.text)
+            if hit is None:
+                continue
+            stem, tmpl, kind = hit
+            state = meta[r]["state"]
+            if kind == "route" and t.choice is not None:  # the turn already chose: the tag carries the same name
+                cont = continuation(tok, stem, tmpl.format(name=t.choice))
+                if cont:
+                    t.forced = list(cont)
+                continue
+            if kind == "adopt":
+                calls = (state.info or {}).get("calls") or {}
+                names = [n for n in self.names if calls.get(n)]
+            else:
+                names = list(self.names)
+            conts = {n: continuation(tok, stem, tmpl.format(name=n)) for n in names}
+            names = [n for n in names if conts[n]]
+            if not names:
+                self.undecided += 1
+                continue
+            jobs.append((r, stem, kind, names, conts, meta[r]["biases"]))
+        if not jobs:
+            return []
+        flat_rows = [r for r, _, _, names, _, _ in jobs for _ in names]
+        flat_conts = [conts[n] for _, _, _, names, conts, _ in jobs for n in names]
+        scores = session.score(flat_rows, flat_conts)
+        forks: list[Any] = []
+        k = 0
+        for r, stem, kind, names, conts, row_biases in jobs:
+            sc = scores[k: k + len(names)]
+            k += len(names)
+            t = turns[r]
+            biases = row_biases if kind == "route" else (0.0,)
+            if kind == "route" and self.greedy and len(biases) > 1:
+                groups = group_biases(sc, names, self.route_weights, biases)
+            elif self.greedy:
+                groups = {choose(sc, names, self.route_weights, biases[0]): biases}
+            else:
+                groups = {sample_choice(sc, names, self.route_weights, biases[0], self.temperature): biases}
+            items = list(groups.items())
+            for i, (choice, bs) in enumerate(items):
+                target = t if i == 0 else t.copy()
+                target.forced = list(conts[choice])
+                target.decisions.append(Decision(stem, names, [float(x) for x in sc], choice, bs[0]).as_dict())
+                if kind == "route":
+                    target.choice = choice
+                if i == 0:
+                    if kind == "route" and len(items) > 1:
+                        meta[r]["biases"] = bs
+                    continue
+                session.select(list(range(session.rows)) + [r])  # the fork's row: a copy of r's cache
+                meta.append({"state": meta[r]["state"], "biases": bs})
+                forks.append(Fork(r, bs, target))
+        return forks
 
 
 def route_text(model: str, query: str, env: Any = None) -> str:

@@ -8,10 +8,13 @@ turns (an LM, vLLM, a script).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rl_router.tasks import Task
+
+_UIDS = itertools.count()
 
 
 @dataclass
@@ -20,6 +23,8 @@ class Turn:
     logprobs: list[float]
     text: str
     eos: bool = False  # the policy ended its output (EOS) in this turn
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # route decisions made by name (rollout/names.py)
+    forks: list[tuple["EpisodeState", "Turn"]] = field(default_factory=list)  # episodes split off at a decision (several biases)
 
 
 @dataclass
@@ -38,10 +43,23 @@ class EpisodeState:
     terminated: bool = False
     truncated: bool = False
     done_reason: str | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    biases: tuple[float, ...] | None = None  # the cost-knob settings this trajectory stands for
+    uid: int = field(default_factory=lambda: next(_UIDS))  # identifies the episode's KV-cache row
 
     @property
     def context_ids(self) -> list[int]:
         return self.prompt_ids + self.completion_ids
+
+    def fork(self) -> "EpisodeState":
+        """A copy that continues independently from here (its own env state, tokens, info)."""
+        import copy
+
+        from rl_router.envs.base import fork_env
+
+        return EpisodeState(self.task, fork_env(self.env), self.prompt_ids, list(self.completion_ids), list(self.env_mask), list(self.logprobs), list(self.policy_turns),
+                            list(self.observations), self.last_obs, copy.deepcopy(self.info), self.done, self.terminated, self.truncated, self.done_reason,
+                            [list(d) for d in self.decisions], self.biases)
 
 
 class Policy(Protocol):

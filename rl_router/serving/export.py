@@ -48,7 +48,7 @@ def redact_text(text: str, secrets: list[str]) -> str:
 
 
 def router_config(recipe: Recipe, pool: Any, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
-    from rl_router.rollout.route_bias import HEADERS, cost_weights
+    from rl_router.rollout.names import STEMS, cost_weights
 
     cards = [pool.card(m) for m in pool.model_names]
     style = getattr(recipe.env_config(), "card_style", "full")
@@ -75,8 +75,8 @@ def router_config(recipe: Recipe, pool: Any, calibration: dict[str, Any] | None 
         "cost_knob": {
             "route_bias": float(calibration["route_bias"]) if calibration else 0.0,
             "weights": cost_weights(pool),
-            "headers": [h for _a, h in HEADERS],
-            "how": "route_bias x weights[model] is added to the logits of the first token that commits a model name after a header; rl-router serve applies it",
+            "decision_stems": [stem for stem, _c, kind in STEMS if kind == "route"],
+            "how": "at a decision stem every model name is scored as a continuation; the router takes argmax log p(name) + route_bias x weights[name] (rl_router/rollout/names.py); rl-router serve applies it",
             "calibration": calibration,
         },
     }
@@ -125,7 +125,7 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
     lines += ["## Cost knob", ""]
     if cal:
         got = cal["achieved"]
-        lines += [f"Calibrated route bias **{knob['route_bias']:+g}** (added to the logits of the tokens that choose a costlier model; `route_bias.json`),",
+        lines += [f"Calibrated route bias **{knob['route_bias']:+g}** (added, times each model's price position, to the log-probability of its name where the router chooses a model; `route_bias.json`),",
                   f"found by `rl-router calibrate` for target {cal['target']} on {cal['tasks']} {cal['split']} tasks, where it gave",
                   f"{got['strong_share']:.0%} of tasks calling the costliest model, ${1000 * got['mean_cost']:.3f} per 1k tasks and quality {got['quality']:.3f}.",
                   "`rl-router serve` applies it; `--route-bias B` overrides it.", ""]

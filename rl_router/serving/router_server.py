@@ -74,7 +74,7 @@ class RouterApp:
         self.engine = engine or RolloutEngine(lambda: make_env(env_name, pool, config=env_config, tokenizer=tokenizer), tokenizer, max_completion_tokens=max_completion_tokens)
         self.stop_strings = stop_strings
         # the cost knob as calibrated (route_bias.json beside the weights) or set with --route-bias
-        from rl_router.rollout.route_bias import cost_weights
+        from rl_router.rollout.names import cost_weights
 
         self.route_bias = float(route_bias)
         self.route_weights: dict[str, float] = cost_weights(pool)  # each model's share of the bias (0: cheapest, 1: costliest)

@@ -94,7 +94,7 @@ class Run:
         return json.loads((self.out / name).read_text())
 
     def evaluate_router(self) -> dict[str, Any]:
-        return self.evaluator.summarize(self.evaluator.episodes("held-out eval", router_policy(self.model, self.tok, self.recipe)))
+        return self.evaluator.summarize(self.evaluator.episodes("held-out eval", router_policy(self.model, self.tok, self.recipe, pool=self.pool)))
 
 
 def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[str], None]) -> Run:

@@ -1,0 +1,374 @@
+"""Batched, KV-cached decoding of router turns: the work per token a router really needs.
+
+Why not `model.generate` once per turn: it re-prefills every episode's whole context each turn
+(prompt, earlier turns, pool replies), left-pads a batch to its longest context, and (with
+`output_logits`) stacks B x T x V float logits only to read one log-prob per token. Here a
+`Session` keeps one KV-cache row per episode across turns, so a turn feeds only what is new
+(the pool's reply); the system prompt's KV is computed once and shared by every episode whose
+context starts with it; only the last position's logits are computed, and a log-softmax is
+taken only where a log-prob is read.
+
+Layout. The cache's time axis is shared by all rows, but a row's tokens need not be
+contiguous in it: every row has its own attention mask over the axis and its own position ids,
+so a chunk of new tokens is written right-aligned (pads first, masked) and rows can be added,
+dropped, reordered and duplicated (`Session.select`). Positions are per row, so a row attends
+exactly to its own tokens at their own positions, as if decoded alone.
+
+Decisions. A route decision is made once, by name (`names.py`): where a turn reaches a point at
+which it names a pool model (`Route to`, `<route model="`, a tool call's `"model": "`), every
+allowed name is scored as a teacher-forced continuation in one batched forward, the choice is
+argmax log p(name) + B x w(name) (B the cost knob, w the model's price position), and its
+tokens are forced; the same choice is reused at the tag, and `@NAME` is held to the models the
+episode called. With several biases (`eval --curve`), a row whose biases disagree about the
+choice is forked into one row per distinct choice (`Fork`), so one pass gives the decision at
+every bias and shares all work before it. Sampling at B = 0 (training) is left untouched: the
+choice is a sample of the router's own distribution, with its log-probs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+
+@dataclass
+class RowTurn:
+    """One row's turn in progress."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    done: bool = False
+    eos: bool = False
+    forced: list[int] = field(default_factory=list)  # tokens to emit next (a decided name)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    choice: str | None = None  # the model this turn decided on (reused at later stems)
+
+    def copy(self) -> "RowTurn":
+        return RowTurn(list(self.ids), list(self.logprobs), self.text, self.done, self.eos, list(self.forced), [dict(d) for d in self.decisions], self.choice)
+
+
+class Session:
+    """The KV cache of the active episodes, one row each, kept across turns.
+
+    `keys[r]` identifies row r's episode; `fed[r]` how many of its context tokens are in the
+    cache; `mask` (rows x cache length) which cache slots each row attends to; `pos[r]` the
+    position id its next token gets; `logits[r]` its next-token logits (raw, float32)."""
+
+    def __init__(self, model: Any, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+        self.cache: Any = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long)
+        self.keys: list[Any] = []
+        self.fed: list[int] = []
+        self.pos: list[int] = []
+        self.logits: torch.Tensor | None = None
+        self.prefix: tuple[tuple[int, ...], Any] | None = None  # (tokens, cache) of the shared system prompt
+        self.forward_tokens = 0  # tokens fed to the model (for benchmarks)
+        self.forward_calls = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.keys)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- rows -------------------------------------------------------------------------------
+    def select(self, idx: Sequence[int]) -> None:
+        """Keep rows `idx` in that order (drop, reorder, duplicate)."""
+        idx = list(idx)
+        if idx == list(range(self.rows)):
+            return
+        if not idx:
+            self.cache, self.mask, self.keys, self.fed, self.pos, self.logits = None, torch.zeros((0, 0), dtype=torch.long), [], [], [], None
+            return
+        t = torch.tensor(idx, dtype=torch.long)
+        if self.cache is not None:
+            for layer in self.cache.layers:
+                layer.keys = layer.keys.index_select(0, t.to(layer.keys.device))
+                layer.values = layer.values.index_select(0, t.to(layer.values.device))
+        self.mask = self.mask.index_select(0, t)
+        self.keys = [self.keys[i] for i in idx]
+        self.fed = [self.fed[i] for i in idx]
+        self.pos = [self.pos[i] for i in idx]
+        self.logits = self.logits.index_select(0, t.to(self.logits.device)) if self.logits is not None else None
+
+    def sync(self, keys: Sequence[Any], contexts: Sequence[Sequence[int]]) -> None:
+        """Make the rows exactly `keys` (in order) and feed every row the tokens of its context
+        it has not seen; new rows are prefilled (sharing the system prompt's KV)."""
+        where = {k: i for i, k in enumerate(self.keys)}
+        old = [k for k in keys if k in where]
+        self.select([where[k] for k in old])
+        new = [(k, c) for k, c in zip(keys, contexts) if k not in where]
+        if new:
+            self._add_rows([k for k, _ in new], [list(c) for _, c in new])
+        order = {k: i for i, k in enumerate(self.keys)}
+        self.select([order[k] for k in keys])
+        ctx = dict(zip(keys, contexts))
+        chunks = [list(ctx[k][self.fed[i]:]) for i, k in enumerate(self.keys)]
+        if any(chunks):
+            self.feed(chunks)
+
+    def _prefix_for(self, contexts: list[list[int]]) -> tuple[int, Any]:
+        """The longest token prefix all new contexts share (the chat template and system
+        prompt), with its KV computed once (and kept for later batches of the same prompt)."""
+        n = min(len(c) for c in contexts)
+        first = contexts[0]
+        p = 0
+        while p < n - 1 and all(c[p] == first[p] for c in contexts):
+            p += 1
+        if p == 0:
+            return 0, None
+        key = tuple(first[:p])
+        if self.prefix is not None and self.prefix[0] == key:
+            return p, self.prefix[1]
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        ids = torch.tensor([first[:p]], device=self.device)
+        with torch.no_grad():
+            self.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(p, device=self.device)[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.forward_tokens += p
+        self.forward_calls += 1
+        self.prefix = (key, cache)
+        return p, cache
+
+    def _add_rows(self, keys: list[Any], contexts: list[list[int]]) -> None:
+        """Append rows for new episodes: the shared prefix's KV repeated, then (by `feed`) the rest."""
+        from transformers import DynamicCache
+
+        p, pcache = self._prefix_for(contexts)
+        n = len(keys)
+        cache = DynamicCache()
+        if pcache is not None:
+            for layer in pcache.layers:
+                cache.update(layer.keys.expand(n, -1, -1, -1).contiguous(), layer.values.expand(n, -1, -1, -1).contiguous(), len(cache.layers))
+        mask = torch.ones((n, p), dtype=torch.long)
+        self._concat(cache if pcache is not None else None, mask, keys, [p] * n, [p] * n)
+
+    def _concat(self, cache: Any, mask: torch.Tensor, keys: list[Any], fed: list[int], pos: list[int]) -> None:
+        """Stack new rows under the existing ones, padding the shorter time axis (masked)."""
+        L0, L1 = self.mask.shape[1], mask.shape[1]
+        L = max(L0, L1)
+        if self.cache is None or self.rows == 0:
+            self.cache, self.mask = cache, torch.nn.functional.pad(mask, (0, L - L1))
+        else:
+            if cache is None:
+                cache = _zero_cache(self.cache, len(keys), L1)
+            for a, b in zip(self.cache.layers, cache.layers):
+                ka, va, kb, vb = a.keys, a.values, b.keys, b.values
+                ka, va = _pad_time(ka, L), _pad_time(va, L)
+                kb, vb = _pad_time(kb, L), _pad_time(vb, L)
+                a.keys, a.values = torch.cat([ka, kb], 0), torch.cat([va, vb], 0)
+            self.mask = torch.cat([torch.nn.functional.pad(self.mask, (0, L - L0)), torch.nn.functional.pad(mask, (0, L - L1))], 0)
+        self.keys += keys
+        self.fed += fed
+        self.pos += pos
+        V = self.logits.shape[1] if self.logits is not None else None
+        add = torch.zeros((len(keys), V or 1))
+        self.logits = add if self.logits is None else torch.cat([self.logits, add.to(self.logits.device)], 0)
+
+    # ---- forward ----------------------------------------------------------------------------
+    def feed(self, chunks: Sequence[Sequence[int]], *, keep: int = 1) -> torch.Tensor:
+        """Feed each row its chunk of tokens (right-aligned, pads masked), in one forward; the
+        last position's logits become each row's next-token logits. Returns the logits of the
+        last `keep` positions (rows x keep x V)."""
+        from transformers import DynamicCache
+
+        R = self.rows
+        W = max(len(c) for c in chunks)
+        if W == 0:
+            return self.logits[:, None, :]
+        ids = torch.full((R, W), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((R, W), dtype=torch.long)
+        pos = torch.zeros((R, W), dtype=torch.long)
+        for r, c in enumerate(chunks):
+            k = len(c)
+            if k:
+                ids[r, W - k:] = torch.tensor(c, dtype=torch.long)
+                new_mask[r, W - k:] = 1
+                pos[r, W - k:] = torch.arange(self.pos[r], self.pos[r] + k)
+                # pads take the position of the row's first new token: harmless (masked) and in range
+                pos[r, : W - k] = self.pos[r]
+            else:
+                pos[r, :] = max(self.pos[r] - 1, 0)
+        if self.cache is None:
+            self.cache = DynamicCache()
+        mask = torch.cat([self.mask, new_mask], 1) if self.mask.numel() or self.mask.shape[0] else new_mask
+        dev = self.device
+        with torch.no_grad():
+            out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
+        self.forward_tokens += int(new_mask.sum())
+        self.forward_calls += 1
+        self.cache = out.past_key_values
+        self.mask = mask
+        logits = out.logits.float()
+        last = logits[:, -1, :]
+        for r, c in enumerate(chunks):
+            if c:
+                self.fed[r] += len(c)
+                self.pos[r] += len(c)
+                self.logits = last if self.logits is None or self.logits.shape[1] != last.shape[1] else self.logits
+        had = torch.tensor([bool(c) for c in chunks])
+        if self.logits is None or self.logits.shape != last.shape:
+            self.logits = last.clone()
+        else:
+            self.logits[had.to(self.logits.device)] = last[had.to(last.device)]
+        return logits
+
+    def score(self, rows: Sequence[int], conts: Sequence[Sequence[int]]) -> list[float]:
+        """Sum of log p(cont) for each (row, continuation) pair, teacher-forced after the row's
+        current context, in one batched forward on a copy of those rows' cache (the session
+        itself is unchanged). The first token's log-prob comes from the row's next-token
+        logits, the rest from the forward."""
+        from transformers import DynamicCache
+
+        if not rows:
+            return []
+        first = torch.log_softmax(self.logits[list(rows)], dim=-1)
+        out = [float(first[i, c[0]]) for i, c in enumerate(conts)]
+        longer = [i for i, c in enumerate(conts) if len(c) > 1]
+        if not longer:
+            return out
+        t = torch.tensor([rows[i] for i in longer], dtype=torch.long)
+        cache = DynamicCache()
+        for li, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys.index_select(0, t.to(layer.keys.device)), layer.values.index_select(0, t.to(layer.values.device)), li)
+        W = max(len(conts[i]) - 1 for i in longer)
+        ids = torch.full((len(longer), W), self.pad_id, dtype=torch.long)
+        m = torch.zeros((len(longer), W), dtype=torch.long)
+        pos = torch.zeros((len(longer), W), dtype=torch.long)
+        for j, i in enumerate(longer):
+            c = conts[i][:-1]  # feed all but the last token: the logits after each predict the next
+            ids[j, : len(c)] = torch.tensor(c)
+            m[j, : len(c)] = 1
+            pos[j, : len(c)] = torch.arange(self.pos[rows[i]], self.pos[rows[i]] + len(c))
+            pos[j, len(c):] = self.pos[rows[i]] + len(c)
+        mask = torch.cat([self.mask.index_select(0, t), m], 1)
+        dev = self.device
+        with torch.no_grad():
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), past_key_values=cache, use_cache=True).logits.float()
+        self.forward_tokens += int(m.sum())
+        self.forward_calls += 1
+        lp = torch.log_softmax(logits, dim=-1)
+        for j, i in enumerate(longer):
+            c = conts[i]
+            out[i] += float(sum(lp[j, k, c[k + 1]] for k in range(len(c) - 1)))
+        return out
+
+
+def _pad_time(x: torch.Tensor, L: int) -> torch.Tensor:
+    return x if x.shape[2] == L else torch.nn.functional.pad(x, (0, 0, 0, L - x.shape[2]))
+
+
+def _zero_cache(like: Any, n: int, L: int) -> Any:
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for li, layer in enumerate(like.layers):
+        k = layer.keys
+        cache.update(k.new_zeros((n, k.shape[1], L, k.shape[3])), k.new_zeros((n, k.shape[1], L, layer.values.shape[3])), li)
+    return cache
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator: torch.Generator | None = None) -> int:
+    """One token from raw logits as transformers samples it: temperature, top-k, top-p (the
+    smallest set of tokens whose probability reaches top_p), then a multinomial draw."""
+    x = logits / temperature
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k).values[-1]
+        x = torch.where(x < kth, torch.full_like(x, float("-inf")), x)
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, descending=False)
+        cum = torch.softmax(sorted_x, dim=-1).cumsum(-1)
+        drop = cum <= (1 - top_p)
+        drop[-1] = False
+        x = x.clone()
+        x[order[drop]] = float("-inf")
+    return int(torch.multinomial(torch.softmax(x, dim=-1), 1, generator=generator))
+
+
+@dataclass
+class Fork:
+    """A row split at a decision: a new row continuing `parent`'s turn with another choice,
+    for the biases that choose it."""
+
+    parent: int
+    biases: tuple[float, ...]
+    turn: RowTurn
+
+
+def decode_turns(
+    session: Session,
+    *,
+    tokenizer: Any,
+    vocab: list[str],
+    max_new_tokens: int,
+    stop_strings: tuple[str, ...],
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    decide: Callable[[Session, list[int], list[RowTurn]], list[Fork]] | None = None,
+    want_logprobs: bool = True,
+) -> tuple[list[RowTurn], list[Fork]]:
+    """Decode one turn for every row of the session (their contexts already fed): greedy or
+    sampled tokens, forced tokens where a decision put them, until each row reaches a stop
+    string, EOS or `max_new_tokens`. `decide(session, rows, turns)` is called for rows whose
+    text just reached a decision point; it sets forced tokens and may fork rows (returned
+    forks are already rows of the session, at the end). Finished rows are fed a masked pad
+    so the batch stays in step."""
+    eos = tokenizer.eos_token_id
+    turns = [RowTurn() for _ in range(session.rows)]
+    forks: list[Fork] = []
+    greedy = temperature <= 0
+    steps = 0
+    while not all(t.done for t in turns) and steps < max_new_tokens:
+        steps += 1
+        logits = session.logits
+        chosen: list[int] = []
+        for r, t in enumerate(turns):
+            if t.done:
+                chosen.append(-1)
+                continue
+            if t.forced:
+                tok = t.forced.pop(0)
+            elif greedy:
+                tok = int(torch.argmax(logits[r]))
+            else:
+                tok = sample_token(logits[r], temperature, top_p, top_k)
+            if want_logprobs:
+                lp = torch.log_softmax(logits[r] / (temperature if not greedy else 1.0), dim=-1)
+                t.logprobs.append(float(lp[tok]))
+            chosen.append(tok)
+        chunks = []
+        for r, (t, tok) in enumerate(zip(turns, chosen)):
+            if tok < 0:
+                chunks.append([])
+                continue
+            if tok == eos:
+                t.done, t.eos = True, True
+                t.ids.append(tok)
+                chunks.append([tok])
+                continue
+            t.ids.append(tok)
+            t.text += vocab[tok] if tok < len(vocab) else tokenizer.decode([tok])
+            chunks.append([tok])
+            if any(t.text.endswith(s) or s in t.text[-(len(s) + 16):] for s in stop_strings) and _stopped(t.text, stop_strings):
+                t.done = True
+        session.feed(chunks)
+        if decide is not None:
+            live = [r for r, t in enumerate(turns) if not t.done and not t.forced]
+            if live:
+                new = decide(session, live, turns)
+                for f in new:
+                    turns.append(f.turn)
+                forks += new
+    return turns, forks
+
+
+def _stopped(text: str, stops: tuple[str, ...]) -> bool:
+    return any(s in text for s in stops)
