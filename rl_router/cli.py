@@ -102,6 +102,13 @@ def _print_training(metrics: dict[str, Any], out: Path) -> None:
     line = "the random cheap/strong mixture" if len(metrics.get("pool", [])) == 2 else "the single-model hull (the best random mix of single models)"
     console.print(f"above {line} at the same cost (95% interval over tasks): " + ", ".join(
         f"{k.replace('_', ' ')} {metrics[m]:+.3f} [{metrics[m + '_ci95'][0]:+.3f}, {metrics[m + '_ci95'][1]:+.3f}]" for k, m in stages if m in metrics))
+    seen = []
+    if "sft_steps" in metrics:
+        seen.append(f"warm start {metrics['sft_steps']} steps = {metrics['sft_examples']} examples of {metrics['sft_distinct_trajectories']} distinct trajectories")
+    if "rl_episodes" in metrics:
+        seen.append(f"{metrics['algorithm'].upper()} {metrics.get('global_step', 0)} steps = {metrics['rl_episodes']} episodes on {metrics['rl_distinct_tasks']} distinct tasks (of {metrics.get('train_tasks')})")
+    if seen:
+        console.print("trained on: " + "; ".join(seen))
     console.print(f"wrote {out / 'metrics.json'}, {out / 'training_curves.png'} and the router in {out / 'final'}")
 
 

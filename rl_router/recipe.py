@@ -89,6 +89,11 @@ def _default_trainer() -> dict[str, Any]:
         "seed": 0,
         "max_completion_length": 512,
         "gradient_checkpointing": False,  # TRL turns it on by default; a tiny model does not need it
+        # TRL's default ("group") divides each group's advantages by its own std: a $0.0005 cost
+        # spread among right answers then pushes as hard as right against wrong, and alpha is not
+        # the trade-off trained. "batch" keeps every reward difference in proportion (RLOO and
+        # BoPO compute their own advantages and ignore it; tests/test_trainer.py checks both)
+        "scale_rewards": "batch",
     }
 
 

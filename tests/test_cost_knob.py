@@ -35,7 +35,7 @@ LLAMAS = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b")
 
 @pytest.mark.parametrize("text, stem", [
     ('<think>hm</think><route model="', '<route model="'),
-    ("<think>Route to", "Route to"),
+    ("<think>Route to", None),  # free text: the router's own to write
     ('{"name": "route", "arguments": {"model": "', '"model": "'),
     ("<think>ok</think><answer>@", "<answer>@"),
     ('<route model="gpt', None),
@@ -110,8 +110,10 @@ def test_the_knob_is_a_threshold_on_the_routers_log_odds(tokenizer, names):
     lo, _, _ = decision_at(model, tokenizer, context, '<route model="', (cheap, dear), weights, flip - 0.05)
     hi, _, _ = decision_at(model, tokenizer, context, '<route model="', (cheap, dear), weights, flip + 0.05)
     assert (lo["choice"], hi["choice"]) == (cheap, dear)
-    assert decision_at(model, tokenizer, context, "Route to", names, weights, 100.0)[0]["choice"] == dear
-    assert decision_at(model, tokenizer, context, "Route to", names, weights, -100.0)[0]["choice"] == cheap
+    assert decision_at(model, tokenizer, context, '<route model="', names, weights, 100.0)[0]["choice"] == dear
+    assert decision_at(model, tokenizer, context, '<route model="', names, weights, -100.0)[0]["choice"] == cheap
+    tool = decision_at(model, tokenizer, context, '"model": "', names, weights, 0.0)
+    assert np.allclose(tool[0]["scores"], tool[1], atol=1e-4)  # the tool-call stem too
 
 
 def test_search_finds_the_closest_setting_and_describes_the_one_it_returns():

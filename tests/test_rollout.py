@@ -37,14 +37,14 @@ def test_inserted_tokens_are_exactly_the_information_spans(recorded_pool, tokeni
     for ep in eps:
         ids, mask = ep["completion_ids"], ep["env_mask"]
         assert len(ids) == len(mask) == len(ep["logprobs"])
-        segs = _segments(ids, mask)
+        segs = _segments(ids[:-1], mask[:-1])  # the closing EOS apart (checked below)
         inserted = [tokenizer.decode(s) for m, s in segs if m == 0]
         policy = [tokenizer.decode(s) for m, s in segs if m == 1]
         assert inserted == ep["observations"] and len(inserted) == 2
         assert all(x.startswith("\n<information>") and x.endswith("</information>\n") for x in inserted)
         assert "<information>" not in "".join(policy)
-        assert ids[-1] == tokenizer.eos_token_id and mask[-1] == 1  # answered: ends in EOS, a policy token
-        assert [p.removesuffix(tokenizer.eos_token) for p in policy] == ep["policy_turns"]
+        assert ids[-1] == tokenizer.eos_token_id and mask[-1] == 0  # answered: ends in EOS (TRL sees a complete episode), which no sampler produced: no loss on it
+        assert policy == ep["policy_turns"]
         assert ep["n_routes"] == 2 and ep["terminated"]
 
 

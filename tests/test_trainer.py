@@ -315,3 +315,49 @@ def test_unscorable_episodes_get_zero_advantage_and_logs_show_the_advantages_use
     else:  # baseline 0.5 * mean(1, 0, .5) + 0.5 * ref 1.5 (a cheap success at cost 0: 1 + lam) = 1.0
         torch.testing.assert_close(adv[[0, 2, 3]], torch.tensor([0.0, -1.0, -0.5]), rtol=0, atol=1e-6)
     assert list(trainer._logs["advantages"]) == pytest.approx(adv.tolist())
+
+
+class CostRollout(FixedRollout):
+    """Group A: four right answers at four costs; group B: two right, two wrong, one cost."""
+
+    def __call__(self, prompts, trainer):
+        out = super().__call__(prompts, trainer)
+        quality = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+        cost = [0.0, 0.001, 0.002, 0.003, 0.001, 0.001, 0.001, 0.001]
+        out["quality"], out["cost"] = quality[: len(prompts)], cost[: len(prompts)]
+        out["format_error"] = [None] * len(prompts)
+        return out
+
+
+@pytest.mark.parametrize("scale", ["batch", "none", "group"])
+def test_the_cost_weight_survives_into_the_advantages(tmp_path, tokenizer, scale):
+    """Router-R1's reward at alpha 0.3 (linear cost, $0.004 scale): inside an all-correct group
+    the cost spread is worth 0.225 of reward, right against wrong 0.925. With the scaling our
+    recipes set (batch; none likewise) the advantages keep that ratio, so alpha is the trade-off
+    trained; TRL's default (group) divides each group by its own std and gives the cost spread
+    about the same push as right against wrong."""
+    from rl_router.rewards import build_rewards
+
+    funcs, weights = build_rewards([{"name": "router_r1", "alpha": 0.3, "cost_mode": "linear", "cost_scale": 0.004, "outcome": "success"}])
+    model, _ = build_tiny_router(seed=0, hidden_size=32, num_layers=1)
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=G, max_steps=1, learning_rate=1e-3, beta=0.0, bf16=False, use_cpu=True,
+                      report_to="none", logging_steps=1, save_strategy="no", max_completion_length=64, gradient_checkpointing=False, seed=0, scale_rewards=scale, reward_weights=weights)
+    ds = Dataset.from_list([{"prompt": f"question number {i}"} for i in range(4)])
+    trainer = RouterGRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tokenizer, rollout_func=CostRollout(tokenizer, inserted=[]))
+    trainer.model.train()
+    adv = trainer._generate_and_score_completions(batch_inputs(trainer))["advantages"].tolist()
+    spread_a = adv[0] - adv[3]  # cheapest minus dearest right answer
+    spread_b = adv[4] - adv[6]  # right minus wrong
+    want = (1.0 - 0.775) / (0.925 - 0.0)
+    if scale == "group":
+        assert spread_a / spread_b > 3 * want  # the cost spread inflated to about the weight of correctness
+    else:
+        assert spread_a / spread_b == pytest.approx(want, rel=1e-3)
+
+
+def test_recipes_choose_the_reward_scaling_on_purpose():
+    from rl_router.recipe import load_recipe
+
+    assert load_recipe(None).trainer["scale_rewards"] == "batch"
+    for name in ("quickstart", "rloo", "smollm2_135m", "mmlu_pro", "dcrouter", "bopo_agentic"):
+        assert load_recipe(f"recipes/{name}.yaml").trainer.get("scale_rewards") in ("batch", "none"), name

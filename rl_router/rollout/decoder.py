@@ -329,6 +329,8 @@ def decode_turns(
     while not all(t.done for t in turns) and steps < max_new_tokens:
         steps += 1
         logits = session.logits
+        best = logits.argmax(-1).tolist() if greedy else None  # one op for the batch
+        lps = torch.log_softmax(logits / (temperature if not greedy else 1.0), dim=-1) if want_logprobs else None
         chosen: list[int] = []
         for r, t in enumerate(turns):
             if t.done:
@@ -337,12 +339,11 @@ def decode_turns(
             if t.forced:
                 tok = t.forced.pop(0)
             elif greedy:
-                tok = int(torch.argmax(logits[r]))
+                tok = best[r]
             else:
                 tok = sample_token(logits[r], temperature, top_p, top_k)
-            if want_logprobs:
-                lp = torch.log_softmax(logits[r] / (temperature if not greedy else 1.0), dim=-1)
-                t.logprobs.append(float(lp[tok]))
+            if lps is not None:
+                t.logprobs.append(float(lps[r, tok]))
             chosen.append(tok)
         chunks = []
         for r, (t, tok) in enumerate(zip(turns, chosen)):
@@ -355,9 +356,10 @@ def decode_turns(
                 chunks.append([tok])
                 continue
             t.ids.append(tok)
-            t.text += vocab[tok] if tok < len(vocab) else tokenizer.decode([tok])
+            piece = vocab[tok] if tok < len(vocab) else tokenizer.decode([tok])
+            t.text += piece
             chunks.append([tok])
-            if any(t.text.endswith(s) or s in t.text[-(len(s) + 16):] for s in stop_strings) and _stopped(t.text, stop_strings):
+            if any(s in t.text[-(len(s) + len(piece)):] for s in stop_strings):  # a stop string first appears within the new piece
                 t.done = True
         session.feed(chunks)
         if decide is not None:
@@ -369,6 +371,3 @@ def decode_turns(
                 forks += new
     return turns, forks
 
-
-def _stopped(text: str, stops: tuple[str, ...]) -> bool:
-    return any(s in text for s in stops)

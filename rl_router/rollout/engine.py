@@ -8,7 +8,8 @@ concurrently on the shared event loop (so 64 episodes x 3 routes at 200 ms take 
 Token layout per episode, exactly what TRL 1.16's `GRPOTrainer(rollout_func=...)` takes:
 `prompt_ids` (chat template + generation prompt), `completion_ids` = policy tokens and
 environment-inserted `<information>` tokens interleaved, ending in EOS when the router
-answered, `env_mask` (1 = policy token, 0 = inserted; TRL zeroes the loss on 0s) and
+answered, `env_mask` (1 = policy token, 0 = inserted, and 0 on an EOS the engine appended
+after `</answer>`, which no sampler produced; TRL zeroes the loss on 0s) and
 `logprobs` (sampling log-probs of sampled policy tokens; NaN, TRL 1.16's "no sampler
 log-prob", on inserted tokens, on scripted turns and on the EOS the engine appends after
 `</answer>`, which no sampler produced: TRL's importance-sampling correction then leaves
@@ -105,8 +106,10 @@ class RolloutEngine:
                 s.info = info
                 per_turn_eos = getattr(s.env, "turn_ends_on_eos", False)  # tool calls: every turn ends with the end-of-turn token
                 if not turn.eos and (terminated or per_turn_eos):  # close the turn with EOS, as the chat template would
+                    # kept for TRL's truncation check (a completion that ends in EOS is complete), but
+                    # masked out of the loss: no sampler produced it, so it must not be reinforced
                     s.completion_ids.append(eos)
-                    s.env_mask.append(1)
+                    s.env_mask.append(0)
                     s.logprobs.append(NO_LOGPROB)
                 if terminated:
                     s.done, s.terminated, s.done_reason = True, True, info.get("done_reason") or "answer"

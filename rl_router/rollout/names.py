@@ -1,10 +1,9 @@
 """Route decisions made once, by name: the cost knob as an exact threshold on the router's log-odds.
 
-A *decision point* is where a turn's text reaches a stem after which it names a model:
+A *decision point* is where a turn's text reaches a stem after which its action names a model:
 
 | stem | continuation scored | candidates |
 |---|---|---|
-| `Route to` | ` NAME.` (the think text of the compact warm start) | every pool model |
 | `<route model="` | `NAME">` | every pool model |
 | `"model": "` | `NAME",` (a tool call's arguments) | every pool model |
 | `<answer>@` | `NAME</answer>` | the models this episode called |
@@ -16,8 +15,12 @@ So the choice flips from n to m exactly when B * (w(m) - w(n)) exceeds log p(n) 
 B is a threshold on the router's own log-odds between names, whatever the tokenizer splits
 them into and whether names share a prefix (`gpt-4o` / `gpt-4o-mini`): each name is scored
 with its closing text, so a name that is a prefix of another is never credited with the
-other's mass. The chosen tokens are forced; later stems of the same turn reuse the choice (the
-tag after `Route to NAME.`), and `@NAME` can only adopt a model the episode called.
+other's mass. The chosen tokens are forced, and `@NAME` can only adopt a model the episode
+called (so no bias can route to one model and adopt another). The decision is the action's
+own: free text before it (the warm start's `<think>Route to NAME.</think>`) is the router's
+to write, and a router may well reconsider there (measured: an agentic warm start writes
+`Route to cheap.` then routes to `expensive` on 15 of 40 held-out tasks), so binding the
+action to the think text would change what the router does at B = 0.
 
 The continuation's tokens are `encode(stem + continuation)` after `encode(stem)`; a name whose
 tokens do not start at the stem's end (a tokenizer that merges across it) is not offered,
@@ -34,7 +37,6 @@ import torch
 
 #: (stem, continuation template, kind): kind "route" (a cost decision) or "adopt" (held to called models)
 STEMS: tuple[tuple[str, str, str], ...] = (
-    ("Route to", " {name}.", "route"),
     ('<route model="', '{name}">', "route"),
     ('"model": "', '{name}",', "route"),
     ("<answer>@", "{name}</answer>", "adopt"),

@@ -212,7 +212,7 @@ class HFPolicy:
         try:
             self.session.sync([st.uid for st in states], [st.context_ids for st in states])
             turns, forks = decode_turns(self.session, tokenizer=tok, vocab=vocab_strings(tok), max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings,
-                                        temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                        temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, want_logprobs=not self.greedy,  # greedy turns are never importance-weighted
                                         decide=(lambda sess, rows, ts: self._decide(sess, rows, ts, meta)) if self.decides else None)
         finally:
             if was_training:

@@ -56,6 +56,17 @@ def latest_checkpoint(d: Path, warn: Callable[[str], None] | None = None) -> str
     return None
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
+    about 1.6x faster than float32 for the warm start (scripts/bench_router.py); elsewhere it
+    is emulated and slower."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass
 class Run:
     """What the stages share: the recipe, the output folder, the pool and tasks, the router."""
@@ -211,7 +222,11 @@ def stage_warm_start(run: Run) -> None:
     ckpt = latest_checkpoint(run_dir, warn=run.log) if run.folder.resume and run.folder.done.get("warm_start_started") == run.folder.fields_of("warm_start") else None
     run.log(f"boundary-guided SFT on {len(rows)} stratified trajectories" + (f", resuming from {ckpt}" if ckpt else ""))
     run.folder.started("warm_start")
-    args = SFTConfig(output_dir=str(run_dir), **{**run.hw, **run.recipe.sft})
+    sft_kw = {**run.hw, **run.recipe.sft}
+    if sft_kw.get("bf16") and sft_kw.get("use_cpu") and not cpu_has_bf16():
+        run.log("sft.bf16: this CPU has no native bf16 (avx512_bf16 / AMX): the warm start runs in float32 instead")
+        sft_kw["bf16"] = False
+    args = SFTConfig(output_dir=str(run_dir), **sft_kw)
     sft = PolicyTokenSFTTrainer(model=run.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=run.tok, peft_config=lora_config(run.recipe))
     sft.train(resume_from_checkpoint=ckpt)
     model = sft.accelerator.unwrap_model(sft.model)
@@ -226,6 +241,10 @@ def stage_warm_start(run: Run) -> None:
     run.state.wait_for_everyone()
     run.folder.finished("warm_start")
     run.metrics["sft_loss_last"] = next((h["loss"] for h in reversed(sft.state.log_history) if "loss" in h), None)
+    a_ = sft.args
+    run.metrics["sft_steps"] = sft.state.global_step
+    run.metrics["sft_examples"] = sft.state.global_step * a_.per_device_train_batch_size * a_.gradient_accumulation_steps * max(1, run.state.num_processes)
+    run.metrics["sft_distinct_trajectories"] = len({tuple(r["input_ids"]) for r in rows})
 
 
 def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
@@ -252,7 +271,7 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
             from rl_router.rollout.vllm import VLLMPolicy, backend_from_trainer
 
             return VLLMPolicy(backend_from_trainer(trainer), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops)
-        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, stop_strings=stops, synced_gpus=zero3)
+        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops, synced_gpus=zero3)
 
     peft_config = lora_config(run.recipe)
     trainer = RouterGRPOTrainer(
@@ -299,6 +318,9 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
                 m[f"heldout_above_random_mixture_{stage}"], m[f"heldout_above_random_mixture_{stage}_ci95"] = s["above_hull"], s["ci95"]["above_hull"]
     m["references"] = {"cheapest": refs.cheapest, "best": refs.best, "frontier": refs.frontier}
     m["global_step"] = trainer.state.global_step
+    logged = [h for h in trainer.state.log_history if "episodes/seen" in h]  # a resumed run counted before too
+    m["rl_episodes"] = int(max([trainer.episodes_seen] + [h["episodes/seen"] for h in logged]))
+    m["rl_distinct_tasks"] = int(max([len(trainer.tasks_seen)] + [h["episodes/distinct_tasks"] for h in logged]))
     m["is_main_process"] = run.main
     m["log_history"] = trainer.state.log_history
     if run.main:

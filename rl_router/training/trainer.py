@@ -49,6 +49,9 @@ class RouterGRPOTrainer(GRPOTrainer):
             raise ValueError("trainer.num_generations must be >= 2 for RLOO")
         self._last_rewards_per_func: torch.Tensor | None = None
         self._last_inputs: list[dict[str, Any]] = []
+        # what training has seen (all ranks): a "step" says little when a step is 2 tasks
+        self.episodes_seen = 0
+        self.tasks_seen: set[str] = set()
 
     def _save_checkpoint(self, model, trial):  # type: ignore[override]
         """Atomic checkpoints: TRL/transformers write into OUT/.staging/checkpoint-N, which is
@@ -89,6 +92,11 @@ class RouterGRPOTrainer(GRPOTrainer):
         fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes", "pool_errors", "format_error")}
         m = self._metrics[mode]
         n = max(1, len(fields["task_id"]))
+        if mode == "train":
+            self.episodes_seen += len(fields["task_id"])
+            self.tasks_seen.update(str(t) for t in fields["task_id"] if t is not None)
+            m["episodes/seen"].append(float(self.episodes_seen))
+            m["episodes/distinct_tasks"].append(float(len(self.tasks_seen)))
         for key, name in (("cost", "cost"), ("quality", "quality"), ("n_routes", "routes")):
             m[f"episode/{name}"].append(sum(float(v or 0.0) for v in fields[key]) / n)
         for key, name in (("pool_errors", "pool_error_rate"), ("format_error", "format_error_rate")):  # share of episodes with any
