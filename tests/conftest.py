@@ -89,7 +89,7 @@ def sim_pool():
 
 #: the BoPO agentic run both test_agentic_train (learning) and test_distributed (1 vs 2
 #: processes) read: trained once per session
-BOPO_SETS = ["trainer.max_steps=8", "trainer.save_steps=4", "sft.max_steps=200"]
+BOPO_SETS = ["trainer.max_steps=16", "trainer.save_steps=8", "sft.max_steps=200"]
 
 
 @pytest.fixture(scope="session")

@@ -41,12 +41,13 @@ def test_two_processes_train_like_one(tmp_path, bopo_run):
     _, one = bopo_run
     two, stdout = _two_processes(tmp_path / "two")
     assert stdout.count("held-out reward") == 1 and stdout.count("running boundary policies") == 1  # rank 0 speaks
-    assert two["global_step"] == one["global_step"] == 8 and two["algorithm"] == "bopo"
+    assert two["global_step"] == one["global_step"] == 16 and two["algorithm"] == "bopo"
     logged = [h for h in two["log_history"] if "reward" in h]
-    assert [h["step"] for h in logged] == list(range(1, 9)) and all("advantage/bopo_mean_abs" in h for h in logged)
+    assert [h["step"] for h in logged] == list(range(1, 17)) and all("advantage/bopo_mean_abs" in h for h in logged)
+    assert two["rl_episodes"] == one["rl_episodes"] == 16 * 16  # both ranks' episodes counted
     # 16 episodes a step over 2 ranks: TRL counts tokens of both ranks' episodes
     assert (tmp_path / "two" / "final" / "model.safetensors").exists() and not list((tmp_path / "two").rglob("*.tmp"))
-    for ck in ("checkpoint-4", "checkpoint-8"):
+    for ck in ("checkpoint-8", "checkpoint-16"):
         assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (tmp_path / "two" / "rl" / ck).iterdir()}
     # sharded evaluation of scripted baselines gives exactly the 1-process numbers
     strip = lambda d: {k: {f: v for f, v in s.items() if f != "pool_latency_s"} for k, s in d.items()}  # noqa: E731

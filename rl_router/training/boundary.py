@@ -144,12 +144,18 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
     return out
 
 
-def sft_rows(episodes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pre-tokenized SFT rows: loss on policy tokens only (prompt and inserted tokens -100)."""
+def sft_rows(episodes: Sequence[dict[str, Any]], eos_id: int | None = None) -> list[dict[str, Any]]:
+    """Pre-tokenized SFT rows: loss on the router's own tokens only (prompt and inserted tokens
+    -100). With `eos_id`, the EOS that closes a finished episode is labelled too: RL leaves it
+    out of the loss (no sampler produced it), but a warm start imitates whole trajectories,
+    and the chat template ends the router's last turn with it."""
     rows = []
     for ep in episodes:
         ids = list(ep["prompt_ids"]) + list(ep["completion_ids"])
-        labels = [-100] * len(ep["prompt_ids"]) + [t if m == 1 else -100 for t, m in zip(ep["completion_ids"], ep["env_mask"])]
+        comp, mask = list(ep["completion_ids"]), list(ep["env_mask"])
+        if eos_id is not None and comp and comp[-1] == eos_id and ep.get("terminated", True):
+            mask[-1] = 1
+        labels = [-100] * len(ep["prompt_ids"]) + [t if m == 1 else -100 for t, m in zip(comp, mask)]
         rows.append({"input_ids": ids, "labels": labels})
     return rows
 

@@ -217,7 +217,7 @@ def stage_warm_start(run: Run) -> None:
         run.model = AutoModelForCausalLM.from_pretrained(sft_dir)
         return
     a, seed = run.recipe.algorithm, int(run.recipe.trainer.get("seed", 0))
-    rows = sft_rows(synthesize_sft(run.records, run.boundary_episodes, a.sft_examples, seed=seed, neither_rate=a.neither_rate, strong_only_share=a.strong_only_share, mix=a.sft_mix))
+    rows = sft_rows(synthesize_sft(run.records, run.boundary_episodes, a.sft_examples, seed=seed, neither_rate=a.neither_rate, strong_only_share=a.strong_only_share, mix=a.sft_mix), eos_id=run.tok.eos_token_id)
     run_dir = run.out / "sft_run"
     ckpt = latest_checkpoint(run_dir, warn=run.log) if run.folder.resume and run.folder.done.get("warm_start_started") == run.folder.fields_of("warm_start") else None
     run.log(f"boundary-guided SFT on {len(rows)} stratified trajectories" + (f", resuming from {ckpt}" if ckpt else ""))
