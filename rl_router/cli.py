@@ -157,7 +157,7 @@ def _print_eval(res: dict[str, Any], files: list[Path]) -> None:
     console.print(st)
     if res.get("knob_sweep"):
         kt = Table(title=f"the router's cost knob (route bias; the router rows above ran at {res['route_bias']:+g})")
-        for c in ("route bias", "quality [95%]", "$ / 1k tasks", "tasks calling the costliest model"):
+        for c in ("route bias", "quality [95%]", "$ / 1k tasks", "tasks calling the strongest model"):
             kt.add_column(c, justify="right")
         for k in res["knob_sweep"]:
             lo, hi = k["ci95"]["quality"]
@@ -279,7 +279,7 @@ def _numbers(option: str, text: Optional[str]) -> Optional[list[float]]:
 def calibrate(
     target: str = typer.Argument(..., help="A training output dir (its final/ and recipe.json) or a model folder."),
     target_cost: Optional[float] = typer.Option(None, "--target-cost", help="Mean cost per task to hit, in $ (e.g. 0.002)."),
-    target_strong_share: Optional[float] = typer.Option(None, "--target-strong-share", help="Share of tasks that call the costliest model, in [0, 1] (RouteLLM's '% calls to the strong model')."),
+    target_strong_share: Optional[float] = typer.Option(None, "--target-strong-share", help="Share of tasks that call the strongest model (the best by train accuracy; with two models the costliest), in [0, 1] (RouteLLM's '% calls to the strong model')."),
     split: str = typer.Option("validation", "--split", help="Tasks to calibrate on: validation (data.validation_fraction, kept out of training), or train / heldout (say so when you report)."),
     n: Optional[int] = typer.Option(None, "--n", help="Use the first N tasks of the split."),
     iters: int = typer.Option(8, "--iters", help="Biases of the second pass, inside the bracket around the target (the first pass runs a fixed grid from -32 to +32; each pass is one run over the tasks)."),
@@ -289,7 +289,7 @@ def calibrate(
 ) -> None:
     """Find the route bias (the cost knob: where the router names a model, every name is scored
     and it takes argmax log p(name) + bias x the model's price position) at which the router,
-    greedy, hits a target mean cost per task or share of tasks calling the costliest model on
+    greedy, hits a target mean cost per task or share of tasks calling the strongest model on
     validation tasks, in two passes over them. Writes route_bias.json beside the
     weights; eval, serve and export use it from then on (eval --route-bias 0 to compare)."""
     from rl_router.evaluation.calibration import calibrate as run
@@ -305,7 +305,7 @@ def calibrate(
     with _progress() as prog:
         rec = run(r, target, cost=target_cost, strong_share=target_strong_share, split=split, n=_positive("--n", n), iters=iters, batch_size=_positive("--batch-size", batch_size), progress=_bars(prog, n or 0))
     t = Table(title=f"route bias on {rec['tasks']} {rec['split']} tasks (target {rec['target']})")
-    for c in ("route bias", "quality", "$ / 1k tasks", "tasks calling the costliest model"):
+    for c in ("route bias", "quality", "$ / 1k tasks", "tasks calling the strongest model"):
         t.add_column(c, justify="right")
     for x in rec["tried"]:
         mark = " <-" if x["route_bias"] == rec["route_bias"] else ""

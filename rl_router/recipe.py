@@ -67,7 +67,8 @@ class AlgorithmSection:
     sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
     neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
     strong_only_share: float | None = 0.5  # share of strong_only tasks (escalations) in the SFT mix; null = equal to each other class
-    sft_mix: str = "stepwise"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference)
+    sft_mix: str = "stepwise"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference); "agreement": the agreement cascade (N models)
+    cascade_models: list[str] | None = None  # sft_mix agreement: [cheap_a, cheap_b, strong]; null = fitted on the train tasks
     bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
     bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
     bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
@@ -262,8 +263,12 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("rollout.protocol", f"unknown {r.rollout.protocol!r}", "use tags (<route model=...>) or tools (native tool calls)")
     if a.name not in ("grpo", "rloo", "bopo"):
         raise ConfigError("algorithm.name", f"unknown {a.name!r}", "use grpo, rloo or bopo")
-    if a.sft_mix not in ("efficient", "stepwise", "both"):
-        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise or both")
+    if a.sft_mix not in ("efficient", "stepwise", "both", "agreement"):
+        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise, both or agreement")
+    if a.sft_mix == "agreement" and r.env.get("name", "router_r1") == "router_r1" and int(r.env.get("max_turns", 4)) < 4:
+        raise ConfigError("env.max_turns", f"{r.env.get('max_turns')} is too few for sft_mix: agreement (two cheap calls, the strong one, an answer)", "set env.max_turns: 4")
+    if a.cascade_models is not None and (not isinstance(a.cascade_models, list) or len(a.cascade_models) != 3):
+        raise ConfigError("algorithm.cascade_models", f"expected [cheap_a, cheap_b, strong], got {a.cascade_models!r}", "three model names, or null to fit them on the train tasks")
     if a.sft_style not in ("compact", "verbatim"):
         raise ConfigError("algorithm.sft_style", f"unknown {a.sft_style!r}", "use compact or verbatim")
     if a.strong_only_share is not None and not 0.0 <= a.strong_only_share <= 1.0 - a.neither_rate:

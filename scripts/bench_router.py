@@ -133,7 +133,7 @@ def sft_rows_for(r, pool, train, tok, n: int):
     eps = []
     for m in pool.model_names:
         eps += engine.run_batched(train[: n // 2], ScriptedPolicy.always(tok, m, query="short", adopt=True), batch_size=64)
-    return sft_rows(eps[:n])
+    return sft_rows(eps[:n], eos_id=tok.eos_token_id)
 
 
 def bench_sft(r, pool, train, model, tok, a) -> None:

@@ -40,7 +40,7 @@ def warm(protocol: str, sft_steps: int, out: Path):
     eps = [e for m in pool.model_names for e in eng.run(train, baseline_policy(f"always-{m}", tok, pool.model_names))]
     args = SFTConfig(output_dir=str(out / f"sft-{protocol}"), max_steps=sft_steps, per_device_train_batch_size=8, learning_rate=1e-2, save_strategy="no", report_to="none",
                      bf16=False, use_cpu=True, gradient_checkpointing=False, disable_tqdm=True)
-    PolicyTokenSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(eps)), processing_class=tok).train()
+    PolicyTokenSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(eps, eos_id=tok.eos_token_id)), processing_class=tok).train()
     return r, pool, train, model, tok
 
 

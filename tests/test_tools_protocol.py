@@ -94,7 +94,7 @@ def test_plain_trl_grpo_trainer_trains_with_our_environment(tmp_path):
     eps = eng.run(train_tasks, baseline_policy(f"always-{pool.model_names[0]}", tok, pool.model_names))
     args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=100, per_device_train_batch_size=8, learning_rate=1e-2, save_strategy="no", report_to="none", bf16=False, use_cpu=True,
                      gradient_checkpointing=False, disable_tqdm=True, logging_steps=40)
-    PolicyTokenSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(eps)), processing_class=tok).train()
+    PolicyTokenSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(eps, eos_id=tok.eos_token_id)), processing_class=tok).train()
 
     Env, reward = _adapter(r, pool)
     rows = [{"prompt": tools_prompt(t), **t.to_row()} for t in train_tasks[:8]]

@@ -263,8 +263,9 @@ def test_importance_sampling_ratio_is_one_on_every_trained_token(tmp_path, recor
     """TRL 1.16 corrects vLLM rollouts by exp(logp_model - logp_sampler) per token (or per
     sequence). Our rollouts report true sampler log-probs for sampled tokens and NaN ("no
     sampler log-prob", which TRL neutralises to a ratio of 1) for tokens no sampler produced:
-    the EOS the engine appends after </answer>. So TRL's ratio is 1 everywhere; an invented
-    0.0 would scale each answered episode by p(EOS) (or mask it out, per sequence)."""
+    the EOS the engine appends after </answer>, which is also out of the loss (env_mask 0). So
+    TRL's ratio is 1 everywhere; an invented 0.0 would scale each answered episode by p(EOS)
+    (or mask it out, per sequence)."""
     from rl_router.envs import MultiRoundRoutingEnv
     from rl_router.rollout.engine import RolloutEngine, make_rollout_func
 
@@ -286,8 +287,9 @@ def test_importance_sampling_ratio_is_one_on_every_trained_token(tmp_path, recor
     trainer.model.train()
     out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks for _ in range(2)])
     ratio, mask = out["importance_sampling_ratio"], out["completion_mask"] * out["tool_mask"]
-    eos = (out["completion_ids"] == tokenizer.eos_token_id) & mask.bool()
-    assert eos.sum() == 4  # every episode answered and was closed by the engine's EOS
+    eos = out["completion_ids"] == tokenizer.eos_token_id
+    assert eos.sum() == 4  # every episode answered and was closed by the engine's EOS (TRL sees it: not truncated)
+    assert (eos & mask.bool()).sum() == 0  # ... which no sampler produced: it carries no loss
     if mode == "sequence_mask":
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=2e-3)
     else:

@@ -47,7 +47,7 @@ def test_vllm_policy_reproduces_hf_policy_greedy_with_an_independent_decoder(tin
     tasks = recorded_pool.tasks()[:6]
     cfg = RoutingEnvConfig(budget=0.01, max_turns=2, max_obs_tokens=32)
     eng = RolloutEngine(lambda: make_env("router_r1", recorded_pool, config=cfg, tokenizer=tokenizer), tokenizer)
-    a = eng.run(tasks, HFPolicy(model, tokenizer, max_new_tokens=24, temperature=0.0))
+    a = eng.run(tasks, HFPolicy(model, tokenizer, max_new_tokens=24, temperature=0.0, logprobs=True))
     pol = VLLMPolicy(_GreedyDecoder(model, tokenizer), tokenizer, max_new_tokens=24, temperature=0.0)
     b = eng.run(tasks, pol)
     assert pol.calls == 2

@@ -5,7 +5,7 @@ measured: the router runs greedy on validation tasks (set aside from training by
 `data.validation_fraction`) at a grid of route biases in one pass (the decisions are made by
 name and episodes fork where the biases disagree: rollout/names.py), then at a finer grid
 inside the bracket around the target, and the bias whose mean cost per task, or share of
-tasks that call the costliest model, is closest to the target is kept. The setting is written beside the weights (`route_bias.json`), where
+tasks that call the strongest model, is closest to the target is kept. The setting is written beside the weights (`route_bias.json`), where
 `eval`, `serve` and `export` read it, so what is evaluated is what is served.
 """
 
@@ -45,7 +45,7 @@ def write_route_bias(folder: Path, record: dict[str, Any]) -> Path:
 
 
 def strong_calls(episodes: list[dict[str, Any]], strong: str) -> list[float]:
-    """Per task: 1 if the episode called the costliest model at least once."""
+    """Per task: 1 if the episode called `strong` (the strongest model) at least once."""
     return [1.0 if any(c.get("model") == strong and not c.get("error") for c in e.get("trace") or []) else 0.0 for e in episodes]
 
 
@@ -108,7 +108,7 @@ def search_bias(measure: Callable[[list[float]], dict[float, float]], target: fl
 def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_share: float | None = None, split: str = "validation", n: int | None = None,
               iters: int = 8, batch_size: int = 32, progress: Callable[[str, int], None] | None = None, write: bool = True) -> dict[str, Any]:
     """Find the route bias that hits `cost` (mean $ per task) or `strong_share` (share of tasks
-    calling the costliest model) on `split` tasks, and write it beside the router's weights."""
+    calling the strongest model) on `split` tasks, and write it beside the router's weights."""
     from rl_router.evaluation.evaluator import EvalOptions, Evaluator
     from rl_router.models import load_checkpoint, resolve_checkpoint
     from rl_router.recipe import validate_against_pool
@@ -132,7 +132,7 @@ def calibrate(recipe: Any, target: str, *, cost: float | None = None, strong_sha
     tasks = tasks[:n] if n else tasks
     _cheap, _strong = validate_against_pool(recipe, pool, tasks)
     weights = cost_weights(pool)
-    strong = max(weights, key=lambda m: weights[m])
+    strong = pool.strongest().name  # "strong share": tasks that call the best model (the costliest one, with two models)
     model, tok = load_checkpoint(ckpt, recipe)
     ev = Evaluator(recipe, pool, tok, tasks, options=EvalOptions(batch_size=batch_size), progress=progress)
     ev.run_single_models()  # the cost reference

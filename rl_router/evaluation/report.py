@@ -254,13 +254,10 @@ def evaluate(
     which to run the router for its own curve; `route_bias`: the router rows' setting (None:
     the calibrated one kept beside the weights, else 0); `knn_lambdas`: the lambda grid of the
     learned baselines' sweeps."""
-    from rl_router.rollout.names import cost_weights
-
     run = prepare(recipe, target, n=n, batch_size=batch_size, route_bias=route_bias, progress=progress)
     refs = single_models(run)
     simple_baselines(run, train_outcomes(run), refs, knn_lambdas)
-    weights = cost_weights(run.pool)
-    knob, sweep, ck_rows = router_rows(run, sampled=sampled, curve_biases=curve_biases, budgets=budgets, checkpoints=checkpoints, knob_strong=max(weights, key=lambda m: weights[m]))
+    knob, sweep, ck_rows = router_rows(run, sampled=sampled, curve_biases=curve_biases, budgets=budgets, checkpoints=checkpoints, knob_strong=run.pool.strongest().name)
     scores = compare(run, refs)
     q_cheap = refs.summaries[refs.cheapest]["quality"]
     for row in sweep:  # where a tight budget leaves the router worse than the cheapest model alone

@@ -147,8 +147,14 @@ class Pool(ABC):
         """
         return self.card(model).cost(prompt_token_bound(messages), max_tokens)
 
+    def typical_costs(self) -> dict[str, float]:
+        """What a call to each model typically costs, for ordering models by price: here the
+        list price (input + output per 1M tokens); pools that know their tasks (recorded) measure it."""
+        return {c.name: c.price_in + c.price_out for c in self.cards}
+
     def cheapest(self) -> ModelCard:
-        return min(self.cards, key=lambda c: (c.price_in + c.price_out, c.name))
+        cost = self.typical_costs()
+        return min(self.cards, key=lambda c: (cost[c.name], c.name))
 
     def strongest(self) -> ModelCard:
         """The model with the best mean example score (ties: the most expensive)."""

@@ -177,6 +177,8 @@ class RecordedPool(Pool):
         self.calls = 0
         self._measured_scores: set[str] = set()
         self.made_up_replies: set[str] = set()  # datasets whose replies are made up from scores (records.scored_replies)
+        self._fit_ids: list[str] = []
+        self._typical: dict[str, float] | None = None
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -273,12 +275,29 @@ class RecordedPool(Pool):
         pool._measured_scores = {name for name, spec in chosen.items() if spec.get("example_scores") is None}
         return pool
 
+    def typical_costs(self) -> dict[str, float]:
+        """Each model's mean cost of answering the tasks (the card-fitting tasks when fit_cards
+        ran, else all; up to 1,000 of them, in a seeded order): what a call really costs, which
+        list prices alone misorder when replies differ in length (MMLU-Pro: llama-3.1-8b is
+        cheaper per token than gemini-1.5-flash, and dearer per question)."""
+        if getattr(self, "_typical", None) is None:
+            from rl_router.tasks import stable_hash
+
+            ids = sorted(self._fit_ids or self._tasks, key=lambda t: stable_hash("typical", t))[:1000]
+            out = {}
+            for m in self.model_names:  # billed for the task alone (a sub-query adds the same few tokens to every model)
+                costs = [self._bill(m, [{"role": "user", "content": self._tasks[t].prompt}], self._tasks[t])[2] for t in ids if m in self._tasks[t].answers]
+                out[m] = sum(costs) / len(costs) if costs else float("inf")
+            self._typical = out
+        return dict(self._typical)
+
     def fit_cards(self, train_task_ids: Iterable[str]) -> None:
         """Measure the cards' example accuracies on these (train) tasks only. Why: the router
         reads the cards in its prompt, so scores measured on held-out rows would show it a
         statistic of its own test set. Cards whose scores the recipe gave are left alone."""
         keep = set(train_task_ids)
         rows = [t for t in self._tasks.values() if t.task.task_id in keep]
+        self._fit_ids, self._typical = [t.task.task_id for t in rows], None
         self.cards = [dataclasses.replace(c, example_scores=_accuracy_by_dataset(rows, c.name)) if c.name in self._measured_scores else c for c in self.cards]
 
     # ---- queries ------------------------------------------------------------------------

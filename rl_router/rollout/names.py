@@ -89,9 +89,10 @@ class Decision:
 
 
 def cost_weights(pool: Any) -> dict[str, float]:
-    """Each model's position between the cheapest (0) and the costliest (1) by list price
-    (input + output per 1M tokens): the share of the bias its name gets."""
-    price = {m: float(pool.card(m).price_in) + float(pool.card(m).price_out) for m in pool.model_names}
+    """Each model's position between the cheapest (0) and the costliest (1) by what a call
+    typically costs (`Pool.typical_costs`: measured on a recorded pool's tasks, else list price
+    in + out per 1M tokens): the share of the bias its name gets."""
+    price = {m: float(v) for m, v in pool.typical_costs().items()}
     lo, hi = min(price.values()), max(price.values())
     return {m: 0.0 if hi <= lo else (p - lo) / (hi - lo) for m, p in price.items()}
 

@@ -169,7 +169,8 @@ class HFPolicy:
     (`synced_gpus`) it falls back to `GeneratePolicy`."""
 
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS,
-                 synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None, biases: tuple[float, ...] | None = None, names: list[str] | None = None):
+                 synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None, biases: tuple[float, ...] | None = None, names: list[str] | None = None,
+                 logprobs: bool | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop_strings = stop_strings
@@ -181,6 +182,7 @@ class HFPolicy:
         self.route_weights = dict(route_weights or {})
         self.names = list(names or self.route_weights)
         self.greedy = temperature <= 0
+        self.logprobs = (not self.greedy) if logprobs is None else logprobs  # greedy turns are never importance-weighted: no log-softmax unless asked
         self.decides = bool(self.names) and (self.greedy or any(self.biases))
         self._fallback = GeneratePolicy(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop_strings=stop_strings, synced_gpus=True) if synced_gpus else None
         self.session: Any = None
@@ -212,7 +214,7 @@ class HFPolicy:
         try:
             self.session.sync([st.uid for st in states], [st.context_ids for st in states])
             turns, forks = decode_turns(self.session, tokenizer=tok, vocab=vocab_strings(tok), max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings,
-                                        temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, want_logprobs=not self.greedy,  # greedy turns are never importance-weighted
+                                        temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, want_logprobs=self.logprobs,
                                         decide=(lambda sess, rows, ts: self._decide(sess, rows, ts, meta)) if self.decides else None)
         finally:
             if was_training:

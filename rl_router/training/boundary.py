@@ -70,10 +70,13 @@ class StepwiseBoundaryPolicy:
         return text_turns(self.tokenizer, [self._text(s) for s in states])
 
 
-def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False, max_error_rate: float = 1.0) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
+def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False, max_error_rate: float = 1.0,
+                   cascade: tuple[str, str, str] | None = None) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
     """Run always-cheap and always-strong on `tasks`; return records and their episodes.
-    `stepwise` (agentic envs) also runs the boundary-guided hybrid, kept as episodes[tid]["stepwise"].
-    Stops (PoolFailure) when more than `max_error_rate` of a boundary's episodes hit pool errors."""
+    `stepwise` (agentic envs) also runs the boundary-guided hybrid, kept as episodes[tid]["stepwise"];
+    `cascade` = (a, b, strong) also runs the agreement cascade (evaluation/baselines.py), kept
+    as episodes[tid]["cascade"]. Stops (PoolFailure) when more than `max_error_rate` of a
+    boundary's episodes hit pool errors."""
     cheap = cheap or pool.cheapest().name
     strong = strong or pool.strongest().name
     episodes: dict[str, dict[str, dict[str, Any]]] = {t.task_id: {} for t in tasks}
@@ -88,6 +91,13 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
         hybrid = StepwiseBoundaryPolicy(tokenizer, cheap, strong, episodes)
         for t, ep in zip(tasks, run_sharded(engine, tasks, hybrid, batch_size=batch_size)):
             episodes[t.task_id]["stepwise"] = ep
+    if cascade is not None:
+        from rl_router.evaluation.baselines import AgreementCascadePolicy
+
+        eps = run_sharded(engine, tasks, AgreementCascadePolicy(tokenizer, *cascade), batch_size=batch_size)
+        check_pool_errors(eps, max_error_rate, "agreement cascade")
+        for t, ep in zip(tasks, eps):
+            episodes[t.task_id]["cascade"] = ep
     records = {
         tid: BoundaryRecord(tid, cheap, strong, eps["cheap"]["quality"] > 0, float(eps["cheap"]["cost"]), eps["strong"]["quality"] > 0, float(eps["strong"]["cost"]))
         for tid, eps in episodes.items()
@@ -108,14 +118,28 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
     mix="both" instead takes both boundary trajectories of every task, in equal numbers: a
     warm start that teaches the protocol but no routing preference (maximal exploration of
     the routing decision for the RL stage; used to compare RL objectives from one start).
+    mix="agreement" (three or more models) takes each task's agreement-cascade trajectory
+    (call two cheap models, adopt the answer they agree on, else call the best model): the
+    boundary-guided cascade generalised to N models, between the cheapest boundary and the
+    strongest.
     """
     if mix == "both":
         rng = random.Random(seed)
         both = [episodes[tid][role] for tid in records for role in ("cheap", "strong")]
         rng.shuffle(both)
         return [both[i % len(both)] for i in range(n)]
+    if mix == "agreement":
+        # every task's agreement-cascade trajectory (two cheap models, then the best one where
+        # they disagree), escalations kept at their natural share: the rule is a function of
+        # what the router sees, so imitating it is learnable and transfers to unseen tasks
+        rng = random.Random(seed)
+        casc = [episodes[tid]["cascade"] for tid in records if "cascade" in episodes[tid] and not episodes[tid]["cascade"].get("format_error")]
+        if not casc:
+            raise ValueError("algorithm.sft_mix: agreement needs the cascade episodes (run_boundaries(cascade=...))")
+        rng.shuffle(casc)
+        return [casc[i % len(casc)] for i in range(n)]
     if mix not in ("efficient", "stepwise"):
-        raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient, stepwise or both")
+        raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient, stepwise, both or agreement")
     pick = {"both": "cheap", "cheap_only": "cheap", "strong_only": "strong", "neither": "cheap"}
     strata: dict[str, list[dict[str, Any]]] = {k: [] for k in CLASSES}
     for tid, r in records.items():
@@ -146,15 +170,18 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
 
 def sft_rows(episodes: Sequence[dict[str, Any]], eos_id: int | None = None) -> list[dict[str, Any]]:
     """Pre-tokenized SFT rows: loss on the router's own tokens only (prompt and inserted tokens
-    -100). With `eos_id`, the EOS that closes a finished episode is labelled too: RL leaves it
-    out of the loss (no sampler produced it), but a warm start imitates whole trajectories,
-    and the chat template ends the router's last turn with it."""
+    -100). With `eos_id`, an EOS the engine appended to close one of the router's turns (right
+    after a policy token: the end of the episode, or of every tool-call turn) is labelled too:
+    RL leaves it out of the loss (no sampler produced it), but a warm start imitates whole
+    turns as the chat template ends them, and a tool-calling loop needs the model to end them."""
     rows = []
     for ep in episodes:
         ids = list(ep["prompt_ids"]) + list(ep["completion_ids"])
         comp, mask = list(ep["completion_ids"]), list(ep["env_mask"])
-        if eos_id is not None and comp and comp[-1] == eos_id and ep.get("terminated", True):
-            mask[-1] = 1
+        if eos_id is not None:
+            for i in range(1, len(comp)):
+                if comp[i] == eos_id and mask[i] == 0 and mask[i - 1] == 1:
+                    mask[i] = 1
         labels = [-100] * len(ep["prompt_ids"]) + [t if m == 1 else -100 for t, m in zip(comp, mask)]
         rows.append({"input_ids": ids, "labels": labels})
     return rows

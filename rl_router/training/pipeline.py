@@ -186,13 +186,33 @@ def stage_boundaries(run: Run) -> None:
     else:
         run.log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
         engine = make_engine(run.recipe, run.pool, run.tok)
+        cascade = None
+        if a.sft_mix == "agreement":
+            cascade = cascade_models(run)
+            run.log(f"agreement cascade for the warm start: {cascade[0]} + {cascade[1]}, else {cascade[2]}")
+            run.metrics["cascade"] = list(cascade)
         run.records, run.boundary_episodes = run_boundaries(engine, run.pool, run.train_tasks, run.tok, cheap=run.cheap, strong=run.strong, style=a.sft_style,
-                                                            stepwise=a.sft_mix == "stepwise", max_error_rate=max_error_rate(run.recipe.pool))
+                                                            stepwise=a.sft_mix == "stepwise", max_error_rate=max_error_rate(run.recipe.pool), cascade=cascade)
         if run.main:
             save_boundaries(path, run.records, run.boundary_episodes)
         run.state.wait_for_everyone()
         run.folder.finished("boundaries")
     run.metrics["boundary_classes"] = class_counts(run.records)
+
+
+def cascade_models(run: Run) -> tuple[str, str, str]:
+    """The agreement cascade's (cheap a, cheap b, strong): `algorithm.cascade_models`, else fitted
+    on the train tasks (evaluation/baselines.fit_cascade: the pair whose cascade lies furthest
+    above the train single-model hull)."""
+    from rl_router.errors import ConfigError
+    from rl_router.evaluation.baselines import fit_cascade, table_from_records
+
+    a = run.recipe.algorithm
+    if a.cascade_models:
+        return tuple(a.cascade_models)  # type: ignore[return-value]
+    if not hasattr(run.pool, "recorded"):
+        raise ConfigError("algorithm.cascade_models", "sft_mix: agreement fits the cascade on a recorded pool's train outcomes; this pool has none", "name them: cascade_models: [CHEAP_A, CHEAP_B, STRONG]")
+    return fit_cascade(table_from_records(run.pool, run.train_tasks))[:3]
 
 
 def stage_warm_start(run: Run) -> None:

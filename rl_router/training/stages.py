@@ -19,7 +19,7 @@ from rl_router.errors import ConfigError
 
 #: the recipe fields (dotted paths into Recipe.to_dict()) each stage's output depends on
 _TASKS = ["pool", "env", "data", "model.name_or_path", "rollout.max_completion_tokens"]
-_BOUNDARIES = [*_TASKS, "algorithm.cheap_model", "algorithm.strong_model", "algorithm.sft_style", "algorithm.sft_mix"]
+_BOUNDARIES = [*_TASKS, "algorithm.cheap_model", "algorithm.strong_model", "algorithm.sft_style", "algorithm.sft_mix", "algorithm.cascade_models"]
 _WARM_START = [*_BOUNDARIES, "model", "algorithm.sft_warmstart", "algorithm.sft_examples", "algorithm.neither_rate", "algorithm.strong_only_share", "sft"]
 STAGE_FIELDS: dict[str, list[str]] = {
     "baselines": [*_TASKS, "rewards"],

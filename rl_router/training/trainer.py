@@ -33,6 +33,7 @@ from rl_router.training.advantages import bopo_advantages, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 
 ADVANTAGES = ("grpo", "rloo", "bopo")
+SEEN_FILE = "rl_router_seen.json"
 
 
 class RouterGRPOTrainer(GRPOTrainer):
@@ -67,6 +68,11 @@ class RouterGRPOTrainer(GRPOTrainer):
         finally:
             del self._get_output_dir  # back to the class method
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:  # what training has seen, so a resumed run counts on exactly
+            import json
+
+            with open(os.path.join(staging, name, SEEN_FILE), "w") as fh:
+                json.dump({"episodes": self.episodes_seen, "tasks": sorted(self.tasks_seen)}, fh)
         # every rank writes its own files (rng_state_{rank}.pth) into the staging folder:
         # rank 0 may rename it only once all of them are done
         self.accelerator.wait_for_everyone()
@@ -78,6 +84,15 @@ class RouterGRPOTrainer(GRPOTrainer):
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit, best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        if isinstance(resume_from_checkpoint, str) and os.path.isfile(os.path.join(resume_from_checkpoint, SEEN_FILE)):
+            import json
+
+            with open(os.path.join(resume_from_checkpoint, SEEN_FILE)) as fh:
+                seen = json.load(fh)
+            self.episodes_seen, self.tasks_seen = int(seen["episodes"]), set(seen["tasks"])
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
