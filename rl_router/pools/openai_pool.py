@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -235,9 +236,10 @@ class OpenAIPool(Pool):
             return Completion("", error=f"unknown model {model!r}", model=model)
         cpath = self._cache_path(model, messages, sampling, context)
         if cpath is not None and cpath.exists():
-            self.stats.cache_hits += 1
-            d = json.loads(cpath.read_text())
-            return Completion(**d, cached=True)
+            cached = _read_cache(cpath)
+            if cached is not None:  # a damaged cache entry is a miss, never a crash
+                self.stats.cache_hits += 1
+                return cached
 
         payload: dict[str, Any] = {"model": ep.model_id, "messages": messages, **sampling}
         if self.forward_context and context:
@@ -256,11 +258,13 @@ class OpenAIPool(Pool):
                 try:
                     # an overall deadline too: httpx's timeout is per read, so a body that
                     # dribbles in slowly would otherwise never time out
-                    resp = await asyncio.wait_for(self._get_client().post(url, json=payload, headers=ep.headers()), self.timeout_s)
+                    resp = await asyncio.wait_for(self._post(url, payload, ep.headers()), self.timeout_s)
                 except (httpx.TimeoutException, asyncio.TimeoutError):
                     last_err, retryable = "timeout", True
                 except httpx.TransportError as e:
                     last_err, retryable = f"transport error ({type(e).__name__})", True
+                except ReplyTooLarge as e:
+                    last_err, retryable = str(e), False
                 else:
                     if resp.status_code == 200:
                         comp = self._parse(resp, ep, messages)
@@ -283,17 +287,47 @@ class OpenAIPool(Pool):
                 await asyncio.sleep(self.retry.delay(attempt, retry_after, self._rng))
         self.stats.failures += 1
         br.record(False, time.perf_counter())
-        return Completion("", error=last_err, model=model, latency_s=time.perf_counter() - t0, retries=attempt)
+        return Completion("", error=self.redact(last_err), model=model, latency_s=time.perf_counter() - t0, retries=attempt)
+
+    def redact(self, text: str) -> str:
+        """`text` with the value of every endpoint's key replaced by ***: a server's error
+        message may quote the Authorization header it got, and pool errors are printed."""
+        for ep in self.endpoints.values():
+            key = os.environ.get(ep.api_key_env or "") if ep.api_key_env else None
+            if key and len(key) >= 4:
+                text = text.replace(key, "***")
+        return text
+
+    async def _post(self, url: str, payload: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        """POST, reading at most MAX_REPLY_BYTES of the body (a reply is capped before anything
+        parses or tokenises it: a 30 MB reply once took 7.4 GB of memory)."""
+        async with self._get_client().stream("POST", url, json=payload, headers=headers) as resp:
+            declared = resp.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+                raise ReplyTooLarge(f"reply of {int(declared)} bytes is over the {MAX_REPLY_BYTES // 2**20} MiB cap")
+            chunks, n = [], 0
+            async for chunk in resp.aiter_bytes():
+                n += len(chunk)
+                if n > MAX_REPLY_BYTES:
+                    raise ReplyTooLarge(f"reply is over the {MAX_REPLY_BYTES // 2**20} MiB cap")
+                chunks.append(chunk)
+            return httpx.Response(resp.status_code, headers=resp.headers, content=b"".join(chunks), request=resp.request)
 
     def _parse(self, resp: httpx.Response, ep: Endpoint, messages: list[Message]) -> Completion | None:
+        """A 200 reply as a Completion, or None (malformed: the caller retries, then reports a
+        pool error). Whatever the JSON: the text is a string (content parts are joined), token
+        counts are non-negative integers (ours, chars/4, where the server's are not), so the
+        cost is finite and >= 0 and never hands budget back."""
         try:
             body = resp.json()
-            text = body["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
+        except ValueError:
             return None
-        usage = body.get("usage") or {}
-        p = int(usage.get("prompt_tokens") or messages_tokens(messages))
-        c = int(usage.get("completion_tokens") or approx_tokens(text))
+        text = reply_text(body)
+        if text is None:
+            return None
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        p = token_count(usage.get("prompt_tokens"), messages_tokens(messages))
+        c = token_count(usage.get("completion_tokens"), approx_tokens(text))
         return Completion(text, p, c, ep.card.cost(p, c), model=ep.card.name)
 
     @staticmethod
@@ -305,14 +339,63 @@ class OpenAIPool(Pool):
         os.replace(tmp, path)
 
 
+#: the most of a reply body read from a server (beyond it the call is a pool error)
+MAX_REPLY_BYTES = 2 * 2**20
+#: the most reply text kept (a model's answer; beyond it the text is cut, as max_tokens would)
+MAX_REPLY_CHARS = 200_000
+
+
+class ReplyTooLarge(Exception):
+    pass
+
+
+def reply_text(body: Any) -> str | None:
+    """`choices[0].message.content` as text: a string, null (empty), or a list of content parts
+    (their text joined, as OpenAI's multi-part content); anything else is malformed (None)."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        parts = [p.get("text") if isinstance(p, dict) else p for p in content]
+        if not all(isinstance(x, str) for x in parts):
+            return None
+        content = "".join(parts)
+    if not isinstance(content, str):
+        return None
+    return content[:MAX_REPLY_CHARS]
+
+
+def token_count(v: Any, fallback: int) -> int:
+    """A server's token count if it is a non-negative integer (or integral float), else ours:
+    usage fields are data from the network, and a negative count would be a negative cost."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return fallback
+    if isinstance(v, float) and (not math.isfinite(v) or v != int(v)):
+        return fallback
+    return int(v) if 0 <= v <= 10**9 else fallback
+
+
+def _read_cache(path: Path) -> Completion | None:
+    try:
+        d = json.loads(path.read_text())
+        comp = Completion(str(d["text"]), int(d["prompt_tokens"]), int(d["completion_tokens"]), float(d["cost"]), model=str(d.get("model", "")), cached=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return comp if comp.cost >= 0 and math.isfinite(comp.cost) and comp.prompt_tokens >= 0 and comp.completion_tokens >= 0 else None
+
+
 def _retry_after(resp: httpx.Response) -> float | None:
     v = resp.headers.get("retry-after")
     if v is None:
         return None
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         return None
+    return x if math.isfinite(x) and x >= 0 else None
 
 
 def _error_message(resp: httpx.Response) -> str:

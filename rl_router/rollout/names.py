@@ -80,7 +80,7 @@ class Decision:
 
     stem: str
     names: list[str]
-    scores: list[float]  # log p(name's continuation) under the router
+    scores: list[float | None]  # log p(name's continuation) under the router; None: a name that could not win (not scored)
     choice: str
     bias: float
 
@@ -97,9 +97,11 @@ def cost_weights(pool: Any) -> dict[str, float]:
     return {m: 0.0 if hi <= lo else (p - lo) / (hi - lo) for m, p in price.items()}
 
 
-def choose(scores: Sequence[float], names: Sequence[str], weights: Mapping[str, float], bias: float) -> str:
-    """argmax log p(n) + bias * w(n); ties to the earlier name (pool order)."""
-    best = max(range(len(names)), key=lambda i: (scores[i] + bias * float(weights.get(names[i], 0.0)), -i))
+def choose(scores: Sequence[float | None], names: Sequence[str], weights: Mapping[str, float], bias: float) -> str:
+    """argmax log p(n) + bias * w(n); ties to the earlier name (pool order). A None score is a
+    name shown unable to win (see HFPolicy._score_names)."""
+    live = [i for i in range(len(names)) if scores[i] is not None]
+    best = max(live, key=lambda i: (scores[i] + bias * float(weights.get(names[i], 0.0)), -i))
     return names[best]
 
 

@@ -236,6 +236,46 @@ class HFPolicy:
         body = ids[:-1] if t.eos else ids
         return Turn(ids, list(t.logprobs), self.tokenizer.decode(body), t.eos, decisions=list(t.decisions))
 
+    def _score_names(self, session: Any, jobs: list[Any]) -> list[list[float | None]]:
+        """Each job's names scored as continuations (sum of token log-probs). Greedy: exactly,
+        but only the names that can win at one of the row's biases: a name's score is at most
+        its first token's log-prob (already computed; every further token adds a log-prob
+        <= 0), so a name whose bound plus its bias term falls below a scored name's exact
+        value at every bias cannot be chosen and is not scored (None). A confident router
+        scores one or two names instead of all of them. Sampling needs every score."""
+        import torch
+
+        n_jobs = len(jobs)
+        exact: list[dict[str, float]] = [{} for _ in range(n_jobs)]
+
+        def run(pairs: list[tuple[int, str]]) -> None:
+            if pairs:
+                got = session.score([jobs[j][0] for j, _ in pairs], [jobs[j][4][n] for j, n in pairs])
+                for (j, n), v in zip(pairs, got):
+                    exact[j][n] = v
+
+        if not self.greedy:
+            run([(j, n) for j, job in enumerate(jobs) for n in job[3]])
+            return [[exact[j][n] for n in job[3]] for j, job in enumerate(jobs)]
+        w = self.route_weights
+        bounds = []
+        for j, (r, _stem, kind, names, conts, row_biases) in enumerate(jobs):
+            first = torch.log_softmax(session.logits[r].float(), dim=-1)
+            bounds.append({n: float(first[conts[n][0]]) for n in names})
+        biases_of = [row_biases if kind == "route" else (0.0,) for (_r, _s, kind, _n, _c, row_biases) in jobs]
+        # round 1: at each bias, the name with the best bound
+        run(sorted({(j, max(job[3], key=lambda n: bounds[j][n] + b * w.get(n, 0.0))) for j, job in enumerate(jobs) for b in biases_of[j]}))
+        # round 2: every name whose bound could still beat the best exact score at some bias
+        need = []
+        for j, job in enumerate(jobs):
+            for n in job[3]:
+                if n in exact[j]:
+                    continue
+                if any(bounds[j][n] + b * w.get(n, 0.0) >= max(v + b * w.get(m, 0.0) for m, v in exact[j].items()) for b in biases_of[j]):
+                    need.append((j, n))
+        run(need)
+        return [[exact[j].get(n) for n in job[3]] for j, job in enumerate(jobs)]
+
     def _decide(self, session: Any, rows: list[int], turns: list[Any], meta: list[dict[str, Any]]) -> list[Any]:
         """Rows whose text just reached a decision stem: score the allowed names, choose, force
         the choice's tokens; fork rows whose biases disagree (names.py, decoder.Fork)."""
@@ -269,14 +309,9 @@ class HFPolicy:
             jobs.append((r, stem, kind, names, conts, meta[r]["biases"]))
         if not jobs:
             return []
-        flat_rows = [r for r, _, _, names, _, _ in jobs for _ in names]
-        flat_conts = [conts[n] for _, _, _, names, conts, _ in jobs for n in names]
-        scores = session.score(flat_rows, flat_conts)
+        all_scores = self._score_names(session, jobs)
         forks: list[Any] = []
-        k = 0
-        for r, stem, kind, names, conts, row_biases in jobs:
-            sc = scores[k: k + len(names)]
-            k += len(names)
+        for (r, stem, kind, names, conts, row_biases), sc in zip(jobs, all_scores):
             t = turns[r]
             biases = row_biases if kind == "route" else (0.0,)
             if kind == "route" and self.greedy and len(biases) > 1:
@@ -289,7 +324,7 @@ class HFPolicy:
             for i, (choice, bs) in enumerate(items):
                 target = t if i == 0 else t.copy()
                 target.forced = list(conts[choice])
-                target.decisions.append(Decision(stem, names, [float(x) for x in sc], choice, bs[0]).as_dict())
+                target.decisions.append(Decision(stem, names, [None if x is None else float(x) for x in sc], choice, bs[0]).as_dict())
                 if kind == "route":
                     target.choice = choice
                 if i == 0:
