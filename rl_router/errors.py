@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 
@@ -119,11 +120,13 @@ def check_value(value: Any, annotation: Any, path: str) -> Any:
     if annotation is float:
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(path, f"expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # YAML's .nan / .inf: a NaN budget would silently mean no budget
+            raise ConfigError(path, f"expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

@@ -113,6 +113,21 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     return tok
 
 
+def unfinished_run(target: str) -> str | None:
+    """When `target` is a training output dir that has not finished (no final/ yet): one line
+    naming its newest checkpoint and how to continue or evaluate it; else None."""
+    p = Path(target)
+    if not p.is_dir() or (p / "final" / "config.json").exists() or not ((p / "stages.json").exists() or (p / "rl").is_dir() or (p / "sft").is_dir()):
+        return None
+    cks = sorted((p / "rl").glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]) if c.name.split("-")[-1].isdigit() else -1) if (p / "rl").is_dir() else []
+    newest = next((c for c in reversed(cks) if (c / "config.json").exists()), None)
+    if newest is None and (p / "sft" / "config.json").exists():
+        newest = p / "sft"
+    got = f"its newest checkpoint is {newest}" if newest else "it has no checkpoint yet"
+    use = f"; or evaluate that checkpoint: rl-router eval {newest}" if newest else ""
+    return f"{p} is a training run that has not finished ({got}) -> continue it with the same command and --output-dir {p} --resume{use}"
+
+
 def resolve_checkpoint(target: str) -> Path | None:
     """A model folder, or a training output dir (its `final/`); None for baseline names."""
     p = Path(target)

@@ -170,8 +170,9 @@ class HFPolicy:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS,
                  synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None, biases: tuple[float, ...] | None = None, names: list[str] | None = None,
-                 logprobs: bool | None = None):
+                 logprobs: bool | None = None, cancel: Any = None):
         self.model, self.tokenizer = model, tokenizer
+        self.cancel = cancel  # a threading.Event: set, the decode stops (decoder.GenerationCancelled)
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop_strings = stop_strings
         self.synced_gpus = synced_gpus
@@ -190,7 +191,9 @@ class HFPolicy:
         self.undecided = 0  # decision points where no name could be scored (see names.py)
 
     def act(self, states: list[EpisodeState]) -> list[Turn]:
-        from rl_router.rollout.decoder import Session, decode_turns
+        import torch
+
+        from rl_router.rollout.decoder import Session, decode_threads, decode_turns
         from rl_router.rollout.names import vocab_strings
 
         if self._fallback is not None:
@@ -211,12 +214,19 @@ class HFPolicy:
         model.eval()
         # one entry per session row: the episode it belongs to and the biases it stands for
         meta = [{"state": st, "biases": tuple(st.biases)} for st in states]
+        threads = torch.get_num_threads()
+        on_cpu = next(model.parameters()).device.type == "cpu"
         try:
+            if on_cpu:  # a small router decodes faster on one thread (decoder.decode_threads measures it)
+                torch.set_num_threads(decode_threads(model, len(states)))
             self.session.sync([st.uid for st in states], [st.context_ids for st in states])
             turns, forks = decode_turns(self.session, tokenizer=tok, vocab=vocab_strings(tok), max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings,
                                         temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, want_logprobs=self.logprobs,
-                                        decide=(lambda sess, rows, ts: self._decide(sess, rows, ts, meta)) if self.decides else None)
+                                        decide=(lambda sess, rows, ts: self._decide(sess, rows, ts, meta)) if self.decides else None,
+                                        should_stop=self.cancel.is_set if self.cancel is not None else None,
+                                        max_positions=getattr(getattr(model, "config", None), "max_position_embeddings", None))
         finally:
+            torch.set_num_threads(threads)
             if was_training:
                 model.train()
         out = [self._turn(t) for t in turns[: len(states)]]

@@ -160,7 +160,11 @@ def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path
 
     if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"--repo-id: {repo_id!r} is not ORG/NAME")
+    from rl_router.models import unfinished_run
+
     ck = resolve_checkpoint(str(checkpoint))
+    if ck is None and unfinished_run(str(checkpoint)):
+        raise ValueError(unfinished_run(str(checkpoint)))
     if ck is None:
         raise ValueError(f"{checkpoint}: no model there (expected config.json, or final/config.json of a training run)")
     out = Path(out).resolve()

@@ -15,8 +15,11 @@ Why an ASGI stack: users put this behind load balancers next to vLLM and LiteLLM
 parses HTTP (a malformed Content-Length is a 400, not a traceback; keep-alive; no Nagle
 stalls), and the app bounds what it reads: a body over `max_body_bytes` is refused from its
 Content-Length before it is read, and a body that dribbles in slower than `read_timeout_s`
-is dropped. Generation runs in a worker thread, one at a time (a lock: the router is small;
-the pool calls of an episode still run concurrently).
+is dropped. Generation runs in worker threads, at most `max_concurrent` episodes at once, so a
+long request never holds every short one up; a client's `max_tokens` is capped at the episode's
+token budget and the model's context, and a task too long for the context is refused (400).
+An episode whose client disconnects stops at its next token; SIGTERM stops every running
+episode and shuts down within `SHUTDOWN_GRACE_S`.
 
 Recorded pools answer only the questions they recorded: a served question is matched to its
 recorded task, and an unknown one is refused with 400 (a live pool answers anything).
@@ -41,6 +44,8 @@ from rl_router.tasks import Task
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a chat request with a long task fits many times over
 READ_TIMEOUT_S = 30.0
+MAX_CONCURRENT = 2  # episodes generated at once: a long one never holds every short one up
+SHUTDOWN_GRACE_S = 5.0  # after SIGTERM: running episodes are cancelled, connections get this long
 
 
 class RequestError(Exception):
@@ -64,7 +69,7 @@ class RouterApp:
 
     def __init__(self, model: Any, tokenizer: Any, pool: Any, env_config: Any, *, env_name: str = "router_r1", model_id: str = "rl-router", max_new_tokens: int = 96,
                  max_completion_tokens: int = 2048, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S,
-                 stop_strings: tuple[str, ...] | None = None, engine: Any = None, route_bias: float = 0.0):
+                 stop_strings: tuple[str, ...] | None = None, engine: Any = None, route_bias: float = 0.0, max_concurrent: int = MAX_CONCURRENT):
         from starlette.applications import Starlette
         from starlette.routing import Route
 
@@ -78,9 +83,14 @@ class RouterApp:
 
         self.route_bias = float(route_bias)
         self.route_weights: dict[str, float] = cost_weights(pool)  # each model's share of the bias (0: cheapest, 1: costliest)
-        self._lock = threading.Lock()
+        self.max_completion_tokens = max_completion_tokens
+        # the model's context bounds everything: a turn's tokens, and the prompt it starts from
+        self.context = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 0) or None
+        self._slots = threading.BoundedSemaphore(max(1, max_concurrent))
+        self._running: set[threading.Event] = set()  # cancel flags of the episodes in flight
         self._recorded = {t.question: t for t in pool.tasks()} if hasattr(pool, "tasks") else None
         self.requests = 0
+        self.cancelled = 0  # episodes stopped because their client left or the server stopped
 
         async def not_found(request: Any, exc: Any) -> Any:
             return self._error(404, f"no route {request.method} {request.url.path}", "invalid_request_error")
@@ -142,10 +152,24 @@ class RouterApp:
             if not isinstance(req, dict):
                 raise RequestError(400, "the body must be a JSON object")
             self.validate(req)
-            result = await run_in_threadpool(self.answer, req)
+            cancel = threading.Event()
+            job = asyncio.ensure_future(run_in_threadpool(self.answer, req, cancel))
+            while not job.done():  # a client that leaves stops its episode at the next token
+                await asyncio.wait({job}, timeout=0.2)
+                if not job.done() and await request.is_disconnected():
+                    cancel.set()
+                    self.cancelled += 1
+                    break
+            result = await job
+            if cancel.is_set():
+                return self._error(499, "client closed the request; its episode was stopped")
         except RequestError as e:
             return self._error(e.code, e.message, param=e.param)
         except Exception as e:  # noqa: BLE001 (the client gets an OpenAI-shaped 500, the server stays up)
+            from rl_router.rollout.decoder import GenerationCancelled
+
+            if isinstance(e, GenerationCancelled):
+                return self._error(503, "the server is shutting down; the episode was stopped")
             return self._error(500, f"router failed: {type(e).__name__}: {e}")
         if req.get("stream"):
             return StreamingResponse(self._sse(result, bool((req.get("stream_options") or {}).get("include_usage"))), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -165,6 +189,13 @@ class RouterApp:
         yield "data: [DONE]\n\n"
 
     # ---- the router -------------------------------------------------------------------
+    def cancel_all(self) -> None:
+        """Stop every running episode at its next token (shutdown)."""
+        running = list(self._running)
+        for ev in running:
+            ev.set()
+        self.cancelled += len(running)
+
     def validate(self, req: dict[str, Any]) -> None:
         if req.get("model") not in (None, self.model_id):
             raise RequestError(404, f"model {req.get('model')!r} not found; this server serves {self.model_id!r}", "model")
@@ -175,6 +206,11 @@ class RouterApp:
         text = user_text(users[-1].get("content")) if users else None
         if not text or not text.strip():
             raise RequestError(400, "the last user message must have non-empty text content (the task to route)", "messages")
+        if self.context is not None:  # the task must leave the router room to work in its context
+            room = self.context - self.max_completion_tokens
+            n = len(self.tok.encode(text[: 8 * self.context], add_special_tokens=False))
+            if n > room:
+                raise RequestError(400, f"the task is {n} tokens; this router takes at most {room} (its context is {self.context}, {self.max_completion_tokens} of which are its own turns)", "messages")
         t = req.get("temperature", 0.0)
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 2:
             raise RequestError(400, f"'temperature' must be a number in [0, 2], got {t!r}", "temperature")
@@ -193,15 +229,26 @@ class RouterApp:
             raise RequestError(400, "a recorded pool only answers the questions it recorded; send one of them verbatim, or serve a live pool", "messages")
         return self._recorded[question]
 
-    def answer(self, req: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, req: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
         question = user_text([m for m in req["messages"] if m.get("role") == "user"][-1]["content"]) or ""
         task = self.task_for(question)
-        limit = req.get("max_completion_tokens") or req.get("max_tokens") or self.max_new_tokens
+        # a client's max_tokens is a wish: a turn never runs past the episode's token budget
+        # (rollout.max_completion_tokens) nor the model's context
+        limit = min(int(req.get("max_completion_tokens") or req.get("max_tokens") or self.max_new_tokens), self.max_completion_tokens, self.context or 10**9)
         kw = {"stop_strings": self.stop_strings} if self.stop_strings else {}
-        policy = HFPolicy(self.model, self.tok, max_new_tokens=int(limit), temperature=float(req.get("temperature", 0.0)), top_p=float(req.get("top_p", 1.0)),
-                          route_bias=self.route_bias, route_weights=self.route_weights, **kw)
-        with self._lock:
-            ep = self.engine.run([task], policy)[0]
+        cancel = cancel or threading.Event()
+        policy = HFPolicy(self.model, self.tok, max_new_tokens=limit, temperature=float(req.get("temperature", 0.0)), top_p=float(req.get("top_p", 1.0)),
+                          route_bias=self.route_bias, route_weights=self.route_weights, names=self.pool.model_names, cancel=cancel, **kw)
+        with self._slots:
+            if cancel.is_set():  # the client left while this request waited for a slot
+                from rl_router.rollout.decoder import GenerationCancelled
+
+                raise GenerationCancelled("cancelled before it started")
+            self._running.add(cancel)
+            try:
+                ep = self.engine.run([task], policy)[0]
+            finally:
+                self._running.discard(cancel)
         self.requests += 1
         answer = ep.get("answer")
         n_policy = sum(ep["env_mask"])
@@ -239,7 +286,14 @@ class RouterServer(RouterApp):
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))  # bind now: a busy port fails here, with its own error
         self.host, self.port = self._sock.getsockname()[:2]
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_keep_alive=30, lifespan="off"))
+        app = self
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:  # SIGTERM / SIGINT: stop the running episodes too
+                app.cancel_all()
+                super().handle_exit(sig, frame)
+
+        self._server = Server(uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_keep_alive=30, lifespan="off", timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
         self._thread: threading.Thread | None = None
 
     @property
@@ -257,6 +311,7 @@ class RouterServer(RouterApp):
         self._server.run(sockets=[self._sock])
 
     def stop(self) -> None:
+        self.cancel_all()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -282,7 +337,12 @@ def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, hos
     from rl_router.recipe import load_pool_file, recipe_for_target, recipe_from_dict
     from rl_router.task_sources import recipe_pool
 
+    from rl_router.errors import ConfigError
+    from rl_router.models import unfinished_run
+
     local = resolve_checkpoint(checkpoint)
+    if local is None and unfinished_run(checkpoint):
+        raise ConfigError("checkpoint", unfinished_run(checkpoint))
     if local is None:
         local = fetch_from_hub(checkpoint)
     recipe = recipe_for_target(str(local), None, [])
