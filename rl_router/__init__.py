@@ -36,9 +36,29 @@ def _quiet_dependencies() -> None:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if not any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/accel")):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # transformers 5.23 renamed `gradient_checkpointing`, which TRL 1.16's configs still use (a
+    # recipe sets it off on purpose): its deprecation notice, printed at every config, says nothing
+    # a user can act on
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+def _quiet_tied_weights() -> None:
+    """A model with tied input/output embeddings stores one matrix; transformers' Trainer, on
+    every resume, warns that `lm_head.weight` is missing from the checkpoint, which it is by
+    design (it is the embedding). That one notice is dropped; any other missing key still shows."""
+    import logging
+
+    class TiedHead(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "missing keys in the checkpoint model loaded: ['lm_head.weight']" not in record.getMessage()
+
+    logging.getLogger("transformers.trainer").addFilter(TiedHead())
 
 
 _portable_cpu_numerics()
 _quiet_dependencies()
+_quiet_tied_weights()
 
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,13 +54,18 @@ def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
 
 
-def _bars(prog: Progress, total: int) -> Any:
+def _bars(prog: Progress, total: int | None = None) -> Any:
+    """A rich progress bar per run of a policy (see evaluator.tqdm_progress for the protocol):
+    a new bar at each start, with the run's own number of tasks."""
     bars: dict[str, Any] = {}
 
-    def advance(name: str, k: int) -> None:
-        if name not in bars:
+    def advance(name: str, k: int, total: int | None = total) -> None:
+        if k == 0 or name not in bars:
+            if name in bars:
+                prog.remove_task(bars[name])
             bars[name] = prog.add_task(f"{name:<24}", total=total or None)
-        prog.advance(bars[name], k)
+        if k:
+            prog.advance(bars[name], k)
 
     return advance
 
@@ -87,7 +93,8 @@ def _table(title: str, summaries: dict[str, dict[str, Any]]) -> Table:
 
 
 def _print_training(metrics: dict[str, Any], out: Path) -> None:
-    rows = {"router before training": metrics["heldout_before"]}
+    nb = metrics["heldout_before"].get("episodes", metrics["heldout_tasks"])
+    rows = {"router before training" + (f" (first {nb} tasks)" if nb != metrics["heldout_tasks"] else ""): metrics["heldout_before"]}
     if "heldout_after_sft" in metrics:
         rows["router after SFT warm start"] = metrics["heldout_after_sft"]
     rows[f"router after {metrics['algorithm'].upper()}"] = metrics["heldout_after"]
@@ -176,18 +183,30 @@ def _train(recipe_path: Optional[str], sets: list[str], output_dir: Optional[str
     from rl_router.recipe import load_recipe
     from rl_router.training.pipeline import train as run_training
 
+    import signal
+
     recipe = load_recipe(recipe_path, sets)
     out = Path(output_dir or recipe.output_dir)
+    got: list[int] = []
+
+    def on_term(signum: int, _frame: Any) -> None:  # SIGTERM (a scheduler, `kill`) ends the run as Ctrl-C does
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         metrics = run_training(recipe, output_dir=str(out), resume=resume, log=lambda m: console.print(m, highlight=False))
     except KeyboardInterrupt:
-        _interrupted(out, recipe_path, sets)
+        _interrupted(out, recipe_path, sets, code=143 if got else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if metrics.get("is_main_process", True):
         _print_training(metrics, out)
 
 
-def _interrupted(out: Path, recipe_path: Optional[str], sets: list[str]) -> None:
-    """Ctrl-C: say what was kept and the exact command that continues the run, then exit 130."""
+def _interrupted(out: Path, recipe_path: Optional[str], sets: list[str], code: int = 130) -> None:
+    """Ctrl-C or SIGTERM: say what was kept and the exact command that continues the run, then
+    exit 130 (SIGINT) or 143 (SIGTERM)."""
     from rl_router.training.pipeline import latest_checkpoint
 
     rl, sft = latest_checkpoint(out / "rl"), latest_checkpoint(out / "sft_run")
@@ -195,7 +214,7 @@ def _interrupted(out: Path, recipe_path: Optional[str], sets: list[str]) -> None
     cmd = ["rl-router", "train", recipe_path] if recipe_path else ["rl-router", "quickstart"]
     cmd += [a for s in sets for a in ("--set", shlex.quote(s))] + ["--output-dir", str(out), "--resume"]
     console.print(f"[bold yellow]interrupted[/] kept {kept}; continue with:\n  {' '.join(cmd)}")
-    raise typer.Exit(130)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -247,7 +266,7 @@ def eval_(
     curve: bool = typer.Option(False, "--curve", help="Also run the router (greedy) at several route biases (the cost knob), all in one pass, and draw its cost-quality curve beside the baselines' sweeps and the single-model hull, with APGR and paired APGR differences (95%)."),
     curve_biases: Optional[str] = typer.Option(None, "--curve-biases", help=f"Comma-separated route biases for --curve (logit units; default {','.join(f'{b:g}' for b in DEFAULT_CURVE_BIASES)})."),
     route_bias: Optional[float] = typer.Option(None, "--route-bias", help="Route bias for the router rows (default: the calibrated one in the model folder's route_bias.json, else 0)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Episodes per lock-step batch (one generate call per turn for all of them): larger is faster on CPU while memory lasts."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Episodes per lock-step batch (one decode step for all of them; default rollout.batch_size): larger is faster on CPU while memory lasts."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write eval.json and the PNGs (default: RUN/eval for a training run, MODEL-eval beside a model folder, else the recipe's output_dir/eval)."),
 ) -> None:
     """Evaluate a router on the recipe's held-out tasks against always-<model>, random, the
@@ -261,7 +280,7 @@ def eval_(
     bl = _budgets(budgets)
     with _progress() as prog:
         res = evaluate(r, target, n=_positive("--n", n), sampled=sampled, budgets=bl, checkpoints=checkpoints, curve_biases=_numbers("--curve-biases", curve_biases) or (list(DEFAULT_CURVE_BIASES) if curve else None),
-                       route_bias=route_bias, batch_size=_positive("--batch-size", batch_size), progress=_bars(prog, n or r.data.max_heldout or 0))
+                       route_bias=route_bias, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size, progress=_bars(prog, n or r.data.max_heldout or 0))
     _print_eval(res, write_outputs(res, out))
 
 
@@ -283,7 +302,7 @@ def calibrate(
     split: str = typer.Option("validation", "--split", help="Tasks to calibrate on: validation (data.validation_fraction, kept out of training), or train / heldout (say so when you report)."),
     n: Optional[int] = typer.Option(None, "--n", help="Use the first N tasks of the split."),
     iters: int = typer.Option(8, "--iters", help="Biases of the second pass, inside the bracket around the target (the first pass runs a fixed grid from -32 to +32; each pass is one run over the tasks)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Episodes per lock-step batch."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Episodes per lock-step batch (default rollout.batch_size)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (default: TARGET's recipe.json)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
@@ -297,13 +316,17 @@ def calibrate(
 
     from rl_router.models import resolve_checkpoint
 
+    from rl_router.models import unfinished_run
+
     if iters < 0:
         raise ConfigError("--iters", f"must be >= 0, got {iters}")
+    if resolve_checkpoint(target) is None and unfinished_run(target):
+        raise ConfigError("target", unfinished_run(target))
     if resolve_checkpoint(target) is None:
         raise ConfigError("target", f"{target!r} is not a model folder or a training output dir", "e.g. rl-router calibrate outputs/quickstart --target-strong-share 0.3")
     r, _out = eval_target(target, recipe, set_ or [], None)
     with _progress() as prog:
-        rec = run(r, target, cost=target_cost, strong_share=target_strong_share, split=split, n=_positive("--n", n), iters=iters, batch_size=_positive("--batch-size", batch_size), progress=_bars(prog, n or 0))
+        rec = run(r, target, cost=target_cost, strong_share=target_strong_share, split=split, n=_positive("--n", n), iters=iters, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size, progress=_bars(prog, n or 0))
     t = Table(title=f"route bias on {rec['tasks']} {rec['split']} tasks (target {rec['target']})")
     for c in ("route bias", "quality", "$ / 1k tasks", "tasks calling the strongest model"):
         t.add_column(c, justify="right")
@@ -335,8 +358,8 @@ def rollout(
     n: Optional[int] = typer.Option(None, "--n", help="Limit the number of held-out tasks."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field: --set env.budget=0.02 (YAML value)."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Overrides the recipe's output_dir."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Episodes per lock-step batch."),
-    greedy: bool = typer.Option(True, "--greedy/--sampled", help="Run the router greedy (as eval and train's held-out reports do) or sampled at trainer.temperature."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Episodes per lock-step batch (default rollout.batch_size)."),
+    greedy: bool = typer.Option(True, "--greedy/--sampled", help="Run the router greedy (as eval and train's held-out reports do) or sampled at rollout.temperature."),
     baseline_query: str = typer.Option("short", "--baseline-query", help="How scripted baselines phrase their sub-query: short ('Solve the task above.', then adopt the reply; as eval does) or question (the question verbatim, then re-type the answer). The pool receives the task either way."),
 ) -> None:
     """Run policies on a recipe's held-out tasks and print quality, cost, routes, reward and
@@ -348,11 +371,11 @@ def rollout(
 
     if baseline_query not in ("short", "question"):
         raise ConfigError("--baseline-query", f"unknown {baseline_query!r}", "use short or question")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError("--batch-size", f"must be positive, got {batch_size}")
     r = load_recipe(recipe, set_ or [])
     with _progress() as prog:
-        res = compare_policies(r, policy, n=_positive("--n", n), options=EvalOptions(baseline_query=baseline_query, batch_size=batch_size), greedy=greedy, progress=_bars(prog, n or 0))
+        res = compare_policies(r, policy, n=_positive("--n", n), options=EvalOptions(baseline_query=baseline_query, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size), greedy=greedy, progress=_bars(prog, n or 0))
     out = Path(output_dir or r.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rollout_summary.json").write_text(json.dumps(res, indent=1))
@@ -438,7 +461,6 @@ def pool_server(
     host: str = typer.Option("127.0.0.1", help="Bind address; keep 127.0.0.1 unless you mean to expose it."),
     port: int = typer.Option(8000, help="Port."),
     api_key_env: Optional[str] = typer.Option(None, help="Name of an env var holding a bearer token clients must send."),
-    route_bias: Optional[float] = typer.Option(None, "--route-bias", help="The cost knob (default: the calibrated route_bias.json beside the weights, else 0); see rl-router calibrate."),
 ) -> None:
     """Serve a pool (recorded, simulated, local or remote) as an OpenAI-compatible endpoint:
     POST /v1/chat/completions and GET /v1/models."""
@@ -526,9 +548,12 @@ def main() -> None:
     """The `rl-router` command: every error a user can fix is one line and exit code 2."""
     import warnings
 
-    import click
-
     from rl_router.errors import RouterError
+
+    try:  # typer 0.2x vendors its own click: its exceptions are not the click package's
+        from typer._click.exceptions import ClickException  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover
+        from click import ClickException  # type: ignore[no-redef]
 
     # transformers deprecates the gradient_checkpointing name that TRL's own configs still set:
     # nothing a user of this command can act on
@@ -539,12 +564,13 @@ def main() -> None:
     except RouterError as e:
         console.print(f"[bold red]error[/] {e}", highlight=False, soft_wrap=True)  # one line, however long
         raise SystemExit(2) from None
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
-    except click.ClickException as e:  # usage errors: click's own message, exit 2
-        e.show()
-        raise SystemExit(e.exit_code) from None
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except ClickException as e:  # usage errors (an unknown option, a missing argument): the same one line, exit 2
+        cmd = " ".join(a for a in sys.argv[1:2] if not a.startswith("-"))
+        console.print(f"[bold red]error[/] {e.format_message()} -> rl-router {cmd + ' ' if cmd else ''}--help lists the options", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except (typer.Abort, KeyboardInterrupt):
         console.print("[bold yellow]interrupted[/]")
         raise SystemExit(130) from None
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -36,9 +36,10 @@ class ModelSection:
 class RolloutSection:
     max_new_tokens: int = 96  # per policy turn
     max_completion_tokens: int = 1024  # per episode, policy + inserted tokens
-    temperature: float = 1.0
+    temperature: float = 1.0  # `rl-router rollout --sampled` samples at it (training samples at trainer.temperature; eval's sampled row too)
     top_p: float = 1.0
     protocol: str = "tags"  # how the router acts: "tags" (<route model=...>) or "tools" (native tool calls through the chat template)
+    batch_size: int = 32  # episodes per lock-step batch in evaluation, boundaries and `rl-router rollout` (larger: faster while memory lasts)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class DataSection:
     validation_fraction: float = 0.0  # share of the train split set aside (never trained on) for `rl-router calibrate`
     max_train: int | None = None  # cap on train tasks (null: all)
     max_heldout: int | None = None  # cap on held-out tasks (null: all)
+    max_heldout_initial: int | None = None  # cap on the held-out tasks the untrained router is evaluated on (the first N; it runs every turn to the token limit, the slowest evaluation; its figures carry their own n); null: all
     seed: int = 0
     synthetic_n: int = 200
     synthetic_topics: list[str] = field(default_factory=lambda: ["easy", "hard"])
@@ -67,7 +69,7 @@ class AlgorithmSection:
     sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
     neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
     strong_only_share: float | None = 0.5  # share of strong_only tasks (escalations) in the SFT mix; null = equal to each other class
-    sft_mix: str = "stepwise"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference); "agreement": the agreement cascade (N models)
+    sft_mix: str = "stepwise"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference); "agreement": the agreement cascade (N models); "per_topic": each topic's most accurate train model
     cascade_models: list[str] | None = None  # sft_mix agreement: [cheap_a, cheap_b, strong]; null = fitted on the train tasks
     bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
     bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
@@ -241,6 +243,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     )
     r.env_config()  # validates env fields
     validate_combination(r)
+    validate_trl_configs(r)
     from rl_router.rewards import build_rewards
 
     build_rewards(r.rewards)  # validates reward specs
@@ -256,15 +259,83 @@ def world_size() -> int:
         return 1
 
 
+#: fields of our own sections with a range: (section, field, minimum, maximum, allow_none)
+RANGES = (
+    ("model", "hidden_size", 1, None, False), ("model", "num_layers", 1, None, False),
+    ("rollout", "max_new_tokens", 1, None, False), ("rollout", "max_completion_tokens", 1, None, False), ("rollout", "batch_size", 1, None, False),
+    ("rollout", "temperature", 0.0, None, False), ("rollout", "top_p", 1e-9, 1.0, False),
+    ("data", "max_train", 1, None, True), ("data", "max_heldout", 1, None, True), ("data", "synthetic_n", 1, None, False),
+    ("algorithm", "sft_examples", 1, None, False), ("algorithm", "neither_rate", 0.0, 1.0, False),
+    ("algorithm", "bopo_lam", 0.0, 0.999999, False), ("algorithm", "bopo_mu", 0.0, 0.499999, False), ("algorithm", "bopo_beta", 0.0, 1.0, False),
+)
+
+
+def check_ranges(r: Recipe) -> None:
+    """Numbers of our sections inside the range that means something (a 0 or negative count, a
+    share above 1), so nothing fails, or silently means something else, at first use."""
+    for sec, name, lo, hi, allow_none in RANGES:
+        v = getattr(getattr(r, sec), name)
+        if v is None and allow_none:
+            continue
+        fix = "null (all) or a positive number" if allow_none else "a value in range"
+        if v is None or (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f">= {lo:g}" if hi is None else f"in [{lo:g}, {hi:g}]"
+            raise ConfigError(f"{sec}.{name}", f"must be {rng}, got {v!r}", f"use {fix}")
+
+
+def validate_trl_configs(r: Recipe) -> None:
+    """Build TRL's GRPOConfig and SFTConfig from the recipe now, as training will, so that what
+    TRL itself refuses (an unknown lr_scheduler_type, a batch num_generations does not divide)
+    stops the run before the baselines and the warm start, not 50 minutes in.
+
+    Building a TrainingArguments sets up accelerate's process-wide state (a Borg shared by every
+    later Accelerator): it is built here as one CPU process, with the launcher's variables hidden
+    and the per-device batch scaled to the global one (TRL's divisibility rules depend only on
+    that), and the shared state is reset afterwards, so training still sets up its own devices
+    and process group."""
+    import tempfile
+
+    from accelerate.state import AcceleratorState, PartialState
+    from trl import GRPOConfig, SFTConfig
+
+    had_state = bool(PartialState._shared_state)
+    launcher = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in os.environ}
+    hw = {"bf16": False, "use_cpu": True}
+    try:
+        for section, cls, values in (("trainer", GRPOConfig, r.trainer), ("sft", SFTConfig, r.sft)):
+            kw = {**hw, **values, **({"bf16": False} if values.get("bf16") else {})}
+            if section == "trainer":
+                kw["per_device_train_batch_size"] = int(values.get("per_device_train_batch_size", 8)) * world_size_of(launcher)
+            try:
+                with tempfile.TemporaryDirectory() as d:
+                    cls(output_dir=d, **kw)
+            except (ValueError, TypeError) as e:
+                msg = " ".join(str(e).split())
+                field_ = next((k for k in values if k in msg or str(values[k]) in msg.split(" ")[0]), None)
+                raise ConfigError(f"{section}.{field_}" if field_ else section, f"TRL refuses it: {msg[:300]}", f"fix the {'GRPOConfig' if section == 'trainer' else 'SFTConfig'} field") from None
+    finally:
+        os.environ.update(launcher)
+        if not had_state:
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def world_size_of(env: dict[str, str]) -> int:
+    try:
+        return max(1, int(env.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def validate_combination(r: Recipe) -> None:
     """Cross-field checks that would otherwise fail deep inside training."""
+    check_ranges(r)
     a, t = r.algorithm, r.trainer
     if r.rollout.protocol not in ("tags", "tools"):
         raise ConfigError("rollout.protocol", f"unknown {r.rollout.protocol!r}", "use tags (<route model=...>) or tools (native tool calls)")
     if a.name not in ("grpo", "rloo", "bopo"):
         raise ConfigError("algorithm.name", f"unknown {a.name!r}", "use grpo, rloo or bopo")
-    if a.sft_mix not in ("efficient", "stepwise", "both", "agreement"):
-        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise, both or agreement")
+    if a.sft_mix not in ("efficient", "stepwise", "both", "agreement", "per_topic"):
+        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise, both, agreement or per_topic")
     if a.sft_mix == "agreement" and r.env.get("name", "router_r1") == "router_r1" and int(r.env.get("max_turns", 4)) < 4:
         raise ConfigError("env.max_turns", f"{r.env.get('max_turns')} is too few for sft_mix: agreement (two cheap calls, the strong one, an answer)", "set env.max_turns: 4")
     if a.cascade_models is not None and (not isinstance(a.cascade_models, list) or len(a.cascade_models) != 3):
@@ -384,6 +455,7 @@ def load_recipe(path: str | Path | None = None, sets: list[str] | None = None) -
             raise ConfigError("recipe", f"{p} is empty", "write a recipe (see recipes/quickstart.yaml), or run `rl-router quickstart` for the defaults")
         if not isinstance(raw, dict):
             raise ConfigError("recipe", f"{p} holds {type(raw).__name__} {str(raw)[:40]}, not sections", "write sections such as trainer: {max_steps: 8} (see recipes/quickstart.yaml)")
+        raw.setdefault("output_dir", f"outputs/{p.stem}")  # a recipe without one writes beside its own name, never into another recipe's outputs
     return recipe_from_dict(apply_overrides(raw, sets or []))
 
 
@@ -393,7 +465,10 @@ def recipe_for_target(target: str, recipe_path: str | None, sets: list[str]) -> 
     import json
 
     if recipe_path is None:
-        for saved in (Path(target) / "recipe.json", Path(target).parent / "recipe.json"):
+        # the model folder's own recipe (final/recipe.json: the recipe that produced those weights),
+        # then the run's, up to two levels up (a run's rl/checkpoint-N)
+        t = Path(target)
+        for saved in (t / "final" / "recipe.json", t / "recipe.json", t.parent / "recipe.json", t.parent.parent / "recipe.json"):
             if saved.is_file():
                 try:
                     raw = json.loads(saved.read_text())

@@ -260,6 +260,44 @@ REWARDS: dict[str, Callable[..., Any]] = {
 }
 _TAKES_REFERENCE = ("cost", "router_r1")
 
+#: the keys each reward spec takes (besides name and weight): anything else is a typo, refused
+REWARD_KEYS: dict[str, set[str]] = {
+    "format": set(), "accuracy": set(), "success": set(), "exact_match": set(), "f1": set(), "budget_penalty": set(),
+    "cost": {"mode", "scale", "window"},
+    "router_r1": {"alpha", "outcome", "cost_mode", "cost_scale"},
+}
+
+
+def _check_spec(spec: dict[str, Any], path: str) -> None:
+    """Every key known for its reward and every number finite and in range, before training."""
+    import math
+
+    from rl_router.errors import ConfigError, check_keys
+
+    name = spec["name"]
+    check_keys(spec, REWARD_KEYS[name] | {"name", "weight"}, path)
+
+    def number(key: str, lo: float | None = None, hi: float | None = None, positive: bool = False) -> None:
+        if key not in spec or spec[key] is None:
+            return
+        v = spec[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{path}.{key}", f"expected a finite number, got {v!r}")
+        if positive and v <= 0:
+            raise ConfigError(f"{path}.{key}", f"must be > 0, got {v}", "USD per task that earns no cost credit, e.g. 0.004")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ConfigError(f"{path}.{key}", f"must be in [{lo}, {hi}], got {v}")
+
+    number("weight")
+    number("alpha", 0.0, 1.0)
+    number("cost_scale", positive=True)
+    number("scale", positive=True)
+    if "window" in spec and (isinstance(spec["window"], bool) or not isinstance(spec["window"], int) or spec["window"] < 1):
+        raise ConfigError(f"{path}.window", f"expected a whole number >= 1, got {spec['window']!r}")
+    for key, allowed in (("outcome", OUTCOMES), ("cost_mode", ("percentile", "linear")), ("mode", ("percentile", "linear"))):
+        if key in spec and spec[key] not in allowed:
+            raise ConfigError(f"{path}.{key}", f"unknown {spec[key]!r}", f"use one of {sorted(allowed)}")
+
 
 def build_rewards(specs: list[dict[str, Any]], path: str = "rewards", *, cost_reference: Sequence[float] | None = None) -> tuple[list[RewardFunc], list[float]]:
     """From a recipe's `rewards:` list (`- {name: router_r1, weight: 1.0, alpha: 0.2}`) to
@@ -272,8 +310,9 @@ def build_rewards(specs: list[dict[str, Any]], path: str = "rewards", *, cost_re
         if not isinstance(spec, dict) or "name" not in spec:
             raise ConfigError(f"{path}[{i}]", "each reward needs a 'name'", f"use one of {sorted(REWARDS)}")
         name = spec["name"]
-        if name not in REWARDS:
+        if not isinstance(name, str) or name not in REWARDS:
             raise ConfigError(f"{path}[{i}].name", f"unknown reward {name!r}", f"use one of {sorted(REWARDS)}")
+        _check_spec(spec, f"{path}[{i}]")
         kw = {k: v for k, v in spec.items() if k not in ("name", "weight")}
         if name in _TAKES_REFERENCE:
             kw["reference"] = cost_reference

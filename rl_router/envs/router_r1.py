@@ -46,6 +46,7 @@ class RoutingEnvConfig:
     on_budget_exhausted: str = "continue"  # "continue": the router must answer; "end": truncate
     system_extra: str = ""  # appended to the system prompt
     card_style: str = "auto"  # model cards in the system prompt: full | compact | auto (compact above 3 models)
+    show_answer: bool = False  # put each reply's stated final answer in its header ("answer (B)"), read as @NAME would adopt it
 
     def __post_init__(self) -> None:
         if self.max_turns < 1:
@@ -54,6 +55,10 @@ class RoutingEnvConfig:
             raise ConfigError("env.budget", f"must be > 0 or null, got {self.budget}")
         if self.max_obs_tokens < 1:
             raise ConfigError("env.max_obs_tokens", f"must be >= 1, got {self.max_obs_tokens}")
+        if self.pool_max_tokens < 1:
+            raise ConfigError("env.pool_max_tokens", f"must be >= 1, got {self.pool_max_tokens}", "the max_tokens sent with every pool call")
+        if not self.pool_temperature >= 0:
+            raise ConfigError("env.pool_temperature", f"must be >= 0, got {self.pool_temperature}")
         if self.card_style not in ("auto", "full", "compact"):
             raise ConfigError("env.card_style", f"unknown value {self.card_style!r}", "use auto, full or compact")
         if self.on_budget_exhausted not in ("continue", "end"):
@@ -161,7 +166,10 @@ class MultiRoundRoutingEnv(TextEnv):
                     self._replies[act.model] = comp.text
                     left = self._budget_left()
                     budget_note = f" | ${left:.6f} left" if cfg.budget is not None else ""
-                    obs = information(f"[{act.model} | ${comp.cost:.6f}{budget_note}]\n{self._truncate(comp.text.strip())}")
+                    # the reply's own conclusion, as adopting it would read it: nothing a reader of the
+                    # full reply would not see, placed where a small router finds it
+                    stated = f" | answer ({extract_final_answer(comp.text, self.task.answer_type) or '?'})" if cfg.show_answer else ""
+                    obs = information(f"[{act.model}{stated} | ${comp.cost:.6f}{budget_note}]\n{self._truncate(comp.text.strip())}")
                     if broke_budget:
                         self._end("provider_overcharge")
                         return StepResult(obs, 0.0, False, True, self._public_info())

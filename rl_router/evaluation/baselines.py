@@ -92,6 +92,44 @@ def table_from_records(pool: Any, tasks: list[Task]) -> OutcomeTable:
     return OutcomeTable(tasks, models, score, cost, final)
 
 
+def reward_table(table: OutcomeTable, reward_specs: list[dict[str, Any]]) -> np.ndarray:
+    """`[i, m]`: the recipe's weighted reward for task i had the router called model m once and
+    adopted its answer, by the recipe's own reward functions (percentile cost rewards scored
+    against every cost in the table). What `per_topic_choices` maximises, so a warm start
+    aims at the trade-off RL then trains, not at accuracy alone."""
+    from rl_router.rewards import build_rewards
+
+    n = len(table.tasks)
+    funcs, weights = build_rewards(reward_specs, cost_reference=table.cost.reshape(-1).tolist())
+    rows = [t.to_row() for t in table.tasks]
+    base = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+    out = np.zeros(table.score.shape)
+    for m, name in enumerate(table.models):
+        kw = {**base, "answer": [table.final[i].get(name) for i in range(n)], "cost": table.cost[:, m].tolist(), "quality": table.score[:, m].tolist(),
+              "format_error": [None] * n, "over_budget": [0] * n, "n_routes": [1] * n, "split": ["eval"] * n}
+        for f, w in zip(funcs, weights):
+            out[:, m] += w * np.asarray(f(prompts=[t.question for t in table.tasks], completions=[""] * n, completion_ids=[[]] * n, **kw), dtype=float)
+    return out
+
+
+def per_topic_choices(table: OutcomeTable, value: np.ndarray, held: list[Task]) -> dict[str, str]:
+    """Task id -> model: each topic's model with the highest mean `value` (e.g. reward_table)
+    on the table's tasks of that topic, ties to the cheaper; topics it never saw get the best
+    model overall."""
+    cost = table.cost.mean(axis=0)
+
+    def best(rows: list[int]) -> str:
+        v = value[rows].mean(axis=0)
+        return table.models[min(range(len(table.models)), key=lambda j: (-round(float(v[j]), 12), cost[j]))]
+
+    by_topic: dict[str, list[int]] = {}
+    for i, t in enumerate(table.tasks):
+        by_topic.setdefault(t.topic, []).append(i)
+    pick = {topic: best(rows) for topic, rows in by_topic.items()}
+    overall = best(list(range(len(table.tasks))))
+    return {t.task_id: pick.get(t.topic, overall) for t in held}
+
+
 # ---- single-shot choosers ---------------------------------------------------------------------
 def oracle_choice(table: OutcomeTable) -> dict[str, str]:
     """Per task the cheapest model with the best score (ties: cheaper first)."""

@@ -88,14 +88,16 @@ def baseline_policy(name: str, tokenizer: Any, models: list[str], *, seed: int =
     return ScriptedPolicy(tokenizer, choose, name=name, query=query, adopt=adopt)
 
 
-def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = True, route_bias: float = 0.0, pool: Any = None, biases: list[float] | None = None) -> HFPolicy:
-    """The router: greedy, or sampled at the temperature it was trained at. With the pool it
+def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = True, route_bias: float = 0.0, pool: Any = None, biases: list[float] | None = None, temperature: float | None = None) -> HFPolicy:
+    """The router: greedy, or sampled at `temperature` (default `rollout.temperature`: the
+    temperature episodes are sampled at outside training; eval's sampled row passes the one it
+    was trained at, `trainer.temperature`). With the pool it
     decides route choices by name (rollout/names.py), and `route_bias` turns the cost knob;
     `biases` runs several knob settings in one pass (episodes fork where they disagree)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     r = recipe.rollout
-    temp = 0.0 if greedy else float(recipe.trainer.get("temperature", r.temperature))
+    temp = 0.0 if greedy else float(r.temperature if temperature is None else temperature)
     weights = names = None
     if pool is not None:
         from rl_router.rollout.names import cost_weights
@@ -107,21 +109,25 @@ def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = 
                     route_bias=route_bias, route_weights=weights, biases=tuple(biases) if biases else None, names=names)
 
 
-def tqdm_progress() -> Callable[[str, int], None] | None:
-    """A progress callback drawing one tqdm bar per policy (None when RL_ROUTER_NO_PROGRESS=1)."""
+def tqdm_progress() -> Callable[..., None] | None:
+    """A progress callback drawing one tqdm bar per run of a policy (None when
+    RL_ROUTER_NO_PROGRESS=1). The protocol every progress callback follows: `(name, 0,
+    total=N)` starts a bar of N tasks (a new one each run, so two evaluations under one name
+    never add up), `(name, k)` advances it by k."""
     if os.environ.get("RL_ROUTER_NO_PROGRESS") == "1":
         return None
     from tqdm.auto import tqdm
 
     bars: dict[str, Any] = {}
 
-    def advance(name: str, k: int) -> None:
-        if name not in bars:
+    def advance(name: str, k: int, total: int | None = None) -> None:
+        if k == 0 or name not in bars:
             for b in bars.values():
                 b.close()
             bars.clear()
-            bars[name] = tqdm(desc=name, unit="task", leave=False)
-        bars[name].update(k)
+            bars[name] = tqdm(desc=name, unit="task", total=total, leave=False)
+        if k:
+            bars[name].update(k)
 
     return advance
 
@@ -157,6 +163,8 @@ class Evaluator:
         """One episode per task, in task order; sharded across ranks when distributed."""
         tasks = self.tasks if tasks is None else tasks
         on_batch = (lambda k: self.progress(name, k)) if self.progress else None
+        if self.progress:
+            self.progress(name, 0, total=len(tasks))
         eps = run_sharded(self.engine(budget, max_turns), tasks, policy, batch_size=self.options.batch_size, on_batch=on_batch)
         check_pool_errors(eps, max_error_rate(self.recipe.pool), name)
         return eps
@@ -167,6 +175,8 @@ class Evaluator:
         from rl_router.rollout.engine import run_biases
 
         on_batch = (lambda k: self.progress(name, k)) if self.progress else None
+        if self.progress:
+            self.progress(name, 0, total=len(self.tasks))
         out = run_biases(self.engine(), self.tasks, policy, list(biases), batch_size=self.options.batch_size, on_batch=on_batch)
         for b, eps in out.items():
             check_pool_errors(eps, max_error_rate(self.recipe.pool), f"{name} at bias {b:+g}")
@@ -177,7 +187,8 @@ class Evaluator:
         (`per_task`) that paired comparisons between policies resample."""
         tasks = self.tasks if tasks is None else tasks
         s = summarize(eps)
-        rewards = score_episodes(eps, tasks, self.recipe.rewards, cost_reference=self.cost_reference)
+        ref = self.cost_reference[: len(tasks)] if self.cost_reference is not None and tasks == self.tasks[: len(tasks)] else self.cost_reference
+        rewards = score_episodes(eps, tasks, self.recipe.rewards, cost_reference=ref)
         s["reward"] = sum(rewards) / len(rewards)
         s.update(_latency(eps, self.pool))
         per_task = {"quality": [float(e.get("quality") or 0.0) for e in eps], "cost": [float(e.get("cost") or 0.0) for e in eps], "reward": rewards}

@@ -168,7 +168,7 @@ def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None
     run.policies[f"{label} (greedy)"] = knob_point(run.ev, model, tok, recipe, run.route_bias, knob_strong, name="router greedy")
     run.routers.append(f"{label} (greedy)")
     if sampled:
-        run.policies[f"{label} (sampled)"], _ = run.ev.run("router sampled", router_policy(model, tok, recipe, greedy=False, route_bias=run.route_bias, pool=run.pool))
+        run.policies[f"{label} (sampled)"], _ = run.ev.run("router sampled", router_policy(model, tok, recipe, greedy=False, route_bias=run.route_bias, pool=run.pool, temperature=float(recipe.trainer.get("temperature", 1.0))))
         run.routers.append(f"{label} (sampled)")
     knob = []
     if curve_biases:  # one pass for every bias; the router row is the point at its own bias
@@ -355,8 +355,12 @@ def eval_target(target: str, recipe_path: str | None, sets: list[str], output_di
     from rl_router.models import resolve_checkpoint
     from rl_router.recipe import recipe_for_target
 
+    from rl_router.models import unfinished_run
+
     ck = resolve_checkpoint(target)
-    baseline = target in ("random", "oracle", "knn-tfidf") or target.startswith("always-")
+    baseline = target in ("random", "oracle", "knn-tfidf", "per-category", "agreement-cascade") or target.startswith("always-")
+    if ck is None and unfinished_run(target):
+        raise ConfigError("target", unfinished_run(target))
     if ck is None and target != "initial" and not baseline:
         raise ConfigError("target", f"{target!r} is neither a model folder, a training output dir, 'initial', nor a baseline name", "e.g. rl-router eval outputs/quickstart, or eval always-<model> --recipe R")
     r = recipe_for_target(target, recipe_path, sets)

@@ -71,12 +71,13 @@ class StepwiseBoundaryPolicy:
 
 
 def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False, max_error_rate: float = 1.0,
-                   cascade: tuple[str, str, str] | None = None) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
+                   cascade: tuple[str, str, str] | None = None, per_topic: dict[str, str] | None = None) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
     """Run always-cheap and always-strong on `tasks`; return records and their episodes.
     `stepwise` (agentic envs) also runs the boundary-guided hybrid, kept as episodes[tid]["stepwise"];
     `cascade` = (a, b, strong) also runs the agreement cascade (evaluation/baselines.py), kept
-    as episodes[tid]["cascade"]. Stops (PoolFailure) when more than `max_error_rate` of a
-    boundary's episodes hit pool errors."""
+    as episodes[tid]["cascade"]; `per_topic` (task id -> model) the single-shot route to each
+    task's topic model, kept as episodes[tid]["per_topic"]. Stops (PoolFailure) when more than
+    `max_error_rate` of a boundary's episodes hit pool errors."""
     cheap = cheap or pool.cheapest().name
     strong = strong or pool.strongest().name
     episodes: dict[str, dict[str, dict[str, Any]]] = {t.task_id: {} for t in tasks}
@@ -91,6 +92,12 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
         hybrid = StepwiseBoundaryPolicy(tokenizer, cheap, strong, episodes)
         for t, ep in zip(tasks, run_sharded(engine, tasks, hybrid, batch_size=batch_size)):
             episodes[t.task_id]["stepwise"] = ep
+    if per_topic is not None:
+        policy = ScriptedPolicy(tokenizer, lambda t: per_topic[t.task_id], name="per-topic", query="short", adopt=True)
+        eps = run_sharded(engine, tasks, policy, batch_size=batch_size)
+        check_pool_errors(eps, max_error_rate, "per-topic routes")
+        for t, ep in zip(tasks, eps):
+            episodes[t.task_id]["per_topic"] = ep
     if cascade is not None:
         from rl_router.evaluation.baselines import AgreementCascadePolicy
 
@@ -128,6 +135,15 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
         both = [episodes[tid][role] for tid in records for role in ("cheap", "strong")]
         rng.shuffle(both)
         return [both[i % len(both)] for i in range(n)]
+    if mix == "per_topic":
+        # every task routed once to its topic's model (the most accurate on the train tasks of
+        # that topic, at the recipe's trade-off): what the subject line tells a router
+        rng = random.Random(seed)
+        rows = [episodes[tid]["per_topic"] for tid in records if "per_topic" in episodes[tid]]
+        if not rows:
+            raise ValueError("algorithm.sft_mix: per_topic needs the per-topic episodes (run_boundaries(per_topic=...))")
+        rng.shuffle(rows)
+        return [rows[i % len(rows)] for i in range(n)]
     if mix == "agreement":
         # every task's agreement-cascade trajectory (two cheap models, then the best one where
         # they disagree), escalations kept at their natural share: the rule is a function of

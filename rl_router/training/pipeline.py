@@ -56,6 +56,33 @@ def latest_checkpoint(d: Path, warn: Callable[[str], None] | None = None) -> str
     return None
 
 
+_LOCKS: list[Any] = []  # open lock files of this process (the lock is held while the file stays open)
+
+
+def lock_output_dir(out: Path) -> None:
+    """One training per output folder: an exclusive lock on OUT/.rl-router.lock, held until this
+    process exits (or dies: the kernel releases it), so a second `train` into the same folder
+    stops at once instead of interleaving checkpoints with the first."""
+    import fcntl
+
+    from rl_router.errors import ConfigError
+
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".rl-router.lock", "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        other = fh.read().strip() or "?"
+        fh.close()
+        raise ConfigError("--output-dir", f"{out} is in use by another training (pid {other})", "wait for it to finish, or choose another --output-dir") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _LOCKS.append(fh)
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
     about 1.6x faster than float32 for the warm start (scripts/bench_router.py); elsewhere it
@@ -104,8 +131,10 @@ class Run:
     def read(self, name: str) -> Any:
         return json.loads((self.out / name).read_text())
 
-    def evaluate_router(self) -> dict[str, Any]:
-        return self.evaluator.summarize(self.evaluator.episodes("held-out eval", router_policy(self.model, self.tok, self.recipe, pool=self.pool)))
+    def evaluate_router(self, n: int | None = None) -> dict[str, Any]:
+        tasks = self.held[:n] if n else self.held
+        eps = self.evaluator.episodes("held-out eval", router_policy(self.model, self.tok, self.recipe, pool=self.pool), tasks=tasks)
+        return self.evaluator.summarize(eps, tasks)
 
 
 def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[str], None]) -> Run:
@@ -118,15 +147,20 @@ def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[s
     state = process_state()  # first, so every rank joins the process group (see distributed.py)
     t0 = time.perf_counter()
 
-    def say(msg: str) -> None:  # rank 0 speaks for the run
+    def say(msg: str) -> None:  # rank 0 speaks for the run, on a line of its own above any progress bar
         if state.is_main_process:
-            log(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
+            from tqdm import tqdm
+
+            with tqdm.external_write_mode():
+                log(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
 
     out = Path(output_dir or recipe.output_dir)
     if out.exists() and not out.is_dir():
         from rl_router.errors import ConfigError
 
         raise ConfigError("--output-dir", f"{out} is a file", "give a folder (it is created if missing)")
+    if state.is_main_process:
+        lock_output_dir(out)
     folder = RunFolder(out, recipe.to_dict(), resume=resume, main=state.is_main_process)
     folder.check()  # stages already there: reusable under --resume with the same settings, or stop now
     if (out / "sft").exists() and not folder.has("warm_start"):
@@ -142,7 +176,9 @@ def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[s
     model, tok = router_from_recipe(recipe)
     # TRL's configs default to bf16, which a CPU-only machine refuses; a recipe may still set it
     hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
-    run = Run(recipe, out, folder, state, say, pool, train_tasks, held, cheap, strong, model, tok, Evaluator(recipe, pool, tok, held, progress=tqdm_progress()), hw)
+    from rl_router.evaluation.evaluator import EvalOptions
+
+    run = Run(recipe, out, folder, state, say, pool, train_tasks, held, cheap, strong, model, tok, Evaluator(recipe, pool, tok, held, options=EvalOptions(batch_size=recipe.rollout.batch_size), progress=tqdm_progress()), hw)
     run.write("recipe.json", recipe.to_dict())  # recipes hold env var names, never keys
     run.metrics.update(algorithm=recipe.algorithm.name, train_tasks=len(train_tasks), heldout_tasks=len(held), pool=pool.model_names)
     return run
@@ -162,13 +198,14 @@ def stage_baselines(run: Run) -> None:
     run.folder.finished("baselines")
 
 
-def stage_eval(run: Run, stage: str, key: str, file: str, what: str) -> None:
-    """The router as it stands, greedy, on the held-out tasks."""
+def stage_eval(run: Run, stage: str, key: str, file: str, what: str, n: int | None = None) -> None:
+    """The router as it stands, greedy, on the held-out tasks (the first `n`)."""
     if run.folder.reuse(stage):
         run.metrics[key] = run.read(file)
         return
-    run.log(f"evaluating {what} on {len(run.held)} held-out tasks")
-    run.metrics[key] = run.evaluate_router()
+    n = min(n, len(run.held)) if n else len(run.held)
+    run.log(f"evaluating {what} on {n} held-out tasks")
+    run.metrics[key] = run.evaluate_router(n)
     run.write(file, run.metrics[key])
     run.folder.finished(stage)
 
@@ -186,13 +223,18 @@ def stage_boundaries(run: Run) -> None:
     else:
         run.log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
         engine = make_engine(run.recipe, run.pool, run.tok)
-        cascade = None
+        cascade = per_topic = None
         if a.sft_mix == "agreement":
             cascade = cascade_models(run)
             run.log(f"agreement cascade for the warm start: {cascade[0]} + {cascade[1]}, else {cascade[2]}")
             run.metrics["cascade"] = list(cascade)
+        if a.sft_mix == "per_topic":
+            per_topic, models = topic_models(run)
+            run.log("per-topic models for the warm start: " + ", ".join(f"{k} -> {v}" for k, v in sorted(models.items())))
+            run.metrics["per_topic"] = models
         run.records, run.boundary_episodes = run_boundaries(engine, run.pool, run.train_tasks, run.tok, cheap=run.cheap, strong=run.strong, style=a.sft_style,
-                                                            stepwise=a.sft_mix == "stepwise", max_error_rate=max_error_rate(run.recipe.pool), cascade=cascade)
+                                                            stepwise=a.sft_mix == "stepwise", max_error_rate=max_error_rate(run.recipe.pool), cascade=cascade, per_topic=per_topic,
+                                                            batch_size=max(64, run.recipe.rollout.batch_size))
         if run.main:
             save_boundaries(path, run.records, run.boundary_episodes)
         run.state.wait_for_everyone()
@@ -213,6 +255,21 @@ def cascade_models(run: Run) -> tuple[str, str, str]:
     if not hasattr(run.pool, "recorded"):
         raise ConfigError("algorithm.cascade_models", "sft_mix: agreement fits the cascade on a recorded pool's train outcomes; this pool has none", "name them: cascade_models: [CHEAP_A, CHEAP_B, STRONG]")
     return fit_cascade(table_from_records(run.pool, run.train_tasks))[:3]
+
+
+def topic_models(run: Run) -> tuple[dict[str, str], dict[str, str]]:
+    """(train task id -> model, topic -> model): per topic, the model with the highest mean
+    recipe reward on the train tasks of that topic, had the router called it once and adopted
+    its answer (evaluation/baselines.reward_table): the warm start imitates the trade-off the
+    recipe's reward sets, which RL then trains. For sft_mix: per_topic."""
+    from rl_router.errors import ConfigError
+    from rl_router.evaluation.baselines import per_topic_choices, reward_table, table_from_records
+
+    if not hasattr(run.pool, "recorded"):
+        raise ConfigError("algorithm.sft_mix", "per_topic fits each topic's model on a recorded pool's train outcomes; this pool has none", "use efficient or stepwise")
+    table = table_from_records(run.pool, run.train_tasks)
+    pick = per_topic_choices(table, reward_table(table, run.recipe.rewards), run.train_tasks)
+    return pick, {t.topic: pick[t.task_id] for t in run.train_tasks}
 
 
 def stage_warm_start(run: Run) -> None:
@@ -278,6 +335,12 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
 
     a, rl_dir = run.recipe.algorithm, run.out / "rl"
     ckpt = latest_checkpoint(rl_dir, warn=run.log) if run.folder.reuse("rl") else None
+    max_steps = int(run.recipe.trainer.get("max_steps", 0))
+    if ckpt is not None and int(Path(ckpt).name.split("-")[-1]) >= max_steps:
+        from rl_router.errors import ConfigError
+
+        raise ConfigError("trainer.max_steps", f"{max_steps} is not above the step the run is at ({Path(ckpt).name})",
+                          f"raise trainer.max_steps to train on, or evaluate what is there: rl-router eval {ckpt}")
     bopo = BoPOReward(run.records, lam=a.bopo_lam, mu=a.bopo_mu) if a.name == "bopo" else None
     reward_funcs, weights = ([bopo], [1.0]) if bopo else build_rewards(run.recipe.rewards)  # training's percentile window is shared by all ranks
     args = GRPOConfig(output_dir=str(rl_dir), **{**run.hw, **run.recipe.trainer, "reward_weights": weights})
@@ -305,9 +368,18 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     trainer.train(resume_from_checkpoint=ckpt)
     model = trainer.accelerator.unwrap_model(trainer.model)
     run.model = model.merge_and_unload() if peft_config is not None else model
-    if run.main:
-        run.model.save_pretrained(run.out / "final")
-        tok.save_pretrained(run.out / "final")
+    if run.main:  # staged, then renamed: final/ is whole or absent, and carries the recipe that made it
+        tmp = run.out / f".final.tmp-{os.getpid()}"
+        run.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(run.recipe.to_dict(), indent=1, default=str))
+        (tmp / "training.json").write_text(json.dumps({"algorithm": run.recipe.algorithm.name, "steps": trainer.state.global_step, "episodes": trainer.episodes_seen, "distinct_tasks": len(trainer.tasks_seen)}, indent=1))
+        if (run.out / "final").exists():
+            import shutil
+
+            shutil.rmtree(run.out / "final")
+        os.replace(tmp, run.out / "final")
+    run.state.wait_for_everyone()
     return trainer
 
 
@@ -330,7 +402,7 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
     refs = references({k.removeprefix("always-"): v for k, v in b.items() if k.startswith("always-")})
     idx = resample_index(len(run.held))
     for stage in ("before", "after_sft", "after"):
-        if f"heldout_{stage}" in m:
+        if f"heldout_{stage}" in m and m[f"heldout_{stage}"]["episodes"] == len(run.held):  # paired over the same tasks only
             s = m[f"heldout_{stage}"]
             score_policy(s, refs, idx)
             m[f"heldout_above_hull_{stage}"], m[f"heldout_above_hull_{stage}_ci95"] = s["above_hull"], s["ci95"]["above_hull"]
@@ -357,7 +429,7 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     run = setup(recipe, output_dir, resume, log)
     a = recipe.algorithm
     stage_baselines(run)
-    stage_eval(run, "eval_before", "heldout_before", "eval_before.json", "the initial router")
+    stage_eval(run, "eval_before", "heldout_before", "eval_before.json", "the initial router", recipe.data.max_heldout_initial)
     if a.sft_warmstart or a.name == "bopo":
         stage_boundaries(run)
     if a.sft_warmstart:
