@@ -5,9 +5,12 @@ built tiny router over the recorded GSM8K pool), then for each endpoint fires N 
 from C concurrent httpx clients and reports requests/s and p50 / p95 latency:
   GET  /v1/models            (the HTTP stack alone)
   POST /v1/chat/completions  (a full route loop: router generation + pool call)
-and the malformed-request checks (bad Content-Length, oversized body) with their status codes.
+then a bounded mixed load: while `--long` requests asking for a billion tokens (capped at the
+episode's token budget) are in flight, the same model-list and short chat requests (max_tokens 4)
+are measured again; then the malformed-request checks (bad Content-Length, oversized body) with
+their status codes.
 
-    python scripts/bench_serve.py [--checkpoint DIR] [--clients 8] [--requests 200]
+    python scripts/bench_serve.py [--checkpoint DIR] [--clients 8] [--requests 200] [--long 1]
 """
 
 from __future__ import annotations
@@ -55,11 +58,27 @@ def raw(port: int, data: bytes) -> str:
         s.close()
 
 
+async def mixed(url: str, held: list, a: argparse.Namespace) -> dict:
+    """Short requests measured while long ones run: the figures a long request must not spoil."""
+    chat = lambda q, n: {"model": "bench", "messages": [{"role": "user", "content": q}], "max_tokens": n}  # noqa: E731
+    async with httpx.AsyncClient(timeout=None) as c:
+        longs = [asyncio.ensure_future(c.post(url + "/chat/completions", json=chat(held[-1 - i].question, 10**9))) for i in range(a.long)]
+        await asyncio.sleep(0.5)  # let them start generating
+        models = await fire(url, a.requests, a.clients, lambda c, u, i: c.get(u + "/models"))
+        short = await fire(url, max(16, a.requests // 10), a.clients, lambda c, u, i: c.post(u + "/chat/completions", json=chat(held[i % len(held)].question, 4)))
+        long_done_during = sum(f.done() for f in longs)
+        t0 = time.perf_counter()
+        codes = [r.status_code for r in await asyncio.gather(*longs)]
+    return {"long_requests": a.long, "long_codes": codes, "long_finished_before_the_short_ones": long_done_during,
+            "long_remaining_s": time.perf_counter() - t0, "GET /v1/models": models, "POST short chat (max_tokens 4)": short}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--long", type=int, default=1, help="long requests in flight during the mixed load")
     a = ap.parse_args()
     from rl_router.models import load_checkpoint
     from rl_router.recipe import load_recipe
@@ -81,6 +100,7 @@ def main() -> None:
             "GET /v1/models": asyncio.run(fire(srv.url, a.requests, a.clients, lambda c, u, i: c.get(u + "/models"))),
             "POST /v1/chat/completions": asyncio.run(fire(srv.url, max(16, a.requests // 10), a.clients, lambda c, u, i: c.post(u + "/chat/completions", json={"model": "bench", "messages": [{"role": "user", "content": held[i % len(held)].question}]}))),
         }
+        res["mixed load"] = asyncio.run(mixed(srv.url, held, a))
         res["malformed"] = {
             "Content-Length: abc": raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}"),
             "Content-Length: -1": raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}"),

@@ -216,3 +216,11 @@ def test_validating_trl_configs_leaves_no_process_state_behind(monkeypatch):
     assert load_recipe(None, ["trainer.per_device_train_batch_size=2", "trainer.num_generations=4"]).trainer["num_generations"] == 4
     assert not PartialState._shared_state
     assert os.environ["WORLD_SIZE"] == "2"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates_whole(path):
+    """Each recipe in recipes/ passes every check a run makes before any work (TRL's own included),
+    and writes beside its own name unless it says otherwise."""
+    r = load_recipe(path)
+    assert r.output_dir.startswith("outputs/")
