@@ -301,7 +301,7 @@ def calibrate(
     target_strong_share: Optional[float] = typer.Option(None, "--target-strong-share", help="Share of tasks that call the strongest model (the best by train accuracy; with two models the costliest), in [0, 1] (RouteLLM's '% calls to the strong model')."),
     split: str = typer.Option("validation", "--split", help="Tasks to calibrate on: validation (data.validation_fraction, kept out of training), or train / heldout (say so when you report)."),
     n: Optional[int] = typer.Option(None, "--n", help="Use the first N tasks of the split."),
-    iters: int = typer.Option(8, "--iters", help="Biases of the second pass, inside the bracket around the target (the first pass runs a fixed grid from -32 to +32; each pass is one run over the tasks)."),
+    iters: int = typer.Option(40, "--iters", help="Biases of the second pass, evenly inside the bracket around the target (the first pass runs a fixed grid from -32 to +32; each pass is one run over the tasks, episodes forked only where a bias changes a choice, so more biases cost little). A router whose decisions cluster needs a fine grid: on the MMLU-Pro tiny router 8 missed a 50% cost target by 41%, 40 landed within 8%."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Episodes per lock-step batch (default rollout.batch_size)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (default: TARGET's recipe.json)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
