@@ -264,7 +264,7 @@ RANGES = (
     ("model", "hidden_size", 1, None, False), ("model", "num_layers", 1, None, False),
     ("rollout", "max_new_tokens", 1, None, False), ("rollout", "max_completion_tokens", 1, None, False), ("rollout", "batch_size", 1, None, False),
     ("rollout", "temperature", 0.0, None, False), ("rollout", "top_p", 1e-9, 1.0, False),
-    ("data", "max_train", 1, None, True), ("data", "max_heldout", 1, None, True), ("data", "synthetic_n", 1, None, False),
+    ("data", "max_train", 1, None, True), ("data", "max_heldout", 1, None, True), ("data", "max_heldout_initial", 1, None, True), ("data", "synthetic_n", 1, None, False),
     ("algorithm", "sft_examples", 1, None, False), ("algorithm", "neither_rate", 0.0, 1.0, False),
     ("algorithm", "bopo_lam", 0.0, 0.999999, False), ("algorithm", "bopo_mu", 0.0, 0.499999, False), ("algorithm", "bopo_beta", 0.0, 1.0, False),
 )

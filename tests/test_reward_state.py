@@ -65,3 +65,25 @@ def test_training_cost_window_is_shared_across_ranks():
     assert len(w0) == 16 and w0 == w1  # one window: both ranks' costs, on both ranks
     # so a cost is scored the same wherever it was sampled: rank 0's 0.008 and rank 1's 0.008
     assert v0[7] == pytest.approx(v1[3])
+
+
+def test_a_prefix_of_the_tasks_is_scored_against_the_same_reference(recorded_pool, tokenizer):
+    """The untrained router is evaluated on the first N held-out tasks (data.max_heldout_initial):
+    its rewards use the same fixed cost distribution as every full evaluation."""
+    recipe = load_recipe(None, PERCENTILE)
+    tasks = recipe_tasks(recipe, recorded_pool)[1]
+    eps = _episodes(recorded_pool, tokenizer, tasks)
+    ev = Evaluator(recipe, recorded_pool, tokenizer, tasks)
+    ref = [e["cost"] for m in eps for e in eps[m]]
+    ev.set_cost_reference(ref)
+    k = 7
+    got = ev.summarize(eps["gpt-4-1106"][:k], tasks[:k])
+    r = score_episodes(eps["gpt-4-1106"][:k], tasks[:k], recipe.rewards, cost_reference=ref)
+    assert got["reward"] == pytest.approx(sum(r) / k) and got["episodes"] == k
+
+
+def test_max_heldout_initial_must_be_positive():
+    from rl_router.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.max_heldout_initial"):
+        load_recipe(None, ["data.max_heldout_initial=0"])

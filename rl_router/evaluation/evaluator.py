@@ -187,8 +187,9 @@ class Evaluator:
         (`per_task`) that paired comparisons between policies resample."""
         tasks = self.tasks if tasks is None else tasks
         s = summarize(eps)
-        ref = self.cost_reference[: len(tasks)] if self.cost_reference is not None and tasks == self.tasks[: len(tasks)] else self.cost_reference
-        rewards = score_episodes(eps, tasks, self.recipe.rewards, cost_reference=ref)
+        # the reference is a fixed cost distribution (every single model's held-out costs), the
+        # same for any subset of the tasks (the untrained router's first-N evaluation included)
+        rewards = score_episodes(eps, tasks, self.recipe.rewards, cost_reference=self.cost_reference)
         s["reward"] = sum(rewards) / len(rewards)
         s.update(_latency(eps, self.pool))
         per_task = {"quality": [float(e.get("quality") or 0.0) for e in eps], "cost": [float(e.get("cost") or 0.0) for e in eps], "reward": rewards}
