@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -250,11 +250,12 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     return r
 
 
-def world_size() -> int:
-    """Processes this run is launched with (torchrun / accelerate set WORLD_SIZE), before any
-    process group exists: recipes are validated before anything starts."""
+def world_size(env: Mapping[str, str] | None = None) -> int:
+    """Processes this run is launched with (torchrun / accelerate set WORLD_SIZE; `env`
+    defaults to os.environ), before any process group exists: recipes are validated before
+    anything starts."""
     try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        return max(1, int((os.environ if env is None else env).get("WORLD_SIZE", "1")))
     except ValueError:
         return 1
 
@@ -305,7 +306,7 @@ def validate_trl_configs(r: Recipe) -> None:
         for section, cls, values in (("trainer", GRPOConfig, r.trainer), ("sft", SFTConfig, r.sft)):
             kw = {**hw, **values, **({"bf16": False} if values.get("bf16") else {})}
             if section == "trainer":
-                kw["per_device_train_batch_size"] = int(values.get("per_device_train_batch_size", 8)) * world_size_of(launcher)
+                kw["per_device_train_batch_size"] = int(values.get("per_device_train_batch_size", 8)) * world_size(launcher)
             try:
                 with tempfile.TemporaryDirectory() as d:
                     cls(output_dir=d, **kw)
@@ -317,13 +318,6 @@ def validate_trl_configs(r: Recipe) -> None:
         os.environ.update(launcher)
         if not had_state:
             AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def world_size_of(env: dict[str, str]) -> int:
-    try:
-        return max(1, int(env.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
 
 
 def validate_combination(r: Recipe) -> None:
