@@ -40,6 +40,7 @@ class RolloutSection:
     top_p: float = 1.0
     protocol: str = "tags"  # how the router acts: "tags" (<route model=...>) or "tools" (native tool calls through the chat template)
     batch_size: int = 32  # episodes per lock-step batch in evaluation, boundaries and `rl-router rollout` (larger: faster while memory lasts)
+    decisions: str = "names"  # how training samples a route: "names" (from the name distribution evaluation decides by: pool names only, @NAME held to called models) or "free" (token by token over the vocabulary)
 
 
 @dataclass
@@ -324,6 +325,10 @@ def validate_combination(r: Recipe) -> None:
     """Cross-field checks that would otherwise fail deep inside training."""
     check_ranges(r)
     a, t = r.algorithm, r.trainer
+    if r.rollout.decisions not in ("names", "free"):
+        raise ConfigError("rollout.decisions", f"unknown {r.rollout.decisions!r}", "use names (sample the name distribution evaluation decides by) or free (token by token)")
+    if r.trainer.get("use_vllm") and r.rollout.decisions == "names":
+        raise ConfigError("rollout.decisions", "names is sampled by rl-router's own decoder; vLLM generates every token itself", "set rollout.decisions: free with trainer.use_vllm (evaluation still decides by name)")
     if r.rollout.protocol not in ("tags", "tools"):
         raise ConfigError("rollout.protocol", f"unknown {r.rollout.protocol!r}", "use tags (<route model=...>) or tools (native tool calls)")
     if a.name not in ("grpo", "rloo", "bopo"):

@@ -17,7 +17,7 @@ import pytest
 
 from rl_router.evaluation.calibration import GRID, read_route_bias, search_bias
 from rl_router.frontier import apgr
-from rl_router.rollout.names import STEMS, continuation, cost_weights, stem_at_end
+from rl_router.rollout.names import STEMS, allowed_sets, continuation, cost_weights, stem_at_end
 from rl_router.stats import curve_apgr_values, resample_index
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
@@ -61,7 +61,8 @@ def test_cost_weights_order_models_by_price(recorded_pool):
 
 def decision_at(model, tok, context: list[int], stem: str, names: tuple[str, ...], weights: dict, bias: float):
     """The policy's decision where a turn has just written `stem`, and each name's log-prob
-    computed independently (a plain forward over context + stem + name, no cache)."""
+    under the name distribution computed independently (a plain forward over context + stem +
+    name, no cache; at each position the log-softmax over the tokens that continue some name)."""
     import torch
 
     from rl_router.rollout.decoder import RowTurn, Session
@@ -77,14 +78,16 @@ def decision_at(model, tok, context: list[int], stem: str, names: tuple[str, ...
     pol._decide(sess, [0], [turn], [{"state": st, "biases": (bias,)}])
     d = turn.decisions[0]
     tmpl = next(t for s_, t, _k in STEMS if s_ == stem)
+    conts = {n: continuation(tok, stem, tmpl.format(name=n)) for n in names}
+    within = allowed_sets(conts)
     direct = []
     for n in names:
-        cont = continuation(tok, stem, tmpl.format(name=n))
+        cont = conts[n]
         ids = torch.tensor([context + stem_ids + cont])
         with torch.no_grad():
-            lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            logits = model(ids).logits[0].float()
         start = len(context) + len(stem_ids)
-        direct.append(float(sum(lp[start + k - 1, t] for k, t in enumerate(cont))))
+        direct.append(float(sum(logits[start + k - 1, t] - torch.logsumexp(logits[start + k - 1, within[n][k]], -1) for k, t in enumerate(cont))))
     return d, direct, turn
 
 

@@ -15,14 +15,16 @@ dropped, reordered and duplicated (`Session.select`). Positions are per row, so 
 exactly to its own tokens at their own positions, as if decoded alone.
 
 Decisions. A route decision is made once, by name (`names.py`): where a turn reaches a point at
-which it names a pool model (`Route to`, `<route model="`, a tool call's `"model": "`), every
+which it names a pool model (`<route model="`, a tool call's `"model": "`, `<answer>@`), every
 allowed name is scored as a teacher-forced continuation in one batched forward, the choice is
 argmax log p(name) + B x w(name) (B the cost knob, w the model's price position), and its
 tokens are forced; the same choice is reused at the tag, and `@NAME` is held to the models the
 episode called. With several biases (`eval --curve`), a row whose biases disagree about the
 choice is forked into one row per distinct choice (`Fork`), so one pass gives the decision at
-every bias and shares all work before it. Sampling at B = 0 (training) is left untouched: the
-choice is a sample of the router's own distribution, with its log-probs.
+every bias and shares all work before it. Sampling (training) draws the name from the same
+distribution token by token (`NameDraw`), each token from the router's logits renormalised over
+the tokens that continue some candidate, and records that set per token (`RowTurn.allowed`) so
+the loss can recompute exactly the log-probs that were sampled.
 """
 
 from __future__ import annotations
@@ -43,11 +45,46 @@ class RowTurn:
     done: bool = False
     eos: bool = False
     forced: list[int] = field(default_factory=list)  # tokens to emit next (a decided name)
+    forced_allowed: list[list[int] | None] = field(default_factory=list)  # per forced token: what `allowed` records for it
     decisions: list[dict[str, Any]] = field(default_factory=list)
     choice: str | None = None  # the model this turn decided on (reused at later stems)
+    # per emitted token: the token set its distribution was renormalised over (a name
+    # decision, names.allowed_sets), or None (the whole vocabulary): what the loss recomputes
+    allowed: list[list[int] | None] = field(default_factory=list)
+    trie: "NameDraw | None" = None  # a name being sampled token by token
 
     def copy(self) -> "RowTurn":
-        return RowTurn(list(self.ids), list(self.logprobs), self.text, self.done, self.eos, list(self.forced), [dict(d) for d in self.decisions], self.choice)
+        return RowTurn(list(self.ids), list(self.logprobs), self.text, self.done, self.eos, list(self.forced), list(self.forced_allowed), [dict(d) for d in self.decisions], self.choice,
+                       list(self.allowed), self.trie.copy() if self.trie is not None else None)
+
+
+@dataclass
+class NameDraw:
+    """A name decision sampled token by token from the renormalised distribution
+    (names.allowed_sets): the candidates still consistent with the tokens drawn so far."""
+
+    stem: str
+    kind: str
+    names: list[str]
+    conts: dict[str, list[int]]
+    k: int = 0
+    logprob: float = 0.0
+    entropy: float = 0.0
+
+    def copy(self) -> "NameDraw":
+        return NameDraw(self.stem, self.kind, list(self.names), dict(self.conts), self.k, self.logprob, self.entropy)
+
+    def allowed(self) -> list[int]:
+        return sorted({c[self.k] for c in self.conts.values()})
+
+    def advance(self, tok: int, lp: float, ent: float) -> str | None:
+        """Take token `tok`; the chosen name once its continuation is complete, else None."""
+        self.conts = {n: c for n, c in self.conts.items() if c[self.k] == tok}
+        self.k += 1
+        self.logprob += lp
+        self.entropy += ent
+        done = [n for n, c in self.conts.items() if len(c) == self.k]
+        return done[0] if done else None
 
 
 class Session:
@@ -247,17 +284,25 @@ class Session:
             self.logits[had.to(self.logits.device)] = last[had.to(last.device)]
         return logits
 
-    def score(self, rows: Sequence[int], conts: Sequence[Sequence[int]]) -> list[float]:
-        """Sum of log p(cont) for each (row, continuation) pair, teacher-forced after the row's
+    def score(self, rows: Sequence[int], conts: Sequence[Sequence[int]], allowed: Sequence[Sequence[Sequence[int]]] | None = None) -> list[float]:
+        """log p(cont) for each (row, continuation) pair, teacher-forced after the row's
         current context, in one batched forward on a copy of those rows' cache (the session
-        itself is unchanged). The first token's log-prob comes from the row's next-token
-        logits, the rest from the forward."""
+        itself is unchanged). With `allowed` (per pair, per position: the token set the name
+        distribution renormalises over, names.allowed_sets), each position's log-prob is taken
+        within its set; else over the whole vocabulary. The first token's log-prob comes from
+        the row's next-token logits, the rest from the forward."""
         from transformers import DynamicCache
 
         if not rows:
             return []
-        first = torch.log_softmax(self.logits[list(rows)], dim=-1)
-        out = [float(first[i, c[0]]) for i, c in enumerate(conts)]
+
+        def lp(logits_row: torch.Tensor, tok: int, within: Sequence[int] | None) -> float:
+            if within is None:
+                return float(torch.log_softmax(logits_row, dim=-1)[tok])
+            idx = torch.tensor(list(within), device=logits_row.device)
+            return float(logits_row[tok] - torch.logsumexp(logits_row.index_select(0, idx), dim=0))
+
+        out = [lp(self.logits[rows[i]].float(), c[0], allowed[i][0] if allowed else None) for i, c in enumerate(conts)]
         longer = [i for i, c in enumerate(conts) if len(c) > 1]
         if not longer:
             return out
@@ -281,10 +326,9 @@ class Session:
             logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), past_key_values=cache, use_cache=True).logits.float()
         self.forward_tokens += int(m.sum())
         self.forward_calls += 1
-        lp = torch.log_softmax(logits, dim=-1)
         for j, i in enumerate(longer):
             c = conts[i]
-            out[i] += float(sum(lp[j, k, c[k + 1]] for k in range(len(c) - 1)))
+            out[i] += sum(lp(logits[j, k], c[k + 1], allowed[i][k + 1] if allowed else None) for k in range(len(c) - 1))
         return out
 
 
@@ -302,21 +346,26 @@ def _zero_cache(like: Any, n: int, L: int) -> Any:
     return cache
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator: torch.Generator | None = None) -> int:
-    """One token from raw logits as transformers samples it: temperature, top-k, top-p (the
-    smallest set of tokens whose probability reaches top_p), then a multinomial draw."""
-    x = logits / temperature
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of raw `logits` (rows x V) as transformers samples them: temperature,
+    top-k, top-p (the smallest set of tokens whose probability reaches top_p), then one
+    multinomial draw for the whole batch."""
+    x = logits.float() / temperature
     if top_k and top_k < x.shape[-1]:
-        kth = torch.topk(x, top_k).values[-1]
-        x = torch.where(x < kth, torch.full_like(x, float("-inf")), x)
+        kth = torch.topk(x, top_k, dim=-1).values[:, -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_x, order = torch.sort(x, descending=False)
+        sorted_x, order = torch.sort(x, dim=-1, descending=False)
         cum = torch.softmax(sorted_x, dim=-1).cumsum(-1)
         drop = cum <= (1 - top_p)
-        drop[-1] = False
-        x = x.clone()
-        x[order[drop]] = float("-inf")
-    return int(torch.multinomial(torch.softmax(x, dim=-1), 1, generator=generator))
+        drop[:, -1] = False
+        x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
+    return torch.multinomial(torch.softmax(x, dim=-1), 1, generator=generator).squeeze(1)
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator: torch.Generator | None = None) -> int:
+    """`sample_tokens` for one row."""
+    return int(sample_tokens(logits[None], temperature, top_p, top_k, generator)[0])
 
 
 _THREADS: dict[tuple[Any, ...], int] = {}
@@ -413,6 +462,9 @@ def decode_turns(
         logits = session.logits
         best = logits.argmax(-1).tolist() if greedy else None  # one op for the batch
         lps = torch.log_softmax(logits / (temperature if not greedy else 1.0), dim=-1) if want_logprobs else None
+        free = [r for r, t in enumerate(turns) if not t.done and not t.forced and t.trie is None]
+        drawn = sample_tokens(logits[free], temperature, top_p, top_k).tolist() if free and not greedy else []
+        draw_of = dict(zip(free, drawn))
         chosen: list[int] = []
         for r, t in enumerate(turns):
             if t.done:
@@ -420,12 +472,31 @@ def decode_turns(
                 continue
             if t.forced:
                 tok = t.forced.pop(0)
-            elif greedy:
-                tok = best[r]
+                within = t.forced_allowed.pop(0) if t.forced_allowed else None
+                t.allowed.append(within)
+                if lps is not None:  # a forced token inside a decision is certain under the name distribution
+                    t.logprobs.append(0.0 if within is not None else float(lps[r, tok]))
+            elif t.trie is not None:  # a name drawn from the renormalised distribution, one token at a time
+                within = t.trie.allowed()
+                x = logits[r, within].float() / (temperature if not greedy else 1.0)
+                lp = torch.log_softmax(x, dim=-1)
+                j = int(lp.argmax()) if greedy else int(torch.multinomial(lp.exp(), 1))
+                tok = within[j]
+                t.allowed.append(within)
+                if want_logprobs:
+                    t.logprobs.append(float(lp[j]))
+                name = t.trie.advance(tok, float(lp[j]), float(-(lp.exp() * lp).sum()))
+                if name is not None:
+                    d = t.trie
+                    t.decisions.append({"stem": d.stem, "names": d.names, "scores": None, "choice": name, "bias": 0.0, "logprob": d.logprob, "entropy": d.entropy})
+                    if d.kind == "route":
+                        t.choice = name
+                    t.trie = None
             else:
-                tok = sample_token(logits[r], temperature, top_p, top_k)
-            if lps is not None:
-                t.logprobs.append(float(lps[r, tok]))
+                tok = best[r] if greedy else draw_of[r]
+                t.allowed.append(None)
+                if lps is not None:
+                    t.logprobs.append(float(lps[r, tok]))
             chosen.append(tok)
         chunks = []
         for r, (t, tok) in enumerate(zip(turns, chosen)):
@@ -445,7 +516,7 @@ def decode_turns(
                 t.done = True
         session.feed(chunks)
         if decide is not None:
-            live = [r for r, t in enumerate(turns) if not t.done and not t.forced]
+            live = [r for r, t in enumerate(turns) if not t.done and not t.forced and t.trie is None]
             if live:
                 new = decide(session, live, turns)
                 for f in new:

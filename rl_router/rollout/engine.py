@@ -10,6 +10,8 @@ Token layout per episode, exactly what TRL 1.16's `GRPOTrainer(rollout_func=...)
 environment-inserted `<information>` tokens interleaved, ending in EOS when the router
 answered, `env_mask` (1 = policy token, 0 = inserted, and 0 on an EOS the engine appended
 after `</answer>`, which no sampler produced; TRL zeroes the loss on 0s) and
+`decision_tokens` ((position, token set) where a name decision renormalised the router's
+distribution: the loss renormalises there too, `training/decisions.py`),
 `logprobs` (sampling log-probs of sampled policy tokens; NaN, TRL 1.16's "no sampler
 log-prob", on inserted tokens, on scripted turns and on the EOS the engine appends after
 `</answer>`, which no sampler produced: TRL's importance-sampling correction then leaves
@@ -95,6 +97,9 @@ class RolloutEngine:
             t1 = time.perf_counter()
             self.stats.generate_s += t1 - t0
             for s, turn in zip(active, turns):
+                if getattr(turn, "allowed", None):
+                    at = len(s.completion_ids)
+                    s.decision_tokens += [(at + i, a) for i, a in enumerate(turn.allowed) if a is not None]
                 s.completion_ids += turn.ids
                 s.env_mask += [1] * len(turn.ids)
                 s.logprobs += list(turn.logprobs) if turn.logprobs else [NO_LOGPROB] * len(turn.ids)
@@ -156,6 +161,7 @@ class RolloutEngine:
             "trace": s.info.get("trace", []),
             "budget": s.info.get("budget"),
             "decisions": s.decisions,  # per turn, the route decisions made by name (rollout/names.py)
+            "decision_tokens": [(p, a) for p, a in s.decision_tokens if p < n],  # (position, allowed set): the loss renormalises there (training/decisions.py)
             "biases": list(s.biases) if s.biases is not None else None,
         }
         for k in EPISODE_FIELDS:

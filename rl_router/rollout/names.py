@@ -8,19 +8,23 @@ A *decision point* is where a turn's text reaches a stem after which its action 
 | `"model": "` | `NAME",` (a tool call's arguments) | every pool model |
 | `<answer>@` | `NAME</answer>` | the models this episode called |
 
-At a route decision every candidate's continuation is scored teacher-forced (sum of its tokens'
-log-probs, one batched forward on the shared context), and the choice is
-argmax_n log p(n) + B * w(n), with w(n) the model's price position (0 cheapest, 1 costliest).
+The router's distribution over the candidates is its next-token distribution renormalised,
+position by position, over the tokens that continue some candidate (`allowed_sets`: a trie over
+the candidates' continuations), so log p(n) = sum_k log softmax(logits_k)[allowed_k][n_k]. It is
+one distribution for training and for evaluation: training samples it token by token (at the
+trainer's temperature, and the loss recomputes exactly these renormalised log-probs from one
+forward pass: `training/decisions.py`), greedy evaluation takes
+argmax_n log p(n) + B * w(n), with w(n) the model's price position (0 cheapest, 1 costliest),
+scoring every candidate's continuation teacher-forced (one batched forward on the shared context).
 So the choice flips from n to m exactly when B * (w(m) - w(n)) exceeds log p(n) - log p(m):
 B is a threshold on the router's own log-odds between names, whatever the tokenizer splits
 them into and whether names share a prefix (`gpt-4o` / `gpt-4o-mini`): each name is scored
 with its closing text, so a name that is a prefix of another is never credited with the
 other's mass. The chosen tokens are forced, and `@NAME` can only adopt a model the episode
-called (so no bias can route to one model and adopt another). The decision is the action's
-own: free text before it (the warm start's `<think>Route to NAME.</think>`) is the router's
-to write, and a router may well reconsider there (measured: an agentic warm start writes
-`Route to cheap.` then routes to `expensive` on 15 of 40 held-out tasks), so binding the
-action to the think text would change what the router does at B = 0.
+called (so no bias can route to one model and adopt another, and no sample adopts a model
+that was never called). The decision is the action's own: free text before it is the
+router's to write (the warm start's think text names no model, `policies.route_text`, so the
+name is not already decided by copying it), and a router may reconsider there.
 
 The continuation's tokens are `encode(stem + continuation)` after `encode(stem)`; a name whose
 tokens do not start at the stem's end (a tokenizer that merges across it) is not offered,
@@ -66,6 +70,21 @@ def continuation(tokenizer: Any, stem: str, text: str) -> list[int] | None:
     return cache[key]
 
 
+def allowed_sets(conts: Mapping[str, Sequence[int]]) -> dict[str, list[list[int]]]:
+    """For each name, the tokens the name distribution allows at each position of its
+    continuation: every candidate's token at that position among the candidates that agree
+    with this one so far (a trie over the continuations). The name distribution is the
+    router's next-token distribution renormalised over these sets, position by position, so
+    p(name) = prod_k softmax(logits_k)[allowed_k][tok_k]: a proper distribution over the
+    candidates, sampled token by token in training and scored whole for greedy decisions, and
+    computed from one forward pass in the loss (`training/decisions.py`)."""
+    out: dict[str, list[list[int]]] = {}
+    items = [(n, list(c)) for n, c in conts.items()]
+    for n, c in items:
+        out[n] = [sorted({c2[k] for _, c2 in items if len(c2) > k and c2[:k] == c[:k]}) for k in range(len(c))]
+    return out
+
+
 def stem_at_end(text: str) -> tuple[str, str, str] | None:
     """The decision stem `text` (a turn so far) ends with, if any."""
     for stem, cont, kind in STEMS:
@@ -76,16 +95,26 @@ def stem_at_end(text: str) -> tuple[str, str, str] | None:
 
 @dataclass
 class Decision:
-    """What one decision point saw and chose (kept per turn in the episode, for curves)."""
+    """What one decision point saw and chose (kept per turn in the episode, for curves).
+    Greedy: `scores` are every winnable name's log-probability (None: shown unable to win).
+    Sampled: `scores` is None; `logprob` is the chosen name's log-probability under the
+    distribution it was drawn from (at the sampling temperature) and `entropy` the sum of the
+    per-position entropies along it (the chain rule makes that an unbiased estimate of the
+    decision's entropy, in nats)."""
 
     stem: str
     names: list[str]
-    scores: list[float | None]  # log p(name's continuation) under the router; None: a name that could not win (not scored)
+    scores: list[float | None] | None
     choice: str
     bias: float
+    logprob: float | None = None
+    entropy: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stem": self.stem, "names": self.names, "scores": self.scores, "choice": self.choice, "bias": self.bias}
+        d = {"stem": self.stem, "names": self.names, "scores": self.scores, "choice": self.choice, "bias": self.bias}
+        if self.logprob is not None:
+            d.update(logprob=self.logprob, entropy=self.entropy)
+        return d
 
 
 def cost_weights(pool: Any) -> dict[str, float]:

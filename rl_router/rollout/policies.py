@@ -158,15 +158,21 @@ class GeneratePolicy:
 class HFPolicy:
     """A transformers router decoding its turns with a KV cache kept across turns
     (`decoder.Session`): a turn feeds only what is new, the system prompt is computed once per
-    batch, and only the last position's logits are computed. Route decisions are made by name
-    (`names.py`) when decoding greedily or with a cost knob: `route_bias` is B, added as
-    B x route_weights[model] to each name's log-probability; `biases` (several) forks an
-    episode wherever its biases disagree, so one run gives every bias's episodes (`eval
-    --curve`). Sampling at B = 0 (training) leaves every token to the router's own distribution.
+    batch, and only the last position's logits are computed. With `names` (the pool's models),
+    route decisions are made by name (`names.py`): greedy takes the most likely name plus the
+    cost knob (`route_bias` is B, added as B x route_weights[model] to each name's
+    log-probability; `biases`, several, forks an episode wherever its biases disagree, so one
+    run gives every bias's episodes: `eval --curve`); sampling at B = 0 (training) draws the
+    name from the same name distribution, token by token, so training and evaluation run one
+    policy. `names=None` leaves every token free (the vocabulary's distribution).
 
-    Returns per-token log-probabilities of the emitted tokens under the sampling distribution
-    (logits / temperature), which TRL uses for importance sampling. Under DeepSpeed ZeRO-3
-    (`synced_gpus`) it falls back to `GeneratePolicy`."""
+    Returns per-token log-probabilities of the emitted tokens under the distribution each was
+    drawn from (logits / temperature, renormalised inside a name decision), which TRL uses for
+    importance sampling, and per token the set a decision renormalised over (`Turn.allowed`).
+    Sampling with B != 0 draws the name from softmax((log p + B w) / T) and forces it: its
+    tokens' log-probs are then the vocabulary's, not the sampled distribution's (use it to look
+    at episodes, not to train). Under DeepSpeed ZeRO-3 (`synced_gpus`) it falls back to
+    `GeneratePolicy`, which decides nothing by name."""
 
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS,
                  synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None, biases: tuple[float, ...] | None = None, names: list[str] | None = None,
@@ -184,7 +190,7 @@ class HFPolicy:
         self.names = list(names or self.route_weights)
         self.greedy = temperature <= 0
         self.logprobs = (not self.greedy) if logprobs is None else logprobs  # greedy turns are never importance-weighted: no log-softmax unless asked
-        self.decides = bool(self.names) and (self.greedy or any(self.biases))
+        self.decides = bool(self.names)
         self._fallback = GeneratePolicy(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop_strings=stop_strings, synced_gpus=True) if synced_gpus else None
         self.session: Any = None
         self.dummy_calls = 0
@@ -244,23 +250,28 @@ class HFPolicy:
     def _turn(self, t: Any) -> Turn:
         ids = list(t.ids)
         body = ids[:-1] if t.eos else ids
-        return Turn(ids, list(t.logprobs), self.tokenizer.decode(body), t.eos, decisions=list(t.decisions))
+        return Turn(ids, list(t.logprobs), self.tokenizer.decode(body), t.eos, decisions=list(t.decisions), allowed=list(t.allowed) if any(a is not None for a in t.allowed) else None)
 
     def _score_names(self, session: Any, jobs: list[Any]) -> list[list[float | None]]:
-        """Each job's names scored as continuations (sum of token log-probs). Greedy: exactly,
-        but only the names that can win at one of the row's biases: a name's score is at most
-        its first token's log-prob (already computed; every further token adds a log-prob
-        <= 0), so a name whose bound plus its bias term falls below a scored name's exact
-        value at every bias cannot be chosen and is not scored (None). A confident router
-        scores one or two names instead of all of them. Sampling needs every score."""
+        """Each job's names scored as continuations: log p(name) under the name distribution
+        (names.allowed_sets). Greedy: exactly, but only the names that can win at one of the
+        row's biases: a name's score is at most its first token's log-prob (already computed;
+        every further token adds a log-prob <= 0), so a name whose bound plus its bias term
+        falls below a scored name's exact value at every bias cannot be chosen and is not
+        scored (None). A confident router scores one or two names instead of all of them.
+        Sampling with a bias needs every score."""
         import torch
 
         n_jobs = len(jobs)
         exact: list[dict[str, float]] = [{} for _ in range(n_jobs)]
 
+        from rl_router.rollout.names import allowed_sets
+
+        within = [allowed_sets(job[4]) for job in jobs]
+
         def run(pairs: list[tuple[int, str]]) -> None:
             if pairs:
-                got = session.score([jobs[j][0] for j, _ in pairs], [jobs[j][4][n] for j, n in pairs])
+                got = session.score([jobs[j][0] for j, _ in pairs], [jobs[j][4][n] for j, n in pairs], [within[j][n] for j, n in pairs])
                 for (j, n), v in zip(pairs, got):
                     exact[j][n] = v
 
@@ -270,8 +281,10 @@ class HFPolicy:
         w = self.route_weights
         bounds = []
         for j, (r, _stem, kind, names, conts, row_biases) in enumerate(jobs):
-            first = torch.log_softmax(session.logits[r].float(), dim=-1)
-            bounds.append({n: float(first[conts[n][0]]) for n in names})
+            row = session.logits[r].float()
+            first = within[j][names[0]][0]  # every candidate's first position renormalises over the same set
+            lse = torch.logsumexp(row[torch.tensor(first)], dim=0)
+            bounds.append({n: float(row[conts[n][0]] - lse) for n in names})
         biases_of = [row_biases if kind == "route" else (0.0,) for (_r, _s, kind, _n, _c, row_biases) in jobs]
         # round 1: at each bias, the name with the best bound
         run(sorted({(j, max(job[3], key=lambda n: bounds[j][n] + b * w.get(n, 0.0))) for j, job in enumerate(jobs) for b in biases_of[j]}))
@@ -289,7 +302,7 @@ class HFPolicy:
     def _decide(self, session: Any, rows: list[int], turns: list[Any], meta: list[dict[str, Any]]) -> list[Any]:
         """Rows whose text just reached a decision stem: score the allowed names, choose, force
         the choice's tokens; fork rows whose biases disagree (names.py, decoder.Fork)."""
-        from rl_router.rollout.decoder import Fork
+        from rl_router.rollout.decoder import Fork, NameDraw
         from rl_router.rollout.names import Decision, choose, continuation, group_biases, sample_choice, stem_at_end
 
         tok = self.tokenizer
@@ -301,10 +314,12 @@ class HFPolicy:
                 continue
             stem, tmpl, kind = hit
             state = meta[r]["state"]
+            draw = not self.greedy and not any(meta[r]["biases"])  # training's case: sample the name distribution token by token
             if kind == "route" and t.choice is not None:  # the turn already chose: the tag carries the same name
                 cont = continuation(tok, stem, tmpl.format(name=t.choice))
                 if cont:
                     t.forced = list(cont)
+                    t.forced_allowed = [[x] for x in cont] if draw else [None] * len(cont)
                 continue
             if kind == "adopt":
                 calls = (state.info or {}).get("calls") or {}
@@ -315,6 +330,9 @@ class HFPolicy:
             names = [n for n in names if conts[n]]
             if not names:
                 self.undecided += 1
+                continue
+            if draw:
+                t.trie = NameDraw(stem, kind, names, {n: list(conts[n]) for n in names})
                 continue
             jobs.append((r, stem, kind, names, conts, meta[r]["biases"]))
         if not jobs:
@@ -349,15 +367,18 @@ class HFPolicy:
 
 def route_text(model: str, query: str, env: Any = None) -> str:
     """A scripted route turn, in the one shape every scripted policy (and the SFT data built
-    from them) uses; in the env's own action syntax when it has one (tool calls)."""
+    from them) uses; in the env's own action syntax when it has one (tool calls). The think
+    text does not name the model: the name is chosen once, at the tag, from the name
+    distribution (rollout/names.py), so a warm start that copies a name out of its own think
+    text does not leave the decision with no entropy to explore or a knob to move."""
     if env is not None and hasattr(env, "render_route"):
         return env.render_route(model, query)
-    return f'<think>Route to {model}.</think><route model="{model}">{query}</route>'
+    return f'<think>Route.</think><route model="{model}">{query}</route>'
 
 
 def adopt_text(model: str, env: Any = None) -> str:
-    """A scripted answer turn adopting `model`'s final answer."""
-    return answer_text(f"@{model}", env, think=f"Adopt {model}'s answer.")
+    """A scripted answer turn adopting `model`'s final answer (the name chosen at `@`)."""
+    return answer_text(f"@{model}", env, think="Adopt.")
 
 
 def answer_text(answer: str, env: Any = None, think: str = "Adopt the reply's final answer.") -> str:

@@ -25,6 +25,7 @@ class Turn:
     eos: bool = False  # the policy ended its output (EOS) in this turn
     decisions: list[dict[str, Any]] = field(default_factory=list)  # route decisions made by name (rollout/names.py)
     forks: list[tuple["EpisodeState", "Turn"]] = field(default_factory=list)  # episodes split off at a decision (several biases)
+    allowed: list[list[int] | None] | None = None  # per token: the set a name decision renormalised over (None: the whole vocabulary)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class EpisodeState:
     truncated: bool = False
     done_reason: str | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    decision_tokens: list[tuple[int, list[int]]] = field(default_factory=list)  # (completion position, the set its name decision renormalised over)
     biases: tuple[float, ...] | None = None  # the cost-knob settings this trajectory stands for
     uid: int = field(default_factory=lambda: next(_UIDS))  # identifies the episode's KV-cache row
 
@@ -59,7 +61,7 @@ class EpisodeState:
 
         return EpisodeState(self.task, fork_env(self.env), self.prompt_ids, list(self.completion_ids), list(self.env_mask), list(self.logprobs), list(self.policy_turns),
                             list(self.observations), self.last_obs, copy.deepcopy(self.info), self.done, self.terminated, self.truncated, self.done_reason,
-                            [list(d) for d in self.decisions], self.biases)
+                            [list(d) for d in self.decisions], [(p, list(a)) for p, a in self.decision_tokens], self.biases)
 
 
 class Policy(Protocol):

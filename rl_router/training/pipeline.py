@@ -345,16 +345,21 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     reward_funcs, weights = ([bopo], [1.0]) if bopo else build_rewards(run.recipe.rewards)  # training's percentile window is shared by all ranks
     args = GRPOConfig(output_dir=str(rl_dir), **{**run.hw, **run.recipe.trainer, "reward_weights": weights})
     mnt, zero3, tok, stops = run.recipe.rollout.max_new_tokens, is_deepspeed_zero3_enabled(), run.tok, stop_strings(run.recipe)
+    names = None
+    if run.recipe.rollout.decisions == "names":  # sample the name distribution evaluation decides by (rollout/names.py)
+        from rl_router.rollout.names import cost_weights
+
+        names = {"names": run.pool.model_names, "route_weights": cost_weights(run.pool)}
 
     def rollout_policy(trainer: Any) -> Any:
         """The policy that generates router turns with the trainer's current weights: vLLM
         (TRL's engine, weights synced by TRL before each rollout) when `trainer.use_vllm`,
-        else HF generate on the unwrapped model."""
+        else our cached decoder on the unwrapped model, deciding routes by name (`rollout.decisions`)."""
         if args.use_vllm:
             from rl_router.rollout.vllm import VLLMPolicy, backend_from_trainer
 
             return VLLMPolicy(backend_from_trainer(trainer), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops)
-        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops, synced_gpus=zero3)
+        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops, synced_gpus=zero3, **(names or {}))
 
     peft_config = lora_config(run.recipe)
     trainer = RouterGRPOTrainer(

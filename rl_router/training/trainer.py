@@ -7,8 +7,12 @@ What it adds to TRL, and why:
 - the advantage estimator is a constructor switch. TRL computes GRPO advantages inline;
   for RLOO and BoPO we recompute them from the same (all-process, gathered) rewards after
   TRL's scoring, so groups that span ranks are whole before advantages are taken;
-- episode metrics (cost, routes, quality, pool and format error rates) are logged next to
-  TRL's, so `report_to` and the reward/cost curve see them;
+- at name decisions the loss's log-probs are the renormalised distribution the rollout
+  sampled (training/decisions.py), not TRL's whole-vocabulary ones: the policy trained is
+  the policy evaluated and shipped;
+- episode metrics (cost, routes, quality, pool and format error rates) and what carries the
+  signal (groups with zero reward variance, the entropy of each route decision) are logged
+  next to TRL's, so `report_to` and the training curves see them;
 - checkpoints are written to a staging folder and renamed into place (by rank 0, after a
   barrier: every rank writes its own RNG state there) when complete.
 
@@ -31,6 +35,7 @@ from trl import GRPOTrainer
 
 from rl_router.training.advantages import bopo_advantages, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
+from rl_router.training.decisions import allowed_tensor, captured_hidden, renormalise
 
 ADVANTAGES = ("grpo", "rloo", "bopo")
 SEEN_FILE = "rl_router_seen.json"
@@ -53,6 +58,10 @@ class RouterGRPOTrainer(GRPOTrainer):
         # what training has seen (all ranks): a "step" says little when a step is 2 tasks
         self.episodes_seen = 0
         self.tasks_seen: set[str] = set()
+        # name decisions of the batch being scored / the micro-batch in the loss (decisions.py)
+        self._decision_lists: list[Any] | None = None
+        self._decision_allowed: torch.Tensor | None = None
+        self._last_decisions: list[Any] = []
 
     def _save_checkpoint(self, model, trial):  # type: ignore[override]
         """Atomic checkpoints: TRL/transformers write into OUT/.staging/checkpoint-N, which is
@@ -94,6 +103,32 @@ class RouterGRPOTrainer(GRPOTrainer):
             self.episodes_seen, self.tasks_seen = int(seen["episodes"]), set(seen["tasks"])
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _generate(self, prompts):  # type: ignore[override]
+        out = super()._generate(prompts)
+        extra = out[5]
+        self._decision_lists = extra.pop("decision_tokens", None)
+        self._last_decisions = extra.get("decisions") or []
+        return out
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):  # type: ignore[override]
+        """TRL's per-token log-probs, renormalised at name decisions (decisions.py)."""
+        allowed = self._decision_allowed
+        if allowed is None and self._decision_lists is not None and len(self._decision_lists) == input_ids.size(0):
+            allowed = allowed_tensor(self._decision_lists, logits_to_keep, device=input_ids.device)
+        if allowed is None or allowed.size(0) != input_ids.size(0):
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        with captured_hidden(model) as hidden:
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        logps, entropies = renormalise(model, torch.cat(hidden, dim=0), input_ids, logits_to_keep, allowed, self.temperature, logps, entropies)
+        return logps, entropies, aux
+
+    def _compute_loss(self, model, inputs):  # type: ignore[override]
+        self._decision_allowed = inputs.get("decision_allowed")
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._decision_allowed = None
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards_per_func = rewards_per_func
@@ -101,7 +136,14 @@ class RouterGRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):  # type: ignore[override]
-        out = super()._generate_and_score_completions(inputs)
+        try:
+            out = super()._generate_and_score_completions(inputs)
+            if self._decision_lists is not None:  # travels with the batch through TRL's shuffle and split into micro-batches
+                allowed = allowed_tensor(self._decision_lists, out["completion_ids"].size(1), device=out["completion_ids"].device)
+                if allowed is not None:
+                    out["decision_allowed"] = allowed
+        finally:
+            self._decision_lists = None
         mode = "train" if self.model.training else "eval"
         local = self._last_inputs
         fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes", "pool_errors", "format_error")}

@@ -1,0 +1,111 @@
+"""Training samples the name distribution evaluation decides by, and the loss uses its log-probs.
+
+A route name is drawn token by token from the router's distribution renormalised over the
+tokens that continue some pool name (`@NAME`: some called model); TRL's loss must see exactly
+those log-probs (training/decisions.py), not the whole vocabulary's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOConfig
+
+from rl_router.rollout.names import STEMS, allowed_sets, continuation
+from rl_router.tiny import build_tiny_router
+from rl_router.training.decisions import allowed_tensor
+from rl_router.training.trainer import RouterGRPOTrainer
+
+
+@pytest.mark.parametrize("names", [("gpt-4o", "gpt-4o-mini"), ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b"), ("a", "b")])
+def test_the_name_distribution_is_a_distribution_over_the_names(tokenizer, names):
+    """exp(log p(name)) over the candidates sums to 1, for names that share a prefix too, and
+    equals what sampling token by token within the allowed sets would give."""
+    from rl_router.rollout.decoder import Session
+
+    model, _ = build_tiny_router(seed=1, hidden_size=32, num_layers=1)
+    model.eval()
+    stem, tmpl, _ = STEMS[0]
+    ctx = tokenizer.encode("<|im_start|>assistant\n<think>x</think>" + stem, add_special_tokens=False)
+    conts = {n: continuation(tokenizer, stem, tmpl.format(name=n)) for n in names}
+    within = allowed_sets(conts)
+    assert all(within[n][k] for n in names for k in range(len(conts[n])))
+    sess = Session(model, tokenizer.pad_token_id)
+    sess.sync([0], [ctx])
+    lp = sess.score([0] * len(names), [conts[n] for n in names], [within[n] for n in names])
+    assert sum(torch.tensor(lp).exp().tolist()) == pytest.approx(1.0, abs=1e-5)
+    full = sess.score([0] * len(names), [conts[n] for n in names])  # the vocabulary's: mass leaks to other text
+    assert sum(torch.tensor(full).exp().tolist()) < 0.99
+
+
+def test_allowed_tensor_places_each_set_at_its_position():
+    t = allowed_tensor([[(1, [5, 7]), (2, [9])], None, []], 4)
+    assert t.shape == (3, 4, 2)
+    assert t[0, 1].tolist() == [5, 7] and t[0, 2].tolist() == [9, -1] and (t[0, 0] == -1).all() and (t[1:] == -1).all()
+    assert allowed_tensor([[], None], 3) is None
+
+
+def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_path, quickstart_run):
+    """With the quickstart's trained router: a training rollout (RouterGRPOTrainer's own
+    generation path, rollout.decisions: names) emits only pool names at the route tag and
+    only called models at `@`; the per-token log-probs TRL's loss uses (our trainer's
+    `_get_per_token_logps_and_entropies`, as `_compute_loss` calls it) equal the sampler's
+    log-probs on every trained token, and summed over a decision's tokens equal the decoder's
+    name log-prob. TRL's whole-vocabulary log-probs differ at those tokens (the check can fail)."""
+    from rl_router.models import load_checkpoint
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
+    from rl_router.rollout.names import cost_weights
+    from rl_router.rollout.policies import HFPolicy
+    from rl_router.task_sources import recipe_pool, recipe_tasks
+
+    recipe = recipe_from_dict(json.loads((quickstart_run.out / "recipe.json").read_text()))
+    model, tok = load_checkpoint(quickstart_run.out / "final", recipe)
+    pool = recipe_pool(recipe)
+    tasks = recipe_tasks(recipe, pool)[0][:8]
+    T = 1.0
+    weights = cost_weights(pool)
+    rollout = make_rollout_func(make_engine(recipe, pool, tok), tasks, lambda tr: HFPolicy(tr.accelerator.unwrap_model(tr.model), tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=T,
+                                                                                           stop_strings=stop_strings(recipe), names=pool.model_names, route_weights=weights))
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_generations=4, max_steps=1, learning_rate=1e-3, temperature=T, beta=0.0, bf16=False, use_cpu=True,
+                      report_to="none", save_strategy="no", max_completion_length=recipe.rollout.max_completion_tokens, gradient_checkpointing=False)
+    trainer = RouterGRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [float(i % 2) for i in range(len(completions))]], args=args,
+                                train_dataset=Dataset.from_list([{"prompt": t.question} for t in tasks]), processing_class=tok, rollout_func=rollout)
+    trainer.model.train()
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+    decisions = trainer._last_decisions
+    assert "decision_allowed" in out
+    allowed = out["decision_allowed"]
+    pos = allowed[:, :, 0] >= 0
+    assert int(pos.sum()) > 0
+    comp = out["completion_ids"]
+    assert all(int(comp[b, j]) in allowed[b, j].tolist() for b, j in pos.nonzero().tolist())
+    names = set(pool.model_names)
+    for turns in decisions:
+        for d in (x for t in turns for x in t):
+            assert d["choice"] in names and d["scores"] is None and d["logprob"] <= 0.0
+    ids = torch.cat([out["prompt_ids"], comp], 1)
+    att = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    C = comp.size(1)
+    with torch.no_grad():
+        trainer._decision_allowed = allowed
+        ours = trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, C, compute_entropy=True)
+        trainer._decision_allowed = None
+        vocab = trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, C)[0]
+    lp, ent = ours[0], ours[1]
+    trained = (out["completion_mask"] * out["tool_mask"]).bool()
+    sampled = out["sampling_per_token_logps"]
+    torch.testing.assert_close(lp[trained], sampled[trained], rtol=0, atol=1e-4)
+    for b, turns in enumerate(decisions):
+        want = sum(x["logprob"] for t in turns for x in t)
+        assert float(lp[b][pos[b]].sum()) == pytest.approx(want, abs=1e-4)
+    assert float((vocab[pos] - lp[pos]).abs().max()) > 1e-3  # TRL's own numbers are not the sampled distribution's
+    assert (ent[pos] >= -1e-6).all()
+    # the loss runs on these inputs (the decision tensor travels with TRL's micro-batches)
+    trainer.current_gradient_accumulation_steps = 1  # what TRL's train loop sets before a loss
+    loss = trainer._compute_loss(trainer.model, out)
+    assert torch.isfinite(loss)
