@@ -31,4 +31,32 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "calls_per_task": {m: k / n for m, k in sorted(calls.items())},
         "pool_error_rate": mean(1.0 if (e.get("pool_errors") or 0) > 0 else 0.0 for e in episodes),
         "call_share": {m: (k / total_calls if total_calls else 0.0) for m, k in sorted(calls.items())},
+        "behaviour": behaviour(episodes),
+    }
+
+
+def behaviour(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a multi-call router does with the replies it reads: the share of episodes that make
+    a second call, and among those whose first two replies both state an answer, how often a
+    third call follows when the two agree and when they disagree (an agreement cascade
+    escalates exactly on disagreement). Counts are given beside the rates."""
+    n = len(episodes)
+    ok = [[c for c in (e.get("trace") or []) if not c.get("error")] for e in episodes]
+    second = sum(1 for calls in ok if len(calls) >= 2)
+    agree = disagree = esc_agree = esc_disagree = 0
+    for calls in ok:
+        if len(calls) < 2 or not calls[0].get("final") or not calls[1].get("final"):
+            continue
+        same = calls[0]["final"] == calls[1]["final"]
+        third = len(calls) >= 3
+        agree += same
+        disagree += not same
+        esc_agree += same and third
+        esc_disagree += (not same) and third
+    return {
+        "second_call_rate": second / n if n else 0.0,
+        "first_two_agree": agree,
+        "first_two_disagree": disagree,
+        "escalation_rate_when_agree": esc_agree / agree if agree else None,
+        "escalation_rate_when_disagree": esc_disagree / disagree if disagree else None,
     }

@@ -37,8 +37,10 @@ def heldout_split(recipe: Recipe, pool: Any, tasks: list[Task]) -> tuple[list[Ta
     file repeats is the file's, so never trained on. With no such files, `files` splits by task."""
     d = recipe.data
     held_ids = getattr(pool, "file_task_ids", set()) if d.heldout_by == "files" else set()
-    if held_ids:
-        return [t for t in tasks if t.task_id not in held_ids], [t for t in tasks if t.task_id in held_ids]
+    if held_ids:  # a train task whose question a held-out task shares (another option set) is not trained on either
+        held = [t for t in tasks if t.task_id in held_ids]
+        groups = {t.group for t in held}
+        return [t for t in tasks if t.task_id not in held_ids and t.group not in groups], held
     return split_tasks(tasks, d.heldout_fraction, d.seed, by="task" if d.heldout_by == "files" else d.heldout_by)
 
 

@@ -24,10 +24,13 @@ class Task:
     topic: str = "general"
     task_id: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    group: str = ""  # split unit: tasks of one group (MMLU-Pro: one question text under different options) stay on one side of every split; default the task itself
 
     def __post_init__(self) -> None:
         if not self.task_id:
             self.task_id = stable_hash(self.dataset, self.question)[:16]
+        if not self.group:
+            self.group = self.task_id
 
     def context(self) -> dict[str, Any]:
         """What a recorded/simulated pool may use to resolve a sub-query to this task (the
@@ -59,8 +62,9 @@ class Task:
 
 
 def split_tasks(tasks: list[Task], heldout_fraction: float, seed: int = 0, *, by: str = "task") -> tuple[list[Task], list[Task]]:
-    """Deterministic split by hashing task ids (or, with `by="topic"`, topic names) with the
-    seed: stable across runs and machines. By topic, every held-out task comes from a topic
+    """Deterministic split by hashing task groups (`Task.group`: the task id unless tasks share
+    a question, as MMLU-Pro's reused question texts do) or, with `by="topic"`, topic names,
+    with the seed: stable across runs and machines. By topic, every held-out task comes from a topic
     (an MMLU subject) that no train task has: the test of a router that must generalise to
     traffic it never saw, not only to new questions on familiar subjects."""
     if not 0.0 <= heldout_fraction < 1.0:
@@ -69,7 +73,7 @@ def split_tasks(tasks: list[Task], heldout_fraction: float, seed: int = 0, *, by
         raise ValueError(f"data.heldout_by must be 'task' or 'topic', got {by!r}")
     train, held = [], []
     for t in tasks:
-        key = t.task_id if by == "task" else f"topic:{t.dataset}:{t.topic}"
+        key = t.group if by == "task" else f"topic:{t.dataset}:{t.topic}"
         u = int(stable_hash(str(seed), key)[:8], 16) / 0xFFFFFFFF
         (held if u < heldout_fraction else train).append(t)
     return train, held
@@ -83,6 +87,6 @@ def split_validation(train: list[Task], fraction: float, seed: int = 0) -> tuple
         raise ValueError(f"data.validation_fraction must be in [0, 1), got {fraction}")
     keep, val = [], []
     for t in train:
-        u = int(stable_hash(str(seed), "validation", t.task_id)[:8], 16) / 0xFFFFFFFF
+        u = int(stable_hash(str(seed), "validation", t.group)[:8], 16) / 0xFFFFFFFF
         (val if u < fraction else keep).append(t)
     return keep, val

@@ -164,6 +164,7 @@ class MultiRoundRoutingEnv(TextEnv):
                     info["n_routes"] += 1
                     info["calls"][act.model] += 1
                     self._replies[act.model] = comp.text
+                    info["trace"][-1]["final"] = extract_final_answer(comp.text, self.task.answer_type)  # for behaviour summaries (metrics.behaviour)
                     left = self._budget_left()
                     budget_note = f" | ${left:.6f} left" if cfg.budget is not None else ""
                     # the reply's own conclusion, as adopting it would read it: nothing a reader of the

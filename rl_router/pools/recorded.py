@@ -261,7 +261,7 @@ class RecordedPool(Pool):
                     user_ids.add(rec.task_id)
         assert chosen is not None
         records, notes = merge_duplicates(records)
-        tasks = [RecordedTask(Task(question=r.prompt, gold=r.gold, answer_type=r.answer_type, dataset=r.dataset, topic=r.topic, task_id=r.task_id), r.prompt, r.answers) for r in records]
+        tasks = [RecordedTask(Task(question=r.prompt, gold=r.gold, answer_type=r.answer_type, dataset=r.dataset, topic=r.topic, task_id=r.task_id, group=r.group), r.prompt, r.answers) for r in records]
         cards = []
         for name, spec in chosen.items():
             scores = spec.get("example_scores")
@@ -372,7 +372,9 @@ def _row_models(fmt: str, row: dict[str, Any]) -> list[str]:
 
 
 def merge_duplicates(records: list[Record]) -> tuple[list[Record], list[str]]:
-    """One task per (dataset, prompt): the first record read is kept (see records.py's rules);
+    """One task per (dataset, prompt): the prompt is all the router and a pool model see (an
+    MMLU-Pro question with its options: the same text with other options is another task), so
+    two records with one prompt are one task read twice; the first record read is kept (see records.py's rules);
     returns the kept records and a note per dataset on what was merged."""
     seen: dict[tuple[str, str], Record] = {}
     kept: list[Record] = []

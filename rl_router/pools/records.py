@@ -101,6 +101,7 @@ class Record:
     task_id: str = ""
     where: str = ""
     made_up: bool = False  # replies made up from scores (records.scored_replies), not recorded text
+    group: str = ""  # tasks of one group stay on one side of every split (MMLU-Pro: the question text, whatever its options); default: the task
 
     def __post_init__(self) -> None:
         if not self.task_id:
@@ -484,7 +485,11 @@ def mmlu_pro_record(cv: Converter, where: str, row: dict[str, Any]) -> Record:
     prompt = mmlu_pro_prompt(question, options, category)
     for a in answers.values():
         a.score = score_answer(extract_final_answer(a.response, "choice"), gold, "choice")
-    return Record(prompt, cv.dataset, answers, gold, "choice", category, f"{cv.dataset}:{qid}", where)
+    # a task is what the router sees (question and options: MMLU-Pro reuses a question's text
+    # with other options as another question); its split group is the question's text alone,
+    # so such variants never sit on both sides of a train / held-out split
+    group = stable_hash(cv.dataset, "question", " ".join(question.split()).lower())[:16]
+    return Record(prompt, cv.dataset, answers, gold, "choice", category, f"{cv.dataset}:{qid}", where, group=group)
 
 
 def dcrouter_record(cv: Converter, where: str, row: dict[str, Any]) -> Record:

@@ -135,6 +135,23 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._last_inputs = inputs
         return rewards_per_func
 
+    def _log_signal(self, m: Any, mode: str) -> None:
+        """What can carry a learning signal this step: the share of groups whose rewards are all
+        equal (their GRPO advantages are 0 whatever the scaling; TRL's `frac_reward_zero_std`
+        under `scale_rewards: batch` reads the whole batch instead), and the entropy of each
+        name decision in nats (route: among the pool's models; adopt: among the called ones).
+        A decision with no entropy cannot be explored."""
+        rpf = self._last_rewards_per_func
+        G = self.num_generations if mode == "train" else self.num_generations_eval
+        if rpf is not None and G and rpf.shape[0] % G == 0:
+            r = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1).view(-1, G)
+            m["signal/zero_std_groups"].append(float(((r.max(dim=1).values - r.min(dim=1).values).abs() < 1e-9).float().mean()))
+        decisions = [d for turns in gather_object([list(self._last_decisions)]) for ep in turns for t in (ep or []) for d in t]
+        for kind, stem in (("route", '<route model="'), ("adopt", "<answer>@")):
+            ent = [float(d["entropy"]) for d in decisions if d.get("entropy") is not None and d.get("stem") == stem]
+            if ent:
+                m[f"decision/{kind}_entropy"].append(sum(ent) / len(ent))
+
     def _generate_and_score_completions(self, inputs):  # type: ignore[override]
         try:
             out = super()._generate_and_score_completions(inputs)
@@ -158,6 +175,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             m[f"episode/{name}"].append(sum(float(v or 0.0) for v in fields[key]) / n)
         for key, name in (("pool_errors", "pool_error_rate"), ("format_error", "format_error_rate")):  # share of episodes with any
             m[f"episode/{name}"].append(sum(1 for v in fields[key] if v) / n)
+        self._log_signal(m, mode)
         if self.advantage == "grpo" or self._last_rewards_per_func is None:
             return out
         G = self.num_generations if mode == "train" else self.num_generations_eval
