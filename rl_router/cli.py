@@ -109,6 +109,16 @@ def _print_training(metrics: dict[str, Any], out: Path) -> None:
     line = "the random cheap/strong mixture" if len(metrics.get("pool", [])) == 2 else "the single-model hull (the best random mix of single models)"
     console.print(f"above {line} at the same cost (95% interval over tasks): " + ", ".join(
         f"{k.replace('_', ' ')} {metrics[m]:+.3f} [{metrics[m + '_ci95'][0]:+.3f}, {metrics[m + '_ci95'][1]:+.3f}]" for k, m in stages if m in metrics))
+    d = metrics.get("rl_minus_warm_start")
+    if d:
+        def diff(x: dict[str, Any], scale: float = 1.0) -> str:
+            v, (lo, hi) = x.get("mean", x.get("value")), x["ci95"]
+            return f"{scale * v:+.3f} [{scale * lo:+.3f}, {scale * hi:+.3f}]" + ("" if x["significant"] else " (n.s.)")
+
+        console.print(f"RL minus its warm start, paired over {d['tasks']} held-out tasks [95%]: above hull {diff(d['above_hull'])}, reward {diff(d['reward'])}, "
+                      f"quality {diff(d['quality'])}, $ / 1k tasks {diff(d['cost'], 1000.0)}")
+    if "kept_step" in metrics and metrics["kept_step"] != metrics.get("global_step"):
+        console.print(f"kept the router of step {metrics['kept_step']} of {metrics.get('global_step')} (highest validation reward)")
     seen = []
     if "sft_steps" in metrics:
         seen.append(f"warm start {metrics['sft_steps']} steps = {metrics['sft_examples']} examples of {metrics['sft_distinct_trajectories']} distinct trajectories")
@@ -268,6 +278,7 @@ def eval_(
     route_bias: Optional[float] = typer.Option(None, "--route-bias", help="Route bias for the router rows (default: the calibrated one in the model folder's route_bias.json, else 0)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Episodes per lock-step batch (one decode step for all of them; default rollout.batch_size): larger is faster on CPU while memory lasts."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write eval.json and the PNGs (default: RUN/eval for a training run, MODEL-eval beside a model folder, else the recipe's output_dir/eval)."),
+    against: Optional[str] = typer.Option(None, "--against", help="Another router (a model folder or training run) run greedily on the same tasks; the router minus it is reported paired, with 95% intervals. RUN/sft is the warm start: RL's own contribution."),
 ) -> None:
     """Evaluate a router on the recipe's held-out tasks against always-<model>, random, the
     oracle (cheapest model that solves each task) and a learned TF-IDF kNN router: quality,
@@ -280,7 +291,7 @@ def eval_(
     bl = _budgets(budgets)
     with _progress() as prog:
         res = evaluate(r, target, n=_positive("--n", n), sampled=sampled, budgets=bl, checkpoints=checkpoints, curve_biases=_numbers("--curve-biases", curve_biases) or (list(DEFAULT_CURVE_BIASES) if curve else None),
-                       route_bias=route_bias, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size, progress=_bars(prog, n or r.data.max_heldout or 0))
+                       route_bias=route_bias, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size, progress=_bars(prog, n or r.data.max_heldout or 0), against=against)
     _print_eval(res, write_outputs(res, out))
 
 

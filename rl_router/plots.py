@@ -16,30 +16,93 @@ def _smooth(xs: list[float], window: int) -> list[float]:
 
 
 def plot_training(log_history: list[dict[str, Any]], path: str | Path, title: str = "training", heldout: dict[str, Any] | None = None) -> Path:
-    """Reward and sampled quality per training step (raw points and a moving average) with the
-    cost on the right axis, from TRL's log history; with `heldout` (the run's metrics) the
-    held-out quality before training, after the warm start and after RL as marks at the ends,
-    so a reader sees whether training helped on tasks it never saw."""
+    """Four panels a reader can judge RL by, from TRL's log history and the run's metrics
+    (`heldout`): (1) the held-out learning curve, the router's distance above the single-model
+    hull at each evaluated step with its 95% interval band (step 0: the warm start; training
+    never sees these tasks), or, without a curve, the held-out marks before / after;
+    (2) reward: the training batches (points, moving average) and the held-out curve;
+    (3) cost per 1k tasks, training and held-out; (4) the signal: share of groups with zero
+    reward variance (no GRPO gradient), format errors, entropy of the route decision (nats)
+    and routes per episode."""
     plt = _plt()
     rows = [h for h in log_history if "reward" in h and "step" in h]
     steps = [h["step"] for h in rows]
-    win = max(2, len(rows) // 8)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+    win = max(2, len(rows) // 10)
+    curve = [p for p in (heldout or {}).get("curve") or [] if "heldout" in p]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.2), dpi=110)
+    (a1, a2), (a3, a4) = axes
+    # (1) held-out above hull
+    if curve:
+        xs = [p["step"] for p in curve]
+        ys = [p["heldout"].get("above_hull") or 0.0 for p in curve]
+        lo = [p["heldout"]["ci95"].get("above_hull", [y, y])[0] for p, y in zip(curve, ys)]
+        hi = [p["heldout"]["ci95"].get("above_hull", [y, y])[1] for p, y in zip(curve, ys)]
+        a1.fill_between(xs, lo, hi, color="tab:red", alpha=0.15, label="95% interval (bootstrap over tasks)")
+        a1.plot(xs, ys, "o-", color="tab:red", lw=2, ms=4, label=f"router, greedy, {curve[0]['heldout'].get('tasks', '?')} held-out tasks")
+        a1.axhline(0, color="grey", lw=1, ls="--", label="single-model hull")
+        kept = (heldout or {}).get("kept_step")
+        if kept is not None and kept in xs:
+            a1.scatter([kept], [ys[xs.index(kept)]], marker="*", s=180, color="gold", edgecolors="black", zorder=5, label=f"kept (best validation reward): step {kept}")
+        a1.set_ylabel("quality above the hull at its cost")
+        a1.legend(fontsize=7, loc="best")
+    else:
+        marks = [(k, lab) for k, lab in (("heldout_above_hull_before", "initial"), ("heldout_above_hull_after_sft", "after warm start"), ("heldout_above_hull_after", "after RL")) if k in (heldout or {})]
+        for i, (k, lab) in enumerate(marks):
+            v, (l, h) = heldout[k], heldout[k + "_ci95"]
+            a1.errorbar([i], [v], yerr=[[max(v - l, 0.0)], [max(h - v, 0.0)]], fmt="o", capsize=3)  # a percentile interval need not contain the point
+        a1.set_xticks(range(len(marks)), [lab for _, lab in marks])
+        a1.axhline(0, color="grey", lw=1, ls="--")
+        a1.set_ylabel("held-out quality above the hull")
+    a1.set_title("held-out: above the single-model hull", fontsize=9)
+    a1.set_xlabel("RL step")
+    # (2) reward
     r = [h["reward"] for h in rows]
-    ax.plot(steps, r, "o", color="tab:blue", alpha=0.3, ms=3)
-    ax.plot(steps, _smooth(r, win), "-", color="tab:blue", lw=2, label=f"reward (batch mean; line: {win}-step average)")
-    if rows and "episode/quality" in rows[0]:
-        q = [h["episode/quality"] for h in rows]
-        ax.plot(steps, q, "s", color="tab:green", alpha=0.3, ms=3)
-        ax.plot(steps, _smooth(q, win), "--", color="tab:green", lw=2, label="sampled quality (average)")
-    if heldout and steps:
-        marks = [("heldout_before", steps[0], "initial"), ("heldout_after_sft", steps[0], "after warm start"), ("heldout_after", steps[-1], "after RL")]
-        for key, x, label in marks:
-            if key in heldout:
-                ax.scatter([x], [heldout[key]["quality"]], marker="*", s=140, zorder=4, edgecolors="black", linewidths=0.5, label=f"held-out quality, {label}: {heldout[key]['quality']:.3f}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("reward / quality")
-    return _cost_axis(ax, steps, [h.get("episode/cost", 0.0) for h in rows], title, path)
+    if rows:
+        a2.plot(steps, r, ".", color="tab:blue", alpha=0.25, ms=3)
+        a2.plot(steps, _smooth(r, win), "-", color="tab:blue", lw=2, label=f"training batches ({win}-step average)")
+    if curve:
+        a2.plot([p["step"] for p in curve], [p["heldout"]["reward"] for p in curve], "o-", color="tab:red", ms=4, label="held-out, greedy")
+        val = [p for p in curve if "validation" in p]
+        if val:
+            a2.plot([p["step"] for p in val], [p["validation"]["reward"] for p in val], "s--", color="tab:purple", ms=3, label="validation, greedy")
+    a2.set_title("reward (the recipe's)", fontsize=9)
+    a2.set_xlabel("RL step")
+    a2.legend(fontsize=7, loc="best")
+    # (3) cost
+    if rows and "episode/cost" in rows[0]:
+        c = [1000 * h.get("episode/cost", 0.0) for h in rows]
+        a3.plot(steps, c, ".", color="tab:orange", alpha=0.25, ms=3)
+        a3.plot(steps, _smooth(c, win), "-", color="tab:orange", lw=2, label="training batches")
+    if curve:
+        a3.plot([p["step"] for p in curve], [1000 * p["heldout"]["mean_cost"] for p in curve], "o-", color="tab:red", ms=4, label="held-out, greedy")
+    a3.set_title("cost ($ per 1k tasks)", fontsize=9)
+    a3.set_xlabel("RL step")
+    a3.legend(fontsize=7, loc="best")
+    # (4) signal
+    for key, lab, col in (("signal/zero_std_groups", "groups with zero reward variance", "black"), ("episode/format_error_rate", "format errors", "tab:red"),
+                          ("decision/route_entropy", "route decision entropy (nats)", "tab:green")):
+        ys = [h[key] for h in rows if key in h]
+        if ys:
+            a4.plot([h["step"] for h in rows if key in h], _smooth(ys, win), "-", color=col, lw=1.6, label=lab)
+    routes = [h["episode/routes"] for h in rows if "episode/routes" in h]
+    if routes:
+        a4b = a4.twinx()
+        a4b.plot([h["step"] for h in rows if "episode/routes" in h], _smooth(routes, win), ":", color="tab:blue", lw=1.6, label="routes per episode (right)")
+        a4b.set_ylabel("routes per episode", color="tab:blue")
+        h1, l1 = a4.get_legend_handles_labels()
+        h2, l2 = a4b.get_legend_handles_labels()
+        a4.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+    else:
+        a4.legend(fontsize=7, loc="best")
+    a4.set_title(f"signal ({win}-step averages)", fontsize=9)
+    a4.set_xlabel("RL step")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
 
 
 def _plt():

@@ -55,6 +55,7 @@ class DataSection:
     max_heldout_initial: int | None = None  # cap on the held-out tasks the untrained router is evaluated on (the first N; it runs every turn to the token limit, the slowest evaluation; its figures carry their own n); null: all
     seed: int = 0
     synthetic_n: int = 200
+    synthetic_template: str = "Synthetic {topic} task #{i}"  # source=synthetic: the question text ({topic}, {i}); leave {topic} out for tasks a router cannot tell apart
     synthetic_topics: list[str] = field(default_factory=lambda: ["easy", "hard"])
     hf: list[dict[str, Any]] = field(default_factory=list)  # source=hf: [{path, name, split, question, answer, answer_type, data_files}]
     world: dict[str, Any] = field(default_factory=dict)  # source=arithmetic|code: task generator options (min_steps, max_steps, p_hard, timeout_s)
@@ -70,13 +71,26 @@ class AlgorithmSection:
     sft_style: str = "compact"  # boundary trajectories: "compact" (short sub-query, answer @model) or "verbatim" (question, typed answer)
     neither_rate: float = 0.1  # share of "neither" tasks (cheap trajectory) in the SFT mix
     strong_only_share: float | None = 0.5  # share of strong_only tasks (escalations) in the SFT mix; null = equal to each other class
-    sft_mix: str = "stepwise"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference); "agreement": the agreement cascade (N models); "per_topic": each topic's most accurate train model
+    sft_mix: str = "stepwise"  # "efficient": BoPO's stratified cost-efficient successes; "stepwise": strong_only tasks as the boundary-guided hybrid (agentic: per step; router_r1: cheap-then-strong cascade); "both": both boundaries of every task (no routing preference); "agreement": the agreement cascade (N models); "per_topic": each topic's most accurate train model; "format": the protocol only (random calls and adoptions: no routing rule)
     cascade_models: list[str] | None = None  # sft_mix agreement: [cheap_a, cheap_b, strong]; null = fitted on the train tasks
     bopo_lam: float = 0.5  # BoPO: success bonus for cost below the strong boundary
     bopo_mu: float = 0.25  # BoPO: failure penalty per unit of boundary-relative cost
     bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
     cheap_model: str | None = None  # boundary policies; default: the pool's cheapest / strongest card
     strong_model: str | None = None
+    advantage: str | None = None  # the advantage estimator, if not algorithm.name's own: grpo | rloo | bopo (bopo needs name: bopo); name: bopo with advantage: grpo trains GRPO on BoPO's reward (the ablation)
+    rl_minutes: float | None = None  # stop RL after this many minutes (at the next step; `train --minutes`); null: trainer.max_steps decides
+
+
+@dataclass
+class CurveSection:
+    """The RL stage watched on tasks it never trains on (training/curve.py): a held-out learning
+    curve, and the checkpoint kept by validation reward."""
+
+    every_steps: int = 0  # evaluate the router greedily every N RL steps (and at step 0, the warm start); 0: no curve
+    heldout_n: int = 200  # the first N held-out tasks: the curve drawn and kept in metrics.json (reported, never used to choose)
+    validation_n: int = 200  # the first N validation tasks (data.validation_fraction): their reward picks the kept checkpoint
+    keep_best: bool = False  # ship the point of highest validation reward instead of the last step
 
 
 def _default_trainer() -> dict[str, Any]:
@@ -141,6 +155,7 @@ class Recipe:
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     sft: dict[str, Any] = field(default_factory=_default_sft)  # SFTConfig fields, 1:1
     data: DataSection = field(default_factory=DataSection)
+    curve: CurveSection = field(default_factory=CurveSection)
     output_dir: str = "outputs/quickstart"
 
     # ---- building ---------------------------------------------------------------------------
@@ -160,7 +175,7 @@ HF_SPEC_KEYS = {"path", "name", "split", "data_files", "question", "answer", "an
 
 
 # ---- loading and validation ---------------------------------------------------------------
-SECTIONS = {"model", "pool", "env", "rollout", "rewards", "trainer", "algorithm", "sft", "data", "output_dir"}
+SECTIONS = {"model", "pool", "env", "rollout", "rewards", "trainer", "algorithm", "sft", "data", "curve", "output_dir"}
 
 
 def _section(cls: type, raw: Any, path: str) -> Any:
@@ -198,7 +213,7 @@ def validate_trainer(trainer: dict[str, Any], path: str = "trainer", config_cls:
     trainer.update(checked)
 
 
-MAPPING_SECTIONS = ("model", "pool", "env", "rollout", "trainer", "algorithm", "sft", "data")
+MAPPING_SECTIONS = ("model", "pool", "env", "rollout", "trainer", "algorithm", "sft", "data", "curve")
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
@@ -240,6 +255,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         algorithm=_section(AlgorithmSection, raw.get("algorithm"), "algorithm"),
         sft=sft,
         data=_section(DataSection, raw.get("data"), "data"),
+        curve=_section(CurveSection, raw.get("curve"), "curve"),
         output_dir=str(raw.get("output_dir", "outputs/quickstart")),
     )
     r.env_config()  # validates env fields
@@ -269,6 +285,8 @@ RANGES = (
     ("data", "max_train", 1, None, True), ("data", "max_heldout", 1, None, True), ("data", "max_heldout_initial", 1, None, True), ("data", "synthetic_n", 1, None, False),
     ("algorithm", "sft_examples", 1, None, False), ("algorithm", "neither_rate", 0.0, 1.0, False),
     ("algorithm", "bopo_lam", 0.0, 0.999999, False), ("algorithm", "bopo_mu", 0.0, 0.499999, False), ("algorithm", "bopo_beta", 0.0, 1.0, False),
+    ("algorithm", "rl_minutes", 1e-9, None, True),
+    ("curve", "every_steps", 0, None, False), ("curve", "heldout_n", 0, None, False), ("curve", "validation_n", 0, None, False),
 )
 
 
@@ -325,6 +343,17 @@ def validate_combination(r: Recipe) -> None:
     """Cross-field checks that would otherwise fail deep inside training."""
     check_ranges(r)
     a, t = r.algorithm, r.trainer
+    if a.advantage is not None and a.advantage not in ("grpo", "rloo", "bopo"):
+        raise ConfigError("algorithm.advantage", f"unknown {a.advantage!r}", "use grpo, rloo or bopo, or null for algorithm.name's own")
+    if a.advantage == "bopo" and a.name != "bopo":
+        raise ConfigError("algorithm.advantage", "bopo's reference-guided advantage compares episodes with BoPO's boundary-relative reward", "set algorithm.name: bopo")
+    try:
+        r.data.synthetic_template.format(topic="t", i=0)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError("data.synthetic_template", f"{r.data.synthetic_template!r} is not a question template ({e})", "use {topic} and {i} only, e.g. 'Synthetic {topic} task #{i}'") from None
+    if r.curve.keep_best and not (r.curve.every_steps and r.curve.validation_n and r.data.validation_fraction > 0):
+        raise ConfigError("curve.keep_best", "picks the checkpoint by validation reward, and this recipe measures none",
+                          "set curve.every_steps > 0, curve.validation_n > 0 and data.validation_fraction > 0 (train tasks set aside), or keep_best: false")
     if r.rollout.decisions not in ("names", "free"):
         raise ConfigError("rollout.decisions", f"unknown {r.rollout.decisions!r}", "use names (sample the name distribution evaluation decides by) or free (token by token)")
     if r.trainer.get("use_vllm") and r.rollout.decisions == "names":
@@ -333,8 +362,8 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("rollout.protocol", f"unknown {r.rollout.protocol!r}", "use tags (<route model=...>) or tools (native tool calls)")
     if a.name not in ("grpo", "rloo", "bopo"):
         raise ConfigError("algorithm.name", f"unknown {a.name!r}", "use grpo, rloo or bopo")
-    if a.sft_mix not in ("efficient", "stepwise", "both", "agreement", "per_topic"):
-        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise, both, agreement or per_topic")
+    if a.sft_mix not in ("efficient", "stepwise", "both", "agreement", "per_topic", "format"):
+        raise ConfigError("algorithm.sft_mix", f"unknown {a.sft_mix!r}", "use efficient, stepwise, both, agreement, per_topic or format")
     if a.sft_mix == "agreement" and r.env.get("name", "router_r1") == "router_r1" and int(r.env.get("max_turns", 4)) < 4:
         raise ConfigError("env.max_turns", f"{r.env.get('max_turns')} is too few for sft_mix: agreement (two cheap calls, the strong one, an answer)", "set env.max_turns: 4")
     if a.cascade_models is not None and (not isinstance(a.cascade_models, list) or len(a.cascade_models) != 3):

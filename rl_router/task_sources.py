@@ -69,7 +69,7 @@ def recipe_splits(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task], li
         if not tasks:
             raise ConfigError("data.datasets", f"no tasks for {d.datasets} in the pool")
     elif d.source == "synthetic":
-        tasks = synthetic_tasks(d.synthetic_n, d.synthetic_topics, d.seed)
+        tasks = synthetic_tasks(d.synthetic_n, d.synthetic_topics, d.seed, d.synthetic_template)
     elif d.source == "hf":
         tasks = load_hf_tasks(d.hf)
     elif d.source in WORLD_SOURCES:
@@ -103,12 +103,14 @@ def interleave_datasets(tasks: list[Task], seed: int = 0) -> list[Task]:
     return out
 
 
-def synthetic_tasks(n: int, topics: list[str], seed: int = 0) -> list[Task]:
+def synthetic_tasks(n: int, topics: list[str], seed: int = 0, template: str = "Synthetic {topic} task #{i}") -> list[Task]:
     """Opaque-answer tasks for simulated pools: the pool decides who solves what by topic skill.
     Gold is a 6-digit code; a simulated model that gets the task wrong answers another 6-digit
-    code (`pools.simulated.wrong_like`), so a reply's form never shows its verdict."""
+    code (`pools.simulated.wrong_like`), so a reply's form never shows its verdict. `template`
+    is the question text (`{topic}`, `{i}`); one without `{topic}` gives tasks a router cannot
+    tell apart before it calls a model (what a task-blind router faces)."""
     return [
-        Task(question=f"Synthetic {topics[i % len(topics)]} task #{i}", gold=f"{int(stable_hash(str(seed), str(i))[:8], 16) % 10**6:06d}", answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
+        Task(question=template.format(topic=topics[i % len(topics)], i=i), gold=f"{int(stable_hash(str(seed), str(i))[:8], 16) % 10**6:06d}", answer_type="code", dataset="synthetic", topic=topics[i % len(topics)])
         for i in range(n)
     ]
 

@@ -10,8 +10,9 @@ held-out tasks, all scored the same way (`evaluator.Evaluator`).
 4. `simple_baselines`: oracle, per-category best, the kNN router (both swept over lambda into
    curves) and, where replies are real text and there are three or more models, the
    agreement cascade (`baselines.py`);
-5. `router_rows`: the router greedy (and sampled), its knob sweep (`--curve`), budget sweep
-   (`--budgets`) and checkpoints (`--checkpoints`);
+5. `router_rows`: the router greedy (and sampled), another router to compare it with
+   (`--against`, e.g. its warm start: RL's own contribution), its knob sweep (`--curve`),
+   budget sweep (`--budgets`) and checkpoints (`--checkpoints`);
 6. `compare`: PGR, distance above the single-model hull, against the best single model, APGR
    of every closed curve, paired differences (`comparisons.py`), all with 95% intervals.
 Outputs: `eval.json`, `frontier.png`, `budget_sweep.png`, `checkpoints.png`.
@@ -157,8 +158,9 @@ def simple_baselines(run: EvalRun, table: OutcomeTable, refs: References, lambda
         run.extra["cascade"] = {"cheap_pair": [a, b], "strong": strong, "fit_on_train": fit, "max_turns": max(4, run.recipe.env_config().max_turns)}
 
 
-def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None, budgets: list[float] | None, checkpoints: bool, knob_strong: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Step 5: the router greedy / sampled; knob sweep, budget sweep, checkpoints."""
+def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None, budgets: list[float] | None, checkpoints: bool, knob_strong: str, against: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Step 5: the router greedy / sampled; another router (`--against`: its warm start, say);
+    knob sweep, budget sweep, checkpoints."""
     from rl_router.models import load_checkpoint
 
     if run.model is None:
@@ -181,6 +183,14 @@ def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None
         sweep.append({"budget": b, **{k: s[k] for k in ("quality", "mean_cost", "reward", "budget_violation_rate", "routes_per_task")}, "per_task": s["per_task"]})
     if sweep:
         run.curves["router budget sweep"] = sweep
+    if against:  # another router on the same tasks (its warm start, another seed): the router minus it is paired in `compare`
+        from rl_router.errors import ConfigError
+
+        other = resolve_checkpoint(against)
+        if other is None:
+            raise ConfigError("--against", f"{against} is neither a model folder nor a training run with final/", "give a model folder (e.g. RUN/sft, the warm start) or a training output dir")
+        m, _ = load_checkpoint(other, recipe)
+        run.policies[f"other router: {against} (greedy)"], _ = run.ev.run("other router", router_policy(m, tok, recipe, greedy=True, route_bias=run.route_bias, pool=run.pool))
     rows = []
     if checkpoints and run.ckpt is not None:
         sft = run.ckpt.parent / "sft"
@@ -249,6 +259,7 @@ def evaluate(
     route_bias: float | None = None,
     batch_size: int = 32,
     progress: Callable[[str, int], None] | None = None,
+    against: str | None = None,
 ) -> dict[str, Any]:
     """The steps of the module docstring. `curve_biases`: route biases (the cost knob) at
     which to run the router for its own curve; `route_bias`: the router rows' setting (None:
@@ -257,7 +268,7 @@ def evaluate(
     run = prepare(recipe, target, n=n, batch_size=batch_size, route_bias=route_bias, progress=progress)
     refs = single_models(run)
     simple_baselines(run, train_outcomes(run), refs, knn_lambdas)
-    knob, sweep, ck_rows = router_rows(run, sampled=sampled, curve_biases=curve_biases, budgets=budgets, checkpoints=checkpoints, knob_strong=run.pool.strongest().name)
+    knob, sweep, ck_rows = router_rows(run, sampled=sampled, curve_biases=curve_biases, budgets=budgets, checkpoints=checkpoints, knob_strong=run.pool.strongest().name, against=against)
     scores = compare(run, refs)
     q_cheap = refs.summaries[refs.cheapest]["quality"]
     for row in sweep:  # where a tight budget leaves the router worse than the cheapest model alone

@@ -9,18 +9,26 @@ RLOO (leave-one-out baseline, Ahmadian et al. 2024):
     A_i = r_i - 1/(G-1) * sum_{j != i} r_j  =  G/(G-1) * (r_i - mean(r_group))
 An unbiased baseline that excludes the episode's own reward; no std scaling.
 
-BoPO (boundary-guided; see `rl_router/boundary.py` for the reward):
+BoPO (boundary-guided, reference-guided advantage; the reward is in `training/boundary.py`):
     b_g   = (1 - beta) * mean(r_group) + beta * r_ref(task)
     A_i   = r_i - b_g
     A_i   = min(A_i, 0)   if episode i failed and a boundary policy succeeds on the task
-`r_ref` is the reward the better boundary policy (always-cheapest / always-strongest)
-earns on this task. Mixing it into the baseline keeps a signal when the whole group
-agrees (e.g. every episode took the cheap model and failed a task the strong model
-solves: GRPO's advantage is 0, BoPO's is negative). Within a group the baseline is shared,
-so advantages keep the rewards' order; BoPO's reward ranks every success above every
-failure, hence a cheap failure never gets a higher advantage than a costlier success, and
-the clamp makes sure failing a solvable task is never pushed up, so the policy cannot
-collapse to always-cheap.
+    A_i   = max(A_i, 0)   if episode i succeeded on such a task
+`r_ref` is the reward the better boundary policy (always-cheapest / always-strongest) earns on
+this task. Mixing it into the baseline keeps a signal when the whole group agrees (every
+episode took the cheap model and failed a task the strong model solves: GRPO's advantage is 0,
+BoPO's is negative). But a baseline alone changes nothing in expectation (a per-task constant
+cancels from the policy gradient), so by itself BoPO would be REINFORCE on its reward, and a
+router that cannot tell tasks apart would be pushed to always-cheap as soon as the cheap model
+solves more than 1/(1 + lam) of the solvable tasks (2/3 at lam 0.5): the cheap-failure
+solution the paper's reference-guided advantage exists to avoid. The two clamps are what
+changes the expected gradient: on a task the boundaries show solvable, a failure is never
+pushed up and a success never pushed down, whatever it cost next to its group. Enumerating
+every group of a task-blind router exactly (tests/test_bopo.py), the expected gradient on the
+strong model stays positive near always-cheap for cheap-solves shares up to 0.95 (it is
+-0.175 at 0.8 without the success clamp, and GRPO's on the same reward -0.15). Our reading of
+arXiv 2602.21227's intent (a reference-guided advantage against degenerate cheap failures),
+not a transcription of its formula.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ def bopo_advantages(rewards: torch.Tensor, G: int, ref_rewards: torch.Tensor, su
     mean = torch.where(torch.isnan(mean), ref, mean)  # a wholly unscorable group: baseline = reference
     base = (1 - beta) * mean + beta * ref
     adv = (g - base).reshape(-1)
-    clamp = (~success.bool()) & ref_solvable.bool()
-    adv = torch.where(clamp, torch.clamp(adv, max=0.0), adv)
+    solvable, ok = ref_solvable.bool(), success.bool()
+    adv = torch.where(solvable & ~ok, torch.clamp(adv, max=0.0), adv)  # failing a solvable task is never pushed up
+    adv = torch.where(solvable & ok, torch.clamp(adv, min=0.0), adv)  # solving it is never pushed down
     return torch.nan_to_num(adv, nan=0.0)

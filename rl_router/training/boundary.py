@@ -70,13 +70,39 @@ class StepwiseBoundaryPolicy:
         return text_turns(self.tokenizer, [self._text(s) for s in states])
 
 
+class FormatOnlyPolicy:
+    """A warm start that teaches the protocol and no routing rule: per task (seeded by its id)
+    1 to `max_calls` calls to distinct models drawn uniformly, then adopt one of the called
+    models drawn uniformly. What RL starts from then holds every behaviour a router can have
+    (one call or several, any model, any adoption) with entropy to explore, and nothing we
+    chose (`sft_mix: format`)."""
+
+    def __init__(self, tokenizer: Any, models: Sequence[str], max_calls: int, seed: int = 0):
+        self.tokenizer, self.models, self.max_calls, self.seed = tokenizer, list(models), max(1, int(max_calls)), seed
+
+    def _plan(self, task: Task) -> tuple[list[str], str]:
+        rng = random.Random(f"{self.seed}:format:{task.task_id}")
+        k = rng.randint(1, min(self.max_calls, len(self.models)))
+        calls = rng.sample(self.models, k)
+        return calls, rng.choice(calls)
+
+    def _text(self, s: Any) -> str:
+        calls, adopt = self._plan(s.task)
+        k = len(s.policy_turns)
+        return route_text(calls[k], SHORT_QUERY, s.env) if k < len(calls) else adopt_text(adopt, s.env)
+
+    def act(self, states: list[Any]) -> list[Any]:
+        return text_turns(self.tokenizer, [self._text(s) for s in states])
+
+
 def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False, max_error_rate: float = 1.0,
-                   cascade: tuple[str, str, str] | None = None, per_topic: dict[str, str] | None = None) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
+                   cascade: tuple[str, str, str] | None = None, per_topic: dict[str, str] | None = None, format_calls: int | None = None, seed: int = 0) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
     """Run always-cheap and always-strong on `tasks`; return records and their episodes.
     `stepwise` (agentic envs) also runs the boundary-guided hybrid, kept as episodes[tid]["stepwise"];
     `cascade` = (a, b, strong) also runs the agreement cascade (evaluation/baselines.py), kept
     as episodes[tid]["cascade"]; `per_topic` (task id -> model) the single-shot route to each
-    task's topic model, kept as episodes[tid]["per_topic"]. Stops (PoolFailure) when more than
+    task's topic model, kept as episodes[tid]["per_topic"]; `format_calls` the format-only
+    trajectories (`FormatOnlyPolicy`, up to that many calls), kept as episodes[tid]["format"]. Stops (PoolFailure) when more than
     `max_error_rate` of a boundary's episodes hit pool errors."""
     cheap = cheap or pool.cheapest().name
     strong = strong or pool.strongest().name
@@ -98,6 +124,11 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
         check_pool_errors(eps, max_error_rate, "per-topic routes")
         for t, ep in zip(tasks, eps):
             episodes[t.task_id]["per_topic"] = ep
+    if format_calls:
+        eps = run_sharded(engine, tasks, FormatOnlyPolicy(tokenizer, pool.model_names, format_calls, seed=seed), batch_size=batch_size)
+        check_pool_errors(eps, max_error_rate, "format-only trajectories")
+        for t, ep in zip(tasks, eps):
+            episodes[t.task_id]["format"] = ep
     if cascade is not None:
         from rl_router.evaluation.baselines import AgreementCascadePolicy
 
@@ -144,6 +175,14 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
             raise ValueError("algorithm.sft_mix: per_topic needs the per-topic episodes (run_boundaries(per_topic=...))")
         rng.shuffle(rows)
         return [rows[i % len(rows)] for i in range(n)]
+    if mix == "format":
+        # the protocol with no routing rule: random calls and adoptions (FormatOnlyPolicy)
+        rng = random.Random(seed)
+        rows = [episodes[tid]["format"] for tid in records if "format" in episodes[tid] and not episodes[tid]["format"].get("format_error")]
+        if not rows:
+            raise ValueError("algorithm.sft_mix: format needs the format-only episodes (run_boundaries(format_calls=...))")
+        rng.shuffle(rows)
+        return [rows[i % len(rows)] for i in range(n)]
     if mix == "agreement":
         # every task's agreement-cascade trajectory (two cheap models, then the best one where
         # they disagree), escalations kept at their natural share: the rule is a function of
@@ -155,7 +194,7 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
         rng.shuffle(casc)
         return [casc[i % len(casc)] for i in range(n)]
     if mix not in ("efficient", "stepwise"):
-        raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient, stepwise, both or agreement")
+        raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient, stepwise, both, agreement, per_topic or format")
     pick = {"both": "cheap", "cheap_only": "cheap", "strong_only": "strong", "neither": "cheap"}
     strata: dict[str, list[dict[str, Any]]] = {k: [] for k in CLASSES}
     for tid, r in records.items():

@@ -34,7 +34,7 @@ from rl_router.rewards import build_rewards
 from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
 from rl_router.rollout.policies import HFPolicy
 from rl_router.stats import resample_index
-from rl_router.task_sources import recipe_pool, recipe_tasks
+from rl_router.task_sources import recipe_pool, recipe_splits
 from rl_router.training.stages import RunFolder
 
 
@@ -106,6 +106,7 @@ class Run:
     pool: Any
     train_tasks: list[Any]
     held: list[Any]
+    validation: list[Any]
     cheap: str
     strong: str
     model: Any
@@ -168,7 +169,7 @@ def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[s
 
         raise ConfigError("--output-dir", f"{out / 'sft'} exists but is not a warm start of rl-router (no config.json)", "move it away or choose another --output-dir; rl-router never deletes what it did not write")
     pool = recipe_pool(recipe)
-    train_tasks, held = recipe_tasks(recipe, pool)
+    train_tasks, validation, held = recipe_splits(recipe, pool)
     cheap, strong = validate_against_pool(recipe, pool, train_tasks or held)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(int(recipe.trainer.get("seed", 0)))
@@ -178,7 +179,7 @@ def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[s
     hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
     from rl_router.evaluation.evaluator import EvalOptions
 
-    run = Run(recipe, out, folder, state, say, pool, train_tasks, held, cheap, strong, model, tok, Evaluator(recipe, pool, tok, held, options=EvalOptions(batch_size=recipe.rollout.batch_size), progress=tqdm_progress()), hw)
+    run = Run(recipe, out, folder, state, say, pool, train_tasks, held, validation, cheap, strong, model, tok, Evaluator(recipe, pool, tok, held, options=EvalOptions(batch_size=recipe.rollout.batch_size), progress=tqdm_progress()), hw)
     run.write("recipe.json", recipe.to_dict())  # recipes hold env var names, never keys
     run.metrics.update(algorithm=recipe.algorithm.name, train_tasks=len(train_tasks), heldout_tasks=len(held), pool=pool.model_names)
     return run
@@ -234,7 +235,8 @@ def stage_boundaries(run: Run) -> None:
             run.metrics["per_topic"] = models
         run.records, run.boundary_episodes = run_boundaries(engine, run.pool, run.train_tasks, run.tok, cheap=run.cheap, strong=run.strong, style=a.sft_style,
                                                             stepwise=a.sft_mix == "stepwise", max_error_rate=max_error_rate(run.recipe.pool), cascade=cascade, per_topic=per_topic,
-                                                            batch_size=max(64, run.recipe.rollout.batch_size))
+                                                            batch_size=max(64, run.recipe.rollout.batch_size),
+                                                            format_calls=max(1, int(run.recipe.env.get("max_turns", 3)) - 1) if a.sft_mix == "format" else None, seed=run.recipe.data.seed)
         if run.main:
             save_boundaries(path, run.records, run.boundary_episodes)
         run.state.wait_for_everyone()
@@ -362,23 +364,36 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
         return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops, synced_gpus=zero3, **(names or {}))
 
     peft_config = lora_config(run.recipe)
+    c = run.recipe.curve
+    curve = None
+    if c.every_steps or a.rl_minutes:
+        from rl_router.training.curve import LearningCurve
+
+        curve = LearningCurve(run, every=c.every_steps, heldout_n=c.heldout_n, validation=run.validation[: c.validation_n], keep_best=c.keep_best, minutes=a.rl_minutes)
     trainer = RouterGRPOTrainer(
-        model=run.model, reward_funcs=reward_funcs, args=args, callbacks=callbacks, processing_class=tok,
+        model=run.model, reward_funcs=reward_funcs, args=args, callbacks=[*(callbacks or []), *([curve] if curve else [])], processing_class=tok,
         train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in run.train_tasks]),
         rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy),
-        peft_config=peft_config, advantage=a.name, bopo_reward=bopo, bopo_beta=a.bopo_beta,
+        peft_config=peft_config, advantage=a.advantage or a.name, bopo_reward=bopo, bopo_beta=a.bopo_beta,
     )
-    run.log(f"{a.name.upper()} for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
+    run.log(f"{a.name.upper()}" + (f" ({a.advantage} advantages)" if a.advantage and a.advantage != a.name else "") + f" for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
     run.folder.finished("rl")  # recorded before the first checkpoint: a killed run resumes with the same settings
     trainer.train(resume_from_checkpoint=ckpt)
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if curve is not None:
+        run.metrics["curve"] = curve.points
+        kept = curve.restore_best(model)
+        run.metrics["kept_step"] = kept if kept is not None else trainer.state.global_step
+        if kept is not None:
+            run.log(f"keeping the router of step {kept} (highest validation reward {curve.best['reward']:.4f}) as final")
     run.model = model.merge_and_unload() if peft_config is not None else model
     if run.main:  # staged, then renamed: final/ is whole or absent, and carries the recipe that made it
         tmp = run.out / f".final.tmp-{os.getpid()}"
         run.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "recipe.json").write_text(json.dumps(run.recipe.to_dict(), indent=1, default=str))
-        (tmp / "training.json").write_text(json.dumps({"algorithm": run.recipe.algorithm.name, "steps": trainer.state.global_step, "episodes": trainer.episodes_seen, "distinct_tasks": len(trainer.tasks_seen)}, indent=1))
+        (tmp / "training.json").write_text(json.dumps({"algorithm": run.recipe.algorithm.name, "steps": trainer.state.global_step, "kept_step": run.metrics.get("kept_step", trainer.state.global_step),
+                                                       "episodes": trainer.episodes_seen, "distinct_tasks": len(trainer.tasks_seen)}, indent=1))
         if (run.out / "final").exists():
             import shutil
 
@@ -414,6 +429,8 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
             if len(refs.models) == 2:
                 m[f"heldout_above_random_mixture_{stage}"], m[f"heldout_above_random_mixture_{stage}_ci95"] = s["above_hull"], s["ci95"]["above_hull"]
     m["references"] = {"cheapest": refs.cheapest, "best": refs.best, "frontier": refs.frontier}
+    if "heldout_after_sft" in m and m["heldout_after_sft"]["episodes"] == m["heldout_after"]["episodes"] == len(run.held):
+        m["rl_minus_warm_start"] = rl_minus_start(m["heldout_after"], m["heldout_after_sft"], refs, idx)
     m["global_step"] = trainer.state.global_step
     logged = [h for h in trainer.state.log_history if "episodes/seen" in h]  # a resumed run counted before too
     m["rl_episodes"] = int(max([trainer.episodes_seen] + [h["episodes/seen"] for h in logged]))
@@ -426,6 +443,19 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
 
         plot_training(trainer.state.log_history, run.out / "training_curves.png", title=f"{run.recipe.algorithm.name.upper()} on {', '.join(run.pool.model_names)}", heldout=m)
     return m
+
+
+def rl_minus_start(after: dict[str, Any], start: dict[str, Any], refs: Any, idx: Any) -> dict[str, Any]:
+    """RL's own contribution: the router after RL minus the same router before RL (its warm
+    start), paired over the same held-out tasks: quality, cost, reward and distance above the
+    single-model hull, each a mean difference with its 95% bootstrap interval."""
+    from rl_router.evaluation.comparisons import paired_vs
+    from rl_router.stats import paired_difference
+
+    d = paired_vs(after, {"start": start}, refs, idx)["start"]
+    d["reward"] = paired_difference(after["per_task"]["reward"], start["per_task"]["reward"], idx)
+    d["tasks"] = len(after["per_task"]["quality"])
+    return d
 
 
 def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print, callbacks: list[Any] | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ STAGE_FIELDS: dict[str, list[str]] = {
     "rl": ["*"],
 }
 #: trainer fields a resumed RL stage may change (how long to train, how to log and save)
-RESUMABLE = {"trainer.max_steps", "trainer.save_steps", "trainer.logging_steps", "trainer.report_to", "trainer.save_total_limit", "output_dir"}
+RESUMABLE = {"trainer.max_steps", "trainer.save_steps", "trainer.logging_steps", "trainer.report_to", "trainer.save_total_limit", "algorithm.rl_minutes", "output_dir"}
 #: each stage's output, relative to OUT
 ARTIFACTS = {
     "baselines": "eval_baselines.json", "eval_before": "eval_before.json", "boundaries": "boundaries.json",

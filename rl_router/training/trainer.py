@@ -151,6 +151,9 @@ class RouterGRPOTrainer(GRPOTrainer):
             ent = [float(d["entropy"]) for d in decisions if d.get("entropy") is not None and d.get("stem") == stem]
             if ent:
                 m[f"decision/{kind}_entropy"].append(sum(ent) / len(ent))
+        routes = [d["choice"] for d in decisions if d.get("stem") == '<route model="']
+        for name in sorted({n for d in decisions for n in d.get("names") or [] if d.get("stem") == '<route model="'}):  # what the sampled policy calls
+            m[f"decision/route_share/{name}"].append(sum(1 for c in routes if c == name) / len(routes))
 
     def _generate_and_score_completions(self, inputs):  # type: ignore[override]
         try:

@@ -1,0 +1,143 @@
+"""The RL stage watched on tasks it never trains on: the learning curve and the kept checkpoint.
+
+Every `curve.every_steps` RL steps (and at step 0: the warm start RL begins from) the router is
+evaluated greedily, with the decoder the final evaluation uses, on
+
+- the first `curve.heldout_n` held-out tasks: quality, cost, reward and the distance above the
+  single-model hull with its 95% interval (paired over those tasks with the single models'
+  episodes from the baselines stage): the curve `training_curves.png` draws and metrics.json
+  keeps. It is reported, never used to choose anything;
+- `curve.validation_n` validation tasks (`data.validation_fraction`: train tasks set aside
+  before training): their mean reward under the recipe's own reward picks the checkpoint kept
+  as the final router when `curve.keep_best` (so a run may be as long as a user likes, and
+  what it ships is its best point by tasks it did not train on).
+
+`algorithm.rl_minutes` (`train --minutes`) stops RL after that many minutes, at the next step
+(the curve takes one last point there). Points are written to OUT/curve.json as they come, so a
+resumed run keeps its curve; the kept weights are OUT/best/ (rank 0 writes, every rank loads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from rl_router.stats import resample_index
+
+
+class LearningCurve(TrainerCallback):
+    def __init__(self, run: Any, *, every: int, heldout_n: int, validation: list[Any], keep_best: bool, minutes: float | None):
+        from rl_router.evaluation.evaluator import EvalOptions, Evaluator
+
+        self.run, self.every, self.keep_best = run, int(every), bool(keep_best)
+        self.held = run.held[: max(0, int(heldout_n))]
+        self.validation = list(validation)
+        self.val_eval = None
+        if self.validation:
+            self.val_eval = Evaluator(run.recipe, run.pool, run.tok, self.validation, options=EvalOptions(batch_size=run.recipe.rollout.batch_size))
+            self.val_eval.set_cost_reference(run.evaluator.cost_reference or [])
+        self.deadline = time.perf_counter() + 60.0 * float(minutes) if minutes else None
+        self.t0 = time.perf_counter()
+        self.path = run.out / "curve.json"
+        self.best_dir = run.out / "best"
+        saved = json.loads(self.path.read_text()) if run.folder.resume and self.path.exists() else {}
+        self.points: list[dict[str, Any]] = list(saved.get("points", []))
+        self.best: dict[str, Any] | None = saved.get("best")
+        self._refs = self._idx = None
+
+    # ---- what one point measures -------------------------------------------------------------
+    def _references(self) -> Any:
+        """The single models on the curve's held-out tasks (the first n of the baselines')."""
+        if self._refs is None and self.held:
+            from rl_router.evaluation.comparisons import references
+
+            n = len(self.held)
+            single = {}
+            for k, v in self.run.metrics["heldout_baselines"].items():
+                if k.startswith("always-"):
+                    pt = {key: list(vals[:n]) for key, vals in v["per_task"].items()}
+                    single[k.removeprefix("always-")] = {"quality": sum(pt["quality"]) / n, "mean_cost": sum(pt["cost"]) / n, "per_task": pt}
+            self._refs, self._idx = references(single), resample_index(n)
+        return self._refs
+
+    def measure(self, model: Any, step: int) -> dict[str, Any]:
+        from rl_router.evaluation.comparisons import score_policy
+        from rl_router.evaluation.evaluator import router_policy
+
+        run = self.run
+        point: dict[str, Any] = {"step": int(step), "minutes": (time.perf_counter() - self.t0) / 60.0}
+        if self.held:
+            eps = run.evaluator.episodes("curve (held-out)", router_policy(model, run.tok, run.recipe, pool=run.pool), tasks=self.held)
+            s = run.evaluator.summarize(eps, self.held)
+            refs = self._references()
+            if refs is not None and len(refs.models) > 1:
+                score_policy(s, refs, self._idx)
+            point["heldout"] = {k: s.get(k) for k in ("quality", "mean_cost", "reward", "above_hull", "routes_per_task", "format_error_rate")}
+            point["heldout"]["ci95"] = {k: s["ci95"][k] for k in ("quality", "mean_cost", "reward", "above_hull") if k in s["ci95"]}
+            point["heldout"]["tasks"] = len(self.held)
+        if self.val_eval is not None:
+            eps = self.val_eval.episodes("curve (validation)", router_policy(model, run.tok, run.recipe, pool=run.pool))
+            v = self.val_eval.summarize(eps)
+            point["validation"] = {"reward": v["reward"], "quality": v["quality"], "mean_cost": v["mean_cost"], "reward_ci95": v["ci95"]["reward"], "tasks": len(self.validation)}
+        return point
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+    def _record(self, model: Any, step: int) -> None:
+        if any(p["step"] == step for p in self.points):
+            return
+        point = self.measure(model, step)
+        self.points.append(point)
+        run = self.run
+        if self.keep_best and "validation" in point and (self.best is None or point["validation"]["reward"] > self.best["reward"]):
+            self.best = {"step": int(step), "reward": point["validation"]["reward"]}
+            if run.main:
+                import torch
+
+                self.best_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.best_dir / f".state.tmp-{os.getpid()}"
+                torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+                os.replace(tmp, self.best_dir / "state.pt")
+            run.state.wait_for_everyone()
+        run.write("curve.json", {"points": self.points, "best": self.best})
+        h = point.get("heldout") or {}
+        msg = f"curve at step {step}: held-out quality {h.get('quality', float('nan')):.3f}, ${1000 * (h.get('mean_cost') or 0):.3f}/1k, above hull {h.get('above_hull') or 0:+.3f}" if h else f"curve at step {step}"
+        if "validation" in point:
+            msg += f"; validation reward {point['validation']['reward']:.4f}" + (" (best so far)" if self.best and self.best["step"] == step else "")
+        run.log(msg)
+
+    def restore_best(self, model: Any) -> int | None:
+        """Load the kept weights into `model` (every rank); the step they come from, or None."""
+        if not (self.keep_best and self.best and (self.best_dir / "state.pt").exists()):
+            return None
+        import torch
+
+        model.load_state_dict(torch.load(self.best_dir / "state.pt", map_location="cpu"))
+        return int(self.best["step"])
+
+    # ---- TrainerCallback -----------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if self.every and state.global_step == 0:
+            self._record(model, 0)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        out_of_time = self.deadline is not None and time.perf_counter() > self.deadline
+        last = state.global_step >= state.max_steps
+        if out_of_time:
+            control.should_training_stop = True
+            self.run.log(f"algorithm.rl_minutes reached at step {state.global_step}: stopping RL")
+        if self.every and (state.global_step % self.every == 0 or out_of_time or last):
+            self._record(model, state.global_step)
+
+
+def curve_steps(points: list[dict[str, Any]]) -> list[int]:
+    return [p["step"] for p in points]
+
+
+def read_curve(out: Path) -> dict[str, Any]:
+    p = out / "curve.json"
+    return json.loads(p.read_text()) if p.exists() else {"points": [], "best": None}
