@@ -39,6 +39,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _usable_terminal_size() -> None:
+    """Drop COLUMNS / LINES when they are not a usable size: rich, typer and tqdm all read them,
+    `COLUMNS=abc` used to kill every command at import and `COLUMNS=0` printed every line,
+    errors included, as nothing."""
+    for name, least in (("COLUMNS", 20), ("LINES", 2)):
+        v = os.environ.get(name)
+        if v is not None and not (v.strip().isdigit() and int(v) >= least):
+            del os.environ[name]
+
+
+_usable_terminal_size()
 console = Console(width=None if Console().is_terminal else int(os.environ.get("COLUMNS") or 200))  # pipes and logs: wide enough for the tables
 
 SET_HELP = "Override a recipe field, repeatable: --set trainer.learning_rate=1e-5 (the value is YAML)."
@@ -559,16 +572,23 @@ def main() -> None:
     # nothing a user of this command can act on
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
+    from rich.markup import escape
+
+    from rl_router.redact import env_secrets, redact
+
     try:
         code = app(standalone_mode=False)
     except RouterError as e:
-        console.print(f"[bold red]error[/] {e}", highlight=False, soft_wrap=True)  # one line, however long
+        # one line, however long; credentials masked; brackets in it printed, not read as markup
+        line = " ".join(redact(str(e), env_secrets()).split())
+        console.print(f"[bold red]error[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except ClickException as e:  # usage errors (an unknown option, a missing argument): the same one line, exit 2
         cmd = " ".join(a for a in sys.argv[1:2] if not a.startswith("-"))
-        console.print(f"[bold red]error[/] {e.format_message()} -> rl-router {cmd + ' ' if cmd else ''}--help lists the options", highlight=False, soft_wrap=True)
+        msg = " ".join(redact(e.format_message(), env_secrets()).split())
+        console.print(f"[bold red]error[/] {escape(msg)} -> rl-router {escape(cmd) + ' ' if cmd else ''}--help lists the options", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except (typer.Abort, KeyboardInterrupt):
         console.print("[bold yellow]interrupted[/]")
