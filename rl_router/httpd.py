@@ -55,7 +55,7 @@ class JSONHandler(BaseHTTPRequestHandler):
         return
 
     def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+        data = json.dumps(body).encode() if self.command != "HEAD" else b""
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -87,6 +87,36 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         return self.rfile.read(n)
+
+    #: path -> the methods it answers; another method on one of them is a 405, an unknown path a 404
+    routes: dict[str, tuple[str, ...]] = {}
+
+    def _route(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def _not_allowed(self) -> None:
+        """Any method a route does not answer: 405 naming the ones it does (404 for no route),
+        as JSON; the body, if any, is not read, so the connection is closed after it."""
+        allowed = self.routes.get(self._route())
+        self.close_connection = True
+        if allowed:
+            self._send(405, openai_error(f"method {self.command} is not allowed on {self._route()}; use {', '.join(allowed)}", "invalid_request_error", 405), {"Allow": ", ".join(allowed)})
+        else:
+            self._send(404, openai_error(f"no route {self.command} {self._route()}", "invalid_request_error", 404))
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib answers a malformed request line or an unknown method with an HTML page:
+        answer JSON, in OpenAI's error shape, instead (an unknown method on a route is a 405)."""
+        if code == 501 and self.command and self.path:
+            self._not_allowed()
+            return
+        self.close_connection = True
+        try:
+            self._send(code, openai_error(message or "bad request", "invalid_request_error", code))
+        except Exception:  # noqa: BLE001 (the request line itself was unreadable: nothing more to say)
+            pass
 
     def _auth_ok(self) -> bool:
         # constant-time comparison: the time a wrong token takes to reject says nothing of the right one
