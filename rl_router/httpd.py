@@ -142,3 +142,22 @@ class QuietHTTPServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)
+
+
+def listen_error(host: str, port: int, e: BaseException) -> Any:
+    """Why a server could not listen on host:port, as the ConfigError naming the option at fault:
+    a host that does not resolve or is not this machine's is a --host problem, not a --port one."""
+    import errno
+    import socket
+
+    from rl_router.errors import ConfigError
+
+    if isinstance(e, OverflowError) or not 0 <= port <= 65535:
+        return ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)")
+    if isinstance(e, (socket.gaierror, UnicodeError)):
+        return ConfigError("--host", f"{host!r} is not a host name or address this machine can resolve", "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+    if isinstance(e, OSError) and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return ConfigError("--host", f"{host} is not an address of this machine ({e.strerror or e})", "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+    if isinstance(e, OSError) and e.errno == errno.EACCES:
+        return ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror})", "ports below 1024 need privileges: pick a higher --port")
+    return ConfigError("--port", f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e})", "pick a free port with --port, or stop what holds it")

@@ -254,6 +254,8 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     validate_trl_configs(r)
     from rl_router.rewards import build_rewards
 
+    if not r.rewards:  # an empty list used to pass here and fail after the baselines ran
+        raise ConfigError("rewards", "is empty", "list at least one reward, e.g. rewards: [{name: router_r1, alpha: 0.3}]")
     build_rewards(r.rewards)  # validates reward specs
     return r
 
@@ -311,6 +313,8 @@ def validate_trl_configs(r: Recipe) -> None:
     from accelerate.state import AcceleratorState, PartialState
     from trl import GRPOConfig, SFTConfig
 
+    for section, values in (("trainer", r.trainer), ("sft", r.sft)):
+        check_report_to(values.get("report_to"), f"{section}.report_to")
     had_state = bool(PartialState._shared_state)
     launcher = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in os.environ}
     hw = {"bf16": False, "use_cpu": True}
@@ -330,6 +334,26 @@ def validate_trl_configs(r: Recipe) -> None:
         os.environ.update(launcher)
         if not had_state:
             AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def check_report_to(value: Any, path: str) -> None:
+    """Every logger `report_to` names is one transformers knows and one installed here: an
+    unknown or missing one used to fail only when the trainer started, after the baselines."""
+    if value is None:
+        return
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(path, f"expected a logger name or a list of them, got {value!r}", "e.g. tensorboard, or none")
+    for n in names:
+        if n in ("none", "all"):
+            continue
+        if n not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(path, f"unknown logger {n!r}", f"use none or one of {sorted(INTEGRATION_TO_CALLBACK)}")
+        if n not in get_available_reporting_integrations():
+            raise ConfigError(path, f"{n} is not installed here", f"pip install {n.replace('_', '-')}, or set {path}: none")
 
 
 def validate_combination(r: Recipe) -> None:
@@ -438,7 +462,8 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
         try:
             parsed = parse_yaml(val, f"--set {key}")
         except ConfigError as e:
-            raise ConfigError(f"--set {key}", f"{val!r} is not a valid YAML value ({str(e).split(': ', 1)[-1]})", "quote text, write lists as [a, b]") from None
+            shown = repr(val) if len(val) <= 60 else repr(val[:57] + "...")
+            raise ConfigError(f"--set {key}", f"{shown} is not a valid YAML value ({str(e).split(': ', 1)[-1].split(' -> ')[0]})", "quote text, write lists as [a, b]") from None
         if isinstance(parsed, str):  # YAML 1.1 leaves 1e-5 a string
             try:
                 parsed = float(parsed)

@@ -264,15 +264,16 @@ class ChatReply(BaseModel):
 
 
 # ---- one error for all of them --------------------------------------------------------------
-def _loc(path: str, loc: tuple[Any, ...]) -> str:
-    out = path
+def _loc(path: str, loc: tuple[Any, ...], sep: str = ".") -> str:
+    out, first = path, True
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         elif part in ("str", "list[TextPart]", "list[union[str,TextPart]]", "int", "float", "constrained-int", "none", "function-before[_finite()]"):
             continue  # pydantic names the union arm it tried; the field is what a user knows
         else:
-            out += f".{part}" if out else str(part)
+            out += (sep if first else ".") + str(part) if out else str(part)
+            first = False
     return out
 
 
@@ -286,16 +287,19 @@ def _problem(err: dict[str, Any]) -> str:
     if t == "extra_forbidden":
         return "unknown key"
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    if t in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected an object (a mapping of fields), got {type(got).__name__} {shown}"
     if t in ("float_type", "int_type", "bool_type", "string_type", "dict_type", "list_type", "model_type", "model_attributes_type", "int_from_float", "literal_error") or t.endswith("_type"):
         return f"{msg[0].lower() + msg[1:] if msg else 'wrong type'}, got {type(got).__name__} {shown}"
     return f"{msg[0].lower() + msg[1:] if msg else t}" + ("" if shown in msg or isinstance(got, (dict, list)) else f", got {shown}")
 
 
-def invalid(e: ValidationError, path: str, model: type[BaseModel] | None = None, fix: str = "") -> ConfigError:
-    """The first error of a pydantic validation as one ConfigError naming the field path; an
-    unknown key gets the closest known one as its fix."""
+def invalid(e: ValidationError, path: str, model: type[BaseModel] | None = None, fix: str = "", sep: str = ".") -> ConfigError:
+    """The first error of a pydantic validation as one ConfigError naming the field path (`sep`
+    joins `path` and the first field: "." in a recipe, ": " after a file:line); an unknown key
+    gets the closest known one as its fix."""
     err = e.errors(include_url=False)[0]
-    where = _loc(path, err["loc"])
+    where = _loc(path, err["loc"], sep)
     problem = _problem(err)
     if err["type"] == "extra_forbidden" and model is not None:
         known = list(model.model_fields)
@@ -304,12 +308,12 @@ def invalid(e: ValidationError, path: str, model: type[BaseModel] | None = None,
     return ConfigError(where, problem, fix)
 
 
-def parse(model: type[BaseModel], data: Any, path: str, fix: str = "") -> Any:
+def parse(model: type[BaseModel], data: Any, path: str, fix: str = "", *, sep: str = ".") -> Any:
     """`data` as a `model`, or the ConfigError of `invalid`."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise invalid(e, path, model, fix) from None
+        raise invalid(e, path, model, fix, sep) from None
     except RecursionError:
         raise ConfigError(path, "is nested too deeply", fix or "flatten it") from None
 

@@ -30,6 +30,9 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)
 
 
+#: a value nested 200 levels deep (over rl_router.parsing.MAX_DEPTH, under Python's recursion limit)
+DEEP_YAML = "[" * 200 + "]" * 200
+DEEP_JSON = '{"a": ' * 200 + "1" + "}" * 200
 OPENAI_POOL = "{type: openai, models: {mixtral-8x7b: {base_url: 'http://127.0.0.1:{port}/v1', price_in: 0.6, price_out: 0.6}, gpt-4-1106: {base_url: 'http://127.0.0.1:{port}/v1', price_in: 10, price_out: 30}}}"
 QS = "recipes/quickstart.yaml"
 
@@ -93,7 +96,7 @@ CASES = [
     Case("rollout --baseline-query", f"rollout {QS} --baseline-query long", "--baseline-query: unknown 'long'"),
     Case("boundaries --n 0", f"boundaries {QS} --n 0", "--n: must be a positive number of tasks"),
     Case("steps-label on router_r1", f"steps-label {QS}", "env.name: step-level labels need the agentic env"),
-    Case("steps-replay: missing file", "steps-replay {dir}/none.jsonl {model}", "No such file"),
+    Case("steps-replay: missing file", "steps-replay {dir}/none.jsonl {model}", "steps: {dir}/none.jsonl does not exist"),
     # export
     Case("export --repo-id without /", "export {model} --repo-id no-slash", "--repo-id: 'no-slash' is not ORG/NAME"),
     Case("export into a user's folder", "export {model} --repo-id a/b --out {dir}/mine", "is not empty and holds no rl-router export", {"mine/important.txt": "notes"}),
@@ -146,6 +149,57 @@ CASES = [
     Case("calibrate: an unfinished run", "calibrate {dir}/run --target-cost 0.001", "is a training run that has not finished", {"run/stages.json": "{}", "run/sft/config.json": "{}"}),
     Case("serve: an unfinished run", "serve {dir}/run", "is a training run that has not finished", {"run/stages.json": "{}", "run/rl/checkpoint-1/config.json": "{}"}),
     Case("pool-server --route-bias (removed)", "pool-server --route-bias 2", "No such option"),
+    # numbers: finite only, at every option and in every card (issue 33)
+    Case("calibrate --target-cost nan", "calibrate {model} --target-cost nan", "--target-cost: nan is not a finite number"),
+    Case("eval --route-bias nan", "eval {model} --route-bias nan", "--route-bias: nan is not a finite number"),
+    Case("eval --budgets nan", "eval {model} --budgets 0.001,nan", "--budgets: budgets must be > 0 dollars per task"),
+    Case("eval --curve-biases inf", "eval {model} --curve --curve-biases 0,inf", "--curve-biases: '0,inf' holds a value that is not a finite number"),
+    Case("serve --route-bias nan", "serve {model} --route-bias nan", "--route-bias: nan is not a finite number"),
+    Case("card price_in: .nan", "quickstart --set 'pool={type: simulated, models: {a: {price_in: .nan, price_out: 1}, b: {price_in: 1, price_out: 1}}}' --set data.source=synthetic",
+         "pool.models.a.price_in: expected a finite number, got nan"),
+    Case("card price_out: .inf", "train {dir}/r.yaml", "pool.models.m.price_out: expected a finite number, got inf",
+         {"r.yaml": "pool: {type: openai, models: {m: {base_url: 'http://127.0.0.1:1/v1', price_in: 1, price_out: .inf}}}\ndata: {source: synthetic}\n"}),
+    Case("card price as text", "quickstart --set 'pool={type: simulated, models: {a: {price_in: cheap, price_out: 1}, b: {price_in: 1, price_out: 1}}}' --set data.source=synthetic",
+         "pool.models.a.price_in: expected a number, got 'cheap'"),
+    Case("card key typo", "quickstart --set 'pool={type: recorded, models: {mixtral-8x7b: {pric_in: 1}, gpt-4-1106: {}}}'", "pool.models.mixtral-8x7b.pric_in: unknown key -> did you mean 'price_in'?"),
+    # YAML and JSON documents: duplicate keys, nesting
+    Case("duplicate key in a recipe", "train {dir}/r.yaml", "found the key 'trainer' twice in one mapping", {"r.yaml": "trainer: {max_steps: 2}\ntrainer: {max_steps: 3}\n"}),
+    Case("recipe nested 200 deep", "train {dir}/r.yaml", "is nested more than 64 levels deep", {"r.yaml": "trainer: {max_steps: 2}\ndata: {world: DEEP}\n"}),
+    Case("--set nested 200 deep", "quickstart --set 'data.world=DEEP'", "is nested more than 64 levels deep"),
+    Case("serve --pool nested 200 deep", "serve {model} --pool {dir}/p.yaml", "--pool: {dir}/p.yaml is nested more than 64 levels deep", {"p.yaml": "type: simulated\nmodels: DEEP\n"}),
+    Case("run's recipe.json nested deep", "eval {dir}/run", "recipe: {dir}/run/recipe.json is nested more than 64 levels deep", {"run/recipe.json": "@deepjson", "run/final/config.json": "{}"}),
+    # data files: task files, step files, pool files
+    Case("task file: a bad line after blank lines", "quickstart --set data.source={dir}/t.jsonl", "{dir}/t.jsonl:4: is not valid JSON", {"t.jsonl": '{"question": "a?"}\n\n\n{oops\n'}),
+    Case("task file: a number", "quickstart --set data.source={dir}/t.jsonl", "{dir}/t.jsonl:1: expected an object (a mapping of fields), got int 5", {"t.jsonl": "5\n"}),
+    Case("task file: question not text", "quickstart --set data.source={dir}/t.jsonl", "{dir}/t.jsonl:1: question: input should be a valid string, got int 7", {"t.jsonl": '{"question": 7}\n'}),
+    Case("task file: binary", "quickstart --set data.source={dir}/t.jsonl", "is not UTF-8 text", {"t.jsonl": "@binary"}),
+    Case("task file: a folder", "quickstart --set data.source={dir}/tasks", "{dir}/tasks is a folder, not a file", {"tasks/a.jsonl": "{}"}),
+    Case("step file: a line nested deep", "steps-replay {dir}/s.jsonl {model}", "{dir}/s.jsonl:1: is nested more than 64 levels deep", {"s.jsonl": "DEEP\n"}),
+    Case("step file: target not a tier", "steps-replay {dir}/s.jsonl {model}", "{dir}/s.jsonl:1: target 'b' is not one of its tiers ['a']",
+         {"s.jsonl": '{"task_id": "t", "step": 0, "messages": [{"role": "user", "content": "x"}], "completion": "", "tiers": {"a": {"cost": 0.1, "correct": true}}, "target": "b"}\n'}),
+    Case("pool file: one row", "eval always-a --set 'pool={type: recorded, files: [{dir}/one.csv], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom] --output-dir {dir}/ev",
+         "data.heldout_fraction: the split leaves no held-out task (1 task(s) in all", {"one.csv": "prompt,a,a_cost,b,b_cost\nWhat is 1+1?,True,0.001,True,0.01\n"}),
+    Case("pool file: corrupted .gz", "eval always-a --set 'pool={type: recorded, files: [{dir}/r.jsonl.gz], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom] --output-dir {dir}/ev",
+         "{dir}/r.jsonl.gz: file: cannot be read", {"r.jsonl.gz": "@truncated-gz"}),
+    Case("pool file: a line nested deep", "eval always-a --set 'pool={type: recorded, files: [{dir}/r.jsonl]}' --set data.datasets=[custom] --output-dir {dir}/ev", "{dir}/r.jsonl:1: is nested more than 64 levels deep", {"r.jsonl": "@deepjson"}),
+    # model folders
+    Case("model.name_or_path missing", f"rollout {QS} --set model.name_or_path={{dir}}/nope --n 2 --output-dir {{dir}}/ro", "model.name_or_path: {dir}/nope does not exist"),
+    Case("model.name_or_path an empty folder", f"rollout {QS} --set model.name_or_path={{dir}}/m --n 2 --output-dir {{dir}}/ro", "model.name_or_path: {dir}/m holds no config.json", {"m/.keep": ""}),
+    Case("model.name_or_path a file", f"rollout {QS} --set model.name_or_path={{dir}}/m --n 2 --output-dir {{dir}}/ro", "model.name_or_path: {dir}/m is a file, not a model folder", {"m": "x"}),
+    Case("model config.json truncated", "serve {dir}/m", "{dir}/m/config.json: is not valid JSON", {"m/config.json": '{"model_type": '}),
+    # late failures, now checked with the recipe
+    Case("rewards: []", "quickstart --set rewards=[]", "rewards: is empty"),
+    Case("trainer.report_to: bogus", "quickstart --set trainer.report_to=bogus", "trainer.report_to: unknown logger 'bogus'"),
+    Case("trainer.report_to: wandb (not installed)", "quickstart --set trainer.report_to=wandb", "trainer.report_to: wandb is not installed here"),
+    # servers
+    Case("serve --host not this machine's", "serve {model} --host 10.255.255.1 --port 0", "--host: 10.255.255.1 is not an address of this machine"),
+    Case("pool-server --host that does not resolve", "pool-server --host no-such-host.invalid --port 0", "--host: 'no-such-host.invalid' is not a host name or address this machine can resolve"),
+    Case("serve --pool with a password in a URL", "serve {model} --pool {dir}/p.yaml", "pool.models.mixtral-8x7b.base_url: holds credentials in a URL",
+         {"p.yaml": "{type: openai, models: {mixtral-8x7b: {base_url: 'https://bob:hunter2@api.example.com/v1', price_in: 1, price_out: 1}, gpt-4-1106: {base_url: 'http://127.0.0.1:1/v1', price_in: 1, price_out: 1}}}\n"}),
+    # files we did not write
+    Case("boundaries over a user's boundaries.json", f"boundaries {QS} --out {{dir}}/boundaries.json", "{dir}/boundaries.json exists and rl-router did not write it", {"boundaries.json": "mine"}),
+    Case("eval over a user's eval.json", "eval always-mixtral-8x7b --output-dir {dir}/ev", "{dir}/ev/eval.json exists and rl-router did not write it", {"ev/eval.json": "mine"}),
+    Case("export into a folder with a foreign file", "export {model} --repo-id a/b --out {dir}/e", "is not empty and holds no rl-router export", {"e/.rl-router-export.json": '{"files": ["../victim.txt", "README.md"]}', "e/notes.txt": "mine"}),
 ]
 
 
@@ -184,8 +238,17 @@ def run_case(case: Case, scratch: Path, model: Path, busy: int) -> tuple[int, st
             rf = RunFolder(p.parent, load_recipe(None, []).to_dict(), resume=True)
             rf.finished("baselines")
             continue
-        p.write_text(text.replace("{port}", str(port)))
-    argv = shlex.split(case.argv.replace("{dir}", str(d)).replace("{model}", str(model)).replace("{busy}", str(busy)))
+        if text == "@binary":
+            p.write_bytes(bytes(range(256)))
+            continue
+        if text == "@truncated-gz":  # the first 200 bytes of a packaged recording
+            p.write_bytes((ROOT / "rl_router" / "data" / "routellm_gsm8k.jsonl.gz").read_bytes()[:200])
+            continue
+        if text == "@deepjson":
+            p.write_text(DEEP_JSON)
+            continue
+        p.write_text(text.replace("{port}", str(port)).replace("DEEP", DEEP_YAML))
+    argv = shlex.split(case.argv.replace("{dir}", str(d)).replace("{model}", str(model)).replace("{busy}", str(busy)).replace("DEEP", DEEP_YAML))
     if argv and argv[0] in ("quickstart", "train") and "--output-dir" not in argv:  # never the user's outputs/ folder
         argv += ["--output-dir", str(d / "out")]
     out, err = io.StringIO(), io.StringIO()

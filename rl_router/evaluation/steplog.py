@@ -63,21 +63,22 @@ def write_steps(path: str | Path, records: Iterable[StepRecord]) -> int:
 
 
 def read_steps(path: str | Path) -> list[StepRecord]:
-    """Read a step-level JSONL file; a malformed line names its line number and the field."""
+    """Read a step-level JSONL file; a malformed line is a ConfigError naming its line number and
+    the field (each line parsed by rl_router.parsing, then rl_router.schemas.StepRow)."""
+    from rl_router.parsing import parse_json, read_text
+    from rl_router.schemas import StepRow, parse
+
+    fix = f"each line is a JSON object with {list(REQUIRED)} (see rl-router steps-label)"
     out = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path, "steps", fix=fix).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not JSON ({e})") from None
-        missing = [k for k in REQUIRED if k not in d]
-        if missing:
-            raise ValueError(f"{path}:{i}: missing field(s) {missing}; each line needs {list(REQUIRED)}")
-        if d["target"] not in d["tiers"]:
-            raise ValueError(f"{path}:{i}: target {d['target']!r} is not one of its tiers {sorted(d['tiers'])}")
-        out.append(StepRecord(**{k: v for k, v in d.items() if k in StepRecord.__dataclass_fields__}))
+        row = parse(StepRow, parse_json(line, f"{path}:{i}", fix=fix), f"{path}:{i}", fix, sep=": ")
+        out.append(StepRecord(**row.model_dump()))
+    if not out:
+        from rl_router.errors import ConfigError
+
+        raise ConfigError("steps", f"{path} holds no step records", fix)
     return out
 
 

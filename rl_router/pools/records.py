@@ -54,12 +54,14 @@ import io
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from rl_router.answers import extract_final_answer, score_answer
 from rl_router.errors import ConfigError
+from rl_router.parsing import MAX_DEPTH, check_depth
 from rl_router.tasks import stable_hash
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -265,6 +267,9 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                     items = json.loads(head + fh.read())
                 except json.JSONDecodeError as e:
                     raise RecordError(f"{path}:{e.lineno}", "json", f"not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise RecordError(str(path), "json", f"nested more than {MAX_DEPTH} levels deep", "flatten it") from None
+                check_depth(items, str(path))
                 for i, row in enumerate(items):
                     if not isinstance(row, dict):
                         raise RecordError(f"{path}:item {i + 1}", "row", f"expected an object, got {type(row).__name__}")
@@ -278,15 +283,17 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 if not text.strip():
                     continue
                 try:
-                    row = json.loads(text)
+                    row = check_depth(json.loads(text), f"{path}:{line_no}")
                 except json.JSONDecodeError as e:
                     raise RecordError(f"{path}:{line_no}", "json", f"not valid JSON ({e.msg} at column {e.colno})", "one JSON object per line") from None
+                except RecursionError:
+                    raise RecordError(f"{path}:{line_no}", "json", f"nested more than {MAX_DEPTH} levels deep", "flatten it") from None
                 if not isinstance(row, dict):
                     raise RecordError(f"{path}:{line_no}", "row", f"expected a JSON object, got {type(row).__name__}")
                 yield f"{path}:{line_no}", row
     except UnicodeDecodeError as e:
         raise RecordError(str(path), "encoding", f"not UTF-8 text ({e.reason} at byte {e.start})", "save the file as UTF-8") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # a folder, a truncated or corrupted .gz
         raise RecordError(str(path), "file", f"cannot be read ({type(e).__name__}: {e})") from None
 
 

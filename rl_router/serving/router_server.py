@@ -359,6 +359,14 @@ def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, hos
         raise ConfigError("--api-key-env", f"the environment variable {api_key_env} is empty", f"export {api_key_env}=<token clients must send>")
     if not 0 <= port <= 65535:
         raise ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)")
+    import socket
+
+    from rl_router.httpd import listen_error
+
+    try:  # a host that does not resolve fails now, before the model loads
+        socket.getaddrinfo(host, port)
+    except (socket.gaierror, UnicodeError) as e:
+        raise listen_error(host, port, e) from None
     model, tok = load_checkpoint(local, recipe)
     if route_bias is None:
         from rl_router.evaluation.calibration import read_route_bias
@@ -371,8 +379,10 @@ def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, hos
         return RouterServer(model, tok, pool, recipe.env_config(), env_name=recipe.env.get("name", "router_r1"), model_id=model_id or Path(checkpoint).resolve().name if Path(checkpoint).exists() else model_id or checkpoint.split("/")[-1],
                             max_new_tokens=recipe.rollout.max_new_tokens, max_completion_tokens=recipe.rollout.max_completion_tokens, host=host, port=port, api_key=key,
                             stop_strings=stop_strings(recipe), engine=make_engine(recipe, pool, tok), route_bias=route_bias)
-    except OSError as e:
-        raise ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror or e})", "pick a free port with --port, or stop what holds it") from None
+    except (OverflowError, OSError, UnicodeError) as e:
+        from rl_router.httpd import listen_error
+
+        raise listen_error(host, port, e) from None
 
 
 def fetch_from_hub(repo_id: str) -> Any:
