@@ -191,6 +191,11 @@ def validate_trainer(trainer: dict[str, Any], path: str = "trainer", config_cls:
     if "output_dir" in trainer:
         raise ConfigError(f"{path}.output_dir", "is set by rl-router", "use the top-level output_dir or --output-dir")
     checked = check_fields(config_cls, trainer, path, positive=POSITIVE_TRL_FIELDS)
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    for k, v in checked.items():  # null where TRL's default is a value: our code and TRL's would read None as a number
+        if v is None and defaults.get(k) is not None:
+            shown = "" if defaults[k] is dataclasses.MISSING else f" ({defaults[k]!r})"
+            raise ConfigError(f"{path}.{k}", "is null", f"leave it out for TRL's default{shown}, or give a value")
     if "max_steps" in checked and checked["max_steps"] <= 0:
         raise ConfigError(f"{path}.max_steps", f"must be > 0, got {checked['max_steps']}", "rl-router trains for a number of steps")
     trainer.update(checked)

@@ -67,8 +67,8 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
                 raise ConfigError(f"{path}.models", f"expected a list of model names, got {models!r}", "e.g. [gemini-1.5-flash-002, gemini-1.5-pro-002], or a mapping of name -> card fields")
         elif models is not None:
             models = _models(section, path)
-            for name, spec in models.items():
-                _card(name, spec, f"{path}.models.{name}", RecordedCardSpec)
+            # as parsed: what the user set, without nulls (null = the recording's own value)
+            models = {name: _card(name, spec, f"{path}.models.{name}", RecordedCardSpec)[1].model_dump(exclude_unset=True, exclude_none=True) for name, spec in models.items()}
         latency_scale = typed(section, "latency_scale", float, path, 0.0, minimum=0)
         files = typed(section, "files", list, path, [])
         hf = section.get("hf_dataset")

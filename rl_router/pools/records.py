@@ -256,6 +256,8 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 if not reader.fieldnames:
                     raise RecordError(str(path), "header", "the CSV has no header row", "the first line names the columns (prompt, <model>, ...)")
                 for row in reader:
+                    if None in row:  # DictReader files the fields past the header under None
+                        raise RecordError(f"{path}:{reader.line_num}", "row", f"has {len(reader.fieldnames) + len(row[None])} fields, the header names {len(reader.fieldnames)}", "one field per header column (quote text holding commas)")
                     yield f"{path}:{reader.line_num}", dict(row)
             return
         with _open_text(path) as fh:
