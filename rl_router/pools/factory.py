@@ -39,6 +39,15 @@ def _models(section: dict[str, Any], path: str, required: bool = True) -> dict[s
     return models
 
 
+def _cache_dir(value: str | None, path: str) -> str | None:
+    """The response cache folder, created and checked now (not at the first cached call)."""
+    if value is not None:
+        from rl_router.owned import prepare_dir
+
+        prepare_dir(value, path)
+    return value
+
+
 #: keys every pool type takes: `max_error_rate` is the share of episodes with a failed pool
 #: call above which an evaluation or boundary run stops (a dead endpoint must not train)
 COMMON_KEYS = {"type", "max_error_rate"}
@@ -114,7 +123,7 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
             timeout_s=typed(section, "timeout_s", float, path, 60.0, minimum=0.001),
             max_concurrency=typed(section, "max_concurrency", int, path, 16, minimum=1),
             retry=retry,
-            cache_dir=typed(section, "cache_dir", str, path, None),
+            cache_dir=_cache_dir(typed(section, "cache_dir", str, path, None), f"{path}.cache_dir"),
             forward_context=typed(section, "forward_context", bool, path, False),
             breaker_threshold=typed(section, "breaker_threshold", int, path, 5, minimum=1),
             breaker_cooldown_s=typed(section, "breaker_cooldown_s", float, path, 30.0, minimum=0),
