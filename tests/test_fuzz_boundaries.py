@@ -397,6 +397,29 @@ def test_train_into_a_users_folder_is_refused_before_any_work(tmp_path):
     assert _snapshot(out) == before and sorted(x.name for x in out.iterdir()) == ["metrics.json", "recipe.json"]
 
 
+def test_export_over_an_earlier_export_follows_no_listed_path_out(tmp_path):
+    """The CLI end to end: an earlier export's manifest lists `../victim.txt` (hand-edited, or
+    written by an attacker); re-exporting replaces our files there, keeps the user's file, and
+    the file beside the folder is untouched."""
+    from rl_router.recipe import load_recipe
+    from rl_router.tiny import build_tiny_router
+
+    build_tiny_router(save_dir=tmp_path / "run" / "final", seed=0)
+    (tmp_path / "run" / "recipe.json").write_text(json.dumps(load_recipe(None, []).to_dict()))
+    (tmp_path / "victim.txt").write_text("keep me")
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / ".rl-router-export.json").write_text(json.dumps({"files": ["../victim.txt", "/etc/hostname", "README.md"]}))
+    (out / "README.md").write_text("our old card")
+    (out / "notes.txt").write_text("mine")
+    p = _cli("export", str(tmp_path / "run"), "--repo-id", "a/b", "--out", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr[-2000:]
+    assert (tmp_path / "victim.txt").read_text() == "keep me" and (out / "notes.txt").read_text() == "mine"
+    assert "our old card" not in (out / "README.md").read_text() and (out / "model.safetensors").is_file()
+    listed = json.loads((out / ".rl-router-owned.json").read_text())["files"]
+    assert "notes.txt" not in listed and "model.safetensors" in listed and all("/" not in n for n in listed)
+
+
 def test_a_url_password_never_reaches_a_file_or_a_line(tmp_path):
     """Refused with the recipe (nothing written), and the password is not in the error line."""
     r = tmp_path / "r.yaml"

@@ -202,8 +202,9 @@ def _place(stage: Path, out: Path, *, overwrite: bool) -> None:
     """Move the staged export into `out` without touching anything we did not write: a new or
     empty folder takes it whole; in a previous export of ours, exactly the files its marker
     lists are replaced (plain names inside `out` only: a listed `../x` or a link is never
-    followed); any other file makes a non-empty folder refused, unless `overwrite`, which
-    replaces same-named files and keeps every other file."""
+    followed) and files of other names are kept; a non-empty folder with no export of ours is
+    refused, as is a user's file named like one we ship, unless `overwrite`, which replaces
+    same-named files and keeps every other file."""
     from rl_router.owned import MARKER, OwnedFolder, plain_name
 
     folder = OwnedFolder(out, "--out", kind="export")
@@ -216,9 +217,12 @@ def _place(stage: Path, out: Path, *, overwrite: bool) -> None:
         folder.record["files"] = [n for n in listed if plain_name(n)] if isinstance(listed, list) else []
     names = sorted(p.name for p in stage.iterdir())
     theirs = [n for n in folder.foreign() if n != LEGACY_MANIFEST]
-    if theirs and not overwrite:
-        raise ConfigError("--out", f"{out} is not empty and holds no rl-router export (or files it did not write: {', '.join(theirs[:5])})",
+    if theirs and not overwrite and not folder.record["files"]:
+        raise ConfigError("--out", f"{out} is not empty and holds no rl-router export (files it did not write: {', '.join(theirs[:5])})",
                           "choose an empty folder, or pass --overwrite to write the export into it (files of other names are kept)")
+    clash = sorted(set(theirs) & set(names))
+    if clash and not overwrite:  # beside an export of ours, a user's file of the same name as one we ship
+        raise ConfigError("--out", f"{out} holds {', '.join(clash[:5])}, which rl-router did not write", "move them away, or pass --overwrite to replace them")
     for name in folder.record["files"]:  # our earlier export's files, stale ones included
         p = out / name
         if name != MARKER and not p.is_symlink():
