@@ -178,3 +178,19 @@ def read_yaml(path: str | Path, where: str | None = None, *, fix: str = "") -> A
 def finite(v: Any) -> bool:
     """A real number (not a bool), finite."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def find_nonfinite(obj: Any, path: str) -> tuple[str, float] | None:
+    """(dotted path, value) of the first NaN or infinity in `obj`, or None: no setting of ours
+    means anything at NaN (a NaN budget once meant no budget), so a document holding one is
+    refused wherever the number sits, a field we type or a mapping passed on (lora, data.world)."""
+    stack: list[tuple[Any, str]] = [(obj, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return where, node
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}") for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
+    return None

@@ -215,10 +215,13 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         raise ConfigError("output_dir", f"expected a folder path, got {raw['output_dir']!r}")
     if "output_dir" in raw and not raw["output_dir"].strip():
         raise ConfigError("output_dir", "is empty (it would write into the current folder)", "give a folder, e.g. outputs/my-run")
-    from rl_router.parsing import check_depth
+    from rl_router.parsing import check_depth, find_nonfinite
     from rl_router.redact import find_url_credentials
 
     check_depth(raw, "recipe")
+    bad = find_nonfinite(raw, "recipe")
+    if bad:
+        raise ConfigError(bad[0].removeprefix("recipe."), f"expected a finite number, got {bad[1]!r}", "give a number (YAML's .nan and .inf mean nothing here)")
     creds = find_url_credentials(raw, "recipe")
     if creds:
         raise ConfigError(creds.removeprefix("recipe."), "holds credentials in a URL (user:password@ or a token before @); they would be written to OUT/recipe.json", "remove them from the URL: put the key in an environment variable and name it with api_key_env")

@@ -123,7 +123,7 @@ CASES = [
     # values that used to pass validation and fail later, or mean something else
     Case("data.max_train: 0", "quickstart --set data.max_train=0", "data.max_train: must be >= 1, got 0"),
     Case("data.max_train: -3", "quickstart --set data.max_train=-3", "data.max_train: must be >= 1, got -3"),
-    Case("env.budget: .nan", "quickstart --set env.budget=.nan", "env.budget: expected a number or null"),
+    Case("env.budget: .nan", "quickstart --set env.budget=.nan", "env.budget: expected a finite number, got nan"),
     Case("rewards[0].alpah (typo)", "quickstart --set 'rewards=[{name: router_r1, alpah: 0.3}]'", "rewards[0].alpah: unknown key -> did you mean 'alpha'?"),
     Case("rewards[0].weigth (typo)", "quickstart --set 'rewards=[{name: router_r1, weigth: 2}]'", "rewards[0].weigth: unknown key -> did you mean 'weight'?"),
     Case("rewards cost_scale < 0", "quickstart --set 'rewards=[{name: router_r1, cost_mode: linear, cost_scale: -0.004}]'", "rewards[0].cost_scale: must be > 0"),
