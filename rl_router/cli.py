@@ -360,6 +360,9 @@ def calibrate(
     if resolve_checkpoint(target) is None:
         raise ConfigError("target", f"{target!r} is not a model folder or a training output dir", "e.g. rl-router calibrate outputs/quickstart --target-strong-share 0.3")
     r, _out = eval_target(target, recipe, set_ or [], None)
+    from rl_router.owned import prepare_dir
+
+    prepare_dir(resolve_checkpoint(target), "target")  # route_bias.json goes beside the weights: writable, checked before the passes run
     with _progress() as prog:
         rec = run(r, target, cost=target_cost, strong_share=target_strong_share, split=split, n=_positive("--n", n), iters=iters, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size, progress=_bars(prog, n or 0))
     t = Table(title=f"route bias on {rec['tasks']} {rec['split']} tasks (target {rec['target']})")
