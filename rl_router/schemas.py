@@ -138,9 +138,10 @@ class TaskRow(BaseModel):
     @field_validator("gold", mode="before")
     @classmethod
     def _gold(cls, v: Any) -> Any:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            return str(v)  # a numeric answer written as a JSON number
-        return v
+        def text(x: Any) -> Any:  # a numeric answer written as a JSON number
+            return str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else x
+
+        return [text(x) for x in v] if isinstance(v, list) else text(v)
 
 
 class TierOutcome(BaseModel):
@@ -290,7 +291,8 @@ def _problem(err: dict[str, Any]) -> str:
     if t in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected an object (a mapping of fields), got {type(got).__name__} {shown}"
     if t in ("float_type", "int_type", "bool_type", "string_type", "dict_type", "list_type", "model_type", "model_attributes_type", "int_from_float", "literal_error") or t.endswith("_type"):
-        return f"{msg[0].lower() + msg[1:] if msg else 'wrong type'}, got {type(got).__name__} {shown}"
+        got_s = type(got).__name__ if isinstance(got, (dict, list)) else f"{type(got).__name__} {shown}"
+        return f"{msg[0].lower() + msg[1:] if msg else 'wrong type'}, got {got_s}"
     return f"{msg[0].lower() + msg[1:] if msg else t}" + ("" if shown in msg or isinstance(got, (dict, list)) else f", got {shown}")
 
 
