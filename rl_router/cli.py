@@ -19,7 +19,7 @@ code 2; `main` is the only place that catches them.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shlex
 import sys
@@ -39,6 +39,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _usable_terminal_size() -> None:
+    """Drop COLUMNS / LINES when they are not a usable size: rich, typer and tqdm all read them,
+    `COLUMNS=abc` used to kill every command at import and `COLUMNS=0` printed every line,
+    errors included, as nothing."""
+    for name, least in (("COLUMNS", 20), ("LINES", 2)):
+        v = os.environ.get(name)
+        if v is not None and not (v.strip().isdigit() and int(v) >= least):
+            del os.environ[name]
+
+
+_usable_terminal_size()
 console = Console(width=None if Console().is_terminal else int(os.environ.get("COLUMNS") or 200))  # pipes and logs: wide enough for the tables
 
 SET_HELP = "Override a recipe field, repeatable: --set trainer.learning_rate=1e-5 (the value is YAML)."
@@ -286,12 +299,18 @@ def eval_(
     95% bootstrap interval over tasks; PGR, APGR, CPT(50%) and router-minus-baseline differences
     (paired); the cost-quality frontier PNG."""
     from rl_router.evaluation.report import eval_target, evaluate, write_outputs
+    from rl_router.owned import OwnedFolder
 
     r, out = eval_target(target, recipe, set_ or [], output_dir)
     bl = _budgets(budgets)
+    biases = _numbers("--curve-biases", curve_biases) or (list(DEFAULT_CURVE_BIASES) if curve else None)
+    _finite("--route-bias", route_bias)
+    writes = ("eval.json", "frontier.png", "budget_sweep.png", "checkpoints.png")
+    folder = OwnedFolder(out, "--output-dir").check(*writes)  # before the work: a user's eval.json is never replaced
     with _progress() as prog:
-        res = evaluate(r, target, n=_positive("--n", n), sampled=sampled, budgets=bl, checkpoints=checkpoints, curve_biases=_numbers("--curve-biases", curve_biases) or (list(DEFAULT_CURVE_BIASES) if curve else None),
+        res = evaluate(r, target, n=_positive("--n", n), sampled=sampled, budgets=bl, checkpoints=checkpoints, curve_biases=biases,
                        route_bias=route_bias, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size, progress=_bars(prog, n or r.data.max_heldout or 0), against=against)
+    folder.adopt(*writes)
     _print_eval(res, write_outputs(res, out))
 
 
@@ -300,9 +319,23 @@ def _numbers(option: str, text: Optional[str]) -> Optional[list[float]]:
     if not text:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        values = [float(x) for x in text.split(",")]
     except ValueError:
         raise ConfigError(option, f"{text!r} is not a list of numbers", "e.g. -4,0,4") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(option, f"{text!r} holds a value that is not a finite number", "e.g. -4,0,4")
+    return values
+
+
+def _finite(option: str, value: Optional[float], low: float | None = None, high: float | None = None) -> Optional[float]:
+    """A number option: finite (typer reads 'nan' and 'inf' as floats), inside [low, high]."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        raise ConfigError(option, f"{value} is not a finite number", "give a number such as 0.5")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(option, f"{value:g} is outside [{low:g}, {high:g}]" if low is not None and high is not None else f"{value:g} must be >= {low:g}", "give a number in range")
+    return value
 
 
 @app.command()
@@ -331,11 +364,16 @@ def calibrate(
 
     if iters < 0:
         raise ConfigError("--iters", f"must be >= 0, got {iters}")
+    _finite("--target-cost", target_cost, 0.0, math.inf)
+    _finite("--target-strong-share", target_strong_share)
     if resolve_checkpoint(target) is None and unfinished_run(target):
         raise ConfigError("target", unfinished_run(target))
     if resolve_checkpoint(target) is None:
         raise ConfigError("target", f"{target!r} is not a model folder or a training output dir", "e.g. rl-router calibrate outputs/quickstart --target-strong-share 0.3")
     r, _out = eval_target(target, recipe, set_ or [], None)
+    from rl_router.owned import prepare_dir
+
+    prepare_dir(resolve_checkpoint(target), "target")  # route_bias.json goes beside the weights: writable, checked before the passes run
     with _progress() as prog:
         rec = run(r, target, cost=target_cost, strong_share=target_strong_share, split=split, n=_positive("--n", n), iters=iters, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size, progress=_bars(prog, n or 0))
     t = Table(title=f"route bias on {rec['tasks']} {rec['split']} tasks (target {rec['target']})")
@@ -357,7 +395,7 @@ def _budgets(text: Optional[str]) -> Optional[list[float]]:
         values = [float(x) for x in text.split(",")]
     except ValueError:
         raise ConfigError("--budgets", f"{text!r} is not a list of numbers", "e.g. --budgets 0.0005,0.002,0.01") from None
-    if any(v <= 0 for v in values):
+    if not all(math.isfinite(v) for v in values) or any(v <= 0 for v in values):
         raise ConfigError("--budgets", f"budgets must be > 0 dollars per task, got {text!r}", "e.g. --budgets 0.0005,0.002,0.01")
     return values
 
@@ -378,6 +416,7 @@ def rollout(
     reports (the router greedy, baselines in the short style) unless you change the options."""
     from rl_router.evaluation.evaluator import EvalOptions
     from rl_router.evaluation.report import compare_policies
+    from rl_router.owned import OwnedFolder
     from rl_router.recipe import load_recipe
 
     if baseline_query not in ("short", "question"):
@@ -385,13 +424,12 @@ def rollout(
     if batch_size is not None and batch_size < 1:
         raise ConfigError("--batch-size", f"must be positive, got {batch_size}")
     r = load_recipe(recipe, set_ or [])
+    folder = OwnedFolder(output_dir if output_dir is not None else r.output_dir, "--output-dir").check("rollout_summary.json")
     with _progress() as prog:
         res = compare_policies(r, policy, n=_positive("--n", n), options=EvalOptions(baseline_query=baseline_query, batch_size=_positive("--batch-size", batch_size) or r.rollout.batch_size), greedy=greedy, progress=_bars(prog, n or 0))
-    out = Path(output_dir or r.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "rollout_summary.json").write_text(json.dumps(res, indent=1))
+    written = folder.write_json("rollout_summary.json", res)
     console.print(_table(f"{res['tasks']} held-out tasks, budget ${res['budget']}/task", res["policies"]))
-    console.print(f"wrote {out / 'rollout_summary.json'}")
+    console.print(f"wrote {written}")
 
 
 @app.command()
@@ -407,10 +445,13 @@ def boundaries(
     suffices), strong_only, cheap_only, neither. Writes the records to --out and the episodes
     beside them (<out stem>_episodes.jsonl.gz). Training runs the same step and keeps its own
     copy in OUT/boundaries.json, which `--resume` and `rl-router eval` reuse."""
-    from rl_router.boundary_records import class_costs, save_boundaries
+    from rl_router.boundary_records import class_costs, episodes_path, save_boundaries
+    from rl_router.owned import output_file
     from rl_router.training.boundary import boundaries_for_recipe
 
+    folder, name = output_file(out, "--out", episodes_path(out).name)  # before the work: a file we did not write is never replaced
     records, eps, (cheap, strong), n_tasks = boundaries_for_recipe(recipe, set_ or [], n=_positive("--n", n))
+    folder.adopt(name, episodes_path(out).name)
     save_boundaries(out, records, eps)
     t = Table(title=f"boundaries on {n_tasks} train tasks ({cheap} vs {strong})")
     for c in ("class", "tasks", "share", f"{cheap} $/1k", f"{strong} $/1k"):
@@ -461,7 +502,7 @@ def serve(
     bodies are bounded (1 MiB, 30 s)."""
     from rl_router.serving.router_server import server_from_checkpoint
 
-    srv = server_from_checkpoint(checkpoint, pool_file=pool, host=host, port=port, model_id=model_id, api_key_env=api_key_env, route_bias=route_bias)
+    srv = server_from_checkpoint(checkpoint, pool_file=pool, host=host, port=port, model_id=model_id, api_key_env=api_key_env, route_bias=_finite("--route-bias", route_bias))
     console.print(f"serving router {srv.model_id!r} over {srv.pool.model_names} at {srv.url} (route bias {srv.route_bias:+g})")
     srv.serve_forever()
 
@@ -529,8 +570,11 @@ def steps_label(
     state; the record holds the router-visible prefix, each tier's cost and correctness, and
     the target (cheapest tier that was right). Format: rl_router/evaluation/steplog.py."""
     from rl_router.evaluation.steplog import label_recipe, write_steps
+    from rl_router.owned import output_file
 
+    folder, name = output_file(out, "--out")
     records, n_tasks = label_recipe(recipe, set_ or [], split=split, n=_positive("--n", n))
+    folder.adopt(name)
     console.print(f"wrote {write_steps(out, records)} step records from {n_tasks} tasks to {out}")
 
 
@@ -543,7 +587,9 @@ def steps_replay(
     """Score a router on recorded routing decisions, offline: tier accuracy, step success,
     cost, under- / over-routing, next to always-<tier> and the labels themselves."""
     from rl_router.evaluation.steplog import replay_target
+    from rl_router.owned import output_file
 
+    folder_name = output_file(out, "--out") if out else None  # checked before the model loads
     recs, res = replay_target(steps, target)
     t = Table(title=f"{len(recs)} recorded routing decisions")
     for c in ("policy", "tier accuracy", "step success", "$ / 1k steps", "under-routing", "over-routing", "invalid"):
@@ -551,8 +597,8 @@ def steps_replay(
     for name, s in res.items():
         t.add_row(name, f"{s['tier_accuracy']:.3f}", f"{s['step_success']:.3f}", f"{1000 * s['mean_cost']:.3f}", f"{s['under_routing_rate']:.0%}", f"{s['over_routing_rate']:.0%}", f"{s['invalid_rate']:.0%}")
     console.print(t)
-    if out:
-        Path(out).write_text(json.dumps(res, indent=1))
+    if folder_name:
+        folder_name[0].write_json(folder_name[1], res)
 
 
 def main() -> None:
@@ -570,16 +616,23 @@ def main() -> None:
     # nothing a user of this command can act on
     warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
+    from rich.markup import escape
+
+    from rl_router.redact import env_secrets, redact
+
     try:
         code = app(standalone_mode=False)
     except RouterError as e:
-        console.print(f"[bold red]error[/] {e}", highlight=False, soft_wrap=True)  # one line, however long
+        # one line, however long; credentials masked; brackets in it printed, not read as markup
+        line = " ".join(redact(str(e), env_secrets()).split())
+        console.print(f"[bold red]error[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except typer.Exit as e:
         raise SystemExit(e.exit_code) from None
     except ClickException as e:  # usage errors (an unknown option, a missing argument): the same one line, exit 2
         cmd = " ".join(a for a in sys.argv[1:2] if not a.startswith("-"))
-        console.print(f"[bold red]error[/] {e.format_message()} -> rl-router {cmd + ' ' if cmd else ''}--help lists the options", highlight=False, soft_wrap=True)
+        msg = " ".join(redact(e.format_message(), env_secrets()).split())
+        console.print(f"[bold red]error[/] {escape(msg)} -> rl-router {escape(cmd) + ' ' if cmd else ''}--help lists the options", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except (typer.Abort, KeyboardInterrupt):
         console.print("[bold yellow]interrupted[/]")

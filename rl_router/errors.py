@@ -72,6 +72,8 @@ def typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str,
     if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
         names = "/".join(k.__name__ for k in kinds)
         raise ConfigError(f"{path}.{key}", f"expected {names}, got {type(v).__name__} {v!r}")
+    if isinstance(v, float) and not math.isfinite(v):  # YAML's .nan / .inf: a NaN timeout would never time out
+        raise ConfigError(f"{path}.{key}", f"expected a finite number, got {v!r}")
     if minimum is not None and v < minimum:
         raise ConfigError(f"{path}.{key}", f"must be >= {minimum}, got {v}")
     return v

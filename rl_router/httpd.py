@@ -55,7 +55,7 @@ class JSONHandler(BaseHTTPRequestHandler):
         return
 
     def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
+        data = json.dumps(body).encode() if self.command != "HEAD" else b""
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -88,6 +88,36 @@ class JSONHandler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(n)
 
+    #: path -> the methods it answers; another method on one of them is a 405, an unknown path a 404
+    routes: dict[str, tuple[str, ...]] = {}
+
+    def _route(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def _not_allowed(self) -> None:
+        """Any method a route does not answer: 405 naming the ones it does (404 for no route),
+        as JSON; the body, if any, is not read, so the connection is closed after it."""
+        allowed = self.routes.get(self._route())
+        self.close_connection = True
+        if allowed:
+            self._send(405, openai_error(f"method {self.command} is not allowed on {self._route()}; use {', '.join(allowed)}", "invalid_request_error", 405), {"Allow": ", ".join(allowed)})
+        else:
+            self._send(404, openai_error(f"no route {self.command} {self._route()}", "invalid_request_error", 404))
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib answers a malformed request line or an unknown method with an HTML page:
+        answer JSON, in OpenAI's error shape, instead (an unknown method on a route is a 405)."""
+        if code == 501 and self.command and self.path:
+            self._not_allowed()
+            return
+        self.close_connection = True
+        try:
+            self._send(code, openai_error(message or "bad request", "invalid_request_error", code))
+        except Exception:  # noqa: BLE001 (the request line itself was unreadable: nothing more to say)
+            pass
+
     def _auth_ok(self) -> bool:
         # constant-time comparison: the time a wrong token takes to reject says nothing of the right one
         if self.api_key is None or hmac.compare_digest(self.headers.get("Authorization", "").encode(), f"Bearer {self.api_key}".encode()):
@@ -112,3 +142,22 @@ class QuietHTTPServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)
+
+
+def listen_error(host: str, port: int, e: BaseException) -> Any:
+    """Why a server could not listen on host:port, as the ConfigError naming the option at fault:
+    a host that does not resolve or is not this machine's is a --host problem, not a --port one."""
+    import errno
+    import socket
+
+    from rl_router.errors import ConfigError
+
+    if isinstance(e, OverflowError) or not 0 <= port <= 65535:
+        return ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)")
+    if isinstance(e, (socket.gaierror, UnicodeError)):
+        return ConfigError("--host", f"{host!r} is not a host name or address this machine can resolve", "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+    if isinstance(e, OSError) and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return ConfigError("--host", f"{host} is not an address of this machine ({e.strerror or e})", "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+    if isinstance(e, OSError) and e.errno == errno.EACCES:
+        return ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror})", "ports below 1024 need privileges: pick a higher --port")
+    return ConfigError("--port", f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e})", "pick a free port with --port, or stop what holds it")

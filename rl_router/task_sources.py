@@ -80,6 +80,9 @@ def recipe_splits(recipe: Recipe, pool: Any) -> tuple[list[Task], list[Task], li
         train, held = heldout_split(recipe, pool, tasks)
     else:
         train, held = split_tasks(tasks, d.heldout_fraction, d.seed, by="task" if d.heldout_by == "files" else d.heldout_by)
+    if not held:  # every evaluation (train's held-out reports, eval, rollout) needs at least one
+        raise ConfigError("data.heldout_fraction", f"the split leaves no held-out task ({len(tasks)} task(s) in all, held out by {d.heldout_by}, fraction {d.heldout_fraction:g})",
+                          "give more tasks, raise data.heldout_fraction, or hold out a file with data.heldout_by: files")
     train, val = split_validation(train, d.validation_fraction, d.seed)
     if d.source == "pool":
         train, val, held = (interleave_datasets(x, d.seed) for x in (train, val, held))
@@ -163,13 +166,21 @@ def load_hf_tasks(specs: list[dict[str, Any]]) -> list[Task]:
 
 
 def load_task_file(path: str) -> list[Task]:
-    import json
+    """Tasks from a JSONL file (`data.source: FILE`): one object per line, each parsed by
+    rl_router.schemas.TaskRow; an error names the file, the line (as numbered in the file,
+    blank lines counted) and the field."""
+    from rl_router.parsing import parse_json, read_text
+    from rl_router.schemas import TaskRow, parse
 
+    fix = "one JSON object per line with question (text) and optionally gold, answer_type, dataset, topic, task_id"
     p = Path(path)
     if not p.exists():
         raise ConfigError("data.source", f"{path} does not exist", "use 'pool', 'synthetic' or a JSONL file with question/gold/answer_type rows")
-    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    for i, r in enumerate(rows):
-        if "question" not in r:
-            raise ConfigError("data.source", f"{path} line {i + 1} has no 'question'")
-    return [Task.from_row(r) for r in rows]
+    tasks = []
+    for i, line in enumerate(read_text(p, "data.source", fix=fix).splitlines(), 1):
+        if line.strip():
+            row = parse(TaskRow, parse_json(line, f"{path}:{i}", fix=fix), f"{path}:{i}", fix, sep=": ")
+            tasks.append(Task.from_row(row.model_dump()))
+    if not tasks:
+        raise ConfigError("data.source", f"{path} holds no tasks", fix)
+    return tasks

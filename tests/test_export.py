@@ -93,7 +93,9 @@ def test_export_redacts_planted_secret_and_url_credentials(tmp_path, monkeypatch
     (tmp_path / "w.bin").write_bytes(b"\xff\xfe" + SECRET.encode())
     import pytest
 
-    with pytest.raises(RuntimeError, match="secret"):
+    from rl_router.errors import RouterError
+
+    with pytest.raises(RouterError, match="secret"):
         _scrub(tmp_path, [SECRET])
 
 

@@ -135,10 +135,13 @@ def _sweep(run: EvalRun, name: str, choices: list[tuple[float, dict[str, str]]])
     return out
 
 
-def simple_baselines(run: EvalRun, table: OutcomeTable, refs: References, lambdas: tuple[float, ...] = LAMBDAS) -> None:
+def simple_baselines(run: EvalRun, table: OutcomeTable | None, refs: References, lambdas: tuple[float, ...] = LAMBDAS) -> None:
     """Step 4: oracle, per-category best, kNN (with their lambda sweeps), agreement cascade."""
     held_table = table_from_episodes(run.held, run.ev.run_single_models())
     run.policies["oracle"] = run.ev.summarize(run.ev.assemble(oracle_choice(held_table)))
+    if not run.train:  # e.g. a held-out file evaluated alone: nothing to fit the learned baselines on
+        run.notes.append("no train tasks: the learned baselines (per-category, knn-tfidf, agreement cascade) need them and were skipped")
+        return
     cat = _sweep(run, "per-category sweep", per_category_choices(table, run.held, lambdas))
     run.policies["per-category"] = next((s for s in cat if s["lambda"] == 0.0), cat[0])
     knn = _sweep(run, "knn-tfidf sweep", knn_choices(table, run.held, lambdas))
@@ -267,7 +270,7 @@ def evaluate(
     learned baselines' sweeps."""
     run = prepare(recipe, target, n=n, batch_size=batch_size, route_bias=route_bias, progress=progress)
     refs = single_models(run)
-    simple_baselines(run, train_outcomes(run), refs, knn_lambdas)
+    simple_baselines(run, train_outcomes(run) if run.train else None, refs, knn_lambdas)
     knob, sweep, ck_rows = router_rows(run, sampled=sampled, curve_biases=curve_biases, budgets=budgets, checkpoints=checkpoints, knob_strong=run.pool.strongest().name, against=against)
     scores = compare(run, refs)
     q_cheap = refs.summaries[refs.cheapest]["quality"]

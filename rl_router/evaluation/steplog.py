@@ -54,30 +54,31 @@ class StepRecord:
 
 
 def write_steps(path: str | Path, records: Iterable[StepRecord]) -> int:
-    n = 0
-    with open(path, "w") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r)) + "\n")
-            n += 1
-    return n
+    """Write the records as JSONL, atomically (a kill never leaves half a file)."""
+    from rl_router.owned import atomic_write
+
+    lines = [json.dumps(asdict(r)) + "\n" for r in records]
+    atomic_write(path, "".join(lines))
+    return len(lines)
 
 
 def read_steps(path: str | Path) -> list[StepRecord]:
-    """Read a step-level JSONL file; a malformed line names its line number and the field."""
+    """Read a step-level JSONL file; a malformed line is a ConfigError naming its line number and
+    the field (each line parsed by rl_router.parsing, then rl_router.schemas.StepRow)."""
+    from rl_router.parsing import parse_json, read_text
+    from rl_router.schemas import StepRow, parse
+
+    fix = f"each line is a JSON object with {list(REQUIRED)} (see rl-router steps-label)"
     out = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(path, "steps", fix=fix).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not JSON ({e})") from None
-        missing = [k for k in REQUIRED if k not in d]
-        if missing:
-            raise ValueError(f"{path}:{i}: missing field(s) {missing}; each line needs {list(REQUIRED)}")
-        if d["target"] not in d["tiers"]:
-            raise ValueError(f"{path}:{i}: target {d['target']!r} is not one of its tiers {sorted(d['tiers'])}")
-        out.append(StepRecord(**{k: v for k, v in d.items() if k in StepRecord.__dataclass_fields__}))
+        row = parse(StepRow, parse_json(line, f"{path}:{i}", fix=fix), f"{path}:{i}", fix, sep=": ")
+        out.append(StepRecord(**row.model_dump()))
+    if not out:
+        from rl_router.errors import ConfigError
+
+        raise ConfigError("steps", f"{path} holds no step records", fix)
     return out
 
 
@@ -108,16 +109,13 @@ def label_steps(env_factory: Callable[[], Any], tasks: list[Task], *, source: st
     return [r for recs in gather_sync([one(t) for t in tasks]) for r in recs]
 
 
-class _ReplayState:
-    """The bits of an EpisodeState a policy reads: context ids (and the task for scripted ones)."""
+def _replay_state(ids: list[int]) -> Any:
+    """A recorded decision's context as the episode state policies act on (no task, no env: the
+    policy only reads the context ids). A real EpisodeState, so every field a policy reads is
+    there (a hand-made stand-in once lacked `biases`, and replay crashed)."""
+    from rl_router.rollout.state import EpisodeState
 
-    def __init__(self, ids: list[int]):
-        self.prompt_ids, self.completion_ids, self.policy_turns, self.last_obs = ids, [], [], ""
-        self.task, self.env = None, None
-
-    @property
-    def context_ids(self) -> list[int]:
-        return self.prompt_ids
+    return EpisodeState(task=None, env=None, prompt_ids=ids)
 
 
 def _score(chosen: list[str | None], records: list[StepRecord]) -> dict[str, Any]:
@@ -145,7 +143,7 @@ def replay(records: list[StepRecord], policy: Any, tokenizer: Any, *, batch_size
     chosen: list[str | None] = []
     for i in range(0, len(records), batch_size):
         chunk = records[i : i + batch_size]
-        states = [_ReplayState(encode_chat(tokenizer, r.messages) + (tokenizer.encode(r.completion, add_special_tokens=False) if r.completion else [])) for r in chunk]
+        states = [_replay_state(encode_chat(tokenizer, r.messages) + (tokenizer.encode(r.completion, add_special_tokens=False) if r.completion else [])) for r in chunk]
         for turn in policy.act(states):
             a = parse_turn(turn.text)
             chosen.append(a.model if a.kind == "route" else None)
@@ -185,7 +183,7 @@ def replay_target(steps_path: str, target: str) -> tuple[list[StepRecord], dict[
         raise ConfigError("target", f"{target!r} is not a model folder or a training output dir")
     try:
         recs = read_steps(steps_path)
-    except (OSError, ValueError) as e:
-        raise ConfigError("steps", str(e)) from None
+    except (OSError, ValueError) as e:  # ConfigError (a ValueError) from the bounded reader keeps its own field
+        raise e if isinstance(e, ConfigError) else ConfigError("steps", str(e)) from None
     model, tok = load_checkpoint(target)
     return recs, replay(recs, HFPolicy(model, tok, max_new_tokens=48, temperature=0.0), tok)

@@ -11,21 +11,16 @@ from rl_router.pools.hf_local import HFLocalPool, LocalModel
 from rl_router.pools.openai_pool import Endpoint, OpenAIPool, RetryPolicy
 from rl_router.pools.recorded import RecordedPool
 from rl_router.pools.simulated import SimModel, SimulatedPool
+from rl_router.schemas import CardSpec, LocalCardSpec, OpenAICardSpec, RecordedCardSpec, SimCardSpec, parse
 
 POOL_TYPES = ("recorded", "simulated", "openai", "hf_local")
-CARD_KEYS = {"price_in", "price_out", "latency_ms", "context", "strengths", "example_scores"}
 
 
-def _card(name: str, spec: dict[str, Any], path: str) -> ModelCard:
-    return ModelCard(
-        name=name,
-        price_in=typed(spec, "price_in", float, path, minimum=0),
-        price_out=typed(spec, "price_out", float, path, minimum=0),
-        latency_ms=typed(spec, "latency_ms", float, path, 0.0, minimum=0),
-        context=typed(spec, "context", int, path, 8192, minimum=1),
-        strengths=typed(spec, "strengths", str, path, ""),
-        example_scores=dict(typed(spec, "example_scores", dict, path, {})),
-    )
+def _card(name: str, spec: dict[str, Any], path: str, schema: type = CardSpec) -> tuple[ModelCard, Any]:
+    """A model's card, parsed by its schema (rl_router.schemas: finite prices >= 0, known keys
+    only); returns the card and the parsed spec (the pool type's own fields)."""
+    c = parse(schema, spec, path)
+    return ModelCard(name=name, price_in=c.price_in, price_out=c.price_out, latency_ms=c.latency_ms, context=c.context, strengths=c.strengths, example_scores=dict(c.example_scores)), c
 
 
 def _models(section: dict[str, Any], path: str, required: bool = True) -> dict[str, dict[str, Any]]:
@@ -42,6 +37,15 @@ def _models(section: dict[str, Any], path: str, required: bool = True) -> dict[s
         if "api_key" in spec:
             raise ConfigError(f"{path}.models.{name}.api_key", "API keys must not be written in a recipe", "export the key in an environment variable and set api_key_env: VAR_NAME")
     return models
+
+
+def _cache_dir(value: str | None, path: str) -> str | None:
+    """The response cache folder, created and checked now (not at the first cached call)."""
+    if value is not None:
+        from rl_router.owned import prepare_dir
+
+        prepare_dir(value, path)
+    return value
 
 
 #: keys every pool type takes: `max_error_rate` is the share of episodes with a failed pool
@@ -72,9 +76,8 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
                 raise ConfigError(f"{path}.models", f"expected a list of model names, got {models!r}", "e.g. [gemini-1.5-flash-002, gemini-1.5-pro-002], or a mapping of name -> card fields")
         elif models is not None:
             models = _models(section, path)
-            for name, spec in models.items():
-                check_keys(spec, CARD_KEYS | {"column"}, f"{path}.models.{name}")
-                _card(name, {"price_in": 0, "price_out": 0, **spec}, f"{path}.models.{name}")
+            # as parsed: what the user set, without nulls (null = the recording's own value)
+            models = {name: _card(name, spec, f"{path}.models.{name}", RecordedCardSpec)[1].model_dump(exclude_unset=True, exclude_none=True) for name, spec in models.items()}
         latency_scale = typed(section, "latency_scale", float, path, 0.0, minimum=0)
         files = typed(section, "files", list, path, [])
         hf = section.get("hf_dataset")
@@ -99,32 +102,17 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
         check_keys(section, COMMON_KEYS | {"models", "seed", "latency_scale"}, path)
         sims = []
         for name, spec in _models(section, path).items():
-            p = f"{path}.models.{name}"
-            check_keys(spec, {"price_in", "price_out", "latency_ms", "skills", "default_skill", "answer_tokens", "strengths"}, p)
-            sims.append(
-                SimModel(
-                    name=name,
-                    price_in=typed(spec, "price_in", float, p, minimum=0),
-                    price_out=typed(spec, "price_out", float, p, minimum=0),
-                    latency_ms=typed(spec, "latency_ms", float, p, 0.0, minimum=0),
-                    skills={str(k): float(v) for k, v in typed(spec, "skills", dict, p, {}).items()},
-                    default_skill=typed(spec, "default_skill", float, p, 0.5, minimum=0),
-                    answer_tokens=typed(spec, "answer_tokens", int, p, 40, minimum=1),
-                    strengths=typed(spec, "strengths", str, p, ""),
-                )
-            )
+            c = parse(SimCardSpec, spec, f"{path}.models.{name}")
+            sims.append(SimModel(name=name, price_in=c.price_in, price_out=c.price_out, latency_ms=c.latency_ms, skills=dict(c.skills),
+                                 default_skill=c.default_skill, answer_tokens=c.answer_tokens, strengths=c.strengths))
         return SimulatedPool(sims, seed=typed(section, "seed", int, path, 0), latency_scale=typed(section, "latency_scale", float, path, 1.0, minimum=0))
 
     if kind == "openai":
         check_keys(section, COMMON_KEYS | {"models", "timeout_s", "max_concurrency", "max_retries", "backoff_base_s", "backoff_max_s", "cache_dir", "forward_context", "breaker_threshold", "breaker_cooldown_s"}, path)
         eps = []
         for name, spec in _models(section, path).items():
-            p = f"{path}.models.{name}"
-            check_keys(spec, CARD_KEYS | {"base_url", "model_id", "api_key_env"}, p)
-            base_url = typed(spec, "base_url", str, p)
-            if not base_url.startswith(("http://", "https://")):
-                raise ConfigError(f"{p}.base_url", f"not an http(s) URL: {base_url!r}", "e.g. http://127.0.0.1:8000/v1")
-            eps.append(Endpoint(_card(name, spec, p), base_url, typed(spec, "model_id", str, p, name), typed(spec, "api_key_env", str, p, None)))
+            card, c = _card(name, spec, f"{path}.models.{name}", OpenAICardSpec)
+            eps.append(Endpoint(card, c.base_url, c.model_id or name, c.api_key_env))
         retry = RetryPolicy(
             max_retries=typed(section, "max_retries", int, path, 4, minimum=0),
             backoff_base_s=typed(section, "backoff_base_s", float, path, 0.5, minimum=0),
@@ -135,7 +123,7 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
             timeout_s=typed(section, "timeout_s", float, path, 60.0, minimum=0.001),
             max_concurrency=typed(section, "max_concurrency", int, path, 16, minimum=1),
             retry=retry,
-            cache_dir=typed(section, "cache_dir", str, path, None),
+            cache_dir=_cache_dir(typed(section, "cache_dir", str, path, None), f"{path}.cache_dir"),
             forward_context=typed(section, "forward_context", bool, path, False),
             breaker_threshold=typed(section, "breaker_threshold", int, path, 5, minimum=1),
             breaker_cooldown_s=typed(section, "breaker_cooldown_s", float, path, 30.0, minimum=0),
@@ -145,8 +133,6 @@ def build_pool(section: dict[str, Any], path: str = "pool") -> Pool:
     check_keys(section, COMMON_KEYS | {"models", "default_max_tokens"}, path)
     members = []
     for name, spec in _models(section, path).items():
-        p = f"{path}.models.{name}"
-        check_keys(spec, CARD_KEYS | {"path", "tokenizer", "device", "dtype"}, p)
-        spec = {"price_in": 0.0, "price_out": 0.0, **spec}
-        members.append(LocalModel(_card(name, spec, p), typed(spec, "path", str, p), typed(spec, "tokenizer", str, p, None), typed(spec, "device", str, p, "cpu"), typed(spec, "dtype", str, p, None)))
+        card, c = _card(name, spec, f"{path}.models.{name}", LocalCardSpec)
+        members.append(LocalModel(card, c.path, c.tokenizer, c.device, c.dtype))
     return HFLocalPool(members, default_max_tokens=typed(section, "default_max_tokens", int, path, 128, minimum=1))

@@ -197,9 +197,12 @@ class OpenAIPool(Pool):
             if resp.status_code in (401, 403):
                 problems.append(f"pool.models.{name}.api_key_env: {ep.base_url} refused the key (HTTP {resp.status_code}) -> export {ep.api_key_env or 'the key variable'} with a valid key")
             elif resp.status_code == 200:
+                from rl_router.errors import ConfigError
+                from rl_router.parsing import parse_json
+
                 try:
-                    served = [m.get("id") for m in resp.json().get("data", [])]
-                except (ValueError, AttributeError):
+                    served = [m.get("id") for m in parse_json(resp.content, "models").get("data", [])]
+                except (ConfigError, AttributeError, TypeError):
                     served = []
                 if served and ep.model_id not in served:
                     problems.append(f"pool.models.{name}.model_id: {ep.base_url} does not serve {ep.model_id!r} (it serves {served[:8]}) -> set model_id to one of them")
@@ -318,14 +321,17 @@ class OpenAIPool(Pool):
         pool error). Whatever the JSON: the text is a string (content parts are joined), token
         counts are non-negative integers (ours, chars/4, where the server's are not), so the
         cost is finite and >= 0 and never hands budget back."""
-        try:
-            body = resp.json()
-        except ValueError:
+        from rl_router.errors import ConfigError
+        from rl_router.parsing import parse_json
+
+        try:  # bounded: a reply nested 100k deep is a malformed reply, not a RecursionError that ends the rollout
+            body = parse_json(resp.content, "reply")
+        except ConfigError:
             return None
         text = reply_text(body)
         if text is None:
             return None
-        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}  # body is a mapping: reply_text parsed it
         p = token_count(usage.get("prompt_tokens"), messages_tokens(messages))
         c = token_count(usage.get("completion_tokens"), approx_tokens(text))
         return Completion(text, p, c, ep.card.cost(p, c), model=ep.card.name)
@@ -352,19 +358,21 @@ class ReplyTooLarge(Exception):
 def reply_text(body: Any) -> str | None:
     """`choices[0].message.content` as text: a string, null (empty), or a list of content parts
     (their text joined, as OpenAI's multi-part content); anything else is malformed (None)."""
+    from pydantic import ValidationError
+
+    from rl_router.schemas import ChatReply
+
     try:
-        content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
+        content = ChatReply.model_validate(body).choices[0].message.content
+    except (ValidationError, RecursionError):
         return None
     if content is None:
         return ""
     if isinstance(content, list):
-        parts = [p.get("text") if isinstance(p, dict) else p for p in content]
+        parts = [p if isinstance(p, str) else p.text for p in content]
         if not all(isinstance(x, str) for x in parts):
             return None
         content = "".join(parts)
-    if not isinstance(content, str):
-        return None
     return content[:MAX_REPLY_CHARS]
 
 
@@ -380,9 +388,9 @@ def token_count(v: Any, fallback: int) -> int:
 
 def _read_cache(path: Path) -> Completion | None:
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text())  # our own file; any damage (RecursionError included) is a miss
         comp = Completion(str(d["text"]), int(d["prompt_tokens"]), int(d["completion_tokens"]), float(d["cost"]), model=str(d.get("model", "")), cached=True)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return comp if comp.cost >= 0 and math.isfinite(comp.cost) and comp.prompt_tokens >= 0 and comp.completion_tokens >= 0 else None
 

@@ -54,12 +54,14 @@ import io
 import json
 import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from rl_router.answers import extract_final_answer, score_answer
 from rl_router.errors import ConfigError
+from rl_router.parsing import MAX_DEPTH, check_depth
 from rl_router.tasks import stable_hash
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -255,6 +257,8 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 if not reader.fieldnames:
                     raise RecordError(str(path), "header", "the CSV has no header row", "the first line names the columns (prompt, <model>, ...)")
                 for row in reader:
+                    if None in row:  # DictReader files the fields past the header under None
+                        raise RecordError(f"{path}:{reader.line_num}", "row", f"has {len(reader.fieldnames) + len(row[None])} fields, the header names {len(reader.fieldnames)}", "one field per header column (quote text holding commas)")
                     yield f"{path}:{reader.line_num}", dict(row)
             return
         with _open_text(path) as fh:
@@ -266,6 +270,9 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                     items = json.loads(head + fh.read())
                 except json.JSONDecodeError as e:
                     raise RecordError(f"{path}:{e.lineno}", "json", f"not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise RecordError(str(path), "json", f"nested more than {MAX_DEPTH} levels deep", "flatten it") from None
+                check_depth(items, str(path))
                 for i, row in enumerate(items):
                     if not isinstance(row, dict):
                         raise RecordError(f"{path}:item {i + 1}", "row", f"expected an object, got {type(row).__name__}")
@@ -279,15 +286,17 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 if not text.strip():
                     continue
                 try:
-                    row = json.loads(text)
+                    row = check_depth(json.loads(text), f"{path}:{line_no}")
                 except json.JSONDecodeError as e:
                     raise RecordError(f"{path}:{line_no}", "json", f"not valid JSON ({e.msg} at column {e.colno})", "one JSON object per line") from None
+                except RecursionError:
+                    raise RecordError(f"{path}:{line_no}", "json", f"nested more than {MAX_DEPTH} levels deep", "flatten it") from None
                 if not isinstance(row, dict):
                     raise RecordError(f"{path}:{line_no}", "row", f"expected a JSON object, got {type(row).__name__}")
                 yield f"{path}:{line_no}", row
     except UnicodeDecodeError as e:
         raise RecordError(str(path), "encoding", f"not UTF-8 text ({e.reason} at byte {e.start})", "save the file as UTF-8") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # a folder, a truncated or corrupted .gz
         raise RecordError(str(path), "file", f"cannot be read ({type(e).__name__}: {e})") from None
 
 

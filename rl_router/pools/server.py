@@ -19,7 +19,9 @@ from typing import Any
 
 from rl_router.aio import BackgroundLoop
 from rl_router.httpd import JSONHandler, QuietHTTPServer, ServerLifecycle, openai_error
+from rl_router.errors import ConfigError
 from rl_router.pools.base import Pool
+from rl_router.schemas import message_text, parse_chat_request
 
 
 @dataclass
@@ -60,6 +62,7 @@ class PoolServer(ServerLifecycle):
 
         class Handler(JSONHandler):
             api_key = server._api_key
+            routes = {"/v1/models": ("GET",), "/v1/chat/completions": ("POST",)}
 
             def _send_faulty(self, kind: str) -> None:
                 body = json.dumps({"id": "chatcmpl-faulty", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "partial"}}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
@@ -83,19 +86,28 @@ class PoolServer(ServerLifecycle):
             def do_GET(self) -> None:
                 if not self._auth_ok():
                     return
-                if self.path.rstrip("/") == "/v1/models":
+                if self._route() == "/v1/models":
                     data = [{"id": c.name, "object": "model", "owned_by": "rl-router"} for c in server.pool.models]
                     self._send(200, {"object": "list", "data": data})
                 else:
-                    self._send(404, _err(f"no route {self.path}", "invalid_request_error", 404))
+                    self._not_allowed()
 
             def do_POST(self) -> None:
                 raw = self._read_body()
                 if raw is None or not self._auth_ok():
                     return
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    self._send(404, _err(f"no route {self.path}", "invalid_request_error", 404))
+                if self._route() != "/v1/chat/completions":
+                    self._not_allowed()
                     return
+                try:
+                    self._chat(raw)
+                except Exception as e:  # noqa: BLE001 (a bug of ours: the client gets a 500 in OpenAI's shape, the traceback goes to stderr)
+                    import traceback
+
+                    traceback.print_exc()
+                    self._send(500, _err(f"pool server failed: {type(e).__name__}", "server_error", 500))
+
+            def _chat(self, raw: bytes) -> None:
                 server.stats.requests += 1
                 fault = server._draw_fault()
                 if fault == "429":
@@ -130,19 +142,19 @@ class PoolServer(ServerLifecycle):
                     self.wfile.write(page)
                     return
                 try:
-                    req = json.loads(raw or b"{}")
-                    model = req["model"]
-                    messages = req["messages"]
-                    if not isinstance(messages, list):
-                        raise TypeError
-                except (ValueError, KeyError, TypeError):
-                    self._send(400, _err("body must be JSON with 'model' and a 'messages' list", "invalid_request_error", 400))
+                    _body, req = parse_chat_request(raw)
+                    if req.model is None:
+                        raise ConfigError("model", "is required", f"name one of {server.pool.model_names}")
+                except ConfigError as e:
+                    self._send(400, openai_error(str(e), "invalid_request_error", 400, e.field.split(".")[0].split("[")[0] or None))
                     return
+                model = req.model
                 if not server.pool.has_model(model):
                     self._send(404, _err(f"model {model!r} not found; available: {server.pool.model_names}", "invalid_request_error", 404))
                     return
-                sampling = {k: req[k] for k in ("max_tokens", "temperature", "top_p") if k in req}
-                comp = server._loop.run(server.pool.complete(model, messages, context=req.get("rl_router_context"), **sampling))
+                messages = [{"role": m.role, "content": message_text(m.content)} for m in req.messages]
+                sampling = {k: getattr(req, k) for k in ("max_tokens", "temperature", "top_p") if getattr(req, k) is not None}
+                comp = server._loop.run(server.pool.complete(model, messages, context=req.rl_router_context, **sampling))
                 if comp.error:
                     self._send(502, _err(comp.error, "server_error", 502))
                     return

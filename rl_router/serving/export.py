@@ -24,27 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from rl_router import protocol
+from rl_router.errors import ConfigError
 from rl_router.prompts import COMPACT_PROTOCOL, PROTOCOL, card_style, system_prompt
 from rl_router.recipe import Recipe
+from rl_router.redact import env_secrets, redact
 from rl_router.task_sources import recipe_pool
 
 WEIGHT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "vocab.json", "merges.txt")
-URL_CREDS = re.compile(r"(https?://)[^/@\s:]+:[^/@\s]+@")
 
 
 def secret_values(recipe: Recipe) -> list[str]:
-    names = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
+    """The values of the environment variables the recipe's pool names for keys (and HF_TOKEN)."""
     models = recipe.pool.get("models")
-    for spec in (models.values() if isinstance(models, dict) else []):
-        if isinstance(spec, dict) and spec.get("api_key_env"):
-            names.add(spec["api_key_env"])
-    return [v for n in sorted(names) if len(v := os.environ.get(n, "")) >= 8]
+    return env_secrets(spec["api_key_env"] for spec in (models.values() if isinstance(models, dict) else []) if isinstance(spec, dict) and spec.get("api_key_env"))
 
 
-def redact_text(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        text = text.replace(s, "***")
-    return URL_CREDS.sub(r"\1***@", text)
+redact_text = redact  # the one redaction (rl_router.redact), under the name this module used
 
 
 def router_config(recipe: Recipe, pool: Any, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -154,26 +149,28 @@ def model_card(repo_id: str, recipe: Recipe, cfg: dict[str, Any], ev: dict[str, 
 
 
 def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path, *, eval_json: str | Path | None = None, base_model: str | None = None, overwrite: bool = False) -> Path:
-    """Write the Hub-ready folder `out` (staged beside it, scrubbed of secrets, then moved in:
-    see `_place` for what happens to a folder that already exists)."""
-    from rl_router.models import resolve_checkpoint
+    """Write the Hub-ready folder `out` (staged beside it, checked, scrubbed of secrets, then
+    moved in: see `_place` for what happens to a folder that already exists)."""
+    from rl_router.models import resolve_checkpoint, unfinished_run
+    from rl_router.owned import prepare_dir
 
     if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"--repo-id: {repo_id!r} is not ORG/NAME")
-    from rl_router.models import unfinished_run
-
+        raise ConfigError("--repo-id", f"{repo_id!r} is not ORG/NAME", "e.g. --repo-id my-org/tiny-router")
     ck = resolve_checkpoint(str(checkpoint))
     if ck is None and unfinished_run(str(checkpoint)):
-        raise ValueError(unfinished_run(str(checkpoint)))
+        raise ConfigError("checkpoint", unfinished_run(str(checkpoint)))
     if ck is None:
-        raise ValueError(f"{checkpoint}: no model there (expected config.json, or final/config.json of a training run)")
+        raise ConfigError("checkpoint", f"{checkpoint}: no model there (expected config.json, or final/config.json of a training run)")
     out = Path(out).resolve()
     model, run = ck.resolve(), ck.resolve().parent if ck.name == "final" else ck.resolve()
     if out in (model, run) or out in model.parents or model in out.parents:
-        raise ValueError(f"--out {out}: that is (or holds, or sits inside) the model or training run being exported; choose a folder of its own (default: RUN/export/NAME)")
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.rl-router-", dir=out.parent if out.parent.exists() else None))
+        raise ConfigError("--out", f"{out}: that is (or holds, or sits inside) the model or training run being exported", "choose a folder of its own (default: RUN/export/NAME)")
+    shippable(ck, "checkpoint", "restore the weights (re-export from the run, or re-run training with --resume)")
+    prepare_dir(out.parent, "--out")
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.rl-router-", dir=out.parent))
     try:
         _write_export(ck, repo_id, recipe, stage, eval_json=eval_json, base_model=base_model)
+        shippable(stage, "export", "a file changed while it was copied: export again")  # what ships, checked as shipped
         _scrub(stage, secret_values(recipe))
         _place(stage, out, overwrite=overwrite)
     finally:
@@ -181,30 +178,64 @@ def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path
     return out
 
 
-MANIFEST = ".rl-router-export.json"
+def shippable(folder: Path, what: str, fix: str) -> None:
+    """A model folder that loads: config.json parses as an object with a model_type, the
+    weights are whole (every safetensors header matches its file's size), a tokenizer is there."""
+    from rl_router.checkpoints import model_problem
+    from rl_router.parsing import read_json
+
+    cfg = read_json(folder / "config.json", what, fix=fix)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise ConfigError(what, f"{folder / 'config.json'} is not a model config (no model_type)", fix)
+    why = model_problem(folder)
+    if why:
+        raise ConfigError(what, why, fix)
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise ConfigError(what, f"{folder} holds no tokenizer (tokenizer.json / tokenizer_config.json)", fix)
+
+
+#: the manifest exports written before rl_router.owned's marker listed their files in
+LEGACY_MANIFEST = ".rl-router-export.json"
 
 
 def _place(stage: Path, out: Path, *, overwrite: bool) -> None:
-    """Move the staged export into `out` without deleting anything we did not write: a new or
-    empty folder takes it whole; a previous export of ours (its manifest lists our files) has
-    exactly those files replaced; any other non-empty folder is refused unless `overwrite`,
-    which replaces same-named files and keeps every other file."""
+    """Move the staged export into `out` without touching anything we did not write: a new or
+    empty folder takes it whole; in a previous export of ours, exactly the files its marker
+    lists are replaced (plain names inside `out` only: a listed `../x` or a link is never
+    followed) and files of other names are kept; a non-empty folder with no export of ours is
+    refused, as is a user's file named like one we ship, unless `overwrite`, which replaces
+    same-named files and keeps every other file."""
+    from rl_router.owned import MARKER, OwnedFolder, plain_name
+
+    folder = OwnedFolder(out, "--out", kind="export")
+    legacy = out / LEGACY_MANIFEST
+    if legacy.is_file() and not folder.marker.exists():  # an export from before the marker
+        try:
+            listed = json.loads(legacy.read_text()).get("files", [])
+        except (OSError, ValueError, AttributeError, RecursionError):
+            listed = []
+        folder.record["files"] = [n for n in listed if plain_name(n)] if isinstance(listed, list) else []
     names = sorted(p.name for p in stage.iterdir())
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; choose a folder")
-    if out.exists() and any(out.iterdir()):
-        manifest = out / MANIFEST
-        if manifest.exists():
-            for name in json.loads(manifest.read_text()).get("files", []):
-                p = out / name
-                if p.is_file():
-                    p.unlink()
-        elif not overwrite:
-            raise ValueError(f"--out {out} is not empty and holds no rl-router export; choose an empty folder, or pass --overwrite to write the export into it (files of other names are kept)")
-    out.mkdir(parents=True, exist_ok=True)
+    theirs = [n for n in folder.foreign() if n != LEGACY_MANIFEST]
+    if theirs and not overwrite and not folder.record["files"]:
+        raise ConfigError("--out", f"{out} is not empty and holds no rl-router export (files it did not write: {', '.join(theirs[:5])})",
+                          "choose an empty folder, or pass --overwrite to write the export into it (files of other names are kept)")
+    clash = sorted(set(theirs) & set(names))
+    if clash and not overwrite:  # beside an export of ours, a user's file of the same name as one we ship
+        raise ConfigError("--out", f"{out} holds {', '.join(clash[:5])}, which rl-router did not write", "move them away, or pass --overwrite to replace them")
+    for name in folder.record["files"]:  # our earlier export's files, stale ones included
+        p = out / name
+        if name != MARKER and not p.is_symlink():
+            if p.is_file():
+                p.unlink()
+            elif p.is_dir():
+                shutil.rmtree(p)
+    folder.record["files"] = []
+    folder.adopt(*names)
     for name in names:
         os.replace(stage / name, out / name)
-    (out / MANIFEST).write_text(json.dumps({"files": names}, indent=1))
+    if legacy.is_file():
+        legacy.unlink()
 
 
 def _write_export(ck: Path, repo_id: str, recipe: Recipe, out: Path, *, eval_json: str | Path | None, base_model: str | None) -> None:
@@ -246,7 +277,7 @@ def _scrub(out: Path, secrets: list[str]) -> None:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             if any(s.encode() in data for s in secrets):
-                raise RuntimeError(f"{f.name} contains a secret from the environment; export aborted (nothing was written)") from None
+                raise ConfigError("export", f"{f.name} contains a secret from the environment; export aborted (nothing was written)", "check what the model folder holds") from None
             continue
         clean = redact_text(text, secrets)
         if clean != text:
@@ -264,7 +295,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, token_env: 
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload router exported by rl-router", ignore_patterns=[MANIFEST])
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload router exported by rl-router", ignore_patterns=[LEGACY_MANIFEST, ".rl-router-owned.json"])
     except Exception as e:  # noqa: BLE001 (huggingface_hub raises many types; report, never echo the token)
         raise ConfigError("--push", f"push to {repo_id} failed: {type(e).__name__}: {redact_text(str(e), [token] if token else [])[:300]}", f"check {token_env}, HF_ENDPOINT and the repo id") from None
     return str(getattr(info, "commit_url", info))
@@ -283,9 +314,23 @@ def export_target(checkpoint: str, repo_id: str, *, out: str | None = None, reci
     r = recipe_for_target(checkpoint, recipe_path, [])
     name = repo_id.split("/")[-1]
     dest = Path(out) if out else (Path(checkpoint) / "export" / name if (Path(checkpoint) / "final").exists() else Path("export") / name)
+    if recipe_path is not None:
+        _same_pool(checkpoint, r)
+    return export(checkpoint, repo_id, r, dest, eval_json=eval_json, overwrite=overwrite)
+
+
+def _same_pool(checkpoint: str, recipe: Recipe) -> None:
+    """An export under --recipe must describe the pool the router was trained to call: its
+    model names are the ones in the recipe saved with the weights (a router trained on
+    another pool would name models the exported config does not have)."""
+    from rl_router.errors import ConfigError
+    from rl_router.recipe import recipe_for_target
+    from rl_router.task_sources import recipe_pool
+
     try:
-        return export(checkpoint, repo_id, r, dest, eval_json=eval_json, overwrite=overwrite)
-    except (ValueError, RuntimeError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError("export", str(e)) from None
+        saved = recipe_for_target(checkpoint, None, [])
+    except ConfigError:
+        return  # no readable recipe beside the weights: nothing to compare with
+    trained, given = sorted(recipe_pool(saved).model_names), sorted(recipe_pool(recipe).model_names)
+    if trained != given:
+        raise ConfigError("--recipe", f"its pool {given} is not the one the router was trained to call {trained}", "export with the run's own recipe (leave out --recipe), or a recipe with the same model names")

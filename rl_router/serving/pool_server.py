@@ -17,9 +17,9 @@ def server_for_recipe(recipe_path: str | None, *, host: str = "127.0.0.1", port:
     key = os.environ.get(api_key_env) if api_key_env else None
     if api_key_env and not key:
         raise ConfigError("--api-key-env", f"the environment variable {api_key_env} is empty", f"export {api_key_env}=<token clients must send>")
+    from rl_router.httpd import listen_error
+
     try:
         return PoolServer(pool, host=host, port=port, api_key=key)
-    except OverflowError:
-        raise ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)") from None
-    except OSError as e:
-        raise ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror or e})", "pick a free port with --port, or stop what holds it") from None
+    except (OverflowError, OSError, UnicodeError) as e:
+        raise listen_error(host, port, e) from None

@@ -31,15 +31,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import threading
 import time
 import uuid
 from typing import Any
 
 from rl_router.envs import make_env
+from rl_router.errors import ConfigError
 from rl_router.httpd import openai_error
 from rl_router.rollout.engine import RolloutEngine
 from rl_router.rollout.policies import HFPolicy
+from rl_router.schemas import parse_chat_request
 from rl_router.tasks import Task
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a chat request with a long task fits many times over
@@ -95,9 +98,18 @@ class RouterApp:
         async def not_found(request: Any, exc: Any) -> Any:
             return self._error(404, f"no route {request.method} {request.url.path}", "invalid_request_error")
 
+        async def not_allowed(request: Any, exc: Any) -> Any:
+            allowed = getattr(exc, "headers", None) or {}
+            resp = self._error(405, f"method {request.method} is not allowed on {request.url.path}" + (f"; use {allowed.get('Allow')}" if allowed.get("Allow") else ""), "invalid_request_error")
+            if allowed.get("Allow"):
+                resp.headers["Allow"] = allowed["Allow"]
+            return resp
+
+        if not math.isfinite(self.route_bias):
+            raise ConfigError("--route-bias", f"{route_bias} is not a finite number", "give a number such as 0 or 2")
         self.app = Starlette(
             routes=[Route("/v1/models", self._models, methods=["GET"]), Route("/v1/chat/completions", self._chat, methods=["POST"])],
-            exception_handlers={404: not_found, 405: not_found},
+            exception_handlers={404: not_found, 405: not_allowed},
         )
 
     # ---- HTTP -------------------------------------------------------------------------
@@ -146,11 +158,9 @@ class RouterApp:
         try:
             raw = await self._body(request)
             try:
-                req = json.loads(raw or b"{}")
-            except ValueError as e:
-                raise RequestError(400, f"invalid JSON body: {e}") from None
-            if not isinstance(req, dict):
-                raise RequestError(400, "the body must be a JSON object")
+                req, typed = parse_chat_request(raw)
+            except ConfigError as e:  # not JSON, too deep, a wrong type: one line naming the field
+                raise RequestError(400, str(e), e.field.split(".")[0].split("[")[0] if e.field != "body" else None) from None
             self.validate(req)
             cancel = threading.Event()
             job = asyncio.ensure_future(run_in_threadpool(self.answer, req, cancel))
@@ -171,8 +181,8 @@ class RouterApp:
             if isinstance(e, GenerationCancelled):
                 return self._error(503, "the server is shutting down; the episode was stopped")
             return self._error(500, f"router failed: {type(e).__name__}: {e}")
-        if req.get("stream"):
-            return StreamingResponse(self._sse(result, bool((req.get("stream_options") or {}).get("include_usage"))), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        if typed.stream:
+            return StreamingResponse(self._sse(result, bool(typed.stream_options and typed.stream_options.include_usage)), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return JSONResponse(result)
 
     @staticmethod
@@ -197,6 +207,8 @@ class RouterApp:
         self.cancelled += len(running)
 
     def validate(self, req: dict[str, Any]) -> None:
+        """What the schema (rl_router.schemas.ChatRequest, already applied) cannot know: the
+        model this server serves, a task to route, and that it fits the router's context."""
         if req.get("model") not in (None, self.model_id):
             raise RequestError(404, f"model {req.get('model')!r} not found; this server serves {self.model_id!r}", "model")
         msgs = req.get("messages")
@@ -211,16 +223,6 @@ class RouterApp:
             n = len(self.tok.encode(text[: 8 * self.context], add_special_tokens=False))
             if n > room:
                 raise RequestError(400, f"the task is {n} tokens; this router takes at most {room} (its context is {self.context}, {self.max_completion_tokens} of which are its own turns)", "messages")
-        t = req.get("temperature", 0.0)
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 2:
-            raise RequestError(400, f"'temperature' must be a number in [0, 2], got {t!r}", "temperature")
-        for k in ("max_tokens", "max_completion_tokens"):
-            v = req.get(k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise RequestError(400, f"'{k}' must be a positive integer, got {v!r}", k)
-        p = req.get("top_p", 1.0)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-            raise RequestError(400, f"'top_p' must be a number in (0, 1], got {p!r}", "top_p")
 
     def task_for(self, question: str) -> Task:
         if self._recorded is None:
@@ -237,7 +239,7 @@ class RouterApp:
         limit = min(int(req.get("max_completion_tokens") or req.get("max_tokens") or self.max_new_tokens), self.max_completion_tokens, self.context or 10**9)
         kw = {"stop_strings": self.stop_strings} if self.stop_strings else {}
         cancel = cancel or threading.Event()
-        policy = HFPolicy(self.model, self.tok, max_new_tokens=limit, temperature=float(req.get("temperature", 0.0)), top_p=float(req.get("top_p", 1.0)),
+        policy = HFPolicy(self.model, self.tok, max_new_tokens=limit, temperature=float(req.get("temperature") or 0.0), top_p=float(req.get("top_p") or 1.0),
                           route_bias=self.route_bias, route_weights=self.route_weights, names=self.pool.model_names, cancel=cancel, **kw)
         with self._slots:
             if cancel.is_set():  # the client left while this request waited for a slot
@@ -357,6 +359,14 @@ def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, hos
         raise ConfigError("--api-key-env", f"the environment variable {api_key_env} is empty", f"export {api_key_env}=<token clients must send>")
     if not 0 <= port <= 65535:
         raise ConfigError("--port", f"{port} is not a port number", "use 1-65535 (0: any free port)")
+    import socket
+
+    from rl_router.httpd import listen_error
+
+    try:  # a host that does not resolve fails now, before the model loads
+        socket.getaddrinfo(host, port)
+    except (socket.gaierror, UnicodeError) as e:
+        raise listen_error(host, port, e) from None
     model, tok = load_checkpoint(local, recipe)
     if route_bias is None:
         from rl_router.evaluation.calibration import read_route_bias
@@ -369,8 +379,10 @@ def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, hos
         return RouterServer(model, tok, pool, recipe.env_config(), env_name=recipe.env.get("name", "router_r1"), model_id=model_id or Path(checkpoint).resolve().name if Path(checkpoint).exists() else model_id or checkpoint.split("/")[-1],
                             max_new_tokens=recipe.rollout.max_new_tokens, max_completion_tokens=recipe.rollout.max_completion_tokens, host=host, port=port, api_key=key,
                             stop_strings=stop_strings(recipe), engine=make_engine(recipe, pool, tok), route_bias=route_bias)
-    except OSError as e:
-        raise ConfigError("--port", f"cannot listen on {host}:{port} ({e.strerror or e})", "pick a free port with --port, or stop what holds it") from None
+    except (OverflowError, OSError, UnicodeError) as e:
+        from rl_router.httpd import listen_error
+
+        raise listen_error(host, port, e) from None
 
 
 def fetch_from_hub(repo_id: str) -> Any:

@@ -124,13 +124,14 @@ class Run:
     def write(self, name: str, obj: Any) -> None:
         """Rank 0 writes JSON atomically (temp file then rename: a kill never leaves half a file)."""
         if self.main:
-            path = self.out / name
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(json.dumps(obj, indent=1, default=str))
-            os.replace(tmp, path)
+            from rl_router.owned import atomic_write
+
+            atomic_write(self.out / name, json.dumps(obj, indent=1, default=str))
 
     def read(self, name: str) -> Any:
-        return json.loads((self.out / name).read_text())
+        from rl_router.parsing import read_json
+
+        return read_json(self.out / name, "--resume", fix=f"the run's {name} is damaged: start a new --output-dir")
 
     def evaluate_router(self, n: int | None = None) -> dict[str, Any]:
         tasks = self.held[:n] if n else self.held
@@ -155,12 +156,11 @@ def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[s
             with tqdm.external_write_mode():
                 log(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
 
-    out = Path(output_dir or recipe.output_dir)
-    if out.exists() and not out.is_dir():
-        from rl_router.errors import ConfigError
-
-        raise ConfigError("--output-dir", f"{out} is a file", "give a folder (it is created if missing)")
+    out = Path(output_dir if output_dir is not None else recipe.output_dir)
     if state.is_main_process:
+        from rl_router.owned import claim_run
+
+        claim_run(out)  # new, empty or ours: a folder holding a user's files is refused now
         lock_output_dir(out)
     folder = RunFolder(out, recipe.to_dict(), resume=resume, main=state.is_main_process)
     folder.check()  # stages already there: reusable under --resume with the same settings, or stop now
@@ -180,7 +180,9 @@ def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[s
     from rl_router.evaluation.evaluator import EvalOptions
 
     run = Run(recipe, out, folder, state, say, pool, train_tasks, held, validation, cheap, strong, model, tok, Evaluator(recipe, pool, tok, held, options=EvalOptions(batch_size=recipe.rollout.batch_size), progress=tqdm_progress()), hw)
-    run.write("recipe.json", recipe.to_dict())  # recipes hold env var names, never keys
+    from rl_router.redact import redact_obj
+
+    run.write("recipe.json", redact_obj(recipe.to_dict()))  # recipes hold env var names, never keys (nor URL credentials)
     run.metrics.update(algorithm=recipe.algorithm.name, train_tasks=len(train_tasks), heldout_tasks=len(held), pool=pool.model_names)
     return run
 
@@ -391,7 +393,9 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
         tmp = run.out / f".final.tmp-{os.getpid()}"
         run.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(json.dumps(run.recipe.to_dict(), indent=1, default=str))
+        from rl_router.redact import redact_obj
+
+        (tmp / "recipe.json").write_text(json.dumps(redact_obj(run.recipe.to_dict()), indent=1, default=str))
         (tmp / "training.json").write_text(json.dumps({"algorithm": run.recipe.algorithm.name, "steps": trainer.state.global_step, "kept_step": run.metrics.get("kept_step", trainer.state.global_step),
                                                        "episodes": trainer.episodes_seen, "distinct_tasks": len(trainer.tasks_seen)}, indent=1))
         if (run.out / "final").exists():

@@ -11,7 +11,6 @@ depends on stops with the fields that differ, instead of mixing a 16-task eval w
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +55,20 @@ def _select(flat: dict[str, Any], fields: list[str]) -> dict[str, Any]:
 class RunFolder:
     def __init__(self, out: Path, recipe_dict: dict[str, Any], *, resume: bool, main: bool = True):
         self.out, self.resume, self.main = out, resume, main
-        self.flat = _flatten(json.loads(json.dumps(recipe_dict, default=str)))  # JSON types, as stored
+        from rl_router.redact import redact_obj
+
+        self.flat = _flatten(json.loads(json.dumps(redact_obj(recipe_dict), default=str)))  # JSON types, as stored; never a credential
         self.path = out / "stages.json"
-        self.done: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.done: dict[str, dict[str, Any]] = self._load() if self.path.exists() else {}
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        from rl_router.parsing import read_json
+
+        fix = f"{self.path} is damaged: start a new --output-dir (the stages cannot be trusted without it)"
+        done = read_json(self.path, "--resume", fix=fix)
+        if not isinstance(done, dict) or not all(isinstance(v, dict) for v in done.values()):
+            raise ConfigError("--resume", f"{self.path} is not a record of stages", fix)
+        return done
 
     def has(self, stage: str) -> bool:
         p = self.out / ARTIFACTS[stage]
@@ -100,6 +110,6 @@ class RunFolder:
     def _record(self, key: str) -> None:
         self.done[key] = _select(self.flat, STAGE_FIELDS[key.removesuffix("_started")])
         if self.main:
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.done, indent=1, default=str))
-            os.replace(tmp, self.path)
+            from rl_router.owned import atomic_write
+
+            atomic_write(self.path, json.dumps(self.done, indent=1, default=str))
