@@ -8,14 +8,20 @@ tasks a router cannot tell apart before it calls a model.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from rl_router.training.advantages import bopo_advantages, grpo_advantages
+
+_spec = importlib.util.spec_from_file_location("exp_collapse", Path(__file__).resolve().parents[1] / "scripts" / "exp_collapse.py")
+exp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(exp)
 
 LAM, MU, G = 0.5, 0.25, 4
 
@@ -74,45 +80,16 @@ def test_a_baseline_alone_would_not_do_it():
     assert expected_strong_gradient(baseline_only, 0.5, 0.8) == pytest.approx(-0.175, abs=1e-9)
 
 
-def ablation_recipe(advantage: str, steps: int) -> dict:
-    """A simulated pool where cheap solves every 'easy' task and no 'hard' one, strong both;
-    80% easy; the question text names no topic, so the router is task-blind until it calls."""
-    return {
-        "model": {"name_or_path": "tiny", "hidden_size": 64, "num_layers": 2, "seed": 0},
-        "pool": {"type": "simulated", "seed": 0, "latency_scale": 0.0, "models": {
-            "cheap": {"price_in": 0.2, "price_out": 0.2, "skills": {"easy": 1.0, "hard": 0.0}, "answer_tokens": 12},
-            "strong": {"price_in": 5.0, "price_out": 15.0, "skills": {"easy": 1.0, "hard": 1.0}, "answer_tokens": 12}}},
-        "env": {"name": "router_r1", "max_turns": 2, "budget": 0.05, "max_obs_tokens": 16},
-        "rollout": {"max_new_tokens": 40},
-        "rewards": [{"name": "router_r1", "alpha": 0.3, "cost_mode": "linear", "cost_scale": 0.0003}],
-        "algorithm": {"name": "bopo", "advantage": advantage, "sft_examples": 128, "neither_rate": 0.0, "sft_mix": "both"},
-        "sft": {"max_steps": 300, "learning_rate": 3.0e-3, "logging_steps": 50},
-        "trainer": {"max_steps": steps, "per_device_train_batch_size": 32, "num_generations": 8, "learning_rate": 5e-4, "temperature": 0.7, "save_steps": 1000, "logging_steps": 1,
-                    "lr_scheduler_type": "constant"},
-        "data": {"source": "synthetic", "synthetic_n": 120, "synthetic_topics": ["easy", "easy", "easy", "easy", "hard"], "synthetic_template": "Synthetic task #{i}",
-                 "heldout_fraction": 0.3, "seed": 0},
-    }
-
-
 def test_on_the_same_reward_grpo_drops_the_strong_model_and_bopo_keeps_it(tmp_path):
-    """The ablation: one reward (BoPO's), one warm start (both boundaries of every task: a
-    coin flip between the models), only the advantage differs. GRPO follows the reward's
-    preference for a task-blind router (always cheap); BoPO keeps calling the strong model."""
-    from rl_router.recipe import recipe_from_dict
-    from rl_router.training.pipeline import train
-
+    """The ablation (scripts/exp_collapse.py, seed 0): one reward (BoPO's), one warm start (both
+    boundaries of every task: a coin flip between the models), a router that cannot tell the
+    tasks apart; only the advantage differs. GRPO follows the reward's preference for a
+    task-blind router (always cheap); BoPO keeps calling the strong model."""
     os.environ["RL_ROUTER_NO_PROGRESS"] = "1"
-    g = train(recipe_from_dict(ablation_recipe("grpo", 24)), output_dir=str(tmp_path / "grpo"), log=lambda _: None)
-    warm = recipe_from_dict({**ablation_recipe("bopo", 24), "model": {"name_or_path": str(tmp_path / "grpo" / "sft")}})
-    warm.algorithm.sft_warmstart = False
-    b = train(warm, output_dir=str(tmp_path / "bopo"), log=lambda _: None)
-    def strong_share(run, first: bool) -> float:  # the sampled policy's share of strong calls, first / last 6 steps
-        xs = [h["decision/route_share/strong"] for h in run["log_history"] if "decision/route_share/strong" in h]
-        part = xs[:6] if first else xs[-6:]
-        return sum(part) / len(part)
-
+    g = exp.run("grpo", 24, tmp_path / "grpo")
+    b = exp.run("bopo", 24, tmp_path / "bopo", warm=tmp_path / "grpo")
     assert b["heldout_before"]["per_task"] == g["heldout_after_sft"]["per_task"]  # one warm start for both
-    start = (strong_share(g, True) + strong_share(b, True)) / 2
-    assert 0.2 < start < 0.8  # the warm start flips a coin
-    assert strong_share(g, False) < strong_share(g, True) - 0.15  # GRPO: toward always-cheap
-    assert strong_share(b, False) > strong_share(g, False) + 0.25  # BoPO: keeps the strong model
+    start = exp.strong_share(g)
+    assert 0.2 < start < 0.8 and exp.strong_share(b) == start  # the warm start flips a coin; the first batch is the same for both
+    assert exp.strong_share(g, 6) < 0.15  # GRPO: always-cheap, what the reward prefers when the router cannot tell tasks apart
+    assert exp.strong_share(b, 6) > 0.5  # BoPO: keeps calling the strong model

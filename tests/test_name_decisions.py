@@ -2,7 +2,8 @@
 
 A route name is drawn token by token from the router's distribution renormalised over the
 tokens that continue some pool name (`@NAME`: some called model); TRL's loss must see exactly
-those log-probs (training/decisions.py), not the whole vocabulary's.
+those log-probs (training/logprobs.py), not the whole vocabulary's, and elsewhere the same
+numbers TRL's own pass computes.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import json
 import pytest
 import torch
 from datasets import Dataset
-from trl import GRPOConfig
+from trl import GRPOConfig, GRPOTrainer
 
 from rl_router.rollout.names import STEMS, allowed_sets, continuation
 from rl_router.tiny import build_tiny_router
-from rl_router.training.decisions import allowed_tensor
+from rl_router.training.logprobs import allowed_tensor
 from rl_router.training.trainer import RouterGRPOTrainer
 
 
@@ -91,19 +92,22 @@ def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_
     ids = torch.cat([out["prompt_ids"], comp], 1)
     att = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
     C = comp.size(1)
-    with torch.no_grad():
-        trainer._decision_allowed = allowed
-        ours = trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, C, compute_entropy=True)
-        trainer._decision_allowed = None
-        vocab = trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, C)[0]
-    lp, ent = ours[0], ours[1]
     trained = (out["completion_mask"] * out["tool_mask"]).bool()
+    with torch.no_grad():
+        trainer._decision_allowed, trainer._logp_positions = allowed, trained  # what _compute_loss sets
+        ours = trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, C, compute_entropy=True)
+        trainer._decision_allowed = trainer._logp_positions = None
+        vocab = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids, att, C)[0]  # TRL's own pass
+    lp, ent = ours[0], ours[1]
+    assert (lp[~trained] == 0).all()  # nothing computed where the loss reads nothing
     sampled = out["sampling_per_token_logps"]
     torch.testing.assert_close(lp[trained], sampled[trained], rtol=0, atol=1e-4)
     for b, turns in enumerate(decisions):
         want = sum(x["logprob"] for t in turns for x in t)
         assert float(lp[b][pos[b]].sum()) == pytest.approx(want, abs=1e-4)
-    assert float((vocab[pos] - lp[pos]).abs().max()) > 1e-3  # TRL's own numbers are not the sampled distribution's
+    assert float((vocab[pos] - lp[pos]).abs().max()) > 1e-3  # TRL's own numbers are not the sampled distribution's at decisions ...
+    free = trained & ~pos
+    torch.testing.assert_close(lp[free], vocab[free], rtol=0, atol=1e-4)  # ... and equal to ours everywhere else
     assert (ent[pos] >= -1e-6).all()
     # the loss runs on these inputs (the decision tensor travels with TRL's micro-batches)
     trainer.current_gradient_accumulation_steps = 1  # what TRL's train loop sets before a loss

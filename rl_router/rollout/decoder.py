@@ -432,6 +432,21 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: 
     return int(sample_tokens(logits[None], temperature, top_p, top_k, generator)[0])
 
 
+def draw_names(logits: torch.Tensor, sets: list[list[int]], rows: list[int], temperature: float, greedy: bool) -> dict[int, tuple[list[int], int, float, float]]:
+    """One token per row from its logits renormalised over its allowed set (a name decision in
+    progress), for all such rows at once: row -> (set, token, its log-prob, the entropy)."""
+    K = max(len(a) for a in sets)
+    idx = torch.tensor([a + [a[0]] * (K - len(a)) for a in sets], device=logits.device)
+    valid = torch.tensor([[True] * len(a) + [False] * (K - len(a)) for a in sets], device=logits.device)
+    x = logits[rows].float().gather(1, idx) / (temperature if not greedy else 1.0)
+    lp = torch.log_softmax(x.masked_fill(~valid, float("-inf")), dim=-1)
+    p = lp.exp()
+    j = lp.argmax(-1) if greedy else torch.multinomial(p, 1).squeeze(1)
+    ent = -(p * lp.masked_fill(~valid, 0.0)).sum(-1)
+    lps = lp.gather(1, j[:, None]).squeeze(1)
+    return {r: (sets[i], sets[i][int(j[i])], float(lps[i]), float(ent[i])) for i, r in enumerate(rows)}
+
+
 _THREADS: dict[tuple[Any, ...], int] = {}
 
 
@@ -529,6 +544,8 @@ def decode_turns(
         free = [r for r, t in enumerate(turns) if not t.done and not t.forced and t.trie is None]
         drawn = sample_tokens(logits[free], temperature, top_p, top_k).tolist() if free and not greedy else []
         draw_of = dict(zip(free, drawn))
+        in_trie = [r for r, t in enumerate(turns) if not t.done and not t.forced and t.trie is not None]
+        name_draw = draw_names(logits, [turns[r].trie.allowed() for r in in_trie], in_trie, temperature, greedy) if in_trie else {}
         chosen: list[int] = []
         for r, t in enumerate(turns):
             if t.done:
@@ -541,15 +558,11 @@ def decode_turns(
                 if lps is not None:  # a forced token inside a decision is certain under the name distribution
                     t.logprobs.append(0.0 if within is not None else float(lps[r, tok]))
             elif t.trie is not None:  # a name drawn from the renormalised distribution, one token at a time
-                within = t.trie.allowed()
-                x = logits[r, within].float() / (temperature if not greedy else 1.0)
-                lp = torch.log_softmax(x, dim=-1)
-                j = int(lp.argmax()) if greedy else int(torch.multinomial(lp.exp(), 1))
-                tok = within[j]
+                within, tok, lp_tok, ent = name_draw[r]
                 t.allowed.append(within)
                 if want_logprobs:
-                    t.logprobs.append(float(lp[j]))
-                name = t.trie.advance(tok, float(lp[j]), float(-(lp.exp() * lp).sum()))
+                    t.logprobs.append(lp_tok)
+                name = t.trie.advance(tok, lp_tok, ent)
                 if name is not None:
                     d = t.trie
                     t.decisions.append({"stem": d.stem, "names": d.names, "scores": None, "choice": name, "bias": 0.0, "logprob": d.logprob, "entropy": d.entropy})
@@ -587,4 +600,5 @@ def decode_turns(
                     turns.append(f.turn)
                 forks += new
     return turns, forks
+
 

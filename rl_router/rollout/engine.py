@@ -11,7 +11,7 @@ environment-inserted `<information>` tokens interleaved, ending in EOS when the 
 answered, `env_mask` (1 = policy token, 0 = inserted, and 0 on an EOS the engine appended
 after `</answer>`, which no sampler produced; TRL zeroes the loss on 0s) and
 `decision_tokens` ((position, token set) where a name decision renormalised the router's
-distribution: the loss renormalises there too, `training/decisions.py`),
+distribution: the loss renormalises there too, `training/logprobs.py`),
 `logprobs` (sampling log-probs of sampled policy tokens; NaN, TRL 1.16's "no sampler
 log-prob", on inserted tokens, on scripted turns and on the EOS the engine appends after
 `</answer>`, which no sampler produced: TRL's importance-sampling correction then leaves
@@ -161,7 +161,7 @@ class RolloutEngine:
             "trace": s.info.get("trace", []),
             "budget": s.info.get("budget"),
             "decisions": s.decisions,  # per turn, the route decisions made by name (rollout/names.py)
-            "decision_tokens": [(p, a) for p, a in s.decision_tokens if p < n],  # (position, allowed set): the loss renormalises there (training/decisions.py)
+            "decision_tokens": [(p, a) for p, a in s.decision_tokens if p < n],  # (position, allowed set): the loss renormalises there (training/logprobs.py)
             "biases": list(s.biases) if s.biases is not None else None,
         }
         for k in EPISODE_FIELDS:

@@ -13,7 +13,7 @@ position by position, over the tokens that continue some candidate (`allowed_set
 the candidates' continuations), so log p(n) = sum_k log softmax(logits_k)[allowed_k][n_k]. It is
 one distribution for training and for evaluation: training samples it token by token (at the
 trainer's temperature, and the loss recomputes exactly these renormalised log-probs from one
-forward pass: `training/decisions.py`), greedy evaluation takes
+forward pass: `training/logprobs.py`), greedy evaluation takes
 argmax_n log p(n) + B * w(n), with w(n) the model's price position (0 cheapest, 1 costliest),
 scoring every candidate's continuation teacher-forced (one batched forward on the shared context).
 So the choice flips from n to m exactly when B * (w(m) - w(n)) exceeds log p(n) - log p(m):
@@ -77,7 +77,7 @@ def allowed_sets(conts: Mapping[str, Sequence[int]]) -> dict[str, list[list[int]
     router's next-token distribution renormalised over these sets, position by position, so
     p(name) = prod_k softmax(logits_k)[allowed_k][tok_k]: a proper distribution over the
     candidates, sampled token by token in training and scored whole for greedy decisions, and
-    computed from one forward pass in the loss (`training/decisions.py`)."""
+    computed from one forward pass in the loss (`training/logprobs.py`)."""
     out: dict[str, list[list[int]]] = {}
     items = [(n, list(c)) for n, c in conts.items()]
     for n, c in items:

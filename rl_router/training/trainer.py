@@ -7,9 +7,9 @@ What it adds to TRL, and why:
 - the advantage estimator is a constructor switch. TRL computes GRPO advantages inline;
   for RLOO and BoPO we recompute them from the same (all-process, gathered) rewards after
   TRL's scoring, so groups that span ranks are whole before advantages are taken;
-- at name decisions the loss's log-probs are the renormalised distribution the rollout
-  sampled (training/decisions.py), not TRL's whole-vocabulary ones: the policy trained is
-  the policy evaluated and shipped;
+- the loss's log-probs are computed only at the tokens the loss reads, and at name decisions
+  within the renormalised distribution the rollout sampled (training/logprobs.py), not over
+  the whole vocabulary: the policy trained is the policy evaluated and shipped;
 - episode metrics (cost, routes, quality, pool and format error rates) and what carries the
   signal (groups with zero reward variance, the entropy of each route decision) are logged
   next to TRL's, so `report_to` and the training curves see them;
@@ -35,7 +35,7 @@ from trl import GRPOTrainer
 
 from rl_router.training.advantages import bopo_advantages, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
-from rl_router.training.decisions import allowed_tensor, captured_hidden, renormalise
+from rl_router.training.logprobs import allowed_tensor, policy_logps, rescales_logits
 
 ADVANTAGES = ("grpo", "rloo", "bopo")
 SEEN_FILE = "rl_router_seen.json"
@@ -58,9 +58,10 @@ class RouterGRPOTrainer(GRPOTrainer):
         # what training has seen (all ranks): a "step" says little when a step is 2 tasks
         self.episodes_seen = 0
         self.tasks_seen: set[str] = set()
-        # name decisions of the batch being scored / the micro-batch in the loss (decisions.py)
+        # name decisions of the batch being scored / the micro-batch in the loss (logprobs.py)
         self._decision_lists: list[Any] | None = None
         self._decision_allowed: torch.Tensor | None = None
+        self._logp_positions: torch.Tensor | None = None
         self._last_decisions: list[Any] = []
 
     def _save_checkpoint(self, model, trial):  # type: ignore[override]
@@ -103,6 +104,22 @@ class RouterGRPOTrainer(GRPOTrainer):
             self.episodes_seen, self.tasks_seen = int(seen["episodes"]), set(seen["tasks"])
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _prepare_inputs(self, generation_batch):  # type: ignore[override]
+        """TRL's, without its shuffle of the generation batch before splitting it into
+        micro-batches: a micro-batch then holds whole groups, whose shared prompt runs once
+        (logprobs.shared_prompt_hidden). With num_iterations 1 every micro-batch of a
+        generation feeds one optimizer step (steps_per_generation = gradient_accumulation_steps
+        by default) and the "dapo" loss normalises by the generation's token count, so the
+        step's gradient is the same sum whatever the split."""
+        import trl.trainer.grpo_trainer as grpo
+
+        shuffle = grpo.shuffle_sequence_dict
+        grpo.shuffle_sequence_dict = lambda d: d
+        try:
+            return super()._prepare_inputs(generation_batch)
+        finally:
+            grpo.shuffle_sequence_dict = shuffle
+
     def _generate(self, prompts):  # type: ignore[override]
         out = super()._generate(prompts)
         extra = out[5]
@@ -110,24 +127,29 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._last_decisions = extra.get("decisions") or []
         return out
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):  # type: ignore[override]
-        """TRL's per-token log-probs, renormalised at name decisions (decisions.py)."""
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, compute_aux_loss=False, **mm):  # type: ignore[override]
+        """The log-probs of the tokens the loss reads, renormalised at name decisions
+        (logprobs.py); TRL's own pass for multimodal inputs, MoE aux losses and rescaled logits."""
+        if compute_aux_loss or any(v is not None for v in mm.values()) or rescales_logits(model):
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **mm)
         allowed = self._decision_allowed
         if allowed is None and self._decision_lists is not None and len(self._decision_lists) == input_ids.size(0):
             allowed = allowed_tensor(self._decision_lists, logits_to_keep, device=input_ids.device)
-        if allowed is None or allowed.size(0) != input_ids.size(0):
-            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
-        with captured_hidden(model) as hidden:
-            logps, entropies, aux = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
-        logps, entropies = renormalise(model, torch.cat(hidden, dim=0), input_ids, logits_to_keep, allowed, self.temperature, logps, entropies)
-        return logps, entropies, aux
+        if allowed is not None and allowed.size(0) != input_ids.size(0):
+            allowed = None
+        positions = self._logp_positions if self._logp_positions is not None and self._logp_positions.shape == (input_ids.size(0), logits_to_keep) else None
+        logps, ent = policy_logps(model, input_ids, attention_mask, logits_to_keep, temperature=self.temperature, positions=positions, allowed=allowed, batch_size=batch_size,
+                                  compute_entropy=compute_entropy, autocast=self.accelerator.autocast)
+        return logps, ent, None
 
     def _compute_loss(self, model, inputs):  # type: ignore[override]
         self._decision_allowed = inputs.get("decision_allowed")
+        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        self._logp_positions = mask.bool()  # the loss reads only these tokens' log-probs
         try:
             return super()._compute_loss(model, inputs)
         finally:
-            self._decision_allowed = None
+            self._decision_allowed = self._logp_positions = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

@@ -1,0 +1,188 @@
+"""The loss's per-token log-probs: only where the loss reads them, and at name decisions the
+distribution the rollout sampled.
+
+Two things TRL 1.16's own log-prob pass does not do for us:
+
+1. **Only the tokens that carry loss.** TRL projects hidden states through the LM head with a
+   fused, tiled kernel; on a GPU (Triton) it scores only labelled positions, elsewhere it
+   scores every position of every sequence, prompt included. A routing episode's trained
+   tokens are a small share of it (MMLU-Pro: ~450 prompt tokens, pool replies, and ~60 router
+   tokens), so on a CPU most of that work is thrown away: measured, the LM-head backward alone
+   took 52 of a 60 s step of 256 episodes. Here the backbone runs once (through every wrapper:
+   DDP, PEFT, TRL's patched forward, with `logits_to_keep=1` so the model computes no logits of
+   its own), its last hidden states are captured by a forward hook, and the LM head is applied
+   only at the positions the loss reads (`completion_mask * env_mask`), in row tiles, so no
+   [batch, length, vocabulary] tensor ever exists.
+
+2. **Name decisions.** A route name is sampled from the router's next-token distribution
+   renormalised over the tokens that continue some allowed name (rollout/names.py
+   `allowed_sets`; `@NAME` only over the models the episode called). At those positions the
+   log-prob (and entropy) is taken within the allowed set:
+
+       log p(tok) = z_tok / T - logsumexp_{a in allowed} z_a / T
+
+   so the policy gradient and the importance ratio see the distribution that was sampled, and
+   the sum over a decision's tokens is the decoder's name log-prob
+   (tests/test_name_decisions.py checks both to float tolerance).
+
+Everywhere else the numbers equal TRL's (log_softmax of logits / temperature; tested against
+TRL's own pass). Models whose logits TRL rescales (soft-capping, logit scales) use TRL's pass.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+
+
+def allowed_tensor(decision_tokens: Sequence[Sequence[tuple[int, Sequence[int]]] | None], width: int, device: Any = None) -> torch.Tensor | None:
+    """(episodes x width x K) token ids, -1 where unused: row b, column j lists the allowed set
+    of episode b's completion token j (all -1 where the vocabulary is the set). None when no
+    episode has a decision token."""
+    per_ep = [list(d or []) for d in decision_tokens]
+    k = max((len(a) for d in per_ep for _, a in d), default=0)
+    if k == 0:
+        return None
+    out = torch.full((len(per_ep), width, k), -1, dtype=torch.long)
+    for b, d in enumerate(per_ep):
+        for pos, a in d:
+            if 0 <= pos < width:
+                out[b, pos, : len(a)] = torch.tensor(list(a), dtype=torch.long)
+    return out.to(device) if device is not None else out
+
+
+def causal_lm(model: Any) -> Any:
+    """The causal LM inside the wrappers training puts around it (DDP, PEFT)."""
+    m = model.module if hasattr(model, "module") else model
+    return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+
+def rescales_logits(model: Any) -> bool:
+    """Whether the model's logits are soft-capped or scaled (then TRL's own pass is used)."""
+    cfg = causal_lm(model).config.get_text_config()
+    return any(getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+
+
+@contextmanager
+def captured_hidden(model: Any) -> Iterator[list[torch.Tensor]]:
+    """The backbone's last hidden states of every forward run inside the block, in order."""
+    backbone = causal_lm(model).base_model
+    got: list[torch.Tensor] = []
+
+    def hook(_mod: Any, _inp: Any, out: Any) -> None:
+        got.append(out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
+
+    h = backbone.register_forward_hook(hook)
+    try:
+        yield got
+    finally:
+        h.remove()
+
+
+def tile_rows(vocab: int, budget: int = 1 << 24) -> int:
+    """Rows of logits per tile: about `budget` floats (64 MB) whatever the vocabulary."""
+    return max(16, budget // max(1, vocab))
+
+
+def head_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, allowed: torch.Tensor | None, want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of `tokens` (N) given `hidden` (N x H), logits = head(hidden) / temperature,
+    over the vocabulary, or within `allowed` (N x K, -1 padded) where that row has a set."""
+    lps, ents = [], []
+    step = tile_rows(head.weight.shape[0])
+    for i in range(0, hidden.shape[0], step):
+        z = head(hidden[i : i + step]).float() / temperature
+        tok = tokens[i : i + step]
+        if allowed is not None:
+            a = allowed[i : i + step]
+            has = a[:, 0] >= 0
+            if bool(has.any()):
+                keep = torch.zeros_like(z, dtype=torch.bool)
+                rows, cols = (a >= 0).nonzero(as_tuple=True)
+                keep[rows, a[rows, cols]] = True
+                keep[~has] = True
+                z = z.masked_fill(~keep, float("-inf"))
+        lp = torch.log_softmax(z, dim=-1)
+        lps.append(lp.gather(1, tok[:, None]).squeeze(1))
+        if want_entropy:
+            p = lp.exp()
+            ents.append(-(p * lp.masked_fill(torch.isinf(lp), 0.0)).sum(-1))
+    return torch.cat(lps), (torch.cat(ents) if want_entropy else None)
+
+
+def _expand_cache(cache: Any, index: torch.Tensor) -> Any:
+    """A cache whose row r is row index[r] of `cache` (gradients flow back, summed per source row)."""
+    from transformers import DynamicCache
+
+    out = DynamicCache()
+    for li, layer in enumerate(cache.layers):
+        out.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), li)
+    return out
+
+
+def _hidden(model: Any, autocast: Any, **kw: Any) -> tuple[torch.Tensor, Any]:
+    """(last hidden states, the model's output) of one forward through every wrapper, with the
+    model computing logits at one position only (`logits_to_keep=1`)."""
+    from contextlib import nullcontext
+
+    with captured_hidden(model) as got, (autocast or nullcontext)():
+        out = model(logits_to_keep=1, **kw)
+    return got[-1], out
+
+
+def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, C: int, autocast: Any = None) -> torch.Tensor:
+    """(B x C x H) the hidden states that predict each completion token, with every distinct
+    prompt of the batch run once: its KV cache (kept in the graph) is shared by the rows that
+    have it, and only the completions run per row. GRPO's samples of a task share their prompt,
+    so forward and backward of the prompt are done once per group instead of once per sample;
+    the result equals the per-row forward (same positions: TRL's left-padded rows start at the
+    same offsets; tests/test_shared_prompt.py)."""
+    B, L = input_ids.shape
+    P = L - C
+    prompts, pmask = input_ids[:, :P], attention_mask[:, :P]
+    _, inv = torch.unique(torch.cat([prompts, pmask], 1), dim=0, return_inverse=True)  # a prompt is its tokens and its padding
+    first = _first_rows(inv, int(inv.max()) + 1)
+    hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True)
+    cache = _expand_cache(out.past_key_values, inv)
+    hc, _ = _hidden(model, autocast, input_ids=input_ids[:, P:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+    return torch.cat([hp[inv, P - 1 : P], hc[:, : C - 1]], dim=1)
+
+
+def _first_rows(inv: torch.Tensor, n: int) -> torch.Tensor:
+    """For each of `n` groups, the first row whose group it is (`inv`: row -> group)."""
+    first = torch.full((n,), -1, dtype=torch.long, device=inv.device)
+    for r, g in enumerate(inv.tolist()):
+        if first[g] < 0:
+            first[g] = r
+    return first
+
+
+def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *, temperature: float, positions: torch.Tensor | None = None,
+                 allowed: torch.Tensor | None = None, batch_size: int | None = None, compute_entropy: bool = False, autocast: Any = None, share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B x logits_to_keep) log-probs (and entropies) of the completion tokens, computed only at
+    `positions` (B x logits_to_keep bool; default: every completion token) and 0 elsewhere.
+    `share_prompts`: rows with the same prompt run it once (`shared_prompt_hidden`)."""
+    B, L = input_ids.shape
+    C = logits_to_keep
+    head = causal_lm(model).get_output_embeddings()
+    if positions is None:
+        positions = attention_mask[:, L - C :].bool()
+    logps = []
+    ents = []
+    bs = batch_size or B
+    for s in range(0, B, bs):
+        ids, att, pos = input_ids[s : s + bs], attention_mask[s : s + bs], positions[s : s + bs]
+        if share_prompts and C < L and not getattr(causal_lm(model), "is_gradient_checkpointing", False):  # checkpointing drops the cache
+            hidden = shared_prompt_hidden(model, ids, att, C, autocast)
+        else:
+            full, _ = _hidden(model, autocast, input_ids=ids, attention_mask=att, use_cache=False)
+            hidden = full[:, L - C - 1 : L - 1]  # the hidden state that predicts completion token j
+        b_idx, j_idx = pos.nonzero(as_tuple=True)
+        tokens = ids[:, L - C :][b_idx, j_idx]
+        a = allowed[s : s + bs][b_idx, j_idx] if allowed is not None else None
+        lp, ent = head_logps(head, hidden[b_idx, j_idx], tokens, temperature, a, compute_entropy)
+        logps.append(hidden.new_zeros(pos.shape, dtype=torch.float32).index_put((b_idx, j_idx), lp))
+        if compute_entropy:
+            ents.append(hidden.new_zeros(pos.shape, dtype=torch.float32).index_put((b_idx, j_idx), ent))
+    return torch.cat(logps), (torch.cat(ents) if compute_entropy else None)

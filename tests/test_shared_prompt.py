@@ -1,0 +1,89 @@
+"""Shared-prompt log-probs: each distinct prompt runs once, forward and backward, its KV cache
+shared by the rows that have it; values and gradients equal the per-row computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl_router.tiny import build_tiny_router
+from rl_router.training.logprobs import policy_logps
+
+
+def llama_like(seed: int = 0):
+    """A small Llama with SmolLM2's shape choices (grouped-query attention, tied embeddings)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=256, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg)
+
+
+def batch(vocab: int, groups: int = 3, per: int = 4, P: int = 14, C: int = 9, seed: int = 0):
+    """TRL's layout: prompts left-padded to P, completions right-padded to C; rows of a group
+    share their prompt (and its padding), completions differ in tokens and length."""
+    g = torch.Generator().manual_seed(seed)
+    ids, att = [], []
+    for k in range(groups):
+        plen = P - 2 * k
+        prompt = torch.randint(3, vocab, (plen,), generator=g)
+        for i in range(per):
+            clen = C - (i % 3)
+            comp = torch.randint(3, vocab, (clen,), generator=g)
+            ids.append(torch.cat([torch.zeros(P - plen, dtype=torch.long), prompt, comp, torch.zeros(C - clen, dtype=torch.long)]))
+            att.append(torch.cat([torch.zeros(P - plen), torch.ones(plen), torch.ones(clen), torch.zeros(C - clen)]).long())
+    ids, att = torch.stack(ids), torch.stack(att)
+    positions = att[:, P:].bool() & (torch.rand(ids.shape[0], C, generator=g) < 0.7)  # the loss reads some completion tokens
+    return ids, att, C, positions
+
+
+def grads(model, **kw):
+    model.zero_grad()
+    lp, ent = policy_logps(model, **kw)
+    (lp.sum() + 0.1 * ent.sum()).backward()
+    return lp.detach(), ent.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["qwen2 (tiny router)", "llama (GQA, tied embeddings)"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompt_log_probs_and_gradients_equal_the_per_row_computation(arch, lora):
+    model = build_tiny_router(seed=2, hidden_size=32, num_layers=2)[0] if arch.startswith("qwen2") else llama_like()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    model.train()
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids, att, C, positions = batch(vocab)
+    kw = dict(input_ids=ids, attention_mask=att, logits_to_keep=C, temperature=0.7, positions=positions, compute_entropy=True)
+    lp_s, ent_s, g_s = grads(model, share_prompts=True, **kw)
+    lp_r, ent_r, g_r = grads(model, share_prompts=False, **kw)
+    assert (lp_s[~positions] == 0).all() and (lp_s[positions] < 0).all()
+    torch.testing.assert_close(lp_s, lp_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent_s, ent_r, rtol=1e-5, atol=1e-5)
+    assert g_s.keys() == g_r.keys() and g_s
+    for n in g_s:
+        torch.testing.assert_close(g_s[n], g_r[n], rtol=1e-4, atol=1e-6, msg=n)
+    # and in micro-batches (gradient accumulation): the same sums
+    lp_b, _, g_b = grads(model, share_prompts=True, batch_size=5, **kw)
+    torch.testing.assert_close(lp_b, lp_r, rtol=1e-5, atol=1e-5)
+    for n in g_b:
+        torch.testing.assert_close(g_b[n], g_r[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_a_prompt_is_run_once_per_group():
+    """The prompt forward sees one row per distinct prompt (what makes it cheaper)."""
+    model = build_tiny_router(seed=2, hidden_size=32, num_layers=1)[0]
+    ids, att, C, positions = batch(model.get_input_embeddings().weight.shape[0], groups=3, per=4)
+    seen = []
+    orig = model.forward
+
+    def spy(*a, **kw):
+        seen.append(tuple(kw["input_ids"].shape))
+        return orig(*a, **kw)
+
+    model.forward = spy
+    with torch.no_grad():
+        policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
+    assert seen == [(3, ids.shape[1] - C), (12, C)]
