@@ -30,7 +30,7 @@ the loss can recompute exactly the log-probs that were sampled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -85,6 +85,74 @@ class NameDraw:
         self.entropy += ent
         done = [n for n, c in self.conts.items() if len(c) == self.k]
         return done[0] if done else None
+
+
+@dataclass
+class TriePlan:
+    """A candidate set's trie as tensors, built once per set (`_trie_plan`): the inner nodes to
+    feed (token, depth below the stem, ancestor-or-self matrix), each prefix's continuation
+    tokens (prefix 0 is the empty one), and per name its (prefix, token) pairs."""
+
+    names: list[str]
+    nodes: int
+    tokens: torch.Tensor  # nodes
+    depth: torch.Tensor  # nodes
+    tree: torch.Tensor  # nodes x nodes, bool
+    kids: torch.Tensor  # (1 + nodes) x width token ids
+    kid_ok: torch.Tensor  # (1 + nodes) x width, bool
+    zi: torch.Tensor  # names x max length: prefix index of each position
+    tk: torch.Tensor  # names x max length: the token at it
+    ok: torch.Tensor  # names x max length, bool
+
+
+_PLANS: dict[tuple[tuple[str, tuple[int, ...]], ...], TriePlan] = {}
+
+
+def _trie_plan(conts: Mapping[str, Sequence[int]]) -> TriePlan:
+    key = tuple((n, tuple(c)) for n, c in conts.items())
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    index: dict[tuple[int, ...], int] = {}
+    nodes: list[tuple[int, ...]] = []
+    for c in conts.values():
+        for k in range(1, len(c)):
+            pre = tuple(c[:k])
+            if pre not in index:
+                index[pre] = len(nodes)
+                nodes.append(pre)
+    n = len(nodes)
+    tree = torch.zeros((n, n), dtype=torch.bool)
+    for j, pre in enumerate(nodes):
+        for k in range(1, len(pre) + 1):
+            tree[j, index[pre[:k]]] = True
+    kids: dict[int, set[int]] = {}
+    for c in conts.values():
+        for k in range(len(c)):
+            kids.setdefault(0 if k == 0 else 1 + index[tuple(c[:k])], set()).add(c[k])
+    width = max(len(v) for v in kids.values())
+    kid_t = torch.zeros((1 + n, width), dtype=torch.long)
+    kid_ok = torch.zeros((1 + n, width), dtype=torch.bool)
+    for z, toks in kids.items():
+        t = sorted(toks)
+        kid_t[z, : len(t)] = torch.tensor(t)
+        kid_ok[z, : len(t)] = True
+    names = list(conts)
+    L = max(len(c) for c in conts.values())
+    zi = torch.zeros((len(names), L), dtype=torch.long)
+    tk = torch.zeros((len(names), L), dtype=torch.long)
+    ok = torch.zeros((len(names), L), dtype=torch.bool)
+    for a, nm in enumerate(names):
+        c = conts[nm]
+        for k in range(len(c)):
+            zi[a, k] = 0 if k == 0 else 1 + index[tuple(c[:k])]
+            tk[a, k] = c[k]
+            ok[a, k] = True
+    plan = TriePlan(names, n, torch.tensor([p[-1] for p in nodes], dtype=torch.long), torch.tensor([len(p) - 1 for p in nodes], dtype=torch.long), tree, kid_t, kid_ok, zi, tk, ok)
+    if len(_PLANS) > 4096:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
 
 
 _GROWING: list[type] = []  # the growing layer and cache classes, built once (transformers is imported lazily)
@@ -347,6 +415,78 @@ class Session:
         else:
             self.logits[had.to(self.logits.device)] = last[had.to(last.device)]
         return logits
+
+    def score_names(self, rows: Sequence[int], conts: Sequence[Mapping[str, Sequence[int]]]) -> list[dict[str, float]]:
+        """log p(name) under the name distribution (names.allowed_sets) for every candidate of
+        every row, in ONE forward: each row's candidates form a trie whose inner nodes are fed
+        as one short sequence with a tree attention mask (a node attends to the row's context
+        and its own ancestors, at the positions it would have), so nothing is copied and a
+        router that spreads its mass over ten names costs what a confident one does. The
+        session is unchanged (the fed nodes are dropped from the cache afterwards)."""
+        out: list[dict[str, float]] = []
+        if not rows:
+            return out
+        plans = [_trie_plan(cs) for cs in conts]
+        N = max(p.nodes for p in plans)
+        node_logits = None
+        if N:
+            R, Lc = len(rows), self.mask.shape[1]
+            ids = torch.full((R, N), self.pad_id, dtype=torch.long)
+            pos = torch.zeros((R, N), dtype=torch.long)
+            tree = torch.eye(N, dtype=torch.bool).repeat(R, 1, 1)  # padding attends to itself (a row of no keys would give NaN)
+            for i, (r, p) in enumerate(zip(rows, plans)):
+                n = p.nodes
+                ids[i, :n] = p.tokens
+                pos[i] = self.pos[r]
+                pos[i, :n] += p.depth
+                tree[i, :n, :n] = p.tree
+            ctx = self.mask.index_select(0, torch.tensor(list(rows))).bool()[:, None, :].expand(R, N, Lc)
+            att = torch.cat([ctx, tree], dim=2)[:, None]  # R x 1 x N x (Lc + N): True = attend
+            keep = [getattr(layer, "_n", None) for layer in self.cache.layers]
+            sub = self._row_view(rows)
+            dev = self.device
+            try:
+                with torch.no_grad():
+                    node_logits = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev), past_key_values=sub, use_cache=True).logits.float()
+            finally:
+                self._drop_view(sub, keep)
+            self.forward_tokens += sum(p.nodes for p in plans)
+            self.forward_calls += 1
+        # every (row, prefix): its logits (the row's next-token logits for the empty prefix, a
+        # node's for the others) and the log-sum-exp over the tokens that continue it; a name's
+        # score sums, along its tokens, the token's logit minus its prefix's log-sum-exp
+        R = len(rows)
+        Z = self.logits.index_select(0, torch.tensor(list(rows), device=self.logits.device)).float()[:, None]
+        if node_logits is not None:
+            Z = torch.cat([Z, node_logits.to(Z.device)], dim=1)  # R x (1 + N) x V
+        width = max(p.kids.shape[1] for p in plans)
+        cidx = torch.zeros((R, Z.shape[1], width), dtype=torch.long)
+        cval = torch.zeros((R, Z.shape[1], width), dtype=torch.bool)
+        for i, p in enumerate(plans):
+            cidx[i, : p.kids.shape[0], : p.kids.shape[1]] = p.kids
+            cval[i, : p.kids.shape[0], : p.kids.shape[1]] = p.kid_ok
+        lse = torch.logsumexp(Z.gather(2, cidx.to(Z.device)).masked_fill(~cval.to(Z.device), float("-inf")), dim=-1)  # R x (1 + N)
+        for i, p in enumerate(plans):
+            zi, tk, ok = p.zi.to(Z.device), p.tk.to(Z.device), p.ok.to(Z.device)
+            got = ((Z[i][zi, tk] - lse[i][zi]) * ok).sum(-1).tolist()
+            out.append(dict(zip(p.names, got)))
+        return out
+
+    def _row_view(self, rows: Sequence[int]) -> Any:
+        """The cache of `rows` for one extra forward: the session's own cache when the rows are
+        all of them in order (its layers then grow in place and are cut back after), else a copy."""
+        if list(rows) == list(range(self.rows)):
+            return self.cache
+        c = new_cache()
+        t = torch.tensor(list(rows), dtype=torch.long)
+        for li, layer in enumerate(self.cache.layers):
+            c.update(layer.keys.index_select(0, t.to(layer.keys.device)), layer.values.index_select(0, t.to(layer.values.device)), li)
+        return c
+
+    def _drop_view(self, view: Any, keep: list[Any]) -> None:
+        if view is self.cache:
+            for layer, n in zip(self.cache.layers, keep):
+                layer._n = n  # forget the scored nodes
 
     def score(self, rows: Sequence[int], conts: Sequence[Sequence[int]], allowed: Sequence[Sequence[Sequence[int]]] | None = None) -> list[float]:
         """log p(cont) for each (row, continuation) pair, teacher-forced after the row's

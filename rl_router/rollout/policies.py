@@ -252,52 +252,12 @@ class HFPolicy:
         body = ids[:-1] if t.eos else ids
         return Turn(ids, list(t.logprobs), self.tokenizer.decode(body), t.eos, decisions=list(t.decisions), allowed=list(t.allowed) if any(a is not None for a in t.allowed) else None)
 
-    def _score_names(self, session: Any, jobs: list[Any]) -> list[list[float | None]]:
-        """Each job's names scored as continuations: log p(name) under the name distribution
-        (names.allowed_sets). Greedy: exactly, but only the names that can win at one of the
-        row's biases: a name's score is at most its first token's log-prob (already computed;
-        every further token adds a log-prob <= 0), so a name whose bound plus its bias term
-        falls below a scored name's exact value at every bias cannot be chosen and is not
-        scored (None). A confident router scores one or two names instead of all of them.
-        Sampling with a bias needs every score."""
-        import torch
-
-        n_jobs = len(jobs)
-        exact: list[dict[str, float]] = [{} for _ in range(n_jobs)]
-
-        from rl_router.rollout.names import allowed_sets
-
-        within = [allowed_sets(job[4]) for job in jobs]
-
-        def run(pairs: list[tuple[int, str]]) -> None:
-            if pairs:
-                got = session.score([jobs[j][0] for j, _ in pairs], [jobs[j][4][n] for j, n in pairs], [within[j][n] for j, n in pairs])
-                for (j, n), v in zip(pairs, got):
-                    exact[j][n] = v
-
-        if not self.greedy:
-            run([(j, n) for j, job in enumerate(jobs) for n in job[3]])
-            return [[exact[j][n] for n in job[3]] for j, job in enumerate(jobs)]
-        w = self.route_weights
-        bounds = []
-        for j, (r, _stem, kind, names, conts, row_biases) in enumerate(jobs):
-            row = session.logits[r].float()
-            first = within[j][names[0]][0]  # every candidate's first position renormalises over the same set
-            lse = torch.logsumexp(row[torch.tensor(first)], dim=0)
-            bounds.append({n: float(row[conts[n][0]] - lse) for n in names})
-        biases_of = [row_biases if kind == "route" else (0.0,) for (_r, _s, kind, _n, _c, row_biases) in jobs]
-        # round 1: at each bias, the name with the best bound
-        run(sorted({(j, max(job[3], key=lambda n: bounds[j][n] + b * w.get(n, 0.0))) for j, job in enumerate(jobs) for b in biases_of[j]}))
-        # round 2: every name whose bound could still beat the best exact score at some bias
-        need = []
-        for j, job in enumerate(jobs):
-            for n in job[3]:
-                if n in exact[j]:
-                    continue
-                if any(bounds[j][n] + b * w.get(n, 0.0) >= max(v + b * w.get(m, 0.0) for m, v in exact[j].items()) for b in biases_of[j]):
-                    need.append((j, n))
-        run(need)
-        return [[exact[j].get(n) for n in job[3]] for j, job in enumerate(jobs)]
+    def _score_names(self, session: Any, jobs: list[Any]) -> list[list[float]]:
+        """Each job's names scored: log p(name) under the name distribution
+        (names.allowed_sets), every candidate of every job in one tree-attention forward
+        (decoder.Session.score_names)."""
+        got = session.score_names([job[0] for job in jobs], [{n: job[4][n] for n in job[3]} for job in jobs])
+        return [[g[n] for n in job[3]] for g, job in zip(got, jobs)]
 
     def _decide(self, session: Any, rows: list[int], turns: list[Any], meta: list[dict[str, Any]]) -> list[Any]:
         """Rows whose text just reached a decision stem: score the allowed names, choose, force
