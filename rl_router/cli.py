@@ -202,7 +202,7 @@ def _print_eval(res: dict[str, Any], files: list[Path]) -> None:
 
 
 # ---- training ---------------------------------------------------------------------------------
-def _train(recipe_path: Optional[str], sets: list[str], output_dir: Optional[str], resume: bool) -> None:
+def _train(recipe_path: Optional[str], sets: list[str], output_dir: Optional[str], resume: bool) -> tuple[Path, dict[str, Any]]:
     from rl_router.recipe import load_recipe
     from rl_router.training.pipeline import train as run_training
 
@@ -225,6 +225,7 @@ def _train(recipe_path: Optional[str], sets: list[str], output_dir: Optional[str
         signal.signal(signal.SIGTERM, previous)
     if metrics.get("is_main_process", True):
         _print_training(metrics, out)
+    return out, metrics
 
 
 def _interrupted(out: Path, recipe_path: Optional[str], sets: list[str], code: int = 130) -> None:
@@ -234,26 +235,67 @@ def _interrupted(out: Path, recipe_path: Optional[str], sets: list[str], code: i
 
     rl, sft = latest_checkpoint(out / "rl"), latest_checkpoint(out / "sft_run")
     kept = f"RL checkpoint {rl}" if rl else f"warm-start checkpoint {sft}" if sft else f"the finished stages in {out}"
-    cmd = ["rl-router", "train", recipe_path] if recipe_path else ["rl-router", "quickstart"]
+    cmd = ["rl-router", "quickstart"] if recipe_path in (None, str(QUICKSTART)) else ["rl-router", "train", recipe_path]
     cmd += [a for s in sets for a in ("--set", shlex.quote(s))] + ["--output-dir", str(out), "--resume"]
     console.print(f"[bold yellow]interrupted[/] kept {kept}; continue with:\n  {' '.join(cmd)}")
     raise typer.Exit(code)
+
+
+QUICKSTART = Path(__file__).resolve().parent / "assets" / "quickstart.yaml"  # = recipes/quickstart.yaml (tests/test_recipe.py)
 
 
 @app.command()
 def quickstart(
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write results (default: outputs/quickstart)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the output dir (finished stages reused when their settings are unchanged)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override an embedded default: --set trainer.max_steps=4."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a field of the quickstart recipe: --set trainer.max_steps=4."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="After training, compare the router with every baseline (`rl-router eval RUN --against RUN/sft`)."),
 ) -> None:
-    """Train the tiny router offline on the embedded defaults (= recipes/quickstart.yaml):
-    baselines and the untrained router on the held-out tasks, boundary policies, boundary-guided
-    SFT warm start, GRPO, then held-out evaluation again, on GSM8K tasks of the recorded pool
-    (real Mixtral-8x7B and GPT-4 answers and costs); a few minutes on 2 CPU cores. Prints
-    before / after reward, quality and cost (95% intervals) next to always-cheap / always-strong
-    / random and how far the router lies above the random cheap/strong line; writes
-    metrics.json and training_curves.png. Then: rl-router eval outputs/quickstart."""
-    _train(None, set_ or [], output_dir, resume)
+    """The tiny router learns, by RL, to route MMLU-Pro questions among ten real models (recorded
+    answers, gold letters, prices), offline, in a few minutes on 2 CPU cores (recipes/quickstart.yaml):
+    a warm start that teaches the protocol only (random calls and adoptions: no routing rule),
+    then GRPO; the router is evaluated greedily on held-out questions at the warm start and along
+    RL (the held-out curve in training_curves.png). Prints RL's own contribution (the router after
+    RL minus its warm start, paired over the held-out questions, 95% intervals) and the router
+    against the best single model, the agreement cascade, per-category and kNN routers. Writes
+    OUT/metrics.json, training_curves.png, final/, eval/."""
+    out, metrics = _train(str(QUICKSTART), set_ or [], output_dir, resume)
+    if evaluate and metrics.get("is_main_process", True):
+        from rl_router.evaluation.report import evaluate as run_eval, write_outputs
+
+        r, ev_out = _eval_target(str(out), None, [], None)
+        with _progress() as prog:
+            res = run_eval(r, str(out), sampled=False, batch_size=r.rollout.batch_size, progress=_bars(prog, r.data.max_heldout or 0), against=str(out / "sft") if (out / "sft" / "config.json").exists() else None)
+        write_outputs(res, ev_out)
+        _print_standing(res, ev_out)
+
+
+def _eval_target(*a: Any) -> Any:
+    from rl_router.evaluation.report import eval_target
+
+    return eval_target(*a)
+
+
+def _print_standing(res: dict[str, Any], out: Path) -> None:
+    """The router against the baselines that matter, paired over the same held-out tasks."""
+    pol = res["policies"]
+    router = next(k for k in res.get("routers", []) if k.endswith("(greedy)"))
+    me = pol[router]
+    best = f"always-{res['references']['best']}"
+    t = Table(title=f"the router against the baselines, {res['tasks']} held-out tasks (greedy; 95% intervals paired over the tasks)")
+    for c in ("policy", "quality", "$ / 1k tasks", "reward", "above hull", "router minus it: above hull [95%]", "quality [95%]"):
+        t.add_column(c, justify="left" if c == "policy" else "right")
+    t.add_row(router, f"{me['quality']:.3f}", f"{1000 * me['mean_cost']:.3f}", f"{me['reward']:.3f}", f"{me['above_hull']:+.3f}", "", "")
+    for name in [k for k in pol if k.startswith("other router")] + [best, "agreement cascade", "per-category", "knn-tfidf", "oracle"]:
+        if name not in pol or name not in me.get("vs", {}):
+            continue
+        b, v = pol[name], me["vs"][name]
+        ah, q = v["above_hull"], v["quality"]
+        label = "warm start (before RL)" if name.startswith("other router") else name
+        t.add_row(label, f"{b['quality']:.3f}", f"{1000 * b['mean_cost']:.3f}", f"{b['reward']:.3f}", f"{b['above_hull']:+.3f}",
+                  f"{ah['value']:+.3f}{_ci(ah)}" + ("" if ah["significant"] else " n.s."), f"{q['mean']:+.3f}{_ci(q)}")
+    console.print(t)
+    console.print(f"wrote {out / 'eval.json'} and {out / 'frontier.png'}")
 
 
 @app.command()

@@ -1,9 +1,11 @@
 """Recipes: one YAML file with sections `model`, `pool`, `env`, `rollout`, `rewards`, `trainer`, `data`.
 
 `trainer` maps 1:1 onto TRL's `GRPOConfig` fields (validated against the dataclass, so a
-typo fails before any model loads); the other sections are ours. The dataclass defaults ARE
-the quickstart recipe, so `rl-router quickstart` runs with no file at all (the embedded
-defaults), and `recipes/quickstart.yaml` spells the same values out (a test keeps them equal).
+typo fails before any model loads); the other sections are ours. The dataclass defaults are
+the two-model GSM8K recipe, what a command uses when no recipe is given (the embedded
+defaults); `recipes/gsm8k.yaml` spells the same values out (a test keeps them equal). The
+quickstart is its own recipe (MMLU-Pro, ten models: `recipes/quickstart.yaml`, shipped in the
+package as `rl_router/assets/quickstart.yaml`).
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class Recipe:
     sft: dict[str, Any] = field(default_factory=_default_sft)  # SFTConfig fields, 1:1
     data: DataSection = field(default_factory=DataSection)
     curve: CurveSection = field(default_factory=CurveSection)
-    output_dir: str = "outputs/quickstart"
+    output_dir: str = "outputs/gsm8k"
 
     # ---- building ---------------------------------------------------------------------------
     def env_config(self) -> Any:
@@ -272,7 +274,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         sft=sft,
         data=_section(DataSection, raw.get("data"), "data"),
         curve=_section(CurveSection, raw.get("curve"), "curve"),
-        output_dir=str(raw.get("output_dir", "outputs/quickstart")),
+        output_dir=str(raw.get("output_dir", "outputs/gsm8k")),
     )
     r.env_config()  # validates env fields
     validate_combination(r)
@@ -516,7 +518,7 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 
 
 def load_recipe(path: str | Path | None = None, sets: list[str] | None = None) -> Recipe:
-    """Load and validate a recipe file (None: the embedded quickstart defaults)."""
+    """Load and validate a recipe file (None: the embedded defaults, = recipes/gsm8k.yaml)."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)

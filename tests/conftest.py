@@ -23,10 +23,11 @@ import pytest  # noqa: E402
 # small example), so the grouping is a scheduler: every test is its own unit of work except
 # these, which go to one worker together.
 SHARED_FIXTURE_GROUPS = {
-    "tests/test_export.py::": "quickstart_run",
-    "tests/test_serve.py::": "quickstart_run",
-    "tests/test_cost_knob.py::test_calibrate_eval": "quickstart_run",
-    "tests/test_train.py::test_quickstart_": "quickstart_run",
+    "tests/test_export.py::": "gsm8k_run",
+    "tests/test_serve.py::": "gsm8k_run",
+    "tests/test_cost_knob.py::test_calibrate_eval": "gsm8k_run",
+    "tests/test_train.py::test_gsm8k_": "gsm8k_run",
+    "tests/test_name_decisions.py::test_training_samples": "gsm8k_run",
     "tests/test_agentic_train.py::": "bopo_run",
     "tests/test_distributed.py::": "bopo_run",
 }
@@ -105,9 +106,10 @@ def bopo_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def quickstart_run(tmp_path_factory):
-    """README's quickstart with 2 GRPO steps, then `rl-router eval` on it, once per session:
-    the trained router the quickstart, serve and export tests read (each copies what it changes)."""
+def gsm8k_run(tmp_path_factory):
+    """The two-model GSM8K recipe (recipes/gsm8k.yaml, the embedded defaults) with 2 GRPO steps,
+    then `rl-router eval` on it, once per session: the trained router the GSM8K, serve, export,
+    knob and name-decision tests read (each copies what it changes)."""
     import json
     import os
     import subprocess
@@ -117,8 +119,8 @@ def quickstart_run(tmp_path_factory):
 
     bin_ = str(Path(sys.executable).with_name("rl-router"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    out = tmp_path_factory.mktemp("quickstart") / "qs"
-    train = subprocess.run([bin_, "quickstart", "--output-dir", str(out), "--set", "trainer.max_steps=2"], capture_output=True, text=True, env=env)
+    out = tmp_path_factory.mktemp("gsm8k") / "run"
+    train = subprocess.run([bin_, "train", str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml"), "--output-dir", str(out), "--set", "trainer.max_steps=2"], capture_output=True, text=True, env=env)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     ev = subprocess.run([bin_, "eval", str(out), "--no-sampled"], capture_output=True, text=True, env=env)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]

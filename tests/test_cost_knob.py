@@ -158,10 +158,10 @@ def test_curve_apgr_is_the_closed_curve_area_and_the_line_is_one_half():
     assert alone[0] == pytest.approx(v[0], abs=1e-9)
 
 
-def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, quickstart_run):
+def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, gsm8k_run):
     run_dir = tmp_path / "run"
-    shutil.copytree(quickstart_run.out / "final", run_dir / "final")
-    shutil.copy(quickstart_run.out / "recipe.json", run_dir / "recipe.json")
+    shutil.copytree(gsm8k_run.out / "final", run_dir / "final")
+    shutil.copy(gsm8k_run.out / "recipe.json", run_dir / "recipe.json")
 
     # the quickstart has no validation split: the error names the field and the fix
     p = run("calibrate", str(run_dir), "--target-strong-share", "0.5")

@@ -25,16 +25,16 @@ def run(*args, env=None):
     return subprocess.run([BIN, *args], capture_output=True, text=True, env=e)
 
 
-def test_export_reload_push_and_no_secrets(tmp_path, quickstart_run):
+def test_export_reload_push_and_no_secrets(tmp_path, gsm8k_run):
     import shutil
 
     # the session's quickstart run: its router, recipe and eval
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     for name in ("final", "eval"):
-        shutil.copytree(quickstart_run.out / name, run_dir / name)
-    shutil.copy(quickstart_run.out / "recipe.json", run_dir / "recipe.json")
-    ev = quickstart_run.eval
+        shutil.copytree(gsm8k_run.out / name, run_dir / name)
+    shutil.copy(gsm8k_run.out / "recipe.json", run_dir / "recipe.json")
+    ev = gsm8k_run.eval
 
     env = {"HF_TOKEN": SECRET}
     p = run("export", str(run_dir), "--repo-id", "acme/tiny-router", env=env)
@@ -107,10 +107,10 @@ def test_export_bad_repo_id_exits_2(tmp_path):
     assert p.returncode == 2 and "ORG/NAME" in p.stdout
 
 
-def test_export_never_deletes_what_it_did_not_write(tmp_path, quickstart_run):
+def test_export_never_deletes_what_it_did_not_write(tmp_path, gsm8k_run):
     """A user's folder is refused unless --overwrite, which keeps every file of another name;
     the run folder itself is refused; a re-export replaces exactly its own earlier files."""
-    ck = str(quickstart_run.out / "final")
+    ck = str(gsm8k_run.out / "final")
     mine = tmp_path / "u"
     mine.mkdir()
     (mine / "important.txt").write_text("notes")
@@ -125,21 +125,21 @@ def test_export_never_deletes_what_it_did_not_write(tmp_path, quickstart_run):
     p = run("export", ck, "--repo-id", "me/r", "--out", str(mine))
     assert p.returncode == 0 and (mine / "important.txt").exists() and "stale card" not in (mine / "README.md").read_text()
     # the training run itself (or its final/) is never an export target
-    for target in (quickstart_run.out, quickstart_run.out / "final"):
-        before = sorted(p.name for p in quickstart_run.out.rglob("*"))
-        p = run("export", str(quickstart_run.out), "--repo-id", "me/r", "--out", str(target))
+    for target in (gsm8k_run.out, gsm8k_run.out / "final"):
+        before = sorted(p.name for p in gsm8k_run.out.rglob("*"))
+        p = run("export", str(gsm8k_run.out), "--repo-id", "me/r", "--out", str(target))
         assert p.returncode == 2 and "choose a folder of its own" in p.stdout
-        assert sorted(p.name for p in quickstart_run.out.rglob("*")) == before
+        assert sorted(p.name for p in gsm8k_run.out.rglob("*")) == before
 
 
-def test_eval_of_a_copied_export_writes_beside_it(tmp_path, quickstart_run):
+def test_eval_of_a_copied_export_writes_beside_it(tmp_path, gsm8k_run):
     """`rl-router eval EXPORT` from elsewhere writes next to EXPORT, not into the output_dir
     named by the recipe.json copied into it."""
     import shutil
 
     exp = tmp_path / "exp"
-    shutil.copytree(quickstart_run.out / "final", exp)
-    shutil.copy(quickstart_run.out / "recipe.json", exp / "recipe.json")
+    shutil.copytree(gsm8k_run.out / "final", exp)
+    shutil.copy(gsm8k_run.out / "recipe.json", exp / "recipe.json")
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     p = subprocess.run([BIN, "eval", str(exp), "--no-sampled", "--n", "4"], cwd=cwd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})

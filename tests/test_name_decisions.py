@@ -49,7 +49,7 @@ def test_allowed_tensor_places_each_set_at_its_position():
     assert allowed_tensor([[], None], 3) is None
 
 
-def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_path, quickstart_run):
+def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_path, gsm8k_run):
     """With the quickstart's trained router: a training rollout (RouterGRPOTrainer's own
     generation path, rollout.decisions: names) emits only pool names at the route tag and
     only called models at `@`; the per-token log-probs TRL's loss uses (our trainer's
@@ -63,8 +63,8 @@ def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_
     from rl_router.rollout.policies import HFPolicy
     from rl_router.task_sources import recipe_pool, recipe_tasks
 
-    recipe = recipe_from_dict(json.loads((quickstart_run.out / "recipe.json").read_text()))
-    model, tok = load_checkpoint(quickstart_run.out / "final", recipe)
+    recipe = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
+    model, tok = load_checkpoint(gsm8k_run.out / "final", recipe)
     pool = recipe_pool(recipe)
     tasks = recipe_tasks(recipe, pool)[0][:8]
     T = 1.0

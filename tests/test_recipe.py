@@ -1,4 +1,5 @@
-"""Recipes: the quickstart file equals the embedded defaults; every bad field is named."""
+"""Recipes: the GSM8K file equals the embedded defaults, the quickstart file is the one the
+package ships; every bad field is named."""
 
 from __future__ import annotations
 
@@ -16,15 +17,23 @@ from rl_router.task_sources import recipe_pool, recipe_tasks
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_yaml_equals_embedded_defaults():
-    assert load_recipe(ROOT / "recipes/quickstart.yaml").to_dict() == Recipe().to_dict() == load_recipe(None).to_dict()
-    raw = yaml.safe_load((ROOT / "recipes/quickstart.yaml").read_text())
+def test_quickstart_yaml_is_the_one_the_package_ships():
+    from rl_router.cli import QUICKSTART
+
+    assert (ROOT / "recipes/quickstart.yaml").read_bytes() == QUICKSTART.read_bytes()
+    r = load_recipe(QUICKSTART)
+    assert r.pool["datasets"] == ["mmlu-pro"] and r.algorithm.sft_mix == "format" and r.curve.keep_best and r.output_dir == "outputs/quickstart"
+
+
+def test_gsm8k_yaml_equals_embedded_defaults():
+    assert load_recipe(ROOT / "recipes/gsm8k.yaml").to_dict() == Recipe().to_dict() == load_recipe(None).to_dict()
+    raw = yaml.safe_load((ROOT / "recipes/gsm8k.yaml").read_text())
     d = Recipe().to_dict()
     for section in ("trainer", "sft", "algorithm", "env", "rewards"):  # spelled out, not inherited
         assert raw[section] == d[section], section
 
 
-@pytest.mark.parametrize("name", ["quickstart", "rloo", "bopo_agentic", "router_r1_qwen2.5-3b", "router_r1_qwen2.5-3b_vllm_server"])
+@pytest.mark.parametrize("name", ["quickstart", "gsm8k", "rloo", "bopo_agentic", "router_r1_qwen2.5-3b", "router_r1_qwen2.5-3b_vllm_server"])
 def test_shipped_recipes_validate(name, tmp_path):
     """Each shipped recipe loads, its trainer / sft sections construct TRL's own configs (the
     1:1 mapping, types included), and its pool builds."""
@@ -170,7 +179,7 @@ def test_pool_dependent_checks_fail_before_any_model_loads(tmp_path):
     assert validate_against_pool(Recipe(), pool, train) == ("mixtral-8x7b", "gpt-4-1106")
     # through the CLI: a model that could never load, and the budget error comes first
     bin_ = str(Path(sys.executable).with_name("rl-router"))
-    p = subprocess.run([bin_, "train", str(ROOT / "recipes/quickstart.yaml"), "--output-dir", str(tmp_path), "--set", "env.budget=1e-9", "--set", "model.name_or_path=/no/such/model"], capture_output=True, text=True)
+    p = subprocess.run([bin_, "train", str(ROOT / "recipes/gsm8k.yaml"), "--output-dir", str(tmp_path), "--set", "env.budget=1e-9", "--set", "model.name_or_path=/no/such/model"], capture_output=True, text=True)
     assert p.returncode == 2 and "env.budget" in p.stdout and "Traceback" not in p.stderr
 
 

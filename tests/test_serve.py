@@ -21,13 +21,13 @@ BIN = str(Path(sys.executable).with_name("rl-router"))
 
 
 @pytest.fixture(scope="module")
-def warm_router(quickstart_run):
+def warm_router(gsm8k_run):
     """The quickstart's trained router (the session's run) and its held-out tasks."""
     from rl_router.recipe import recipe_from_dict
 
-    r = recipe_from_dict(json.loads((quickstart_run.out / "recipe.json").read_text()))
+    r = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
     _train, held = recipe_tasks(r, recipe_pool(r))
-    return quickstart_run.out, held
+    return gsm8k_run.out, held
 
 
 def wait_for_server(proc, client):

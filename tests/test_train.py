@@ -14,17 +14,17 @@ BIN = str(Path(sys.executable).with_name("rl-router"))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
 
 
-def test_quickstart_learns_to_route_and_reports_where_it_stands(quickstart_run):
-    """README's quickstart with 2 GRPO steps instead of 16 (baselines, boundary runs, SFT warm
+def test_gsm8k_recipe_learns_to_route_and_reports_where_it_stands(gsm8k_run):
+    """The GSM8K recipe with 2 GRPO steps instead of 16 (baselines, boundary runs, SFT warm
     start, GRPO, all 187 held-out GSM8K tasks), then `rl-router eval` on the result (the
-    session's `quickstart_run`).
+    session's `gsm8k_run`).
 
     What is asserted is what holds for every training seed (README gives seeds 0-4): the router
     learns the protocol (reward -1 -> above 0.5, few format errors) and to route between the two
     boundaries: better than always-Mixtral, far cheaper than always-GPT-4, escalating on some
     tasks. Where it lies against the random cheap/strong line is reported with its 95%
     interval, not asserted: for this 64-hidden router it is seed-dependent (README)."""
-    out, m, stdout = quickstart_run.out, quickstart_run.metrics, quickstart_run.train_stdout
+    out, m, stdout = gsm8k_run.out, gsm8k_run.metrics, gsm8k_run.train_stdout
     for k in ("heldout_reward_before", "heldout_reward_after", "heldout_quality_before", "heldout_quality_after", "heldout_cost_before", "heldout_cost_after"):
         assert isinstance(m[k], float), k
     assert m["global_step"] == 2 and m["heldout_tasks"] == 187
@@ -41,8 +41,8 @@ def test_quickstart_learns_to_route_and_reports_where_it_stands(quickstart_run):
     steps = [h["step"] for h in m["log_history"] if "reward" in h]
     assert steps == [1, 2] and all("episode/cost" in h for h in m["log_history"] if "reward" in h)
 
-    res = quickstart_run.eval
-    assert "CPT(50%)" in quickstart_run.eval_stdout and (out / "eval" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    res = gsm8k_run.eval
+    assert "CPT(50%)" in gsm8k_run.eval_stdout and (out / "eval" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     pol = res["policies"]
     router, cheap, strong = pol["router (greedy)"], pol["always-mixtral-8x7b"], pol["always-gpt-4-1106"]
     assert res["tasks"] == 187 and router["format_error_rate"] < 0.1

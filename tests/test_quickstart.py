@@ -1,0 +1,55 @@
+"""`rl-router quickstart` end to end, as README's first command runs it, with fewer steps.
+
+What is asserted is what the command must produce, not a learning result: RL's own
+contribution (after RL minus the warm start, paired, with its interval) in metrics.json and on
+screen, the held-out curve from the warm start on, and the router against the baselines that
+matter (best single model, agreement cascade, per-category, kNN). The figures themselves come
+from `scripts/seeds.py` (README)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = str(Path(sys.executable).with_name("rl-router"))
+
+SMALL = ["sft.max_steps=30", "algorithm.sft_examples=240", "trainer.max_steps=2", "trainer.save_steps=2", "data.max_heldout=48", "data.max_heldout_initial=8",
+         "curve.every_steps=1", "curve.heldout_n=24", "curve.validation_n=24", "data.validation_fraction=0.02"]
+
+
+def test_quickstart_reports_rl_against_its_warm_start_and_the_baselines(tmp_path):
+    out = tmp_path / "qs"
+    cmd = [BIN, "quickstart", "--output-dir", str(out)]
+    for kv in SMALL:
+        cmd += ["--set", kv]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pool"] and len(m["pool"]) == 10 and m["global_step"] == 2
+    d = m["rl_minus_warm_start"]
+    for k in ("above_hull", "reward", "quality", "cost"):
+        lo, hi = d[k]["ci95"]
+        assert lo <= hi and d["tasks"] == 48, k
+    # the held-out curve: the warm start (step 0) and every RL step, each with its interval
+    curve = m["curve"]
+    assert [c["step"] for c in curve] == [0, 1, 2]
+    assert all(len(c["heldout"]["ci95"]["above_hull"]) == 2 and c["heldout"]["tasks"] == 24 and "validation" in c for c in curve)
+    assert m["kept_step"] in (0, 1, 2)
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "RL minus its warm start" in p.stdout
+    # the standing: the router against the warm start and the baselines, paired
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    vs = ev["policies"]["router (greedy)"]["vs"]
+    warm = next(k for k in vs if k.startswith("other router"))
+    for name in (warm, "agreement cascade", "per-category", "knn-tfidf", f"always-{ev['references']['best']}"):
+        assert len(vs[name]["above_hull"]["ci95"]) == 2, name
+        assert "reward" in ev["policies"][name], name
+    for label in ("warm start (before RL)", "agreement cascade", "per-category", "knn-tfidf"):
+        assert label in p.stdout, label
+    # eval's router row is the training run's own held-out report (one path, same numbers)
+    assert ev["policies"]["router (greedy)"]["per_task"] == m["heldout_after"]["per_task"]
+    assert ev["policies"][warm]["per_task"] == m["heldout_after_sft"]["per_task"]
