@@ -304,6 +304,7 @@ def train(
     set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Overrides the recipe's output_dir."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the output dir: finished stages are reused when the recipe fields they depend on are unchanged (else the differences are named), RL from its newest checkpoint (optimizer, scheduler, RNG, step)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop RL after this many minutes (at the next step; = --set algorithm.rl_minutes=M). With curve.keep_best the checkpoint of best validation reward is kept."),
 ) -> None:
     """Train a router: baselines, boundary policies, boundary-guided SFT warm start (TRL
     SFTTrainer), then GRPO / RLOO / BoPO (TRL GRPOTrainer with our multi-turn rollout hook; pool
@@ -312,7 +313,15 @@ def train(
     --config_file recipes/accelerate/<cfg>.yaml -m rl_router.cli train RECIPE`. Logs go to
     trainer.report_to (tensorboard, wandb, trackio, none). Writes OUT/metrics.json,
     OUT/training_curves.png, OUT/final/."""
-    _train(recipe, set_ or [], output_dir, resume)
+    _train(recipe, [*(set_ or []), *([f"algorithm.rl_minutes={_positive_minutes(minutes)}"] if minutes is not None else [])], output_dir, resume)
+
+
+def _positive_minutes(m: float) -> float:
+    import math
+
+    if not math.isfinite(m) or m <= 0:
+        raise ConfigError("--minutes", f"must be a positive number of minutes, got {m!r}", "e.g. --minutes 30")
+    return m
 
 
 # ---- evaluation -------------------------------------------------------------------------------

@@ -113,3 +113,24 @@ def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_
     trainer.current_gradient_accumulation_steps = 1  # what TRL's train loop sets before a loss
     loss = trainer._compute_loss(trainer.model, out)
     assert torch.isfinite(loss)
+
+
+def test_signal_metrics_count_groups_without_reward_variance_and_decision_entropy():
+    """`signal/zero_std_groups` is the share of groups whose rewards are all equal (no GRPO
+    gradient whatever the scaling), per group, not per batch; decision entropies and the
+    sampled route shares come from the rollout's decisions."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    r = torch.tensor([[1.0], [1.0], [1.0], [1.0],   # constant group
+                      [0.0], [1.0], [0.0], [0.0],   # varied
+                      [0.5], [0.5], [0.5], [0.5]])  # constant
+    route = lambda c, e: {"stem": '<route model="', "names": ["a", "b"], "choice": c, "entropy": e}  # noqa: E731
+    adopt = {"stem": "<answer>@", "names": ["a"], "choice": "a", "entropy": 0.0}
+    fake = SimpleNamespace(_last_rewards_per_func=r, reward_weights=torch.tensor([1.0]), num_generations=4, num_generations_eval=4,
+                           _last_decisions=[[[route("a", 0.6)], [adopt]], [[route("b", 0.2)]], [[route("a", 0.4)]]])
+    m = defaultdict(list)
+    RouterGRPOTrainer._log_signal(fake, m, "train")
+    assert m["signal/zero_std_groups"] == [pytest.approx(2 / 3)]
+    assert m["decision/route_entropy"] == [pytest.approx(0.4)] and m["decision/adopt_entropy"] == [0.0]
+    assert m["decision/route_share/a"] == [pytest.approx(2 / 3)] and m["decision/route_share/b"] == [pytest.approx(1 / 3)]

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BIN = str(Path(sys.executable).with_name("rl-router"))
 
 SMALL = ["sft.max_steps=30", "algorithm.sft_examples=240", "trainer.max_steps=2", "trainer.save_steps=2", "data.max_heldout=48", "data.max_heldout_initial=8",
@@ -38,7 +40,12 @@ def test_quickstart_reports_rl_against_its_warm_start_and_the_baselines(tmp_path
     curve = m["curve"]
     assert [c["step"] for c in curve] == [0, 1, 2]
     assert all(len(c["heldout"]["ci95"]["above_hull"]) == 2 and c["heldout"]["tasks"] == 24 and "validation" in c for c in curve)
-    assert m["kept_step"] in (0, 1, 2)
+    # the router kept is the curve's point of highest validation reward (the first of equals), and
+    # the final held-out figures are that router's (its first 24 tasks are the curve's)
+    best = max(curve, key=lambda c: (c["validation"]["reward"], -c["step"]))
+    assert m["kept_step"] == best["step"]
+    first = m["heldout_after"]["per_task"]["quality"][:24]
+    assert sum(first) / 24 == pytest.approx(best["heldout"]["quality"])
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "RL minus its warm start" in p.stdout
     # the standing: the router against the warm start and the baselines, paired
@@ -53,3 +60,20 @@ def test_quickstart_reports_rl_against_its_warm_start_and_the_baselines(tmp_path
     # eval's router row is the training run's own held-out report (one path, same numbers)
     assert ev["policies"]["router (greedy)"]["per_task"] == m["heldout_after"]["per_task"]
     assert ev["policies"][warm]["per_task"] == m["heldout_after_sft"]["per_task"]
+
+
+def test_minutes_stop_rl_at_the_next_step(tmp_path):
+    """`train --minutes M` ends RL at the first step past M minutes (the run finishes as usual:
+    final/, metrics.json); a non-positive budget is refused before any work."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml")
+    small = ["algorithm.sft_warmstart=false", "data.max_train=32", "data.max_heldout=8", "data.max_heldout_initial=8", "trainer.max_steps=50", "trainer.save_steps=50"]
+    cmd = [BIN, "train", recipe, "--output-dir", str(tmp_path / "run"), "--minutes", "0.0001"]
+    for kv in small:
+        cmd += ["--set", kv]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["global_step"] == 1 and "algorithm.rl_minutes reached at step 1" in p.stdout
+    bad = subprocess.run([BIN, "train", recipe, "--output-dir", str(tmp_path / "bad"), "--minutes", "0"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--minutes: must be a positive number of minutes" in bad.stdout and not (tmp_path / "bad").exists()

@@ -118,13 +118,13 @@ def test_plain_trl_grpo_trainer_trains_with_our_environment(tmp_path):
     assert trainer.state.global_step == 2 and torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
 
 
-def test_readme_plain_trl_example_runs(tmp_path, monkeypatch):
-    """README's "use our envs with plain TRL" block runs as written, with the tiny router in
-    place of SmolLM2 and a one-step CPU config (the API calls are README's own)."""
+def test_guide_plain_trl_example_runs(tmp_path, monkeypatch):
+    """The guide's "use our envs with plain TRL" block (docs/guide.md) runs as written, with the
+    tiny router in place of SmolLM2 and a one-step CPU config (the API calls are the guide's own)."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
     section = readme.split("### Use our envs with plain TRL", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert 'load_router("smollm2-135m")' in code and "environment_factory=Env" in code
@@ -134,5 +134,5 @@ def test_readme_plain_trl_example_runs(tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(compile(code, "README.md", "exec"), ns)  # any drift in the imports or calls raises here
+    exec(compile(code, "docs/guide.md", "exec"), ns)  # any drift in the imports or calls raises here
     assert isinstance(ns["Env"], type) and len(ns["rows"]) == 64
