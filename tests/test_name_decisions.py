@@ -36,10 +36,16 @@ def test_the_name_distribution_is_a_distribution_over_the_names(tokenizer, names
     assert all(within[n][k] for n in names for k in range(len(conts[n])))
     sess = Session(model, tokenizer.pad_token_id)
     sess.sync([0], [ctx])
-    lp = sess.score([0] * len(names), [conts[n] for n in names], [within[n] for n in names])
-    assert sum(torch.tensor(lp).exp().tolist()) == pytest.approx(1.0, abs=1e-5)
-    full = sess.score([0] * len(names), [conts[n] for n in names])  # the vocabulary's: mass leaks to other text
-    assert sum(torch.tensor(full).exp().tolist()) < 0.99
+    lp = sess.score_names([0], [conts])[0]
+    assert sum(torch.tensor(list(lp.values())).exp().tolist()) == pytest.approx(1.0, abs=1e-5)
+    # the vocabulary's own log-probs of the same continuations leave mass to other text
+    full = []
+    for n in names:
+        ids = torch.tensor([ctx + list(conts[n])])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        full.append(float(sum(logp[len(ctx) + k - 1, t] for k, t in enumerate(conts[n]))))
+    assert sum(torch.tensor(full).exp().tolist()) < 0.99 and all(lp[n] >= f - 1e-6 for n, f in zip(names, full))
 
 
 def test_allowed_tensor_places_each_set_at_its_position():

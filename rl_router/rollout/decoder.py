@@ -488,53 +488,6 @@ class Session:
             for layer, n in zip(self.cache.layers, keep):
                 layer._n = n  # forget the scored nodes
 
-    def score(self, rows: Sequence[int], conts: Sequence[Sequence[int]], allowed: Sequence[Sequence[Sequence[int]]] | None = None) -> list[float]:
-        """log p(cont) for each (row, continuation) pair, teacher-forced after the row's
-        current context, in one batched forward on a copy of those rows' cache (the session
-        itself is unchanged). With `allowed` (per pair, per position: the token set the name
-        distribution renormalises over, names.allowed_sets), each position's log-prob is taken
-        within its set; else over the whole vocabulary. The first token's log-prob comes from
-        the row's next-token logits, the rest from the forward."""
-        from transformers import DynamicCache
-
-        if not rows:
-            return []
-
-        def lp(logits_row: torch.Tensor, tok: int, within: Sequence[int] | None) -> float:
-            if within is None:
-                return float(torch.log_softmax(logits_row, dim=-1)[tok])
-            idx = torch.tensor(list(within), device=logits_row.device)
-            return float(logits_row[tok] - torch.logsumexp(logits_row.index_select(0, idx), dim=0))
-
-        out = [lp(self.logits[rows[i]].float(), c[0], allowed[i][0] if allowed else None) for i, c in enumerate(conts)]
-        longer = [i for i, c in enumerate(conts) if len(c) > 1]
-        if not longer:
-            return out
-        t = torch.tensor([rows[i] for i in longer], dtype=torch.long)
-        cache = DynamicCache()
-        for li, layer in enumerate(self.cache.layers):
-            cache.update(layer.keys.index_select(0, t.to(layer.keys.device)), layer.values.index_select(0, t.to(layer.values.device)), li)
-        W = max(len(conts[i]) - 1 for i in longer)
-        ids = torch.full((len(longer), W), self.pad_id, dtype=torch.long)
-        m = torch.zeros((len(longer), W), dtype=torch.long)
-        pos = torch.zeros((len(longer), W), dtype=torch.long)
-        for j, i in enumerate(longer):
-            c = conts[i][:-1]  # feed all but the last token: the logits after each predict the next
-            ids[j, : len(c)] = torch.tensor(c)
-            m[j, : len(c)] = 1
-            pos[j, : len(c)] = torch.arange(self.pos[rows[i]], self.pos[rows[i]] + len(c))
-            pos[j, len(c):] = self.pos[rows[i]] + len(c)
-        mask = torch.cat([self.mask.index_select(0, t), m], 1)
-        dev = self.device
-        with torch.no_grad():
-            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), past_key_values=cache, use_cache=True).logits.float()
-        self.forward_tokens += int(m.sum())
-        self.forward_calls += 1
-        for j, i in enumerate(longer):
-            c = conts[i]
-            out[i] += sum(lp(logits[j, k], c[k + 1], allowed[i][k + 1] if allowed else None) for k in range(len(c) - 1))
-        return out
-
 
 def _pad_time(x: torch.Tensor, L: int) -> torch.Tensor:
     return x if x.shape[2] == L else torch.nn.functional.pad(x, (0, 0, 0, L - x.shape[2]))
@@ -565,11 +518,6 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0, 
         drop[:, -1] = False
         x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
     return torch.multinomial(torch.softmax(x, dim=-1), 1, generator=generator).squeeze(1)
-
-
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator: torch.Generator | None = None) -> int:
-    """`sample_tokens` for one row."""
-    return int(sample_tokens(logits[None], temperature, top_p, top_k, generator)[0])
 
 
 def draw_names(logits: torch.Tensor, sets: list[list[int]], rows: list[int], temperature: float, greedy: bool) -> dict[int, tuple[list[int], int, float, float]]:
