@@ -48,7 +48,7 @@ CASES = [
     Case("trainer.max_steps: sixteen", "train {dir}/r.yaml", "trainer.max_steps: expected a whole number, got str 'sixteen'", {"r.yaml": "trainer: {max_steps: sixteen}\n"}),
     Case("env.max_turns: \"three\"", "train {dir}/r.yaml", "env.max_turns: expected a whole number, got str 'three'", {"r.yaml": "env: {max_turns: \"three\"}\n"}),
     Case("--set sft.max_steps=many", "train recipes/gsm8k.yaml --set sft.max_steps=many", "sft.max_steps: expected a whole number"),
-    Case("--set trainer.max_steps.x=3", "train recipes/gsm8k.yaml --set trainer.max_steps.x=3", "trainer.max_steps: expected a whole number, got dict"),
+    Case("--set trainer.max_steps.x=3", "train recipes/gsm8k.yaml --set trainer.max_steps.x=3", "trainer.max_steps is a value, not a section"),
     Case("--set env.budget=abc", "train recipes/gsm8k.yaml --set env.budget=abc", "env.budget: expected a number or null"),
     Case("--set trainer=5", "train recipes/gsm8k.yaml --set trainer=5", "trainer: expected a mapping"),
     Case("--set env=5", "train recipes/gsm8k.yaml --set env=5", "env: expected a mapping"),

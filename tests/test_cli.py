@@ -29,7 +29,7 @@ def test_help_explains_commands():
 
 def test_rollout_compares_policies_offline_and_writes_summary(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
-    p = run("rollout", str(Path(__file__).resolve().parents[1] / "recipes/quickstart.yaml"), "--n", "6", "--output-dir", str(tmp_path), env=env)
+    p = run("rollout", str(Path(__file__).resolve().parents[1] / "recipes/gsm8k.yaml"), "--n", "6", "--output-dir", str(tmp_path), env=env)
     assert p.returncode == 0, p.stderr
     summary = json.loads((tmp_path / "rollout_summary.json").read_text())
     pols = summary["policies"]

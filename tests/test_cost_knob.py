@@ -163,7 +163,7 @@ def test_calibrate_eval_curve_export_and_serve_carry_the_bias(tmp_path, gsm8k_ru
     shutil.copytree(gsm8k_run.out / "final", run_dir / "final")
     shutil.copy(gsm8k_run.out / "recipe.json", run_dir / "recipe.json")
 
-    # the quickstart has no validation split: the error names the field and the fix
+    # the GSM8K recipe has no validation split: the error names the field and the fix
     p = run("calibrate", str(run_dir), "--target-strong-share", "0.5")
     assert p.returncode == 2 and "data.validation_fraction" in p.stdout + p.stderr
 
@@ -215,7 +215,7 @@ def test_calibrate_reaches_a_target_on_a_pool_whose_names_share_a_prefix(tmp_pat
         "gpt-4o-mini": {"column": "mistralai/Mixtral-8x7B-Instruct-v0.1", "price_in": 0.6, "price_out": 0.6},
         "gpt-4o": {"column": "gpt-4-1106-preview", "price_in": 10, "price_out": 30}}})
     out = tmp_path / "run"
-    p = run("quickstart", "--output-dir", str(out), "--set", f"pool={pool}", "--set", "trainer.max_steps=1", "--set", "sft.max_steps=120", "--set", "data.max_heldout=24")
+    p = run("train", str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml"), "--output-dir", str(out), "--set", f"pool={pool}", "--set", "trainer.max_steps=1", "--set", "sft.max_steps=120", "--set", "data.max_heldout=24")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     p = run("calibrate", str(out), "--target-strong-share", "0.5", "--split", "train", "--n", "64", "--iters", "6")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

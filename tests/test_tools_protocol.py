@@ -130,7 +130,7 @@ def test_guide_plain_trl_example_runs(tmp_path, monkeypatch):
     assert 'load_router("smollm2-135m")' in code and "environment_factory=Env" in code
     code = code.replace('load_router("smollm2-135m")', 'load_router("tiny")').replace(
         'output_dir="out", max_steps=2,',
-        'output_dir="out", max_steps=1, per_device_train_batch_size=4, num_generations=2, max_completion_length=128, gradient_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",',
+        'output_dir="out", max_steps=1, per_device_train_batch_size=4, num_generations=2, max_completion_length=128, gradient_checkpointing=False, use_cpu=True, bf16=False, report_to="none", save_strategy="no",',
     )
     monkeypatch.chdir(tmp_path)
     ns: dict = {}

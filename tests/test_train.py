@@ -1,4 +1,4 @@
-"""End-to-end training through the console script: the quickstart learns, a killed run resumes."""
+"""End-to-end training through the console script: the GSM8K recipe learns, a killed run resumes."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class KillAtSave(TrainerCallback):  # SIGKILL right after checkpoint-N is in pla
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-train(load_recipe("recipes/quickstart.yaml", sys.argv[3:]), output_dir=sys.argv[1], callbacks=[KillAtSave()], log=lambda m: None)
+train(load_recipe("recipes/gsm8k.yaml", sys.argv[3:]), output_dir=sys.argv[1], callbacks=[KillAtSave()], log=lambda m: None)
 """
 
 
@@ -87,7 +87,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
         "sft.max_steps=100", "algorithm.sft_examples=96",
     ]
     root = Path(__file__).resolve().parents[1]
-    r = train(load_recipe(root / "recipes/quickstart.yaml", sets), output_dir=str(tmp_path / "ref"), log=lambda m: None)
+    r = train(load_recipe(root / "recipes/gsm8k.yaml", sets), output_dir=str(tmp_path / "ref"), log=lambda m: None)
     out = tmp_path / "run"
     p = subprocess.run([sys.executable, "-c", KILL_AT_SAVE, str(out), "2", *sets], cwd=root, capture_output=True, text=True, env=ENV)
     assert p.returncode == -signal.SIGKILL, p.stdout[-3000:] + p.stderr[-3000:]
@@ -104,7 +104,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
         shutil.copytree(out / "rl" / "checkpoint-2", out / "rl" / name)
         f = out / "rl" / name / ("model.safetensors" if damage == "weights" else "optimizer.pt")
         f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2] if damage == "weights" else os.urandom(4096))
-    p = subprocess.run([BIN, "train", "recipes/quickstart.yaml", *[a for s in sets for a in ("--set", s)], "--output-dir", str(out), "--resume"], cwd=root, capture_output=True, text=True, env=ENV)
+    p = subprocess.run([BIN, "train", "recipes/gsm8k.yaml", *[a for s in sets for a in ("--set", s)], "--output-dir", str(out), "--resume"], cwd=root, capture_output=True, text=True, env=ENV)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     flat = p.stdout.replace("\n", "")
     assert f"resuming from {out / 'rl' / 'checkpoint-2'}" in flat and "boundary outcomes found" in flat  # no pool call repeated
@@ -127,7 +127,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     # a truncated warm start, or truncated final weights: one line naming the file, exit 2
     sft = out / "sft" / "model.safetensors"
     sft.write_bytes(sft.read_bytes()[:1000])
-    p = subprocess.run([BIN, "train", "recipes/quickstart.yaml", *[a for s in sets for a in ("--set", s)], "--output-dir", str(out), "--resume"], cwd=root, capture_output=True, text=True, env=ENV)
+    p = subprocess.run([BIN, "train", "recipes/gsm8k.yaml", *[a for s in sets for a in ("--set", s)], "--output-dir", str(out), "--resume"], cwd=root, capture_output=True, text=True, env=ENV)
     assert p.returncode == 2 and "sft/model.safetensors is truncated" in p.stdout and "delete" in p.stdout and "Traceback" not in p.stderr, p.stdout[-2000:] + p.stderr[-2000:]
     fin = out / "final" / "model.safetensors"
     fin.write_bytes(fin.read_bytes()[:-10])

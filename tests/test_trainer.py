@@ -314,8 +314,9 @@ def test_unscorable_episodes_get_zero_advantage_and_logs_show_the_advantages_use
     assert adv[1] == 0.0 and adv[6] == 0.0
     if advantage == "rloo":  # the group [1, -, 0, .5]: baselines over the other *scorable* rewards
         torch.testing.assert_close(adv[[0, 2, 3]], torch.tensor([1.0 - 0.25, 0.0 - 0.75, 0.5 - 0.5]), rtol=0, atol=1e-6)
-    else:  # baseline 0.5 * mean(1, 0, .5) + 0.5 * ref 1.5 (a cheap success at cost 0: 1 + lam) = 1.0
-        torch.testing.assert_close(adv[[0, 2, 3]], torch.tensor([0.0, -1.0, -0.5]), rtol=0, atol=1e-6)
+    else:  # baseline 0.5 * mean(1, 0, .5) + 0.5 * ref 1.5 (a cheap success at cost 0: 1 + lam) = 1.0;
+        # episode 3 (0.5) succeeded on a solvable task: never pushed down, its -0.5 becomes 0
+        torch.testing.assert_close(adv[[0, 2, 3]], torch.tensor([0.0, -1.0, 0.0]), rtol=0, atol=1e-6)
     assert list(trainer._logs["advantages"]) == pytest.approx(adv.tolist())
 
 

@@ -559,7 +559,9 @@ def decode_threads(model: Any, rows: int) -> int:
             torch.set_num_threads(n)
             try:
                 cache = DynamicCache()
-                ids = torch.randint(0, int(getattr(cfg, "vocab_size", 100)), (max(1, min(rows, 256)), 64), device=dev)
+                # its own generator: the measurement must not move the global RNG that sampling
+                # draws from (a resumed run measures at another step than an uninterrupted one)
+                ids = torch.randint(0, int(getattr(cfg, "vocab_size", 100)), (max(1, min(rows, 256)), 64), generator=torch.Generator().manual_seed(0)).to(dev)
                 with torch.no_grad():
                     model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
                     t0 = time.perf_counter()
