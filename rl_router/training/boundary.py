@@ -166,33 +166,8 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
         both = [episodes[tid][role] for tid in records for role in ("cheap", "strong")]
         rng.shuffle(both)
         return [both[i % len(both)] for i in range(n)]
-    if mix == "per_topic":
-        # every task routed once to its topic's model (the most accurate on the train tasks of
-        # that topic, at the recipe's trade-off): what the subject line tells a router
-        rng = random.Random(seed)
-        rows = [episodes[tid]["per_topic"] for tid in records if "per_topic" in episodes[tid]]
-        if not rows:
-            raise ValueError("algorithm.sft_mix: per_topic needs the per-topic episodes (run_boundaries(per_topic=...))")
-        rng.shuffle(rows)
-        return [rows[i % len(rows)] for i in range(n)]
-    if mix == "format":
-        # the protocol with no routing rule: random calls and adoptions (FormatOnlyPolicy)
-        rng = random.Random(seed)
-        rows = [episodes[tid]["format"] for tid in records if "format" in episodes[tid] and not episodes[tid]["format"].get("format_error")]
-        if not rows:
-            raise ValueError("algorithm.sft_mix: format needs the format-only episodes (run_boundaries(format_calls=...))")
-        rng.shuffle(rows)
-        return [rows[i % len(rows)] for i in range(n)]
-    if mix == "agreement":
-        # every task's agreement-cascade trajectory (two cheap models, then the best one where
-        # they disagree), escalations kept at their natural share: the rule is a function of
-        # what the router sees, so imitating it is learnable and transfers to unseen tasks
-        rng = random.Random(seed)
-        casc = [episodes[tid]["cascade"] for tid in records if "cascade" in episodes[tid] and not episodes[tid]["cascade"].get("format_error")]
-        if not casc:
-            raise ValueError("algorithm.sft_mix: agreement needs the cascade episodes (run_boundaries(cascade=...))")
-        rng.shuffle(casc)
-        return [casc[i % len(casc)] for i in range(n)]
+    if mix in ONE_PER_TASK:
+        return _one_per_task(episodes, records, ONE_PER_TASK[mix], n, seed, mix)
     if mix not in ("efficient", "stepwise"):
         raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient, stepwise, both, agreement, per_topic or format")
     pick = {"both": "cheap", "cheap_only": "cheap", "strong_only": "strong", "neither": "cheap"}
@@ -221,6 +196,26 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
         out += [pool[i % len(pool)] for i in range(counts[k])]
     rng.shuffle(out)
     return out
+
+
+#: the mixes that take one trajectory per task: sft_mix -> (the episodes' key, which run_boundaries argument makes them)
+#   per_topic: every task routed once to its topic's model (the most accurate on the train tasks
+#     of that topic, at the recipe's trade-off): what the subject line tells a router;
+#   format: the protocol with no routing rule, random calls and adoptions (FormatOnlyPolicy);
+#   agreement: the agreement-cascade trajectory (two cheap models, then the best one where they
+#     disagree), escalations kept at their natural share: the rule is a function of what the
+#     router sees, so imitating it is learnable and transfers to unseen tasks
+ONE_PER_TASK = {"per_topic": ("per_topic", "per_topic"), "format": ("format", "format_calls"), "agreement": ("cascade", "cascade")}
+
+
+def _one_per_task(episodes: dict[str, dict[str, dict[str, Any]]], records: dict[str, BoundaryRecord], key_arg: tuple[str, str], n: int, seed: int, mix: str) -> list[dict[str, Any]]:
+    """`n` rows cycling over every task's well-formed `key` trajectory, in a seeded order."""
+    key, arg = key_arg
+    rows = [episodes[tid][key] for tid in records if key in episodes[tid] and not episodes[tid][key].get("format_error")]
+    if not rows:
+        raise ValueError(f"algorithm.sft_mix: {mix} needs the {key} episodes (run_boundaries({arg}=...))")
+    random.Random(seed).shuffle(rows)
+    return [rows[i % len(rows)] for i in range(n)]
 
 
 def sft_rows(episodes: Sequence[dict[str, Any]], eos_id: int | None = None) -> list[dict[str, Any]]:
