@@ -3,10 +3,10 @@
 Builds the recipe's trainer (RouterGRPOTrainer, our rollout hook, the recipe's trainer section)
 on a warm-started router (a training run's `sft/`), runs `--steps` GRPO steps and reports the
 median over steps 2..N of: the whole step (TRL's `step_time`), the rollout inside it, and the
-loss (forward + backward of the micro-batches). Beside them, the machine's limit for the loss:
-a bare forward + backward of the same model over the same sequences, once with every row's full
-sequence and once with each distinct prompt run once (what shared-prompt log-probs do). One run,
-medians of repeats; the figures go to docs/benchmarks.md.
+loss (forward + backward of the micro-batches). Beside them, a reference for the loss: a bare
+forward + backward of the same model over the same sequences, every row's full sequence (what a
+trainer without shared prompts pays at least). One run, medians of repeats; the figures go to
+docs/benchmarks.md.
 
     python scripts/bench_rl.py --run outputs/mmlu_pro [--recipe recipes/mmlu_pro.yaml] [--steps 4]
 """

@@ -140,3 +140,34 @@ def test_signal_metrics_count_groups_without_reward_variance_and_decision_entrop
     assert m["signal/zero_std_groups"] == [pytest.approx(2 / 3)]
     assert m["decision/route_entropy"] == [pytest.approx(0.4)] and m["decision/adopt_entropy"] == [0.0]
     assert m["decision/route_share/a"] == [pytest.approx(2 / 3)] and m["decision/route_share/b"] == [pytest.approx(1 / 3)]
+
+
+def test_names_scored_under_eager_attention_equal_the_direct_computation(tokenizer):
+    """The tree mask means the same under eager attention (added to the scores) as under sdpa."""
+    from rl_router.rollout.decoder import Session
+
+    names = ("llama-3.1-8b", "llama-3.1-70b", "gpt-4o")
+    stem, tmpl, _ = STEMS[0]
+    ctx = tokenizer.encode("<|im_start|>assistant\n<think>x</think>" + stem, add_special_tokens=False)
+    conts = {n: continuation(tokenizer, stem, tmpl.format(name=n)) for n in names}
+    got = {}
+    for impl in ("sdpa", "eager"):
+        model, _ = build_tiny_router(seed=4, hidden_size=32, num_layers=2)
+        model.config._attn_implementation = impl
+        model.eval()
+        sess = Session(model, tokenizer.pad_token_id)
+        sess.sync([0, 1], [ctx, ctx[:-3] + ctx[-1:]])  # two rows of different lengths: the mask and positions per row
+        got[impl] = sess.score_names([0, 1], [conts, conts])
+    for a, b in zip(got["sdpa"], got["eager"]):
+        assert a.keys() == b.keys() and all(abs(a[n] - b[n]) < 1e-4 for n in a)
+
+
+def test_a_micro_batch_with_no_trained_token_gives_a_zero_loss_that_backpropagates():
+    from rl_router.training.logprobs import policy_logps
+
+    model, _ = build_tiny_router(seed=2, hidden_size=32, num_layers=1)
+    ids = torch.randint(3, 100, (4, 12))
+    att = torch.ones_like(ids)
+    lp, ent = policy_logps(model, ids, att, 5, temperature=1.0, positions=torch.zeros((4, 5), dtype=torch.bool), compute_entropy=True)
+    assert (lp == 0).all() and (ent == 0).all() and lp.requires_grad
+    lp.sum().backward()  # connected to the graph: backward (and DDP's reducer) sees every parameter

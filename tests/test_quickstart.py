@@ -77,3 +77,18 @@ def test_minutes_stop_rl_at_the_next_step(tmp_path):
     assert m["global_step"] == 1 and "algorithm.rl_minutes reached at step 1" in p.stdout
     bad = subprocess.run([BIN, "train", recipe, "--output-dir", str(tmp_path / "bad"), "--minutes", "0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--minutes: must be a positive number of minutes" in bad.stdout and not (tmp_path / "bad").exists()
+
+
+def test_a_resumed_curve_forgets_what_came_after_its_checkpoint():
+    """Points measured after the checkpoint a run resumes from belong to the abandoned
+    continuation: dropped, and a router kept from them is not used (restore_best skips it)."""
+    from types import SimpleNamespace
+
+    from rl_router.training.curve import LearningCurve
+
+    pts = [{"step": s, "validation": {"reward": r}} for s, r in ((0, 0.3), (10, 0.6), (20, 0.7), (30, 0.5))]
+    fake = SimpleNamespace(points=list(pts), best={"step": 20, "reward": 0.7}, every=10, t0=0.0, keep_best=True)
+    LearningCurve.on_train_begin(fake, None, SimpleNamespace(global_step=10), None)
+    assert [p["step"] for p in fake.points] == [0, 10]
+    assert fake.best == {"step": 10, "reward": 0.6, "stale": True}
+    assert LearningCurve.restore_best(fake, None) is None

@@ -161,6 +161,9 @@ def test_bopo_advantage_matches_hand_computation_and_never_favours_cheap_failure
     worse = torch.tensor([-1.0, -1.0, -1.0, -0.2])
     clamped = bopo_advantages(worse, 4, torch.full((4,), -0.5), torch.zeros(4, dtype=torch.bool), solvable, beta=0.9)
     assert clamped[3] == 0.0 and (clamped <= 0).all()
+    # a right answer in a broken episode is not a success: the clamp must not shield it
+    broken = bopo_advantages(torch.tensor([1.5, -1.0, 1.5, 1.5]), 4, torch.full((4,), 1.5), torch.tensor([True, False, True, True]), solvable, beta=0.5)
+    assert broken[1] < 0
     # ... but not on a task neither boundary solves
     free = bopo_advantages(worse, 4, torch.full((4,), -0.5), torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool), beta=0.9)
     assert free[3] > 0
@@ -364,3 +367,23 @@ def test_recipes_choose_the_reward_scaling_on_purpose():
     assert load_recipe(None).trainer["scale_rewards"] == "batch"
     for name in ("quickstart", "rloo", "smollm2_135m", "mmlu_pro", "dcrouter", "bopo_agentic"):
         assert load_recipe(f"recipes/{name}.yaml").trainer.get("scale_rewards") in ("batch", "none"), name
+
+
+class BrokenRightRollout(FixedRollout):
+    """Episode 0 answers right (quality 1) in a broken episode (a format error): BoPO's reward is -1."""
+
+    def __call__(self, prompts, trainer):
+        out = super().__call__(prompts, trainer)
+        out["format_error"] = [("turn 1: unclosed <think>" if i == 0 else None) for i in range(len(prompts))]
+        out["quality"][0] = 1.0
+        return out
+
+
+def test_bopo_does_not_shield_a_right_answer_in_a_broken_episode(tmp_path, tokenizer):
+    """The success clamp keeps solving a solvable task from being pushed down; a format error
+    is not a success, whatever the adopted answer: its -1 must stay a negative advantage."""
+    rollout = BrokenRightRollout(tokenizer, [5, 6], rewards=[-1.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5])
+    recs = {f"question number {i}": BoundaryRecord(f"question number {i}", "c", "s", True, 0.0, True, 0.1) for i in range(4)}
+    trainer = make_trainer(tmp_path, tokenizer, rollout, advantage="bopo", bopo_reward=BoPOReward(recs), bopo_beta=0.5)
+    _, out = grads_for(trainer)
+    assert out["advantages"][0] < 0

@@ -108,6 +108,19 @@ class TriePlan:
 _PLANS: dict[tuple[tuple[str, tuple[int, ...]], ...], TriePlan] = {}
 
 
+def tree_mask(model: Any, attend: torch.Tensor) -> torch.Tensor:
+    """A 4D attention mask (True = attend) in the form the model's attention reads: transformers
+    passes a 4D mask through unchanged, and sdpa takes booleans, while eager attention adds the
+    mask to the scores (so it needs 0 / a large negative). Flash attention takes no 4D mask."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa") or "sdpa"
+    if impl == "sdpa":
+        return attend
+    if impl == "eager":
+        dtype = next(model.parameters()).dtype
+        return torch.zeros(attend.shape, dtype=dtype).masked_fill(~attend, torch.finfo(dtype).min)
+    raise ValueError(f"scoring route names needs sdpa or eager attention (a 4D tree mask); this router uses {impl!r}: load it with attn_implementation='sdpa'")
+
+
 def _trie_plan(conts: Mapping[str, Sequence[int]]) -> TriePlan:
     key = tuple((n, tuple(c)) for n, c in conts.items())
     plan = _PLANS.get(key)
@@ -420,8 +433,9 @@ class Session:
         """log p(name) under the name distribution (names.allowed_sets) for every candidate of
         every row, in ONE forward: each row's candidates form a trie whose inner nodes are fed
         as one short sequence with a tree attention mask (a node attends to the row's context
-        and its own ancestors, at the positions it would have), so nothing is copied and a
-        router that spreads its mass over ten names costs what a confident one does. The
+        and its own ancestors, at the positions it would have), so no cache row is copied per
+        name and a router that spreads its mass over ten names costs what a confident one does
+        (when `rows` is a subset of the session's rows, their cache is copied once). The
         session is unchanged (the fed nodes are dropped from the cache afterwards)."""
         out: list[dict[str, float]] = []
         if not rows:
@@ -441,7 +455,7 @@ class Session:
                 pos[i, :n] += p.depth
                 tree[i, :n, :n] = p.tree
             ctx = self.mask.index_select(0, torch.tensor(list(rows))).bool()[:, None, :].expand(R, N, Lc)
-            att = torch.cat([ctx, tree], dim=2)[:, None]  # R x 1 x N x (Lc + N): True = attend
+            att = tree_mask(self.model, torch.cat([ctx, tree], dim=2)[:, None])  # R x 1 x N x (Lc + N)
             keep = [getattr(layer, "_n", None) for layer in self.cache.layers]
             sub = self._row_view(rows)
             dev = self.device

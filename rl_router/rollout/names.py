@@ -96,7 +96,7 @@ def stem_at_end(text: str) -> tuple[str, str, str] | None:
 @dataclass
 class Decision:
     """What one decision point saw and chose (kept per turn in the episode, for curves).
-    Greedy: `scores` are every winnable name's log-probability (None: shown unable to win).
+    Greedy (or sampled with a cost-knob bias): `scores` are every candidate's log-probability.
     Sampled: `scores` is None; `logprob` is the chosen name's log-probability under the
     distribution it was drawn from (at the sampling temperature) and `entropy` the sum of the
     per-position entropies along it (the chain rule makes that an unbiased estimate of the
@@ -104,7 +104,7 @@ class Decision:
 
     stem: str
     names: list[str]
-    scores: list[float | None] | None
+    scores: list[float] | None
     choice: str
     bias: float
     logprob: float | None = None
@@ -126,11 +126,9 @@ def cost_weights(pool: Any) -> dict[str, float]:
     return {m: 0.0 if hi <= lo else (p - lo) / (hi - lo) for m, p in price.items()}
 
 
-def choose(scores: Sequence[float | None], names: Sequence[str], weights: Mapping[str, float], bias: float) -> str:
-    """argmax log p(n) + bias * w(n); ties to the earlier name (pool order). A None score is a
-    name shown unable to win (see HFPolicy._score_names)."""
-    live = [i for i in range(len(names)) if scores[i] is not None]
-    best = max(live, key=lambda i: (scores[i] + bias * float(weights.get(names[i], 0.0)), -i))
+def choose(scores: Sequence[float], names: Sequence[str], weights: Mapping[str, float], bias: float) -> str:
+    """argmax log p(n) + bias * w(n); ties to the earlier name (pool order)."""
+    best = max(range(len(names)), key=lambda i: (scores[i] + bias * float(weights.get(names[i], 0.0)), -i))
     return names[best]
 
 

@@ -312,7 +312,7 @@ class HFPolicy:
             for i, (choice, bs) in enumerate(items):
                 target = t if i == 0 else t.copy()
                 target.forced = list(conts[choice])
-                target.decisions.append(Decision(stem, names, [None if x is None else float(x) for x in sc], choice, bs[0]).as_dict())
+                target.decisions.append(Decision(stem, names, [float(x) for x in sc], choice, bs[0]).as_dict())
                 if kind == "route":
                     target.choice = choice
                 if i == 0:

@@ -12,9 +12,12 @@ evaluated greedily, with the decoder the final evaluation uses, on
   as the final router when `curve.keep_best` (so a run may be as long as a user likes, and
   what it ships is its best point by tasks it did not train on).
 
-`algorithm.rl_minutes` (`train --minutes`) stops RL after that many minutes, at the next step
-(the curve takes one last point there). Points are written to OUT/curve.json as they come, so a
-resumed run keeps its curve; the kept weights are OUT/best/ (rank 0 writes, every rank loads).
+`algorithm.rl_minutes` (`train --minutes`) stops RL after that many minutes of RL (its curve
+included; counted from when RL begins, again from zero in a resumed run), at the next step, on
+every rank at once (rank 0 decides); the curve takes one last point there. Points are written to
+OUT/curve.json as they come, so a resumed run keeps its curve up to the checkpoint it resumes
+from (later points belonged to the abandoned continuation and are dropped, and a router kept from
+them is not used); the kept weights are OUT/best/ (rank 0 writes, every rank loads).
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ class LearningCurve(TrainerCallback):
         if self.validation:
             self.val_eval = Evaluator(run.recipe, run.pool, run.tok, self.validation, options=EvalOptions(batch_size=run.recipe.rollout.batch_size))
             self.val_eval.set_cost_reference(run.evaluator.cost_reference or [])
-        self.deadline = time.perf_counter() + 60.0 * float(minutes) if minutes else None
-        self.t0 = time.perf_counter()
+        self.minutes = float(minutes) if minutes else None
+        self.t0 = time.perf_counter()  # reset when RL begins (on_train_begin)
         self.path = run.out / "curve.json"
         self.best_dir = run.out / "best"
         saved = json.loads(self.path.read_text()) if run.folder.resume and self.path.exists() else {}
@@ -112,7 +115,7 @@ class LearningCurve(TrainerCallback):
 
     def restore_best(self, model: Any) -> int | None:
         """Load the kept weights into `model` (every rank); the step they come from, or None."""
-        if not (self.keep_best and self.best and (self.best_dir / "state.pt").exists()):
+        if not (self.keep_best and self.best and not self.best.get("stale") and (self.best_dir / "state.pt").exists()):
             return None
         import torch
 
@@ -121,23 +124,33 @@ class LearningCurve(TrainerCallback):
 
     # ---- TrainerCallback -----------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        self.t0 = time.perf_counter()  # the budget counts RL (and its curve), not the stages before it
+        # a resumed run goes on from its checkpoint: points (and a kept router) measured after it
+        # belong to the abandoned continuation
+        self.points = [p for p in self.points if p["step"] <= state.global_step]
+        if self.best is not None and self.best["step"] > state.global_step:
+            best = max((p for p in self.points if "validation" in p), key=lambda p: (p["validation"]["reward"], -p["step"]), default=None)
+            self.best = None if best is None else {"step": best["step"], "reward": best["validation"]["reward"], "stale": True}
         if self.every and state.global_step == 0:
             self._record(model, 0)
 
+    def _out_of_time(self) -> bool:
+        """Whether the minutes are spent, decided by rank 0 and the same on every rank (ranks
+        deciding on their own clocks could stop at different steps and deadlock)."""
+        if self.minutes is None:
+            return False
+        flag = [time.perf_counter() - self.t0 > 60.0 * self.minutes]
+        if self.run.state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(flag, from_process=0)
+        return bool(flag[0])
+
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        out_of_time = self.deadline is not None and time.perf_counter() > self.deadline
+        out_of_time = self._out_of_time()
         last = state.global_step >= state.max_steps
         if out_of_time:
             control.should_training_stop = True
             self.run.log(f"algorithm.rl_minutes reached at step {state.global_step}: stopping RL")
         if self.every and (state.global_step % self.every == 0 or out_of_time or last):
             self._record(model, state.global_step)
-
-
-def curve_steps(points: list[dict[str, Any]]) -> list[int]:
-    return [p["step"] for p in points]
-
-
-def read_curve(out: Path) -> dict[str, Any]:
-    p = out / "curve.json"
-    return json.loads(p.read_text()) if p.exists() else {"points": [], "best": None}

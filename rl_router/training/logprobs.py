@@ -7,12 +7,13 @@ Two things TRL 1.16's own log-prob pass does not do for us:
    fused, tiled kernel; on a GPU (Triton) it scores only labelled positions, elsewhere it
    scores every position of every sequence, prompt included. A routing episode's trained
    tokens are a small share of it (MMLU-Pro: ~450 prompt tokens, pool replies, and ~60 router
-   tokens), so on a CPU most of that work is thrown away: measured, the LM-head backward alone
-   took 52 of a 60 s step of 256 episodes. Here the backbone runs once (through every wrapper:
-   DDP, PEFT, TRL's patched forward, with `logits_to_keep=1` so the model computes no logits of
-   its own), its last hidden states are captured by a forward hook, and the LM head is applied
-   only at the positions the loss reads (`completion_mask * env_mask`), in row tiles, so no
-   [batch, length, vocabulary] tensor ever exists.
+   tokens), so on a CPU most of that work is thrown away: measured (under cProfile), the
+   LM-head backward alone took 52 of a 60 s step of 256 episodes. Here the backbone runs
+   through every wrapper (DDP, PEFT, TRL's patched forward, with `logits_to_keep=1` so the
+   model computes no logits of its own; once for the distinct prompts and once for the
+   completions: `shared_prompt_hidden`), its last hidden states are captured by a forward
+   hook, and the LM head is applied only at the positions the loss reads (`completion_mask *
+   env_mask`), in row tiles, so no [batch, length, vocabulary] tensor ever exists.
 
 2. **Name decisions.** A route name is sampled from the router's next-token distribution
    renormalised over the tokens that continue some allowed name (rollout/names.py
@@ -25,8 +26,10 @@ Two things TRL 1.16's own log-prob pass does not do for us:
    the sum over a decision's tokens is the decoder's name log-prob
    (tests/test_name_decisions.py checks both to float tolerance).
 
-Everywhere else the numbers equal TRL's (log_softmax of logits / temperature; tested against
-TRL's own pass). Models whose logits TRL rescales (soft-capping, logit scales) use TRL's pass.
+Everywhere else the numbers equal TRL's to float tolerance (log_softmax of logits / temperature,
+the LM head in the autocast dtype: `cast_lm_head_to_fp32` is not applied; tested against TRL's
+own pass). Models whose logits are rescaled (soft-capping, logit scales) are refused with name
+decisions (`check_trainable`), since their renormalised log-probs would need the rescaling too.
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ def allowed_tensor(decision_tokens: Sequence[Sequence[tuple[int, Sequence[int]]]
             if 0 <= pos < width:
                 out[b, pos, : len(a)] = torch.tensor(list(a), dtype=torch.long)
     return out.to(device) if device is not None else out
+
+
+def check_trainable(model: Any, names: bool) -> None:
+    """Refuse what the loss cannot train exactly: name decisions on a router whose logits are
+    rescaled (TRL's own pass would then compute whole-vocabulary log-probs for names sampled
+    within their allowed sets: a gradient for another distribution than the one sampled)."""
+    if names and rescales_logits(model):
+        from rl_router.errors import ConfigError
+
+        raise ConfigError("rollout.decisions", "names needs a router whose logits are not soft-capped or scaled (the loss renormalises raw logits)", "set rollout.decisions: free for this model")
 
 
 def causal_lm(model: Any) -> Any:
@@ -143,7 +156,11 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     prompts, pmask = input_ids[:, :P], attention_mask[:, :P]
     _, inv = torch.unique(torch.cat([prompts, pmask], 1), dim=0, return_inverse=True)  # a prompt is its tokens and its padding
     first = _first_rows(inv, int(inv.max()) + 1)
-    hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True)
+    from transformers import DynamicCache
+
+    # a plain cache (no config): a model's own cache would keep only a sliding window on its
+    # sliding-window layers, and the completions must see the whole prompt
+    hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True, past_key_values=DynamicCache())
     cache = _expand_cache(out.past_key_values, inv)
     hc, _ = _hidden(model, autocast, input_ids=input_ids[:, P:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
     return torch.cat([hp[inv, P - 1 : P], hc[:, : C - 1]], dim=1)
@@ -179,6 +196,12 @@ def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
             full, _ = _hidden(model, autocast, input_ids=ids, attention_mask=att, use_cache=False)
             hidden = full[:, L - C - 1 : L - 1]  # the hidden state that predicts completion token j
         b_idx, j_idx = pos.nonzero(as_tuple=True)
+        if len(b_idx) == 0:  # nothing here carries loss: zeros still connected to the graph (backward and DDP need it)
+            zero = hidden.sum() * 0.0
+            logps.append(zero + hidden.new_zeros(pos.shape, dtype=torch.float32))
+            if compute_entropy:
+                ents.append(hidden.new_zeros(pos.shape, dtype=torch.float32))
+            continue
         tokens = ids[:, L - C :][b_idx, j_idx]
         a = allowed[s : s + bs][b_idx, j_idx] if allowed is not None else None
         lp, ent = head_logps(head, hidden[b_idx, j_idx], tokens, temperature, a, compute_entropy)

@@ -350,6 +350,13 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     args = GRPOConfig(output_dir=str(rl_dir), **{**run.hw, **run.recipe.trainer, "reward_weights": weights})
     mnt, zero3, tok, stops = run.recipe.rollout.max_new_tokens, is_deepspeed_zero3_enabled(), run.tok, stop_strings(run.recipe)
     names = None
+    if run.recipe.rollout.decisions == "names" and zero3:
+        from rl_router.errors import ConfigError
+
+        raise ConfigError("rollout.decisions", "names is sampled by rl-router's cached decoder, which DeepSpeed ZeRO-3 replaces by model.generate (every token free)", "set rollout.decisions: free under ZeRO-3")
+    from rl_router.training.logprobs import check_trainable
+
+    check_trainable(run.model, run.recipe.rollout.decisions == "names")
     if run.recipe.rollout.decisions == "names":  # sample the name distribution evaluation decides by (rollout/names.py)
         from rl_router.rollout.names import cost_weights
 

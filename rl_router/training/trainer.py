@@ -212,7 +212,9 @@ class RouterGRPOTrainer(GRPOTrainer):
         else:
             assert self.bopo_reward is not None
             ref, solvable = boundary_reward_refs(self.bopo_reward, fields["task_id"])
-            success = torch.tensor([(q or 0) > 0 for q in fields["quality"]], device=rewards.device)
+            # a success is a right answer in a well-formed episode: BoPO's reward gives a format
+            # error -1 whatever the answer, and the success clamp must not shield that
+            success = torch.tensor([(q or 0) > 0 and not fe for q, fe in zip(fields["quality"], fields["format_error"])], device=rewards.device)
             adv = bopo_advantages(rewards, G, torch.tensor(ref, device=rewards.device), success, torch.tensor(solvable, device=rewards.device), beta=self.bopo_beta)
         n_local = len(local)
         start = self.accelerator.process_index * n_local
