@@ -18,7 +18,7 @@ import pytest
 
 BIN = str(Path(sys.executable).with_name("rl-router"))
 
-SMALL = ["sft.max_steps=30", "algorithm.sft_examples=240", "trainer.max_steps=2", "trainer.save_steps=2", "data.max_heldout=48", "data.max_heldout_initial=8",
+SMALL = ["data.max_train=600", "sft.max_steps=30", "algorithm.sft_examples=240", "trainer.max_steps=2", "trainer.save_steps=2", "data.max_heldout=48", "data.max_heldout_initial=8",
          "curve.every_steps=1", "curve.heldout_n=24", "curve.validation_n=24", "data.validation_fraction=0.02"]
 
 
