@@ -39,7 +39,9 @@ def behaviour(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     """What a multi-call router does with the replies it reads: the share of episodes that make
     a second call, and among those whose first two replies both state an answer, how often a
     third call follows when the two agree and when they disagree (an agreement cascade
-    escalates exactly on disagreement). Counts are given beside the rates."""
+    escalates exactly on disagreement). Counts are given beside the rates. Two replies agree
+    when their extracted final answers are the same string: exact for MMLU-Pro's letters; on
+    free-form answers (GSM8K's "18" and "18.0") it counts some agreements as disagreements."""
     n = len(episodes)
     ok = [[c for c in (e.get("trace") or []) if not c.get("error")] for e in episodes]
     second = sum(1 for calls in ok if len(calls) >= 2)

@@ -59,10 +59,11 @@ def test_cost_weights_order_models_by_price(recorded_pool):
     assert w == {"mixtral-8x7b": 0.0, "gpt-4-1106": 1.0}
 
 
-def decision_at(model, tok, context: list[int], stem: str, names: tuple[str, ...], weights: dict, bias: float):
+def decision_at(model, tok, context: list[int], stem: str, names: tuple[str, ...], weights: dict, bias: float, direct_scores: bool = True):
     """The policy's decision where a turn has just written `stem`, and each name's log-prob
     under the name distribution computed independently (a plain forward over context + stem +
-    name, no cache; at each position the log-softmax over the tokens that continue some name)."""
+    name, no cache; at each position the log-softmax over the tokens that continue some name).
+    `direct_scores=False` skips the independent forwards (a caller that only reads the choice)."""
     import torch
 
     from rl_router.rollout.decoder import RowTurn, Session
@@ -81,7 +82,7 @@ def decision_at(model, tok, context: list[int], stem: str, names: tuple[str, ...
     conts = {n: continuation(tok, stem, tmpl.format(name=n)) for n in names}
     within = allowed_sets(conts)
     direct = []
-    for n in names:
+    for n in names if direct_scores else ():
         cont = conts[n]
         ids = torch.tensor([context + stem_ids + cont])
         with torch.no_grad():

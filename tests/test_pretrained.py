@@ -131,8 +131,8 @@ def test_cost_knob_with_the_real_tokenizer(smol_cache):
         for stem in ('<route model="', '"model": "'):
             d, direct, _ = decision_at(model, tok, context, stem, names, weights, 0.0)
             assert np.allclose(d["scores"], direct, atol=2e-3), (stem, d["scores"], direct)
-            assert decision_at(model, tok, context, stem, names, weights, 100.0)[0]["choice"] == names[-1]
-            assert decision_at(model, tok, context, stem, names, weights, -100.0)[0]["choice"] == names[0]
+            assert decision_at(model, tok, context, stem, names, weights, 100.0, direct_scores=False)[0]["choice"] == names[-1]
+            assert decision_at(model, tok, context, stem, names, weights, -100.0, direct_scores=False)[0]["choice"] == names[0]
 
 
 def test_cached_decoder_gives_generates_greedy_episodes_on_smollm2(smol_cache):

@@ -87,3 +87,9 @@ def test_a_prompt_is_run_once_per_group():
     with torch.no_grad():
         policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
     assert seen == [(3, ids.shape[1] - C), (12, C)]
+    # every prompt distinct: nothing to share, one plain forward over the whole rows
+    ids, att, C, positions = batch(model.get_input_embeddings().weight.shape[0], groups=3, per=1)
+    seen.clear()
+    with torch.no_grad():
+        policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
+    assert seen == [(3, ids.shape[1])]

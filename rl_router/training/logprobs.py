@@ -166,6 +166,13 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     return torch.cat([hp[inv, P - 1 : P], hc[:, : C - 1]], dim=1)
 
 
+def _prompts_repeat(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> bool:
+    """Whether some two rows share their prompt (tokens and padding): when every prompt is
+    distinct, sharing saves nothing and the plain per-row forward is cheaper (no cache copy)."""
+    key = torch.cat([input_ids[:, :P], attention_mask[:, :P]], 1)
+    return torch.unique(key, dim=0).size(0) < key.size(0)
+
+
 def _first_rows(inv: torch.Tensor, n: int) -> torch.Tensor:
     """For each of `n` groups, the first row whose group it is (`inv`: row -> group)."""
     first = torch.full((n,), -1, dtype=torch.long, device=inv.device)
@@ -190,7 +197,7 @@ def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     bs = batch_size or B
     for s in range(0, B, bs):
         ids, att, pos = input_ids[s : s + bs], attention_mask[s : s + bs], positions[s : s + bs]
-        if share_prompts and C < L and not getattr(causal_lm(model), "is_gradient_checkpointing", False):  # checkpointing drops the cache
+        if share_prompts and C < L and not getattr(causal_lm(model), "is_gradient_checkpointing", False) and _prompts_repeat(ids, att, L - C):  # checkpointing drops the cache
             hidden = shared_prompt_hidden(model, ids, att, C, autocast)
         else:
             full, _ = _hidden(model, autocast, input_ids=ids, attention_mask=att, use_cache=False)
