@@ -30,6 +30,25 @@ SHARED_FIXTURE_GROUPS = {
     "tests/test_name_decisions.py::test_training_samples": "gsm8k_run",
     "tests/test_agentic_train.py::": "bopo_run",
     "tests/test_distributed.py::": "bopo_run",
+    "tests/test_pretrained.py::": "smol_cache",  # a module fixture: SmolLM2 unpacked once, not once per worker
+}
+
+# Longest first: a unit of work that starts last decides when the suite ends, so the units
+# measured as long (seconds on an idle 2-core machine, `pytest --durations=0`) are handed out
+# before everything else, longest first (greedy longest-processing-time scheduling); the many
+# short tests then fill in. Unlisted units keep pytest's order after them.
+LONG_UNITS = {
+    "gsm8k_run": 200,
+    "smol_cache": 150,
+    "bopo_run": 100,
+    "tests/test_train.py::test_killed_run_resumes_to_exactly_the_uninterrupted_run": 90,
+    "tests/test_quickstart.py::test_quickstart_reports_rl_against_its_warm_start_and_the_baselines": 80,
+    "tests/test_bopo.py::test_on_the_same_reward_grpo_drops_the_strong_model_and_bopo_keeps_it": 35,
+    "tests/test_tools_protocol.py::test_plain_trl_grpo_trainer_trains_with_our_environment": 25,
+    "tests/test_checkpoint_ranks.py::test_every_rank_rng_state_is_in_every_checkpoint_and_resume_works": 12,
+    "tests/test_recorded_formats.py::test_eval_baselines_on_a_held_out_file_equal_a_plain_computation": 11,
+    "tests/test_ranks.py::test_two_processes_evaluate_like_one_and_call_the_pool_once": 10,
+    "tests/test_valid_inputs.py::test_steps_replay_reads_what_steps_label_wrote": 9,
 }
 
 
@@ -39,6 +58,11 @@ def pytest_xdist_make_scheduler(config, log):
     class SharedFixtureScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return next((group for prefix, group in SHARED_FIXTURE_GROUPS.items() if nodeid.startswith(prefix)), nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            longest = max(self.workqueue, key=lambda scope: LONG_UNITS.get(scope, 0))  # the first in order on ties
+            self.workqueue.move_to_end(longest, last=False)
+            super()._assign_work_unit(node)
 
     return SharedFixtureScheduling(config, log)
 
