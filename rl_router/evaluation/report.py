@@ -193,7 +193,11 @@ def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None
         if other is None:
             raise ConfigError("--against", f"{against} is neither a model folder nor a training run with final/", "give a model folder (e.g. RUN/sft, the warm start) or a training output dir")
         m, _ = load_checkpoint(other, recipe)
-        run.policies[f"other router: {against} (greedy)"], _ = run.ev.run("other router", router_policy(m, tok, recipe, greedy=True, route_bias=run.route_bias, pool=run.pool))
+        from rl_router.evaluation.calibration import read_route_bias
+
+        own = read_route_bias(other)  # a knob setting is calibrated on one router's log-odds: the other's own, else none
+        bias = float(own["route_bias"]) if own else 0.0
+        run.policies[f"other router: {against} (greedy)"], _ = run.ev.run("other router", router_policy(m, tok, recipe, greedy=True, route_bias=bias, pool=run.pool))
     rows = []
     if checkpoints and run.ckpt is not None:
         sft = run.ckpt.parent / "sft"
