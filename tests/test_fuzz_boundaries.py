@@ -18,8 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -262,33 +260,11 @@ def test_stream_false_as_a_bool_does_not_stream(servers):
 
 
 # ---- a live pool's replies --------------------------------------------------------------------
-class _Replies:
-    """Answers every POST with `body` (bytes), as a broken or hostile server might."""
-
-    def __init__(self):
-        self.body = b"{}"
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(outer.body)))
-                self.end_headers()
-                self.wfile.write(outer.body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-
 @pytest.fixture(scope="module")
 def replies():
-    s = _Replies()
+    from test_boundaries import _Server  # answers every POST with the bytes it is given (tests/ is on sys.path)
+
+    s = _Server()
     yield s
     s.httpd.shutdown()
 
