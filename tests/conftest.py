@@ -38,17 +38,20 @@ SHARED_FIXTURE_GROUPS = {
 # before everything else, longest first (greedy longest-processing-time scheduling); the many
 # short tests then fill in. Unlisted units keep pytest's order after them.
 LONG_UNITS = {
-    "gsm8k_run": 200,
-    "smol_cache": 150,
-    "bopo_run": 100,
-    "tests/test_train.py::test_killed_run_resumes_to_exactly_the_uninterrupted_run": 90,
+    "gsm8k_run": 190,
+    "smol_cache": 170,
+    "bopo_run": 110,
     "tests/test_quickstart.py::test_quickstart_reports_rl_against_its_warm_start_and_the_baselines": 80,
-    "tests/test_bopo.py::test_on_the_same_reward_grpo_drops_the_strong_model_and_bopo_keeps_it": 35,
-    "tests/test_tools_protocol.py::test_plain_trl_grpo_trainer_trains_with_our_environment": 25,
-    "tests/test_checkpoint_ranks.py::test_every_rank_rng_state_is_in_every_checkpoint_and_resume_works": 12,
-    "tests/test_recorded_formats.py::test_eval_baselines_on_a_held_out_file_equal_a_plain_computation": 11,
+    "tests/test_train.py::test_killed_run_resumes_to_exactly_the_uninterrupted_run": 77,
+    "tests/test_bopo.py::test_on_the_same_reward_grpo_drops_the_strong_model_and_bopo_keeps_it": 47,
+    "tests/test_tools_protocol.py::test_plain_trl_grpo_trainer_trains_with_our_environment": 32,
+    "tests/test_cost_knob.py::test_calibrate_reaches_a_target_on_a_pool_whose_names_share_a_prefix": 31,
+    "tests/test_recorded_formats.py::test_eval_baselines_on_a_held_out_file_equal_a_plain_computation": 19,
+    "tests/test_checkpoint_ranks.py::test_every_rank_rng_state_is_in_every_checkpoint_and_resume_works": 16,
+    "tests/test_valid_inputs.py::test_steps_replay_reads_what_steps_label_wrote": 15,
+    "tests/test_secrets.py::test_training_through_an_authenticated_pool_leaks_no_key": 10,
     "tests/test_ranks.py::test_two_processes_evaluate_like_one_and_call_the_pool_once": 10,
-    "tests/test_valid_inputs.py::test_steps_replay_reads_what_steps_label_wrote": 9,
+    "tests/test_quickstart.py::test_minutes_stop_rl_at_the_next_step": 9,
 }
 
 

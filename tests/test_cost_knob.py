@@ -216,7 +216,7 @@ def test_calibrate_reaches_a_target_on_a_pool_whose_names_share_a_prefix(tmp_pat
         "gpt-4o-mini": {"column": "mistralai/Mixtral-8x7B-Instruct-v0.1", "price_in": 0.6, "price_out": 0.6},
         "gpt-4o": {"column": "gpt-4-1106-preview", "price_in": 10, "price_out": 30}}})
     out = tmp_path / "run"
-    p = run("train", str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml"), "--output-dir", str(out), "--set", f"pool={pool}", "--set", "trainer.max_steps=1", "--set", "sft.max_steps=120", "--set", "data.max_heldout=24")
+    p = run("train", str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml"), "--output-dir", str(out), "--set", f"pool={pool}", "--set", "trainer.max_steps=1", "--set", "sft.max_steps=50", "--set", "algorithm.sft_examples=400", "--set", "data.max_heldout=24")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     p = run("calibrate", str(out), "--target-strong-share", "0.5", "--split", "train", "--n", "64", "--iters", "6")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

@@ -141,7 +141,7 @@ def test_cached_decoder_gives_generates_greedy_episodes_on_smollm2(smol_cache):
     from rl_router.models import router_from_recipe
     from rl_router.rollout.policies import GeneratePolicy, HFPolicy
 
-    r = load_recipe(RECIPE, ["data.max_heldout=6", "env.max_turns=2"])
+    r = load_recipe(RECIPE, ["data.max_heldout=4", "env.max_turns=2"])
     pool = recipe_pool(r)
     held = recipe_tasks(r, pool)[1]
     model, tok = router_from_recipe(r)

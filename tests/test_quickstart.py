@@ -19,7 +19,8 @@ import pytest
 BIN = str(Path(sys.executable).with_name("rl-router"))
 
 SMALL = ["data.max_train=600", "sft.max_steps=30", "algorithm.sft_examples=240", "trainer.max_steps=2", "trainer.save_steps=2", "data.max_heldout=48", "data.max_heldout_initial=8",
-         "curve.every_steps=1", "curve.heldout_n=24", "curve.validation_n=24", "data.validation_fraction=0.02"]
+         "curve.every_steps=1", "curve.heldout_n=24", "curve.validation_n=24", "data.validation_fraction=0.02",
+         "trainer.gradient_accumulation_steps=1", "trainer.per_device_train_batch_size=32"]  # 32 episodes (4 questions x 8) per step, not 256
 
 
 def test_quickstart_reports_rl_against_its_warm_start_and_the_baselines(tmp_path):
