@@ -144,7 +144,7 @@ def _hidden(model: Any, autocast: Any, **kw: Any) -> tuple[torch.Tensor, Any]:
     return got[-1], out
 
 
-def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, C: int, autocast: Any = None) -> torch.Tensor:
+def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, C: int, autocast: Any = None, inv: torch.Tensor | None = None) -> torch.Tensor:
     """(B x C x H) the hidden states that predict each completion token, with every distinct
     prompt of the batch run once: its KV cache (kept in the graph) is shared by the rows that
     have it, and only the completions run per row. GRPO's samples of a task share their prompt,
@@ -154,7 +154,8 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     B, L = input_ids.shape
     P = L - C
     prompts, pmask = input_ids[:, :P], attention_mask[:, :P]
-    _, inv = torch.unique(torch.cat([prompts, pmask], 1), dim=0, return_inverse=True)  # a prompt is its tokens and its padding
+    if inv is None:
+        inv = prompt_groups(input_ids, attention_mask, P)
     first = _first_rows(inv, int(inv.max()) + 1)
     from transformers import DynamicCache
 
@@ -166,11 +167,9 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     return torch.cat([hp[inv, P - 1 : P], hc[:, : C - 1]], dim=1)
 
 
-def _prompts_repeat(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> bool:
-    """Whether some two rows share their prompt (tokens and padding): when every prompt is
-    distinct, sharing saves nothing and the plain per-row forward is cheaper (no cache copy)."""
-    key = torch.cat([input_ids[:, :P], attention_mask[:, :P]], 1)
-    return torch.unique(key, dim=0).size(0) < key.size(0)
+def prompt_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
+    """Row -> index of its distinct prompt (a prompt is its first P tokens and their padding)."""
+    return torch.unique(torch.cat([input_ids[:, :P], attention_mask[:, :P]], 1), dim=0, return_inverse=True)[1]
 
 
 def _first_rows(inv: torch.Tensor, n: int) -> torch.Tensor:
@@ -197,8 +196,11 @@ def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     bs = batch_size or B
     for s in range(0, B, bs):
         ids, att, pos = input_ids[s : s + bs], attention_mask[s : s + bs], positions[s : s + bs]
-        if share_prompts and C < L and not getattr(causal_lm(model), "is_gradient_checkpointing", False) and _prompts_repeat(ids, att, L - C):  # checkpointing drops the cache
-            hidden = shared_prompt_hidden(model, ids, att, C, autocast)
+        # checkpointing drops the cache; when every prompt is distinct, sharing saves nothing and
+        # the plain per-row forward is cheaper (no cache copy)
+        inv = prompt_groups(ids, att, L - C) if share_prompts and C < L and not getattr(causal_lm(model), "is_gradient_checkpointing", False) else None
+        if inv is not None and int(inv.max()) + 1 < inv.numel():
+            hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=inv)
         else:
             full, _ = _hidden(model, autocast, input_ids=ids, attention_mask=att, use_cache=False)
             hidden = full[:, L - C - 1 : L - 1]  # the hidden state that predicts completion token j
