@@ -38,11 +38,11 @@ SHARED_FIXTURE_GROUPS = {
 # before everything else, longest first (greedy longest-processing-time scheduling); the many
 # short tests then fill in. Unlisted units keep pytest's order after them.
 LONG_UNITS = {
-    "gsm8k_run": 190,
+    "gsm8k_run": 140,
     "smol_cache": 170,
     "bopo_run": 110,
     "tests/test_quickstart.py::test_quickstart_reports_rl_against_its_warm_start_and_the_baselines": 80,
-    "tests/test_train.py::test_killed_run_resumes_to_exactly_the_uninterrupted_run": 77,
+    "tests/test_train.py::test_killed_run_resumes_to_exactly_the_uninterrupted_run": 55,
     "tests/test_bopo.py::test_on_the_same_reward_grpo_drops_the_strong_model_and_bopo_keeps_it": 47,
     "tests/test_tools_protocol.py::test_plain_trl_grpo_trainer_trains_with_our_environment": 32,
     "tests/test_cost_knob.py::test_calibrate_reaches_a_target_on_a_pool_whose_names_share_a_prefix": 31,
@@ -134,8 +134,8 @@ def bopo_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gsm8k_run(tmp_path_factory):
-    """The two-model GSM8K recipe (recipes/gsm8k.yaml, the embedded defaults) with 2 GRPO steps,
-    then `rl-router eval` on it, once per session: the trained router the GSM8K, serve, export,
+    """The two-model GSM8K recipe (recipes/gsm8k.yaml, the embedded defaults) with 150 SFT steps
+    instead of 300 and 2 GRPO steps instead of 16, then `rl-router eval` on it, once per session: the trained router the GSM8K, serve, export,
     knob and name-decision tests read (each copies what it changes)."""
     import json
     import os
@@ -147,7 +147,7 @@ def gsm8k_run(tmp_path_factory):
     bin_ = str(Path(sys.executable).with_name("rl-router"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     out = tmp_path_factory.mktemp("gsm8k") / "run"
-    train = subprocess.run([bin_, "train", str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml"), "--output-dir", str(out), "--set", "trainer.max_steps=2"], capture_output=True, text=True, env=env)
+    train = subprocess.run([bin_, "train", str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml"), "--output-dir", str(out), "--set", "trainer.max_steps=2", "--set", "sft.max_steps=150"], capture_output=True, text=True, env=env)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     ev = subprocess.run([bin_, "eval", str(out), "--no-sampled"], capture_output=True, text=True, env=env)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
