@@ -387,3 +387,32 @@ def test_bopo_does_not_shield_a_right_answer_in_a_broken_episode(tmp_path, token
     trainer = make_trainer(tmp_path, tokenizer, rollout, advantage="bopo", bopo_reward=BoPOReward(recs), bopo_beta=0.5)
     _, out = grads_for(trainer)
     assert out["advantages"][0] < 0
+
+
+def test_one_per_task_warm_starts_skip_the_boundary_runs_unless_bopo_needs_them(tmp_path):
+    """The quickstart's format-only warm start under GRPO pays no always-cheapest /
+    always-strongest call (two per train task on a live pool): the boundaries stage makes only
+    the format trajectories' calls. BoPO resumed on that folder needs the boundaries as its
+    reference and runs them instead of reusing a file without them."""
+    from rl_router.cli import QUICKSTART as QUICKSTART_RECIPE
+    from rl_router.recipe import load_recipe
+    from rl_router.training.pipeline import setup, stage_boundaries
+
+    sets = ["data.max_train=12", "data.max_heldout=4", "data.validation_fraction=0.0", "curve.keep_best=false"]
+    run = setup(load_recipe(QUICKSTART_RECIPE, sets), str(tmp_path), False, lambda m: None)
+    assert run.recipe.algorithm.sft_mix == "format" and run.recipe.algorithm.name == "grpo"
+    before = run.pool.calls
+    stage_boundaries(run)
+    fmt = [run.boundary_episodes[t.task_id]["format"] for t in run.train_tasks]
+    assert run.records == {} and run.metrics["boundary_classes"] is None
+    assert all(set(e) == {"format"} for e in run.boundary_episodes.values())
+    assert run.pool.calls - before == sum(sum(e["calls"].values()) for e in fmt) > 0  # the format trajectories' calls, nothing more
+
+    from rl_router.training import pipeline
+
+    pipeline._LOCKS.pop().close()  # the first training's process has ended: its folder lock goes with it
+    bopo = setup(load_recipe(QUICKSTART_RECIPE, [*sets, "algorithm.name=bopo"]), str(tmp_path), True, lambda m: None)
+    before = bopo.pool.calls
+    stage_boundaries(bopo)
+    assert set(bopo.records) == {t.task_id for t in bopo.train_tasks} and sum(bopo.metrics["boundary_classes"].values()) == 12
+    assert bopo.pool.calls - before >= 2 * 12  # always-cheapest and always-strongest on every train task

@@ -96,18 +96,23 @@ class FormatOnlyPolicy:
 
 
 def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenizer: Any, *, cheap: str | None = None, strong: str | None = None, style: str = "verbatim", batch_size: int = 64, stepwise: bool = False, max_error_rate: float = 1.0,
-                   cascade: tuple[str, str, str] | None = None, per_topic: dict[str, str] | None = None, format_calls: int | None = None, seed: int = 0) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
+                   cascade: tuple[str, str, str] | None = None, per_topic: dict[str, str] | None = None, format_calls: int | None = None, seed: int = 0,
+                   boundaries: bool = True) -> tuple[dict[str, BoundaryRecord], dict[str, dict[str, dict[str, Any]]]]:
     """Run always-cheap and always-strong on `tasks`; return records and their episodes.
     `stepwise` (agentic envs) also runs the boundary-guided hybrid, kept as episodes[tid]["stepwise"];
     `cascade` = (a, b, strong) also runs the agreement cascade (evaluation/baselines.py), kept
     as episodes[tid]["cascade"]; `per_topic` (task id -> model) the single-shot route to each
     task's topic model, kept as episodes[tid]["per_topic"]; `format_calls` the format-only
     trajectories (`FormatOnlyPolicy`, up to that many calls), kept as episodes[tid]["format"]. Stops (PoolFailure) when more than
-    `max_error_rate` of a boundary's episodes hit pool errors."""
+    `max_error_rate` of a boundary's episodes hit pool errors. `boundaries=False` skips
+    always-cheap and always-strong (no records are returned) where only the other trajectories
+    are wanted."""
+    if stepwise and not boundaries:
+        raise ValueError("stepwise trajectories are built from the boundary runs: boundaries=False cannot have them")
     cheap = cheap or pool.cheapest().name
     strong = strong or pool.strongest().name
     episodes: dict[str, dict[str, dict[str, Any]]] = {t.task_id: {} for t in tasks}
-    for role, model in (("cheap", cheap), ("strong", strong)):
+    for role, model in (("cheap", cheap), ("strong", strong)) if boundaries else ():
         compact = style == "compact"
         policy = ScriptedPolicy.always(tokenizer, model, query="short" if compact else "question", adopt=compact)
         eps = run_sharded(engine, tasks, policy, batch_size=batch_size)
@@ -139,7 +144,7 @@ def run_boundaries(engine: RolloutEngine, pool: Any, tasks: list[Task], tokenize
     records = {
         tid: BoundaryRecord(tid, cheap, strong, eps["cheap"]["quality"] > 0, float(eps["cheap"]["cost"]), eps["strong"]["quality"] > 0, float(eps["strong"]["cost"]))
         for tid, eps in episodes.items()
-    }
+    } if boundaries else {}
     return records, episodes
 
 
@@ -167,7 +172,7 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
         rng.shuffle(both)
         return [both[i % len(both)] for i in range(n)]
     if mix in ONE_PER_TASK:
-        return _one_per_task(episodes, records, ONE_PER_TASK[mix], n, seed, mix)
+        return _one_per_task(episodes, ONE_PER_TASK[mix], n, seed, mix)
     if mix not in ("efficient", "stepwise"):
         raise ValueError(f"algorithm.sft_mix: unknown {mix!r}; use efficient, stepwise, both, agreement, per_topic or format")
     pick = {"both": "cheap", "cheap_only": "cheap", "strong_only": "strong", "neither": "cheap"}
@@ -208,10 +213,10 @@ def synthesize_sft(records: dict[str, BoundaryRecord], episodes: dict[str, dict[
 ONE_PER_TASK = {"per_topic": ("per_topic", "per_topic"), "format": ("format", "format_calls"), "agreement": ("cascade", "cascade")}
 
 
-def _one_per_task(episodes: dict[str, dict[str, dict[str, Any]]], records: dict[str, BoundaryRecord], key_arg: tuple[str, str], n: int, seed: int, mix: str) -> list[dict[str, Any]]:
+def _one_per_task(episodes: dict[str, dict[str, dict[str, Any]]], key_arg: tuple[str, str], n: int, seed: int, mix: str) -> list[dict[str, Any]]:
     """`n` rows cycling over every task's well-formed `key` trajectory, in a seeded order."""
     key, arg = key_arg
-    rows = [episodes[tid][key] for tid in records if key in episodes[tid] and not episodes[tid][key].get("format_error")]
+    rows = [eps[key] for eps in episodes.values() if key in eps and not eps[key].get("format_error")]
     if not rows:
         raise ValueError(f"algorithm.sft_mix: {mix} needs the {key} episodes (run_boundaries({arg}=...))")
     random.Random(seed).shuffle(rows)

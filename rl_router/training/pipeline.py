@@ -6,7 +6,7 @@ fields are unchanged, so a killed run continues where it stopped and never mixes
 
   baselines       OUT/eval_baselines.json   always-<model> and random on the held-out tasks
   eval_before     OUT/eval_before.json      the initial router, greedy
-  boundaries      OUT/boundaries.json       always-cheap / always-strong on the train tasks (+ episodes)
+  boundaries      OUT/boundaries.json       the warm start's train trajectories; always-cheap / always-strong where needed (BoPO, stratified mixes)
   warm_start      OUT/sft/                  boundary-guided SFT (checkpoints in OUT/sft_run resume too)
   eval_after_sft  OUT/eval_after_sft.json
   rl              OUT/rl/checkpoint-N/      TRL checkpoints; OUT/final/ the trained router
@@ -213,18 +213,32 @@ def stage_eval(run: Run, stage: str, key: str, file: str, what: str, n: int | No
     run.folder.finished(stage)
 
 
+def needs_boundary_runs(a: Any) -> bool:
+    """Whether always-cheapest / always-strongest must run on every train task: BoPO's reward is
+    relative to them, and the stratified warm starts sample their trajectories. A warm start
+    that takes one trajectory per task of its own (format, per_topic, agreement) under GRPO or
+    RLOO needs neither: skipping them saves two pool calls per train task (paid ones on a live
+    pool) and a quarter of the quickstart's set-up."""
+    from rl_router.training.boundary import ONE_PER_TASK
+
+    return a.name == "bopo" or a.sft_mix not in ONE_PER_TASK
+
+
 def stage_boundaries(run: Run) -> None:
-    """Always-cheapest and always-strongest on the train tasks: task classes, the warm start's
-    trajectories and BoPO's reference."""
+    """The train-task trajectories the warm start imitates (and, where needed, always-cheapest
+    and always-strongest: task classes and BoPO's reference)."""
     from rl_router.boundary_records import class_counts, load_boundaries, load_boundary_episodes, save_boundaries
     from rl_router.training.boundary import run_boundaries
 
     a, path = run.recipe.algorithm, run.out / "boundaries.json"
-    if run.folder.reuse("boundaries"):
+    need = needs_boundary_runs(a)
+    saved = load_boundaries(path) if run.folder.reuse("boundaries") else None
+    if saved is not None and (saved or not need):  # a folder written without the boundary runs serves only recipes that skip them
         run.log(f"boundary outcomes found in {path}; reusing them (no pool calls)")
-        run.records, run.boundary_episodes = load_boundaries(path), load_boundary_episodes(path)
+        run.records, run.boundary_episodes = saved, load_boundary_episodes(path)
     else:
-        run.log("running boundary policies (always-cheapest, always-strongest) on the train tasks")
+        run.log("running boundary policies (always-cheapest, always-strongest) on the train tasks" if need
+                else f"running the warm start's trajectories (sft_mix: {a.sft_mix}) on the train tasks; always-cheapest / always-strongest are not needed under {a.name}")
         engine = make_engine(run.recipe, run.pool, run.tok)
         cascade = per_topic = None
         if a.sft_mix == "agreement":
@@ -238,12 +252,13 @@ def stage_boundaries(run: Run) -> None:
         run.records, run.boundary_episodes = run_boundaries(engine, run.pool, run.train_tasks, run.tok, cheap=run.cheap, strong=run.strong, style=a.sft_style,
                                                             stepwise=a.sft_mix == "stepwise", max_error_rate=max_error_rate(run.recipe.pool), cascade=cascade, per_topic=per_topic,
                                                             batch_size=max(64, run.recipe.rollout.batch_size),
-                                                            format_calls=max(1, int(run.recipe.env.get("max_turns", 3)) - 1) if a.sft_mix == "format" else None, seed=run.recipe.data.seed)
+                                                            format_calls=max(1, int(run.recipe.env.get("max_turns", 3)) - 1) if a.sft_mix == "format" else None, seed=run.recipe.data.seed,
+                                                            boundaries=need)
         if run.main:
             save_boundaries(path, run.records, run.boundary_episodes)
         run.state.wait_for_everyone()
         run.folder.finished("boundaries")
-    run.metrics["boundary_classes"] = class_counts(run.records)
+    run.metrics["boundary_classes"] = class_counts(run.records) if run.records else None  # None: the boundary runs were not needed
 
 
 def cascade_models(run: Run) -> tuple[str, str, str]:
