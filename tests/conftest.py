@@ -135,8 +135,9 @@ def bopo_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gsm8k_run(tmp_path_factory):
     """The two-model GSM8K recipe (recipes/gsm8k.yaml, the embedded defaults) with 150 SFT steps
-    instead of 300 and 2 GRPO steps instead of 16, then `rl-router eval` on it, once per session: the trained router the GSM8K, serve, export,
-    knob and name-decision tests read (each copies what it changes)."""
+    instead of 300 and 2 GRPO steps instead of 16, then `rl-router eval` on it, once per
+    session: the trained router the GSM8K, serve, export, knob and name-decision tests read
+    (each copies what it changes)."""
     import json
     import os
     import subprocess
