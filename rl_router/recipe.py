@@ -31,6 +31,7 @@ class ModelSection:
     seed: int = 0
     dtype: str | None = None
     lora: dict[str, Any] | None = None  # peft LoraConfig fields; null = full fine-tuning
+    autocast: str | None = None  # "bfloat16": rollouts, evals, warm start and RL loss under bf16 autocast (fp32 master weights) where bf16 is native (GPU; CPU with AVX512-BF16/AMX); null = float32
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RolloutSection:
     top_p: float = 1.0
     protocol: str = "tags"  # how the router acts: "tags" (<route model=...>) or "tools" (native tool calls through the chat template)
     batch_size: int = 32  # episodes per lock-step batch in evaluation, boundaries and `rl-router rollout` (larger: faster while memory lasts)
+    share_prompts: bool = False  # training rollouts prefill a group's shared prompt once and copy its cache to the group's samples (the same episodes up to float rounding: batch composition changes; on for the SmolLM2 recipes, where a prompt is most of an episode's tokens)
     decisions: str = "names"  # how training samples a route: "names" (from the name distribution evaluation decides by: pool names only, @NAME held to called models) or "free" (token by token over the vocabulary)
 
 
@@ -389,6 +391,12 @@ def validate_combination(r: Recipe) -> None:
     """Cross-field checks that would otherwise fail deep inside training."""
     check_ranges(r)
     a, t = r.algorithm, r.trainer
+    try:
+        from rl_router.precision import normalize
+
+        normalize(r.model.autocast)
+    except ValueError:
+        raise ConfigError("model.autocast", f"unknown {r.model.autocast!r}", "use bfloat16 (bf16 autocast where bf16 is native) or null (float32)") from None
     if a.advantage is not None and a.advantage not in ("grpo", "rloo", "bopo"):
         raise ConfigError("algorithm.advantage", f"unknown {a.advantage!r}", "use grpo, rloo or bopo, or null for algorithm.name's own")
     if a.advantage == "bopo" and a.name != "bopo":

@@ -14,6 +14,7 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 import os
 import statistics
 import tempfile
@@ -38,6 +39,7 @@ def main() -> None:
     from rl_router.rewards import build_rewards
     from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
     from rl_router.rollout.names import cost_weights
+    from rl_router.precision import autocast_for, usable
     from rl_router.rollout.policies import HFPolicy
     from rl_router.task_sources import recipe_pool, recipe_tasks
     from rl_router.models import tokenizer_from_recipe
@@ -50,12 +52,12 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(Path(a.run) / "sft")
     rf, weights = build_rewards(r.rewards)
     out = tempfile.mkdtemp(prefix="bench_rl_")
-    args = GRPOConfig(output_dir=out, **{**r.trainer, "bf16": False, "use_cpu": True, "reward_weights": weights, "save_strategy": "no", "logging_steps": 1})
+    args = GRPOConfig(output_dir=out, **{**r.trainer, "bf16": usable(r.model.autocast, "cpu"), "use_cpu": True, "reward_weights": weights, "save_strategy": "no", "logging_steps": 1})
     names = {"names": pool.model_names, "route_weights": cost_weights(pool)}
     roll_s: list[float] = []
     batches: list[dict] = []
     inner = make_rollout_func(make_engine(r, pool, tok), train, lambda tr: HFPolicy(tr.accelerator.unwrap_model(tr.model), tok, max_new_tokens=r.rollout.max_new_tokens,
-                                                                                    temperature=args.temperature, stop_strings=stop_strings(r), **names))
+                                                                                    temperature=args.temperature, stop_strings=stop_strings(r), autocast=r.model.autocast, share_prompts=r.rollout.share_prompts, **names))
 
     def rollout(prompts, trainer):
         t0 = time.perf_counter()
@@ -83,7 +85,9 @@ def main() -> None:
         t0 = time.perf_counter()
         for s in range(0, len(rows), mb):
             chunk = ids[rows[s : s + mb]]
-            model(input_ids=chunk, logits_to_keep=1).logits.sum().backward()
+            with (autocast_for(model, r.model.autocast) if usable(r.model.autocast, "cpu") else nullcontext()):  # the numerics the step ran in
+                loss = model(input_ids=chunk, logits_to_keep=1).logits.float().sum()
+            loss.backward()
         model.zero_grad()
         return time.perf_counter() - t0
 

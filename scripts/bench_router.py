@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/smollm2_135m.yaml")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--autocast", action="store_true", help="also run the eval under bf16 autocast (model.autocast: bfloat16) and compare")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval, curve, sft, grpo")
     a = ap.parse_args()
     os.environ.setdefault("RL_ROUTER_NO_PROGRESS", "1")
@@ -111,6 +112,18 @@ def main() -> None:
         print(f"(b) eval before (generate, re-prefill): {t_before:.2f} s = {len(held) / t_before:.3f} tasks/s")
         print(f"    eval after (cached decoder, by name): {t_after:.2f} s = {len(held) / t_after:.3f} tasks/s: x{t_before / t_after:.1f} faster; "
               f"after / bare forward of the same tokens: {t_after / t_bare:.2f}; greedy episodes identical to before: {same}/{len(held)}")
+        if a.autocast:  # the same episodes' eval with model.autocast: bfloat16, against float32
+            from rl_router.precision import autocast_for
+
+            t_bf, eps_bf = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16"), batch_size=a.batch), a.repeats)
+            same_bf = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_after, eps_bf))
+            seqs_bf = [e["prompt_ids"] + e["completion_ids"] for e in eps_bf]
+            n_bf = sum(len(s) for s in seqs_bf)
+            with autocast_for(model, "bfloat16"):
+                t_bare_bf, _ = timed(lambda: bare_forward(model, tok, seqs_bf, a.batch), a.repeats)
+            res.update(bf16_tasks_s=len(held) / t_bf)
+            print(f"    eval, bf16 autocast: {t_bf:.2f} s = {len(held) / t_bf:.3f} tasks/s: x{t_after / t_bf:.2f} the float32 eval, x{t_before / t_bf:.2f} the generate path; "
+                  f"bare bf16 forward of its {n_bf} tokens {t_bare_bf:.2f} s ({n_bf / t_bare_bf:.0f} tokens/s), eval / that {t_bf / t_bare_bf:.2f}; greedy episodes identical to float32: {same_bf}/{len(held)}")
         if "curve" not in skip:
             biases = [-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0]
             t_curve, _ = timed(lambda: run_biases(engine, held, HFPolicy(model, tok, biases=tuple(biases), **kw, **names), biases, batch_size=a.batch), a.repeats)

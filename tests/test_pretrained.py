@@ -27,6 +27,7 @@ from rl_router.task_sources import recipe_pool, recipe_tasks
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).with_name("rl-router"))
 RECIPE = str(ROOT / "recipes" / "smollm2_135m.yaml")
+DC_RECIPE = str(ROOT / "recipes" / "dcrouter_smollm2.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -153,21 +154,26 @@ def test_cached_decoder_gives_generates_greedy_episodes_on_smollm2(smol_cache):
 
 
 def test_ci_sized_run_trains_evaluates_exports_and_serves(smol_cache, tmp_path):
+    """recipes/dcrouter_smollm2.yaml at CI size: bf16 autocast (where native), group prompts
+    prefilled once, a format-only warm start, GRPO, eval, export, serve."""
     from test_serve import (  # tests/ is on sys.path (rootdir conftest)
         free_port,
         wait_for_server,
     )
+
+    from rl_router.precision import cpu_has_bf16
 
     _cache, env = smol_cache
     env = {**env, "RL_ROUTER_NO_PROGRESS": "1", "COLUMNS": "200"}
     out = tmp_path / "run"
     sets = [
         "sft.max_steps=2", "sft.per_device_train_batch_size=2", "algorithm.sft_examples=8",
-        "trainer.max_steps=1", "trainer.per_device_train_batch_size=2", "trainer.num_generations=2", "trainer.save_steps=1",
-        "data.max_train=16", "data.max_heldout=3", "rollout.max_new_tokens=24", "env.max_turns=2",
+        "trainer.max_steps=1", "trainer.per_device_train_batch_size=2", "trainer.gradient_accumulation_steps=1", "trainer.num_generations=2", "trainer.save_steps=1",
+        "data.max_train=16", "data.max_heldout=3", "data.max_heldout_initial=3", "rollout.max_new_tokens=24",
     ]
-    p = subprocess.run([BIN, "train", RECIPE, *[a for s in sets for a in ("--set", s)], "--output-dir", str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
+    p = subprocess.run([BIN, "train", DC_RECIPE, *[a for s in sets for a in ("--set", s)], "--output-dir", str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert ("model.autocast: bfloat16" in p.stdout + p.stderr) == cpu_has_bf16()
     m = json.loads((out / "metrics.json").read_text())
     assert m["global_step"] == 1 and m["heldout_tasks"] == 3
     assert {"heldout_before", "heldout_after_sft", "heldout_after"} <= set(m)
@@ -186,7 +192,7 @@ def test_ci_sized_run_trains_evaluates_exports_and_serves(smol_cache, tmp_path):
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
         assert [x.id for x in wait_for_server(proc, client).data] == ["smol-router"]
-        r = load_recipe(RECIPE, ["data.max_heldout=3"])
+        r = load_recipe(DC_RECIPE, ["data.max_heldout=3"])
         question = recipe_tasks(r, recipe_pool(r))[1][0].question  # the recorded pool answers the questions it recorded
         resp = client.chat.completions.create(model="smol-router", messages=[{"role": "user", "content": question}], max_tokens=24)
         assert resp.choices[0].finish_reason in ("stop", "length") and "rl_router" in resp.model_extra

@@ -245,8 +245,9 @@ class Session:
     cache; `mask` (rows x cache length) which cache slots each row attends to; `pos[r]` the
     position id its next token gets; `logits[r]` its next-token logits (raw, float32)."""
 
-    def __init__(self, model: Any, pad_id: int):
+    def __init__(self, model: Any, pad_id: int, *, share_contexts: bool = False):
         self.model, self.pad_id = model, pad_id
+        self.share_contexts = share_contexts  # new rows with one context (a GRPO group's samples) are prefilled once, then copied
         self.cache: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)
         self.keys: list[Any] = []
@@ -292,15 +293,26 @@ class Session:
         old = [k for k in keys if k in where]
         self.select([where[k] for k in old])
         new = [(k, c) for k, c in zip(keys, contexts) if k not in where]
+        copy_of: dict[Any, Any] = {}  # a new row's key -> the key of the row holding its context
+        if new and self.share_contexts:
+            first: dict[tuple[int, ...], Any] = {}
+            for k, c in new:
+                copy_of[k] = first.setdefault(tuple(c), k)
+            new = [(k, c) for k, c in new if copy_of[k] == k]
         if new:
             self._add_rows([k for k, _ in new], [list(c) for _, c in new])
+        fed_keys = [k for k in keys if copy_of.get(k, k) == k]
         order = {k: i for i, k in enumerate(self.keys)}
-        self.select([order[k] for k in keys])
+        self.select([order[k] for k in fed_keys])
         self.compact()
         ctx = dict(zip(keys, contexts))
         chunks = [list(ctx[k][self.fed[i]:]) for i, k in enumerate(self.keys)]
         if any(chunks):
             self.feed(chunks)
+        if len(fed_keys) < len(keys):  # each copy takes its context's row: cache, mask, position and next-token logits
+            order = {k: i for i, k in enumerate(self.keys)}
+            self.select([order[copy_of.get(k, k)] for k in keys])
+            self.keys = list(keys)
 
     def compact(self, slack: float = 0.25) -> None:
         """Drop the masked slots of the cache (pads and the tails of rows that stopped early)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import random
 import weakref
+from contextlib import nullcontext
 from typing import Any, Callable
 
 from rl_router.answers import extract_final_answer
+from rl_router.precision import autocast_for, usable
 from rl_router.prompts import SHORT_QUERY, STEP_NOTE
 from rl_router.protocol import STOP_STRINGS
 from rl_router.rollout.state import EpisodeState, Turn
@@ -176,8 +178,10 @@ class HFPolicy:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS,
                  synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None, biases: tuple[float, ...] | None = None, names: list[str] | None = None,
-                 logprobs: bool | None = None, cancel: Any = None):
+                 logprobs: bool | None = None, cancel: Any = None, autocast: str | None = None, share_prompts: bool = False):
         self.model, self.tokenizer = model, tokenizer
+        self.share_prompts = share_prompts  # a GRPO group's samples start from one prompt: prefill it once (decoder.Session.share_contexts)
+        self.autocast = autocast  # "bfloat16": the decoder's forwards under bf16 autocast where native (precision.py)
         self.cancel = cancel  # a threading.Event: set, the decode stops (decoder.GenerationCancelled)
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.stop_strings = stop_strings
@@ -212,7 +216,7 @@ class HFPolicy:
             return []
         tok, model = self.tokenizer, self.model
         if self.session is None or self.session.model is not model:
-            self.session = Session(model, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+            self.session = Session(model, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, share_contexts=self.share_prompts)
         for s in states:
             if s.biases is None:
                 s.biases = self.biases
@@ -221,16 +225,19 @@ class HFPolicy:
         # one entry per session row: the episode it belongs to and the biases it stands for
         meta = [{"state": st, "biases": tuple(st.biases)} for st in states]
         threads = torch.get_num_threads()
-        on_cpu = next(model.parameters()).device.type == "cpu"
+        device_type = next(model.parameters()).device.type
+        on_cpu = device_type == "cpu"
+        cast = autocast_for(model, self.autocast) if usable(self.autocast, device_type) else nullcontext()
         try:
-            if on_cpu:  # a small router decodes faster on one thread (decoder.decode_threads measures it)
-                torch.set_num_threads(decode_threads(model, len(states)))
-            self.session.sync([st.uid for st in states], [st.context_ids for st in states])
-            turns, forks = decode_turns(self.session, tokenizer=tok, vocab=vocab_strings(tok), max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings,
-                                        temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, want_logprobs=self.logprobs,
-                                        decide=(lambda sess, rows, ts: self._decide(sess, rows, ts, meta)) if self.decides else None,
-                                        should_stop=self.cancel.is_set if self.cancel is not None else None,
-                                        max_positions=getattr(getattr(model, "config", None), "max_position_embeddings", None))
+            with cast:  # bf16 where the recipe asks and bf16 is native (precision.py)
+                if on_cpu:  # a small router decodes faster on one thread (decoder.decode_threads measures it)
+                    torch.set_num_threads(decode_threads(model, len(states)))
+                self.session.sync([st.uid for st in states], [st.context_ids for st in states])
+                turns, forks = decode_turns(self.session, tokenizer=tok, vocab=vocab_strings(tok), max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings,
+                                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, want_logprobs=self.logprobs,
+                                            decide=(lambda sess, rows, ts: self._decide(sess, rows, ts, meta)) if self.decides else None,
+                                            should_stop=self.cancel.is_set if self.cancel is not None else None,
+                                            max_positions=getattr(getattr(model, "config", None), "max_position_embeddings", None))
         finally:
             torch.set_num_threads(threads)
             if was_training:

@@ -72,7 +72,7 @@ class RouterApp:
 
     def __init__(self, model: Any, tokenizer: Any, pool: Any, env_config: Any, *, env_name: str = "router_r1", model_id: str = "rl-router", max_new_tokens: int = 96,
                  max_completion_tokens: int = 2048, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S,
-                 stop_strings: tuple[str, ...] | None = None, engine: Any = None, route_bias: float = 0.0, max_concurrent: int = MAX_CONCURRENT):
+                 stop_strings: tuple[str, ...] | None = None, engine: Any = None, route_bias: float = 0.0, max_concurrent: int = MAX_CONCURRENT, autocast: str | None = None):
         from starlette.applications import Starlette
         from starlette.routing import Route
 
@@ -81,6 +81,7 @@ class RouterApp:
         self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
         self.engine = engine or RolloutEngine(lambda: make_env(env_name, pool, config=env_config, tokenizer=tokenizer), tokenizer, max_completion_tokens=max_completion_tokens)
         self.stop_strings = stop_strings
+        self.autocast = autocast  # the recipe's model.autocast: serve the numerics the router was trained and evaluated in
         # the cost knob as calibrated (route_bias.json beside the weights) or set with --route-bias
         from rl_router.rollout.names import cost_weights
 
@@ -240,7 +241,7 @@ class RouterApp:
         kw = {"stop_strings": self.stop_strings} if self.stop_strings else {}
         cancel = cancel or threading.Event()
         policy = HFPolicy(self.model, self.tok, max_new_tokens=limit, temperature=float(req.get("temperature") or 0.0), top_p=float(req.get("top_p") or 1.0),
-                          route_bias=self.route_bias, route_weights=self.route_weights, names=self.pool.model_names, cancel=cancel, **kw)
+                          route_bias=self.route_bias, route_weights=self.route_weights, names=self.pool.model_names, cancel=cancel, autocast=self.autocast, **kw)
         with self._slots:
             if cancel.is_set():  # the client left while this request waited for a slot
                 from rl_router.rollout.decoder import GenerationCancelled
@@ -378,7 +379,7 @@ def server_from_checkpoint(checkpoint: str, *, pool_file: str | None = None, hos
 
         return RouterServer(model, tok, pool, recipe.env_config(), env_name=recipe.env.get("name", "router_r1"), model_id=model_id or Path(checkpoint).resolve().name if Path(checkpoint).exists() else model_id or checkpoint.split("/")[-1],
                             max_new_tokens=recipe.rollout.max_new_tokens, max_completion_tokens=recipe.rollout.max_completion_tokens, host=host, port=port, api_key=key,
-                            stop_strings=stop_strings(recipe), engine=make_engine(recipe, pool, tok), route_bias=route_bias)
+                            stop_strings=stop_strings(recipe), engine=make_engine(recipe, pool, tok), route_bias=route_bias, autocast=recipe.model.autocast)
     except (OverflowError, OSError, UnicodeError) as e:
         from rl_router.httpd import listen_error
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from rl_router.evaluation.evaluator import Evaluator, router_policy, tqdm_progress
 from rl_router.models import lora_config, router_from_recipe
+from rl_router import precision
 from rl_router.pools.factory import max_error_rate
 from rl_router.recipe import Recipe, validate_against_pool
 from rl_router.rewards import build_rewards
@@ -83,15 +84,19 @@ def lock_output_dir(out: Path) -> None:
     _LOCKS.append(fh)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
-    about 1.6x faster than float32 for the warm start (scripts/bench_router.py); elsewhere it
-    is emulated and slower."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def autocast_settings(recipe: Recipe, device_type: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """What `model.autocast` asks of TRL's configs: `bf16: true` for the warm start and the RL
+    loss where bf16 is native (the rollouts and evaluations read the knob themselves, see
+    precision.py), so all four run one numeric policy. A recipe's own `sft.bf16` /
+    `trainer.bf16` still wins. Where bf16 is not native the run stays float32, and says so."""
+    name = recipe.model.autocast
+    if precision.normalize(name) is None:
+        return {}
+    if not precision.usable(name, device_type):
+        say("model.autocast: this CPU has no native bf16 (avx512_bf16 / AMX): the run stays in float32")
+        return {}
+    say("model.autocast: bfloat16 for rollouts, evaluations, the warm start and the RL loss (float32 master weights)")
+    return {"bf16": True}
 
 
 @dataclass
@@ -177,6 +182,7 @@ def setup(recipe: Recipe, output_dir: str | None, resume: bool, log: Callable[[s
     model, tok = router_from_recipe(recipe)
     # TRL's configs default to bf16, which a CPU-only machine refuses; a recipe may still set it
     hw = {} if torch.cuda.is_available() else {"bf16": False, "use_cpu": True}
+    hw.update(autocast_settings(recipe, "cuda" if torch.cuda.is_available() else "cpu", say))
     from rl_router.evaluation.evaluator import EvalOptions
 
     run = Run(recipe, out, folder, state, say, pool, train_tasks, held, validation, cheap, strong, model, tok, Evaluator(recipe, pool, tok, held, options=EvalOptions(batch_size=recipe.rollout.batch_size), progress=tqdm_progress()), hw)
@@ -319,11 +325,13 @@ def stage_warm_start(run: Run) -> None:
     run.log(f"boundary-guided SFT on {len(rows)} stratified trajectories" + (f", resuming from {ckpt}" if ckpt else ""))
     run.folder.started("warm_start")
     sft_kw = {**run.hw, **run.recipe.sft}
-    if sft_kw.get("bf16") and sft_kw.get("use_cpu") and not cpu_has_bf16():
+    if sft_kw.get("bf16") and sft_kw.get("use_cpu") and not precision.cpu_has_bf16():
         run.log("sft.bf16: this CPU has no native bf16 (avx512_bf16 / AMX): the warm start runs in float32 instead")
         sft_kw["bf16"] = False
     args = SFTConfig(output_dir=str(run_dir), **sft_kw)
     sft = PolicyTokenSFTTrainer(model=run.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=run.tok, peft_config=lora_config(run.recipe))
+    if args.bf16 and args.use_cpu:
+        precision.prepare_attention()  # bf16 autocast on an AVX2-pinned CPU: attention in float32
     sft.train(resume_from_checkpoint=ckpt)
     model = sft.accelerator.unwrap_model(sft.model)
     if hasattr(model, "merge_and_unload"):
@@ -385,7 +393,7 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
             from rl_router.rollout.vllm import VLLMPolicy, backend_from_trainer
 
             return VLLMPolicy(backend_from_trainer(trainer), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops)
-        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops, synced_gpus=zero3, **(names or {}))
+        return HFPolicy(trainer.accelerator.unwrap_model(trainer.model), tok, max_new_tokens=mnt, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0, stop_strings=stops, synced_gpus=zero3, autocast=run.recipe.model.autocast, share_prompts=run.recipe.rollout.share_prompts, **(names or {}))
 
     peft_config = lora_config(run.recipe)
     c = run.recipe.curve
@@ -402,6 +410,8 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     )
     run.log(f"{a.name.upper()}" + (f" ({a.advantage} advantages)" if a.advantage and a.advantage != a.name else "") + f" for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
     run.folder.finished("rl")  # recorded before the first checkpoint: a killed run resumes with the same settings
+    if args.bf16 and args.use_cpu:
+        precision.prepare_attention()
     trainer.train(resume_from_checkpoint=ckpt)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if curve is not None:

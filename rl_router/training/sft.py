@@ -108,7 +108,8 @@ class PolicyTokenSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss touches policy tokens only (see module docstring)."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
-        loss, stats = policy_token_loss(model, inputs["input_ids"], inputs["labels"], inputs.get("attention_mask"), num_items_in_batch)
+        with self.accelerator.autocast():  # the loss runs the decoder and head directly, past the forward accelerate wraps for bf16
+            loss, stats = policy_token_loss(model, inputs["input_ids"], inputs["labels"], inputs.get("attention_mask"), num_items_in_batch)
         mode = "train" if self.model.training else "eval"
         for k, v in stats.items():
             self._metrics[mode][k].append(v)

@@ -1,0 +1,105 @@
+"""bf16 autocast for the router's compute: one recipe knob, `model.autocast: bfloat16`.
+
+Why a knob and not a default: on a CPU with native bf16 (AVX512-BF16 or AMX) a bf16 forward of a
+real router runs about twice as fast as float32 (oneDNN's bf16 matmuls), but the numbers change,
+so every published figure was measured in float32 and stays reproducible unless a recipe asks.
+Why autocast and not bf16 weights: the master weights, the optimizer state and the loss
+reduction stay float32 (a bf16 AdamW update of 1e-5 on a weight of 1 is lost to rounding);
+only matmuls and attention run in bf16.
+
+Where it applies, so that the policy trained is the policy sampled and evaluated:
+- rollouts and every evaluation (`HFPolicy`: the decoder's forwards run under the context),
+- the warm start and the RL loss (TRL's `bf16: true`, which accelerate turns into the same
+  autocast on CPU; our shared-prompt log-probs run under `accelerator.autocast`).
+The log-probs a rollout records (importance sampling) and the loss's log-probs are then both
+bf16 forwards of the same weights.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+AUTOCAST_CHOICES = ("bfloat16",)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
+    about 2x faster than float32 on SmolLM2 (docs/benchmarks.md); elsewhere it is emulated
+    and slower."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def normalize(name: str | None) -> str | None:
+    """The recipe's spelling -> "bfloat16" or None ("bf16" accepted; "none"/"float32" = off)."""
+    if name is None:
+        return None
+    n = str(name).strip().lower()
+    if n in ("", "none", "null", "false", "float32", "fp32", "off"):
+        return None
+    if n in ("bf16", "bfloat16"):
+        return "bfloat16"
+    raise ValueError(n)
+
+
+def usable(name: str | None, device_type: str = "cpu") -> bool:
+    """Whether autocast `name` runs natively here: any CUDA device, or a CPU with native bf16."""
+    if normalize(name) is None:
+        return False
+    return device_type != "cpu" or cpu_has_bf16()
+
+
+def _fused_attention_possible() -> bool:
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability()).upper().startswith("AVX512")
+
+
+_INSTALLED = False
+
+
+def prepare_attention() -> None:
+    """Make sdpa attention work, and fast, under CPU bf16 autocast. rl_router pins ATen's CPU
+    kernels to AVX2 (rl_router/__init__.py, for numerics that reproduce across CPUs), and
+    PyTorch's fused CPU attention refuses bf16 below AVX512 ("pack_vnni2 is only supported when
+    avx512 is supported"); its math fallback materialises every score in bf16 and was no faster
+    than float32 on SmolLM2 (docs/benchmarks.md). So under CPU autocast the attention itself runs
+    the fused float32 kernel on the bf16-rounded queries, keys and values, while every linear
+    layer stays bf16: 2.6x a float32 forward and 3.0x a float32 forward + backward there. The
+    wrapper passes straight through whenever CPU autocast is off, so installing it (once, on
+    transformers' attention registry) changes nothing for float32 runs."""
+    global _INSTALLED
+    if _INSTALLED or _fused_attention_possible():
+        return
+    import torch
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    fused = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def sdpa_float32_under_cpu_autocast(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
+        if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+            return fused(module, query, key, value, attention_mask, **kw)
+        with torch.autocast("cpu", enabled=False):
+            out, weights = fused(module, query.float(), key.float(), value.float(), attention_mask, **kw)
+        return out.to(torch.bfloat16), weights
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_float32_under_cpu_autocast
+    _INSTALLED = True
+
+
+def autocast_for(model: Any, name: str | None) -> Any:
+    """A context manager running `model`'s forwards under bf16 autocast (attention as
+    `prepare_attention` arranges), or a no-op context when `name` is off. The caller decides
+    whether it is usable (see `usable`)."""
+    if normalize(name) is None:
+        return nullcontext()
+    import torch
+
+    device_type = next(model.parameters()).device.type
+    if device_type == "cpu":
+        prepare_attention()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
