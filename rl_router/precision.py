@@ -24,9 +24,8 @@ AUTOCAST_CHOICES = ("bfloat16",)
 
 
 def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
-    about 2x faster than float32 on SmolLM2 (docs/benchmarks.md); elsewhere it is emulated
-    and slower."""
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and slower than float32."""
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
@@ -67,10 +66,9 @@ def prepare_attention() -> None:
     kernels to AVX2 (rl_router/__init__.py, for numerics that reproduce across CPUs), and
     PyTorch's fused CPU attention refuses bf16 below AVX512 ("pack_vnni2 is only supported when
     avx512 is supported"); its math fallback materialises every score in bf16 and was no faster
-    than float32 on SmolLM2 (docs/benchmarks.md). So under CPU autocast the attention itself runs
-    the fused float32 kernel on the bf16-rounded queries, keys and values, while every linear
-    layer stays bf16: 2.6x a float32 forward and 3.0x a float32 forward + backward there. The
-    wrapper passes straight through whenever CPU autocast is off, so installing it (once, on
+    than float32 on SmolLM2 in a one-off measurement. So under CPU autocast the attention itself
+    runs the fused float32 kernel on the bf16-rounded queries, keys and values, while every
+    linear layer stays bf16. The wrapper passes straight through whenever CPU autocast is off, so installing it (once, on
     transformers' attention registry) changes nothing for float32 runs."""
     global _INSTALLED
     if _INSTALLED or _fused_attention_possible():
