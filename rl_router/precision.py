@@ -1,8 +1,8 @@
 """bf16 autocast for the router's compute: one recipe knob, `model.autocast: bfloat16`.
 
-Why a knob and not a default: on a CPU with native bf16 (AVX512-BF16 or AMX) a bf16 forward of a
-real router runs about twice as fast as float32 (oneDNN's bf16 matmuls), but the numbers change,
-so every published figure was measured in float32 and stays reproducible unless a recipe asks.
+Why a knob and not a default: on a CPU with native bf16 (AVX512-BF16 or AMX) oneDNN runs bf16
+matmuls faster than float32, but the numbers change, so every published figure was measured in
+float32 and stays reproducible unless a recipe asks.
 Why autocast and not bf16 weights: the master weights, the optimizer state and the loss
 reduction stay float32 (a bf16 AdamW update of 1e-5 on a weight of 1 is lost to rounding);
 only matmuls and attention run in bf16.
@@ -19,9 +19,6 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from typing import Any
-
-AUTOCAST_CHOICES = ("bfloat16",)
-
 
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
@@ -68,8 +65,9 @@ def prepare_attention() -> None:
     avx512 is supported"); its math fallback materialises every score in bf16 and was no faster
     than float32 on SmolLM2 in a one-off measurement. So under CPU autocast the attention itself
     runs the fused float32 kernel on the bf16-rounded queries, keys and values, while every
-    linear layer stays bf16. The wrapper passes straight through whenever CPU autocast is off, so installing it (once, on
-    transformers' attention registry) changes nothing for float32 runs."""
+    linear layer stays bf16. The wrapper passes straight through whenever CPU autocast is off,
+    so installing it (once, on transformers' attention registry) changes nothing for float32
+    runs."""
     global _INSTALLED
     if _INSTALLED or _fused_attention_possible():
         return
@@ -91,13 +89,13 @@ def prepare_attention() -> None:
 
 def autocast_for(model: Any, name: str | None) -> Any:
     """A context manager running `model`'s forwards under bf16 autocast (attention as
-    `prepare_attention` arranges), or a no-op context when `name` is off. The caller decides
-    whether it is usable (see `usable`)."""
-    if normalize(name) is None:
+    `prepare_attention` arranges), or a no-op context when `name` is off or bf16 is not native
+    on the model's device (see `usable`)."""
+    device_type = next(model.parameters()).device.type
+    if not usable(name, device_type):
         return nullcontext()
     import torch
 
-    device_type = next(model.parameters()).device.type
     if device_type == "cpu":
         prepare_attention()
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)

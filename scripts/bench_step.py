@@ -188,7 +188,7 @@ def shared_step(recipe: str, *, tasks_n: int = 16, samples: int = 8, router: str
             att = torch.zeros_like(ids)
             for i, x in enumerate(group):
                 ids[i, : len(x)], att[i, : len(x)] = x, 1
-            with (autocast_for(base, r.model.autocast) if bf16 else torch.autocast("cpu", enabled=False)):
+            with autocast_for(base, r.model.autocast):
                 loss = base(input_ids=ids, attention_mask=att, use_cache=False).logits.float().mean()
             loss.backward()
         base.zero_grad()

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import random
 import weakref
-from contextlib import nullcontext
 from typing import Any, Callable
 
 from rl_router.answers import extract_final_answer
-from rl_router.precision import autocast_for, usable
+from rl_router.precision import autocast_for
 from rl_router.prompts import SHORT_QUERY, STEP_NOTE
 from rl_router.protocol import STOP_STRINGS
 from rl_router.rollout.state import EpisodeState, Turn
@@ -225,9 +224,8 @@ class HFPolicy:
         # one entry per session row: the episode it belongs to and the biases it stands for
         meta = [{"state": st, "biases": tuple(st.biases)} for st in states]
         threads = torch.get_num_threads()
-        device_type = next(model.parameters()).device.type
-        on_cpu = device_type == "cpu"
-        cast = autocast_for(model, self.autocast) if usable(self.autocast, device_type) else nullcontext()
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        cast = autocast_for(model, self.autocast)
         try:
             with cast:  # bf16 where the recipe asks and bf16 is native (precision.py)
                 if on_cpu:  # a small router decodes faster on one thread (decoder.decode_threads measures it)
