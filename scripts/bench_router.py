@@ -23,6 +23,7 @@ not stop early: every turn runs to max_new_tokens, the same for before and after
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -71,7 +72,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--autocast", action="store_true", help="also run the eval under bf16 autocast (model.autocast: bfloat16) and compare")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval, curve, sft, grpo")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval, before (the model.generate eval), curve, sft, grpo")
     a = ap.parse_args()
     os.environ.setdefault("RL_ROUTER_NO_PROGRESS", "1")
     import torch
@@ -101,9 +102,12 @@ def main() -> None:
           f"max {r.rollout.max_new_tokens} new tokens per turn, {r.env_config().max_turns} turns, torch threads {torch.get_num_threads()}")
     res: dict[str, float] = {}
     if "eval" not in skip:
-        t_before, eps_before = timed(lambda: engine.run_batched(held, GeneratePolicy(model, tok, **kw), batch_size=a.batch), a.repeats)
         t_after, eps_after = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names), batch_size=a.batch), a.repeats)
-        same = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_before, eps_after))
+        if "before" in skip:
+            t_before, same = float("nan"), "-"
+        else:
+            t_before, eps_before = timed(lambda: engine.run_batched(held, GeneratePolicy(model, tok, **kw), batch_size=a.batch), a.repeats)
+            same = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_before, eps_after))
         seqs = [e["prompt_ids"] + e["completion_ids"] for e in eps_after]
         n_tok = sum(len(s) for s in seqs)
         t_bare, _ = timed(lambda: bare_forward(model, tok, seqs, a.batch), a.repeats)
@@ -115,8 +119,22 @@ def main() -> None:
         if a.autocast:  # the same episodes' eval with model.autocast: bfloat16, against float32
             from rl_router.precision import autocast_for
 
+            from rl_router import precision
+            from rl_router.rollout import decoder
+
             t_bf, eps_bf = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16"), batch_size=a.batch), a.repeats)
             same_bf = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_after, eps_bf))
+            # the bf16 path before frozen weights were cast once per decode and the cache kept float32: plain autocast
+            # (every frozen weight recast at every forward), the cache in the dtype the layers emit
+            cast, keep = precision.frozen_weights_cast, decoder.cache_dtype
+            precision.frozen_weights_cast, decoder.cache_dtype = (lambda model, dtype: contextlib.nullcontext()), (lambda dtype: dtype)
+            try:
+                t_bf_old, eps_bf_old = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16"), batch_size=a.batch), a.repeats)
+            finally:
+                precision.frozen_weights_cast, decoder.cache_dtype = cast, keep
+            same_old = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_bf_old, eps_bf))
+            print(f"    eval, bf16 autocast as stop 38 ran it (weights recast every forward, cache as emitted): {t_bf_old:.2f} s = {len(held) / t_bf_old:.3f} tasks/s; "
+                  f"now x{t_bf_old / t_bf:.2f} faster; greedy episodes identical: {same_old}/{len(held)}")
             seqs_bf = [e["prompt_ids"] + e["completion_ids"] for e in eps_bf]
             n_bf = sum(len(s) for s in seqs_bf)
             with autocast_for(model, "bfloat16"):

@@ -145,3 +145,73 @@ def test_the_warm_start_loss_runs_under_trls_bf16(tmp_path):
     hook.remove()
     assert seen and set(seen) == {torch.bfloat16 if native else torch.float32}
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_frozen_weights_are_cast_once_per_context_with_the_same_numbers():
+    """autocast_for casts the frozen linear weights (LoRA's base layers, the tied output layer)
+    to bf16 once on entry, because autocast itself recasts a weight that needs no grad at every
+    forward. Inside, the logits equal plain autocast's bit for bit; the trainable LoRA weights
+    and the tied embedding stay float32; on exit every layer holds its own Parameter again."""
+    from peft import LoraConfig, get_peft_model
+
+    from rl_router.tiny import build_tiny_router
+
+    model, _ = build_tiny_router(seed=0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    for n, p in model.named_parameters():  # a non-zero adapter, so the LoRA path counts in the logits
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    native = precision.cpu_has_bf16()
+    precision.prepare_attention()  # the attention autocast_for runs, so that only the weight casts differ
+    ids = torch.randint(5, 200, (3, 17), generator=torch.Generator().manual_seed(0))
+    before = {n: p for n, p in model.named_parameters()}
+    base = model.base_model.model
+    q = base.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native):
+            plain = model(input_ids=ids).logits
+        with precision.autocast_for(model, "bfloat16"):
+            inside = {"q": q.base_layer.weight.dtype, "lora": q.lora_A["default"].weight.dtype, "head": base.lm_head.weight.dtype, "embed": base.model.embed_tokens.weight.dtype}
+            cast = model(input_ids=ids).logits
+    assert torch.equal(plain, cast)
+    assert inside == {"q": torch.bfloat16 if native else torch.float32, "lora": torch.float32, "head": torch.bfloat16 if native else torch.float32, "embed": torch.float32}
+    after = {n: p for n, p in model.named_parameters()}
+    assert after.keys() == before.keys() and all(after[n] is before[n] and p.dtype == torch.float32 for n, p in before.items())
+    assert base.lm_head.weight is base.model.embed_tokens.weight  # still tied
+
+
+def test_the_kv_cache_keeps_float32_under_cpu_autocast_and_decodes_the_same(gsm8k_run, monkeypatch):
+    """Under CPU autocast the attention reads float32 (prepare_attention), so the decoder's cache
+    keeps keys and values in float32 (the bf16-rounded values, exactly) instead of a bf16 cache
+    copied to float32 at every token: the same greedy episodes and the same log-probs, bit for
+    bit, as a bf16 cache."""
+    from rl_router.rollout import decoder
+    from rl_router.rollout.engine import make_engine, stop_strings
+    from rl_router.rollout.names import cost_weights
+    from rl_router.rollout.policies import HFPolicy
+
+    recipe, model, tok, pool, tasks = _trained(gsm8k_run)
+    engine = make_engine(recipe, pool, tok)
+    native = precision.cpu_has_bf16()
+    seen: list = []
+    feed = decoder.Session.feed
+
+    def recording_feed(self, *a, **kw):  # the cache's dtypes while episodes decode (a finished batch drops its cache)
+        out = feed(self, *a, **kw)
+        seen.extend(layer._vb.dtype for layer in self.cache.layers if layer._vb is not None)  # values: keys leave RoPE in float32 already
+        return out
+
+    monkeypatch.setattr(decoder.Session, "feed", recording_feed)
+    got = {}
+    for keep in ("float32", "computed"):
+        seen.clear()
+        if keep == "computed":
+            monkeypatch.setattr(decoder, "cache_dtype", lambda dtype: dtype)
+        policy = HFPolicy(model, tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=0.0, stop_strings=stop_strings(recipe), names=pool.model_names,
+                          route_weights=cost_weights(pool), logprobs=True, autocast="bfloat16")
+        eps = engine.run_batched(tasks[:12], policy, batch_size=12)
+        got[keep] = ([e["completion_ids"] for e in eps], [e["logprobs"] for e in eps], set(seen))
+    assert got["float32"][2] == {torch.float32}
+    assert got["computed"][2] == ({torch.bfloat16} if native else {torch.float32})  # (keys leave RoPE in float32; values leave v_proj in bf16)
+    assert got["float32"][0] == got["computed"][0]
+    assert all(torch.equal(torch.tensor(a).nan_to_num(7.0), torch.tensor(b).nan_to_num(7.0)) for a, b in zip(got["float32"][1], got["computed"][1]))

@@ -38,6 +38,11 @@ def test_gsm8k_recipe_learns_to_route_and_reports_where_it_stands(gsm8k_run):
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "final" / "config.json").exists() and (out / "final" / "tokenizer.json").exists()
     assert set(m["boundary_classes"]) == {"both", "strong_only", "cheap_only", "neither"}
+    # the run's peak memory, attributed to the stage that raised it (a process's peak never falls)
+    peaks = m["peak_rss_mib"]
+    assert list(peaks) == ["the baselines and the initial eval", "the warm start", "the warm start's eval", "RL"]
+    assert 100 < peaks["the baselines and the initial eval"] <= peaks["the warm start"] <= peaks["the warm start's eval"] <= peaks["RL"]
+    assert f"peak RSS after RL: {peaks['RL'] / 1024:.1f} GiB" in stdout
     assert "held-out reward" in stdout and "baseline always-gpt-4-1106" in stdout and "above the random cheap/strong mixture" in stdout
     steps = [h["step"] for h in m["log_history"] if "reward" in h]
     assert steps == [1, 2] and all("episode/cost" in h for h in m["log_history"] if "reward" in h)

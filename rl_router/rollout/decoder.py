@@ -34,6 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from rl_router.precision import cache_dtype
+
 
 @dataclass
 class RowTurn:
@@ -171,11 +173,19 @@ def _trie_plan(conts: Mapping[str, Sequence[int]]) -> TriePlan:
 _GROWING: list[type] = []  # the growing layer and cache classes, built once (transformers is imported lazily)
 
 
+def grown_capacity(needed: int) -> int:
+    """Positions a full cache buffer grows to: a quarter more than needed, at least 64 more (a
+    turn's tokens fit, and the copy a growth makes is amortised over many tokens)."""
+    return max(needed + 64, needed * 5 // 4)
+
+
 def _growing_layer() -> type:
     """A transformers DynamicLayer whose keys and values live in buffers with spare room along
-    time, grown by doubling. Why: DynamicLayer appends each decoded token with torch.cat, which
-    copies the whole cache every step (decoding becomes quadratic in the context: measured, a
-    quarter of a multi-turn rollout's time on 2 CPU cores); here a step writes in place."""
+    time. Why: DynamicLayer appends each decoded token with torch.cat, which copies the whole
+    cache every step (decoding becomes quadratic in the context: measured, a quarter of a
+    multi-turn rollout's time on 2 CPU cores); here a step writes in place. A full buffer grows
+    by a quarter (at least 64 positions), not by doubling: a 64-row SmolLM2 cache of a
+    700-token prompt is gigabytes, and doubling it at the first decoded token left half idle."""
     from transformers.cache_utils import DynamicLayer
 
     class _Growing(DynamicLayer):
@@ -202,6 +212,11 @@ def _growing_layer() -> type:
         values = property(_get_v, _set_v)
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            # float32 while CPU attention reads float32 under autocast (precision.cache_dtype);
+            # an existing buffer keeps its dtype
+            grown = self._kb is not None and self._kb.dim() == 4 and self._n > 0
+            key_states = key_states.to(self._kb.dtype if grown else cache_dtype(key_states.dtype))
+            value_states = value_states.to(self._vb.dtype if grown else cache_dtype(value_states.dtype))
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             if self._kb is None or self._kb.dim() < 4 or self._n == 0:
@@ -209,7 +224,7 @@ def _growing_layer() -> type:
                 return self.keys, self.values
             t, n = key_states.shape[2], self._n
             if n + t > self._kb.shape[2] or self._kb.shape[0] != key_states.shape[0]:
-                cap = max(n + t, 2 * self._kb.shape[2], 64)
+                cap = grown_capacity(n + t)
                 kb = self._kb.new_empty((key_states.shape[0], self._kb.shape[1], cap, self._kb.shape[3]))
                 vb = self._vb.new_empty((value_states.shape[0], self._vb.shape[1], cap, self._vb.shape[3]))
                 kb[:, :, :n] = self._kb[:, :, :n]
@@ -524,8 +539,8 @@ def _zero_cache(like: Any, n: int, L: int) -> Any:
 
     cache = DynamicCache()
     for li, layer in enumerate(like.layers):
-        k = layer.keys
-        cache.update(k.new_zeros((n, k.shape[1], L, k.shape[3])), k.new_zeros((n, k.shape[1], L, layer.values.shape[3])), li)
+        k, v = layer.keys, layer.values
+        cache.update(k.new_zeros((n, k.shape[1], L, k.shape[3])), v.new_zeros((n, v.shape[1], L, v.shape[3])), li)
     return cache
 
 

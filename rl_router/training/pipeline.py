@@ -138,6 +138,15 @@ class Run:
 
         return read_json(self.out / name, "--resume", fix=f"the run's {name} is damaged: start a new --output-dir")
 
+    def peak_memory(self, stage: str) -> None:
+        """Log and record (metrics.json `peak_rss_mib`) this process's peak resident memory at the
+        end of `stage`: a run's memory is then attributed to the stage that raised it."""
+        import resource
+
+        mib = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+        self.metrics.setdefault("peak_rss_mib", {})[stage] = mib
+        self.log(f"peak RSS after {stage}: {mib / 1024:.1f} GiB")
+
     def evaluate_router(self, n: int | None = None) -> dict[str, Any]:
         tasks = self.held[:n] if n else self.held
         eps = self.evaluator.episodes("held-out eval", router_policy(self.model, self.tok, self.recipe, pool=self.pool), tasks=tasks)
@@ -501,10 +510,14 @@ def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False
     a = recipe.algorithm
     stage_baselines(run)
     stage_eval(run, "eval_before", "heldout_before", "eval_before.json", "the initial router", recipe.data.max_heldout_initial)
+    run.peak_memory("the baselines and the initial eval")
     if a.sft_warmstart or a.name == "bopo":
         stage_boundaries(run)
     if a.sft_warmstart:
         stage_warm_start(run)
+        run.peak_memory("the warm start")
         stage_eval(run, "eval_after_sft", "heldout_after_sft", "eval_after_sft.json", "the warm-started router")
+        run.peak_memory("the warm start's eval")
     trainer = stage_rl(run, callbacks)
+    run.peak_memory("RL")
     return stage_report(run, trainer)
