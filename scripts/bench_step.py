@@ -148,10 +148,10 @@ def shared_step(recipe: str, *, tasks_n: int = 16, samples: int = 8, router: str
                           bf16=bf16_, use_cpu=True, report_to="none", save_strategy="no", temperature=1.0, scale_rewards="batch", max_completion_length=r.rollout.max_completion_tokens,
                           gradient_checkpointing=False, disable_tqdm=True, seed=0, reward_weights=weights)
         rf = make_rollout_func(make_engine(r, pool, tok), tasks, policy)
-        return RouterGRPOTrainer(model=model, reward_funcs=funcs, args=args, processing_class=tok, train_dataset=Dataset.from_list([{"prompt": t.question} for t in tasks]),
+        return RouterGRPOTrainer(model=model, reward_funcs=funcs, args=args, processing_class=tok, train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in tasks]),
                                  rollout_func=rf, peft_config=lora_config(r))
 
-    prompts = [{"prompt": t.question} for t in tasks for _ in range(samples)]
+    prompts = [{"prompt": t.question, **t.to_row()} for t in tasks for _ in range(samples)]  # the task's columns: the rewards read its gold
     n = len(prompts)
 
     def loss_pass(tr, compute):
