@@ -33,7 +33,7 @@ def test_gsm8k_yaml_equals_embedded_defaults():
         assert raw[section] == d[section], section
 
 
-@pytest.mark.parametrize("name", ["quickstart", "gsm8k", "rloo", "bopo_agentic", "router_r1_qwen2.5-3b", "router_r1_qwen2.5-3b_vllm_server"])
+@pytest.mark.parametrize("name", ["quickstart", "gsm8k", "rloo", "bopo_agentic", "router_r1_qwen2.5-3b", "router_r1_qwen2.5-3b_vllm_server", "dcrouter_smollm2", "mmlu_pro_single_smollm2"])
 def test_shipped_recipes_validate(name, tmp_path):
     """Each shipped recipe loads, its trainer / sft sections construct TRL's own configs (the
     1:1 mapping, types included), and its pool builds."""
