@@ -20,6 +20,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
     and slower than float32."""

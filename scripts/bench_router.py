@@ -117,8 +117,6 @@ def main() -> None:
         print(f"    eval after (cached decoder, by name): {t_after:.2f} s = {len(held) / t_after:.3f} tasks/s: x{t_before / t_after:.1f} faster; "
               f"after / bare forward of the same tokens: {t_after / t_bare:.2f}; greedy episodes identical to before: {same}/{len(held)}")
         if a.autocast:  # the same episodes' eval with model.autocast: bfloat16, against float32
-            from rl_router.precision import autocast_for
-
             from rl_router import precision
             from rl_router.rollout import decoder
 
@@ -137,7 +135,7 @@ def main() -> None:
                   f"now x{t_bf_old / t_bf:.2f} faster; greedy episodes identical: {same_old}/{len(held)}")
             seqs_bf = [e["prompt_ids"] + e["completion_ids"] for e in eps_bf]
             n_bf = sum(len(s) for s in seqs_bf)
-            with autocast_for(model, "bfloat16"):
+            with precision.autocast_for(model, "bfloat16"):
                 t_bare_bf, _ = timed(lambda: bare_forward(model, tok, seqs_bf, a.batch), a.repeats)
             res.update(bf16_tasks_s=len(held) / t_bf)
             print(f"    eval, bf16 autocast: {t_bf:.2f} s = {len(held) / t_bf:.3f} tasks/s: x{t_after / t_bf:.2f} the float32 eval, x{t_before / t_bf:.2f} the generate path; "
