@@ -82,6 +82,9 @@ class AlgorithmSection:
     cheap_model: str | None = None  # boundary policies; default: the pool's cheapest / strongest card
     strong_model: str | None = None
     advantage: str | None = None  # the advantage estimator, if not algorithm.name's own: grpo | rloo | bopo (bopo needs name: bopo); name: bopo with advantage: grpo trains GRPO on BoPO's reward (the ablation)
+    decision_entropy_floor: float = 0.0  # nats: below it, a name decision's entropy (within its allowed set) is pushed back up (training/exploration.py); 0: off
+    decision_entropy_coef: float = 0.1  # weight of the floor's hinge in the loss (per decision token, against the policy term's per trained token)
+    trim_padding: bool = False  # the loss runs each micro-batch at its own width (training/microbatch.py): the same log-probs up to float rounding on rotary-position routers, fewer columns
     rl_minutes: float | None = None  # stop RL after this many minutes (at the next step; `train --minutes`); null: trainer.max_steps decides
 
 
@@ -311,7 +314,7 @@ RANGES = (
     ("data", "max_train", 1, None, True), ("data", "max_heldout", 1, None, True), ("data", "max_heldout_initial", 1, None, True), ("data", "synthetic_n", 1, None, False),
     ("algorithm", "sft_examples", 1, None, False), ("algorithm", "neither_rate", 0.0, 1.0, False),
     ("algorithm", "bopo_lam", 0.0, 0.999999, False), ("algorithm", "bopo_mu", 0.0, 0.499999, False), ("algorithm", "bopo_beta", 0.0, 1.0, False),
-    ("algorithm", "rl_minutes", 1e-9, None, True),
+    ("algorithm", "rl_minutes", 1e-9, None, True), ("algorithm", "decision_entropy_floor", 0.0, None, False), ("algorithm", "decision_entropy_coef", 0.0, None, False),
     ("curve", "every_steps", 0, None, False), ("curve", "heldout_n", 0, None, False), ("curve", "validation_n", 0, None, False),
 )
 

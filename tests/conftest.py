@@ -153,3 +153,37 @@ def gsm8k_run(tmp_path_factory):
     ev = subprocess.run([bin_, "eval", str(out), "--no-sampled"], capture_output=True, text=True, env=env)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     return SimpleNamespace(out=out, train_stdout=train.stdout, eval_stdout=ev.stdout, metrics=json.loads((out / "metrics.json").read_text()), eval=json.loads((out / "eval" / "eval.json").read_text()))
+
+
+@pytest.fixture
+def gsm8k_trainer(tmp_path, gsm8k_run):
+    """A RouterGRPOTrainer on the GSM8K run's trained router, its recorded pool and 8 of its
+    train tasks (16 episodes = 4 tasks x 4 samples per batch, T 1.0, float32): call it with a
+    reward function and the trainer's own keyword arguments; returns (trainer, tasks)."""
+
+    def make(reward, **kwargs):
+        import json
+
+        from datasets import Dataset
+        from trl import GRPOConfig
+
+        from rl_router.models import load_checkpoint
+        from rl_router.recipe import recipe_from_dict
+        from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
+        from rl_router.rollout.names import cost_weights
+        from rl_router.rollout.policies import HFPolicy
+        from rl_router.task_sources import recipe_pool, recipe_tasks
+        from rl_router.training.trainer import RouterGRPOTrainer
+
+        recipe = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
+        model, tok = load_checkpoint(gsm8k_run.out / "final", recipe)
+        pool = recipe_pool(recipe)
+        tasks = recipe_tasks(recipe, pool)[0][:8]
+        rollout = make_rollout_func(make_engine(recipe, pool, tok), tasks, lambda tr: HFPolicy(tr.accelerator.unwrap_model(tr.model), tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=1.0,
+                                                                                               stop_strings=stop_strings(recipe), names=pool.model_names, route_weights=cost_weights(pool)))
+        args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_generations=4, max_steps=1, learning_rate=1e-3, temperature=1.0, beta=0.0, bf16=False, use_cpu=True,
+                          report_to="none", save_strategy="no", max_completion_length=recipe.rollout.max_completion_tokens, gradient_checkpointing=False)
+        return RouterGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list([{"prompt": t.question} for t in tasks]),
+                                 processing_class=tok, rollout_func=rollout, **kwargs), tasks
+
+    return make

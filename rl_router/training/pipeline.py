@@ -416,6 +416,7 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
         train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in run.train_tasks]),
         rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy),
         peft_config=peft_config, advantage=a.advantage or a.name, bopo_reward=bopo, bopo_beta=a.bopo_beta,
+        decision_entropy_floor=a.decision_entropy_floor, decision_entropy_coef=a.decision_entropy_coef, trim_padding=a.trim_padding,
     )
     run.log(f"{a.name.upper()}" + (f" ({a.advantage} advantages)" if a.advantage and a.advantage != a.name else "") + f" for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
     run.folder.finished("rl")  # recorded before the first checkpoint: a killed run resumes with the same settings

@@ -10,6 +10,10 @@ What it adds to TRL, and why:
 - the loss's log-probs are computed only at the tokens the loss reads, and at name decisions
   within the renormalised distribution the rollout sampled (training/logprobs.py), not over
   the whole vocabulary: the policy trained is the policy evaluated and shipped;
+- an entropy floor on the name decisions (`decision_entropy_floor`, `decision_entropy_coef`;
+  training/exploration.py): exploration that survives the early collapse onto one model;
+- `trim_padding`: each micro-batch runs at its own width, not the generation batch's
+  (training/microbatch.py): a group's prompt without the longest task's left padding;
 - episode metrics (cost, routes, quality, pool and format error rates) and what carries the
   signal (groups with zero reward variance, the entropy of each route decision) are logged
   next to TRL's, so `report_to` and the training curves see them;
@@ -33,8 +37,10 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
+from rl_router.training import microbatch
 from rl_router.training.advantages import bopo_advantages, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
+from rl_router.training.exploration import entropy_shortfall
 from rl_router.training.logprobs import allowed_tensor, policy_logps, rescales_logits
 
 ADVANTAGES = ("grpo", "rloo", "bopo")
@@ -42,7 +48,8 @@ SEEN_FILE = "rl_router_seen.json"
 
 
 class RouterGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args: Any, advantage: str = "grpo", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, **kwargs: Any):
+    def __init__(self, *args: Any, advantage: str = "grpo", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
+                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, **kwargs: Any):
         if advantage not in ADVANTAGES:
             raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
         if advantage == "bopo" and bopo_reward is None:
@@ -51,6 +58,11 @@ class RouterGRPOTrainer(GRPOTrainer):
         self.advantage = advantage
         self.bopo_reward = bopo_reward
         self.bopo_beta = bopo_beta
+        # the entropy floor on name decisions (training/exploration.py); off when either is 0
+        self.decision_entropy_floor, self.decision_entropy_coef = float(decision_entropy_floor), float(decision_entropy_coef)
+        self._last_entropies: torch.Tensor | None = None
+        # each micro-batch at its own width (training/microbatch.py): only where positions may shift
+        self.trim_padding = bool(trim_padding) and microbatch.shift_invariant(self.model)
         if advantage == "rloo" and self.num_generations < 2:
             raise ValueError("trainer.num_generations must be >= 2 for RLOO")
         self._last_rewards_per_func: torch.Tensor | None = None
@@ -130,6 +142,7 @@ class RouterGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, compute_aux_loss=False, **mm):  # type: ignore[override]
         """The log-probs of the tokens the loss reads, renormalised at name decisions
         (logprobs.py); TRL's own pass for multimodal inputs, MoE aux losses and rescaled logits."""
+        self._last_entropies = None
         if compute_aux_loss or any(v is not None for v in mm.values()) or rescales_logits(model):
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **mm)
         allowed = self._decision_allowed
@@ -140,16 +153,36 @@ class RouterGRPOTrainer(GRPOTrainer):
         positions = self._logp_positions if self._logp_positions is not None and self._logp_positions.shape == (input_ids.size(0), logits_to_keep) else None
         logps, ent = policy_logps(model, input_ids, attention_mask, logits_to_keep, temperature=self.temperature, positions=positions, allowed=allowed, batch_size=batch_size,
                                   compute_entropy=compute_entropy, autocast=self.accelerator.autocast)
+        self._last_entropies = ent  # within the allowed sets at decisions: what the entropy floor reads
         return logps, ent, None
 
     def _compute_loss(self, model, inputs):  # type: ignore[override]
+        if self.trim_padding:
+            inputs = microbatch.trim_padding(inputs)
         self._decision_allowed = inputs.get("decision_allowed")
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         self._logp_positions = mask.bool()  # the loss reads only these tokens' log-probs
         try:
-            return super()._compute_loss(model, inputs)
+            loss = super()._compute_loss(model, inputs)
+            if self.decision_entropy_floor > 0 and self.decision_entropy_coef > 0:
+                loss = loss + self._entropy_floor_term()
+            return loss
         finally:
-            self._decision_allowed = self._logp_positions = None
+            self._decision_allowed = self._logp_positions = self._last_entropies = None
+
+    def _entropy_floor_term(self) -> torch.Tensor | float:
+        """coef x the name decisions' mean shortfall below the floor (exploration.py), scaled
+        for gradient accumulation as TRL scales its own entropy bonus; logged as
+        `decision/entropy_shortfall`."""
+        if self._last_entropies is None:
+            return 0.0
+        short = entropy_shortfall(self._last_entropies, self._decision_allowed, self.decision_entropy_floor)
+        if short is None:
+            return 0.0
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["decision/entropy_shortfall"].append(float(short.detach()))
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        return self.decision_entropy_coef * short / accumulation
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
