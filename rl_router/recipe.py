@@ -83,7 +83,7 @@ class AlgorithmSection:
     strong_model: str | None = None
     advantage: str | None = None  # the advantage estimator, if not algorithm.name's own: grpo | rloo | bopo (bopo needs name: bopo); name: bopo with advantage: grpo trains GRPO on BoPO's reward (the ablation)
     decision_entropy_floor: float = 0.0  # nats: below it, a name decision's entropy (within its allowed set) is pushed back up (training/exploration.py); 0: off
-    decision_entropy_coef: float = 0.1  # weight of the floor's hinge in the loss (per decision token, against the policy term's per trained token)
+    decision_entropy_coef: float = 0.1  # weight of the floor's hinge in the loss (a mean over name decisions; the policy term weighs each trained token by 1 / the generation's trained tokens)
     trim_padding: bool = False  # the loss runs each micro-batch at its own width (training/microbatch.py): the same log-probs up to float rounding on rotary-position routers, fewer columns
     rl_minutes: float | None = None  # stop RL after this many minutes (at the next step; `train --minutes`); null: trainer.max_steps decides
 
