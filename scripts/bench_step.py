@@ -179,6 +179,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     # bare forward + backward over the distinct tokens: per group, the first row whole (its prompt and
     # completion), then the other rows' completions alone, as one batch padded to its own longest
     base = tr.accelerator.unwrap_model(tr.model)
+    longest = int(cm.sum(1).max())  # the longest completion, computed once, outside the timed loop
 
     def fb(seqs: list) -> None:
         L = max(len(x) for x in seqs)
@@ -186,7 +187,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
         att = torch.zeros_like(ids)
         for i, x in enumerate(seqs):
             ids[i, : len(x)], att[i, : len(x)] = x, 1
-        keep = min(L, max(int(cm[i].sum()) for i in range(n)))  # logits only where log-probs are read: the completions
+        keep = min(L, longest)  # logits only where log-probs are read: the completions
         with autocast_for(base, r.model.autocast):
             loss = base(input_ids=ids, attention_mask=att, use_cache=False, logits_to_keep=keep).logits.float().mean()
         loss.backward()

@@ -53,6 +53,6 @@ def trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
             continue
         if k in ("prompt_ids", "prompt_mask"):
             out[k] = v[:, start:]
-        elif v.size(1) == C and k not in ("prompt_ids", "prompt_mask"):
+        elif v.size(1) == C:
             out[k] = v[:, :end]
     return out
