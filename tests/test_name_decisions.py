@@ -55,13 +55,15 @@ def test_allowed_tensor_places_each_set_at_its_position():
     assert allowed_tensor([[], None], 3) is None
 
 
-def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_path, gsm8k_run):
+@pytest.mark.parametrize("share", [False, True], ids=["own-kv", "shared-prompt-kv"])
+def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_path, gsm8k_run, share):
     """With the quickstart's trained router: a training rollout (RouterGRPOTrainer's own
     generation path, rollout.decisions: names) emits only pool names at the route tag and
     only called models at `@`; the per-token log-probs TRL's loss uses (our trainer's
     `_get_per_token_logps_and_entropies`, as `_compute_loss` calls it) equal the sampler's
     log-probs on every trained token, and summed over a decision's tokens equal the decoder's
-    name log-prob. TRL's whole-vocabulary log-probs differ at those tokens (the check can fail)."""
+    name log-prob. TRL's whole-vocabulary log-probs differ at those tokens (the check can fail).
+    The same with `rollout.share_prompts` (a group's prompt KV held once: shared_kv.py)."""
     from rl_router.models import load_checkpoint
     from rl_router.recipe import recipe_from_dict
     from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
@@ -76,7 +78,8 @@ def test_training_samples_names_and_the_loss_log_probs_are_the_sampled_ones(tmp_
     T = 1.0
     weights = cost_weights(pool)
     rollout = make_rollout_func(make_engine(recipe, pool, tok), tasks, lambda tr: HFPolicy(tr.accelerator.unwrap_model(tr.model), tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=T,
-                                                                                           stop_strings=stop_strings(recipe), names=pool.model_names, route_weights=weights))
+                                                                                           stop_strings=stop_strings(recipe), names=pool.model_names, route_weights=weights,
+                                                                                           share_prompts=share))
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_generations=4, max_steps=1, learning_rate=1e-3, temperature=T, beta=0.0, bf16=False, use_cpu=True,
                       report_to="none", save_strategy="no", max_completion_length=recipe.rollout.max_completion_tokens, gradient_checkpointing=False)
     trainer = RouterGRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [float(i % 2) for i in range(len(completions))]], args=args,

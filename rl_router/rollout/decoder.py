@@ -29,12 +29,14 @@ the loss can recompute exactly the log-probs that were sampled.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from rl_router.precision import cache_dtype
+from rl_router.rollout.shared_kv import SharedPrefixes, shared_attention
 
 
 @dataclass
@@ -262,7 +264,12 @@ class Session:
 
     def __init__(self, model: Any, pad_id: int, *, share_contexts: bool = False):
         self.model, self.pad_id = model, pad_id
-        self.share_contexts = share_contexts  # new rows with one context (a GRPO group's samples) are prefilled once, then copied
+        # new rows with one context (a GRPO group's samples) are prefilled once; that context's
+        # KV then lives once in `store` and each row keeps only its own tokens (shared_kv.py)
+        self.share_contexts = share_contexts
+        self.store: SharedPrefixes | None = SharedPrefixes() if share_contexts else None
+        self.group = torch.zeros((0,), dtype=torch.long)  # per row: the store entry it continues (-1: none)
+        self._prefix_entry: tuple[tuple[int, ...], int] | None = None  # (tokens, entry) of the system prompt in `store`
         self.cache: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)
         self.keys: list[Any] = []
@@ -289,6 +296,8 @@ class Session:
             return
         if not idx:
             self.cache, self.mask, self.keys, self.fed, self.pos, self.logits = None, torch.zeros((0, 0), dtype=torch.long), [], [], [], None
+            self.group = torch.zeros((0,), dtype=torch.long)
+            self._drop_unused_entries()
             return
         t = torch.tensor(idx, dtype=torch.long)
         if self.cache is not None:
@@ -300,6 +309,47 @@ class Session:
         self.fed = [self.fed[i] for i in idx]
         self.pos = [self.pos[i] for i in idx]
         self.logits = self.logits.index_select(0, t.to(self.logits.device)) if self.logits is not None else None
+        self.group = self.group.index_select(0, t)
+        self._drop_unused_entries()
+
+    def _drop_unused_entries(self) -> None:
+        """Free the store's entries no row continues any more (a finished group's prompt)."""
+        if self.store is None or self.store.entries == 0:
+            return
+        used = sorted(set(self.group.tolist()) - {-1})
+        if len(used) == self.store.entries:
+            return
+        if not used:
+            self.store, self._prefix_entry = SharedPrefixes(), None
+            return
+        new = self.store.keep(used)
+        self.group = torch.tensor([new.get(g, -1) for g in self.group.tolist()], dtype=torch.long)
+        if self._prefix_entry is not None:
+            e = new.get(self._prefix_entry[1])
+            self._prefix_entry = None if e is None else (self._prefix_entry[0], e)
+
+    @property
+    def shares(self) -> bool:
+        """Whether forwards read the store (some row continues an entry)."""
+        return self.store is not None and self.store.entries > 0
+
+    def _hoist(self, rows: Sequence[int]) -> None:
+        """Move each of `rows`' whole context (its entry's KV, then its own slots) into a new
+        store entry, leaving the row nothing of its own: the rows its copies will read from."""
+        assert self.store is not None
+        for r in rows:
+            own = self.mask[r].nonzero(as_tuple=True)[0]
+            g = int(self.group[r])
+            kv = []
+            for li, layer in enumerate(self.cache.layers):
+                k, v = layer.keys[r].index_select(1, own.to(layer.keys.device)), layer.values[r].index_select(1, own.to(layer.values.device))
+                if g >= 0:
+                    n = int(self.store.valid[g].sum())
+                    k = torch.cat([self.store.keys[li][g, :, :n].to(k.dtype), k], 1)
+                    v = torch.cat([self.store.values[li][g, :, :n].to(v.dtype), v], 1)
+                kv.append((k, v))
+            self.group[r] = self.store.add(kv)
+            self.mask[r] = 0
 
     def sync(self, keys: Sequence[Any], contexts: Sequence[Sequence[int]]) -> None:
         """Make the rows exactly `keys` (in order) and feed every row the tokens of its context
@@ -326,6 +376,10 @@ class Session:
             self.feed(chunks)
         if len(fed_keys) < len(keys):  # each copy takes its context's row: cache, mask, position and next-token logits
             order = {k: i for i, k in enumerate(self.keys)}
+            if self.store is not None:  # the context's KV once, in the store; the copies then share it
+                self._hoist(sorted({order[copy_of[k]] for k in keys if copy_of.get(k, k) != k}))
+                self._drop_unused_entries()
+                self.compact()
             self.select([order[copy_of.get(k, k)] for k in keys])
             self.keys = list(keys)
 
@@ -378,9 +432,16 @@ class Session:
         return p, cache
 
     def _add_rows(self, keys: list[Any], contexts: list[list[int]]) -> None:
-        """Append rows for new episodes: the shared prefix's KV repeated, then (by `feed`) the rest."""
+        """Append rows for new episodes: the shared prefix's KV (repeated per row, or once in the
+        store when contexts are shared), then (by `feed`) the rest."""
         p, pcache = self._prefix_for(contexts)
         n = len(keys)
+        if self.store is not None and pcache is not None:  # the system prompt's KV once, in the store
+            key = self.prefix[0] if self.prefix is not None else ()
+            if self._prefix_entry is None or self._prefix_entry[0] != key:
+                self._prefix_entry = (key, self.store.add([(layer.keys[0], layer.values[0]) for layer in pcache.layers]))
+            self._concat(None, torch.zeros((n, 0), dtype=torch.long), keys, [p] * n, [p] * n, [self._prefix_entry[1]] * n)
+            return
         cache = new_cache()
         if pcache is not None:
             for layer in pcache.layers:
@@ -388,13 +449,17 @@ class Session:
         mask = torch.ones((n, p), dtype=torch.long)
         self._concat(cache if pcache is not None else None, mask, keys, [p] * n, [p] * n)
 
-    def _concat(self, cache: Any, mask: torch.Tensor, keys: list[Any], fed: list[int], pos: list[int]) -> None:
+    def _concat(self, cache: Any, mask: torch.Tensor, keys: list[Any], fed: list[int], pos: list[int], group: list[int] | None = None) -> None:
         """Stack new rows under the existing ones, padding the shorter time axis (masked)."""
         L0, L1 = self.mask.shape[1], mask.shape[1]
         L = max(L0, L1)
-        if self.cache is None or self.rows == 0:
+        if self.rows == 0:
             self.cache, self.mask = cache, torch.nn.functional.pad(mask, (0, L - L1))
+        elif self.cache is None and cache is None:  # rows with nothing of their own yet (they continue store entries)
+            self.mask = torch.cat([torch.nn.functional.pad(self.mask, (0, L - L0)), torch.nn.functional.pad(mask, (0, L - L1))], 0)
         else:
+            if self.cache is None:
+                self.cache = _zero_cache(cache, self.rows, L0)
             if cache is None:
                 cache = _zero_cache(self.cache, len(keys), L1)
             for a, b in zip(self.cache.layers, cache.layers):
@@ -406,6 +471,7 @@ class Session:
         self.keys += keys
         self.fed += fed
         self.pos += pos
+        self.group = torch.cat([self.group, torch.tensor(group if group is not None else [-1] * len(keys), dtype=torch.long)])
         V = self.logits.shape[1] if self.logits is not None else None
         add = torch.zeros((len(keys), V or 1))
         self.logits = add if self.logits is None else torch.cat([self.logits, add.to(self.logits.device)], 0)
@@ -436,8 +502,15 @@ class Session:
             self.cache = new_cache()
         mask = torch.cat([self.mask, new_mask], 1) if self.mask.numel() or self.mask.shape[0] else new_mask
         dev = self.device
-        with torch.no_grad():
-            out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
+        if self.shares:  # a 4D mask over the rows' own slots; their entries are visible to them (shared_kv.py)
+            L0 = mask.shape[1] - W
+            att = mask.bool()[:, None, None, :].expand(R, 1, W, L0 + W).clone()
+            att[..., L0:] &= torch.ones((W, W), dtype=torch.bool).tril()
+            with torch.no_grad(), shared_attention(self.model, self.store, self.group):
+                out = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev), past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
+        else:
+            with torch.no_grad():
+                out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
         self.forward_tokens += int(new_mask.sum())
         self.forward_calls += 1
         self.cache = out.past_key_values
@@ -482,12 +555,13 @@ class Session:
                 pos[i, :n] += p.depth
                 tree[i, :n, :n] = p.tree
             ctx = self.mask.index_select(0, torch.tensor(list(rows))).bool()[:, None, :].expand(R, N, Lc)
-            att = tree_mask(self.model, torch.cat([ctx, tree], dim=2)[:, None])  # R x 1 x N x (Lc + N)
+            attend = torch.cat([ctx, tree], dim=2)[:, None]  # R x 1 x N x (Lc + N)
+            att = attend if self.shares else tree_mask(self.model, attend)
             keep = [getattr(layer, "_n", None) for layer in self.cache.layers]
             sub = self._row_view(rows)
             dev = self.device
             try:
-                with torch.no_grad():
+                with torch.no_grad(), (shared_attention(self.model, self.store, self.group.index_select(0, torch.tensor(list(rows), dtype=torch.long))) if self.shares else nullcontext()):
                     node_logits = self.model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev), past_key_values=sub, use_cache=True).logits.float()
             finally:
                 self._drop_view(sub, keep)

@@ -1,0 +1,172 @@
+"""Shared prompt KV in the rollout: a prompt's keys and values held once and read by every row.
+
+Why. A training rollout decodes a GRPO group's samples as separate rows of one KV cache. With
+the prompt's KV copied into each row (what `Session` did before), a 128-row SmolLM2 rollout of
+700-token prompts holds 128 copies of them (about 5.5 GB in float32), and every decoded token
+reads all of it: decoding a router turn is bound by reading the cache, not by the weights.
+Here a group's prompt lives once in a `SharedPrefixes` store (one entry per distinct prompt);
+a row keeps only what is its own (its sampled tokens and the pool's replies) in the session's
+cache, plus the index of the entry it continues. `prefix_attention` computes each row's
+attention over [its entry's keys, its own keys] with one softmax, exactly the attention over
+the concatenated context, so the episodes are the same up to float rounding.
+
+How it plugs into transformers. The attention function is registered on transformers'
+`AttentionInterface` under `SHARED_ATTENTION`; `shared_attention(model, store, groups)`
+switches the model's config to it for the duration of a forward and says which entry each row
+of that forward reads. The forward's own mask is a 4D boolean over the row's own slots
+(transformers passes a 4D mask through unchanged); the entry's slots are always visible to
+the rows that continue it. Positions are per row, so a row's own tokens carry positions after
+its entry's length, as if its prompt were in its own cache.
+
+The arithmetic runs in float32 with autocast off, like `precision.prepare_attention`'s sdpa
+under CPU autocast, and returns bf16 where autocast is on: the same numeric policy as the
+loss's attention, so the sampler's log-probs stay those of the distribution the loss scores.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+SHARED_ATTENTION = "rl_router_shared_prefix"
+
+
+@dataclass
+class SharedPrefixes:
+    """Prompts' KV held once: per layer, keys and values of shape (entries, kv heads, P, head
+    dim), with `valid` (entries x P) marking each entry's real slots (entries are right-padded
+    to the longest)."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    valid: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 0), dtype=torch.bool))
+
+    @property
+    def entries(self) -> int:
+        return int(self.valid.shape[0])
+
+    def add(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Store one prompt's KV (per layer (kv heads, n, head dim) keys and values); returns
+        its entry index."""
+        n = int(kv[0][0].shape[1])
+        P = max(n, int(self.valid.shape[1]))
+        if not self.keys:
+            self.keys = [k[None] for k, _ in kv]
+            self.values = [v[None] for _, v in kv]
+            self.valid = torch.ones((1, n), dtype=torch.bool)
+            return 0
+        for li, (k, v) in enumerate(kv):
+            self.keys[li] = torch.cat([_pad(self.keys[li], P), _pad(k[None], P)], 0)
+            self.values[li] = torch.cat([_pad(self.values[li], P), _pad(v[None], P)], 0)
+        row = torch.zeros((1, P), dtype=torch.bool)
+        row[0, :n] = True
+        self.valid = torch.cat([torch.nn.functional.pad(self.valid, (0, P - self.valid.shape[1])), row], 0)
+        return self.entries - 1
+
+    def keep(self, used: list[int]) -> dict[int, int]:
+        """Keep only entries `used` (in that order); returns old index -> new index."""
+        t = torch.tensor(used, dtype=torch.long)
+        P = int(self.valid[t].sum(1).max()) if used else 0
+        self.keys = [k.index_select(0, t.to(k.device))[:, :, :P] for k in self.keys]
+        self.values = [v.index_select(0, t.to(v.device))[:, :, :P] for v in self.values]
+        self.valid = self.valid.index_select(0, t)[:, :P]
+        return {old: new for new, old in enumerate(used)}
+
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() for k in self.keys + self.values)
+
+
+def _pad(x: torch.Tensor, P: int) -> torch.Tensor:
+    return x if x.shape[2] == P else torch.nn.functional.pad(x, (0, 0, 0, P - x.shape[2]))
+
+
+_ACTIVE: list[tuple[SharedPrefixes, torch.Tensor]] = []
+
+
+def _grouped(groups: torch.Tensor, entries: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Rows that read an entry, laid out as (entry, slot): the rows, their entries, their slots
+    within their entry, and the most rows any entry has."""
+    rows = (groups >= 0).nonzero(as_tuple=True)[0]
+    g = groups[rows]
+    order = torch.argsort(g * (len(groups) + 1) + rows)  # stable: by entry, then row
+    rows, g = rows[order], g[order]
+    counts = torch.bincount(g, minlength=entries)
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(g)) - start[g]
+    return rows, g, slot, int(counts.max()) if len(g) else 0
+
+
+def prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None = None,
+                     dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Attention of each row over its entry's prompt KV and its own KV, one softmax over both.
+    query: (rows, heads, T, d); key, value: (rows, kv heads, L, d), the rows' own cache
+    (the forward's tokens included); attention_mask: (rows, 1, T, L) bool (True = attend)."""
+    store, groups = _ACTIVE[-1]
+    R, H, T, D = query.shape
+    Hkv, L = key.shape[1], key.shape[2]
+    rep = H // Hkv
+    scale = scaling if scaling is not None else D**-0.5
+    cast = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    li = module.layer_idx
+    with torch.autocast(query.device.type, enabled=False):
+        q = query.float().reshape(R, Hkv, rep * T, D)  # query head h = kv head h // rep (transformers' repeat_kv)
+        own = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # R x Hkv x rep*T x L
+        if attention_mask is not None:
+            m = attention_mask.bool()
+            m = m.expand(R, 1, T, L)[:, :, None].expand(R, 1, rep, T, L).reshape(R, 1, rep * T, L)
+            own = own.masked_fill(~m, float("-inf"))
+        Kp, Vp = store.keys[li].float(), store.values[li].float()  # E x Hkv x P x d
+        E, P = Kp.shape[0], Kp.shape[2]
+        rows, g, slot, S = _grouped(groups.to(torch.long).cpu(), E)
+        pre = own.new_full((R, Hkv, rep * T, P), float("-inf"))
+        if S:
+            dev = q.device
+            rows_d, g_d, slot_d = rows.to(dev), g.to(dev), slot.to(dev)
+            qg = q.new_zeros((E, S, Hkv, rep * T, D))
+            qg[g_d, slot_d] = q[rows_d]
+            sg = torch.matmul(qg.permute(0, 2, 1, 3, 4).reshape(E, Hkv, S * rep * T, D), Kp.transpose(-1, -2)) * scale  # each entry's keys read once for all its rows
+            sg = sg.view(E, Hkv, S, rep * T, P).permute(0, 2, 1, 3, 4)
+            sg = sg.masked_fill(~store.valid.to(dev)[:, None, None, None, :], float("-inf"))
+            pre[rows_d] = sg[g_d, slot_d]
+        probs = torch.softmax(torch.cat([pre, own], -1), -1).nan_to_num(0.0)  # a query that sees nothing (a pad) gets zeros, not NaN
+        pp, po = probs[..., :P], probs[..., P:]
+        out = torch.matmul(po, value.float())  # R x Hkv x rep*T x d
+        if S:
+            pg = pp.new_zeros((E, S, Hkv, rep * T, P))
+            pg[g_d, slot_d] = pp[rows_d]
+            og = torch.matmul(pg.permute(0, 2, 1, 3, 4).reshape(E, Hkv, S * rep * T, P), Vp)
+            og = og.view(E, Hkv, S, rep * T, D).permute(0, 2, 1, 3, 4)
+            out[rows_d] += og[g_d, slot_d]
+    out = out.view(R, Hkv, rep, T, D).reshape(R, H, T, D).transpose(1, 2).contiguous()
+    return out.to(torch.bfloat16 if cast else query.dtype), None
+
+
+_REGISTERED = False
+
+
+def _register() -> None:
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(SHARED_ATTENTION, prefix_attention)
+        _REGISTERED = True
+
+
+@contextmanager
+def shared_attention(model: Any, store: SharedPrefixes, groups: torch.Tensor) -> Iterator[None]:
+    """Within the block, the model's attention reads `store`: row r of a forward also attends
+    to entry groups[r] (-1: none). The model's forwards must pass 4D boolean masks."""
+    _register()
+    cfg = model.config
+    was = cfg._attn_implementation
+    cfg._attn_implementation = SHARED_ATTENTION
+    _ACTIVE.append((store, groups))
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
+        cfg._attn_implementation = was

@@ -1,0 +1,118 @@
+"""Shared prompt KV in the rollout (rl_router/rollout/shared_kv.py): a prompt's keys and values
+held once, read by every row that continues it, with exactly the attention of a row that holds
+its whole context itself."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from rl_router.rollout.shared_kv import SharedPrefixes, prefix_attention, shared_attention
+
+
+class _Layer(torch.nn.Module):
+    layer_idx = 0
+
+
+def _reference(q, k, v, mask, scale):
+    """Plain attention with grouped-query heads (transformers' repeat_kv): q R x H x T x d, k / v
+    R x Hkv x L x d, mask R x T x L."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    s = (q @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask[:, None], float("-inf"))
+    return (torch.softmax(s, -1) @ v).transpose(1, 2)
+
+
+def test_prefix_attention_equals_attention_over_the_concatenated_context():
+    """Rows continuing three entries of different lengths (grouped-query heads, 2 rows of one
+    entry, one row of none), own slots with pads: each row's output equals plain attention over
+    [its entry's valid keys, its own keys] with its own mask."""
+    g = torch.Generator().manual_seed(0)
+    Hkv, rep, d, T, L = 2, 3, 8, 2, 5
+    lens = [7, 3, 5]
+    kv = [(torch.randn(Hkv, n, d, generator=g), torch.randn(Hkv, n, d, generator=g)) for n in lens]
+    store = SharedPrefixes()
+    for k, v in kv:
+        store.add([(k, v)])
+    assert store.entries == 3 and store.valid.sum(1).tolist() == lens
+    groups = torch.tensor([2, 0, -1, 2, 1])
+    R = len(groups)
+    q = torch.randn(R, Hkv * rep, T, d, generator=g)
+    k_own, v_own = torch.randn(R, Hkv, L, d, generator=g), torch.randn(R, Hkv, L, d, generator=g)
+    mask = torch.ones(R, T, L, dtype=torch.bool).tril(L - T)  # causal over the forward's T tokens
+    mask[1, :, :2] = False  # pads
+    mask[2, :, 0] = False
+    with shared_attention(_Model(), store, groups):
+        out, _ = prefix_attention(_Layer(), q, k_own, v_own, mask[:, None], scaling=d**-0.5)
+    for r in range(R):
+        e = int(groups[r])
+        pk, pv = (kv[e][0], kv[e][1]) if e >= 0 else (torch.zeros(Hkv, 0, d), torch.zeros(Hkv, 0, d))
+        k = torch.cat([pk, k_own[r]], 1)[None]
+        v = torch.cat([pv, v_own[r]], 1)[None]
+        m = torch.cat([torch.ones(T, pk.shape[1], dtype=torch.bool), mask[r]], 1)[None]
+        torch.testing.assert_close(out[r : r + 1], _reference(q[r : r + 1], k, v, m, d**-0.5), rtol=1e-5, atol=1e-6)
+
+
+class _Model:
+    """What shared_attention switches: the config's attention implementation."""
+
+    def __init__(self):
+        from transformers import PretrainedConfig
+
+        self.config = PretrainedConfig()
+        self.config._attn_implementation = "sdpa"
+
+
+def test_entries_no_row_reads_are_freed_and_the_rest_keep_their_keys():
+    store = SharedPrefixes()
+    kv = [[(torch.full((1, n, 2), float(i)), torch.full((1, n, 2), -float(i)))] for i, n in enumerate([4, 6, 2])]
+    for x in kv:
+        store.add(x)
+    new = store.keep([2, 0])
+    assert new == {2: 0, 0: 1} and store.entries == 2 and store.keys[0].shape[2] == 4  # padded to the longest kept
+    assert torch.equal(store.keys[0][0, :, :2], kv[2][0][0]) and torch.equal(store.values[0][1, :, :4], kv[0][0][1])
+    assert store.valid.sum(1).tolist() == [2, 4]
+
+
+def test_a_groups_rows_hold_their_prompt_once(gsm8k_run):
+    """With share_prompts, after the prompts are fed the session's own cache holds nothing of
+    four copies of six prompts: the store holds each prompt once (the system prompt's entry,
+    read by no row any more, is freed), and the next forward reads them through the store."""
+    from rl_router.models import load_checkpoint
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.rollout.decoder import Session
+    from rl_router.rollout.engine import make_engine
+    from rl_router.task_sources import recipe_pool, recipe_tasks
+
+    recipe = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
+    model, tok = load_checkpoint(gsm8k_run.out / "final", recipe)
+    pool = recipe_pool(recipe)
+    tasks = recipe_tasks(recipe, pool)[0][:6]
+    engine = make_engine(recipe, pool, tok)
+    contexts = [engine._start(t, None).context_ids for t in tasks]
+    shared, alone = Session(model, tok.eos_token_id, share_contexts=True), Session(model, tok.eos_token_id)
+    keys = [(i, j) for i in range(6) for j in range(4)]
+    for s in (shared, alone):
+        s.sync(keys, [contexts[i] for i, _ in keys])
+    assert shared.store.entries == 6 and sorted(shared.store.valid.sum(1).tolist()) == sorted(map(len, contexts))
+    assert shared.group.tolist() == [i for i in range(6) for _ in range(4)]
+    assert shared.mask.shape[1] == 0  # nothing of a row's own yet
+    assert alone.mask.sum(1).tolist() == [len(contexts[i]) for i, _ in keys]
+    torch.testing.assert_close(shared.logits, alone.logits, rtol=0, atol=1e-4)
+    nxt = [[int(t)] for t in alone.logits.argmax(-1)]
+    torch.testing.assert_close(shared.feed(nxt)[:, -1], alone.feed(nxt)[:, -1], rtol=0, atol=1e-4)
+
+
+def test_evaluation_holds_the_system_prompt_once_where_the_recipe_shares_prompts():
+    """`rollout.share_prompts` reaches the evaluation's policy (the system prompt's KV once for
+    all rows); off, evaluation copies it into each row as before."""
+    from rl_router.evaluation.evaluator import router_policy
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.tiny import build_tiny_router
+
+    model, tok = build_tiny_router(seed=0)
+    for share in (False, True):
+        policy = router_policy(model, tok, recipe_from_dict({"rollout": {"share_prompts": share}}))
+        assert policy.share_prompts is share
