@@ -15,7 +15,9 @@ router and pool (scripts/bench_router.py runs it on SmolLM2-135M).
 protocol): ours (cached decoder, bf16 autocast, shared prompts) against TRL's GRPOTrainer path
 (model.generate, its own loss, float32) and a bare forward + backward over the step's distinct
 tokens, with peak RSS. Each path runs in its own process (`--paths ours,trl`), so each peak RSS
-is its own; `--set K=V` overrides the recipe (e.g. `algorithm.trim_padding=true`).
+is its own; `--set K=V` overrides the recipe (e.g. `algorithm.trim_padding=true`);
+`--rollout-only` times the rollout and its peak RSS alone (e.g. the prompt KV copied per row,
+`--set rollout.share_prompts=false`, against held once).
 
     python scripts/bench_step.py --shared 16x8 --recipe recipes/mmlu_pro_single_smollm2.yaml --router RUN/sft
 """
@@ -103,7 +105,7 @@ def _rows(batch: dict, s: int, e: int, n: int) -> dict:
     return {k: (v[s:e] if (isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n) or (isinstance(v, list) and len(v) == n) else v) for k, v in batch.items()}
 
 
-def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, router: str | None = None, sets: list[str] | None = None) -> dict:
+def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, router: str | None = None, sets: list[str] | None = None, rollout_only: bool = False) -> dict:
     """One GRPO step of `tasks_n` tasks x `samples` samples on the recipe's router, on the same
     tasks, by one `path` (one repeat: a SmolLM2 step is minutes). Each path runs in its own
     process (`main` starts them), so each peak RSS is its own and two models never share memory:
@@ -164,6 +166,10 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     out = tr._generate_and_score_completions(prompts)
     rollout_s = time.perf_counter() - t0
     rss_rollout = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if rollout_only:
+        pm, cm = out["prompt_mask"], out["completion_mask"]
+        return dict(path=path, tasks=tasks_n, samples=samples, distinct_tokens=int(pm[::samples].sum()) + int(cm.sum()), all_tokens=int(pm.sum() + cm.sum()), rollout_s=rollout_s,
+                    rss_rollout_mib=rss_rollout, bf16=bf16, completion_tokens=int(cm.sum()))
     t0 = time.perf_counter()
     tr.current_gradient_accumulation_steps = tasks_n
     for s in range(0, n, samples):
@@ -201,7 +207,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     return res
 
 
-def run_shared(recipe: str, *, tasks_n: int, samples: int, router: str | None, paths: list[str], sets: list[str] | None = None) -> dict[str, dict]:
+def run_shared(recipe: str, *, tasks_n: int, samples: int, router: str | None, paths: list[str], sets: list[str] | None = None, rollout_only: bool = False) -> dict[str, dict]:
     """Each path in a fresh Python process, one after the other (never two models at once)."""
     import json
     import subprocess
@@ -211,7 +217,7 @@ def run_shared(recipe: str, *, tasks_n: int, samples: int, router: str | None, p
     with tempfile.TemporaryDirectory() as d:
         for p in paths:
             f = os.path.join(d, f"{p}.json")
-            cmd = [sys.executable, __file__, "--recipe", recipe, "--shared", f"{tasks_n}x{samples}", "--path", p, "--json", f] + (["--router", router] if router else []) + [a for x in sets or [] for a in ("--set", x)]
+            cmd = [sys.executable, __file__, "--recipe", recipe, "--shared", f"{tasks_n}x{samples}", "--path", p, "--json", f] + (["--router", router] if router else []) + [a for x in sets or [] for a in ("--set", x)] + (["--rollout-only"] if rollout_only else [])
             subprocess.run(cmd, check=True)
             out[p] = json.loads(open(f).read())
             print(f"{p}: {json.dumps(out[p])}", flush=True)
@@ -228,6 +234,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="--shared --path: write the result here")
     ap.add_argument("--paths", default="ours,trl", help="--shared: the paths to run, each in its own process (e.g. ours: only ours and the bare pass)")
     ap.add_argument("--set", action="append", default=[], metavar="K=V", help="--shared: a recipe override (repeatable), e.g. algorithm.trim_padding=true")
+    ap.add_argument("--rollout-only", action="store_true", help="--shared: time the rollout and its peak RSS only (e.g. with --set rollout.share_prompts=false, the unshared cache)")
     a = ap.parse_args()
     if a.shared:
         t, s_ = (int(x) for x in a.shared.lower().split("x"))
@@ -235,12 +242,16 @@ def main() -> None:
         if a.path:
             import json
 
-            res = shared_step(recipe, a.path, tasks_n=t, samples=s_, router=a.router, sets=a.set)
+            res = shared_step(recipe, a.path, tasks_n=t, samples=s_, router=a.router, sets=a.set, rollout_only=a.rollout_only)
             if a.json:
                 with open(a.json, "w") as f:
                     json.dump(res, f)
             return
-        res = run_shared(recipe, tasks_n=t, samples=s_, router=a.router, paths=a.paths.split(","), sets=a.set)
+        res = run_shared(recipe, tasks_n=t, samples=s_, router=a.router, paths=a.paths.split(","), sets=a.set, rollout_only=a.rollout_only)
+        if a.rollout_only:
+            for p, o in res.items():
+                print(f"{p}: rollout of {t} tasks x {s_} samples {o['rollout_s']:.1f} s, {o['completion_tokens']} completion tokens; peak RSS {o['rss_rollout_mib']:.0f} MiB")
+            return
         o, x = res.get("ours"), res.get("trl")
         if o:
             print(f"{t} tasks x {s_} samples; {o['distinct_tokens']} distinct tokens ({o['all_tokens']} with every row's prompt); bf16 autocast: {o['bf16']}")
