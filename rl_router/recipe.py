@@ -42,7 +42,7 @@ class RolloutSection:
     top_p: float = 1.0
     protocol: str = "tags"  # how the router acts: "tags" (<route model=...>) or "tools" (native tool calls through the chat template)
     batch_size: int = 32  # episodes per lock-step batch in evaluation, boundaries and `rl-router rollout` (larger: faster while memory lasts)
-    share_prompts: bool = False  # rollouts prefill a group's shared prompt once and hold its KV once for the group's samples, eval holds the system prompt's once for all rows (rollout/shared_kv.py; the same episodes up to float rounding; on for the SmolLM2 recipes, where a prompt is most of an episode's tokens)
+    share_prompts: bool = False  # rollouts prefill a group's shared prompt once and hold its KV once for the group's samples (rollout/shared_kv.py; the same episodes up to float rounding; on for the SmolLM2 recipes, where a prompt is most of an episode's tokens)
     decisions: str = "names"  # how training samples a route: "names" (from the name distribution evaluation decides by: pool names only, @NAME held to called models) or "free" (token by token over the vocabulary)
 
 

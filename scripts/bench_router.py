@@ -140,12 +140,6 @@ def main() -> None:
             res.update(bf16_tasks_s=len(held) / t_bf)
             print(f"    eval, bf16 autocast: {t_bf:.2f} s = {len(held) / t_bf:.3f} tasks/s: x{t_after / t_bf:.2f} the float32 eval, x{t_before / t_bf:.2f} the generate path; "
                   f"bare bf16 forward of its {n_bf} tokens {t_bare_bf:.2f} s ({n_bf / t_bare_bf:.0f} tokens/s), eval / that {t_bf / t_bare_bf:.2f}; greedy episodes identical to float32: {same_bf}/{len(held)}")
-            # rollout.share_prompts: the system prompt's KV held once for every row (rollout/shared_kv.py) instead of copied into each
-            t_sh, eps_sh = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16", share_prompts=True), batch_size=a.batch), a.repeats)
-            same_sh = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_bf, eps_sh))
-            res.update(bf16_shared_tasks_s=len(held) / t_sh)
-            print(f"    eval, bf16 autocast + shared prompt KV (rollout.share_prompts): {t_sh:.2f} s = {len(held) / t_sh:.3f} tasks/s: x{t_bf / t_sh:.2f} bf16 alone, "
-                  f"eval / the bare bf16 forward {t_sh / t_bare_bf:.2f}; greedy episodes identical to bf16 alone: {same_sh}/{len(held)}")
         if "curve" not in skip:
             biases = [-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0]
             t_curve, _ = timed(lambda: run_biases(engine, held, HFPolicy(model, tok, biases=tuple(biases), **kw, **names), biases, batch_size=a.batch), a.repeats)

@@ -78,8 +78,8 @@ def test_entries_no_row_reads_are_freed_and_the_rest_keep_their_keys():
 
 def test_a_groups_rows_hold_their_prompt_once(gsm8k_run):
     """With share_prompts, after the prompts are fed the session's own cache holds nothing of
-    four copies of six prompts: the store holds each prompt once (the system prompt's entry,
-    read by no row any more, is freed), and the next forward reads them through the store."""
+    four copies of six prompts: the store holds each prompt once, and the next forward reads
+    them through the store with the numbers of rows that hold their whole context."""
     from rl_router.models import load_checkpoint
     from rl_router.recipe import recipe_from_dict
     from rl_router.rollout.decoder import Session
@@ -104,15 +104,3 @@ def test_a_groups_rows_hold_their_prompt_once(gsm8k_run):
     nxt = [[int(t)] for t in alone.logits.argmax(-1)]
     torch.testing.assert_close(shared.feed(nxt)[:, -1], alone.feed(nxt)[:, -1], rtol=0, atol=1e-4)
 
-
-def test_evaluation_holds_the_system_prompt_once_where_the_recipe_shares_prompts():
-    """`rollout.share_prompts` reaches the evaluation's policy (the system prompt's KV once for
-    all rows); off, evaluation copies it into each row as before."""
-    from rl_router.evaluation.evaluator import router_policy
-    from rl_router.recipe import recipe_from_dict
-    from rl_router.tiny import build_tiny_router
-
-    model, tok = build_tiny_router(seed=0)
-    for share in (False, True):
-        policy = router_policy(model, tok, recipe_from_dict({"rollout": {"share_prompts": share}}))
-        assert policy.share_prompts is share

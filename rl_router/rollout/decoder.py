@@ -269,7 +269,6 @@ class Session:
         self.share_contexts = share_contexts
         self.store: SharedPrefixes | None = SharedPrefixes() if share_contexts else None
         self.group = torch.zeros((0,), dtype=torch.long)  # per row: the store entry it continues (-1: none)
-        self._prefix_entry: tuple[tuple[int, ...], int] | None = None  # (tokens, entry) of the system prompt in `store`
         self.cache: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)
         self.keys: list[Any] = []
@@ -320,13 +319,10 @@ class Session:
         if len(used) == self.store.entries:
             return
         if not used:
-            self.store, self._prefix_entry = SharedPrefixes(), None
+            self.store = SharedPrefixes()
             return
         new = self.store.keep(used)
         self.group = torch.tensor([new.get(g, -1) for g in self.group.tolist()], dtype=torch.long)
-        if self._prefix_entry is not None:
-            e = new.get(self._prefix_entry[1])
-            self._prefix_entry = None if e is None else (self._prefix_entry[0], e)
 
     @property
     def shares(self) -> bool:
@@ -432,16 +428,12 @@ class Session:
         return p, cache
 
     def _add_rows(self, keys: list[Any], contexts: list[list[int]]) -> None:
-        """Append rows for new episodes: the shared prefix's KV (repeated per row, or once in the
-        store when contexts are shared), then (by `feed`) the rest."""
+        """Append rows for new episodes: the shared prefix's KV repeated, then (by `feed`) the rest.
+        The copies stay per row even when contexts are shared: the new rows' prefill then runs
+        the fused attention (through the store's attention it took twice as long, measured on
+        an eval), and `sync` moves each context into the store once it is fed."""
         p, pcache = self._prefix_for(contexts)
         n = len(keys)
-        if self.store is not None and pcache is not None:  # the system prompt's KV once, in the store
-            key = self.prefix[0] if self.prefix is not None else ()
-            if self._prefix_entry is None or self._prefix_entry[0] != key:
-                self._prefix_entry = (key, self.store.add([(layer.keys[0], layer.values[0]) for layer in pcache.layers]))
-            self._concat(None, torch.zeros((n, 0), dtype=torch.long), keys, [p] * n, [p] * n, [self._prefix_entry[1]] * n)
-            return
         cache = new_cache()
         if pcache is not None:
             for layer in pcache.layers:
