@@ -67,13 +67,30 @@ class _Model:
 
 def test_entries_no_row_reads_are_freed_and_the_rest_keep_their_keys():
     store = SharedPrefixes()
-    kv = [[(torch.full((1, n, 2), float(i)), torch.full((1, n, 2), -float(i)))] for i, n in enumerate([4, 6, 2])]
+    kv = [[(torch.full((1, n, 2), float(i + li)), torch.full((1, n, 2), -float(i + li))) for li in range(2)] for i, n in enumerate([4, 6, 2])]  # two layers
     for x in kv:
         store.add(x)
     new = store.keep([2, 0])
     assert new == {2: 0, 0: 1} and store.entries == 2 and store.keys[0].shape[2] == 4  # padded to the longest kept
     assert torch.equal(store.keys[0][0, :, :2], kv[2][0][0]) and torch.equal(store.values[0][1, :, :4], kv[0][0][1])
     assert store.valid.sum(1).tolist() == [2, 4]
+    both = SharedPrefixes()
+    assert both.add_all([kv[0], kv[1]]) == [0, 1] and both.add_all([kv[2]]) == [2]  # several at once: the same entries as one by one
+    one = SharedPrefixes()
+    for x in kv:
+        one.add(x)
+    assert all(torch.equal(x, y) for x, y in zip(both.keys + both.values, one.keys + one.values)) and len(both.keys) == 2 and torch.equal(both.valid, one.valid)
+
+
+def test_prefix_attention_refuses_a_forward_without_its_4d_mask():
+    """transformers hands a custom attention None for a 2D mask: attending without any mask
+    would silently drop causality and padding, so it stops with what to pass instead."""
+    import pytest
+
+    store = SharedPrefixes()
+    store.add([(torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))])
+    with shared_attention(_Model(), store, torch.tensor([0])), pytest.raises(ValueError, match="4D boolean mask"):
+        prefix_attention(_Layer(), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4), None)
 
 
 def test_a_groups_rows_hold_their_prompt_once(gsm8k_run):

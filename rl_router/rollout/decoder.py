@@ -333,6 +333,7 @@ class Session:
         """Move each of `rows`' whole context (its entry's KV, then its own slots) into a new
         store entry, leaving the row nothing of its own: the rows its copies will read from."""
         assert self.store is not None
+        prompts, entry_rows = [], []
         for r in rows:
             own = self.mask[r].nonzero(as_tuple=True)[0]
             g = int(self.group[r])
@@ -344,7 +345,10 @@ class Session:
                     k = torch.cat([self.store.keys[li][g, :, :n].to(k.dtype), k], 1)
                     v = torch.cat([self.store.values[li][g, :, :n].to(v.dtype), v], 1)
                 kv.append((k, v))
-            self.group[r] = self.store.add(kv)
+            prompts.append(kv)
+            entry_rows.append(r)
+        for r, e in zip(entry_rows, self.store.add_all(prompts)):  # one copy of the store for all of them
+            self.group[r] = e
             self.mask[r] = 0
 
     def sync(self, keys: Sequence[Any], contexts: Sequence[Sequence[int]]) -> None:
@@ -601,9 +605,7 @@ def _pad_time(x: torch.Tensor, L: int) -> torch.Tensor:
 
 
 def _zero_cache(like: Any, n: int, L: int) -> Any:
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
+    cache = new_cache()  # growing layers: a session cache built here must still let score_names cut its nodes off
     for li, layer in enumerate(like.layers):
         k, v = layer.keys, layer.values
         cache.update(k.new_zeros((n, k.shape[1], L, k.shape[3])), v.new_zeros((n, v.shape[1], L, v.shape[3])), li)

@@ -51,20 +51,28 @@ class SharedPrefixes:
     def add(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
         """Store one prompt's KV (per layer (kv heads, n, head dim) keys and values); returns
         its entry index."""
-        n = int(kv[0][0].shape[1])
-        P = max(n, int(self.valid.shape[1]))
-        if not self.keys:
-            self.keys = [k[None] for k, _ in kv]
-            self.values = [v[None] for _, v in kv]
-            self.valid = torch.ones((1, n), dtype=torch.bool)
-            return 0
-        for li, (k, v) in enumerate(kv):
-            self.keys[li] = torch.cat([_pad(self.keys[li], P), _pad(k[None], P)], 0)
-            self.values[li] = torch.cat([_pad(self.values[li], P), _pad(v[None], P)], 0)
-        row = torch.zeros((1, P), dtype=torch.bool)
-        row[0, :n] = True
-        self.valid = torch.cat([torch.nn.functional.pad(self.valid, (0, P - self.valid.shape[1])), row], 0)
-        return self.entries - 1
+        return self.add_all([kv])[0]
+
+    def add_all(self, prompts: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[int]:
+        """Store several prompts' KV at once (one copy of the store, not one per prompt);
+        returns their entry indices."""
+        if not prompts:
+            return []
+        lens = [int(kv[0][0].shape[1]) for kv in prompts]
+        P = max(lens + [int(self.valid.shape[1])])
+        first, had = self.entries, bool(self.keys)
+        keys, values = [], []
+        for li in range(len(prompts[0])):
+            ks = ([_pad(self.keys[li], P)] if had else []) + [_pad(kv[li][0][None], P) for kv in prompts]
+            vs = ([_pad(self.values[li], P)] if had else []) + [_pad(kv[li][1][None], P) for kv in prompts]
+            keys.append(torch.cat(ks, 0))
+            values.append(torch.cat(vs, 0))
+        self.keys, self.values = keys, values
+        rows = torch.zeros((len(prompts), P), dtype=torch.bool)
+        for i, n in enumerate(lens):
+            rows[i, :n] = True
+        self.valid = torch.cat([torch.nn.functional.pad(self.valid, (0, P - self.valid.shape[1])), rows], 0)
+        return list(range(first, first + len(prompts)))
 
     def keep(self, used: list[int]) -> dict[int, int]:
         """Keep only entries `used` (in that order); returns old index -> new index."""
@@ -104,6 +112,8 @@ def prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     """Attention of each row over its entry's prompt KV and its own KV, one softmax over both.
     query: (rows, heads, T, d); key, value: (rows, kv heads, L, d), the rows' own cache
     (the forward's tokens included); attention_mask: (rows, 1, T, L) bool (True = attend)."""
+    if attention_mask is None or attention_mask.dim() != 4:  # transformers passes None for a 2D mask under a custom attention: no causal mask at all
+        raise ValueError("prefix_attention needs the forward's 4D boolean mask (rows x 1 x T x L): pass one to the model under shared_attention")
     store, groups = _ACTIVE[-1]
     R, H, T, D = query.shape
     Hkv, L = key.shape[1], key.shape[2]
