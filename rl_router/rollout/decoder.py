@@ -330,24 +330,14 @@ class Session:
         return self.store is not None and self.store.entries > 0
 
     def _hoist(self, rows: Sequence[int]) -> None:
-        """Move each of `rows`' whole context (its entry's KV, then its own slots) into a new
-        store entry, leaving the row nothing of its own: the rows its copies will read from."""
-        assert self.store is not None
-        prompts, entry_rows = [], []
+        """Move each of `rows`' whole context (new rows: all of it is in their own slots) into
+        a new store entry, leaving the row nothing of its own: the rows its copies will read from."""
+        assert self.store is not None and all(int(self.group[r]) < 0 for r in rows)
+        prompts = []
         for r in rows:
             own = self.mask[r].nonzero(as_tuple=True)[0]
-            g = int(self.group[r])
-            kv = []
-            for li, layer in enumerate(self.cache.layers):
-                k, v = layer.keys[r].index_select(1, own.to(layer.keys.device)), layer.values[r].index_select(1, own.to(layer.values.device))
-                if g >= 0:
-                    n = int(self.store.valid[g].sum())
-                    k = torch.cat([self.store.keys[li][g, :, :n].to(k.dtype), k], 1)
-                    v = torch.cat([self.store.values[li][g, :, :n].to(v.dtype), v], 1)
-                kv.append((k, v))
-            prompts.append(kv)
-            entry_rows.append(r)
-        for r, e in zip(entry_rows, self.store.add_all(prompts)):  # one copy of the store for all of them
+            prompts.append([(layer.keys[r].index_select(1, own.to(layer.keys.device)), layer.values[r].index_select(1, own.to(layer.values.device))) for layer in self.cache.layers])
+        for r, e in zip(rows, self.store.add_all(prompts)):  # one copy of the store for all of them
             self.group[r] = e
             self.mask[r] = 0
 
@@ -445,7 +435,7 @@ class Session:
         mask = torch.ones((n, p), dtype=torch.long)
         self._concat(cache if pcache is not None else None, mask, keys, [p] * n, [p] * n)
 
-    def _concat(self, cache: Any, mask: torch.Tensor, keys: list[Any], fed: list[int], pos: list[int], group: list[int] | None = None) -> None:
+    def _concat(self, cache: Any, mask: torch.Tensor, keys: list[Any], fed: list[int], pos: list[int]) -> None:
         """Stack new rows under the existing ones, padding the shorter time axis (masked)."""
         L0, L1 = self.mask.shape[1], mask.shape[1]
         L = max(L0, L1)
@@ -467,7 +457,7 @@ class Session:
         self.keys += keys
         self.fed += fed
         self.pos += pos
-        self.group = torch.cat([self.group, torch.tensor(group if group is not None else [-1] * len(keys), dtype=torch.long)])
+        self.group = torch.cat([self.group, torch.full((len(keys),), -1, dtype=torch.long)])  # new rows hold their whole context
         V = self.logits.shape[1] if self.logits is not None else None
         add = torch.zeros((len(keys), V or 1))
         self.logits = add if self.logits is None else torch.cat([self.logits, add.to(self.logits.device)], 0)

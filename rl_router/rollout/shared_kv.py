@@ -83,15 +83,13 @@ class SharedPrefixes:
         self.valid = self.valid.index_select(0, t)[:, :P]
         return {old: new for new, old in enumerate(used)}
 
-    def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() for k in self.keys + self.values)
-
 
 def _pad(x: torch.Tensor, P: int) -> torch.Tensor:
     return x if x.shape[2] == P else torch.nn.functional.pad(x, (0, 0, 0, P - x.shape[2]))
 
 
-_ACTIVE: list[tuple[SharedPrefixes, torch.Tensor]] = []
+#: the store of the forward in progress and its rows' layout by entry (`_grouped`), computed once per forward, not per layer
+_ACTIVE: list[tuple[SharedPrefixes, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]] = []
 
 
 def _grouped(groups: torch.Tensor, entries: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -114,7 +112,7 @@ def prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     (the forward's tokens included); attention_mask: (rows, 1, T, L) bool (True = attend)."""
     if attention_mask is None or attention_mask.dim() != 4:  # transformers passes None for a 2D mask under a custom attention: no causal mask at all
         raise ValueError("prefix_attention needs the forward's 4D boolean mask (rows x 1 x T x L): pass one to the model under shared_attention")
-    store, groups = _ACTIVE[-1]
+    store, (rows, g, slot, S) = _ACTIVE[-1]
     R, H, T, D = query.shape
     Hkv, L = key.shape[1], key.shape[2]
     rep = H // Hkv
@@ -124,13 +122,10 @@ def prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     with torch.autocast(query.device.type, enabled=False):
         q = query.float().reshape(R, Hkv, rep * T, D)  # query head h = kv head h // rep (transformers' repeat_kv)
         own = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # R x Hkv x rep*T x L
-        if attention_mask is not None:
-            m = attention_mask.bool()
-            m = m.expand(R, 1, T, L)[:, :, None].expand(R, 1, rep, T, L).reshape(R, 1, rep * T, L)
-            own = own.masked_fill(~m, float("-inf"))
+        m = attention_mask.bool().expand(R, 1, T, L)[:, :, None].expand(R, 1, rep, T, L).reshape(R, 1, rep * T, L)
+        own = own.masked_fill(~m, float("-inf"))
         Kp, Vp = store.keys[li].float(), store.values[li].float()  # E x Hkv x P x d
         E, P = Kp.shape[0], Kp.shape[2]
-        rows, g, slot, S = _grouped(groups.to(torch.long).cpu(), E)
         pre = own.new_full((R, Hkv, rep * T, P), float("-inf"))
         if S:
             dev = q.device
@@ -174,7 +169,7 @@ def shared_attention(model: Any, store: SharedPrefixes, groups: torch.Tensor) ->
     cfg = model.config
     was = cfg._attn_implementation
     cfg._attn_implementation = SHARED_ATTENTION
-    _ACTIVE.append((store, groups))
+    _ACTIVE.append((store, _grouped(groups.to(torch.long).cpu(), store.entries)))
     try:
         yield
     finally:
