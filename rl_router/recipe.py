@@ -81,7 +81,7 @@ class AlgorithmSection:
     bopo_beta: float = 0.5  # BoPO: weight of the boundary reference in the baseline
     cheap_model: str | None = None  # boundary policies; default: the pool's cheapest / strongest card
     strong_model: str | None = None
-    advantage: str | None = None  # the advantage estimator, if not algorithm.name's own: grpo | rloo | bopo (bopo needs name: bopo); name: bopo with advantage: grpo trains GRPO on BoPO's reward (the ablation)
+    advantage: str | None = None  # the advantage estimator, if not algorithm.name's own: grpo | rloo | bopo | all_names (bopo needs name: bopo; name: bopo with advantage: grpo trains GRPO on BoPO's reward, the ablation); all_names: each group takes every pool model once at its first route decision, weighted by the router's probability of it: the decision's exact expected-reward gradient (training/advantages.py; num_generations a multiple of the pool's size; one call of every model per training task)
     decision_entropy_floor: float = 0.0  # nats: below it, a name decision's entropy (within its allowed set) is pushed back up (training/exploration.py); 0: off
     decision_entropy_coef: float = 0.1  # weight of the floor's hinge in the loss (a mean over name decisions; the policy term weighs each trained token by 1 / the generation's trained tokens)
     trim_padding: bool = False  # the loss runs each micro-batch at its own width (training/microbatch.py): the same log-probs up to float rounding on rotary-position routers, fewer columns
@@ -400,8 +400,15 @@ def validate_combination(r: Recipe) -> None:
         normalize(r.model.autocast)
     except ValueError:
         raise ConfigError("model.autocast", f"unknown {r.model.autocast!r}", "use bfloat16 (bf16 autocast where bf16 is native) or null (float32)") from None
-    if a.advantage is not None and a.advantage not in ("grpo", "rloo", "bopo"):
-        raise ConfigError("algorithm.advantage", f"unknown {a.advantage!r}", "use grpo, rloo or bopo, or null for algorithm.name's own")
+    if a.advantage is not None and a.advantage not in ("grpo", "rloo", "bopo", "all_names"):
+        raise ConfigError("algorithm.advantage", f"unknown {a.advantage!r}", "use grpo, rloo, bopo or all_names, or null for algorithm.name's own")
+    if a.advantage == "all_names":
+        if r.rollout.decisions != "names":
+            raise ConfigError("algorithm.advantage", "all_names takes every model's name at the route decision, which needs the name distribution", "set rollout.decisions: names")
+        if a.decision_entropy_floor > 0 and a.decision_entropy_coef > 0:
+            raise ConfigError("algorithm.decision_entropy_floor", "reads the entropy along sampled names, and all_names takes every name in turn", "set algorithm.decision_entropy_floor: 0")
+        if a.name == "bopo":
+            raise ConfigError("algorithm.advantage", "all_names weighs episodes by the router's probability of their model; BoPO's clamps assume sampled ones", "use algorithm.name: grpo with all_names")
     if a.advantage == "bopo" and a.name != "bopo":
         raise ConfigError("algorithm.advantage", "bopo's reference-guided advantage compares episodes with BoPO's boundary-relative reward", "set algorithm.name: bopo")
     try:
@@ -465,6 +472,10 @@ def validate_against_pool(r: Recipe, pool: Any, tasks: list[Task]) -> tuple[str,
     for field_, m in (("algorithm.cheap_model", cheap), ("algorithm.strong_model", strong)):
         if not pool.has_model(m):
             raise ConfigError(field_, f"{m!r} is not in the pool", f"use one of {pool.model_names}")
+    if (r.algorithm.advantage or r.algorithm.name) == "all_names":
+        k, g = len(pool.model_names), int(r.trainer.get("num_generations", 8))
+        if g % k:
+            raise ConfigError("trainer.num_generations", f"{g} is not a multiple of the pool's {k} models, which algorithm.advantage: all_names takes in turn in each group", f"use {k} or a multiple of it")
     cfg = r.env_config()
     budget = cfg.budget
     if budget is not None and tasks:

@@ -158,10 +158,12 @@ def gsm8k_run(tmp_path_factory):
 @pytest.fixture
 def gsm8k_trainer(tmp_path, gsm8k_run):
     """A RouterGRPOTrainer on the GSM8K run's trained router, its recorded pool and 8 of its
-    train tasks (16 episodes = 4 tasks x 4 samples per batch, T 1.0, float32): call it with a
-    reward function and the trainer's own keyword arguments; returns (trainer, tasks)."""
+    train tasks (16 episodes = 4 tasks x 4 samples per batch, T 1.0 unless asked, float32): call it with a
+    reward function and the trainer's own keyword arguments (`enumerate_names=True`: each group
+    takes the pool's models in turn at its first route decision; `temperature`, the sampler's and the
+    loss's); returns (trainer, tasks)."""
 
-    def make(reward, **kwargs):
+    def make(reward, enumerate_names=False, temperature=1.0, **kwargs):
         import json
 
         from datasets import Dataset
@@ -179,9 +181,10 @@ def gsm8k_trainer(tmp_path, gsm8k_run):
         model, tok = load_checkpoint(gsm8k_run.out / "final", recipe)
         pool = recipe_pool(recipe)
         tasks = recipe_tasks(recipe, pool)[0][:8]
-        rollout = make_rollout_func(make_engine(recipe, pool, tok), tasks, lambda tr: HFPolicy(tr.accelerator.unwrap_model(tr.model), tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=1.0,
-                                                                                               stop_strings=stop_strings(recipe), names=pool.model_names, route_weights=cost_weights(pool)))
-        args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_generations=4, max_steps=1, learning_rate=1e-3, temperature=1.0, beta=0.0, bf16=False, use_cpu=True,
+        rollout = make_rollout_func(make_engine(recipe, pool, tok), tasks, lambda tr: HFPolicy(tr.accelerator.unwrap_model(tr.model), tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=temperature,
+                                                                                               stop_strings=stop_strings(recipe), names=pool.model_names, route_weights=cost_weights(pool)),
+                                    enumerate_names=pool.model_names if enumerate_names else None)
+        args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_generations=4, max_steps=1, learning_rate=1e-3, temperature=temperature, beta=0.0, bf16=False, use_cpu=True,
                           report_to="none", save_strategy="no", max_completion_length=recipe.rollout.max_completion_tokens, gradient_checkpointing=False)
         return RouterGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list([{"prompt": t.question} for t in tasks]),
                                  processing_class=tok, rollout_func=rollout, **kwargs), tasks

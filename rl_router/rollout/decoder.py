@@ -65,7 +65,10 @@ class RowTurn:
 @dataclass
 class NameDraw:
     """A name decision sampled token by token from the renormalised distribution
-    (names.allowed_sets): the candidates still consistent with the tokens drawn so far."""
+    (names.allowed_sets): the candidates still consistent with the tokens drawn so far.
+    With a `target` (training's all-names groups: `algorithm.advantage: all_names`) the
+    target's tokens are taken instead of drawn, over the same allowed sets, and `logprob` is
+    the target's log-probability under the distribution that would have been sampled."""
 
     stem: str
     kind: str
@@ -74,12 +77,17 @@ class NameDraw:
     k: int = 0
     logprob: float = 0.0
     entropy: float = 0.0
+    target: str | None = None
 
     def copy(self) -> "NameDraw":
-        return NameDraw(self.stem, self.kind, list(self.names), dict(self.conts), self.k, self.logprob, self.entropy)
+        return NameDraw(self.stem, self.kind, list(self.names), dict(self.conts), self.k, self.logprob, self.entropy, self.target)
 
     def allowed(self) -> list[int]:
         return sorted({c[self.k] for c in self.conts.values()})
+
+    def forced_token(self) -> int | None:
+        """The target's next token (None when the name is drawn)."""
+        return self.conts[self.target][self.k] if self.target is not None else None
 
     def advance(self, tok: int, lp: float, ent: float) -> str | None:
         """Take token `tok`; the chosen name once its continuation is complete, else None."""
@@ -619,9 +627,11 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0, 
     return torch.multinomial(torch.softmax(x, dim=-1), 1, generator=generator).squeeze(1)
 
 
-def draw_names(logits: torch.Tensor, sets: list[list[int]], rows: list[int], temperature: float, greedy: bool) -> dict[int, tuple[list[int], int, float, float]]:
+def draw_names(logits: torch.Tensor, sets: list[list[int]], rows: list[int], temperature: float, greedy: bool, forced: list[int | None] | None = None) -> dict[int, tuple[list[int], int, float, float]]:
     """One token per row from its logits renormalised over its allowed set (a name decision in
-    progress), for all such rows at once: row -> (set, token, its log-prob, the entropy)."""
+    progress), for all such rows at once: row -> (set, token, its log-prob, the entropy).
+    `forced[i]`, where not None, is taken instead of a draw (its log-prob under the same
+    renormalised distribution)."""
     K = max(len(a) for a in sets)
     idx = torch.tensor([a + [a[0]] * (K - len(a)) for a in sets], device=logits.device)
     valid = torch.tensor([[True] * len(a) + [False] * (K - len(a)) for a in sets], device=logits.device)
@@ -629,6 +639,8 @@ def draw_names(logits: torch.Tensor, sets: list[list[int]], rows: list[int], tem
     lp = torch.log_softmax(x.masked_fill(~valid, float("-inf")), dim=-1)
     p = lp.exp()
     j = lp.argmax(-1) if greedy else torch.multinomial(p, 1).squeeze(1)
+    if forced is not None and any(f is not None for f in forced):
+        j = torch.tensor([sets[i].index(f) if f is not None else int(j[i]) for i, f in enumerate(forced)], device=j.device)
     ent = -(p * lp.masked_fill(~valid, 0.0)).sum(-1)
     lps = lp.gather(1, j[:, None]).squeeze(1)
     return {r: (sets[i], sets[i][int(j[i])], float(lps[i]), float(ent[i])) for i, r in enumerate(rows)}
@@ -734,7 +746,7 @@ def decode_turns(
         drawn = sample_tokens(logits[free], temperature, top_p, top_k).tolist() if free and not greedy else []
         draw_of = dict(zip(free, drawn))
         in_trie = [r for r, t in enumerate(turns) if not t.done and not t.forced and t.trie is not None]
-        name_draw = draw_names(logits, [turns[r].trie.allowed() for r in in_trie], in_trie, temperature, greedy) if in_trie else {}
+        name_draw = draw_names(logits, [turns[r].trie.allowed() for r in in_trie], in_trie, temperature, greedy, [turns[r].trie.forced_token() for r in in_trie]) if in_trie else {}
         chosen: list[int] = []
         for r, t in enumerate(turns):
             if t.done:

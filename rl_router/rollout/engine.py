@@ -66,14 +66,17 @@ class RolloutEngine:
                     self._prompt_cache.clear()
         return EpisodeState(task=task, env=env, prompt_ids=list(ids), last_obs=obs, info=info)
 
-    def run(self, tasks: list[Task], policy: Policy, *, seed: int | None = None, keep_going: Callable[[bool], bool] | None = None) -> list[dict[str, Any]]:
+    def run(self, tasks: list[Task], policy: Policy, *, seed: int | None = None, keep_going: Callable[[bool], bool] | None = None, targets: list[str | None] | None = None) -> list[dict[str, Any]]:
         """Run one episode per task (repeat tasks for groups) and return episode dicts.
+        `targets[i]`: the name episode i's first route decision takes (`enumerate_targets`).
 
         `keep_going(local_active) -> any_rank_active`: under multi-process training every rank
         must make the same number of generate calls (ZeRO-3 gathers parameters inside each
         forward), so a rank whose episodes are all done keeps calling `policy.act([])` (a
         dummy generate) until no rank has an active episode."""
         states = [self._start(t, seed) for t in tasks]
+        for s, target in zip(states, targets or ()):
+            s.route_target = target
         eos = self.tokenizer.eos_token_id
         n_turns = 0
         while True:
@@ -256,13 +259,28 @@ def episodes_to_batch(episodes: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: [e[k] for e in episodes] for k in keys}
 
 
-def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: Callable[[Any], Policy]) -> Callable[[list[Any], Any], dict[str, list[Any]]]:
+def enumerate_targets(tasks: list[Task], names: list[str]) -> list[str]:
+    """All-names groups (`algorithm.advantage: all_names`): the k-th copy of a task in the
+    batch takes names[k mod len(names)] at its first route decision, so a group of
+    num_generations = a multiple of the pool's size calls every model equally often."""
+    seen: dict[str, int] = {}
+    out = []
+    for t in tasks:
+        k = seen.get(t.task_id, 0)
+        seen[t.task_id] = k + 1
+        out.append(names[k % len(names)])
+    return out
+
+
+def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: Callable[[Any], Policy], *, enumerate_names: list[str] | None = None) -> Callable[[list[Any], Any], dict[str, list[Any]]]:
     """A TRL 1.16 `rollout_func(prompts, trainer)`.
 
     TRL hands the per-process prompts already repeated `num_generations` times (contiguous
     groups) and expects one episode per entry. Prompts are task questions (a dataset's
     `prompt` column); they are mapped back to tasks here. `policy_factory(trainer)` builds
-    the policy that generates with the trainer's current weights.
+    the policy that generates with the trainer's current weights. `enumerate_names`: each
+    group's first route decisions take these names in turn (`enumerate_targets`) instead of
+    drawing them; everything else is sampled.
     """
     by_question = {t.question: t for t in tasks}
 
@@ -274,7 +292,8 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
                 raise KeyError(f"rollout_func: prompt not found among the recipe's tasks: {q[:80]!r}")
             chosen.append(by_question[q])
         acc = getattr(trainer, "accelerator", None)
-        episodes = engine.run(chosen, policy_factory(trainer), keep_going=lockstep(acc) if acc is not None else None)
+        targets = enumerate_targets(chosen, enumerate_names) if enumerate_names else None
+        episodes = engine.run(chosen, policy_factory(trainer), keep_going=lockstep(acc) if acc is not None else None, targets=targets)
         batch = episodes_to_batch(episodes)
         mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
         batch["split"] = [mode] * len(episodes)

@@ -297,7 +297,10 @@ class HFPolicy:
                 self.undecided += 1
                 continue
             if draw:
-                t.trie = NameDraw(stem, kind, names, {n: list(conts[n]) for n in names})
+                target = state.route_target if kind == "route" and state.route_target in names else None
+                if kind == "route":
+                    state.route_target = None  # only the episode's first route decision is enumerated
+                t.trie = NameDraw(stem, kind, names, {n: list(conts[n]) for n in names}, target=target)
                 continue
             jobs.append((r, stem, kind, names, conts, meta[r]["biases"]))
         if not jobs:

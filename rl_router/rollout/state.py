@@ -48,6 +48,7 @@ class EpisodeState:
     decision_tokens: list[tuple[int, list[int]]] = field(default_factory=list)  # (completion position, the set its name decision renormalised over)
     biases: tuple[float, ...] | None = None  # the cost-knob settings this trajectory stands for
     uid: int = field(default_factory=lambda: next(_UIDS))  # identifies the episode's KV-cache row
+    route_target: str | None = None  # the name its first route decision takes instead of drawing one (all-names groups), then None
 
     @property
     def context_ids(self) -> list[int]:

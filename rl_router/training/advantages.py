@@ -29,6 +29,22 @@ strong model stays positive near always-cheap for cheap-solves shares up to 0.95
 -0.175 at 0.8 without the success clamp, and GRPO's on the same reward -0.15). Our reading of
 arXiv 2602.21227's intent (a reference-guided advantage against degenerate cheap failures),
 not a transcription of its formula.
+
+All names (`algorithm.advantage: all_names`; an all-actions policy gradient): each group takes
+every pool model once at its first route decision (the rollout forces name k on the group's
+k-th episode, `engine.enumerate_targets`; the rest of the episode is sampled), and episode i is
+weighted by p_i = pi(m_i | its context), the probability the router gives the name it was made
+to take:
+    w_i = p_i / c_i                      (c_i: episodes of the group that took m_i)
+    b_g = sum_i w_i r_i / sum_i w_i      (the policy's expected reward on the task)
+    A_i = G * w_i * (r_i - b_g)
+so the group's mean of A_i grad log pi(m_i) is sum_m pi(m) (r_m - b) grad log pi(m) =
+grad sum_m pi(m) r_m: the route decision's exact expected-reward gradient on the task, not one
+sampled estimate of it. Sampling G names from a collapsing policy compares few models per task
+(the collapse exploration.py describes); here every model is compared on every task, each in
+proportion to how likely the router is to call it. The price is one call of every model per
+training task (a recorded pool replays them). Episodes that reached no route decision keep
+r_i - b_g unweighted. Scaled like GRPO (`scale`: batch, group or none).
 """
 
 from __future__ import annotations
@@ -75,3 +91,31 @@ def bopo_advantages(rewards: torch.Tensor, G: int, ref_rewards: torch.Tensor, su
     adv = torch.where(solvable & ~ok, torch.clamp(adv, max=0.0), adv)  # failing a solvable task is never pushed up
     adv = torch.where(solvable & ok, torch.clamp(adv, min=0.0), adv)  # solving it is never pushed down
     return torch.nan_to_num(adv, nan=0.0)
+
+
+def all_names_advantages(rewards: torch.Tensor, G: int, names: list[str | None], logps: torch.Tensor, scale: str = "batch", eps: float = 1e-4) -> torch.Tensor:
+    """`names[i]`, `logps[i]`: the name episode i's first route decision took and its log-prob
+    under the router's name distribution (None / NaN where it made none). NaN rewards
+    (unscorable episodes) get 0 and no share of the baseline."""
+    g = _groups(rewards, G)
+    p = torch.nan_to_num(logps.to(rewards.dtype).exp(), nan=0.0).view(-1, G)
+    valid = ~torch.isnan(g)
+    named = torch.tensor([n is not None for n in names], device=rewards.device).view(-1, G) & valid
+    counts = torch.ones_like(g)
+    for gi in range(g.size(0)):
+        row = names[gi * G : (gi + 1) * G]
+        for j, n in enumerate(row):
+            if n is not None:
+                counts[gi, j] = sum(1 for k, m in enumerate(row) if m == n and bool(valid[gi, k]))
+    w = torch.where(named, p / counts, torch.zeros_like(g))
+    r = torch.where(valid, g, torch.zeros_like(g))
+    wsum = w.sum(dim=1, keepdim=True)
+    plain = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    base = torch.where(wsum > 0, (w * r).sum(dim=1, keepdim=True) / wsum.clamp(min=1e-30), r.sum(dim=1, keepdim=True) / plain)
+    adv = torch.where(named, G * w * (r - base), r - base)
+    adv = torch.where(valid, adv, torch.zeros_like(adv))
+    if scale == "batch":
+        adv = adv / (rewards[~torch.isnan(rewards)].std() + eps if int((~torch.isnan(rewards)).sum()) > 1 else 1.0)
+    elif scale == "group":
+        adv = adv / (torch.stack([x[~torch.isnan(x)].std() if int((~torch.isnan(x)).sum()) > 1 else x.new_tensor(0.0) for x in g])[:, None] + eps)
+    return adv.reshape(-1)

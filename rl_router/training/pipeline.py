@@ -414,7 +414,7 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     trainer = RouterGRPOTrainer(
         model=run.model, reward_funcs=reward_funcs, args=args, callbacks=[*(callbacks or []), *([curve] if curve else [])], processing_class=tok,
         train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in run.train_tasks]),
-        rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy),
+        rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy, enumerate_names=run.pool.model_names if a.advantage == "all_names" else None),
         peft_config=peft_config, advantage=a.advantage or a.name, bopo_reward=bopo, bopo_beta=a.bopo_beta,
         decision_entropy_floor=a.decision_entropy_floor, decision_entropy_coef=a.decision_entropy_coef, trim_padding=a.trim_padding,
     )

@@ -5,7 +5,7 @@ What it adds to TRL, and why:
   tokens so TRL zeroes their loss (TRL uses `env_mask` only when `tools` is empty; we
   never pass tools);
 - the advantage estimator is a constructor switch. TRL computes GRPO advantages inline;
-  for RLOO and BoPO we recompute them from the same (all-process, gathered) rewards after
+  for RLOO, BoPO and all-names groups (advantages.py) we recompute them from the same (all-process, gathered) rewards after
   TRL's scoring, so groups that span ranks are whole before advantages are taken;
 - the loss's log-probs are computed only at the tokens the loss reads, and at name decisions
   within the renormalised distribution the rollout sampled (training/logprobs.py), not over
@@ -38,12 +38,13 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from rl_router.training import microbatch
-from rl_router.training.advantages import bopo_advantages, rloo_advantages
+from rl_router.training.advantages import all_names_advantages, bopo_advantages, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 from rl_router.training.exploration import entropy_shortfall
 from rl_router.training.logprobs import allowed_tensor, policy_logps, rescales_logits
 
-ADVANTAGES = ("grpo", "rloo", "bopo")
+ADVANTAGES = ("grpo", "rloo", "bopo", "all_names")
+ROUTE_STEM = '<route model="'
 SEEN_FILE = "rl_router_seen.json"
 
 
@@ -63,6 +64,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._last_entropies: torch.Tensor | None = None
         # each micro-batch at its own width (training/microbatch.py): only where positions may shift
         self.trim_padding = bool(trim_padding) and microbatch.shift_invariant(self.model)
+        if advantage == "all_names" and decision_entropy_floor > 0 and decision_entropy_coef > 0:
+            raise ValueError("algorithm.decision_entropy_floor reads the entropy along sampled names, and all_names takes every name in turn; set it to 0")
         if advantage == "rloo" and self.num_generations < 2:
             raise ValueError("trainer.num_generations must be >= 2 for RLOO")
         self._last_rewards_per_func: torch.Tensor | None = None
@@ -202,13 +205,41 @@ class RouterGRPOTrainer(GRPOTrainer):
             r = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1).view(-1, G)
             m["signal/zero_std_groups"].append(float(((r.max(dim=1).values - r.min(dim=1).values).abs() < 1e-9).float().mean()))
         decisions = [d for turns in gather_object([list(self._last_decisions)]) for ep in turns for t in (ep or []) for d in t]
+        enumerated = self.advantage == "all_names"  # route names taken in turn: their sampled shares and entropies say nothing (_log_route_distribution)
         for kind, stem in (("route", '<route model="'), ("adopt", "<answer>@")):
+            if enumerated and kind == "route":
+                continue
             ent = [float(d["entropy"]) for d in decisions if d.get("entropy") is not None and d.get("stem") == stem]
             if ent:
                 m[f"decision/{kind}_entropy"].append(sum(ent) / len(ent))
         routes = [d["choice"] for d in decisions if d.get("stem") == '<route model="']
-        for name in sorted({n for d in decisions for n in d.get("names") or [] if d.get("stem") == '<route model="'}):  # what the sampled policy calls
+        for name in [] if enumerated else sorted({n for d in decisions for n in d.get("names") or [] if d.get("stem") == '<route model="'}):  # what the sampled policy calls
             m[f"decision/route_share/{name}"].append(sum(1 for c in routes if c == name) / len(routes))
+
+    def _log_route_distribution(self, m: Any, names: list[str | None], logps: list[float], G: int) -> None:
+        """Under all-names groups the sampled shares are equal by construction: log the router's
+        own probability of each model (the group's p of each name, averaged over groups) and
+        the exact entropy of that distribution, in nats."""
+        import math
+
+        probs: dict[str, list[float]] = {}
+        ents = []
+        for gi in range(len(names) // G):
+            row = [(n, math.exp(lp)) for n, lp in zip(names[gi * G : (gi + 1) * G], logps[gi * G : (gi + 1) * G]) if n is not None and lp == lp]
+            per: dict[str, list[float]] = {}
+            for n, p in row:
+                per.setdefault(n, []).append(p)
+            dist = {n: sum(v) / len(v) for n, v in per.items()}
+            z = sum(dist.values())
+            if z <= 0:
+                continue
+            ents.append(-sum(p / z * math.log(p / z) for p in dist.values() if p > 0))
+            for n, p in dist.items():
+                probs.setdefault(n, []).append(p / z)
+        if ents:
+            m["decision/route_entropy_exact"].append(sum(ents) / len(ents))
+        for n, v in sorted(probs.items()):
+            m[f"decision/route_prob/{n}"].append(sum(v) / len(v))
 
     def _generate_and_score_completions(self, inputs):  # type: ignore[override]
         try:
@@ -242,6 +273,12 @@ class RouterGRPOTrainer(GRPOTrainer):
         rewards[torch.isnan(rpf).all(dim=1)] = torch.nan  # TRL's unscorable episodes: no baseline share, advantage 0
         if self.advantage == "rloo":
             adv = rloo_advantages(rewards, G)
+        elif self.advantage == "all_names":
+            names, logps = first_routes(gather_object([list(self._last_decisions)]))
+            scale = self.args.scale_rewards
+            scale = {True: "group", False: "none"}.get(scale, scale) if isinstance(scale, bool) else str(scale)
+            adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), scale=scale)
+            self._log_route_distribution(m, names, logps, G)
         else:
             assert self.bopo_reward is not None
             ref, solvable = boundary_reward_refs(self.bopo_reward, fields["task_id"])
@@ -258,3 +295,17 @@ class RouterGRPOTrainer(GRPOTrainer):
             logged[len(logged) - len(adv) + i] = a
         m[f"advantage/{self.advantage}_mean_abs"].append(float(adv.abs().mean()))
         return out
+
+
+def first_routes(decisions: list[Any]) -> tuple[list[str | None], list[float]]:
+    """Per episode (its decisions per turn, gathered across ranks): the name its first route
+    decision took and that name's log-prob under the name distribution; (None, NaN) when it
+    made none."""
+    names: list[str | None] = []
+    logps: list[float] = []
+    for part in decisions:
+        for ep in part:
+            d = next((x for t in (ep or []) for x in t if x.get("stem") == ROUTE_STEM and x.get("logprob") is not None), None)
+            names.append(d["choice"] if d else None)
+            logps.append(float(d["logprob"]) if d else float("nan"))
+    return names, logps

@@ -1,0 +1,140 @@
+"""All-names groups (`algorithm.advantage: all_names`): each group takes every pool model once at
+its first route decision, weighted by the router's probability of it, so the route decision's
+gradient is the exact expected-reward gradient on each task (training/advantages.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rl_router.rollout.engine import enumerate_targets
+from rl_router.tasks import Task
+from rl_router.training.advantages import all_names_advantages
+from rl_router.training.trainer import first_routes
+
+
+def _expected_gradient_check(G: int, K: int, seed: int) -> None:
+    """For a categorical policy over K names and any rewards, the group's mean of
+    A_i grad log pi(m_i) (scale none) equals grad sum_m pi(m) r_m."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(K, generator=g, dtype=torch.float64, requires_grad=True)
+    r = torch.rand(K, generator=g, dtype=torch.float64)
+    names = [f"m{k % K}" for k in range(G)]
+    idx = [k % K for k in range(G)]
+    rewards = r[idx]
+    adv = all_names_advantages(rewards, G, names, torch.log_softmax(theta, 0)[idx].detach(), scale="none")
+    (grad_ours,) = torch.autograd.grad((adv * torch.log_softmax(theta, 0)[idx]).mean(), theta)
+    (grad_true,) = torch.autograd.grad((torch.softmax(theta, 0) * r).sum(), theta)
+    torch.testing.assert_close(grad_ours, grad_true, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("G,K", [(3, 3), (9, 9), (8, 4)])
+def test_all_names_advantages_give_the_exact_expected_reward_gradient(G, K):
+    for seed in range(3):
+        _expected_gradient_check(G, K, seed)
+
+
+def test_all_names_advantages_are_zero_where_they_should_be_and_scaled_like_grpo():
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    lp = torch.log(torch.tensor([0.5, 0.5, 0.9, 0.1], dtype=torch.float64))
+    a = all_names_advantages(r, 2, ["a", "b", "a", "b"], lp, scale="none")
+    # group 1: b = 0.5; A = 2 * 0.5 * (+-0.5); group 2: every model right: nothing to learn
+    torch.testing.assert_close(a, torch.tensor([0.5, -0.5, 0.0, 0.0], dtype=torch.float64))
+    scaled = all_names_advantages(r, 2, ["a", "b", "a", "b"], lp, scale="batch")
+    torch.testing.assert_close(scaled, a / (r.std() + 1e-4))
+    # an unscorable episode gets 0 and no share of the baseline; one with no route decision is plain
+    r2 = torch.tensor([float("nan"), 0.0, 1.0, 0.0], dtype=torch.float64)
+    a2 = all_names_advantages(r2, 2, ["a", "b", None, "b"], torch.tensor([0.0, -1.0, float("nan"), math.log(0.5)], dtype=torch.float64), scale="none")
+    assert a2[0] == 0.0 and a2[1] == 0.0  # the other sample of its group is its own baseline
+    torch.testing.assert_close(a2[2:], torch.tensor([1.0, 2 * 0.5 * (0.0 - 0.0)], dtype=torch.float64))
+
+
+def test_enumerate_targets_cycles_the_names_within_each_task():
+    tasks = [Task(task_id=t, question=t) for t in ("x", "x", "x", "y", "y", "y", "x")]
+    assert enumerate_targets(tasks, ["a", "b", "c"]) == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_probability(gsm8k_trainer, gsm8k_run):
+    """On the GSM8K router (two models, groups of 4): each group's first route decisions take the
+    two models in turn, with their log-probs under the name distribution the rollout would have
+    sampled (equal to what TRL's loss recomputes at those tokens), and the advantages the
+    trainer uses are all_names_advantages of the group's rewards, names and log-probs."""
+    import json
+
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.task_sources import recipe_pool
+
+    pool_names = recipe_pool(recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))).model_names
+    assert len(pool_names) == 2  # read before the trainer exists (building the pool after it left accelerate's state unusable)
+    reward = lambda completions, **kw: [float(i % 3 == 0) for i in range(len(completions))]  # noqa: E731
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, advantage="all_names")
+    trainer.model.train()
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+    names, logps = first_routes([trainer._last_decisions])
+    assert sorted(set(n for n in names if n)) == sorted(pool_names)
+    for gi in range(4):  # each group takes the models in turn
+        assert all(n is None or n == pool_names[k % 2] for k, n in enumerate(names[gi * 4 : gi * 4 + 4])), names[gi * 4 : gi * 4 + 4]
+    assert sum(n is not None for n in names) >= 12  # the warm-started router routes on most episodes
+    assert all(lp <= 0.0 for lp in logps if lp == lp)
+    # the loss's log-probs at the decision tokens sum to each decision's recorded log-prob
+    allowed = out["decision_allowed"]
+    pos = allowed[:, :, 0] >= 0
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    att = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    with torch.no_grad():
+        trainer._decision_allowed, trainer._logp_positions = allowed, (out["completion_mask"] * out["tool_mask"]).bool()
+        lp = trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, out["completion_ids"].size(1))[0]
+        trainer._decision_allowed = trainer._logp_positions = None
+    for b, turns in enumerate(trainer._last_decisions):
+        want = sum(x["logprob"] for t in turns for x in t)
+        assert float(lp[b][pos[b]].sum()) == pytest.approx(want, abs=1e-4)
+    rewards = torch.tensor(reward(list(range(16))), dtype=torch.float32)
+    want = all_names_advantages(rewards, 4, names, torch.tensor(logps), scale=trainer.args.scale_rewards)
+    torch.testing.assert_close(out["advantages"].float(), want.float(), rtol=1e-5, atol=1e-6)
+    assert "decision/route_entropy_exact" in trainer._metrics["train"]
+    assert not any(k.startswith("decision/route_share/") for k in trainer._metrics["train"])
+
+
+def test_all_names_training_moves_the_router_toward_the_rewarded_model(gsm8k_trainer):
+    """Learning, not bookkeeping: rewarding only episodes that called the model this router
+    rarely calls (p about 2e-4), three AdamW steps (the trainer's optimizer) on all-names
+    batches raise its log-probability of that model on the tasks. Every group calls that model
+    although the router would almost never sample it: sampled GRPO groups of 4 would see it
+    about once in 1,000 groups."""
+    from rl_router.training.trainer import ROUTE_STEM
+
+    target = "gpt-4-1106"
+
+    def text(c) -> str:
+        return c[0]["content"] if isinstance(c, list) else c
+
+    def reward(completions, **kw):  # the first route's model (this router may escalate after it)
+        return [1.0 if text(c).split(ROUTE_STEM, 1)[-1].startswith(f'{target}"') else 0.0 for c in completions]
+
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, advantage="all_names")
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    prompts = [{"prompt": t.question} for t in tasks[:4] for _ in range(4)]
+
+    def logp_target() -> float:
+        names, logps = first_routes([trainer._last_decisions])
+        lps = [lp for n, lp in zip(names, logps) if n == target]
+        assert lps, names
+        return sum(lps) / len(lps)
+
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(prompts)
+    before = logp_target()
+    assert float(out["advantages"].abs().max()) > 0
+    opt = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
+    for step in range(3):
+        trainer._compute_loss(trainer.model, out).backward()
+        opt.step()
+        opt.zero_grad()
+        torch.manual_seed(1 + step)
+        out = trainer._generate_and_score_completions(prompts)
+    after = logp_target()
+    assert after > before + 0.5, (before, after)
