@@ -24,7 +24,7 @@ def _expected_gradient_check(G: int, K: int, seed: int) -> None:
     names = [f"m{k % K}" for k in range(G)]
     idx = [k % K for k in range(G)]
     rewards = r[idx]
-    adv = all_names_advantages(rewards, G, names, torch.log_softmax(theta, 0)[idx].detach(), scale="none")
+    adv = all_names_advantages(rewards, G, names, torch.log_softmax(theta, 0)[idx].detach(), K, scale="none")
     (grad_ours,) = torch.autograd.grad((adv * torch.log_softmax(theta, 0)[idx]).mean(), theta)
     (grad_true,) = torch.autograd.grad((torch.softmax(theta, 0) * r).sum(), theta)
     torch.testing.assert_close(grad_ours, grad_true, rtol=1e-9, atol=1e-12)
@@ -39,21 +39,31 @@ def test_all_names_advantages_give_the_exact_expected_reward_gradient(G, K):
 def test_all_names_advantages_are_zero_where_they_should_be_and_scaled_like_grpo():
     r = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
     lp = torch.log(torch.tensor([0.5, 0.5, 0.9, 0.1], dtype=torch.float64))
-    a = all_names_advantages(r, 2, ["a", "b", "a", "b"], lp, scale="none")
+    a = all_names_advantages(r, 2, ["a", "b", "a", "b"], lp, 2, scale="none")
     # group 1: b = 0.5; A = 2 * 0.5 * (+-0.5); group 2: every model right: nothing to learn
     torch.testing.assert_close(a, torch.tensor([0.5, -0.5, 0.0, 0.0], dtype=torch.float64))
-    scaled = all_names_advantages(r, 2, ["a", "b", "a", "b"], lp, scale="batch")
+    scaled = all_names_advantages(r, 2, ["a", "b", "a", "b"], lp, 2, scale="batch")
     torch.testing.assert_close(scaled, a / (r.std() + 1e-4))
     # an unscorable episode gets 0 and no share of the baseline; one with no route decision is plain
     r2 = torch.tensor([float("nan"), 0.0, 1.0, 0.0], dtype=torch.float64)
-    a2 = all_names_advantages(r2, 2, ["a", "b", None, "b"], torch.tensor([0.0, -1.0, float("nan"), math.log(0.5)], dtype=torch.float64), scale="none")
+    a2 = all_names_advantages(r2, 2, ["a", "b", None, "b"], torch.tensor([0.0, -1.0, float("nan"), math.log(0.5)], dtype=torch.float64), 2, scale="none")
     assert a2[0] == 0.0 and a2[1] == 0.0  # the other sample of its group is its own baseline
     torch.testing.assert_close(a2[2:], torch.tensor([1.0, 2 * 0.5 * (0.0 - 0.0)], dtype=torch.float64))
 
 
-def test_enumerate_targets_cycles_the_names_within_each_task():
-    tasks = [Task(task_id=t, question=t) for t in ("x", "x", "x", "y", "y", "y", "x")]
-    assert enumerate_targets(tasks, ["a", "b", "c"]) == ["a", "b", "c", "a", "b", "c", "a"]
+def test_enumerate_targets_cycles_the_names_within_each_group_also_across_processes():
+    assert enumerate_targets(7, ["a", "b", "c"], 3) == ["a", "b", "c", "a", "b", "c", "a"]
+    assert enumerate_targets(8, ["a", "b"], 4) == ["a", "b", "a", "b"] * 2
+    # groups of 4 over two processes of 6 episodes: the second holds the first group's last two
+    both = enumerate_targets(6, list("abcd"), 4, 0) + enumerate_targets(6, list("abcd"), 4, 6)
+    assert both == list("abcd") * 3
+    # a sibling that never routed does not reweigh the others: c = G / K, not the episodes that routed
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    lp = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=torch.float64))
+    one_missing = all_names_advantages(r, 4, ["a", "b", None, "b"], lp, 2, scale="none")
+    w = 0.5 / 2  # p / (G / K)
+    base = (w * 1.0) / (3 * w)  # the routed episodes' weighted mean reward
+    assert float(one_missing[0]) == pytest.approx(4 * w * (1.0 - base))
 
 
 def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_probability(gsm8k_trainer, gsm8k_run):
@@ -73,7 +83,7 @@ def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_proba
     trainer.model.train()
     torch.manual_seed(0)
     out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
-    names, logps = first_routes([trainer._last_decisions])
+    names, logps, k = first_routes([trainer._last_decisions])
     assert sorted(set(n for n in names if n)) == sorted(pool_names)
     for gi in range(4):  # each group takes the models in turn
         assert all(n is None or n == pool_names[k % 2] for k, n in enumerate(names[gi * 4 : gi * 4 + 4])), names[gi * 4 : gi * 4 + 4]
@@ -92,7 +102,8 @@ def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_proba
         want = sum(x["logprob"] for t in turns for x in t)
         assert float(lp[b][pos[b]].sum()) == pytest.approx(want, abs=1e-4)
     rewards = torch.tensor(reward(list(range(16))), dtype=torch.float32)
-    want = all_names_advantages(rewards, 4, names, torch.tensor(logps), scale=trainer.args.scale_rewards)
+    assert k == 2
+    want = all_names_advantages(rewards, 4, names, torch.tensor(logps), 2, scale=trainer.args.scale_rewards)
     torch.testing.assert_close(out["advantages"].float(), want.float(), rtol=1e-5, atol=1e-6)
     assert "decision/route_entropy_exact" in trainer._metrics["train"]
     assert not any(k.startswith("decision/route_share/") for k in trainer._metrics["train"])
@@ -120,7 +131,7 @@ def test_all_names_training_moves_the_router_toward_the_rewarded_model(gsm8k_tra
     prompts = [{"prompt": t.question} for t in tasks[:4] for _ in range(4)]
 
     def logp_target() -> float:
-        names, logps = first_routes([trainer._last_decisions])
+        names, logps, k = first_routes([trainer._last_decisions])
         lps = [lp for n, lp in zip(names, logps) if n == target]
         assert lps, names
         return sum(lps) / len(lps)

@@ -259,17 +259,13 @@ def episodes_to_batch(episodes: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: [e[k] for e in episodes] for k in keys}
 
 
-def enumerate_targets(tasks: list[Task], names: list[str]) -> list[str]:
-    """All-names groups (`algorithm.advantage: all_names`): the k-th copy of a task in the
-    batch takes names[k mod len(names)] at its first route decision, so a group of
-    num_generations = a multiple of the pool's size calls every model equally often."""
-    seen: dict[str, int] = {}
-    out = []
-    for t in tasks:
-        k = seen.get(t.task_id, 0)
-        seen[t.task_id] = k + 1
-        out.append(names[k % len(names)])
-    return out
+def enumerate_targets(n: int, names: list[str], group: int, offset: int = 0) -> list[str]:
+    """All-names groups (`algorithm.advantage: all_names`): the episode at global position j
+    (TRL's order: groups of `group` contiguous copies of a task, each process a contiguous
+    slice starting at `offset`) takes names[(j mod group) mod len(names)] at its first route
+    decision, so a group of a multiple of the pool's size calls every model equally often,
+    also when it spans processes."""
+    return [names[((offset + i) % group) % len(names)] for i in range(n)]
 
 
 def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: Callable[[Any], Policy], *, enumerate_names: list[str] | None = None) -> Callable[[list[Any], Any], dict[str, list[Any]]]:
@@ -292,10 +288,13 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
                 raise KeyError(f"rollout_func: prompt not found among the recipe's tasks: {q[:80]!r}")
             chosen.append(by_question[q])
         acc = getattr(trainer, "accelerator", None)
-        targets = enumerate_targets(chosen, enumerate_names) if enumerate_names else None
+        mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
+        targets = None
+        if enumerate_names and mode == "train":  # evaluation samples names as the router would
+            offset = (acc.process_index if acc is not None else 0) * len(chosen)
+            targets = enumerate_targets(len(chosen), enumerate_names, int(trainer.num_generations), offset)
         episodes = engine.run(chosen, policy_factory(trainer), keep_going=lockstep(acc) if acc is not None else None, targets=targets)
         batch = episodes_to_batch(episodes)
-        mode = "train" if getattr(getattr(trainer, "model", None), "training", True) else "eval"
         batch["split"] = [mode] * len(episodes)
         return batch
 

@@ -35,12 +35,15 @@ every pool model once at its first route decision (the rollout forces name k on 
 k-th episode, `engine.enumerate_targets`; the rest of the episode is sampled), and episode i is
 weighted by p_i = pi(m_i | its context), the probability the router gives the name it was made
 to take:
-    w_i = p_i / c_i                      (c_i: episodes of the group that took m_i)
+    w_i = p_i / c                        (c = G / K: the group's episodes assigned each of K names)
     b_g = sum_i w_i r_i / sum_i w_i      (the policy's expected reward on the task)
     A_i = G * w_i * (r_i - b_g)
 so the group's mean of A_i grad log pi(m_i) is sum_m pi(m) (r_m - b) grad log pi(m) =
 grad sum_m pi(m) r_m: the route decision's exact expected-reward gradient on the task, not one
-sampled estimate of it. Sampling G names from a collapsing policy compares few models per task
+sampled estimate of it (exact where the group's episodes reach the decision with the same
+context, as single-shot routers' near-fixed `<think>Route.</think>` does; unbiased in
+expectation otherwise; and under TRL's token-summed losses, `loss_type: dapo` (its default) or
+bnpo, not `grpo`'s per-sequence 1/|o_i|). Sampling G names from a collapsing policy compares few models per task
 (the collapse exploration.py describes); here every model is compared on every task, each in
 proportion to how likely the router is to call it. The price is one call of every model per
 training task (a recorded pool replays them). Episodes that reached no route decision keep
@@ -93,21 +96,18 @@ def bopo_advantages(rewards: torch.Tensor, G: int, ref_rewards: torch.Tensor, su
     return torch.nan_to_num(adv, nan=0.0)
 
 
-def all_names_advantages(rewards: torch.Tensor, G: int, names: list[str | None], logps: torch.Tensor, scale: str = "batch", eps: float = 1e-4) -> torch.Tensor:
+def all_names_advantages(rewards: torch.Tensor, G: int, names: list[str | None], logps: torch.Tensor, K: int, scale: str = "batch", eps: float = 1e-4) -> torch.Tensor:
     """`names[i]`, `logps[i]`: the name episode i's first route decision took and its log-prob
-    under the router's name distribution (None / NaN where it made none). NaN rewards
-    (unscorable episodes) get 0 and no share of the baseline."""
+    under the router's name distribution (None / NaN where it made none); `K` the number of
+    names a group takes in turn (each G / K times). NaN rewards (unscorable episodes) get 0
+    and no share of the baseline."""
+    if K < 1 or G % K:
+        raise ValueError(f"all-names groups of {G} cannot take {K} names equally often")
     g = _groups(rewards, G)
     p = torch.nan_to_num(logps.to(rewards.dtype).exp(), nan=0.0).view(-1, G)
     valid = ~torch.isnan(g)
     named = torch.tensor([n is not None for n in names], device=rewards.device).view(-1, G) & valid
-    counts = torch.ones_like(g)
-    for gi in range(g.size(0)):
-        row = names[gi * G : (gi + 1) * G]
-        for j, n in enumerate(row):
-            if n is not None:
-                counts[gi, j] = sum(1 for k, m in enumerate(row) if m == n and bool(valid[gi, k]))
-    w = torch.where(named, p / counts, torch.zeros_like(g))
+    w = torch.where(named, p * K / G, torch.zeros_like(g))  # p_i / c, c = G / K episodes assigned each name
     r = torch.where(valid, g, torch.zeros_like(g))
     wsum = w.sum(dim=1, keepdim=True)
     plain = valid.sum(dim=1, keepdim=True).clamp(min=1)

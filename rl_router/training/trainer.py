@@ -37,6 +37,7 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
+from rl_router.rollout.names import STEMS
 from rl_router.training import microbatch
 from rl_router.training.advantages import all_names_advantages, bopo_advantages, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
@@ -45,6 +46,8 @@ from rl_router.training.logprobs import allowed_tensor, policy_logps, rescales_l
 
 ADVANTAGES = ("grpo", "rloo", "bopo", "all_names")
 ROUTE_STEM = '<route model="'
+#: the stems after which an action names the model to call (tags and tool calls: rollout/names.py)
+ROUTE_STEMS = tuple(stem for stem, _, kind in STEMS if kind == "route")
 SEEN_FILE = "rl_router_seen.json"
 
 
@@ -205,7 +208,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             r = (rpf * self.reward_weights.to(rpf.device).unsqueeze(0)).nansum(dim=1).view(-1, G)
             m["signal/zero_std_groups"].append(float(((r.max(dim=1).values - r.min(dim=1).values).abs() < 1e-9).float().mean()))
         decisions = [d for turns in gather_object([list(self._last_decisions)]) for ep in turns for t in (ep or []) for d in t]
-        enumerated = self.advantage == "all_names"  # route names taken in turn: their sampled shares and entropies say nothing (_log_route_distribution)
+        enumerated = getattr(self, "advantage", None) == "all_names"  # route names taken in turn: their sampled shares and entropies say nothing (_log_route_distribution)
         for kind, stem in (("route", '<route model="'), ("adopt", "<answer>@")):
             if enumerated and kind == "route":
                 continue
@@ -274,10 +277,10 @@ class RouterGRPOTrainer(GRPOTrainer):
         if self.advantage == "rloo":
             adv = rloo_advantages(rewards, G)
         elif self.advantage == "all_names":
-            names, logps = first_routes(gather_object([list(self._last_decisions)]))
+            names, logps, k = first_routes(gather_object([list(self._last_decisions)]))
             scale = self.args.scale_rewards
             scale = {True: "group", False: "none"}.get(scale, scale) if isinstance(scale, bool) else str(scale)
-            adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), scale=scale)
+            adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), k or G, scale=scale)
             self._log_route_distribution(m, names, logps, G)
         else:
             assert self.bopo_reward is not None
@@ -297,15 +300,17 @@ class RouterGRPOTrainer(GRPOTrainer):
         return out
 
 
-def first_routes(decisions: list[Any]) -> tuple[list[str | None], list[float]]:
+def first_routes(decisions: list[Any]) -> tuple[list[str | None], list[float], int]:
     """Per episode (its decisions per turn, gathered across ranks): the name its first route
-    decision took and that name's log-prob under the name distribution; (None, NaN) when it
-    made none."""
+    decision took and that name's log-prob under the name distribution, (None, NaN) when it
+    made none; and the number of candidate names (0 when no episode decided)."""
     names: list[str | None] = []
     logps: list[float] = []
+    k = 0
     for part in decisions:
         for ep in part:
-            d = next((x for t in (ep or []) for x in t if x.get("stem") == ROUTE_STEM and x.get("logprob") is not None), None)
+            d = next((x for t in (ep or []) for x in t if x.get("stem") in ROUTE_STEMS and x.get("logprob") is not None), None)
             names.append(d["choice"] if d else None)
             logps.append(float(d["logprob"]) if d else float("nan"))
-    return names, logps
+            k = max(k, len(d.get("names") or ())) if d else k
+    return names, logps, k
