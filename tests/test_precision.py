@@ -215,38 +215,3 @@ def test_the_kv_cache_keeps_float32_under_cpu_autocast_and_decodes_the_same(gsm8
     assert got["computed"][2] == ({torch.bfloat16} if native else {torch.float32})  # (keys leave RoPE in float32; values leave v_proj in bf16)
     assert got["float32"][0] == got["computed"][0]
     assert all(torch.equal(torch.tensor(a).nan_to_num(7.0), torch.tensor(b).nan_to_num(7.0)) for a, b in zip(got["float32"][1], got["computed"][1]))
-
-
-@pytest.mark.parametrize("logprobs", [False, True], ids=["eval", "with-logprobs"])
-def test_a_decided_names_tokens_are_fed_together_and_greedy_episodes_are_unchanged(gsm8k_run, logprobs):
-    """A name decided by score_names is forced: its tokens are fed in one forward, not one per
-    forward. Greedy episodes (float32) are the ones the token-per-forward decode gives, their
-    log-probs to float rounding, in fewer forwards where no log-probs are asked (evaluation)."""
-    from rl_router.rollout import decoder
-    from rl_router.rollout.engine import make_engine, stop_strings
-    from rl_router.rollout.names import cost_weights
-    from rl_router.rollout.policies import HFPolicy
-
-    recipe, model, tok, pool, tasks = _trained(gsm8k_run)
-    engine = make_engine(recipe, pool, tok)
-    got = {}
-    real = decoder.decode_turns
-    for runs in (False, True):
-        decoder.decode_turns = lambda *a, _runs=runs, **k: real(*a, **k, forced_runs=_runs)
-        try:
-            policy = HFPolicy(model, tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=0.0, stop_strings=stop_strings(recipe), names=pool.model_names, route_weights=cost_weights(pool),
-                              logprobs=logprobs)
-            eps = engine.run_batched(tasks[:8], policy, batch_size=8)
-        finally:
-            decoder.decode_turns = real
-        got[runs] = (eps, policy.session.forward_calls)
-    (a, calls_a), (b, calls_b) = got[False], got[True]
-    assert [e["completion_ids"] for e in a] == [e["completion_ids"] for e in b]
-    assert [[d["choice"] for t in e["decisions"] for d in t] for e in a] == [[d["choice"] for t in e["decisions"] for d in t] for e in b]
-    for x, y in zip(a, b):
-        torch.testing.assert_close(torch.tensor(x["logprobs"]), torch.tensor(y["logprobs"]), rtol=0, atol=1e-4, equal_nan=True)
-        assert x["decision_tokens"] == y["decision_tokens"]
-    assert any(d for e in a for t in e["decisions"] for d in t)  # names were decided
-    # greedy turns asked for log-probs read a forced name token's from the vocabulary's logits,
-    # which a run cannot give: only evaluation (no log-probs) feeds names in runs
-    assert (calls_b < calls_a) if not logprobs else (calls_b == calls_a), (calls_a, calls_b)

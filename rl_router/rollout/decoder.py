@@ -716,7 +716,6 @@ def decode_turns(
     want_logprobs: bool = True,
     should_stop: Callable[[], bool] | None = None,
     max_positions: int | None = None,
-    forced_runs: bool = True,
 ) -> tuple[list[RowTurn], list[Fork]]:
     """Decode one turn for every row of the session (their contexts already fed): greedy or
     sampled tokens, forced tokens where a decision put them, until each row reaches a stop
@@ -724,18 +723,14 @@ def decode_turns(
     turns)` is called for rows whose text just reached a decision point; it sets forced tokens
     and may fork rows (returned forks are already rows of the session, at the end). Finished
     rows are fed a masked pad so the batch stays in step. `should_stop()`, checked every token,
-    aborts the decode (GenerationCancelled). `forced_runs`: a decided name's tokens whose
-    log-probs need no logits are fed in one forward (a route name and its closing `">` are
-    often 10-15 tokens; False feeds them one per forward, the reference the tests compare to)."""
+    aborts the decode (GenerationCancelled)."""
     eos = tokenizer.eos_token_id
     turns = [RowTurn() for _ in range(session.rows)]
     forks: list[Fork] = []
     greedy = temperature <= 0
-
-    def capped(r: int, t: RowTurn) -> bool:  # the turn's token cap, or the model's context, is reached
-        return len(t.ids) >= max_new_tokens or (max_positions is not None and session.pos[r] >= max_positions)
-
-    while not all(t.done or capped(r, t) for r, t in enumerate(turns)):
+    steps = 0
+    while not all(t.done for t in turns) and steps < max_new_tokens:
+        steps += 1
         if should_stop is not None and should_stop():
             raise GenerationCancelled("decoding stopped by its caller")
         if max_positions is not None:
@@ -747,41 +742,23 @@ def decode_turns(
         logits = session.logits
         best = logits.argmax(-1).tolist() if greedy else None  # one op for the batch
         lps = torch.log_softmax(logits / (temperature if not greedy else 1.0), dim=-1) if want_logprobs else None
-        active = [not t.done and not capped(r, t) for r, t in enumerate(turns)]
-        free = [r for r, t in enumerate(turns) if active[r] and not t.forced and t.trie is None]
+        free = [r for r, t in enumerate(turns) if not t.done and not t.forced and t.trie is None]
         drawn = sample_tokens(logits[free], temperature, top_p, top_k).tolist() if free and not greedy else []
         draw_of = dict(zip(free, drawn))
-        in_trie = [r for r, t in enumerate(turns) if active[r] and not t.forced and t.trie is not None]
+        in_trie = [r for r, t in enumerate(turns) if not t.done and not t.forced and t.trie is not None]
         name_draw = draw_names(logits, [turns[r].trie.allowed() for r in in_trie], in_trie, temperature, greedy, [turns[r].trie.forced_token() for r in in_trie]) if in_trie else {}
-        chosen: list[list[int]] = []
+        chosen: list[int] = []
         for r, t in enumerate(turns):
-            if not active[r]:
-                chosen.append([])
+            if t.done:
+                chosen.append(-1)
                 continue
             if t.forced:
-                # a decided name's tokens need no logits where their log-prob is known (0 inside a
-                # decision) or not wanted: they are fed together, in one forward (a run of them)
-                room = max_new_tokens - len(t.ids)
-                if max_positions is not None:
-                    room = min(room, max_positions - session.pos[r])
-                run: list[int] = []
-                text, piece = t.text, ""
-                while t.forced and len(run) < (max(1, room) if forced_runs else 1):
-                    within = t.forced_allowed[0] if t.forced_allowed else None
-                    if run and ((lps is not None and within is None) or any(x in text[-(len(x) + len(piece)):] for x in stop_strings)):
-                        break  # its log-prob is the vocabulary's (read from the logits after the run), or the turn stopped
-                    tok = t.forced.pop(0)
-                    piece = vocab[tok] if tok < len(vocab) else tokenizer.decode([tok])
-                    text += piece
-                    if t.forced_allowed:
-                        t.forced_allowed.pop(0)
-                    t.allowed.append(within)
-                    if lps is not None:  # a forced token inside a decision is certain under the name distribution
-                        t.logprobs.append(0.0 if within is not None else float(lps[r, tok]))
-                    run.append(tok)
-                chosen.append(run)
-                continue
-            if t.trie is not None:  # a name drawn from the renormalised distribution, one token at a time
+                tok = t.forced.pop(0)
+                within = t.forced_allowed.pop(0) if t.forced_allowed else None
+                t.allowed.append(within)
+                if lps is not None:  # a forced token inside a decision is certain under the name distribution
+                    t.logprobs.append(0.0 if within is not None else float(lps[r, tok]))
+            elif t.trie is not None:  # a name drawn from the renormalised distribution, one token at a time
                 within, tok, lp_tok, ent = name_draw[r]
                 t.allowed.append(within)
                 if want_logprobs:
@@ -798,26 +775,26 @@ def decode_turns(
                 t.allowed.append(None)
                 if lps is not None:
                     t.logprobs.append(float(lps[r, tok]))
-            chosen.append([tok])
-        chunks: list[list[int]] = []
-        for r, (t, toks) in enumerate(zip(turns, chosen)):
-            if not toks:
+            chosen.append(tok)
+        chunks = []
+        for r, (t, tok) in enumerate(zip(turns, chosen)):
+            if tok < 0:
                 chunks.append([])
                 continue
-            if toks == [eos]:
+            if tok == eos:
                 t.done, t.eos = True, True
-                t.ids.append(eos)
-                chunks.append(toks)
+                t.ids.append(tok)
+                chunks.append([tok])
                 continue
-            pieces = "".join(vocab[tok] if tok < len(vocab) else tokenizer.decode([tok]) for tok in toks)
-            t.ids += toks
-            t.text += pieces
-            chunks.append(toks)
-            if any(s in t.text[-(len(s) + len(pieces)):] for s in stop_strings):  # a stop string first appears within the new pieces
+            t.ids.append(tok)
+            piece = vocab[tok] if tok < len(vocab) else tokenizer.decode([tok])
+            t.text += piece
+            chunks.append([tok])
+            if any(s in t.text[-(len(s) + len(piece)):] for s in stop_strings):  # a stop string first appears within the new piece
                 t.done = True
         session.feed(chunks)
         if decide is not None:
-            live = [r for r, t in enumerate(turns) if not t.done and not capped(r, t) and not t.forced and t.trie is None]
+            live = [r for r, t in enumerate(turns) if not t.done and not t.forced and t.trie is None]
             if live:
                 new = decide(session, live, turns)
                 for f in new:

@@ -296,16 +296,6 @@ class HFPolicy:
             if not names:
                 self.undecided += 1
                 continue
-            if draw and len(names) == 1:  # no choice (e.g. adopting the only model called): log p = 0, nothing to score or sample
-                cont = list(conts[names[0]])
-                t.forced, t.forced_allowed = cont, ([[x] for x in cont] if draw else [])
-                bias = meta[r]["biases"][0] if kind == "route" else 0.0
-                t.decisions.append({"stem": stem, "names": names, "scores": None, "choice": names[0], "bias": 0.0, "logprob": 0.0, "entropy": 0.0} if draw
-                                   else Decision(stem, names, [0.0], names[0], bias).as_dict())
-                if kind == "route":
-                    t.choice = names[0]
-                    state.route_target = None
-                continue
             if draw:
                 target = state.route_target if kind == "route" and state.route_target in names else None
                 if kind == "route":
