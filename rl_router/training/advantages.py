@@ -46,7 +46,9 @@ expectation otherwise; and under TRL's token-summed losses, `loss_type: dapo` (i
 bnpo, not `grpo`'s per-sequence 1/|o_i|). Sampling G names from a collapsing policy compares few models per task
 (the collapse exploration.py describes); here every model is compared on every task, each in
 proportion to how likely the router is to call it. The price is one call of every model per
-training task (a recorded pool replays them). Episodes that reached no route decision keep
+training task (a recorded pool replays them). Exact is not better by itself: an action's exact
+gradient is proportional to its probability, so from a warm start it may settle on the good
+model already favoured (measured on dcrouter: README, "All-names groups"). Episodes that reached no route decision keep
 r_i - b_g unweighted. Scaled like GRPO (`scale`: batch, group or none).
 """
 
