@@ -36,6 +36,46 @@ def test_all_names_advantages_give_the_exact_expected_reward_gradient(G, K):
         _expected_gradient_check(G, K, seed)
 
 
+@pytest.mark.parametrize("G,K", [(3, 3), (8, 4)])
+def test_uniform_weights_move_each_logit_by_its_reward_above_the_task_mean(G, K):
+    """`weights="uniform"`: A_i = r_i - mean(r), and the group's sum of A_i grad log pi(m_i)
+    over a softmax's logits is c * (r - mean(r)) (c = G / K), whatever the probabilities: the
+    natural policy gradient's step for a softmax policy."""
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        theta = torch.randn(K, generator=g, dtype=torch.float64, requires_grad=True)
+        r = torch.rand(K, generator=g, dtype=torch.float64)
+        idx = [k % K for k in range(G)]
+        adv = all_names_advantages(r[idx], G, [f"m{i}" for i in idx], torch.log_softmax(theta, 0)[idx].detach(), K, scale="none", weights="uniform")
+        torch.testing.assert_close(adv, r[idx] - r.mean())
+        (grad,) = torch.autograd.grad((adv * torch.log_softmax(theta, 0)[idx]).sum(), theta)
+        torch.testing.assert_close(grad, (G // K) * (r - r.mean()), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="weights"):
+        all_names_advantages(r[idx], G, ["m"] * G, torch.zeros(G, dtype=torch.float64), K, weights="sampled")
+
+
+def test_uniform_weights_leave_the_plateau_the_exact_gradient_stays_on():
+    """A router that gives the best model (reward 1.0) p = 0.001 and a good one (0.6) p = 0.98:
+    the exact gradient moves the best model's logit by p x its advantage and has not reached it
+    after 200 steps (its probability falls); the uniform weights' natural-gradient step reaches it within 60."""
+    r = torch.tensor([0.6, 1.0, 0.0], dtype=torch.float64)
+    start = torch.log(torch.tensor([0.98, 0.001, 0.019], dtype=torch.float64))
+
+    def train(weights: str, steps: int) -> float:
+        theta = start.clone().requires_grad_(True)
+        opt = torch.optim.SGD([theta], lr=0.5)
+        for _ in range(steps):
+            lp = torch.log_softmax(theta, 0)
+            adv = all_names_advantages(r, 3, ["a", "b", "c"], lp.detach(), 3, scale="none", weights=weights)
+            opt.zero_grad()
+            (-(adv * lp).sum()).backward()
+            opt.step()
+        return float(torch.softmax(theta, 0)[1])
+
+    assert train("policy", 200) < 0.1
+    assert train("uniform", 60) > 0.9
+
+
 def test_all_names_advantages_are_zero_where_they_should_be_and_scaled_like_grpo():
     r = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
     lp = torch.log(torch.tensor([0.5, 0.5, 0.9, 0.1], dtype=torch.float64))
@@ -66,7 +106,8 @@ def test_enumerate_targets_cycles_the_names_within_each_group_also_across_proces
     assert float(one_missing[0]) == pytest.approx(4 * w * (1.0 - base))
 
 
-def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_probability(gsm8k_trainer, gsm8k_run):
+@pytest.mark.parametrize("weights", ["policy", "uniform"])
+def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_probability(gsm8k_trainer, gsm8k_run, weights):
     """On the GSM8K router (two models, groups of 4): each group's first route decisions take the
     two models in turn, with their log-probs under the name distribution the rollout would have
     sampled (equal to what TRL's loss recomputes at those tokens), and the advantages the
@@ -79,7 +120,7 @@ def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_proba
     pool_names = recipe_pool(recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))).model_names
     assert len(pool_names) == 2  # read before the trainer exists (building the pool after it left accelerate's state unusable)
     reward = lambda completions, **kw: [float(i % 3 == 0) for i in range(len(completions))]  # noqa: E731
-    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, advantage="all_names")
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, advantage="all_names", all_names_weights=weights)
     trainer.model.train()
     torch.manual_seed(0)
     out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
@@ -103,7 +144,7 @@ def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_proba
         assert float(lp[b][pos[b]].sum()) == pytest.approx(want, abs=1e-4)
     rewards = torch.tensor(reward(list(range(16))), dtype=torch.float32)
     assert k == 2
-    want = all_names_advantages(rewards, 4, names, torch.tensor(logps), 2, scale=trainer.args.scale_rewards)
+    want = all_names_advantages(rewards, 4, names, torch.tensor(logps), 2, scale=trainer.args.scale_rewards, weights=weights)
     torch.testing.assert_close(out["advantages"].float(), want.float(), rtol=1e-5, atol=1e-6)
     assert "decision/route_entropy_exact" in trainer._metrics["train"]
     assert not any(k.startswith("decision/route_share/") for k in trainer._metrics["train"])
@@ -115,7 +156,7 @@ def test_all_names_training_moves_the_router_toward_the_rewarded_model(gsm8k_tra
     batches raise its log-probability of that model on the tasks. Every group calls that model
     although the router would almost never sample it: sampled GRPO groups of 4 would see it
     about once in 1,000 groups."""
-    from rl_router.training.trainer import ROUTE_STEM
+    from rl_router.training.trainer import ROUTE_STEMS
 
     target = "gpt-4-1106"
 
@@ -123,7 +164,7 @@ def test_all_names_training_moves_the_router_toward_the_rewarded_model(gsm8k_tra
         return c[0]["content"] if isinstance(c, list) else c
 
     def reward(completions, **kw):  # the first route's model (this router may escalate after it)
-        return [1.0 if text(c).split(ROUTE_STEM, 1)[-1].startswith(f'{target}"') else 0.0 for c in completions]
+        return [1.0 if text(c).split(ROUTE_STEMS[0], 1)[-1].startswith(f'{target}"') else 0.0 for c in completions]
 
     trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, advantage="all_names")
     trainer.model.train()
@@ -149,3 +190,20 @@ def test_all_names_training_moves_the_router_toward_the_rewarded_model(gsm8k_tra
         out = trainer._generate_and_score_completions(prompts)
     after = logp_target()
     assert after > before + 0.5, (before, after)
+
+
+def test_the_recipe_reaches_the_trainer_with_its_all_names_weights():
+    """`algorithm.all_names_weights` is what RouterGRPOTrainer gets (pipeline.trainer_options),
+    and a weighting without all-names groups, or an unknown one, is refused with the field."""
+    from rl_router.errors import ConfigError
+    from rl_router.recipe import load_recipe
+    from rl_router.training.pipeline import trainer_options
+
+    sets = ["algorithm.advantage=all_names", "trainer.num_generations=9", "trainer.per_device_train_batch_size=9"]
+    uniform = trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_weights=uniform", "algorithm.trim_padding=true"]))
+    assert (uniform["advantage"], uniform["all_names_weights"], uniform["trim_padding"]) == ("all_names", "uniform", True)
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", sets))["all_names_weights"] == "policy"
+    with pytest.raises(ConfigError, match="algorithm.all_names_weights"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.all_names_weights=uniform"])
+    with pytest.raises(ConfigError, match="unknown 'sampled'"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_weights=sampled"])

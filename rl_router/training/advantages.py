@@ -50,6 +50,18 @@ training task (a recorded pool replays them). Exact is not better by itself: an 
 gradient is proportional to its probability, so from a warm start it may settle on the good
 model already favoured (measured on dcrouter: README, "All-names groups"). Episodes that reached no route decision keep
 r_i - b_g unweighted. Scaled like GRPO (`scale`: batch, group or none).
+
+All names, uniform weights (`algorithm.all_names_weights: uniform`): the same groups, every
+episode weighted alike,
+    A_i = r_i - mean(r_group)
+so the group's sum of A_i grad log pi(m_i) is c * sum_m (r_m - rbar) grad log pi(m). For a
+softmax over the names with logits z, grad_z log pi(m) = e_m - pi, and the sum is
+c * (r - rbar): each model's logit moves by how much better than the task's average it is,
+whatever its probability. That is the natural policy gradient's step for a softmax policy
+(Kakade 2001; its tabular update is z += eta * A(m), and A differs from r - rbar by a constant
+that leaves the softmax unchanged), which converges without the plateau above (Agarwal et al.
+2021, Mei et al. 2020). It is not the gradient of the expected reward: it is the steepest
+ascent in the policy's own (Fisher) geometry, on this decision only.
 """
 
 from __future__ import annotations
@@ -98,17 +110,26 @@ def bopo_advantages(rewards: torch.Tensor, G: int, ref_rewards: torch.Tensor, su
     return torch.nan_to_num(adv, nan=0.0)
 
 
-def all_names_advantages(rewards: torch.Tensor, G: int, names: list[str | None], logps: torch.Tensor, K: int, scale: str = "batch", eps: float = 1e-4) -> torch.Tensor:
+ALL_NAMES_WEIGHTS = ("policy", "uniform")
+
+
+def all_names_advantages(rewards: torch.Tensor, G: int, names: list[str | None], logps: torch.Tensor, K: int, scale: str = "batch", eps: float = 1e-4,
+                         weights: str = "policy") -> torch.Tensor:
     """`names[i]`, `logps[i]`: the name episode i's first route decision took and its log-prob
     under the router's name distribution (None / NaN where it made none); `K` the number of
     names a group takes in turn (each G / K times). NaN rewards (unscorable episodes) get 0
-    and no share of the baseline."""
+    and no share of the baseline. `weights`: policy (the exact gradient) or uniform (the
+    natural gradient's direction; module docstring)."""
     if K < 1 or G % K:
         raise ValueError(f"all-names groups of {G} cannot take {K} names equally often")
+    if weights not in ALL_NAMES_WEIGHTS:
+        raise ValueError(f"all-names weights {weights!r}: use one of {ALL_NAMES_WEIGHTS}")
     g = _groups(rewards, G)
     p = torch.nan_to_num(logps.to(rewards.dtype).exp(), nan=0.0).view(-1, G)
     valid = ~torch.isnan(g)
     named = torch.tensor([n is not None for n in names], device=rewards.device).view(-1, G) & valid
+    if weights == "uniform":
+        p = torch.full_like(p, 1.0 / K)  # every name's episodes count alike: A_i = r_i - mean(r)
     w = torch.where(named, p * K / G, torch.zeros_like(g))  # p_i / c, c = G / K episodes assigned each name
     r = torch.where(valid, g, torch.zeros_like(g))
     wsum = w.sum(dim=1, keepdim=True)

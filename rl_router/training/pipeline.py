@@ -360,6 +360,13 @@ def stage_warm_start(run: Run) -> None:
     run.metrics["sft_distinct_trajectories"] = len({tuple(r["input_ids"]) for r in rows})
 
 
+def trainer_options(recipe: Recipe) -> dict[str, Any]:
+    """The algorithm section's settings RouterGRPOTrainer takes (the rest are TRL's GRPOConfig)."""
+    a = recipe.algorithm
+    return {"advantage": a.advantage or a.name, "all_names_weights": a.all_names_weights, "bopo_beta": a.bopo_beta,
+            "decision_entropy_floor": a.decision_entropy_floor, "decision_entropy_coef": a.decision_entropy_coef, "trim_padding": a.trim_padding}
+
+
 def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     """GRPO / RLOO / BoPO on TRL's GRPOTrainer with our multi-turn rollout hook."""
     from datasets import Dataset
@@ -415,8 +422,7 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
         model=run.model, reward_funcs=reward_funcs, args=args, callbacks=[*(callbacks or []), *([curve] if curve else [])], processing_class=tok,
         train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in run.train_tasks]),
         rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy, enumerate_names=run.pool.model_names if a.advantage == "all_names" else None),
-        peft_config=peft_config, advantage=a.advantage or a.name, bopo_reward=bopo, bopo_beta=a.bopo_beta,
-        decision_entropy_floor=a.decision_entropy_floor, decision_entropy_coef=a.decision_entropy_coef, trim_padding=a.trim_padding,
+        peft_config=peft_config, bopo_reward=bopo, **trainer_options(run.recipe),
     )
     run.log(f"{a.name.upper()}" + (f" ({a.advantage} advantages)" if a.advantage and a.advantage != a.name else "") + f" for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))
     run.folder.finished("rl")  # recorded before the first checkpoint: a killed run resumes with the same settings

@@ -39,20 +39,21 @@ from trl import GRPOTrainer
 
 from rl_router.rollout.names import STEMS
 from rl_router.training import microbatch
-from rl_router.training.advantages import all_names_advantages, bopo_advantages, rloo_advantages
+from rl_router.training.advantages import ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 from rl_router.training.exploration import entropy_shortfall
 from rl_router.training.logprobs import allowed_tensor, policy_logps, rescales_logits
 
 ADVANTAGES = ("grpo", "rloo", "bopo", "all_names")
-ROUTE_STEM = '<route model="'
 #: the stems after which an action names the model to call (tags and tool calls: rollout/names.py)
 ROUTE_STEMS = tuple(stem for stem, _, kind in STEMS if kind == "route")
+#: the stems after which an answer adopts a called model's reply by name
+ADOPT_STEMS = tuple(stem for stem, _, kind in STEMS if kind == "adopt")
 SEEN_FILE = "rl_router_seen.json"
 
 
 class RouterGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args: Any, advantage: str = "grpo", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
+    def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
                  decision_entropy_coef: float = 0.0, trim_padding: bool = False, **kwargs: Any):
         if advantage not in ADVANTAGES:
             raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
@@ -60,6 +61,9 @@ class RouterGRPOTrainer(GRPOTrainer):
             raise ValueError("algorithm.name=bopo needs boundary records (a BoPOReward)")
         super().__init__(*args, **kwargs)
         self.advantage = advantage
+        if all_names_weights not in ALL_NAMES_WEIGHTS:
+            raise ValueError(f"algorithm.all_names_weights: unknown {all_names_weights!r}; use one of {ALL_NAMES_WEIGHTS}")
+        self.all_names_weights = all_names_weights
         self.bopo_reward = bopo_reward
         self.bopo_beta = bopo_beta
         # the entropy floor on name decisions (training/exploration.py); off when either is 0
@@ -209,14 +213,15 @@ class RouterGRPOTrainer(GRPOTrainer):
             m["signal/zero_std_groups"].append(float(((r.max(dim=1).values - r.min(dim=1).values).abs() < 1e-9).float().mean()))
         decisions = [d for turns in gather_object([list(self._last_decisions)]) for ep in turns for t in (ep or []) for d in t]
         enumerated = getattr(self, "advantage", None) == "all_names"  # route names taken in turn: their sampled shares and entropies say nothing (_log_route_distribution)
-        for kind, stem in (("route", '<route model="'), ("adopt", "<answer>@")):
+        for kind, stems in (("route", ROUTE_STEMS), ("adopt", ADOPT_STEMS)):
             if enumerated and kind == "route":
                 continue
-            ent = [float(d["entropy"]) for d in decisions if d.get("entropy") is not None and d.get("stem") == stem]
+            ent = [float(d["entropy"]) for d in decisions if d.get("entropy") is not None and d.get("stem") in stems]
             if ent:
                 m[f"decision/{kind}_entropy"].append(sum(ent) / len(ent))
-        routes = [d["choice"] for d in decisions if d.get("stem") == '<route model="']
-        for name in [] if enumerated else sorted({n for d in decisions for n in d.get("names") or [] if d.get("stem") == '<route model="'}):  # what the sampled policy calls
+        route_decisions = [d for d in decisions if d.get("stem") in ROUTE_STEMS]
+        routes = [d["choice"] for d in route_decisions]
+        for name in [] if enumerated else sorted({n for d in route_decisions for n in d.get("names") or []}):  # what the sampled policy calls
             m[f"decision/route_share/{name}"].append(sum(1 for c in routes if c == name) / len(routes))
 
     def _log_route_distribution(self, m: Any, names: list[str | None], logps: list[float], G: int) -> None:
@@ -280,7 +285,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             names, logps, k = first_routes(gather_object([list(self._last_decisions)]))
             scale = self.args.scale_rewards
             scale = {True: "group", False: "none"}.get(scale, scale) if isinstance(scale, bool) else str(scale)
-            adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), k or G, scale=scale)
+            adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), k or G, scale=scale, weights=self.all_names_weights)
             self._log_route_distribution(m, names, logps, G)
         else:
             assert self.bopo_reward is not None
