@@ -85,7 +85,7 @@ def main() -> None:
         v = out[k]
         mean, (lo, hi) = scale * v.get("mean", v.get("value")), (scale * v["ci95"][0], scale * v["ci95"][1])
         up, down = ("A dearer", "A cheaper") if k == "cost" else ("A ahead", "A behind")
-        verdict = up if lo > 0 else (down if hi < 0 else "not significant")
+        verdict = "the same" if max(abs(lo), abs(hi)) < 1e-9 else (up if lo > 0 else (down if hi < 0 else "not significant"))  # float rounding is not a difference
         print(f"  {label:>12}: {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]  {verdict}")
     if x.json:
         x.json.write_text(json.dumps(out, indent=1))

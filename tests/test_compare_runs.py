@@ -51,4 +51,6 @@ def test_runs_of_different_recipes_or_unfinished_runs_are_refused_in_one_line(gs
     assert p.returncode == 2 and "no heldout_later" in p.stderr, p.stderr
     p = _cli(str(gsm8k_run.out), str(gsm8k_run.out), "--stage-b", "after_sft", "--json", str(tmp_path / "d.json"))
     assert p.returncode == 0 and "reward" in p.stdout
+    p = _cli(str(gsm8k_run.out), str(gsm8k_run.out))
+    assert p.returncode == 0 and p.stdout.count("the same") == 4, p.stdout  # a run against itself: no difference anywhere
     assert json.loads((tmp_path / "d.json").read_text())["tasks"] == gsm8k_run.metrics["heldout_after"]["episodes"]
