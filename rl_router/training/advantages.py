@@ -61,7 +61,10 @@ whatever its probability. That is the natural policy gradient's step for a softm
 (Kakade 2001; its tabular update is z += eta * A(m), and A differs from r - rbar by a constant
 that leaves the softmax unchanged), which converges without the plateau above (Agarwal et al.
 2021, Mei et al. 2020). It is not the gradient of the expected reward: it is the steepest
-ascent in the policy's own (Fisher) geometry, on this decision only.
+ascent in the policy's own (Fisher) geometry, on this decision only. The argument is for one
+softmax over whole names; a router writes names as tokens that names share, so it holds for a
+token-level router only roughly (measured on dcrouter it collapsed like the exact gradient:
+README, "All-names groups").
 """
 
 from __future__ import annotations
