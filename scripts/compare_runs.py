@@ -51,8 +51,8 @@ def load(run: Path, stage: str) -> tuple[dict[str, Any], dict[str, Any], dict[st
 
 
 def compare(run_a: Path, run_b: Path, stage_a: str = "after", stage_b: str = "after") -> dict[str, Any]:
-    from rl_router.evaluation.comparisons import paired_vs, references
-    from rl_router.stats import paired_difference, resample_index
+    from rl_router.evaluation.comparisons import baseline_references, one_minus_other
+    from rl_router.stats import resample_index
 
     a, ma, ra = load(run_a, stage_a)
     b, _mb, rb = load(run_b, stage_b)
@@ -62,12 +62,8 @@ def compare(run_a: Path, run_b: Path, stage_a: str = "after", stage_b: str = "af
     n = len(a["per_task"]["reward"])
     if len(b["per_task"]["reward"]) != n:
         die(f"error {run_b}: {len(b['per_task']['reward'])} held-out episodes against {n} -> compare stages evaluated on all the held-out tasks")
-    base = ma["heldout_baselines"]
-    refs = references({k.removeprefix("always-"): v for k, v in base.items() if k.startswith("always-")})
-    idx = resample_index(n)
-    d = paired_vs(a, {"b": b}, refs, idx)["b"]
-    d["reward"] = paired_difference(a["per_task"]["reward"], b["per_task"]["reward"], idx)
-    return {"a": f"{run_a} ({stage_a})", "b": f"{run_b} ({stage_b})", "tasks": n, "a_reward": a["reward"], "b_reward": b["reward"], **d}
+    d = one_minus_other(a, b, baseline_references(ma["heldout_baselines"]), resample_index(n))  # what training records as rl_minus_warm_start
+    return {"a": f"{run_a} ({stage_a})", "b": f"{run_b} ({stage_b})", "a_reward": a["reward"], "b_reward": b["reward"], **d}
 
 
 def main() -> None:

@@ -65,6 +65,21 @@ def score_policy(s: dict[str, Any], refs: References, idx: np.ndarray) -> None:
     s["vs_best"] = {"model": refs.best, "quality": paired_difference(p["quality"], hi["per_task"]["quality"], idx), "cost": paired_difference(p["cost"], hi["per_task"]["cost"], idx)}
 
 
+def baseline_references(baselines: Mapping[str, dict[str, Any]]) -> References:
+    """References from an evaluation's policies (keyed always-<model>, random, ...): its single models."""
+    return references({k.removeprefix("always-"): v for k, v in baselines.items() if k.startswith("always-")})
+
+
+def one_minus_other(s: dict[str, Any], other: dict[str, Any], refs: References, idx: np.ndarray) -> dict[str, Any]:
+    """One policy minus another on the same tasks (a router after RL minus its warm start, one
+    run minus another): quality, cost, reward and distance above the single-model hull, each a
+    mean difference with its 95% bootstrap interval, and the number of tasks."""
+    d = paired_vs(s, {"other": other}, refs, idx)["other"]
+    d["reward"] = paired_difference(s["per_task"]["reward"], other["per_task"]["reward"], idx)
+    d["tasks"] = len(s["per_task"]["quality"])
+    return d
+
+
 def paired_vs(s: dict[str, Any], others: Mapping[str, dict[str, Any]], refs: References, idx: np.ndarray) -> dict[str, Any]:
     """A policy minus each other policy on the same tasks: quality, cost and distance above the hull."""
     p = s["per_task"]

@@ -468,10 +468,9 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
         m[f"heldout_quality_per_dollar_{when}"] = s["quality"] / s["mean_cost"] if s["mean_cost"] > 0 else 0.0
     # the one-number frontier check: quality minus the single-model hull's at the same cost
     # (two models: the random cheap/strong line), with a 95% interval paired over the tasks
-    from rl_router.evaluation.comparisons import references, score_policy
+    from rl_router.evaluation.comparisons import baseline_references, one_minus_other, score_policy
 
-    b = m["heldout_baselines"]
-    refs = references({k.removeprefix("always-"): v for k, v in b.items() if k.startswith("always-")})
+    refs = baseline_references(m["heldout_baselines"])
     idx = resample_index(len(run.held))
     for stage in ("before", "after_sft", "after"):
         if f"heldout_{stage}" in m and m[f"heldout_{stage}"]["episodes"] == len(run.held):  # paired over the same tasks only
@@ -482,7 +481,7 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
                 m[f"heldout_above_random_mixture_{stage}"], m[f"heldout_above_random_mixture_{stage}_ci95"] = s["above_hull"], s["ci95"]["above_hull"]
     m["references"] = {"cheapest": refs.cheapest, "best": refs.best, "frontier": refs.frontier}
     if "heldout_after_sft" in m and m["heldout_after_sft"]["episodes"] == m["heldout_after"]["episodes"] == len(run.held):
-        m["rl_minus_warm_start"] = rl_minus_start(m["heldout_after"], m["heldout_after_sft"], refs, idx)
+        m["rl_minus_warm_start"] = one_minus_other(m["heldout_after"], m["heldout_after_sft"], refs, idx)  # RL's own contribution
     m["global_step"] = trainer.state.global_step
     logged = [h for h in trainer.state.log_history if "episodes/seen" in h]  # a resumed run counted before too
     m["rl_episodes"] = int(max([trainer.episodes_seen] + [h["episodes/seen"] for h in logged]))
@@ -497,17 +496,6 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
     return m
 
 
-def rl_minus_start(after: dict[str, Any], start: dict[str, Any], refs: Any, idx: Any) -> dict[str, Any]:
-    """RL's own contribution: the router after RL minus the same router before RL (its warm
-    start), paired over the same held-out tasks: quality, cost, reward and distance above the
-    single-model hull, each a mean difference with its 95% bootstrap interval."""
-    from rl_router.evaluation.comparisons import paired_vs
-    from rl_router.stats import paired_difference
-
-    d = paired_vs(after, {"start": start}, refs, idx)["start"]
-    d["reward"] = paired_difference(after["per_task"]["reward"], start["per_task"]["reward"], idx)
-    d["tasks"] = len(after["per_task"]["quality"])
-    return d
 
 
 def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print, callbacks: list[Any] | None = None) -> dict[str, Any]:
