@@ -82,7 +82,8 @@ class AlgorithmSection:
     cheap_model: str | None = None  # boundary policies; default: the pool's cheapest / strongest card
     strong_model: str | None = None
     advantage: str | None = None  # the advantage estimator, if not algorithm.name's own: grpo | rloo | bopo | all_names (bopo needs name: bopo; name: bopo with advantage: grpo trains GRPO on BoPO's reward, the ablation); all_names: each group takes every pool model once at its first route decision, weighted by the router's probability of it: the decision's exact expected-reward gradient (training/advantages.py; num_generations a multiple of the pool's size; one call of every model per training task)
-    all_names_weights: str = "policy"  # all_names only: policy (each episode by the router's probability of its model: the exact gradient) | uniform (every episode alike, A = r - mean(r): the natural gradient's direction for a softmax over names, no plateau in the tabular case; training/advantages.py)
+    all_names_weights: str = "policy"  # all_names only: policy (each episode by the router's probability of its model: the exact gradient) | uniform (every episode alike, A = r - mean(r): the natural gradient's direction for a softmax over names, no plateau in the tabular case) | mirror (toward the target pi * exp(r / all_names_temperature): mirror descent's step, a proper fit of whole names whatever their tokens; training/advantages.py)
+    all_names_temperature: float = 0.1  # all_names_weights: mirror only: eta in reward units; a name's odds in the target are multiplied by e per eta of reward lead
     decision_entropy_floor: float = 0.0  # nats: below it, a name decision's entropy (within its allowed set) is pushed back up (training/exploration.py); 0: off
     decision_entropy_coef: float = 0.1  # weight of the floor's hinge in the loss (a mean over name decisions; the policy term weighs each trained token by 1 / the generation's trained tokens)
     trim_padding: bool = False  # the loss runs each micro-batch at its own width (training/microbatch.py): the same log-probs up to float rounding on rotary-position routers, fewer columns
@@ -410,8 +411,10 @@ def validate_combination(r: Recipe) -> None:
             raise ConfigError("algorithm.decision_entropy_floor", "reads the entropy along sampled names, and all_names takes every name in turn", "set algorithm.decision_entropy_floor: 0")
         if a.name == "bopo":
             raise ConfigError("algorithm.advantage", "all_names weighs episodes by the router's probability of their model; BoPO's clamps assume sampled ones", "use algorithm.name: grpo with all_names")
-    if a.all_names_weights not in ("policy", "uniform"):
-        raise ConfigError("algorithm.all_names_weights", f"unknown {a.all_names_weights!r}", "use policy (the exact gradient) or uniform (the natural gradient's direction)")
+    if a.all_names_weights not in ("policy", "uniform", "mirror"):
+        raise ConfigError("algorithm.all_names_weights", f"unknown {a.all_names_weights!r}", "use policy (the exact gradient), uniform (the natural gradient's direction) or mirror (toward pi * exp(r / eta))")
+    if not a.all_names_temperature > 0:
+        raise ConfigError("algorithm.all_names_temperature", f"{a.all_names_temperature} is not > 0", "set a positive temperature in reward units, e.g. 0.1")
     if a.all_names_weights != "policy" and a.advantage != "all_names":
         raise ConfigError("algorithm.all_names_weights", "weighs all-names groups, and this run samples its names", "set algorithm.advantage: all_names, or leave all_names_weights at policy")
     if a.advantage == "bopo" and a.name != "bopo":

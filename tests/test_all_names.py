@@ -74,6 +74,70 @@ def test_uniform_weights_leave_the_plateau_the_exact_gradient_stays_on():
 
     assert train("policy", 200) < 0.1
     assert train("uniform", 60) > 0.9
+    assert train("mirror", 60) > 0.9
+
+
+@pytest.mark.parametrize("G,K", [(3, 3), (9, 9), (8, 4)])
+def test_mirror_weights_move_each_logit_toward_the_kl_regularised_target(G, K):
+    """`weights="mirror"`: the target q = pi exp(rbar / eta) / Z over the group's names, and the
+    group's sum of A_i grad log pi(m_i) over a softmax's logits is K (q - pi): the cross-entropy
+    step toward q, whose size does not shrink with a good model's probability."""
+    eta = 0.1
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        theta = torch.randn(K, generator=g, dtype=torch.float64, requires_grad=True)
+        r = torch.rand(K, generator=g, dtype=torch.float64)
+        idx = [k % K for k in range(G)]
+        lp = torch.log_softmax(theta, 0)
+        adv = all_names_advantages(r[idx], G, [f"m{i}" for i in idx], lp[idx].detach(), K, weights="mirror", temperature=eta)
+        pi = lp.detach().exp()
+        q = torch.softmax(lp.detach() + r / eta, 0)
+        (grad,) = torch.autograd.grad((adv * lp[idx]).sum(), theta)
+        torch.testing.assert_close(grad, K * (q - pi), rtol=1e-9, atol=1e-12)
+        # scale does not apply: rewards enter only through r / eta
+        again = all_names_advantages(r[idx], G, [f"m{i}" for i in idx], lp[idx].detach(), K, scale="batch", weights="mirror", temperature=eta)
+        torch.testing.assert_close(again, adv)
+    with pytest.raises(ValueError, match="temperature"):
+        all_names_advantages(r[idx], G, [f"m{i}" for i in idx], lp[idx].detach(), K, weights="mirror", temperature=0.0)
+    # unscorable (NaN) and unnamed episodes get 0; the rest of the group still has its target
+    # (with a single name left, (3, 3), the target is that name and every advantage is 0)
+    r2 = r[idx].clone()
+    r2[0] = float("nan")
+    names = [f"m{i}" for i in idx]
+    names[1] = None
+    adv2 = all_names_advantages(r2, G, names, lp[idx].detach(), K, weights="mirror", temperature=eta)
+    assert float(adv2[0]) == 0.0 and float(adv2[1]) == 0.0
+    assert (float(adv2[2:].abs().sum()) > 0) == (len(set(names[2:])) > 1)
+
+
+def test_mirror_weights_find_the_best_name_where_names_share_first_tokens_and_uniform_does_not():
+    """A router that writes a name as tokens: first `ll` or `g`, then after `ll` one of `a`,
+    `b`, `c`. ll-a is the best model (reward 1.0), ll-b and ll-c the worst (0.0), g good
+    (0.7). Uniform weights give the first token `ll` the summed advantages of its three names
+    (0.575 - 0.425 - 0.425 < 0) and drive the router to g for good; the mirror target's
+    cross-entropy gives `ll` the target's mass on its names and reaches ll-a. Trained by SGD on
+    the token-level log-probs, as TRL's loss trains a router's tokens."""
+    r = torch.tensor([1.0, 0.0, 0.0, 0.7], dtype=torch.float64)  # ll-a, ll-b, ll-c, g
+    names = ["ll-a", "ll-b", "ll-c", "g"]
+
+    def train(weights: str, steps: int) -> torch.Tensor:
+        first = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # ll, g
+        second = torch.zeros(3, dtype=torch.float64, requires_grad=True)  # a, b, c after ll
+        opt = torch.optim.SGD([first, second], lr=0.5)
+        for _ in range(steps):
+            f, s = torch.log_softmax(first, 0), torch.log_softmax(second, 0)
+            lp = torch.stack([f[0] + s[0], f[0] + s[1], f[0] + s[2], f[1]])  # a name's tokens' log-probs, summed
+            adv = all_names_advantages(r, 4, names, lp.detach(), 4, scale="none", weights=weights, temperature=0.1)
+            opt.zero_grad()
+            (-(adv * lp).sum()).backward()
+            opt.step()
+        with torch.no_grad():
+            f, s = torch.softmax(first, 0), torch.softmax(second, 0)
+            return torch.stack([f[0] * s[0], f[0] * s[1], f[0] * s[2], f[1]])
+
+    uniform, mirror = train("uniform", 200), train("mirror", 200)
+    assert float(uniform[3]) > 0.95, uniform  # settled on g, the second-best model
+    assert float(mirror[0]) > 0.9, mirror  # ll-a, the best
 
 
 def test_all_names_advantages_are_zero_where_they_should_be_and_scaled_like_grpo():
@@ -106,7 +170,7 @@ def test_enumerate_targets_cycles_the_names_within_each_group_also_across_proces
     assert float(one_missing[0]) == pytest.approx(4 * w * (1.0 - base))
 
 
-@pytest.mark.parametrize("weights", ["policy", "uniform"])
+@pytest.mark.parametrize("weights", ["policy", "uniform", "mirror"])
 def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_probability(gsm8k_trainer, gsm8k_run, weights):
     """On the GSM8K router (two models, groups of 4): each group's first route decisions take the
     two models in turn, with their log-probs under the name distribution the rollout would have
@@ -144,7 +208,7 @@ def test_a_training_rollout_takes_every_name_and_the_trainer_weighs_by_its_proba
         assert float(lp[b][pos[b]].sum()) == pytest.approx(want, abs=1e-4)
     rewards = torch.tensor(reward(list(range(16))), dtype=torch.float32)
     assert k == 2
-    want = all_names_advantages(rewards, 4, names, torch.tensor(logps), 2, scale=trainer.args.scale_rewards, weights=weights)
+    want = all_names_advantages(rewards, 4, names, torch.tensor(logps), 2, scale=trainer.args.scale_rewards, weights=weights, temperature=trainer.all_names_temperature)
     torch.testing.assert_close(out["advantages"].float(), want.float(), rtol=1e-5, atol=1e-6)
     assert "decision/route_entropy_exact" in trainer._metrics["train"]
     assert not any(k.startswith("decision/route_share/") for k in trainer._metrics["train"])
@@ -203,6 +267,10 @@ def test_the_recipe_reaches_the_trainer_with_its_all_names_weights():
     uniform = trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_weights=uniform", "algorithm.trim_padding=true"]))
     assert (uniform["advantage"], uniform["all_names_weights"], uniform["trim_padding"]) == ("all_names", "uniform", True)
     assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", sets))["all_names_weights"] == "policy"
+    mirror = trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_weights=mirror", "algorithm.all_names_temperature=0.05"]))
+    assert (mirror["all_names_weights"], mirror["all_names_temperature"]) == ("mirror", 0.05)
+    with pytest.raises(ConfigError, match="algorithm.all_names_temperature"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_weights=mirror", "algorithm.all_names_temperature=0"])
     with pytest.raises(ConfigError, match="algorithm.all_names_weights"):
         load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.all_names_weights=uniform"])
     with pytest.raises(ConfigError, match="unknown 'sampled'"):

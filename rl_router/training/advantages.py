@@ -65,6 +65,25 @@ ascent in the policy's own (Fisher) geometry, on this decision only. The argumen
 softmax over whole names; a router writes names as tokens that names share, so it holds for a
 token-level router only roughly (measured on dcrouter it collapsed like the exact gradient:
 README, "All-names groups").
+
+All names, mirror target (`algorithm.all_names_weights: mirror`, temperature
+`algorithm.all_names_temperature` = eta): each group's nine (K) rewards and the router's own
+probabilities pi of the names define a target distribution over names,
+    q_m = pi(m) exp(rbar_m / eta) / Z              (rbar_m: mean reward of name m's episodes)
+the KL-regularised improvement of pi (mirror descent's step, the E-step of MPO, Abdolmaleki et
+al. 2018: argmax_q E_q[r] - eta KL(q || pi)), and the episodes are weighted so that the group's
+update is the gradient of K times the cross-entropy from q to the router's names:
+    A_i = K / c * (q_{m_i} - pi(m_i))             (pi renormalised over the group's names)
+For one softmax over names its logits move by K (q - pi): toward the target, whatever a good
+model's current probability (a model at 1% whose reward is 0.3 above the rest has
+q = 0.01 e^(0.3/eta) / Z, 0.95 at eta 0.1), so the exact gradient's plateau is gone. Unlike the
+uniform weights this holds for a router that writes names as shared tokens: the cross-entropy
+to a distribution over whole names is minimised at q by any factorisation of the names into
+tokens, while sum_m (r_m - rbar) log pi(m) (uniform) lets one first token collect the summed
+advantages of every name it starts. (pi(m) as the baseline is exact: the group's names carry all
+of the decision's mass, so sum_m pi(m) grad log pi(m) = 0.) Rewards enter only through
+rbar / eta, so `scale` does not apply; eta is in reward units (0.1: a reward lead of 0.1
+multiplies a name's odds by e). Episodes with no route decision get 0: the target is over names.
 """
 
 from __future__ import annotations
@@ -113,16 +132,17 @@ def bopo_advantages(rewards: torch.Tensor, G: int, ref_rewards: torch.Tensor, su
     return torch.nan_to_num(adv, nan=0.0)
 
 
-ALL_NAMES_WEIGHTS = ("policy", "uniform")
+ALL_NAMES_WEIGHTS = ("policy", "uniform", "mirror")
 
 
 def all_names_advantages(rewards: torch.Tensor, G: int, names: list[str | None], logps: torch.Tensor, K: int, scale: str = "batch", eps: float = 1e-4,
-                         weights: str = "policy") -> torch.Tensor:
+                         weights: str = "policy", temperature: float = 0.1) -> torch.Tensor:
     """`names[i]`, `logps[i]`: the name episode i's first route decision took and its log-prob
     under the router's name distribution (None / NaN where it made none); `K` the number of
     names a group takes in turn (each G / K times). NaN rewards (unscorable episodes) get 0
-    and no share of the baseline. `weights`: policy (the exact gradient) or uniform (the
-    natural gradient's direction; module docstring)."""
+    and no share of the baseline. `weights`: policy (the exact gradient), uniform (the
+    natural gradient's direction) or mirror (toward the KL-regularised target at `temperature`;
+    module docstring)."""
     if K < 1 or G % K:
         raise ValueError(f"all-names groups of {G} cannot take {K} names equally often")
     if weights not in ALL_NAMES_WEIGHTS:
@@ -131,6 +151,8 @@ def all_names_advantages(rewards: torch.Tensor, G: int, names: list[str | None],
     p = torch.nan_to_num(logps.to(rewards.dtype).exp(), nan=0.0).view(-1, G)
     valid = ~torch.isnan(g)
     named = torch.tensor([n is not None for n in names], device=rewards.device).view(-1, G) & valid
+    if weights == "mirror":
+        return _mirror_advantages(g, p, named, [names[i * G:(i + 1) * G] for i in range(g.shape[0])], K, G, temperature).reshape(-1)
     if weights == "uniform":
         p = torch.full_like(p, 1.0 / K)  # every name's episodes count alike: A_i = r_i - mean(r)
     w = torch.where(named, p * K / G, torch.zeros_like(g))  # p_i / c, c = G / K episodes assigned each name
@@ -145,3 +167,26 @@ def all_names_advantages(rewards: torch.Tensor, G: int, names: list[str | None],
     elif scale == "group":
         adv = adv / (torch.stack([x[~torch.isnan(x)].std() if int((~torch.isnan(x)).sum()) > 1 else x.new_tensor(0.0) for x in g])[:, None] + eps)
     return adv.reshape(-1)
+
+
+def _mirror_advantages(g: torch.Tensor, p: torch.Tensor, named: torch.Tensor, group_names: list[list[str | None]], K: int, G: int, eta: float) -> torch.Tensor:
+    """A_i = K / c * (q_{m_i} - pi(m_i)) per group (module docstring), 0 for unnamed episodes."""
+    if not eta > 0:
+        raise ValueError(f"all-names mirror temperature must be > 0, got {eta}")
+    adv = torch.zeros_like(g)
+    c = G / K
+    for row, names in enumerate(group_names):
+        idx: dict[str, list[int]] = {}
+        for i, n in enumerate(names):
+            if n is not None and bool(named[row, i]):
+                idx.setdefault(n, []).append(i)
+        if not idx:
+            continue
+        keys = list(idx)
+        pi = torch.stack([p[row, idx[k][0]] for k in keys])
+        pi = pi / pi.sum().clamp(min=1e-30)
+        rbar = torch.stack([g[row, idx[k]].mean() for k in keys])
+        q = torch.softmax(torch.log(pi.clamp(min=1e-30)) + rbar / eta, dim=0)
+        for j, k in enumerate(keys):
+            adv[row, idx[k]] = K / c * (q[j] - pi[j])
+    return adv

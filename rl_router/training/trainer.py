@@ -53,7 +53,7 @@ SEEN_FILE = "rl_router_seen.json"
 
 
 class RouterGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
+    def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", all_names_temperature: float = 0.1, bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
                  decision_entropy_coef: float = 0.0, trim_padding: bool = False, **kwargs: Any):
         if advantage not in ADVANTAGES:
             raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
@@ -64,6 +64,9 @@ class RouterGRPOTrainer(GRPOTrainer):
         if all_names_weights not in ALL_NAMES_WEIGHTS:
             raise ValueError(f"algorithm.all_names_weights: unknown {all_names_weights!r}; use one of {ALL_NAMES_WEIGHTS}")
         self.all_names_weights = all_names_weights
+        if not all_names_temperature > 0:
+            raise ValueError(f"algorithm.all_names_temperature must be > 0, got {all_names_temperature}")
+        self.all_names_temperature = float(all_names_temperature)
         self.bopo_reward = bopo_reward
         self.bopo_beta = bopo_beta
         # the entropy floor on name decisions (training/exploration.py); off when either is 0
@@ -285,7 +288,8 @@ class RouterGRPOTrainer(GRPOTrainer):
             names, logps, k = first_routes(gather_object([list(self._last_decisions)]))
             scale = self.args.scale_rewards
             scale = {True: "group", False: "none"}.get(scale, scale) if isinstance(scale, bool) else str(scale)
-            adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), k or G, scale=scale, weights=self.all_names_weights)
+            adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), k or G, scale=scale, weights=self.all_names_weights,
+                                       temperature=self.all_names_temperature)
             self._log_route_distribution(m, names, logps, G)
         else:
             assert self.bopo_reward is not None
