@@ -133,7 +133,8 @@ def rl_table(rows: list[dict], summary: dict) -> list[str]:
         lines.append(f"| {r['seed']} | {d['above_hull']['mean']:+.3f} {ci(d['above_hull']['ci95'])} | {d['reward']['mean']:+.3f} {ci(d['reward']['ci95'])} | {d['quality']['mean']:+.3f} {ci(d['quality']['ci95'])} | "
                      f"{1000 * d['cost']['mean']:+.3f} {ci(d['cost']['ci95'], 1000)} | {sig(d['above_hull']['ci95'])} | {b0.get('routes', 0):.2f} -> {b1.get('routes', 0):.2f} | "
                      f"{behaviour(b0.get('behaviour'))} -> {behaviour(b1.get('behaviour'))} | {r.get('steps')} ({r.get('kept_step')}), {r.get('rl_episodes')}, {r.get('rl_distinct_tasks')} | "
-                     f"{(r.get('wall_s') or 0) / 60:.1f} min, {(r.get('max_rss_mb') or 0) / 1024:.1f} GB |")
+                     + (f"{r['wall_s'] / 60:.1f} min" if r.get("wall_s") is not None else "-") + ", "
+                     + (f"{r['max_rss_mb'] / 1024:.1f} GB" if r.get("max_rss_mb") is not None else "-") + " |")
     s = summary.get("rl_minus_start")
     if s and s["above_hull"].get("ci95"):
         n = s["above_hull"]["n"]
