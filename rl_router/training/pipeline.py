@@ -496,8 +496,6 @@ def stage_report(run: Run, trainer: Any) -> dict[str, Any]:
     return m
 
 
-
-
 def train(recipe: Recipe, *, output_dir: str | None = None, resume: bool = False, log: Callable[[str], None] = print, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run the stages (module docstring) and return the metrics. `callbacks`: transformers
     `TrainerCallback`s for the RL trainer (as with any HF trainer: logging, early stopping)."""
