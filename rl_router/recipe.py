@@ -83,6 +83,7 @@ class AlgorithmSection:
     strong_model: str | None = None
     advantage: str | None = None  # the advantage estimator, if not algorithm.name's own: grpo | rloo | bopo | all_names (bopo needs name: bopo; name: bopo with advantage: grpo trains GRPO on BoPO's reward, the ablation); all_names: each group takes every pool model once at its first route decision, weighted by the router's probability of it: the decision's exact expected-reward gradient (training/advantages.py; num_generations a multiple of the pool's size; one call of every model per training task)
     all_names_weights: str = "policy"  # all_names only: policy (each episode by the router's probability of its model: the exact gradient) | uniform (every episode alike, A = r - mean(r): the natural gradient's direction for a softmax over names, no plateau in the tabular case) | mirror (toward the target pi * exp(r / all_names_temperature): mirror descent's step, a proper fit of whole names whatever their tokens; training/advantages.py)
+    all_names_credit: str = "episode"  # all_names only: episode (every token of an episode takes its name's advantage) | name (the tokens up to the end of the first route name take it, the tokens after it the episode's own GRPO advantage: the protocol is trained by its outcome, not by the name's target; training/advantages.py)
     all_names_temperature: float = 0.1  # all_names_weights: mirror only: eta in reward units; a name's odds in the target are multiplied by e per eta of reward lead
     decision_entropy_floor: float = 0.0  # nats: below it, a name decision's entropy (within its allowed set) is pushed back up (training/exploration.py); 0: off
     decision_entropy_coef: float = 0.1  # weight of the floor's hinge in the loss (a mean over name decisions; the policy term weighs each trained token by 1 / the generation's trained tokens)
@@ -415,6 +416,10 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("algorithm.all_names_weights", f"unknown {a.all_names_weights!r}", "use policy (the exact gradient), uniform (the natural gradient's direction) or mirror (toward pi * exp(r / eta))")
     if not a.all_names_temperature > 0:
         raise ConfigError("algorithm.all_names_temperature", f"{a.all_names_temperature} is not > 0", "set a positive temperature in reward units, e.g. 0.1")
+    if a.all_names_credit not in ("episode", "name"):
+        raise ConfigError("algorithm.all_names_credit", f"unknown {a.all_names_credit!r}", "use episode (one advantage per episode) or name (the name's tokens take the all-names advantage, the rest the episode's own)")
+    if a.all_names_credit != "episode" and a.advantage != "all_names":
+        raise ConfigError("algorithm.all_names_credit", "splits all-names advantages, and this run samples its names", "set algorithm.advantage: all_names, or leave all_names_credit at episode")
     if a.all_names_weights != "policy" and a.advantage != "all_names":
         raise ConfigError("algorithm.all_names_weights", "weighs all-names groups, and this run samples its names", "set algorithm.advantage: all_names, or leave all_names_weights at policy")
     if a.advantage == "bopo" and a.name != "bopo":

@@ -275,3 +275,80 @@ def test_the_recipe_reaches_the_trainer_with_its_all_names_weights():
         load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.all_names_weights=uniform"])
     with pytest.raises(ConfigError, match="unknown 'sampled'"):
         load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_weights=sampled"])
+
+
+def test_name_credit_gives_the_name_its_advantage_and_the_rest_the_episodes():
+    """`all_names_credit: name`: an episode's tokens up to the end of its first name decision (the
+    first run of consecutive decision positions) take the all-names advantage, the rest (the
+    protocol after the name, the reply, the adoption) the episode's own; no decision, all its own."""
+    from rl_router.training.advantages import first_decision_end, name_credit
+
+    route, adopt = [(5, [1, 2]), (6, [3, 4]), (7, [9])], [(20, [7, 8])]
+    assert first_decision_end(route + adopt) == 8
+    assert first_decision_end(list(reversed(route + adopt))) == 8  # order of the list does not matter
+    assert first_decision_end(adopt) == 21
+    assert first_decision_end([]) == first_decision_end(None) == 0
+    out = name_credit(torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.3, -0.7, 0.1]), [route + adopt, None, [(30, [1, 2])]], 24)
+    assert out.shape == (3, 24)
+    torch.testing.assert_close(out[0], torch.tensor([2.0] * 8 + [0.3] * 16))
+    torch.testing.assert_close(out[1], torch.full((24,), -0.7))
+    torch.testing.assert_close(out[2], torch.full((24,), 0.5))  # a decision past the width: the whole row is before its end
+    with pytest.raises(ValueError, match="decision lists"):
+        name_credit(torch.zeros(2), torch.zeros(2), [None], 4)
+
+
+def test_the_trainer_splits_all_names_credit_at_the_name_and_its_loss_trains_on_it(gsm8k_trainer):
+    """On the GSM8K router with mirror weights and `all_names_credit: name`: each episode's
+    advantages are the mirror advantage up to the end of its first route name (read here from
+    the loss's allowed sets, not the rollout's lists) and TRL's GRPO advantage of its reward after
+    it; the loss takes the (episodes x tokens) advantages, also trimmed, and its gradient reaches
+    the router."""
+    from rl_router.training.advantages import first_decision_end
+
+    reward = lambda completions, **kw: [float(i % 3 == 0) - 0.5 * float(i % 5 == 0) for i in range(len(completions))]  # noqa: E731
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, advantage="all_names", all_names_weights="mirror", all_names_credit="name", trim_padding=True)
+    assert trainer.trim_padding  # a rotary router: trimmed micro-batches
+    trainer.model.train()
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+    adv = out["advantages"]
+    C = out["completion_ids"].size(1)
+    assert adv.shape == (16, C)
+    names, logps, k = first_routes([trainer._last_decisions])
+    rewards = torch.tensor(reward(list(range(16))), dtype=torch.float32)
+    mirror = all_names_advantages(rewards, 4, names, torch.tensor(logps), k, weights="mirror", temperature=trainer.all_names_temperature)
+    g = rewards.view(-1, 4)
+    centred = (g - g.mean(dim=1, keepdim=True)).reshape(-1)
+    scale = trainer.args.scale_rewards
+    std = rewards.std().expand(16) if scale == "batch" else g.std(dim=1).repeat_interleave(4)
+    grpo = centred / (std + 1e-4) if scale != "none" else centred
+    pos = out["decision_allowed"][:, :, 0] >= 0
+    split = 0
+    for b in range(16):
+        end = first_decision_end([(int(p), [0]) for p in pos[b].nonzero(as_tuple=True)[0]])
+        split += 0 < end < C
+        torch.testing.assert_close(adv[b, :end], torch.full((end,), float(mirror[b])), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(adv[b, end:], torch.full((C - end,), float(grpo[b])), rtol=1e-4, atol=1e-5)
+    assert split >= 12  # most episodes named a model, with tokens after the name
+    assert any(float(mirror[b]) != pytest.approx(float(grpo[b]), abs=1e-3) for b in range(16))  # the two advantages differ
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer._compute_loss(trainer.model, out)
+    loss.backward()
+    grads = [p.grad for p in trainer.model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(bool(torch.isfinite(x).all()) for x in grads)
+    assert sum(float(x.abs().sum()) for x in grads) > 0
+
+
+def test_the_recipe_reaches_the_trainer_with_its_all_names_credit():
+    """`algorithm.all_names_credit` reaches RouterGRPOTrainer; without all-names groups, or unknown, it is refused with the field."""
+    from rl_router.errors import ConfigError
+    from rl_router.recipe import load_recipe
+    from rl_router.training.pipeline import trainer_options
+
+    sets = ["algorithm.advantage=all_names", "trainer.num_generations=9", "trainer.per_device_train_batch_size=9"]
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", sets))["all_names_credit"] == "episode"
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_credit=name"]))["all_names_credit"] == "name"
+    with pytest.raises(ConfigError, match="algorithm.all_names_credit"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.all_names_credit=name"])
+    with pytest.raises(ConfigError, match="unknown 'token'"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_credit=token"])

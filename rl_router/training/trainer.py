@@ -39,7 +39,7 @@ from trl import GRPOTrainer
 
 from rl_router.rollout.names import STEMS
 from rl_router.training import microbatch
-from rl_router.training.advantages import ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, rloo_advantages
+from rl_router.training.advantages import ALL_NAMES_CREDITS, ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, name_credit, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 from rl_router.training.exploration import entropy_shortfall
 from rl_router.training.logprobs import allowed_tensor, policy_logps, rescales_logits
@@ -53,7 +53,7 @@ SEEN_FILE = "rl_router_seen.json"
 
 
 class RouterGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", all_names_temperature: float = 0.1, bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
+    def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", all_names_temperature: float = 0.1, all_names_credit: str = "episode", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
                  decision_entropy_coef: float = 0.0, trim_padding: bool = False, **kwargs: Any):
         if advantage not in ADVANTAGES:
             raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
@@ -67,6 +67,11 @@ class RouterGRPOTrainer(GRPOTrainer):
         if not all_names_temperature > 0:
             raise ValueError(f"algorithm.all_names_temperature must be > 0, got {all_names_temperature}")
         self.all_names_temperature = float(all_names_temperature)
+        if all_names_credit not in ALL_NAMES_CREDITS:
+            raise ValueError(f"algorithm.all_names_credit: unknown {all_names_credit!r}; use one of {ALL_NAMES_CREDITS}")
+        if all_names_credit != "episode" and advantage != "all_names":
+            raise ValueError("algorithm.all_names_credit splits all-names advantages; set algorithm.advantage: all_names")
+        self.all_names_credit = all_names_credit
         self.bopo_reward = bopo_reward
         self.bopo_beta = bopo_beta
         # the entropy floor on name decisions (training/exploration.py); off when either is 0
@@ -255,6 +260,7 @@ class RouterGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):  # type: ignore[override]
         try:
             out = super()._generate_and_score_completions(inputs)
+            decision_lists = self._decision_lists  # this process's episodes' (position, allowed set) lists
             if self._decision_lists is not None:  # travels with the batch through TRL's shuffle and split into micro-batches
                 allowed = allowed_tensor(self._decision_lists, out["completion_ids"].size(1), device=out["completion_ids"].device)
                 if allowed is not None:
@@ -300,7 +306,11 @@ class RouterGRPOTrainer(GRPOTrainer):
             adv = bopo_advantages(rewards, G, torch.tensor(ref, device=rewards.device), success, torch.tensor(solvable, device=rewards.device), beta=self.bopo_beta)
         n_local = len(local)
         start = self.accelerator.process_index * n_local
-        out["advantages"] = adv[start : start + n_local].to(out["advantages"].device, out["advantages"].dtype)
+        episode_adv = out["advantages"]  # TRL's GRPO advantages of this process's episodes, scaled as scale_rewards says
+        out["advantages"] = adv[start : start + n_local].to(episode_adv.device, episode_adv.dtype)
+        if self.advantage == "all_names" and self.all_names_credit == "name":  # the name's tokens take its advantage, the rest the episode's (advantages.py)
+            lists = decision_lists if decision_lists is not None and len(decision_lists) == n_local else [None] * n_local
+            out["advantages"] = name_credit(out["advantages"], episode_adv, lists, out["completion_ids"].size(1))
         # TRL logged its own GRPO advantages for these episodes: log the ones actually used
         logged = self._logs["advantages"]
         for i, a in enumerate(adv.tolist()):
