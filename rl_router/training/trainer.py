@@ -261,8 +261,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         try:
             out = super()._generate_and_score_completions(inputs)
             decision_lists = self._decision_lists  # this process's episodes' (position, allowed set) lists
-            if self._decision_lists is not None:  # travels with the batch through TRL's shuffle and split into micro-batches
-                allowed = allowed_tensor(self._decision_lists, out["completion_ids"].size(1), device=out["completion_ids"].device)
+            if decision_lists is not None:  # travels with the batch through TRL's shuffle and split into micro-batches
+                allowed = allowed_tensor(decision_lists, out["completion_ids"].size(1), device=out["completion_ids"].device)
                 if allowed is not None:
                     out["decision_allowed"] = allowed
         finally:
@@ -309,7 +309,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         episode_adv = out["advantages"]  # TRL's GRPO advantages of this process's episodes, scaled as scale_rewards says
         out["advantages"] = adv[start : start + n_local].to(episode_adv.device, episode_adv.dtype)
         if self.advantage == "all_names" and self.all_names_credit == "name":  # the name's tokens take its advantage, the rest the episode's (advantages.py)
-            lists = decision_lists if decision_lists is not None and len(decision_lists) == n_local else [None] * n_local
+            lists = decision_lists if decision_lists is not None else [None] * n_local  # None: no episode decided; name_credit checks the lengths
             out["advantages"] = name_credit(out["advantages"], episode_adv, lists, out["completion_ids"].size(1))
         # TRL logged its own GRPO advantages for these episodes: log the ones actually used
         logged = self._logs["advantages"]
