@@ -103,7 +103,7 @@ def cache_dtype(dtype: Any) -> Any:
 
 
 @contextmanager
-def frozen_weights_cast(model: Any, dtype: Any) -> Iterator[None]:
+def frozen_weights_cast(model: Any, dtype: Any, keep: dict[int, Any] | None = None) -> Iterator[None]:
     """Inside, every frozen float32 linear weight (and bias) of `model` is a `dtype` copy made
     once on entry; the originals are back on exit. Why: autocast caches its casts only of
     leaf tensors that require grad, so a frozen weight (LoRA's base layers, a tied output
@@ -112,7 +112,10 @@ def frozen_weights_cast(model: Any, dtype: Any) -> Iterator[None]:
     copies; casting once took 18% off its time). The values are exactly the ones autocast
     would produce, so the numerics do not change, whichever weights a concurrent decode (serve)
     happens to read. The original Parameter objects are untouched (a tied embedding keeps
-    reading float32), and nothing here may be trained: the copies belong to no optimizer."""
+    reading float32), and nothing here may be trained: the copies belong to no optimizer.
+    `keep` (a dict the caller holds): copies kept across entries and remade only when their
+    original changed in place (its version counter moved), so a trainer whose frozen weights
+    never change (LoRA's base) casts them once for the whole run instead of once per forward."""
     import torch
 
     done: dict[int, Any] = {}
@@ -126,7 +129,13 @@ def frozen_weights_cast(model: Any, dtype: Any) -> Iterator[None]:
                 if p is None or p.requires_grad or p.dtype != torch.float32:
                     continue
                 if id(p) not in done:
-                    done[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                    kept = keep.get(id(p)) if keep is not None else None
+                    if kept is not None and kept[0] is p and kept[1] == p._version and kept[2].dtype == dtype:
+                        done[id(p)] = kept[2]
+                    else:
+                        done[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+                        if keep is not None:
+                            keep[id(p)] = (p, p._version, done[id(p)])
                 m._parameters[name] = done[id(p)]
                 swapped.append((m, name, p))
         yield

@@ -84,6 +84,8 @@ class AlgorithmSection:
     advantage: str | None = None  # the advantage estimator, if not algorithm.name's own: grpo | rloo | bopo | all_names (bopo needs name: bopo; name: bopo with advantage: grpo trains GRPO on BoPO's reward, the ablation); all_names: each group takes every pool model once at its first route decision, weighted by the router's probability of it: the decision's exact expected-reward gradient (training/advantages.py; num_generations a multiple of the pool's size; one call of every model per training task)
     all_names_weights: str = "policy"  # all_names only: policy (each episode by the router's probability of its model: the exact gradient) | uniform (every episode alike, A = r - mean(r): the natural gradient's direction for a softmax over names, no plateau in the tabular case) | mirror (toward the target pi * exp(r / all_names_temperature): mirror descent's step, a proper fit of whole names whatever their tokens; training/advantages.py)
     all_names_credit: str = "episode"  # all_names only: episode (every token of an episode takes its name's advantage) | name (the tokens up to the end of the first route name take it, the tokens after it the episode's own GRPO advantage: the protocol is trained by its outcome, not by the name's target; training/advantages.py)
+    all_names_episodes: str = "sampled"  # all_names only: sampled (the router writes each episode after its forced name) | scripted (each episode is the warm start's protocol to its name, cut after the name: the loss trains the route decision only, at about a prompt's forward and backward per task; for routers that route once; rollout/decision_episodes.py)
+    prompt_gradient: bool = True  # false: the RL loss runs each prompt without gradient, so the weights learn only through the completion's own tokens (a truncated gradient: what the router reads of the prompt is trained, how it encodes the prompt is not); a forward of the prompt instead of a forward and backward, for routers whose completions are a few tokens after a long prompt (training/logprobs.py)
     all_names_temperature: float = 0.1  # all_names_weights: mirror only: eta in reward units; a name's odds in the target are multiplied by e per eta of reward lead
     decision_entropy_floor: float = 0.0  # nats: below it, a name decision's entropy (within its allowed set) is pushed back up (training/exploration.py); 0: off
     decision_entropy_coef: float = 0.1  # weight of the floor's hinge in the loss (a mean over name decisions; the policy term weighs each trained token by 1 / the generation's trained tokens)
@@ -418,6 +420,14 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("algorithm.all_names_temperature", f"{a.all_names_temperature} is not > 0", "set a positive temperature in reward units, e.g. 0.1")
     if a.all_names_credit not in ("episode", "name"):
         raise ConfigError("algorithm.all_names_credit", f"unknown {a.all_names_credit!r}", "use episode (one advantage per episode) or name (the name's tokens take the all-names advantage, the rest the episode's own)")
+    if a.all_names_episodes not in ("sampled", "scripted"):
+        raise ConfigError("algorithm.all_names_episodes", f"unknown {a.all_names_episodes!r}", "use sampled (the router writes each episode) or scripted (the protocol's episode to each name, trained at the name only)")
+    if a.all_names_episodes != "sampled" and a.advantage != "all_names":
+        raise ConfigError("algorithm.all_names_episodes", "scripts all-names groups, and this run samples its names", "set algorithm.advantage: all_names, or leave all_names_episodes at sampled")
+    if a.all_names_episodes == "scripted" and r.env.get("name", "router_r1") != "router_r1":
+        raise ConfigError("algorithm.all_names_episodes", f"scripted episodes route once, and env {r.env.get('name')!r} routes at every step", "use all_names_episodes: sampled with this env")
+    if not a.prompt_gradient and bool(t.get("gradient_checkpointing", True)):
+        raise ConfigError("algorithm.prompt_gradient", "false reads each prompt's cache, which gradient checkpointing drops (TRL turns it on by default)", "set trainer.gradient_checkpointing: false")
     if a.all_names_credit != "episode" and a.advantage != "all_names":
         raise ConfigError("algorithm.all_names_credit", "splits all-names advantages, and this run samples its names", "set algorithm.advantage: all_names, or leave all_names_credit at episode")
     if a.all_names_weights != "policy" and a.advantage != "all_names":

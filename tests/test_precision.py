@@ -95,6 +95,23 @@ def test_bf16_rollouts_and_the_bf16_loss_are_one_distribution(tmp_path, gsm8k_ru
     loss = trainer._compute_loss(trainer.model, out)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad.dtype == torch.float32 for p in trainer.model.parameters() if p.grad is not None)  # float32 master weights
+    # frozen weights (LoRA's base; here the first layer's MLP) are cast to bf16 once for the run
+    # (trainer._frozen_casts): no number of the loss or its gradient changes
+    for p in trainer.accelerator.unwrap_model(trainer.model).model.layers[0].mlp.parameters():
+        p.requires_grad_(False)
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, out)
+    loss.backward()
+    grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+    assert bool(getattr(trainer, "_kept_casts", {})) == native
+    trainer.model.zero_grad()
+    from contextlib import nullcontext
+
+    trainer._frozen_casts = nullcontext  # autocast's own per-forward casts
+    again = trainer._compute_loss(trainer.model, out)
+    again.backward()
+    assert torch.equal(loss.detach(), again.detach())
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads, [p for p in trainer.model.parameters() if p.grad is not None]))
 
 
 def test_a_groups_prompt_is_prefilled_once_and_its_episodes_are_unchanged(gsm8k_run):
@@ -178,6 +195,28 @@ def test_frozen_weights_are_cast_once_per_context_with_the_same_numbers():
     after = {n: p for n, p in model.named_parameters()}
     assert after.keys() == before.keys() and all(after[n] is before[n] and p.dtype == torch.float32 for n, p in before.items())
     assert base.lm_head.weight is base.model.embed_tokens.weight  # still tied
+
+
+def test_kept_casts_are_reused_until_their_weight_changes():
+    """`frozen_weights_cast(keep=...)`: a second entry reuses the first entry's copies (the trainer
+    casts LoRA's frozen base once per run); a weight changed in place is cast again, with its new values."""
+    from rl_router.tiny import build_tiny_router
+
+    model, _ = build_tiny_router(seed=0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    q = model.model.layers[0].self_attn.q_proj
+    keep: dict = {}
+    with precision.frozen_weights_cast(model, torch.bfloat16, keep=keep):
+        first = q.weight
+    with precision.frozen_weights_cast(model, torch.bfloat16, keep=keep):
+        assert q.weight is first and q.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        q.weight.add_(1.0)
+    with precision.frozen_weights_cast(model, torch.bfloat16, keep=keep):
+        changed = q.weight
+    assert changed is not first
+    assert q.weight.dtype == torch.float32 and torch.equal(changed, q.weight.detach().to(torch.bfloat16))
 
 
 def test_the_kv_cache_keeps_float32_under_cpu_autocast_and_decodes_the_same(gsm8k_run, monkeypatch):

@@ -65,7 +65,7 @@ def test_quickstart_reports_rl_against_its_warm_start_and_the_baselines(tmp_path
 
 def test_minutes_stop_rl_at_the_next_step(tmp_path):
     """`train --minutes M` ends RL at the first step past M minutes (the run finishes as usual:
-    final/, metrics.json); a non-positive budget is refused before any work."""
+    final/, metrics.json) and checkpoints it there; a non-positive budget is refused before any work."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml")
     small = ["algorithm.sft_warmstart=false", "data.max_train=32", "data.max_heldout=8", "data.max_heldout_initial=8", "trainer.max_steps=50", "trainer.save_steps=50"]
@@ -76,6 +76,7 @@ def test_minutes_stop_rl_at_the_next_step(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["global_step"] == 1 and "algorithm.rl_minutes reached at step 1" in p.stdout
+    assert (tmp_path / "run" / "rl" / "checkpoint-1").is_dir()  # saved where the minutes stopped it (save_steps is 50): --resume continues from there
     bad = subprocess.run([BIN, "train", recipe, "--output-dir", str(tmp_path / "bad"), "--minutes", "0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--minutes: must be a positive number of minutes" in bad.stdout and not (tmp_path / "bad").exists()
 

@@ -268,7 +268,8 @@ def enumerate_targets(n: int, names: list[str], group: int, offset: int = 0) -> 
     return [names[((offset + i) % group) % len(names)] for i in range(n)]
 
 
-def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: Callable[[Any], Policy], *, enumerate_names: list[str] | None = None) -> Callable[[list[Any], Any], dict[str, list[Any]]]:
+def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: Callable[[Any], Policy], *, enumerate_names: list[str] | None = None,
+                      scripted: Policy | None = None) -> Callable[[list[Any], Any], dict[str, list[Any]]]:
     """A TRL 1.16 `rollout_func(prompts, trainer)`.
 
     TRL hands the per-process prompts already repeated `num_generations` times (contiguous
@@ -276,7 +277,9 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
     `prompt` column); they are mapped back to tasks here. `policy_factory(trainer)` builds
     the policy that generates with the trainer's current weights. `enumerate_names`: each
     group's first route decisions take these names in turn (`enumerate_targets`) instead of
-    drawing them; everything else is sampled.
+    drawing them; everything else is sampled. `scripted` (with `enumerate_names`): training
+    episodes are that policy's (a `decision_episodes.TargetPolicy`), cut after their route name
+    (`decision_episodes.cut_at_decision`); evaluation still samples the router.
     """
     by_question = {t.question: t for t in tasks}
 
@@ -293,7 +296,12 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
         if enumerate_names and mode == "train":  # evaluation samples names as the router would
             offset = (acc.process_index if acc is not None else 0) * len(chosen)
             targets = enumerate_targets(len(chosen), enumerate_names, int(trainer.num_generations), offset)
-        episodes = engine.run(chosen, policy_factory(trainer), keep_going=lockstep(acc) if acc is not None else None, targets=targets)
+        if targets is not None and scripted is not None:  # no generation: the script needs no rank to keep in step
+            from rl_router.rollout.decision_episodes import cut_at_decision
+
+            episodes = [cut_at_decision(ep, engine.tokenizer, list(enumerate_names or ()), t) for ep, t in zip(engine.run(chosen, scripted, targets=targets), targets)]
+        else:
+            episodes = engine.run(chosen, policy_factory(trainer), keep_going=lockstep(acc) if acc is not None else None, targets=targets)
         batch = episodes_to_batch(episodes)
         batch["split"] = [mode] * len(episodes)
         return batch

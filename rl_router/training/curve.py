@@ -151,6 +151,7 @@ class LearningCurve(TrainerCallback):
         last = state.global_step >= state.max_steps
         if out_of_time:
             control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"  # a checkpoint where RL stopped: `train --resume` with more minutes continues from it
             self.run.log(f"algorithm.rl_minutes reached at step {state.global_step}: stopping RL")
         if self.every and (state.global_step % self.every == 0 or out_of_time or last):
             self._record(model, state.global_step)

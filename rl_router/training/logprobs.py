@@ -144,13 +144,15 @@ def _hidden(model: Any, autocast: Any, **kw: Any) -> tuple[torch.Tensor, Any]:
     return got[-1], out
 
 
-def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, C: int, autocast: Any = None, inv: torch.Tensor | None = None) -> torch.Tensor:
+def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, C: int, autocast: Any = None, inv: torch.Tensor | None = None,
+                         prompt_grad: bool = True) -> torch.Tensor:
     """(B x C x H) the hidden states that predict each completion token, with every distinct
     prompt of the batch run once: its KV cache (kept in the graph) is shared by the rows that
     have it, and only the completions run per row. GRPO's samples of a task share their prompt,
     so forward and backward of the prompt are done once per group instead of once per sample;
     the result equals the per-row forward (same positions: TRL's left-padded rows start at the
-    same offsets; tests/test_shared_prompt.py)."""
+    same offsets; tests/test_shared_prompt.py). `prompt_grad=False` runs the prompts without
+    gradient (`algorithm.prompt_gradient: false`): the same values, a truncated gradient."""
     B, L = input_ids.shape
     P = L - C
     prompts, pmask = input_ids[:, :P], attention_mask[:, :P]
@@ -161,7 +163,8 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
 
     # a plain cache (no config): a model's own cache would keep only a sliding window on its
     # sliding-window layers, and the completions must see the whole prompt
-    hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True, past_key_values=DynamicCache())
+    with torch.set_grad_enabled(prompt_grad and torch.is_grad_enabled()):
+        hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True, past_key_values=DynamicCache())
     cache = _expand_cache(out.past_key_values, inv)
     hc, _ = _hidden(model, autocast, input_ids=input_ids[:, P:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
     return torch.cat([hp[inv, P - 1 : P], hc[:, : C - 1]], dim=1)
@@ -182,10 +185,15 @@ def _first_rows(inv: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *, temperature: float, positions: torch.Tensor | None = None,
-                 allowed: torch.Tensor | None = None, batch_size: int | None = None, compute_entropy: bool = False, autocast: Any = None, share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 allowed: torch.Tensor | None = None, batch_size: int | None = None, compute_entropy: bool = False, autocast: Any = None, share_prompts: bool = True,
+                 prompt_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B x logits_to_keep) log-probs (and entropies) of the completion tokens, computed only at
     `positions` (B x logits_to_keep bool; default: every completion token) and 0 elsewhere.
-    `share_prompts`: rows with the same prompt run it once (`shared_prompt_hidden`)."""
+    `share_prompts`: rows with the same prompt run it once (`shared_prompt_hidden`).
+    `prompt_grad=False`: every prompt runs without gradient (shared or not), so the gradient
+    reaches the weights only through the completion tokens' own computation, which reads the
+    prompt's keys and values as constants: a truncated gradient of the same log-probs, at the
+    cost of a forward of the prompt instead of a forward and backward (`algorithm.prompt_gradient`)."""
     B, L = input_ids.shape
     C = logits_to_keep
     head = causal_lm(model).get_output_embeddings()
@@ -199,7 +207,9 @@ def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
         # checkpointing drops the cache; when every prompt is distinct, sharing saves nothing and
         # the plain per-row forward is cheaper (no cache copy)
         inv = prompt_groups(ids, att, L - C) if share_prompts and C < L and not getattr(causal_lm(model), "is_gradient_checkpointing", False) else None
-        if inv is not None and int(inv.max()) + 1 < inv.numel():
+        if not prompt_grad and C < L:  # the prompt as a constant context: through the cache, however many rows share it
+            hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=prompt_groups(ids, att, L - C), prompt_grad=False)
+        elif inv is not None and int(inv.max()) + 1 < inv.numel():
             hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=inv)
         else:
             full, _ = _hidden(model, autocast, input_ids=ids, attention_mask=att, use_cache=False)

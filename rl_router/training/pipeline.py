@@ -363,8 +363,23 @@ def stage_warm_start(run: Run) -> None:
 def trainer_options(recipe: Recipe) -> dict[str, Any]:
     """The algorithm section's settings RouterGRPOTrainer takes (the rest are TRL's GRPOConfig)."""
     a = recipe.algorithm
-    return {"advantage": a.advantage or a.name, "all_names_weights": a.all_names_weights, "all_names_temperature": a.all_names_temperature, "all_names_credit": a.all_names_credit, "bopo_beta": a.bopo_beta,
-            "decision_entropy_floor": a.decision_entropy_floor, "decision_entropy_coef": a.decision_entropy_coef, "trim_padding": a.trim_padding}
+    return {"advantage": a.advantage or a.name, "all_names_weights": a.all_names_weights, "all_names_temperature": a.all_names_temperature, "all_names_credit": a.all_names_credit, "all_names_episodes": a.all_names_episodes, "bopo_beta": a.bopo_beta,
+            "decision_entropy_floor": a.decision_entropy_floor, "decision_entropy_coef": a.decision_entropy_coef, "trim_padding": a.trim_padding, "prompt_gradient": a.prompt_gradient}
+
+
+def scripted_targets(recipe: Recipe, tok: Any) -> Any:
+    """`algorithm.all_names_episodes: scripted`: the policy that writes each all-names episode
+    (`target_policy`); None when episodes are sampled."""
+    return target_policy(recipe, tok) if recipe.algorithm.all_names_episodes == "scripted" else None
+
+
+def target_policy(recipe: Recipe, tok: Any) -> Any:
+    """All-names episodes in the warm start's shape (its `sft_style`: compact routes a short
+    sub-query and adopts by name, verbatim routes the question and types the answer)."""
+    from rl_router.rollout.decision_episodes import TargetPolicy
+
+    compact = recipe.algorithm.sft_style == "compact"
+    return TargetPolicy(tok, query="short" if compact else "question", adopt=compact)
 
 
 def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
@@ -421,7 +436,8 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
     trainer = RouterGRPOTrainer(
         model=run.model, reward_funcs=reward_funcs, args=args, callbacks=[*(callbacks or []), *([curve] if curve else [])], processing_class=tok,
         train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in run.train_tasks]),
-        rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy, enumerate_names=run.pool.model_names if a.advantage == "all_names" else None),
+        rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy, enumerate_names=run.pool.model_names if a.advantage == "all_names" else None,
+                                       scripted=scripted_targets(run.recipe, tok)),
         peft_config=peft_config, bopo_reward=bopo, **trainer_options(run.recipe),
     )
     run.log(f"{a.name.upper()}" + (f" ({a.advantage} advantages)" if a.advantage and a.advantage != a.name else "") + f" for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))

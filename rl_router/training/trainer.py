@@ -12,6 +12,10 @@ What it adds to TRL, and why:
   the whole vocabulary: the policy trained is the policy evaluated and shipped;
 - an entropy floor on the name decisions (`decision_entropy_floor`, `decision_entropy_coef`;
   training/exploration.py): exploration that survives the early collapse onto one model;
+- `prompt_gradient: false`: the loss runs each prompt without gradient (a truncated gradient:
+  the weights learn only through the completion tokens' own computation, which reads the
+  prompt's keys and values as constants), a forward of the prompt instead of a forward and
+  backward: for single-shot routers, whose completions are a few tokens after a long prompt;
 - `trim_padding`: each micro-batch runs at its own width, not the generation batch's
   (training/microbatch.py): a group's prompt without the longest task's left padding;
 - episode metrics (cost, routes, quality, pool and format error rates) and what carries the
@@ -45,6 +49,9 @@ from rl_router.training.exploration import entropy_shortfall
 from rl_router.training.logprobs import allowed_tensor, policy_logps, rescales_logits
 
 ADVANTAGES = ("grpo", "rloo", "bopo", "all_names")
+#: where all-names groups' episodes come from: sampled by the router after the forced name, or
+#: scripted and cut at the name (rollout/decision_episodes.py)
+ALL_NAMES_EPISODES = ("sampled", "scripted")
 #: the stems after which an action names the model to call (tags and tool calls: rollout/names.py)
 ROUTE_STEMS = tuple(stem for stem, _, kind in STEMS if kind == "route")
 #: the stems after which an answer adopts a called model's reply by name
@@ -53,8 +60,8 @@ SEEN_FILE = "rl_router_seen.json"
 
 
 class RouterGRPOTrainer(GRPOTrainer):
-    def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", all_names_temperature: float = 0.1, all_names_credit: str = "episode", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
-                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", all_names_temperature: float = 0.1, all_names_credit: str = "episode", all_names_episodes: str = "sampled", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
+                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, prompt_gradient: bool = True, **kwargs: Any):
         if advantage not in ADVANTAGES:
             raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
         if advantage == "bopo" and bopo_reward is None:
@@ -72,7 +79,16 @@ class RouterGRPOTrainer(GRPOTrainer):
         if all_names_credit != "episode" and advantage != "all_names":
             raise ValueError("algorithm.all_names_credit splits all-names advantages; set algorithm.advantage: all_names")
         self.all_names_credit = all_names_credit
+        if all_names_episodes not in ALL_NAMES_EPISODES:
+            raise ValueError(f"algorithm.all_names_episodes: unknown {all_names_episodes!r}; use one of {ALL_NAMES_EPISODES}")
+        if all_names_episodes != "sampled" and advantage != "all_names":
+            raise ValueError("algorithm.all_names_episodes scripts all-names groups; set algorithm.advantage: all_names")
+        self.all_names_episodes = all_names_episodes  # scripted: the rollout hands cut episodes (rollout/decision_episodes.py), their names' log-probs come from _scripted_name_logps
         self.bopo_reward = bopo_reward
+        # False: the loss runs prompts without gradient (logprobs.policy_logps): a truncated gradient at a prompt's forward instead of its forward and backward
+        self.prompt_gradient = bool(prompt_gradient)
+        if not self.prompt_gradient and self.args.gradient_checkpointing:
+            raise ValueError("algorithm.prompt_gradient: false reads the prompt's cache, which gradient checkpointing drops; set trainer.gradient_checkpointing: false")
         self.bopo_beta = bopo_beta
         # the entropy floor on name decisions (training/exploration.py); off when either is 0
         self.decision_entropy_floor, self.decision_entropy_coef = float(decision_entropy_floor), float(decision_entropy_coef)
@@ -134,6 +150,22 @@ class RouterGRPOTrainer(GRPOTrainer):
             self.episodes_seen, self.tasks_seen = int(seen["episodes"]), set(seen["tasks"])
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+    def _frozen_casts(self) -> Any:
+        """Under bf16 autocast on a CPU, the frozen float32 weights (LoRA's base layers, a tied
+        output layer) as bf16 copies made once for the run (precision.frozen_weights_cast with
+        a kept dict): autocast casts a frozen weight again at every forward, which for a
+        single-shot router's short completion forward cost about as much as its matmuls. The
+        same values autocast would produce; trainable weights are untouched."""
+        from contextlib import nullcontext
+
+        if not (self.args.bf16 and self.accelerator.device.type == "cpu") or self.is_deepspeed_enabled:
+            return nullcontext()
+        from rl_router.precision import frozen_weights_cast
+
+        if not hasattr(self, "_kept_casts"):
+            self._kept_casts: dict[int, Any] = {}
+        return frozen_weights_cast(self.accelerator.unwrap_model(self.model), torch.bfloat16, keep=self._kept_casts)
+
     def _prepare_inputs(self, generation_batch):  # type: ignore[override]
         """TRL's, without its shuffle of the generation batch before splitting it into
         micro-batches: a micro-batch then holds whole groups, whose shared prompt runs once
@@ -170,7 +202,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             allowed = None
         positions = self._logp_positions if self._logp_positions is not None and self._logp_positions.shape == (input_ids.size(0), logits_to_keep) else None
         logps, ent = policy_logps(model, input_ids, attention_mask, logits_to_keep, temperature=self.temperature, positions=positions, allowed=allowed, batch_size=batch_size,
-                                  compute_entropy=compute_entropy, autocast=self.accelerator.autocast)
+                                  compute_entropy=compute_entropy, autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient)
         self._last_entropies = ent  # within the allowed sets at decisions: what the entropy floor reads
         return logps, ent, None
 
@@ -181,7 +213,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         self._logp_positions = mask.bool()  # the loss reads only these tokens' log-probs
         try:
-            loss = super()._compute_loss(model, inputs)
+            with self._frozen_casts():
+                loss = super()._compute_loss(model, inputs)
             if self.decision_entropy_floor > 0 and self.decision_entropy_coef > 0:
                 loss = loss + self._entropy_floor_term()
             return loss
@@ -291,12 +324,20 @@ class RouterGRPOTrainer(GRPOTrainer):
         if self.advantage == "rloo":
             adv = rloo_advantages(rewards, G)
         elif self.advantage == "all_names":
-            names, logps, k = first_routes(gather_object([list(self._last_decisions)]))
+            if self.all_names_episodes == "scripted":  # no sampler recorded the names' log-probs: one forward of the batch gives them
+                names = gather_object([inp.get("route_target") for inp in local])
+                logps = self.accelerator.gather(self._scripted_name_logps(out)).tolist()
+                k = max(int(inp.get("route_candidates") or 0) for inp in local)
+            else:
+                names, logps, k = first_routes(gather_object([list(self._last_decisions)]))
             scale = self.args.scale_rewards
             scale = {True: "group", False: "none"}.get(scale, scale) if isinstance(scale, bool) else str(scale)
             adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), k or G, scale=scale, weights=self.all_names_weights,
                                        temperature=self.all_names_temperature)
             self._log_route_distribution(m, names, logps, G)
+            exp_r = expected_reward(rewards.tolist(), names, logps, G)
+            if exp_r is not None:  # the sampled episodes' mean reward is every name's alike here: log the router's own
+                m["decision/expected_reward"].append(exp_r)
         else:
             assert self.bopo_reward is not None
             ref, solvable = boundary_reward_refs(self.bopo_reward, fields["task_id"])
@@ -317,6 +358,50 @@ class RouterGRPOTrainer(GRPOTrainer):
             logged[len(logged) - len(adv) + i] = a
         m[f"advantage/{self.advantage}_mean_abs"].append(float(adv.abs().mean()))
         return out
+
+
+    def _scripted_name_logps(self, out: dict[str, Any]) -> torch.Tensor:
+        """Each scripted episode's log p(name) under the router's current weights: the sum of its
+        name tokens' log-probs within their allowed sets (the loss's masked positions), one
+        group's shared prompt at a time, without gradient. The same function and settings as the
+        loss (`policy_logps` at the trainer's temperature), so the weights are the probabilities
+        the loss then moves."""
+        G, B = self.num_generations, out["completion_ids"].size(0)
+        sums = []
+        for s in range(0, B, G):  # one group at a time, at its own width (as its loss micro-batch runs)
+            part = {k: v[s : s + G] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B}
+            if self.trim_padding:
+                part = microbatch.trim_padding(part)
+            ids = torch.cat([part["prompt_ids"], part["completion_ids"]], 1)
+            att = torch.cat([part["prompt_mask"], part["completion_mask"]], 1)
+            mask = part["completion_mask"] if "tool_mask" not in part else part["completion_mask"] * part["tool_mask"]
+            with torch.no_grad(), self._frozen_casts():
+                lp, _ = policy_logps(self.model, ids, att, part["completion_ids"].size(1), temperature=self.temperature, positions=mask.bool(), allowed=part.get("decision_allowed"),
+                                     autocast=self.accelerator.autocast)
+            sums.append(lp.sum(dim=1))
+        return torch.cat(sums)
+
+
+def expected_reward(rewards: list[float], names: list[str | None], logps: list[float], G: int) -> float | None:
+    """All-names groups: the router's exact expected reward on the batch's tasks, the mean over
+    groups of sum_m pi(m) rbar_m (pi renormalised over the group's names, rbar_m the mean reward
+    of name m's episodes); None when no group named a model. What the router would earn
+    sampling its names on these tasks, where the batch's mean reward is every name's alike."""
+    import math
+
+    vals = []
+    for gi in range(len(names) // G):
+        per: dict[str, list[float]] = {}
+        prob: dict[str, float] = {}
+        for n, lp, r in zip(names[gi * G : (gi + 1) * G], logps[gi * G : (gi + 1) * G], rewards[gi * G : (gi + 1) * G]):
+            if n is None or lp != lp or r != r:
+                continue
+            per.setdefault(n, []).append(r)
+            prob[n] = math.exp(lp)
+        z = sum(prob.values())
+        if z > 0:
+            vals.append(sum(prob[n] / z * sum(v) / len(v) for n, v in per.items()))
+    return sum(vals) / len(vals) if vals else None
 
 
 def first_routes(decisions: list[Any]) -> tuple[list[str | None], list[float], int]:

@@ -1,0 +1,190 @@
+"""Scripted all-names episodes (`algorithm.all_names_episodes: scripted`, rollout/decision_episodes.py):
+each group's episode k is the warm start's protocol to name k, scored by the environment and cut
+after the name, so the loss trains the route decision only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl_router.training.advantages import all_names_advantages
+from rl_router.training.trainer import expected_reward
+
+
+def _tasks_and_pool(gsm8k_run):
+    import json
+
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.task_sources import recipe_pool, recipe_tasks
+
+    recipe = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
+    pool = recipe_pool(recipe)
+    return recipe, pool, recipe_tasks(recipe, pool)[0][:8]
+
+
+@pytest.mark.parametrize("weights", ["policy", "mirror"])
+def test_scripted_groups_score_every_name_by_its_call_and_train_its_tokens_only(gsm8k_trainer, gsm8k_run, weights):
+    """On the GSM8K router (two models, groups of 4): each group takes the models in turn; an
+    episode's completion is the route turn up to `<route model="` (masked) and the name's tokens
+    (in the loss, with their allowed sets); its outcome is what the same scripted call earns in
+    full; the names' log-probs the trainer weighs by are the greedy decoder's own scores of those
+    names where the router writes the same prefix; and the advantages are all_names_advantages of
+    the rewards, names and log-probs."""
+    from rl_router.models import load_checkpoint
+    from rl_router.rollout.engine import make_engine, stop_strings
+    from rl_router.rollout.names import cost_weights
+    from rl_router.rollout.policies import HFPolicy, ScriptedPolicy
+
+    recipe, pool, tasks = _tasks_and_pool(gsm8k_run)
+    names = pool.model_names
+    reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights=weights, all_names_episodes="scripted",
+                                    trim_padding=weights == "mirror")  # each group's weights at its own width, as its loss runs
+    trainer.model.train()
+    tok = trainer.processing_class
+    out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+    local = trainer._last_inputs
+    targets = [inp["route_target"] for inp in local]
+    assert targets == [names[k % 2] for k in range(16)]
+    # the cut: prefix masked, the name's continuation in the loss with the allowed sets
+    mask = (out["completion_mask"] * out["tool_mask"]).bool()
+    allowed = out["decision_allowed"]
+    for b, t in enumerate(targets):
+        ids = out["completion_ids"][b][out["completion_mask"][b].bool()].tolist()
+        assert tok.decode(ids).endswith(f'<route model="{t}">') and tok.decode(ids).startswith("<think>")
+        in_loss = out["completion_ids"][b][mask[b]].tolist()
+        assert tok.decode(in_loss) == f'{t}">'
+        assert torch.equal(mask[b], allowed[b, :, 0] >= 0)
+        assert all(int(tok_id) in allowed[b, j].tolist() for j, tok_id in zip(mask[b].nonzero().flatten().tolist(), in_loss))
+    # the outcome is the scripted call's, in full
+    engine = make_engine(recipe, pool, tok)
+    for m in names:
+        full = engine.run(tasks[:4], ScriptedPolicy.always(tok, m, query="short", adopt=True))
+        got = [inp["quality"] for inp, t in zip(local, targets) if t == m]
+        assert got == [q for ep in full for q in [ep["quality"]] * 2]
+    # the weights' log-probs are the decoder's scores of the same names from the same prefix
+    logps = trainer._scripted_name_logps(out)
+    greedy = engine.run(tasks[:4], HFPolicy(trainer.model, tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=0.0, stop_strings=stop_strings(recipe), names=names, route_weights=cost_weights(pool)))
+    compared = 0
+    for i, ep in enumerate(greedy):
+        d = next((x for turn in ep["decisions"] for x in turn if x["stem"] == '<route model="'), None)
+        if d is None or not ep["policy_turns"][0].startswith('<think>Route.</think><route model="'):
+            continue
+        for k in range(4):
+            b = 4 * i + k
+            assert float(logps[b]) == pytest.approx(d["scores"][d["names"].index(targets[b])], abs=2e-4)
+        compared += 1
+    assert compared >= 3  # the warm start writes the scripted prefix
+    rewards = torch.tensor([float(inp["quality"] or 0.0) for inp in local])
+    want = all_names_advantages(rewards, 4, targets, logps, 2, scale=trainer.args.scale_rewards, weights=weights, temperature=trainer.all_names_temperature)
+    torch.testing.assert_close(out["advantages"].float(), want.float(), rtol=1e-5, atol=1e-6)
+    assert "decision/route_prob/" + names[0] in trainer._metrics["train"]
+    assert trainer._metrics["train"]["decision/expected_reward"][-1] == pytest.approx(expected_reward(rewards.tolist(), targets, logps.tolist(), 4), abs=1e-6)
+
+
+def test_expected_reward_is_the_routers_probability_weighted_reward_per_task():
+    """sum_m pi(m) rbar_m per group (pi renormalised over the group's names), averaged over
+    groups; episodes with no name or no reward are left out."""
+    import math
+
+    lp = [math.log(0.6), math.log(0.2), math.log(0.6), math.log(0.2), math.log(0.5), math.log(0.5), math.log(0.5), float("nan")]
+    got = expected_reward([1.0, 0.0, 0.5, 1.0, 0.2, 0.4, float("nan"), 0.9], ["a", "b", "a", "b", "a", "b", "a", None], lp, 4)
+    g1 = 0.75 * 0.75 + 0.25 * 0.5  # a: mean(1.0, 0.5), b: mean(0.0, 1.0)
+    g2 = 0.5 * 0.2 + 0.5 * 0.4  # the NaN reward and the unnamed episode drop out
+    assert got == pytest.approx((g1 + g2) / 2)
+    assert expected_reward([1.0, 0.0], [None, None], [float("nan")] * 2, 2) is None
+
+
+@pytest.mark.parametrize("prompt_gradient", [True, False])
+def test_scripted_all_names_training_moves_the_router_toward_the_rewarded_model(gsm8k_trainer, prompt_gradient):
+    """Learning: rewarding only the model this router rarely calls, three AdamW steps on scripted
+    batches raise its log-probability on the tasks (read from fresh scripted batches), while
+    the loss reads no token but the names'; also with the prompts run without gradient
+    (`prompt_gradient: false`, the truncated gradient)."""
+    target = "gpt-4-1106"
+    reward = lambda completions, route_target, **kw: [float(t == target) for t in route_target]  # noqa: E731
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted",
+                                   prompt_gradient=prompt_gradient)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    prompts = [{"prompt": t.question} for t in tasks[:4] for _ in range(4)]
+
+    def logp_target(out) -> float:
+        lps = trainer._scripted_name_logps(out)
+        return float(sum(lp for lp, inp in zip(lps.tolist(), trainer._last_inputs) if inp["route_target"] == target) / 8)
+
+    out = trainer._generate_and_score_completions(prompts)
+    before = logp_target(out)
+    assert before < -1.0  # rarely called
+    opt = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
+    for _ in range(3):
+        trainer._compute_loss(trainer.model, out).backward()
+        opt.step()
+        opt.zero_grad()
+        out = trainer._generate_and_score_completions(prompts)
+    after = logp_target(out)
+    assert after > before + 0.5, (before, after)
+
+
+def test_the_recipe_reaches_the_trainer_with_scripted_episodes():
+    """`algorithm.all_names_episodes` reaches RouterGRPOTrainer and the rollout's policy; without
+    all-names groups, unknown, or with an env that routes at every step, it is refused with the field."""
+    from rl_router.errors import ConfigError
+    from rl_router.recipe import load_recipe
+    from rl_router.rollout.decision_episodes import TargetPolicy
+    from rl_router.training.pipeline import scripted_targets, trainer_options
+
+    sets = ["algorithm.advantage=all_names", "trainer.num_generations=9", "trainer.per_device_train_batch_size=9"]
+    r = load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_episodes=scripted"])
+    assert trainer_options(r)["all_names_episodes"] == "scripted"
+    pol = scripted_targets(r, None)
+    assert isinstance(pol, TargetPolicy) and (pol.query, pol.adopt) == ("short", True)
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", sets))["all_names_episodes"] == "sampled"
+    assert scripted_targets(load_recipe("recipes/dcrouter_smollm2.yaml", sets), None) is None
+    with pytest.raises(ConfigError, match="algorithm.all_names_episodes"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.all_names_episodes=scripted"])
+    with pytest.raises(ConfigError, match="unknown 'greedy'"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_episodes=greedy"])
+
+
+def test_prompts_without_gradient_give_the_same_log_probs_and_a_truncated_gradient(gsm8k_run):
+    """`prompt_gradient: false`: the loss's log-probs are the same numbers; the gradient is
+    finite, nonzero, and not the full one (the prompt's own computation is not differentiated)."""
+    import json
+
+    from rl_router.models import load_checkpoint
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.training.logprobs import policy_logps
+
+    recipe = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
+    model, tok = load_checkpoint(gsm8k_run.out / "final", recipe)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    prompt = tok.encode("Route this: what is 17 times 3?", add_special_tokens=False)
+    comps = [tok.encode('<think>Route.</think><route model="a', add_special_tokens=False), tok.encode('<think>Route.</think><route model="bb', add_special_tokens=False)]
+    C = max(len(c) for c in comps)
+    ids = torch.tensor([prompt + c + [tok.eos_token_id] * (C - len(c)) for c in comps])
+    att = torch.tensor([[1] * len(prompt) + [1] * len(c) + [0] * (C - len(c)) for c in comps])
+    grads, values = {}, {}
+    for full in (True, False):
+        model.zero_grad()
+        lp, _ = policy_logps(model, ids, att, C, temperature=1.0, positions=att[:, len(prompt):].bool(), prompt_grad=full)
+        lp.sum().backward()
+        values[full] = lp.detach()
+        grads[full] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(values[True], values[False], rtol=1e-5, atol=1e-5)
+    assert float(grads[False].abs().sum()) > 0 and bool(torch.isfinite(grads[False]).all())
+    assert not torch.allclose(grads[True], grads[False])
+
+
+def test_the_recipe_reaches_the_trainer_with_its_prompt_gradient():
+    """`algorithm.prompt_gradient` reaches RouterGRPOTrainer; false under gradient checkpointing (which drops the prompt's cache) is refused with the field."""
+    from rl_router.errors import ConfigError
+    from rl_router.recipe import load_recipe
+    from rl_router.training.pipeline import trainer_options
+
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", []))["prompt_gradient"] is True
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.prompt_gradient=false"]))["prompt_gradient"] is False
+    with pytest.raises(ConfigError, match="algorithm.prompt_gradient"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.prompt_gradient=false", "trainer.gradient_checkpointing=true"])
