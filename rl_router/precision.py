@@ -103,7 +103,7 @@ def cache_dtype(dtype: Any) -> Any:
 
 
 @contextmanager
-def frozen_weights_cast(model: Any, dtype: Any, keep: dict[int, Any] | None = None) -> Iterator[None]:
+def frozen_weights_cast(model: Any, dtype: Any, keep: dict[int, Any] | None = None, skip: tuple[Any, ...] = ()) -> Iterator[None]:
     """Inside, every frozen float32 linear weight (and bias) of `model` is a `dtype` copy made
     once on entry; the originals are back on exit. Why: autocast caches its casts only of
     leaf tensors that require grad, so a frozen weight (LoRA's base layers, a tied output
@@ -115,14 +115,16 @@ def frozen_weights_cast(model: Any, dtype: Any, keep: dict[int, Any] | None = No
     reading float32), and nothing here may be trained: the copies belong to no optimizer.
     `keep` (a dict the caller holds): copies kept across entries and remade only when their
     original changed in place (its version counter moved), so a trainer whose frozen weights
-    never change (LoRA's base) casts them once for the whole run instead of once per forward."""
+    never change (LoRA's base) casts them once for the whole run instead of once per forward.
+    `skip`: modules left as they are (the loss applies the output layer in float32, outside
+    autocast: training/logprobs.head_logps)."""
     import torch
 
     done: dict[int, Any] = {}
     swapped: list[tuple[Any, str, Any]] = []
     try:
         for m in model.modules():
-            if not isinstance(m, torch.nn.Linear):
+            if not isinstance(m, torch.nn.Linear) or any(m is k for k in skip):
                 continue
             for name in ("weight", "bias"):
                 p = m._parameters.get(name)

@@ -95,9 +95,10 @@ def test_bf16_rollouts_and_the_bf16_loss_are_one_distribution(tmp_path, gsm8k_ru
     loss = trainer._compute_loss(trainer.model, out)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad.dtype == torch.float32 for p in trainer.model.parameters() if p.grad is not None)  # float32 master weights
-    # frozen weights (LoRA's base; here the first layer's MLP) are cast to bf16 once for the run
+    # frozen weights (LoRA's base; here the first layer's MLP and the output layer) are cast to bf16 once for the run
     # (trainer._frozen_casts): no number of the loss or its gradient changes
-    for p in trainer.accelerator.unwrap_model(trainer.model).model.layers[0].mlp.parameters():
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    for p in [*unwrapped.model.layers[0].mlp.parameters(), unwrapped.lm_head.weight]:  # and the (tied) output layer, which the loss applies in float32
         p.requires_grad_(False)
     trainer.model.zero_grad()
     loss = trainer._compute_loss(trainer.model, out)

@@ -46,7 +46,7 @@ from rl_router.training import microbatch
 from rl_router.training.advantages import ALL_NAMES_CREDITS, ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, name_credit, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 from rl_router.training.exploration import entropy_shortfall
-from rl_router.training.logprobs import allowed_tensor, policy_logps, rescales_logits
+from rl_router.training.logprobs import allowed_tensor, causal_lm, policy_logps, rescales_logits
 
 ADVANTAGES = ("grpo", "rloo", "bopo", "all_names")
 #: where all-names groups' episodes come from: sampled by the router after the forced name, or
@@ -151,8 +151,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _frozen_casts(self) -> Any:
-        """Under bf16 autocast on a CPU, the frozen float32 weights (LoRA's base layers, a tied
-        output layer) as bf16 copies made once for the run (precision.frozen_weights_cast with
+        """Under bf16 autocast on a CPU, the frozen float32 weights of the decoder (LoRA's base
+        layers; not the output layer) as bf16 copies made once for the run (precision.frozen_weights_cast with
         a kept dict): autocast casts a frozen weight again at every forward, which for a
         single-shot router's short completion forward cost about as much as its matmuls. The
         same values autocast would produce; trainable weights are untouched."""
@@ -164,7 +164,9 @@ class RouterGRPOTrainer(GRPOTrainer):
 
         if not hasattr(self, "_kept_casts"):
             self._kept_casts: dict[int, Any] = {}
-        return frozen_weights_cast(self.accelerator.unwrap_model(self.model), torch.bfloat16, keep=self._kept_casts)
+        model = self.accelerator.unwrap_model(self.model)
+        # the output layer stays float32: the loss applies it outside autocast (logprobs.head_logps)
+        return frozen_weights_cast(model, torch.bfloat16, keep=self._kept_casts, skip=(causal_lm(model).get_output_embeddings(),))
 
     def _prepare_inputs(self, generation_batch):  # type: ignore[override]
         """TRL's, without its shuffle of the generation batch before splitting it into
