@@ -116,6 +116,8 @@ def frozen_weights_cast(model: Any, dtype: Any, keep: dict[int, Any] | None = No
     `keep` (a dict the caller holds): copies kept across entries and remade only when their
     original changed in place (its version counter moved), so a trainer whose frozen weights
     never change (LoRA's base) casts them once for the whole run instead of once per forward.
+    A write through `.data` (PEFT's merge_adapter) does not move the counter: a caller that
+    merges or loads weights in place clears its dict.
     `skip`: modules left as they are (the loss applies the output layer in float32, outside
     autocast: training/logprobs.head_logps)."""
     import torch

@@ -426,6 +426,8 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("algorithm.all_names_episodes", "scripts all-names groups, and this run samples its names", "set algorithm.advantage: all_names, or leave all_names_episodes at sampled")
     if a.all_names_episodes == "scripted" and r.env.get("name", "router_r1") != "router_r1":
         raise ConfigError("algorithm.all_names_episodes", f"scripted episodes route once, and env {r.env.get('name')!r} routes at every step", "use all_names_episodes: sampled with this env")
+    if a.all_names_episodes == "scripted" and t.get("mask_truncated_completions"):
+        raise ConfigError("trainer.mask_truncated_completions", "masks episodes without an end-of-sequence token, and a scripted episode is cut after its name (no EOS): the loss would be zero", "set trainer.mask_truncated_completions: false, or all_names_episodes: sampled")
     if not a.prompt_gradient and bool(t.get("gradient_checkpointing", True)):
         raise ConfigError("algorithm.prompt_gradient", "false reads each prompt's cache, which gradient checkpointing drops (TRL turns it on by default)", "set trainer.gradient_checkpointing: false")
     if a.all_names_credit != "episode" and a.advantage != "all_names":

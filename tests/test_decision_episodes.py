@@ -128,7 +128,8 @@ def test_scripted_all_names_training_moves_the_router_toward_the_rewarded_model(
 
 def test_the_recipe_reaches_the_trainer_with_scripted_episodes():
     """`algorithm.all_names_episodes` reaches RouterGRPOTrainer and the rollout's policy; without
-    all-names groups, unknown, or with an env that routes at every step, it is refused with the field."""
+    all-names groups, unknown, with an env that routes at every step, or with TRL masking
+    truncated completions, it is refused with the field."""
     from rl_router.errors import ConfigError
     from rl_router.recipe import load_recipe
     from rl_router.rollout.decision_episodes import TargetPolicy
@@ -145,6 +146,10 @@ def test_the_recipe_reaches_the_trainer_with_scripted_episodes():
         load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.all_names_episodes=scripted"])
     with pytest.raises(ConfigError, match="unknown 'greedy'"):
         load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_episodes=greedy"])
+    with pytest.raises(ConfigError, match="env 'agentic' routes at every step"):
+        load_recipe("recipes/bopo_agentic.yaml", ["algorithm.name=grpo", "algorithm.advantage=all_names", "rollout.decisions=names", "algorithm.all_names_episodes=scripted"])
+    with pytest.raises(ConfigError, match="trainer.mask_truncated_completions"):  # a cut episode has no EOS: TRL would mask them all
+        load_recipe("recipes/dcrouter_smollm2.yaml", [*sets, "algorithm.all_names_episodes=scripted", "trainer.mask_truncated_completions=true"])
 
 
 def test_prompts_without_gradient_give_the_same_log_probs_and_a_truncated_gradient(gsm8k_run):

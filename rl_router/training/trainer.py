@@ -83,6 +83,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             raise ValueError(f"algorithm.all_names_episodes: unknown {all_names_episodes!r}; use one of {ALL_NAMES_EPISODES}")
         if all_names_episodes != "sampled" and advantage != "all_names":
             raise ValueError("algorithm.all_names_episodes scripts all-names groups; set algorithm.advantage: all_names")
+        self._kept_casts: dict[int, Any] = {}  # frozen weights' bf16 copies, made once for the run (_frozen_casts)
         self.all_names_episodes = all_names_episodes  # scripted: the rollout hands cut episodes (rollout/decision_episodes.py), their names' log-probs come from _scripted_name_logps
         self.bopo_reward = bopo_reward
         # False: the loss runs prompts without gradient (logprobs.policy_logps): a truncated gradient at a prompt's forward instead of its forward and backward
@@ -162,8 +163,6 @@ class RouterGRPOTrainer(GRPOTrainer):
             return nullcontext()
         from rl_router.precision import frozen_weights_cast
 
-        if not hasattr(self, "_kept_casts"):
-            self._kept_casts: dict[int, Any] = {}
         model = self.accelerator.unwrap_model(self.model)
         # the output layer stays float32: the loss applies it outside autocast (logprobs.head_logps)
         return frozen_weights_cast(model, torch.bfloat16, keep=self._kept_casts, skip=(causal_lm(model).get_output_embeddings(),))
@@ -326,10 +325,10 @@ class RouterGRPOTrainer(GRPOTrainer):
         if self.advantage == "rloo":
             adv = rloo_advantages(rewards, G)
         elif self.advantage == "all_names":
-            if self.all_names_episodes == "scripted":  # no sampler recorded the names' log-probs: one forward of the batch gives them
+            if self.all_names_episodes == "scripted" and mode == "train":  # no sampler recorded the names' log-probs: a no-grad forward per group gives them
                 names = gather_object([inp.get("route_target") for inp in local])
                 logps = self.accelerator.gather(self._scripted_name_logps(out)).tolist()
-                k = max(int(inp.get("route_candidates") or 0) for inp in local)
+                k = max(int(inp.get("route_candidates") or 0) for inp in local)  # the pool's size, the same on every rank
             else:
                 names, logps, k = first_routes(gather_object([list(self._last_decisions)]))
             scale = self.args.scale_rewards
@@ -365,9 +364,11 @@ class RouterGRPOTrainer(GRPOTrainer):
     def _scripted_name_logps(self, out: dict[str, Any]) -> torch.Tensor:
         """Each scripted episode's log p(name) under the router's current weights: the sum of its
         name tokens' log-probs within their allowed sets (the loss's masked positions), one
-        group's shared prompt at a time, without gradient. The same function and settings as the
-        loss (`policy_logps` at the trainer's temperature), so the weights are the probabilities
-        the loss then moves."""
+        group of this process's rows at a time, without gradient. The same function and settings
+        as the loss (`policy_logps` at the trainer's temperature), so the weights are the
+        probabilities the loss then moves (equal up to bf16 rounding where the loss's
+        micro-batch is trimmed to a different width). The unwrapped model: under DDP a forward
+        of the wrapped one syncs buffers, and the number of these forwards may differ by rank."""
         G, B = self.num_generations, out["completion_ids"].size(0)
         sums = []
         for s in range(0, B, G):  # one group at a time, at its own width (as its loss micro-batch runs)
@@ -378,7 +379,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             att = torch.cat([part["prompt_mask"], part["completion_mask"]], 1)
             mask = part["completion_mask"] if "tool_mask" not in part else part["completion_mask"] * part["tool_mask"]
             with torch.no_grad(), self._frozen_casts():
-                lp, _ = policy_logps(self.model, ids, att, part["completion_ids"].size(1), temperature=self.temperature, positions=mask.bool(), allowed=part.get("decision_allowed"),
+                lp, _ = policy_logps(self.accelerator.unwrap_model(self.model), ids, att, part["completion_ids"].size(1), temperature=self.temperature, positions=mask.bool(), allowed=part.get("decision_allowed"),
                                      autocast=self.accelerator.autocast)
             sums.append(lp.sum(dim=1))
         return torch.cat(sums)
