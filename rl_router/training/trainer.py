@@ -370,6 +370,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         micro-batch is trimmed to a different width). The unwrapped model: under DDP a forward
         of the wrapped one syncs buffers, and the number of these forwards may differ by rank."""
         G, B = self.num_generations, out["completion_ids"].size(0)
+        model = self.accelerator.unwrap_model(self.model)
         sums = []
         for s in range(0, B, G):  # one group at a time, at its own width (as its loss micro-batch runs)
             part = {k: v[s : s + G] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B}
@@ -379,7 +380,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             att = torch.cat([part["prompt_mask"], part["completion_mask"]], 1)
             mask = part["completion_mask"] if "tool_mask" not in part else part["completion_mask"] * part["tool_mask"]
             with torch.no_grad(), self._frozen_casts():
-                lp, _ = policy_logps(self.accelerator.unwrap_model(self.model), ids, att, part["completion_ids"].size(1), temperature=self.temperature, positions=mask.bool(), allowed=part.get("decision_allowed"),
+                lp, _ = policy_logps(model, ids, att, part["completion_ids"].size(1), temperature=self.temperature, positions=mask.bool(), allowed=part.get("decision_allowed"),
                                      autocast=self.accelerator.autocast)
             sums.append(lp.sum(dim=1))
         return torch.cat(sums)
