@@ -16,7 +16,9 @@ protocol): ours (cached decoder, bf16 autocast, shared prompts) against TRL's GR
 (model.generate, its own loss, float32) and a bare forward + backward over the step's distinct
 tokens, with peak RSS. Each path runs in its own process (`--paths ours,trl`), so each peak RSS
 is its own; `--set K=V` overrides the recipe (e.g. `algorithm.trim_padding=true`);
-`--rollout-only` times the rollout and its peak RSS alone (e.g. the prompt KV copied per row,
+`--set algorithm.all_names_episodes=scripted` (with all-names groups, samples = the pool's size)
+measures the scripted step; `algorithm.prompt_gradient=false` its truncated gradient, against the
+same full-gradient bare pass. `--rollout-only` times the rollout and its peak RSS alone (e.g. the prompt KV copied per row,
 `--set rollout.share_prompts=false`, against held once).
 
     python scripts/bench_step.py --shared 16x8 --recipe recipes/mmlu_pro_single_smollm2.yaml --router RUN/sft
@@ -132,6 +134,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
     from rl_router.rollout.names import cost_weights
     from rl_router.rollout.policies import GeneratePolicy, HFPolicy
+    from rl_router.training.pipeline import scripted_targets, trainer_options
     from rl_router.training.trainer import RouterGRPOTrainer
 
     r = load_recipe(recipe, sets or [])
@@ -149,11 +152,14 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
                                      stop_strings=stop_strings(r), autocast=r.model.autocast, share_prompts=r.rollout.share_prompts, **names)
     else:
         policy = lambda tr: GeneratePolicy(tr.accelerator.unwrap_model(tr.model), tok, max_new_tokens=r.rollout.max_new_tokens, temperature=1.0, stop_strings=stop_strings(r))  # noqa: E731
+    # ours: the recipe's algorithm settings (all-names groups, scripted episodes, prompt_gradient, trim_padding); TRL's path: its own GRPO
+    opts = trainer_options(r) if path == "ours" else {}
+    enum = pool.model_names if opts.get("advantage") == "all_names" else None
     args = GRPOConfig(output_dir=scratch.name, per_device_train_batch_size=samples, gradient_accumulation_steps=tasks_n, num_generations=samples, max_steps=1, learning_rate=1e-5, beta=0.0,
                       bf16=bf16, use_cpu=True, report_to="none", save_strategy="no", temperature=1.0, scale_rewards="batch", max_completion_length=r.rollout.max_completion_tokens,
                       gradient_checkpointing=False, disable_tqdm=True, seed=0, reward_weights=weights)
     tr = RouterGRPOTrainer(model=model, reward_funcs=funcs, args=args, processing_class=tok, train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in tasks]),
-                           rollout_func=make_rollout_func(make_engine(r, pool, tok), tasks, policy), peft_config=lora_config(r), trim_padding=path == "ours" and r.algorithm.trim_padding)
+                           rollout_func=make_rollout_func(make_engine(r, pool, tok), tasks, policy, enumerate_names=enum, scripted=scripted_targets(r, tok) if enum else None), peft_config=lora_config(r), **opts)
     compute = RouterGRPOTrainer._compute_loss
     if path == "trl":
         tr._get_per_token_logps_and_entropies = types.MethodType(GRPOTrainer._get_per_token_logps_and_entropies, tr)

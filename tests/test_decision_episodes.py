@@ -193,3 +193,46 @@ def test_the_recipe_reaches_the_trainer_with_its_prompt_gradient():
     assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.prompt_gradient=false"]))["prompt_gradient"] is False
     with pytest.raises(ConfigError, match="algorithm.prompt_gradient"):
         load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.prompt_gradient=false", "trainer.gradient_checkpointing=true"])
+
+
+def test_the_loss_reuses_the_names_pass_prompts_only_under_the_same_weights(gsm8k_trainer):
+    """Scripted episodes without the prompt's gradient: the names' log-prob pass keeps each
+    group's prompt forward (logprobs.PromptCache) and the loss of the same optimizer step runs
+    only the completions; its loss and gradients equal those of running the prompts again. After
+    an optimizer step (another tag) the loss runs the prompts itself."""
+    from rl_router.training.logprobs import causal_lm
+
+    reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted", prompt_gradient=False)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+    cache = trainer._prompt_cache
+    assert cache is not None and cache.tag == trainer.state.global_step and len(cache.rows) == 4  # one per group's prompt
+    backbone = causal_lm(trainer.model).base_model
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def loss_and_grads():
+        calls = []
+        h = backbone.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            trainer.model.zero_grad()
+            loss = trainer._compute_loss(trainer.model, out)
+            loss.backward()
+        finally:
+            h.remove()
+        return float(loss.detach()), torch.cat([p.grad.flatten().clone() for p in params]), len(calls)
+
+    hits = cache.hits
+    kept_loss, kept_grads, kept_forwards = loss_and_grads()
+    assert cache.hits == hits + 1 and kept_forwards == 1  # the completions only
+    trainer._prompt_cache = None
+    run_loss, run_grads, run_forwards = loss_and_grads()
+    assert run_forwards == 2  # the prompts, then the completions
+    assert kept_loss == pytest.approx(run_loss, rel=1e-5, abs=1e-6)
+    assert float(run_grads.abs().sum()) > 0
+    torch.testing.assert_close(kept_grads, run_grads, rtol=1e-4, atol=1e-6)
+    trainer._prompt_cache = cache
+    trainer.state.global_step += 1  # the weights the rows were kept under are gone
+    _, _, later_forwards = loss_and_grads()
+    assert later_forwards == 2 and cache.hits == hits + 1

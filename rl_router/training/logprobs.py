@@ -144,15 +144,58 @@ def _hidden(model: Any, autocast: Any, **kw: Any) -> tuple[torch.Tensor, Any]:
     return got[-1], out
 
 
+class PromptCache:
+    """Prompts' no-gradient forwards (the last hidden state and the keys and values of each
+    distinct prompt row), kept so a later pass under the same weights reads them instead of
+    running the prompt again. Why: with scripted all-names episodes and `prompt_gradient:
+    false` a step runs each group's prompt twice without gradient, once for the names'
+    log-probs that weigh the advantages and once in the loss, under the same weights (one
+    generation per optimizer step) and at the same width (the same micro-batch trim): the
+    second is the same numbers. A row is found by its exact token ids and mask (so by its
+    width too); what is not found is computed. `tag` says under which weights it was filled
+    (the trainer's optimizer step): the owner must not read it under others."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, bytes, bytes], tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.tag: Any = None
+        self.hits = self.misses = 0
+
+    def reset(self, tag: Any) -> None:
+        self.rows, self.tag = {}, tag
+
+    @staticmethod
+    def _key(ids: torch.Tensor, mask: torch.Tensor) -> tuple[int, bytes, bytes]:
+        return ids.numel(), ids.detach().cpu().numpy().tobytes(), mask.detach().cpu().numpy().tobytes()
+
+    def lookup(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any] | None:
+        """(rows x 1 x H last hidden states, a DynamicCache of the rows) when every row is kept, else None."""
+        got = [self.rows.get(self._key(i, m)) for i, m in zip(ids, mask)]
+        if any(g is None for g in got):
+            self.misses += 1
+            return None
+        self.hits += 1
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for li in range(len(got[0][1])):
+            cache.update(torch.cat([g[1][li][0] for g in got]), torch.cat([g[1][li][1] for g in got]), li)  # type: ignore[index]
+        return torch.cat([g[0] for g in got]), cache  # type: ignore[index]
+
+    def store(self, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, cache: Any) -> None:
+        for r in range(ids.size(0)):
+            self.rows[self._key(ids[r], mask[r])] = (last[r : r + 1].detach(), [(layer.keys[r : r + 1].detach(), layer.values[r : r + 1].detach()) for layer in cache.layers])
+
+
 def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, C: int, autocast: Any = None, inv: torch.Tensor | None = None,
-                         prompt_grad: bool = True) -> torch.Tensor:
+                         prompt_grad: bool = True, prompt_cache: PromptCache | None = None) -> torch.Tensor:
     """(B x C x H) the hidden states that predict each completion token, with every distinct
     prompt of the batch run once: its KV cache (kept in the graph) is shared by the rows that
     have it, and only the completions run per row. GRPO's samples of a task share their prompt,
     so forward and backward of the prompt are done once per group instead of once per sample;
     the result equals the per-row forward (same positions: TRL's left-padded rows start at the
     same offsets; tests/test_shared_prompt.py). `prompt_grad=False` runs the prompts without
-    gradient (`algorithm.prompt_gradient: false`): the same values, a truncated gradient."""
+    gradient (`algorithm.prompt_gradient: false`): the same values, a truncated gradient; then
+    `prompt_cache` (PromptCache) is read first and filled with what had to be run."""
     B, L = input_ids.shape
     P = L - C
     prompts, pmask = input_ids[:, :P], attention_mask[:, :P]
@@ -161,13 +204,22 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     first = _first_rows(inv, int(inv.max()) + 1)
     from transformers import DynamicCache
 
-    # a plain cache (no config): a model's own cache would keep only a sliding window on its
-    # sliding-window layers, and the completions must see the whole prompt
-    with torch.set_grad_enabled(prompt_grad and torch.is_grad_enabled()):
-        hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True, past_key_values=DynamicCache())
-    cache = _expand_cache(out.past_key_values, inv)
+    grad = prompt_grad and torch.is_grad_enabled()
+    kept = prompt_cache if prompt_cache is not None and not grad else None
+    got = kept.lookup(prompts[first], pmask[first]) if kept is not None else None
+    if got is None:
+        # a plain cache (no config): a model's own cache would keep only a sliding window on its
+        # sliding-window layers, and the completions must see the whole prompt
+        with torch.set_grad_enabled(grad):
+            hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True, past_key_values=DynamicCache())
+        last, past = hp[:, P - 1 : P], out.past_key_values
+        if kept is not None:
+            kept.store(prompts[first], pmask[first], last, past)
+    else:
+        last, past = got
+    cache = _expand_cache(past, inv)
     hc, _ = _hidden(model, autocast, input_ids=input_ids[:, P:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-    return torch.cat([hp[inv, P - 1 : P], hc[:, : C - 1]], dim=1)
+    return torch.cat([last[inv], hc[:, : C - 1]], dim=1)
 
 
 def prompt_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
@@ -186,14 +238,15 @@ def _first_rows(inv: torch.Tensor, n: int) -> torch.Tensor:
 
 def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *, temperature: float, positions: torch.Tensor | None = None,
                  allowed: torch.Tensor | None = None, batch_size: int | None = None, compute_entropy: bool = False, autocast: Any = None, share_prompts: bool = True,
-                 prompt_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 prompt_grad: bool = True, prompt_cache: PromptCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B x logits_to_keep) log-probs (and entropies) of the completion tokens, computed only at
     `positions` (B x logits_to_keep bool; default: every completion token) and 0 elsewhere.
     `share_prompts`: rows with the same prompt run it once (`shared_prompt_hidden`).
     `prompt_grad=False`: every prompt runs without gradient (shared or not), so the gradient
     reaches the weights only through the completion tokens' own computation, which reads the
     prompt's keys and values as constants: a truncated gradient of the same log-probs, at the
-    cost of a forward of the prompt instead of a forward and backward (`algorithm.prompt_gradient`)."""
+    cost of a forward of the prompt instead of a forward and backward (`algorithm.prompt_gradient`).
+    `prompt_cache`: prompts run without gradient are read from it where kept (PromptCache)."""
     B, L = input_ids.shape
     C = logits_to_keep
     head = causal_lm(model).get_output_embeddings()
@@ -208,7 +261,7 @@ def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
         # the plain per-row forward is cheaper (no cache copy)
         inv = prompt_groups(ids, att, L - C) if share_prompts and C < L and not getattr(causal_lm(model), "is_gradient_checkpointing", False) else None
         if not prompt_grad and C < L:  # the prompt as a constant context: through the cache, however many rows share it
-            hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=prompt_groups(ids, att, L - C), prompt_grad=False)
+            hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=prompt_groups(ids, att, L - C), prompt_grad=False, prompt_cache=prompt_cache)
         elif inv is not None and int(inv.max()) + 1 < inv.numel():
             hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=inv)
         else:

@@ -46,7 +46,7 @@ from rl_router.training import microbatch
 from rl_router.training.advantages import ALL_NAMES_CREDITS, ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, name_credit, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 from rl_router.training.exploration import entropy_shortfall
-from rl_router.training.logprobs import allowed_tensor, causal_lm, policy_logps, rescales_logits
+from rl_router.training.logprobs import PromptCache, allowed_tensor, causal_lm, policy_logps, rescales_logits
 
 ADVANTAGES = ("grpo", "rloo", "bopo", "all_names")
 #: where all-names groups' episodes come from: sampled by the router after the forced name, or
@@ -90,6 +90,12 @@ class RouterGRPOTrainer(GRPOTrainer):
         self.prompt_gradient = bool(prompt_gradient)
         if not self.prompt_gradient and self.args.gradient_checkpointing:
             raise ValueError("algorithm.prompt_gradient: false reads the prompt's cache, which gradient checkpointing drops; set trainer.gradient_checkpointing: false")
+        # scripted episodes without the prompt's gradient: the names' log-prob pass keeps each
+        # prompt's forward for the loss (logprobs.PromptCache), read only within the optimizer
+        # step that filled it (its tag), so under the same weights whatever num_iterations and
+        # steps_per_generation say
+        self._prompt_cache = PromptCache() if all_names_episodes == "scripted" and not self.prompt_gradient else None
+        self._loss_reads_cache = False
         self.bopo_beta = bopo_beta
         # the entropy floor on name decisions (training/exploration.py); off when either is 0
         self.decision_entropy_floor, self.decision_entropy_coef = float(decision_entropy_floor), float(decision_entropy_coef)
@@ -203,7 +209,8 @@ class RouterGRPOTrainer(GRPOTrainer):
             allowed = None
         positions = self._logp_positions if self._logp_positions is not None and self._logp_positions.shape == (input_ids.size(0), logits_to_keep) else None
         logps, ent = policy_logps(model, input_ids, attention_mask, logits_to_keep, temperature=self.temperature, positions=positions, allowed=allowed, batch_size=batch_size,
-                                  compute_entropy=compute_entropy, autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient)
+                                  compute_entropy=compute_entropy, autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient,
+                                  prompt_cache=self._prompt_cache if self._loss_reads_cache else None)
         self._last_entropies = ent  # within the allowed sets at decisions: what the entropy floor reads
         return logps, ent, None
 
@@ -213,6 +220,9 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._decision_allowed = inputs.get("decision_allowed")
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         self._logp_positions = mask.bool()  # the loss reads only these tokens' log-probs
+        # the prompts kept by this optimizer step's names pass, under these very weights
+        c = self._prompt_cache
+        self._loss_reads_cache = c is not None and self.model.training and c.tag == self.state.global_step
         try:
             with self._frozen_casts():
                 loss = super()._compute_loss(model, inputs)
@@ -221,6 +231,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             return loss
         finally:
             self._decision_allowed = self._logp_positions = self._last_entropies = None
+            self._loss_reads_cache = False
 
     def _entropy_floor_term(self) -> torch.Tensor | float:
         """coef x the name decisions' mean shortfall below the floor (exploration.py), scaled
@@ -368,9 +379,13 @@ class RouterGRPOTrainer(GRPOTrainer):
         as the loss (`policy_logps` at the trainer's temperature), so the weights are the
         probabilities the loss then moves (equal up to bf16 rounding where the loss's
         micro-batch is trimmed to a different width). The unwrapped model: under DDP a forward
-        of the wrapped one syncs buffers, and the number of these forwards may differ by rank."""
+        of the wrapped one syncs buffers, and the number of these forwards may differ by rank.
+        Without the prompt's gradient, each prompt's forward is kept for this optimizer step's
+        loss (`_prompt_cache`), which then runs only the completions."""
         G, B = self.num_generations, out["completion_ids"].size(0)
         model = self.accelerator.unwrap_model(self.model)
+        if self._prompt_cache is not None:
+            self._prompt_cache.reset(tag=self.state.global_step)
         sums = []
         for s in range(0, B, G):  # one group at a time, at its own width (as its loss micro-batch runs)
             part = {k: v[s : s + G] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B}
@@ -381,7 +396,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             mask = part["completion_mask"] if "tool_mask" not in part else part["completion_mask"] * part["tool_mask"]
             with torch.no_grad(), self._frozen_casts():
                 lp, _ = policy_logps(model, ids, att, part["completion_ids"].size(1), temperature=self.temperature, positions=mask.bool(), allowed=part.get("decision_allowed"),
-                                     autocast=self.accelerator.autocast)
+                                     autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient, prompt_cache=self._prompt_cache)
             sums.append(lp.sum(dim=1))
         return torch.cat(sums)
 
