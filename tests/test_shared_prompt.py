@@ -20,17 +20,19 @@ def llama_like(seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
-def batch(vocab: int, groups: int = 3, per: int = 4, P: int = 14, C: int = 9, seed: int = 0):
+def batch(vocab: int, groups: int = 3, per: int = 4, P: int = 14, C: int = 9, seed: int = 0, prefix: int = 0):
     """TRL's layout: prompts left-padded to P, completions right-padded to C; rows of a group
-    share their prompt (and its padding), completions differ in tokens and length."""
+    share their prompt (and its padding), completions differ in tokens and length (after
+    `prefix` leading tokens the group's rows share, as scripted episodes before the name)."""
     g = torch.Generator().manual_seed(seed)
     ids, att = [], []
     for k in range(groups):
         plen = P - 2 * k
         prompt = torch.randint(3, vocab, (plen,), generator=g)
+        head = torch.randint(3, vocab, (prefix,), generator=g)
         for i in range(per):
             clen = C - (i % 3)
-            comp = torch.randint(3, vocab, (clen,), generator=g)
+            comp = torch.cat([head, torch.randint(3, vocab, (clen - prefix,), generator=g)])
             ids.append(torch.cat([torch.zeros(P - plen, dtype=torch.long), prompt, comp, torch.zeros(C - clen, dtype=torch.long)]))
             att.append(torch.cat([torch.zeros(P - plen), torch.ones(plen), torch.ones(clen), torch.zeros(C - clen)]).long())
     ids, att = torch.stack(ids), torch.stack(att)
@@ -47,7 +49,8 @@ def grads(model, **kw):
 
 @pytest.mark.parametrize("arch", ["qwen2 (tiny router)", "llama (GQA, tied embeddings)"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_shared_prompt_log_probs_and_gradients_equal_the_per_row_computation(arch, lora):
+@pytest.mark.parametrize("prefix", [0, 3])
+def test_shared_prompt_log_probs_and_gradients_equal_the_per_row_computation(arch, lora, prefix):
     model = build_tiny_router(seed=2, hidden_size=32, num_layers=2)[0] if arch.startswith("qwen2") else llama_like()
     if lora:
         from peft import LoraConfig, get_peft_model
@@ -55,7 +58,7 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_per_row_computation(arc
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     model.train()
     vocab = model.get_input_embeddings().weight.shape[0]
-    ids, att, C, positions = batch(vocab)
+    ids, att, C, positions = batch(vocab, prefix=prefix)
     kw = dict(input_ids=ids, attention_mask=att, logits_to_keep=C, temperature=0.7, positions=positions, compute_entropy=True)
     lp_s, ent_s, g_s = grads(model, share_prompts=True, **kw)
     lp_r, ent_r, g_r = grads(model, share_prompts=False, **kw)
@@ -93,3 +96,33 @@ def test_a_prompt_is_run_once_per_group():
     with torch.no_grad():
         policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
     assert seen == [(3, ids.shape[1])]
+
+
+def test_a_groups_shared_completion_prefix_runs_once_and_changes_nothing():
+    """Rows of a group that begin their completions alike (scripted episodes: the protocol before
+    the name) run those tokens once, after their prompt; the log-probs and gradients equal those
+    of running them per row, with and without the prompt's gradient."""
+    model = llama_like()
+    model.train()
+    ids, att, C, positions = batch(300, groups=3, per=4, prefix=4)
+    seen = []
+    orig = model.forward
+
+    def spy(*a, **kw):
+        seen.append(tuple(kw["input_ids"].shape))
+        return orig(*a, **kw)
+
+    model.forward = spy
+    with torch.no_grad():
+        policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
+    assert seen == [(3, ids.shape[1] - C), (3, 4), (12, C - 4)]
+    model.forward = orig
+    for prompt_grad in (True, False):
+        kw = dict(input_ids=ids, attention_mask=att, logits_to_keep=C, temperature=0.7, positions=positions, compute_entropy=True, prompt_grad=prompt_grad)
+        lp_s, ent_s, g_s = grads(model, share_prefix=True, **kw)
+        lp_r, ent_r, g_r = grads(model, share_prefix=False, **kw)
+        torch.testing.assert_close(lp_s, lp_r, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ent_s, ent_r, rtol=1e-5, atol=1e-5)
+        assert g_s.keys() == g_r.keys() and g_s
+        for n in g_s:
+            torch.testing.assert_close(g_s[n], g_r[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -187,11 +187,12 @@ class PromptCache:
 
 
 def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, C: int, autocast: Any = None, inv: torch.Tensor | None = None,
-                         prompt_grad: bool = True, prompt_cache: PromptCache | None = None) -> torch.Tensor:
+                         prompt_grad: bool = True, prompt_cache: PromptCache | None = None, share_prefix: bool = True) -> torch.Tensor:
     """(B x C x H) the hidden states that predict each completion token, with every distinct
     prompt of the batch run once: its KV cache (kept in the graph) is shared by the rows that
     have it, and only the completions run per row. GRPO's samples of a task share their prompt,
-    so forward and backward of the prompt are done once per group instead of once per sample;
+    so forward and backward of the prompt are done once per group instead of once per sample,
+    and so are the leading completion tokens every sample of a group shares (`shared_prefix`);
     the result equals the per-row forward (same positions: TRL's left-padded rows start at the
     same offsets; tests/test_shared_prompt.py). `prompt_grad=False` runs the prompts without
     gradient (`algorithm.prompt_gradient: false`): the same values, a truncated gradient; then
@@ -217,9 +218,27 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
             kept.store(prompts[first], pmask[first], last, past)
     else:
         last, past = got
+    c = shared_prefix(input_ids[:, P:], attention_mask[:, P:], inv, first) if share_prefix and first.numel() < B else 0
+    parts = [last[inv]]
+    if c:  # the group's common completion prefix (e.g. a script's tokens before the name), once per group, with gradient as a completion
+        own = _expand_cache(past, torch.arange(first.numel(), device=inv.device))  # a copy: the kept rows stay as they are
+        hpre, out = _hidden(model, autocast, input_ids=input_ids[first, P : P + c], attention_mask=attention_mask[first, : P + c], past_key_values=own, use_cache=True)
+        past = out.past_key_values
+        parts.append(hpre[inv])
     cache = _expand_cache(past, inv)
-    hc, _ = _hidden(model, autocast, input_ids=input_ids[:, P:], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-    return torch.cat([last[inv], hc[:, : C - 1]], dim=1)
+    hc, _ = _hidden(model, autocast, input_ids=input_ids[:, P + c :], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+    return torch.cat([*parts, hc[:, : C - c - 1]], dim=1)
+
+
+def shared_prefix(completion_ids: torch.Tensor, completion_mask: torch.Tensor, inv: torch.Tensor, first: torch.Tensor) -> int:
+    """How many leading completion columns every row shares with its prompt group's first row
+    (ids and mask), at most width - 1: those run once per group. All-names groups that name
+    the model after a fixed prefix share it (scripted episodes: `<think>Route.</think><route
+    model="`); sampled groups rarely share more than a token or two."""
+    same = ((completion_ids == completion_ids[first[inv]]) & (completion_mask == completion_mask[first[inv]])).all(0)
+    differs = (~same).nonzero()
+    c = int(differs[0]) if len(differs) else same.numel()
+    return max(0, min(c, completion_ids.size(1) - 1))
 
 
 def prompt_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, P: int) -> torch.Tensor:
@@ -238,7 +257,7 @@ def _first_rows(inv: torch.Tensor, n: int) -> torch.Tensor:
 
 def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *, temperature: float, positions: torch.Tensor | None = None,
                  allowed: torch.Tensor | None = None, batch_size: int | None = None, compute_entropy: bool = False, autocast: Any = None, share_prompts: bool = True,
-                 prompt_grad: bool = True, prompt_cache: PromptCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 prompt_grad: bool = True, prompt_cache: PromptCache | None = None, share_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B x logits_to_keep) log-probs (and entropies) of the completion tokens, computed only at
     `positions` (B x logits_to_keep bool; default: every completion token) and 0 elsewhere.
     `share_prompts`: rows with the same prompt run it once (`shared_prompt_hidden`).
@@ -246,7 +265,9 @@ def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     reaches the weights only through the completion tokens' own computation, which reads the
     prompt's keys and values as constants: a truncated gradient of the same log-probs, at the
     cost of a forward of the prompt instead of a forward and backward (`algorithm.prompt_gradient`).
-    `prompt_cache`: prompts run without gradient are read from it where kept (PromptCache)."""
+    `prompt_cache`: prompts run without gradient are read from it where kept (PromptCache).
+    `share_prefix`: a group's common leading completion tokens run once (`shared_prefix`; the
+    same values and gradients, with or without the prompt's gradient)."""
     B, L = input_ids.shape
     C = logits_to_keep
     head = causal_lm(model).get_output_embeddings()
@@ -261,9 +282,9 @@ def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
         # the plain per-row forward is cheaper (no cache copy)
         inv = prompt_groups(ids, att, L - C) if share_prompts and C < L and not getattr(causal_lm(model), "is_gradient_checkpointing", False) else None
         if not prompt_grad and C < L:  # the prompt as a constant context: through the cache, however many rows share it
-            hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=prompt_groups(ids, att, L - C), prompt_grad=False, prompt_cache=prompt_cache)
+            hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=prompt_groups(ids, att, L - C), prompt_grad=False, prompt_cache=prompt_cache, share_prefix=share_prefix)
         elif inv is not None and int(inv.max()) + 1 < inv.numel():
-            hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=inv)
+            hidden = shared_prompt_hidden(model, ids, att, C, autocast, inv=inv, share_prefix=share_prefix)
         else:
             full, _ = _hidden(model, autocast, input_ids=ids, attention_mask=att, use_cache=False)
             hidden = full[:, L - C - 1 : L - 1]  # the hidden state that predicts completion token j
