@@ -236,3 +236,14 @@ def test_the_loss_reuses_the_names_pass_prompts_only_under_the_same_weights(gsm8
     trainer.state.global_step += 1  # the weights the rows were kept under are gone
     _, _, later_forwards = loss_and_grads()
     assert later_forwards == run_forwards and cache.hits == hits + 1
+
+
+def test_the_scripted_recipe_is_the_smollm2_recipe_with_the_readme_sets():
+    """recipes/dcrouter_smollm2_scripted.yaml is recipes/dcrouter_smollm2.yaml with the README's
+    `--set`s of its scripted run, nothing else (so its table row is that recipe's)."""
+    from rl_router.recipe import load_recipe
+
+    sets = ["algorithm.advantage=all_names", "algorithm.all_names_weights=mirror", "algorithm.all_names_episodes=scripted", "algorithm.prompt_gradient=false",
+            "trainer.num_generations=9", "trainer.per_device_train_batch_size=9", "algorithm.trim_padding=true", "algorithm.rl_minutes=60", "trainer.max_steps=2000",
+            "trainer.save_steps=50", "trainer.save_total_limit=2", "output_dir=outputs/dcrouter_smollm2_scripted"]
+    assert load_recipe("recipes/dcrouter_smollm2_scripted.yaml", []).to_dict() == load_recipe("recipes/dcrouter_smollm2.yaml", sets).to_dict()
