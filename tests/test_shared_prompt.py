@@ -3,6 +3,8 @@ shared by the rows that have it; values and gradients equal the per-row computat
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -38,6 +40,23 @@ def batch(vocab: int, groups: int = 3, per: int = 4, P: int = 14, C: int = 9, se
     ids, att = torch.stack(ids), torch.stack(att)
     positions = att[:, P:].bool() & (torch.rand(ids.shape[0], C, generator=g) < 0.7)  # the loss reads some completion tokens
     return ids, att, C, positions
+
+
+@contextmanager
+def forward_shapes(model):
+    """The input_ids shape of every forward of `model` inside the block, in order."""
+    seen = []
+    orig = model.forward
+
+    def spy(*a, **kw):
+        seen.append(tuple(kw["input_ids"].shape))
+        return orig(*a, **kw)
+
+    model.forward = spy
+    try:
+        yield seen
+    finally:
+        model.forward = orig
 
 
 def grads(model, **kw):
@@ -79,21 +98,12 @@ def test_a_prompt_is_run_once_per_group():
     """The prompt forward sees one row per distinct prompt (what makes it cheaper)."""
     model = build_tiny_router(seed=2, hidden_size=32, num_layers=1)[0]
     ids, att, C, positions = batch(model.get_input_embeddings().weight.shape[0], groups=3, per=4)
-    seen = []
-    orig = model.forward
-
-    def spy(*a, **kw):
-        seen.append(tuple(kw["input_ids"].shape))
-        return orig(*a, **kw)
-
-    model.forward = spy
-    with torch.no_grad():
+    with forward_shapes(model) as seen, torch.no_grad():
         policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
     assert seen == [(3, ids.shape[1] - C), (12, C)]
     # every prompt distinct: nothing to share, one plain forward over the whole rows
     ids, att, C, positions = batch(model.get_input_embeddings().weight.shape[0], groups=3, per=1)
-    seen.clear()
-    with torch.no_grad():
+    with forward_shapes(model) as seen, torch.no_grad():
         policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
     assert seen == [(3, ids.shape[1])]
 
@@ -105,18 +115,9 @@ def test_a_groups_shared_completion_prefix_runs_once_and_changes_nothing():
     model = llama_like()
     model.train()
     ids, att, C, positions = batch(300, groups=3, per=4, prefix=4)
-    seen = []
-    orig = model.forward
-
-    def spy(*a, **kw):
-        seen.append(tuple(kw["input_ids"].shape))
-        return orig(*a, **kw)
-
-    model.forward = spy
-    with torch.no_grad():
+    with forward_shapes(model) as seen, torch.no_grad():
         policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
     assert seen == [(3, ids.shape[1] - C), (3, 4), (12, C - 4)]
-    model.forward = orig
     for prompt_grad in (True, False):
         kw = dict(input_ids=ids, attention_mask=att, logits_to_keep=C, temperature=0.7, positions=positions, compute_entropy=True, prompt_grad=prompt_grad)
         lp_s, ent_s, g_s = grads(model, share_prefix=True, **kw)

@@ -221,8 +221,8 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     c = shared_prefix(input_ids[:, P:], attention_mask[:, P:], inv, first) if share_prefix and first.numel() < B else 0
     parts = [last[inv]]
     if c:  # the group's common completion prefix (e.g. a script's tokens before the name), once per group, with gradient as a completion
-        own = _expand_cache(past, torch.arange(first.numel(), device=inv.device))  # a copy: the kept rows stay as they are
-        hpre, out = _hidden(model, autocast, input_ids=input_ids[first, P : P + c], attention_mask=attention_mask[first, : P + c], past_key_values=own, use_cache=True)
+        # DynamicCache.update concatenates into new tensors: the kept rows stay as they are (tested: the loss with kept prompts equals running them)
+        hpre, out = _hidden(model, autocast, input_ids=input_ids[first, P : P + c], attention_mask=attention_mask[first, : P + c], past_key_values=past, use_cache=True)
         past = out.past_key_values
         parts.append(hpre[inv])
     cache = _expand_cache(past, inv)
