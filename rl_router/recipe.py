@@ -90,6 +90,7 @@ class AlgorithmSection:
     decision_entropy_floor: float = 0.0  # nats: below it, a name decision's entropy (within its allowed set) is pushed back up (training/exploration.py); 0: off
     decision_entropy_coef: float = 0.1  # weight of the floor's hinge in the loss (a mean over name decisions; the policy term weighs each trained token by 1 / the generation's trained tokens)
     trim_padding: bool = False  # the loss runs each micro-batch at its own width (training/microbatch.py): the same log-probs up to float rounding on rotary-position routers, fewer columns
+    microbatch_tokens: int | None = None  # the loss runs each TRL micro-batch in pieces of at most this many tokens (distinct prompts once, completions per row), each backwarded before the next: memory bounded by tokens, not rows, and the same gradient (training/microbatch.py); with a large trainer.per_device_train_batch_size, short episodes share a forward and long ones split; null: TRL's micro-batches as they are
     rl_minutes: float | None = None  # stop RL after this many minutes (at the next step; `train --minutes`); null: trainer.max_steps decides
 
 
@@ -430,6 +431,17 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("trainer.mask_truncated_completions", "masks episodes without an end-of-sequence token, and a scripted episode is cut after its name (no EOS): the loss would be zero", "set trainer.mask_truncated_completions: false, or all_names_episodes: sampled")
     if not a.prompt_gradient and bool(t.get("gradient_checkpointing", True)):
         raise ConfigError("algorithm.prompt_gradient", "false reads each prompt's cache, which gradient checkpointing drops (TRL turns it on by default)", "set trainer.gradient_checkpointing: false")
+    if a.microbatch_tokens is not None and not (isinstance(a.microbatch_tokens, int) and not isinstance(a.microbatch_tokens, bool) and a.microbatch_tokens > 0):
+        raise ConfigError("algorithm.microbatch_tokens", f"{a.microbatch_tokens!r} is not a positive number of tokens", "set e.g. 4096, or null for TRL's micro-batches as they are")
+    if a.microbatch_tokens is not None:
+        from rl_router.training.microbatch import LOSS_TYPES
+
+        if t.get("loss_type", "dapo") not in LOSS_TYPES:
+            raise ConfigError("trainer.loss_type", f"{t.get('loss_type')!r} has no known normalisation to split into algorithm.microbatch_tokens pieces", f"use one of {', '.join(LOSS_TYPES)}, or algorithm.microbatch_tokens: null")
+        for k, off, why in (("entropy_coef", "0.0", "a mean over each micro-batch's tokens"), ("use_adaptive_entropy", "false", "a mean over each micro-batch's tokens"),
+                            ("top_entropy_quantile", "1.0", "a quantile of each micro-batch")):
+            if k in t and t[k] != {"0.0": 0.0, "false": False, "1.0": 1.0}[off]:
+                raise ConfigError(f"trainer.{k}", f"is {why}, which pieces of algorithm.microbatch_tokens would change", f"set trainer.{k}: {off}, or algorithm.microbatch_tokens: null")
     if a.all_names_credit != "episode" and a.advantage != "all_names":
         raise ConfigError("algorithm.all_names_credit", "splits all-names advantages, and this run samples its names", "set algorithm.advantage: all_names, or leave all_names_credit at episode")
     if a.all_names_weights != "policy" and a.advantage != "all_names":

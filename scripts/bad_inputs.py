@@ -65,6 +65,8 @@ CASES = [
     Case("all_names mirror temperature not positive", "train recipes/gsm8k.yaml --set algorithm.all_names_temperature=0", "algorithm.all_names_temperature: 0.0 is not > 0"),
     Case("all_names credit without all-names groups", "train recipes/gsm8k.yaml --set algorithm.all_names_credit=name", "algorithm.all_names_credit: splits all-names advantages"),
     Case("scripted all-names episodes without all-names groups", "train recipes/gsm8k.yaml --set algorithm.all_names_episodes=scripted", "algorithm.all_names_episodes: scripts all-names groups"),
+    Case("loss pieces of no tokens", "train recipes/gsm8k.yaml --set algorithm.microbatch_tokens=0", "algorithm.microbatch_tokens: 0 is not a positive number of tokens"),
+    Case("loss pieces with TRL's entropy bonus", "train recipes/gsm8k.yaml --set algorithm.microbatch_tokens=4096 --set trainer.entropy_coef=0.01", "trainer.entropy_coef: is a mean over each micro-batch's tokens"),
     Case("API key in a recipe", "train {dir}/r.yaml", "API keys must not be written in a recipe", {"r.yaml": "pool: {type: openai, models: {m: {base_url: 'http://127.0.0.1:1/v1', api_key: sk-1, price_in: 1, price_out: 1}}}\n"}),
     Case("budget below one call", "train recipes/gsm8k.yaml --set env.budget=0.0000001", "is below one call to the cheapest boundary model"),
     Case("pool.max_error_rate out of range", "train recipes/gsm8k.yaml --set pool.max_error_rate=2", "pool.max_error_rate: must be a share in [0, 1]"),

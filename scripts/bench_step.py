@@ -18,7 +18,8 @@ tokens, with peak RSS. Each path runs in its own process (`--paths ours,trl`), s
 is its own; `--set K=V` overrides the recipe (e.g. `algorithm.trim_padding=true`);
 `--set algorithm.all_names_episodes=scripted` (with all-names groups, samples = the pool's size)
 measures the scripted step; `algorithm.prompt_gradient=false` its truncated gradient, against the
-same full-gradient bare pass. `--rollout-only` times the rollout and its peak RSS alone (e.g. the prompt KV copied per row,
+same full-gradient bare pass; `algorithm.microbatch_tokens=N` the loss as one micro-batch of the
+whole generation, cut into pieces of at most N tokens (instead of one group per micro-batch). `--rollout-only` times the rollout and its peak RSS alone (e.g. the prompt KV copied per row,
 `--set rollout.share_prompts=false`, against held once).
 
     python scripts/bench_step.py --shared 16x8 --recipe recipes/mmlu_pro_single_smollm2.yaml --router RUN/sft
@@ -155,7 +156,11 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     # ours: the recipe's algorithm settings (all-names groups, scripted episodes, prompt_gradient, trim_padding); TRL's path: its own GRPO
     opts = trainer_options(r) if path == "ours" else {}
     enum = pool.model_names if opts.get("advantage") == "all_names" else None
-    args = GRPOConfig(output_dir=scratch.name, per_device_train_batch_size=samples, gradient_accumulation_steps=tasks_n, num_generations=samples, max_steps=1, learning_rate=1e-5, beta=0.0,
+    # algorithm.microbatch_tokens: the whole generation is one micro-batch, cut into pieces by tokens (as a recipe with
+    # per_device_train_batch_size = the generation does); else one group per micro-batch
+    by_tokens = path == "ours" and opts.get("microbatch_tokens") is not None
+    mb, accumulate = (tasks_n * samples, 1) if by_tokens else (samples, tasks_n)
+    args = GRPOConfig(output_dir=scratch.name, per_device_train_batch_size=mb, gradient_accumulation_steps=accumulate, num_generations=samples, max_steps=1, learning_rate=1e-5, beta=0.0,
                       bf16=bf16, use_cpu=True, report_to="none", save_strategy="no", temperature=1.0, scale_rewards="batch", max_completion_length=r.rollout.max_completion_tokens,
                       gradient_checkpointing=False, disable_tqdm=True, seed=0, reward_weights=weights)
     tr = RouterGRPOTrainer(model=model, reward_funcs=funcs, args=args, processing_class=tok, train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in tasks]),
@@ -177,15 +182,19 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
         return dict(path=path, tasks=tasks_n, samples=samples, distinct_tokens=int(pm[::samples].sum()) + int(cm.sum()), all_tokens=int(pm.sum() + cm.sum()), rollout_s=rollout_s,
                     rss_rollout_mib=rss_rollout, bf16=bf16, completion_tokens=int(cm.sum()))
     t0 = time.perf_counter()
-    tr.current_gradient_accumulation_steps = tasks_n
-    for s in range(0, n, samples):
-        compute(tr, tr.model, _rows(out, s, s + samples, n)).backward()
+    tr.current_gradient_accumulation_steps = accumulate
+    if by_tokens:  # the trainer's own pieces: each but the last backwarded inside compute_loss
+        tr.compute_loss(tr.model, out).backward()
+    else:
+        for s in range(0, n, samples):
+            compute(tr, tr.model, _rows(out, s, s + samples, n)).backward()
     tr.model.zero_grad()
     loss_s = time.perf_counter() - t0
     pm, cm = out["prompt_mask"], out["completion_mask"]
     res = dict(path=path, tasks=tasks_n, samples=samples, prompt_width=out["prompt_ids"].size(1), completion_width=out["completion_ids"].size(1),
                distinct_tokens=int(pm[::samples].sum()) + int(cm.sum()), all_tokens=int(pm.sum() + cm.sum()), rollout_s=rollout_s, loss_s=loss_s, step_s=rollout_s + loss_s,
-               rss_rollout_mib=rss_rollout, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, bf16=bf16)
+               rss_rollout_mib=rss_rollout, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, bf16=bf16,
+               microbatch_tokens=opts.get("microbatch_tokens"), loss_pieces=tr._metrics["train"].get("loss/pieces", [None])[-1])
     if path != "ours":
         return res
     # bare forward + backward over the distinct tokens: per group, the first row whole (its prompt and

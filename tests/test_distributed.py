@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _two_processes(out: Path) -> tuple[dict, str]:
     # the same global batches as one process: SFT 8 sequences per step, RL 16 episodes (4 groups of 4) per step
-    per_dev = ["sft.per_device_train_batch_size=4", "trainer.per_device_train_batch_size=8"]
+    # and the RL loss in pieces of at most 1200 tokens (as many on both ranks), which must train as the whole micro-batches do
+    per_dev = ["sft.per_device_train_batch_size=4", "trainer.per_device_train_batch_size=8", "algorithm.microbatch_tokens=1200"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RL_ROUTER_NO_PROGRESS": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     port = free_port()
     launch = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "rl_router.cli"]
@@ -44,6 +45,9 @@ def test_two_processes_train_like_one(tmp_path, bopo_run):
     assert two["global_step"] == one["global_step"] == 16 and two["algorithm"] == "bopo"
     logged = [h for h in two["log_history"] if "reward" in h]
     assert [h["step"] for h in logged] == list(range(1, 17)) and all("advantage/bopo_mean_abs" in h for h in logged)
+    pieces = [h["loss/pieces"] for h in logged if "loss/pieces" in h]
+    print(f"\nloss pieces per micro-batch, per step: {pieces}")
+    assert pieces and max(pieces) > 1  # the budget did split micro-batches
     assert two["rl_episodes"] == one["rl_episodes"] == 16 * 16  # both ranks' episodes counted
     # 16 episodes a step over 2 ranks: TRL counts tokens of both ranks' episodes
     assert (tmp_path / "two" / "final" / "model.safetensors").exists() and not list((tmp_path / "two").rglob("*.tmp"))

@@ -1,7 +1,10 @@
-"""Micro-batches at their own width (training/microbatch.py): fewer columns, the same loss."""
+"""Micro-batches at their own width and in pieces sized by tokens (training/microbatch.py): fewer columns or bounded memory, the same loss."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from rl_router.training.microbatch import shift_invariant, trim_padding
@@ -56,3 +59,116 @@ def test_a_trimmed_micro_batch_gives_the_loss_and_gradients_of_the_padded_one(gs
     assert abs(l1 - l0) <= 1e-5 * max(1.0, abs(l0))
     for a, b in zip(g0, g1):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def _batch(prompt_lens: list[int], completion_lens: list[int], group: int) -> dict:
+    """A left-padded prompt / right-padded completion micro-batch: rows of one group share a prompt."""
+    B, P, C = len(prompt_lens), max(prompt_lens), max(completion_lens)
+    pm = torch.zeros(B, P, dtype=torch.long)
+    cm = torch.zeros(B, C, dtype=torch.long)
+    pi = torch.zeros(B, P, dtype=torch.long)
+    for r, (p, c) in enumerate(zip(prompt_lens, completion_lens)):
+        pm[r, P - p :] = 1
+        pi[r, P - p :] = 100 + r // group
+        cm[r, :c] = 1
+    return {"prompt_ids": pi, "prompt_mask": pm, "completion_ids": torch.arange(B * C).view(B, C), "completion_mask": cm, "advantages": torch.ones(B)}
+
+
+def test_pieces_keep_groups_together_within_the_budget_and_split_only_what_cannot_fit():
+    from rl_router.training.microbatch import cuts, from_cuts, piece_cost, plan_pieces
+
+    # three groups of 4: prompts 10, 40, 12 tokens; completions 3-5 tokens
+    b = _batch([10] * 4 + [40] * 4 + [12] * 4, [3, 5, 4, 3] * 3, group=4)
+    cost = lambda s, e: piece_cost(b, s, e, trim=True, shared=True)  # noqa: E731
+    assert cost(0, 4) == 10 + 4 * 5 and cost(8, 12) == 12 + 4 * 5 and cost(0, 12) == 3 * 40 + 12 * 5
+    assert plan_pieces(b, 10_000, trim=True, shared=True) == [(0, 12)]  # everything fits: one piece
+    pieces = plan_pieces(b, 60, trim=True, shared=True)
+    assert pieces[0] == (0, 4) and pieces[-1] == (8, 12)  # the short groups whole; the long one (40 + 4 x 5 = 60) too
+    assert [r for s, e in pieces for r in range(s, e)] == list(range(12)) and all(cost(*p) <= 60 for p in pieces)
+    tight = plan_pieces(b, 50, trim=True, shared=True)  # the 40-token group alone is over: split by rows
+    assert [r for s, e in tight for r in range(s, e)] == list(range(12)) and all(cost(*p) <= 50 for p in tight if p[1] - p[0] > 1)
+    assert any(4 <= s and e <= 8 and e - s < 4 for s, e in tight)
+    # without shared prompts (gradient checkpointing) every row runs its prompt, at the micro-batch's width untrimmed
+    assert piece_cost(b, 0, 4, trim=False, shared=False) == 4 * (40 + 5)
+    assert plan_pieces(b, 40, trim=True, shared=True)[4:] and all(e - s == 1 for s, e in plan_pieces(b, 1, trim=True, shared=True))  # one row is the smallest piece
+    for p in (pieces, tight, [(0, 12)]):  # the cut vector ranks exchange gives the pieces back
+        assert from_cuts(cuts(p, 12)) == [tuple(x) for x in p]
+
+
+@pytest.mark.parametrize("loss_type,floor", [("dapo", 0.0), ("grpo", 0.0), ("bnpo", 0.0), ("dapo", 5.0)])
+def test_pieces_sized_by_tokens_give_the_loss_and_gradients_of_the_whole_micro_batch(gsm8k_trainer, loss_type, floor):
+    """A real GRPO generation batch of the GSM8K router (4 groups of 4, prompts of different
+    lengths) as one micro-batch: run in pieces of a small token budget (each backwarded before
+    the next, as training does), the reported loss and the summed gradients equal the whole
+    micro-batch's, for TRL's three ways of normalising a loss and with the entropy floor's
+    hinge (a mean over name decisions)."""
+    from rl_router.training.microbatch import piece_cost
+
+    trainer, tasks = gsm8k_trainer(lambda completions, **kw: [float(i % 3 == 0) for i in range(len(completions))], trim_padding=True)
+    trainer.loss_type = loss_type
+    trainer.decision_entropy_floor, trainer.decision_entropy_coef = floor, 0.3
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    whole_cost = piece_cost(batch, 0, 16, trim=True, shared=True)
+    budget = whole_cost // 3
+
+    def run(budget):
+        trainer.microbatch_tokens = budget
+        trainer.model.zero_grad()
+        seen = []
+        inner = trainer._compute_loss
+        trainer._compute_loss = lambda model, inputs: seen.append((inputs["prompt_mask"].size(0), piece_cost(inputs, 0, inputs["prompt_mask"].size(0), trim=True, shared=True))) or inner(model, inputs)
+        try:
+            loss = trainer.compute_loss(trainer.model, batch)
+            loss.backward()
+        finally:
+            del trainer._compute_loss
+        return float(loss), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params], seen
+
+    l0, g0, seen0 = run(None)
+    l1, g1, seen1 = run(budget)
+    assert seen0 == [(16, whole_cost)] and len(seen1) >= 3 and sum(r for r, _ in seen1) == 16
+    assert all(c <= budget for r, c in seen1 if r > 1)  # every piece within the budget (a single row may not be)
+    assert abs(l0) > 0 and abs(l1 - l0) <= 1e-5 * max(1.0, abs(l0))
+    assert any(float(g.abs().max()) > 0 for g in g0)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def _plan_on_rank(rank: int, port: int, out_dir: str) -> None:
+    """One of two gloo processes: a micro-batch of its own (rank 1's episodes longer, so it
+    plans more pieces), then the pieces both run."""
+    import json
+
+    import torch.distributed as dist
+
+    from rl_router.training.microbatch import piece_cost, plan_pieces, the_same_on_every_rank
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        b = _batch([10] * 4 + [30 if rank else 12] * 4, [3, 5, 4, 3] * 2 if rank == 0 else [20, 25, 30, 22] * 2, group=4)
+        own = plan_pieces(b, 80, trim=True, shared=True)
+        run = the_same_on_every_rank(own, 8)
+        Path(out_dir, f"{rank}.json").write_text(json.dumps({"own": own, "run": run, "costs": [piece_cost(b, s, e, trim=True, shared=True) for s, e in run]}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_runs_the_same_pieces(tmp_path):
+    """Two real gloo processes whose micro-batches plan different pieces: both run the same
+    row ranges (TRL's loss gathers per-row metrics per call: different counts or sizes would
+    hang or fail), cut wherever either cut, so each is within both ranks' budgets."""
+    import json
+
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    mp.spawn(_plan_on_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert got[0]["own"] != got[1]["own"]  # the ranks did plan differently
+    assert got[0]["run"] == got[1]["run"] and len(got[0]["run"]) >= len(got[1]["own"])
+    assert [r for s, e in got[0]["run"] for r in range(s, e)] == list(range(8))
+    assert all(c <= 80 for g in got for (s, e), c in zip(g["run"], g["costs"]) if e - s > 1)

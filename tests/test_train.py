@@ -156,8 +156,8 @@ def _no_wall_clock(x):
 
 def test_lora_switch_and_tensorboard_logging(tmp_path, monkeypatch):
     """LoRA is a recipe switch (adapters in SFT and RL, merged into OUT/final); report_to
-    tensorboard writes TRL's and our episode metrics; the recipe's entropy floor and
-    trim_padding reach the RL trainer."""
+    tensorboard writes TRL's and our episode metrics; the recipe's entropy floor, trim_padding
+    and loss pieces by tokens reach the RL trainer (and the pieces are logged)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from rl_router.recipe import load_recipe
@@ -169,17 +169,18 @@ def test_lora_switch_and_tensorboard_logging(tmp_path, monkeypatch):
 
     def recording_init(self, *a, **kw):
         init(self, *a, **kw)
-        built.update(floor=self.decision_entropy_floor, coef=self.decision_entropy_coef, trim=self.trim_padding)
+        built.update(floor=self.decision_entropy_floor, coef=self.decision_entropy_coef, trim=self.trim_padding, pieces=self.microbatch_tokens)
 
     monkeypatch.setattr(RouterGRPOTrainer, "__init__", recording_init)
     r = load_recipe(None, [
         "model.lora={r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}", "trainer.report_to=tensorboard",
         "trainer.max_steps=2", "sft.max_steps=20", "algorithm.sft_examples=16", "data.max_train=16", "data.max_heldout=4",
         "rollout.max_new_tokens=24", "algorithm.decision_entropy_floor=0.7", "algorithm.decision_entropy_coef=0.3", "algorithm.trim_padding=true",
+        "algorithm.microbatch_tokens=256",
     ])
     m = train(r, output_dir=str(tmp_path), log=lambda _m: None)
     assert m["global_step"] == 2
-    assert built == {"floor": 0.7, "coef": 0.3, "trim": True}  # the tiny router is a rotary (Qwen2) model: trimming applies
+    assert built == {"floor": 0.7, "coef": 0.3, "trim": True, "pieces": 256}  # the tiny router is a rotary (Qwen2) model: trimming applies
     final = tmp_path / "final"
     assert (final / "model.safetensors").exists() and not (final / "adapter_config.json").exists()  # merged
     from transformers import AutoModelForCausalLM
@@ -190,4 +191,4 @@ def test_lora_switch_and_tensorboard_logging(tmp_path, monkeypatch):
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/reward", "train/episode/cost", "train/episode/quality"} <= tags
+    assert {"train/reward", "train/episode/cost", "train/episode/quality", "train/loss/pieces"} <= tags

@@ -15,11 +15,24 @@ embeddings (every router this project trains) do not see: attention depends on p
 differences only. The rollout's own positions start at 0 per row anyway (rollout/decoder.py),
 so TRL's padded positions were already a shift of them. Models with absolute position
 embeddings are left untouched (`shift_invariant`).
+
+**Pieces sized by tokens** (`algorithm.microbatch_tokens`). TRL sizes a micro-batch in rows
+(`per_device_train_batch_size`), so its memory follows the longest episodes: SmolLM2 on
+MMLU-Pro prompts ran out of 24 GB at 8 rows that fit easily at 8 short ones. `plan_pieces`
+cuts a micro-batch into contiguous row ranges whose tokens, counted as the loss runs them
+(each distinct prompt once when prompts are shared, every row's completion, at the piece's
+own width when trimmed), stay within a budget: whole prompt groups together while they fit,
+a group alone over the budget split by rows. The trainer runs the pieces one after another,
+each backwarded before the next, so activations are bounded by the budget, and short episodes
+share one forward. `piece_weights` makes the pieces' losses sum to the micro-batch's for each
+TRL loss type, so the gradient is the same (tests/test_microbatch.py). Under several
+processes every rank runs the same row ranges (`the_same_on_every_rank`: cut wherever any
+rank cuts), since TRL's loss gathers per-row metrics once per call.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -56,3 +69,132 @@ def trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
         elif v.size(1) == C:
             out[k] = v[:, :end]
     return out
+
+
+def rows(inputs: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+    """Rows [start, end) of a micro-batch: every tensor whose first dim is the row count is cut,
+    the rest (e.g. the generation's `num_items_in_batch`) is kept as is."""
+    B = inputs["prompt_mask"].size(0)
+    return {k: (v[start:end] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B else v) for k, v in inputs.items()}
+
+
+def _groups(inputs: dict[str, Any]) -> list[int]:
+    """Row -> index of its distinct prompt (ids and mask)."""
+    from rl_router.training.logprobs import prompt_groups
+
+    pi, pm = inputs["prompt_ids"], inputs["prompt_mask"]
+    return prompt_groups(pi, pm, pi.size(1)).tolist()
+
+
+def piece_cost(inputs: dict[str, Any], start: int, end: int, *, trim: bool, shared: bool, groups: Sequence[int] | None = None) -> int:
+    """Tokens the loss runs for rows [start, end): the prompt width once per distinct prompt
+    (per row when prompts are not shared) plus every row's completion width, the widths the
+    piece's own when trimmed (`trim_padding`), else the micro-batch's."""
+    pm, cm = inputs["prompt_mask"][start:end], inputs["completion_mask"][start:end]
+    P, C = pm.size(1), cm.size(1)
+    if trim:
+        used_p, used_c = pm.bool().any(0).nonzero(), cm.bool().any(0).nonzero()
+        P = P - int(used_p[0]) if len(used_p) else 1
+        C = int(used_c[-1]) + 1 if len(used_c) else 1
+    groups = _groups(inputs) if groups is None else groups
+    prompts = len(set(groups[start:end])) if shared else end - start
+    return prompts * P + (end - start) * C
+
+
+def plan_pieces(inputs: dict[str, Any], budget: int, *, trim: bool, shared: bool) -> list[tuple[int, int]]:
+    """Contiguous row ranges covering the micro-batch, each within `budget` tokens
+    (`piece_cost`) where it can be: consecutive rows of one prompt (a GRPO group) stay
+    together, groups are added to a piece while it fits, and a group that alone exceeds the
+    budget is split by rows (its prompt then runs once per piece). A single row over the budget
+    is a piece of its own: nothing smaller exists."""
+    B = inputs["prompt_mask"].size(0)
+    g = _groups(inputs)
+    cost = lambda s, e: piece_cost(inputs, s, e, trim=trim, shared=shared, groups=g)  # noqa: E731
+    runs, s = [], 0  # runs of consecutive rows with the same prompt
+    for r in range(1, B + 1):
+        if r == B or g[r] != g[s]:
+            runs.append((s, r))
+            s = r
+    pieces: list[tuple[int, int]] = []
+    for s, e in runs:
+        if pieces and cost(pieces[-1][0], e) <= budget:
+            pieces[-1] = (pieces[-1][0], e)
+        elif cost(s, e) <= budget:
+            pieces.append((s, e))
+        else:  # the group alone is over the budget: as many rows per piece as fit
+            a = s
+            while a < e:
+                b = a + 1
+                while b < e and cost(a, b + 1) <= budget:
+                    b += 1
+                pieces.append((a, b))
+                a = b
+    return pieces
+
+
+def cuts(pieces: list[tuple[int, int]], rows: int) -> torch.Tensor:
+    """(rows - 1) 0/1: 1 where a piece ends before row r + 1."""
+    c = torch.zeros(max(rows - 1, 0), dtype=torch.long)
+    for _, e in pieces[:-1]:
+        c[e - 1] = 1
+    return c
+
+
+def from_cuts(c: torch.Tensor) -> list[tuple[int, int]]:
+    """The row ranges a (rows - 1) cut vector (`cuts`) makes."""
+    ends = [int(i) + 1 for i in c.nonzero().flatten()] + [c.numel() + 1]
+    return [(s, e) for s, e in zip([0, *ends[:-1]], ends)]
+
+
+def the_same_on_every_rank(pieces: list[tuple[int, int]], rows: int) -> list[tuple[int, int]]:
+    """The pieces every rank of the process group runs: cut wherever any rank's own plan cuts.
+    TRL's loss gathers per-row metrics once per call, so ranks must run as many pieces of as
+    many rows; each common piece lies inside one of every rank's own pieces, so it is within
+    every rank's budget too (a piece's cost only shrinks with its rows). One process: as they are."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return pieces
+    c = cuts(pieces, rows)
+    if dist.get_backend() == "nccl":
+        c = c.cuda()
+    dist.all_reduce(c, op=dist.ReduceOp.MAX)
+    return from_cuts(c.cpu())
+
+
+#: how TRL 1.16 normalises a micro-batch's loss: by the generation's token count (a fixed
+#: normaliser: pieces add up as they are), by its rows, or by its own tokens
+_BY_FIXED, _BY_ROWS, _BY_TOKENS = ("dapo", "cispo", "vespo"), ("grpo", "sapo", "dr_grpo", "luspo"), ("bnpo",)
+LOSS_TYPES = _BY_FIXED + _BY_ROWS + _BY_TOKENS
+
+
+def piece_weights(inputs: dict[str, Any], pieces: list[tuple[int, int]], loss_type: str) -> list[float]:
+    """Each piece's weight so that the weighted sum of the pieces' losses, computed by TRL's
+    `_compute_loss` on each piece alone, is the micro-batch's loss: 1 where TRL divides by the
+    whole generation's tokens (dapo, cispo, vespo), the piece's share of rows where it averages
+    over sequences (grpo, sapo, dr_grpo, luspo), its share of loss tokens for bnpo."""
+    if loss_type in _BY_FIXED:
+        return [1.0] * len(pieces)
+    B = inputs["prompt_mask"].size(0)
+    if loss_type in _BY_ROWS:
+        return [(e - s) / B for s, e in pieces]
+    if loss_type in _BY_TOKENS:
+        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        total = max(float(mask.sum()), 1.0)
+        return [max(float(mask[s:e].sum()), 0.0) / total for s, e in pieces]
+    raise ValueError(f"trainer.loss_type: {loss_type!r} has no known normalisation for algorithm.microbatch_tokens; use one of {LOSS_TYPES}")
+
+
+def decision_weights(inputs: dict[str, Any], pieces: list[tuple[int, int]]) -> list[float]:
+    """Each piece's share of the micro-batch's name decisions that have a choice: the entropy
+    floor's hinge is a mean over them (training/exploration.py), so its pieces weigh by it."""
+    from rl_router.training.exploration import choice_positions, decision_ids
+
+    allowed = inputs.get("decision_allowed")
+    if allowed is None:
+        return [1.0] * len(pieces)
+    ids = decision_ids(allowed)
+    with_choice = ids.masked_fill(~choice_positions(allowed), -1)
+    counts = [len(set(with_choice[s:e][with_choice[s:e] >= 0].tolist())) for s, e in pieces]
+    total = max(sum(counts), 1)
+    return [c / total for c in counts]

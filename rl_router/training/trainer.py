@@ -18,6 +18,9 @@ What it adds to TRL, and why:
   backward: for single-shot routers, whose completions are a few tokens after a long prompt;
 - `trim_padding`: each micro-batch runs at its own width, not the generation batch's
   (training/microbatch.py): a group's prompt without the longest task's left padding;
+- `microbatch_tokens`: each micro-batch's loss runs in pieces of at most that many tokens,
+  each backwarded before the next (training/microbatch.py): memory bounded by tokens, not
+  rows; the pieces' weighted losses sum to the micro-batch's, so the gradient is the same;
 - episode metrics (cost, routes, quality, pool and format error rates) and what carries the
   signal (groups with zero reward variance, the entropy of each route decision) are logged
   next to TRL's, so `report_to` and the training curves see them;
@@ -61,7 +64,7 @@ SEEN_FILE = "rl_router_seen.json"
 
 class RouterGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", all_names_temperature: float = 0.1, all_names_credit: str = "episode", all_names_episodes: str = "sampled", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
-                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, prompt_gradient: bool = True, **kwargs: Any):
+                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, prompt_gradient: bool = True, microbatch_tokens: int | None = None, **kwargs: Any):
         if advantage not in ADVANTAGES:
             raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
         if advantage == "bopo" and bopo_reward is None:
@@ -102,6 +105,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._last_entropies: torch.Tensor | None = None
         # each micro-batch at its own width (training/microbatch.py): only where positions may shift
         self.trim_padding = bool(trim_padding) and microbatch.shift_invariant(self.model)
+        self.microbatch_tokens = self._checked_microbatch_tokens(microbatch_tokens)
+        self._piece_weights = (1.0, 1.0)  # (policy loss, entropy floor) of the piece being run: microbatch.piece_weights
         if advantage == "all_names" and decision_entropy_floor > 0 and decision_entropy_coef > 0:
             raise ValueError("algorithm.decision_entropy_floor reads the entropy along sampled names, and all_names takes every name in turn; set it to 0")
         if advantage == "rloo" and self.num_generations < 2:
@@ -116,6 +121,66 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._decision_allowed: torch.Tensor | None = None
         self._logp_positions: torch.Tensor | None = None
         self._last_decisions: list[Any] = []
+
+    def _checked_microbatch_tokens(self, budget: int | None) -> int | None:
+        """The token budget of a loss piece, refused where pieces would not add up to TRL's
+        micro-batch loss: terms TRL averages over its micro-batch's own tokens or quantiles, and
+        DeepSpeed, whose engine counts one backward per micro-batch."""
+        if budget is None:
+            return None
+        if not int(budget) > 0:
+            raise ValueError(f"algorithm.microbatch_tokens must be a positive number of tokens, got {budget}; or null for TRL's micro-batches")
+        if self.loss_type not in microbatch.LOSS_TYPES:
+            raise ValueError(f"algorithm.microbatch_tokens: trainer.loss_type {self.loss_type!r} has no known normalisation; use one of {microbatch.LOSS_TYPES}")
+        for on, field in ((self.is_deepspeed_enabled, "DeepSpeed (one backward per micro-batch)"), (self._entropy_bonus_enabled, "trainer.entropy_coef (a mean over the micro-batch's tokens)"),
+                          (self.top_entropy_quantile < 1.0, "trainer.top_entropy_quantile (a quantile of the micro-batch)"), (self.aux_loss_enabled, "the router aux loss")):
+            if on:
+                raise ValueError(f"algorithm.microbatch_tokens cannot split the loss under {field}; set algorithm.microbatch_tokens: null")
+        return int(budget)
+
+    def _pieces(self, inputs: dict[str, Any]) -> list[tuple[int, int]]:
+        """The micro-batch's row ranges under `microbatch_tokens` (microbatch.plan_pieces), the
+        same on every rank: TRL's loss gathers per-row metrics once per call."""
+        B = inputs["prompt_mask"].size(0)
+        if self.microbatch_tokens is None:
+            return [(0, B)]
+        shared = not getattr(causal_lm(self.model), "is_gradient_checkpointing", False)
+        return microbatch.the_same_on_every_rank(microbatch.plan_pieces(inputs, self.microbatch_tokens, trim=self.trim_padding, shared=shared), B)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        """TRL's loss, in pieces of at most `microbatch_tokens` tokens (`_pieces`): every piece
+        but the last is run and backwarded here (without a DDP gradient sync: the last piece's
+        backward, the trainer's own, syncs the sum), and the loss returned is the last piece's plus the
+        others' detached values, so the trainer reports the micro-batch's loss and its backward
+        adds the last piece's gradient. Pieces are weighted to sum to the micro-batch's loss
+        (microbatch.piece_weights). Without gradient (evaluation) the pieces' losses are summed."""
+        if self.microbatch_tokens is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        pieces = self._pieces(inputs)
+        self._metrics["train" if self.model.training else "eval"]["loss/pieces"].append(float(len(pieces)))
+        if len(pieces) == 1:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        from contextlib import nullcontext
+
+        policy_w = microbatch.piece_weights(inputs, pieces, self.loss_type)
+        floor_w = microbatch.decision_weights(inputs, pieces)
+        backward = model.training and torch.is_grad_enabled()
+        # DDP decides at the forward whether the backward syncs: the pieces before the last run inside no_sync
+        no_sync = (lambda: self.accelerator.no_sync(model)) if backward and self.accelerator.num_processes > 1 else nullcontext
+        done = 0.0
+        try:
+            for (s, e), wp, wf in zip(pieces[:-1], policy_w, floor_w):
+                self._piece_weights = (wp, wf)
+                with no_sync():
+                    loss = self._compute_loss(model, microbatch.rows(inputs, s, e))
+                    if backward:
+                        self.accelerator.backward(loss)
+                done = done + loss.detach()
+            self._piece_weights = (policy_w[-1], floor_w[-1])
+            s, e = pieces[-1]
+            return self._compute_loss(model, microbatch.rows(inputs, s, e)) + done
+        finally:
+            self._piece_weights = (1.0, 1.0)
 
     def _save_checkpoint(self, model, trial):  # type: ignore[override]
         """Atomic checkpoints: TRL/transformers write into OUT/.staging/checkpoint-N, which is
@@ -226,8 +291,11 @@ class RouterGRPOTrainer(GRPOTrainer):
         try:
             with self._frozen_casts():
                 loss = super()._compute_loss(model, inputs)
+            wp, wf = self._piece_weights  # 1, 1 unless this is a piece of a micro-batch (compute_loss)
+            if wp != 1.0:
+                loss = loss * wp
             if self.decision_entropy_floor > 0 and self.decision_entropy_coef > 0:
-                loss = loss + self._entropy_floor_term()
+                loss = loss + wf * self._entropy_floor_term()
             return loss
         finally:
             self._decision_allowed = self._logp_positions = self._last_entropies = None
@@ -375,20 +443,21 @@ class RouterGRPOTrainer(GRPOTrainer):
     def _scripted_name_logps(self, out: dict[str, Any]) -> torch.Tensor:
         """Each scripted episode's log p(name) under the router's current weights: the sum of its
         name tokens' log-probs within their allowed sets (the loss's masked positions), one
-        group of this process's rows at a time, without gradient. The same function and settings
+        group of this process's rows at a time (the loss's pieces under `microbatch_tokens`),
+        without gradient. The same function and settings
         as the loss (`policy_logps` at the trainer's temperature), so the weights are the
         probabilities the loss then moves (equal up to bf16 rounding where the loss's
         micro-batch is trimmed to a different width). The unwrapped model: under DDP a forward
         of the wrapped one syncs buffers, and the number of these forwards may differ by rank.
         Without the prompt's gradient, each prompt's forward is kept for this optimizer step's
         loss (`_prompt_cache`), which then runs only the completions."""
-        G, B = self.num_generations, out["completion_ids"].size(0)
+        B = out["completion_ids"].size(0)
         model = self.accelerator.unwrap_model(self.model)
         if self._prompt_cache is not None:
             self._prompt_cache.reset(tag=self.state.global_step)
         sums = []
-        for s in range(0, B, G):  # one group at a time, at its own width (as its loss micro-batch runs)
-            part = {k: v[s : s + G] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B}
+        for s, e in self._names_pass_pieces(out):  # at the widths the loss runs (so its kept prompts are found)
+            part = {k: v[s:e] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B}
             if self.trim_padding:
                 part = microbatch.trim_padding(part)
             ids = torch.cat([part["prompt_ids"], part["completion_ids"]], 1)
@@ -399,6 +468,16 @@ class RouterGRPOTrainer(GRPOTrainer):
                                      autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient, prompt_cache=self._prompt_cache)
             sums.append(lp.sum(dim=1))
         return torch.cat(sums)
+
+    def _names_pass_pieces(self, out: dict[str, Any]) -> list[tuple[int, int]]:
+        """The row ranges the names pass runs: one group at a time (as a one-group loss
+        micro-batch runs), or under `microbatch_tokens` each loss micro-batch's own pieces, so
+        that each kept prompt is found by the loss at the width it runs."""
+        G, B = self.num_generations, out["completion_ids"].size(0)
+        if self.microbatch_tokens is None:
+            return [(s, min(s + G, B)) for s in range(0, B, G)]
+        mb = self.args.per_device_train_batch_size
+        return [(m + s, m + e) for m in range(0, B, mb) for s, e in self._pieces(microbatch.rows(out, m, min(m + mb, B)))]
 
 
 def expected_reward(rewards: list[float], names: list[str | None], logps: list[float], G: int) -> float | None:
