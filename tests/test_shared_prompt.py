@@ -94,13 +94,27 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_per_row_computation(arc
         torch.testing.assert_close(g_b[n], g_r[n], rtol=1e-4, atol=1e-6, msg=n)
 
 
+def packed_width(att, C: int, skip: int = 0, per: int = 4) -> int:
+    """The longest group's real completion tokens after its first `skip`: one packed row each."""
+    real = att[:, att.shape[1] - C + skip :].sum(1)
+    return int(real.view(-1, per).sum(1).max())
+
+
 def test_a_prompt_is_run_once_per_group():
-    """The prompt forward sees one row per distinct prompt (what makes it cheaper)."""
+    """The prompt forward sees one row per distinct prompt (what makes it cheaper), and the
+    completions one packed row per group of its rows' real tokens (the prompt's cache read once
+    per group); with the packing off (an attention that takes no 4D mask), one row per sample."""
     model = build_tiny_router(seed=2, hidden_size=32, num_layers=1)[0]
     ids, att, C, positions = batch(model.get_input_embeddings().weight.shape[0], groups=3, per=4)
     with forward_shapes(model) as seen, torch.no_grad():
-        policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
+        lp_packed, _ = policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
+    assert seen == [(3, ids.shape[1] - C), (3, packed_width(att, C))]
+    from unittest import mock
+
+    with mock.patch("rl_router.training.logprobs.packs", lambda m: False), forward_shapes(model) as seen, torch.no_grad():
+        lp_rows, _ = policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
     assert seen == [(3, ids.shape[1] - C), (12, C)]
+    torch.testing.assert_close(lp_packed, lp_rows, rtol=1e-5, atol=1e-5)
     # every prompt distinct: nothing to share, one plain forward over the whole rows
     ids, att, C, positions = batch(model.get_input_embeddings().weight.shape[0], groups=3, per=1)
     with forward_shapes(model) as seen, torch.no_grad():
@@ -117,7 +131,7 @@ def test_a_groups_shared_completion_prefix_runs_once_and_changes_nothing():
     ids, att, C, positions = batch(300, groups=3, per=4, prefix=4)
     with forward_shapes(model) as seen, torch.no_grad():
         policy_logps(model, ids, att, C, temperature=1.0, positions=positions)
-    assert seen == [(3, ids.shape[1] - C), (3, 4), (12, C - 4)]
+    assert seen == [(3, ids.shape[1] - C), (3, 4), (3, packed_width(att, C, skip=4))]
     for prompt_grad in (True, False):
         kw = dict(input_ids=ids, attention_mask=att, logits_to_keep=C, temperature=0.7, positions=positions, compute_entropy=True, prompt_grad=prompt_grad)
         lp_s, ent_s, g_s = grads(model, share_prefix=True, **kw)

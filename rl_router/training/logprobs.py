@@ -225,9 +225,52 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
         hpre, out = _hidden(model, autocast, input_ids=input_ids[first, P : P + c], attention_mask=attention_mask[first, : P + c], past_key_values=past, use_cache=True)
         past = out.past_key_values
         parts.append(hpre[inv])
-    cache = _expand_cache(past, inv)
-    hc, _ = _hidden(model, autocast, input_ids=input_ids[:, P + c :], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+    if packs(model):  # each group's rows in one row after its prompt: the prompt's cache read once per group
+        hc = _packed_completions(model, autocast, input_ids[:, P + c :], attention_mask, P + c, inv, first, past)
+    else:
+        cache = _expand_cache(past, inv)
+        hc, _ = _hidden(model, autocast, input_ids=input_ids[:, P + c :], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
     return torch.cat([*parts, hc[:, : C - c - 1]], dim=1)
+
+
+def packs(model: Any) -> bool:
+    """Whether a group's completions can run packed in one row (`_packed_completions`): the
+    model's attention takes a custom 4D boolean mask as it is (transformers' sdpa)."""
+    return getattr(causal_lm(model).config, "_attn_implementation", None) == "sdpa"
+
+
+def _packed_completions(model: Any, autocast: Any, comp: torch.Tensor, attention_mask: torch.Tensor, K: int, inv: torch.Tensor, first: torch.Tensor, past: Any) -> torch.Tensor:
+    """(B x W x H) the hidden states of the completion columns `comp` (B x W, after the first
+    K columns of each row's sequence, which `past` holds once per group), with each group's rows
+    packed into one row: its rows' real tokens one after another, each attending to the group's
+    context (`attention_mask`'s first K columns of the group's first row) and to its own earlier
+    tokens only (a block-diagonal causal 4D mask), at its own position (K + its column). The same
+    attention as one row per sample, but the prompt's keys and values are read once per group
+    instead of copied into every row, and the linear layers see one matrix of the group's
+    tokens. Columns that are padding (mask 0) are not run; their rows here are zeros (the loss
+    never reads them)."""
+    B, W = comp.shape
+    cm = attention_mask[:, K:].bool()
+    ng = first.numel()
+    r_idx, j_idx = cm.nonzero(as_tuple=True)  # row-major: each row's columns in order
+    g_idx = inv[r_idx]
+    order = torch.sort(g_idx, stable=True).indices  # by group, then row, then column
+    r_idx, j_idx, g_idx = r_idx[order], j_idx[order], g_idx[order]
+    counts = torch.bincount(g_idx, minlength=ng)
+    slot = torch.arange(g_idx.numel(), device=comp.device) - (torch.cumsum(counts, 0) - counts)[g_idx]
+    Q = max(int(counts.max()) if counts.numel() else 1, 1)
+    ids = comp.new_zeros(ng, Q)
+    seg = torch.full((ng, Q), -1, dtype=torch.long, device=comp.device)
+    col = torch.zeros((ng, Q), dtype=torch.long, device=comp.device)
+    ids[g_idx, slot] = comp[r_idx, j_idx]
+    seg[g_idx, slot] = r_idx
+    col[g_idx, slot] = j_idx
+    own = (seg[:, :, None] == seg[:, None, :]) & (col[:, None, :] <= col[:, :, None]) & (seg[:, None, :] >= 0)  # query x key, within one sample
+    ctx = attention_mask[first, :K].bool()[:, None, :].expand(ng, Q, K)
+    mask = torch.cat([ctx, own], dim=-1)[:, None]  # ng x 1 x Q x (K + Q): True attends
+    hp, _ = _hidden(model, autocast, input_ids=ids, attention_mask=mask, position_ids=K + col, past_key_values=past, use_cache=True)
+    out = hp.new_zeros(B, W, hp.size(-1))
+    return out.index_put((r_idx, j_idx), hp[g_idx, slot])
 
 
 def shared_prefix(completion_ids: torch.Tensor, completion_mask: torch.Tensor, inv: torch.Tensor, first: torch.Tensor) -> int:
