@@ -312,6 +312,12 @@ def world_size(env: Mapping[str, str] | None = None) -> int:
     return n
 
 
+#: how TRL 1.16 normalises a micro-batch's loss, per `trainer.loss_type`: by the generation's
+#: token count (fixed), by the micro-batch's rows, or by its own loss tokens; what
+#: `algorithm.microbatch_tokens` needs to weigh its pieces (training/microbatch.py)
+LOSS_NORMALISERS = {"dapo": "fixed", "cispo": "fixed", "vespo": "fixed", "grpo": "rows", "sapo": "rows", "dr_grpo": "rows", "luspo": "rows", "bnpo": "tokens"}
+LOSS_TYPES = tuple(LOSS_NORMALISERS)
+
 #: fields of our own sections with a range: (section, field, minimum, maximum, allow_none)
 RANGES = (
     ("model", "hidden_size", 1, None, False), ("model", "num_layers", 1, None, False),
@@ -434,8 +440,6 @@ def validate_combination(r: Recipe) -> None:
     if a.microbatch_tokens is not None and not (isinstance(a.microbatch_tokens, int) and not isinstance(a.microbatch_tokens, bool) and a.microbatch_tokens > 0):
         raise ConfigError("algorithm.microbatch_tokens", f"{a.microbatch_tokens!r} is not a positive number of tokens", "set e.g. 4096, or null for TRL's micro-batches as they are")
     if a.microbatch_tokens is not None:
-        from rl_router.training.microbatch import LOSS_TYPES
-
         if t.get("loss_type", "dapo") not in LOSS_TYPES:
             raise ConfigError("trainer.loss_type", f"{t.get('loss_type')!r} has no known normalisation to split into algorithm.microbatch_tokens pieces", f"use one of {', '.join(LOSS_TYPES)}, or algorithm.microbatch_tokens: null")
         for k, off, why in (("entropy_coef", "0.0", "a mean over each micro-batch's tokens"), ("use_adaptive_entropy", "false", "a mean over each micro-batch's tokens"),

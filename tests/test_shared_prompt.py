@@ -141,3 +141,16 @@ def test_a_groups_shared_completion_prefix_runs_once_and_changes_nothing():
         assert g_s.keys() == g_r.keys() and g_s
         for n in g_s:
             torch.testing.assert_close(g_s[n], g_r[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_only_full_attention_sdpa_models_pack():
+    """The packed mask is a plain block-diagonal causal one: models whose layers attend through a
+    sliding window, or whose attention does not take a 4D mask as it is, run one row per sample."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rl_router.training.logprobs import packs
+
+    small = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    assert packs(Qwen2ForCausalLM(Qwen2Config(**small, attn_implementation="sdpa")))
+    assert not packs(Qwen2ForCausalLM(Qwen2Config(**small, use_sliding_window=True, sliding_window=8, max_window_layers=0, attn_implementation="sdpa")))
+    assert not packs(Qwen2ForCausalLM(Qwen2Config(**small, attn_implementation="eager")))

@@ -235,8 +235,11 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
 
 def packs(model: Any) -> bool:
     """Whether a group's completions can run packed in one row (`_packed_completions`): the
-    model's attention takes a custom 4D boolean mask as it is (transformers' sdpa)."""
-    return getattr(causal_lm(model).config, "_attn_implementation", None) == "sdpa"
+    model's attention takes a custom 4D boolean mask as it is (transformers' sdpa), and no layer
+    attends through a sliding window (the packed mask has none)."""
+    cfg = causal_lm(model).config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return getattr(cfg, "_attn_implementation", None) == "sdpa" and "sliding_attention" not in (getattr(text, "layer_types", None) or ())
 
 
 def _packed_completions(model: Any, autocast: Any, comp: torch.Tensor, attention_mask: torch.Tensor, K: int, inv: torch.Tensor, first: torch.Tensor, past: Any) -> torch.Tensor:

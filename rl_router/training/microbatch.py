@@ -36,6 +36,8 @@ from typing import Any, Sequence
 
 import torch
 
+from rl_router.recipe import LOSS_NORMALISERS, LOSS_TYPES
+
 
 def shift_invariant(model: Any) -> bool:
     """Whether shifting every position of a row by the same amount leaves the model's outputs
@@ -162,10 +164,6 @@ def the_same_on_every_rank(pieces: list[tuple[int, int]], rows: int) -> list[tup
     return from_cuts(c.cpu())
 
 
-#: how TRL 1.16 normalises a micro-batch's loss: by the generation's token count (a fixed
-#: normaliser: pieces add up as they are), by its rows, or by its own tokens
-_BY_FIXED, _BY_ROWS, _BY_TOKENS = ("dapo", "cispo", "vespo"), ("grpo", "sapo", "dr_grpo", "luspo"), ("bnpo",)
-LOSS_TYPES = _BY_FIXED + _BY_ROWS + _BY_TOKENS
 
 
 def piece_weights(inputs: dict[str, Any], pieces: list[tuple[int, int]], loss_type: str) -> list[float]:
@@ -173,12 +171,13 @@ def piece_weights(inputs: dict[str, Any], pieces: list[tuple[int, int]], loss_ty
     `_compute_loss` on each piece alone, is the micro-batch's loss: 1 where TRL divides by the
     whole generation's tokens (dapo, cispo, vespo), the piece's share of rows where it averages
     over sequences (grpo, sapo, dr_grpo, luspo), its share of loss tokens for bnpo."""
-    if loss_type in _BY_FIXED:
+    by = LOSS_NORMALISERS.get(loss_type)
+    if by == "fixed":  # the generation's token count: pieces add up as they are
         return [1.0] * len(pieces)
     B = inputs["prompt_mask"].size(0)
-    if loss_type in _BY_ROWS:
+    if by == "rows":
         return [(e - s) / B for s, e in pieces]
-    if loss_type in _BY_TOKENS:
+    if by == "tokens":
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         total = max(float(mask.sum()), 1.0)
         return [max(float(mask[s:e].sum()), 0.0) / total for s, e in pieces]
