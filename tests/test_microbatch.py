@@ -95,18 +95,16 @@ def test_pieces_keep_groups_together_within_the_budget_and_split_only_what_canno
         assert from_cuts(cuts(p, 12)) == [tuple(x) for x in p]
 
 
-@pytest.mark.parametrize("loss_type,floor", [("dapo", 0.0), ("grpo", 0.0), ("bnpo", 0.0), ("dapo", 5.0)])
-def test_pieces_sized_by_tokens_give_the_loss_and_gradients_of_the_whole_micro_batch(gsm8k_trainer, loss_type, floor):
+def test_pieces_sized_by_tokens_give_the_loss_and_gradients_of_the_whole_micro_batch(gsm8k_trainer):
     """A real GRPO generation batch of the GSM8K router (4 groups of 4, prompts of different
     lengths) as one micro-batch: run in pieces of a small token budget (each backwarded before
     the next, as training does), the reported loss and the summed gradients equal the whole
-    micro-batch's, for TRL's three ways of normalising a loss and with the entropy floor's
-    hinge (a mean over name decisions)."""
+    micro-batch's, for TRL's three ways of normalising a loss (dapo: the generation's tokens;
+    grpo: rows; bnpo: the micro-batch's tokens) and with the entropy floor's hinge (a mean over
+    name decisions)."""
     from rl_router.training.microbatch import piece_cost
 
     trainer, tasks = gsm8k_trainer(lambda completions, **kw: [float(i % 3 == 0) for i in range(len(completions))], trim_padding=True)
-    trainer.loss_type = loss_type
-    trainer.decision_entropy_floor, trainer.decision_entropy_coef = floor, 0.3
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     torch.manual_seed(0)
@@ -128,14 +126,17 @@ def test_pieces_sized_by_tokens_give_the_loss_and_gradients_of_the_whole_micro_b
             del trainer._compute_loss
         return float(loss), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params], seen
 
-    l0, g0, seen0 = run(None)
-    l1, g1, seen1 = run(budget)
-    assert seen0 == [(16, whole_cost)] and len(seen1) >= 3 and sum(r for r, _ in seen1) == 16
-    assert all(c <= budget for r, c in seen1 if r > 1)  # every piece within the budget (a single row may not be)
-    assert abs(l0) > 0 and abs(l1 - l0) <= 1e-5 * max(1.0, abs(l0))
-    assert any(float(g.abs().max()) > 0 for g in g0)
-    for a, b in zip(g0, g1):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    for loss_type, floor in (("dapo", 0.0), ("grpo", 0.0), ("bnpo", 0.0), ("dapo", 5.0)):
+        trainer.loss_type = loss_type
+        trainer.decision_entropy_floor, trainer.decision_entropy_coef = floor, 0.3
+        l0, g0, seen0 = run(None)
+        l1, g1, seen1 = run(budget)
+        assert seen0 == [(16, whole_cost)] and len(seen1) >= 3 and sum(r for r, _ in seen1) == 16
+        assert all(c <= budget for r, c in seen1 if r > 1)  # every piece within the budget (a single row may not be)
+        assert abs(l0) > 0 and abs(l1 - l0) <= 1e-5 * max(1.0, abs(l0)), (loss_type, floor)
+        assert any(float(g.abs().max()) > 0 for g in g0)
+        for a, b in zip(g0, g1):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=f"{loss_type}, floor {floor}")
 
 
 def _plan_on_rank(rank: int, port: int, out_dir: str) -> None:

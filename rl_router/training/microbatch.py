@@ -164,8 +164,6 @@ def the_same_on_every_rank(pieces: list[tuple[int, int]], rows: int) -> list[tup
     return from_cuts(c.cpu())
 
 
-
-
 def piece_weights(inputs: dict[str, Any], pieces: list[tuple[int, int]], loss_type: str) -> list[float]:
     """Each piece's weight so that the weighted sum of the pieces' losses, computed by TRL's
     `_compute_loss` on each piece alone, is the micro-batch's loss: 1 where TRL divides by the

@@ -44,6 +44,7 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
+from rl_router.recipe import LOSS_TYPES
 from rl_router.rollout.names import STEMS
 from rl_router.training import microbatch
 from rl_router.training.advantages import ALL_NAMES_CREDITS, ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, name_credit, rloo_advantages
@@ -130,8 +131,8 @@ class RouterGRPOTrainer(GRPOTrainer):
             return None
         if not int(budget) > 0:
             raise ValueError(f"algorithm.microbatch_tokens must be a positive number of tokens, got {budget}; or null for TRL's micro-batches")
-        if self.loss_type not in microbatch.LOSS_TYPES:
-            raise ValueError(f"algorithm.microbatch_tokens: trainer.loss_type {self.loss_type!r} has no known normalisation; use one of {microbatch.LOSS_TYPES}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"algorithm.microbatch_tokens: trainer.loss_type {self.loss_type!r} has no known normalisation; use one of {LOSS_TYPES}")
         for on, field in ((self.is_deepspeed_enabled, "DeepSpeed (one backward per micro-batch)"), (self._entropy_bonus_enabled, "trainer.entropy_coef (a mean over the micro-batch's tokens)"),
                           (self.top_entropy_quantile < 1.0, "trainer.top_entropy_quantile (a quantile of the micro-batch)"), (self.aux_loss_enabled, "the router aux loss")):
             if on:
