@@ -143,8 +143,6 @@ class RouterGRPOTrainer(GRPOTrainer):
         """The micro-batch's row ranges under `microbatch_tokens` (microbatch.plan_pieces), the
         same on every rank: TRL's loss gathers per-row metrics once per call."""
         B = inputs["prompt_mask"].size(0)
-        if self.microbatch_tokens is None:
-            return [(0, B)]
         shared = not getattr(causal_lm(self.model), "is_gradient_checkpointing", False)
         return microbatch.the_same_on_every_rank(microbatch.plan_pieces(inputs, self.microbatch_tokens, trim=self.trim_padding, shared=shared), B)
 
@@ -452,13 +450,12 @@ class RouterGRPOTrainer(GRPOTrainer):
         of the wrapped one syncs buffers, and the number of these forwards may differ by rank.
         Without the prompt's gradient, each prompt's forward is kept for this optimizer step's
         loss (`_prompt_cache`), which then runs only the completions."""
-        B = out["completion_ids"].size(0)
         model = self.accelerator.unwrap_model(self.model)
         if self._prompt_cache is not None:
             self._prompt_cache.reset(tag=self.state.global_step)
         sums = []
         for s, e in self._names_pass_pieces(out):  # at the widths the loss runs (so its kept prompts are found)
-            part = {k: v[s:e] for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B}
+            part = microbatch.rows(out, s, e)
             if self.trim_padding:
                 part = microbatch.trim_padding(part)
             ids = torch.cat([part["prompt_ids"], part["completion_ids"]], 1)
