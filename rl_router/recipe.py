@@ -442,10 +442,10 @@ def validate_combination(r: Recipe) -> None:
     if a.microbatch_tokens is not None:
         if t.get("loss_type", "dapo") not in LOSS_TYPES:
             raise ConfigError("trainer.loss_type", f"{t.get('loss_type')!r} has no known normalisation to split into algorithm.microbatch_tokens pieces", f"use one of {', '.join(LOSS_TYPES)}, or algorithm.microbatch_tokens: null")
-        for k, off, why in (("entropy_coef", "0.0", "a mean over each micro-batch's tokens"), ("use_adaptive_entropy", "false", "a mean over each micro-batch's tokens"),
-                            ("top_entropy_quantile", "1.0", "a quantile of each micro-batch")):
-            if k in t and t[k] != {"0.0": 0.0, "false": False, "1.0": 1.0}[off]:
-                raise ConfigError(f"trainer.{k}", f"is {why}, which pieces of algorithm.microbatch_tokens would change", f"set trainer.{k}: {off}, or algorithm.microbatch_tokens: null")
+        for k, off, why in (("entropy_coef", 0.0, "a mean over each micro-batch's tokens"), ("use_adaptive_entropy", False, "a mean over each micro-batch's tokens"),
+                            ("top_entropy_quantile", 1.0, "a quantile of each micro-batch")):
+            if k in t and t[k] != off:
+                raise ConfigError(f"trainer.{k}", f"is {why}, which pieces of algorithm.microbatch_tokens would change", f"set trainer.{k}: {str(off).lower()}, or algorithm.microbatch_tokens: null")
     if a.all_names_credit != "episode" and a.advantage != "all_names":
         raise ConfigError("algorithm.all_names_credit", "splits all-names advantages, and this run samples its names", "set algorithm.advantage: all_names, or leave all_names_credit at episode")
     if a.all_names_weights != "policy" and a.advantage != "all_names":

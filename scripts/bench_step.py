@@ -101,13 +101,6 @@ def step_ratio(recipe: str | None = None, *, steps: int = 6, router: str | None 
     return med(timer_m.times), med(timer.times)
 
 
-def _rows(batch: dict, s: int, e: int, n: int) -> dict:
-    """Rows s..e of a TRL batch dict (tensors and per-row lists sliced, the rest kept)."""
-    import torch
-
-    return {k: (v[s:e] if (isinstance(v, torch.Tensor) and v.dim() and v.size(0) == n) or (isinstance(v, list) and len(v) == n) else v) for k, v in batch.items()}
-
-
 def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, router: str | None = None, sets: list[str] | None = None, rollout_only: bool = False) -> dict:
     """One GRPO step of `tasks_n` tasks x `samples` samples on the recipe's router, on the same
     tasks, by one `path` (one repeat: a SmolLM2 step is minutes). Each path runs in its own
@@ -135,6 +128,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     from rl_router.rollout.engine import make_engine, make_rollout_func, stop_strings
     from rl_router.rollout.names import cost_weights
     from rl_router.rollout.policies import GeneratePolicy, HFPolicy
+    from rl_router.training import microbatch
     from rl_router.training.pipeline import scripted_targets, trainer_options
     from rl_router.training.trainer import RouterGRPOTrainer
 
@@ -187,7 +181,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
         tr.compute_loss(tr.model, out).backward()
     else:
         for s in range(0, n, samples):
-            compute(tr, tr.model, _rows(out, s, s + samples, n)).backward()
+            compute(tr, tr.model, microbatch.rows(out, s, s + samples)).backward()
     tr.model.zero_grad()
     loss_s = time.perf_counter() - t0
     pm, cm = out["prompt_mask"], out["completion_mask"]

@@ -23,6 +23,15 @@ def test_trim_cuts_only_columns_that_are_padding_in_every_row():
     assert trim_padding(full) is full  # nothing to cut
 
 
+def test_rows_cut_per_row_tensors_and_lists_as_trl_splits_a_generation():
+    from rl_router.training.microbatch import rows
+
+    b = {"prompt_mask": torch.ones(3, 2), "advantages": torch.tensor([1.0, 2.0, 3.0]), "tools": ["a", "b", "c"], "num_items_in_batch": torch.tensor(7.0), "names": ["x", "y"]}
+    out = rows(b, 1, 3)
+    assert out["advantages"].tolist() == [2.0, 3.0] and out["tools"] == ["b", "c"] and out["prompt_mask"].shape == (2, 2)
+    assert out["num_items_in_batch"] is b["num_items_in_batch"] and out["names"] == ["x", "y"]  # not per row: kept
+
+
 def test_rotary_routers_may_shift_and_absolute_position_ones_may_not(tiny_router):
     from transformers import GPT2Config, GPT2LMHeadModel
 

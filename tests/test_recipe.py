@@ -114,12 +114,20 @@ def test_overrides_are_parsed_as_yaml():
         ({"trainer": {"output_dir": "x"}}, "trainer.output_dir"),
         ({"sft": {"max_step": 3}}, "sft.max_step"),
         ({"sft": {"learning_rate": "fast"}}, "sft.learning_rate"),
+        ({"algorithm": {"microbatch_tokens": 2048}, "trainer": {"entropy_coef": 0.01}}, "trainer.entropy_coef"),
+        ({"algorithm": {"microbatch_tokens": 2048}, "trainer": {"use_adaptive_entropy": True}}, "trainer.use_adaptive_entropy"),
+        ({"algorithm": {"microbatch_tokens": 2048}, "trainer": {"top_entropy_quantile": 0.2}}, "trainer.top_entropy_quantile"),
     ],
 )
 def test_bad_fields_are_named(raw, field):
     with pytest.raises(ConfigError) as e:
         recipe_from_dict(raw)
     assert e.value.field == field
+
+
+def test_loss_pieces_accept_trl_entropy_settings_at_their_off_values():
+    r = recipe_from_dict({"algorithm": {"microbatch_tokens": 2048}, "trainer": {"entropy_coef": 0, "use_adaptive_entropy": False, "top_entropy_quantile": 1.0}})
+    assert r.algorithm.microbatch_tokens == 2048
 
 
 def test_typo_gets_a_suggestion():

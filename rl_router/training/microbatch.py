@@ -48,18 +48,25 @@ def shift_invariant(model: Any) -> bool:
     return any(getattr(cfg, k, None) is not None for k in ("rope_theta", "rope_parameters", "rope_scaling"))
 
 
+def used_span(prompt_mask: torch.Tensor, completion_mask: torch.Tensor) -> tuple[int, int]:
+    """The columns some row uses: the first used prompt column (at least the last one is
+    kept: its hidden state predicts the first completion token) and one past the last used
+    completion column (at least one)."""
+    used_p = prompt_mask.bool().any(0).nonzero()
+    used_c = completion_mask.bool().any(0).nonzero()
+    start = int(used_p[0]) if len(used_p) else prompt_mask.size(1) - 1
+    end = int(used_c[-1]) + 1 if len(used_c) else 1
+    return start, end
+
+
 def trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
     """`inputs` (a TRL micro-batch) without the prompt columns that are padding in every row
     and the completion columns that are padding in every row. Every tensor whose first two
     dims are (rows, completion width) is cut with the completions (masks, log-probs, the name
     decisions' allowed sets, per-token advantages); the rest is kept as is."""
     pm, cm = inputs["prompt_mask"], inputs["completion_mask"]
-    B, P = pm.shape
-    C = cm.size(1)
-    used_p = pm.bool().any(0).nonzero()
-    used_c = cm.bool().any(0).nonzero()
-    start = int(used_p[0]) if len(used_p) else P - 1  # keep at least one prompt column: its hidden state predicts the first completion token
-    end = int(used_c[-1]) + 1 if len(used_c) else 1
+    B, C = pm.size(0), cm.size(1)
+    start, end = used_span(pm, cm)
     if start == 0 and end == C:
         return inputs
     out = dict(inputs)
@@ -74,10 +81,11 @@ def trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def rows(inputs: dict[str, Any], start: int, end: int) -> dict[str, Any]:
-    """Rows [start, end) of a micro-batch: every tensor whose first dim is the row count is cut,
-    the rest (e.g. the generation's `num_items_in_batch`) is kept as is."""
+    """Rows [start, end) of a micro-batch: every tensor whose first dim is the row count and
+    every per-row list is cut (as TRL's `split_tensor_dict` cuts a generation batch), the rest
+    (e.g. the generation's `num_items_in_batch`) is kept as is."""
     B = inputs["prompt_mask"].size(0)
-    return {k: (v[start:end] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B else v) for k, v in inputs.items()}
+    return {k: (v[start:end] if (isinstance(v, torch.Tensor) and v.dim() >= 1 and v.size(0) == B) or (isinstance(v, list) and len(v) == B) else v) for k, v in inputs.items()}
 
 
 def _groups(inputs: dict[str, Any]) -> list[int]:
@@ -95,9 +103,8 @@ def piece_cost(inputs: dict[str, Any], start: int, end: int, *, trim: bool, shar
     pm, cm = inputs["prompt_mask"][start:end], inputs["completion_mask"][start:end]
     P, C = pm.size(1), cm.size(1)
     if trim:
-        used_p, used_c = pm.bool().any(0).nonzero(), cm.bool().any(0).nonzero()
-        P = P - int(used_p[0]) if len(used_p) else 1
-        C = int(used_c[-1]) + 1 if len(used_c) else 1
+        first, C = used_span(pm, cm)
+        P -= first
     groups = _groups(inputs) if groups is None else groups
     prompts = len(set(groups[start:end])) if shared else end - start
     return prompts * P + (end - start) * C
