@@ -7,7 +7,8 @@ Every ratio is measured in this one run, each timing the median of `--repeats`:
 (b) held-out eval through our engine (the router greedy, single-shot routing, decisions by
     name), tasks/s, before (`GeneratePolicy`: model.generate re-prefilling every turn) and
     after (`HFPolicy`: the KV-cached decoder), and after / (a) for the same tokens; the
-    11-point knob curve in one pass / one eval;
+    11-point knob curve in one pass / one eval; with --autocast, bf16 in task order and as
+    the evaluator runs it (tasks batched by length, the system prompt read once);
 (c) SFT: PolicyTokenSFTTrainer (TRL's SFTTrainer, our policy-token loss) tokens/s vs a bare
     forward + backward + AdamW step on the same rows;
 (d) a multi-turn GRPO step (RouterGRPOTrainer + our rollout hook) vs TRL's own single-turn
@@ -72,7 +73,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--autocast", action="store_true", help="also run the eval under bf16 autocast (model.autocast: bfloat16) and compare")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval, before (the model.generate eval), curve, sft, grpo")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval, before (the model.generate eval), oldbf16 (--autocast: the stop-38 bf16 path), curve, sft, grpo")
     a = ap.parse_args()
     os.environ.setdefault("RL_ROUTER_NO_PROGRESS", "1")
     import torch
@@ -82,7 +83,7 @@ def main() -> None:
     skip = set(filter(None, a.skip.split(",")))
     from rl_router.models import load_checkpoint, router_from_recipe
     from rl_router.recipe import load_recipe
-    from rl_router.rollout.engine import make_engine, run_biases, stop_strings
+    from rl_router.rollout.engine import make_engine, run_biases, run_sharded, stop_strings
     from rl_router.rollout.names import cost_weights
     from rl_router.rollout.policies import GeneratePolicy, HFPolicy
     from rl_router.task_sources import recipe_pool, recipe_tasks
@@ -122,12 +123,21 @@ def main() -> None:
 
             t_bf, eps_bf = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16"), batch_size=a.batch), a.repeats)
             same_bf = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_after, eps_bf))
+            # bf16 as the evaluator runs it: tasks batched by length, the system prompt read once by every row
+            t_ev, eps_ev = timed(lambda: run_sharded(engine, held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16", share_system_prompt=True), batch_size=a.batch), a.repeats)
+            same_ev = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_ev, eps_bf))
+            print(f"    eval, bf16 as the evaluator runs it (by length, system prompt once): {t_ev:.2f} s = {len(held) / t_ev:.3f} tasks/s: x{t_bf / t_ev:.2f} the task-order bf16 eval; "
+                  f"greedy episodes identical to it: {same_ev}/{len(held)}")
+            res.update(bf16_eval_tasks_s=len(held) / t_ev)
             # the bf16 path before frozen weights were cast once per decode and the cache kept float32: plain autocast
             # (every frozen weight recast at every forward), the cache in the dtype the layers emit
+            if "oldbf16" in skip:
+                t_bf_old, eps_bf_old = float("nan"), eps_bf
             cast, keep = precision.frozen_weights_cast, decoder.cache_dtype
             precision.frozen_weights_cast, decoder.cache_dtype = (lambda model, dtype: contextlib.nullcontext()), (lambda dtype: dtype)
             try:
-                t_bf_old, eps_bf_old = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16"), batch_size=a.batch), a.repeats)
+                if "oldbf16" not in skip:
+                    t_bf_old, eps_bf_old = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16"), batch_size=a.batch), a.repeats)
             finally:
                 precision.frozen_weights_cast, decoder.cache_dtype = cast, keep
             same_old = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_bf_old, eps_bf))

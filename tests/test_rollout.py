@@ -209,3 +209,32 @@ def test_hf_policy_dummy_turn_without_episodes(tiny_router):
     model, tok = tiny_router
     p = HFPolicy(model, tok, max_new_tokens=4)
     assert p.act([]) == [] and p.dummy_calls == 1
+
+
+def test_batches_run_shortest_task_first_and_episodes_come_back_in_task_order(recorded_pool, tokenizer, tiny_router):
+    """run_sharded and run_biases batch tasks by length (a lock-step batch runs at its longest
+    row's width) and return one episode per task, in the caller's order."""
+    from rl_router.rollout.engine import by_length, run_biases, run_sharded
+
+    tasks = recorded_pool.tasks()[:7]
+    tasks = [Task(question=t.question + " pad" * n, gold=t.gold, dataset=t.dataset, topic=t.topic, task_id=t.task_id) for t, n in zip(tasks, [30, 0, 12, 50, 3, 40, 7])]
+    seen: list[list[int]] = []
+
+    class Recording(ScriptedPolicy):
+        def act(self, states):
+            if states and not any(s.completion_ids for s in states):  # a batch's first turn
+                seen.append([len(s.task.question) for s in states])
+            return super().act(states)
+
+    eng = _engine(recorded_pool, tokenizer, max_turns=2, budget=0.05)
+    policy = Recording(tokenizer, lambda t: "mixtral-8x7b", routes=1)
+    eps = run_sharded(eng, tasks, policy, batch_size=3)
+    assert [e["task_id"] for e in eps] == [t.task_id for t in tasks]
+    lengths = sorted(len(t.question) for t in tasks)
+    assert seen == [lengths[0:3], lengths[3:6], lengths[6:]] and by_length(tasks) == sorted(range(7), key=lambda i: len(tasks[i].question))
+    from rl_router.rollout.names import cost_weights
+
+    model, tok = tiny_router
+    curve = HFPolicy(model, tok, max_new_tokens=8, temperature=0.0, biases=(-4.0, 4.0), route_weights=cost_weights(recorded_pool), names=recorded_pool.model_names)
+    got = run_biases(_engine(recorded_pool, tok, max_turns=2, budget=0.05), tasks, curve, [-4.0, 4.0], batch_size=4)
+    assert all([e["task_id"] for e in got[b]] == [t.task_id for t in tasks] for b in (-4.0, 4.0))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from rl_router.rollout.shared_kv import SharedPrefixes, prefix_attention, shared_attention
@@ -25,10 +26,19 @@ def _reference(q, k, v, mask, scale):
     return (torch.softmax(s, -1) @ v).transpose(1, 2)
 
 
-def test_prefix_attention_equals_attention_over_the_concatenated_context():
+@pytest.mark.parametrize("path", ["merged", "materialised"])
+def test_prefix_attention_equals_attention_over_the_concatenated_context(path, monkeypatch):
     """Rows continuing three entries of different lengths (grouped-query heads, 2 rows of one
-    entry, one row of none), own slots with pads: each row's output equals plain attention over
-    [its entry's valid keys, its own keys] with its own mask."""
+    entry, one row of none), own slots with pads, a pad query that sees nothing of its own: each
+    row's output equals plain attention over [its entry's valid keys, its own keys] with its own
+    mask, whether the two parts run fused and are merged by their log-sum-exps (CPU) or as one
+    materialised softmax (elsewhere)."""
+    from rl_router.rollout import shared_kv
+
+    if path == "materialised":
+        monkeypatch.setattr(shared_kv, "_FLASH", None)
+    else:
+        assert shared_kv._FLASH is not None  # this PyTorch has the fused CPU kernel the rollout uses
     g = torch.Generator().manual_seed(0)
     Hkv, rep, d, T, L = 2, 3, 8, 2, 5
     lens = [7, 3, 5]
@@ -44,6 +54,8 @@ def test_prefix_attention_equals_attention_over_the_concatenated_context():
     mask = torch.ones(R, T, L, dtype=torch.bool).tril(L - T)  # causal over the forward's T tokens
     mask[1, :, :2] = False  # pads
     mask[2, :, 0] = False
+    mask[3, 0, :] = False  # a query that sees nothing of its own: only its entry
+    mask[2, 0, :] = False  # a query of a row without an entry that sees nothing at all: zeros
     with shared_attention(_Model(), store, groups):
         out, _ = prefix_attention(_Layer(), q, k_own, v_own, mask[:, None], scaling=d**-0.5)
     for r in range(R):
@@ -52,7 +64,8 @@ def test_prefix_attention_equals_attention_over_the_concatenated_context():
         k = torch.cat([pk, k_own[r]], 1)[None]
         v = torch.cat([pv, v_own[r]], 1)[None]
         m = torch.cat([torch.ones(T, pk.shape[1], dtype=torch.bool), mask[r]], 1)[None]
-        torch.testing.assert_close(out[r : r + 1], _reference(q[r : r + 1], k, v, m, d**-0.5), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out[r : r + 1], _reference(q[r : r + 1], k, v, m, d**-0.5).nan_to_num(0.0), rtol=1e-5, atol=1e-6)
+    assert out[2, 0].abs().max() == 0
 
 
 class _Model:
@@ -121,3 +134,37 @@ def test_a_groups_rows_hold_their_prompt_once(gsm8k_run):
     nxt = [[int(t)] for t in alone.logits.argmax(-1)]
     torch.testing.assert_close(shared.feed(nxt)[:, -1], alone.feed(nxt)[:, -1], rtol=0, atol=1e-4)
 
+
+
+def test_distinct_tasks_read_their_system_prompt_from_the_store(gsm8k_run):
+    """`share_prefix` (an evaluation's distinct tasks): the common system prompt's KV lives once
+    in the store, each row holds only its task's tokens, and the logits, the next forward and a
+    name decision's scores are those of rows that hold their whole context."""
+    from rl_router.models import load_checkpoint
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.rollout.decoder import Session
+    from rl_router.rollout.engine import make_engine
+    from rl_router.task_sources import recipe_pool, recipe_tasks
+
+    recipe = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
+    model, tok = load_checkpoint(gsm8k_run.out / "final", recipe)
+    pool = recipe_pool(recipe)
+    tasks = recipe_tasks(recipe, pool)[0][:5]
+    engine = make_engine(recipe, pool, tok)
+    contexts = [engine._start(t, None).context_ids for t in tasks]
+    shared, alone = Session(model, tok.eos_token_id, share_prefix=True), Session(model, tok.eos_token_id)
+    for s in (shared, alone):
+        s.sync(list(range(5)), contexts)
+    p = len(shared.prefix[0])
+    assert shared.store.entries == 1 and int(shared.store.valid.sum()) == p and shared.group.tolist() == [0] * 5
+    assert shared.mask.sum(1).tolist() == [len(c) - p for c in contexts]  # each row's own slots: its task, not the system prompt
+    torch.testing.assert_close(shared.logits, alone.logits, rtol=0, atol=1e-4)
+    nxt = [[int(t)] for t in alone.logits.argmax(-1)]
+    torch.testing.assert_close(shared.feed(nxt)[:, -1], alone.feed(nxt)[:, -1], rtol=0, atol=1e-4)
+    conts = [{"a": [5, 6], "b": [5, 7], "c": [9]}] * 2
+    for x, y in zip(shared.score_names([1, 3], conts), alone.score_names([1, 3], conts)):
+        assert x.keys() == y.keys() and all(abs(x[n] - y[n]) < 1e-3 for n in x)
+    shared.select([4])  # rows leave: the entry stays while a row reads it, and goes with the last
+    assert shared.store.entries == 1 and shared.group.tolist() == [0]
+    shared.select([])
+    assert shared.store.entries == 0 and shared._prefix_entry is None

@@ -106,7 +106,8 @@ def router_policy(model: Any, tokenizer: Any, recipe: Recipe, *, greedy: bool = 
     elif route_bias or biases:
         raise ValueError("router_policy(route_bias=...) needs the pool")
     return HFPolicy(model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=temp, top_p=r.top_p, stop_strings=stop_strings(recipe), synced_gpus=is_deepspeed_zero3_enabled(),
-                    route_bias=route_bias, route_weights=weights, biases=tuple(biases) if biases else None, names=names, autocast=recipe.model.autocast)
+                    route_bias=route_bias, route_weights=weights, biases=tuple(biases) if biases else None, names=names, autocast=recipe.model.autocast,
+                    share_system_prompt=True)  # distinct tasks: their common system prompt read once per token for all rows (decoder.Session.share_prefix)
 
 
 def tqdm_progress() -> Callable[..., None] | None:

@@ -270,12 +270,16 @@ class Session:
     cache; `mask` (rows x cache length) which cache slots each row attends to; `pos[r]` the
     position id its next token gets; `logits[r]` its next-token logits (raw, float32)."""
 
-    def __init__(self, model: Any, pad_id: int, *, share_contexts: bool = False):
+    def __init__(self, model: Any, pad_id: int, *, share_contexts: bool = False, share_prefix: bool = False):
         self.model, self.pad_id = model, pad_id
         # new rows with one context (a GRPO group's samples) are prefilled once; that context's
         # KV then lives once in `store` and each row keeps only its own tokens (shared_kv.py)
         self.share_contexts = share_contexts
-        self.store: SharedPrefixes | None = SharedPrefixes() if share_contexts else None
+        # rows of distinct contexts (an evaluation) read their shared system prompt from `store`
+        # instead of a copy each: every decoded token then reads it once for all rows
+        self.share_prefix = share_prefix and not share_contexts
+        self.store: SharedPrefixes | None = SharedPrefixes() if share_contexts or self.share_prefix else None
+        self._prefix_entry: tuple[tuple[int, ...], int] | None = None  # (tokens, entry) of the system prompt in `store` (share_prefix)
         self.group = torch.zeros((0,), dtype=torch.long)  # per row: the store entry it continues (-1: none)
         self.cache: Any = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)
@@ -327,10 +331,13 @@ class Session:
         if len(used) == self.store.entries:
             return
         if not used:
-            self.store = SharedPrefixes()
+            self.store, self._prefix_entry = SharedPrefixes(), None
             return
         new = self.store.keep(used)
         self.group = torch.tensor([new.get(g, -1) for g in self.group.tolist()], dtype=torch.long)
+        if self._prefix_entry is not None:
+            e = new.get(self._prefix_entry[1])
+            self._prefix_entry = None if e is None else (self._prefix_entry[0], e)
 
     @property
     def shares(self) -> bool:
@@ -436,6 +443,14 @@ class Session:
         an eval), and `sync` moves each context into the store once it is fed."""
         p, pcache = self._prefix_for(contexts)
         n = len(keys)
+        if self.share_prefix and pcache is not None:  # the system prompt's KV once, in the store; the rows feed the rest through it
+            assert self.store is not None and self.prefix is not None
+            if self._prefix_entry is None or self._prefix_entry[0] != self.prefix[0]:
+                self._prefix_entry = (self.prefix[0], self.store.add([(layer.keys[0], layer.values[0]) for layer in pcache.layers]))
+            first = self.rows
+            self._concat(None, torch.zeros((n, 0), dtype=torch.long), keys, [p] * n, [p] * n)
+            self.group[first:] = self._prefix_entry[1]
+            return
         cache = new_cache()
         if pcache is not None:
             for layer in pcache.layers:
@@ -653,7 +668,9 @@ def decode_threads(model: Any, rows: int) -> int:
     """How many torch threads decode fastest for this model at this batch size, measured once
     per process (a few forwards of one token per row against a short cache, 1 thread vs all):
     a small router's per-token matrices are too small to split (measured: the tiny router at
-    128 rows decodes 2x faster on 1 thread than on 2), a 135M one's are not."""
+    128 rows decodes 2x faster on 1 thread than on 2), a 135M one's are not. The cache is 8
+    tokens: the decode steps are what is compared, and a longer prefill only costs (64 tokens
+    per row took 13 s of a 49 s SmolLM2 rollout of 64 rows, most of it on one thread)."""
     import time
 
     n_all = torch.get_num_threads()
@@ -672,9 +689,10 @@ def decode_threads(model: Any, rows: int) -> int:
                 cache = DynamicCache()
                 # its own generator: the measurement must not move the global RNG that sampling
                 # draws from (a resumed run measures at another step than an uninterrupted one)
-                ids = torch.randint(0, int(getattr(cfg, "vocab_size", 100)), (max(1, min(rows, 256)), 64), generator=torch.Generator().manual_seed(0)).to(dev)
+                ids = torch.randint(0, int(getattr(cfg, "vocab_size", 100)), (max(1, min(rows, 256)), 8), generator=torch.Generator().manual_seed(0)).to(dev)
                 with torch.no_grad():
                     model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True, logits_to_keep=1)  # warm-up step, untimed
                     t0 = time.perf_counter()
                     for _ in range(3):
                         model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True, logits_to_keep=1)

@@ -177,9 +177,10 @@ class HFPolicy:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: tuple[str, ...] = STOP_STRINGS,
                  synced_gpus: bool = False, route_bias: float = 0.0, route_weights: dict[str, float] | None = None, biases: tuple[float, ...] | None = None, names: list[str] | None = None,
-                 logprobs: bool | None = None, cancel: Any = None, autocast: str | None = None, share_prompts: bool = False):
+                 logprobs: bool | None = None, cancel: Any = None, autocast: str | None = None, share_prompts: bool = False, share_system_prompt: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.share_prompts = share_prompts  # a GRPO group's samples start from one prompt: prefill it once (decoder.Session.share_contexts)
+        self.share_system_prompt = share_system_prompt  # distinct tasks read their common system prompt once (decoder.Session.share_prefix)
         self.autocast = autocast  # "bfloat16": the decoder's forwards under bf16 autocast where native (precision.py)
         self.cancel = cancel  # a threading.Event: set, the decode stops (decoder.GenerationCancelled)
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
@@ -215,7 +216,7 @@ class HFPolicy:
             return []
         tok, model = self.tokenizer, self.model
         if self.session is None or self.session.model is not model:
-            self.session = Session(model, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, share_contexts=self.share_prompts)
+            self.session = Session(model, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, share_contexts=self.share_prompts, share_prefix=self.share_system_prompt)
         for s in states:
             if s.biases is None:
                 s.biases = self.biases
