@@ -110,18 +110,9 @@ def test_a_groups_rows_hold_their_prompt_once(gsm8k_run):
     """With share_prompts, after the prompts are fed the session's own cache holds nothing of
     four copies of six prompts: the store holds each prompt once, and the next forward reads
     them through the store with the numbers of rows that hold their whole context."""
-    from rl_router.models import load_checkpoint
-    from rl_router.recipe import recipe_from_dict
     from rl_router.rollout.decoder import Session
-    from rl_router.rollout.engine import make_engine
-    from rl_router.task_sources import recipe_pool, recipe_tasks
 
-    recipe = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
-    model, tok = load_checkpoint(gsm8k_run.out / "final", recipe)
-    pool = recipe_pool(recipe)
-    tasks = recipe_tasks(recipe, pool)[0][:6]
-    engine = make_engine(recipe, pool, tok)
-    contexts = [engine._start(t, None).context_ids for t in tasks]
+    model, tok, contexts = _router_and_contexts(gsm8k_run, 6)
     shared, alone = Session(model, tok.eos_token_id, share_contexts=True), Session(model, tok.eos_token_id)
     keys = [(i, j) for i in range(6) for j in range(4)]
     for s in (shared, alone):
@@ -135,23 +126,13 @@ def test_a_groups_rows_hold_their_prompt_once(gsm8k_run):
     torch.testing.assert_close(shared.feed(nxt)[:, -1], alone.feed(nxt)[:, -1], rtol=0, atol=1e-4)
 
 
-
 def test_distinct_tasks_read_their_system_prompt_from_the_store(gsm8k_run):
     """`share_prefix` (an evaluation's distinct tasks): the common system prompt's KV lives once
     in the store, each row holds only its task's tokens, and the logits, the next forward and a
     name decision's scores are those of rows that hold their whole context."""
-    from rl_router.models import load_checkpoint
-    from rl_router.recipe import recipe_from_dict
     from rl_router.rollout.decoder import Session
-    from rl_router.rollout.engine import make_engine
-    from rl_router.task_sources import recipe_pool, recipe_tasks
 
-    recipe = recipe_from_dict(json.loads((gsm8k_run.out / "recipe.json").read_text()))
-    model, tok = load_checkpoint(gsm8k_run.out / "final", recipe)
-    pool = recipe_pool(recipe)
-    tasks = recipe_tasks(recipe, pool)[0][:5]
-    engine = make_engine(recipe, pool, tok)
-    contexts = [engine._start(t, None).context_ids for t in tasks]
+    model, tok, contexts = _router_and_contexts(gsm8k_run, 5)
     shared, alone = Session(model, tok.eos_token_id, share_prefix=True), Session(model, tok.eos_token_id)
     for s in (shared, alone):
         s.sync(list(range(5)), contexts)
@@ -168,3 +149,17 @@ def test_distinct_tasks_read_their_system_prompt_from_the_store(gsm8k_run):
     assert shared.store.entries == 1 and shared.group.tolist() == [0]
     shared.select([])
     assert shared.store.entries == 0 and shared._prefix_entry is None
+
+
+def _router_and_contexts(run, n):
+    """The trained GSM8K router of `run` and the first `n` training tasks' opening contexts (token ids)."""
+    from rl_router.models import load_checkpoint
+    from rl_router.recipe import recipe_from_dict
+    from rl_router.rollout.engine import make_engine
+    from rl_router.task_sources import recipe_pool, recipe_tasks
+
+    recipe = recipe_from_dict(json.loads((run.out / "recipe.json").read_text()))
+    model, tok = load_checkpoint(run.out / "final", recipe)
+    pool = recipe_pool(recipe)
+    engine = make_engine(recipe, pool, tok)
+    return model, tok, [engine._start(t, None).context_ids for t in recipe_tasks(recipe, pool)[0][:n]]

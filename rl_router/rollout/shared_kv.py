@@ -151,9 +151,10 @@ def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor, 
     neg = float("-inf")
     own_sees = m.any(-1)  # R x 1 x Q
     out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, neg), scale=scale)
-    lse = lse.masked_fill(~own_sees, float("-inf"))  # R x Hkv x Q (the kernel reports 0 for a query that sees nothing)
+    out = torch.where(own_sees[..., None], out, 0.0)
+    lse = lse.masked_fill(~own_sees, neg)  # R x Hkv x Q (the kernel reports 0 for a query that sees nothing)
     if not S:
-        return torch.where(own_sees[..., None], out, 0.0)
+        return out
     dev = q.device
     rows_d, g_d, slot_d = rows.to(dev), g.to(dev), slot.to(dev)
     qg = q.new_zeros((E, S, Hkv, Q, D))
@@ -164,7 +165,6 @@ def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor, 
     lp = lg.view(E, Hkv, S, Q).permute(0, 2, 1, 3)[g_d, slot_d]
     lo = lse[rows_d]
     both = torch.logaddexp(lp, lo)
-    out = torch.where(own_sees[..., None], out, 0.0)
     out[rows_d] = op * torch.exp(lp - both)[..., None] + out[rows_d] * torch.exp(lo - both).nan_to_num(0.0)[..., None]
     return out
 
