@@ -153,9 +153,13 @@ def test_the_recipe_reaches_the_trainer_with_scripted_episodes():
 
 
 def test_prompts_without_gradient_give_the_same_log_probs_and_a_truncated_gradient(gsm8k_run):
-    """`prompt_gradient: false`: the loss's log-probs are the same numbers; the gradient is
-    finite, nonzero, and not the full one (the prompt's own computation is not differentiated)."""
+    """`prompt_gradient: false`: the loss's log-probs are the same numbers; the gradient is not
+    the full one but that of a plain per-row forward whose prompt, but its last token, ran
+    without gradient (its keys and values constants): so the first completion token, predicted
+    at the prompt's last token, is trained too."""
     import json
+
+    from transformers import DynamicCache
 
     from rl_router.models import load_checkpoint
     from rl_router.recipe import recipe_from_dict
@@ -181,6 +185,22 @@ def test_prompts_without_gradient_give_the_same_log_probs_and_a_truncated_gradie
     torch.testing.assert_close(values[True], values[False], rtol=1e-5, atol=1e-5)
     assert float(grads[False].abs().sum()) > 0 and bool(torch.isfinite(grads[False]).all())
     assert not torch.allclose(grads[True], grads[False])
+    # the reference: each row on its own, its prompt but the last token under no_grad, the rest with gradient
+    P = len(prompt)
+    model.zero_grad()
+    for r in range(ids.size(0)):
+        with torch.no_grad():
+            past = model(input_ids=ids[r : r + 1, : P - 1], use_cache=True, past_key_values=DynamicCache()).past_key_values
+        logits = model(input_ids=ids[r : r + 1, P - 1 :], attention_mask=att[r : r + 1], past_key_values=past, use_cache=True).logits[0, :-1].float()
+        real = att[r, P:].bool()
+        torch.log_softmax(logits, -1).gather(-1, ids[r, P:, None])[real].sum().backward()
+    reference = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    torch.testing.assert_close(grads[False], reference, rtol=1e-4, atol=1e-5)
+    # the first completion token alone has a gradient (it is predicted at the prompt's last token)
+    model.zero_grad()
+    lp, _ = policy_logps(model, ids, att, C, temperature=1.0, positions=att[:, len(prompt):].bool(), prompt_grad=False)
+    lp[:, 0].sum().backward()
+    assert float(sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None)) > 0
 
 
 def test_the_recipe_reaches_the_trainer_with_its_prompt_gradient():
@@ -248,3 +268,21 @@ def test_the_scripted_recipe_is_the_smollm2_recipe_with_the_readme_sets():
             "algorithm.microbatch_tokens=2048", "algorithm.rl_minutes=60", "trainer.max_steps=2000", "trainer.save_steps=50", "trainer.save_total_limit=2",
             "output_dir=outputs/dcrouter_smollm2_scripted"]
     assert load_recipe("recipes/dcrouter_smollm2_scripted.yaml", []).to_dict() == load_recipe("recipes/dcrouter_smollm2.yaml", sets).to_dict()
+
+
+def test_a_truncated_gradient_is_refused_where_trls_log_prob_pass_would_run(gsm8k_trainer, monkeypatch):
+    """`prompt_gradient: false` is our pass's: a model whose logits TRL's pass must compute (rescaled
+    or soft-capped logits, an MoE aux loss, multimodal inputs) would silently train the full
+    gradient, so it is refused with the field, at the trainer's start and at the pass."""
+    from rl_router.errors import ConfigError
+    from rl_router.training import trainer as trainer_module
+
+    reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
+    trainer, _ = gsm8k_trainer(reward, prompt_gradient=False)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with pytest.raises(ConfigError, match="algorithm.prompt_gradient"):
+        trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 2, compute_aux_loss=True)
+    monkeypatch.setattr(trainer_module, "rescales_logits", lambda model: True)
+    with pytest.raises(ConfigError, match="algorithm.prompt_gradient.*set algorithm.prompt_gradient: true"):
+        gsm8k_trainer(reward, prompt_gradient=False)
+    trainer, _ = gsm8k_trainer(reward, prompt_gradient=True)  # the full gradient: TRL's pass is that

@@ -145,8 +145,8 @@ def _hidden(model: Any, autocast: Any, **kw: Any) -> tuple[torch.Tensor, Any]:
 
 
 class PromptCache:
-    """Prompts' no-gradient forwards (the last hidden state and the keys and values of each
-    distinct prompt row), kept so a later pass under the same weights reads them instead of
+    """Prompts' no-gradient forwards (the keys and values of each distinct prompt row but its
+    last token, which `shared_prompt_hidden` runs with the completions), kept so a later pass under the same weights reads them instead of
     running the prompt again. Why: with scripted all-names episodes and `prompt_gradient:
     false` a step runs each group's prompt twice without gradient, once for the names'
     log-probs that weigh the advantages and once in the loss, under the same weights (one
@@ -156,7 +156,7 @@ class PromptCache:
     (the trainer's optimizer step): the owner must not read it under others."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[int, bytes, bytes], tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.rows: dict[tuple[int, bytes, bytes], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.tag: Any = None
         self.hits = self.misses = 0
 
@@ -167,8 +167,8 @@ class PromptCache:
     def _key(ids: torch.Tensor, mask: torch.Tensor) -> tuple[int, bytes, bytes]:
         return ids.numel(), ids.detach().cpu().numpy().tobytes(), mask.detach().cpu().numpy().tobytes()
 
-    def lookup(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any] | None:
-        """(rows x 1 x H last hidden states, a DynamicCache of the rows) when every row is kept, else None."""
+    def lookup(self, ids: torch.Tensor, mask: torch.Tensor) -> Any | None:
+        """A DynamicCache of the rows' prompts but their last token when every row is kept, else None."""
         got = [self.rows.get(self._key(i, m)) for i, m in zip(ids, mask)]
         if any(g is None for g in got):
             self.misses += 1
@@ -177,13 +177,14 @@ class PromptCache:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        for li in range(len(got[0][1])):
-            cache.update(torch.cat([g[1][li][0] for g in got]), torch.cat([g[1][li][1] for g in got]), li)  # type: ignore[index]
-        return torch.cat([g[0] for g in got]), cache  # type: ignore[index]
+        for li in range(len(got[0])):
+            cache.update(torch.cat([g[li][0] for g in got]), torch.cat([g[li][1] for g in got]), li)  # type: ignore[index]
+        return cache
 
-    def store(self, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, cache: Any) -> None:
+    def store(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> None:
+        """Keep each row's cache (its prompt but the last token: `shared_prompt_hidden`), found by its whole prompt."""
         for r in range(ids.size(0)):
-            self.rows[self._key(ids[r], mask[r])] = (last[r : r + 1].detach(), [(layer.keys[r : r + 1].detach(), layer.values[r : r + 1].detach()) for layer in cache.layers])
+            self.rows[self._key(ids[r], mask[r])] = [(layer.keys[r : r + 1].detach(), layer.values[r : r + 1].detach()) for layer in cache.layers]
 
 
 def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, C: int, autocast: Any = None, inv: torch.Tensor | None = None,
@@ -194,9 +195,10 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     so forward and backward of the prompt are done once per group instead of once per sample,
     and so are the leading completion tokens every sample of a group shares (`shared_prefix`);
     the result equals the per-row forward (same positions: TRL's left-padded rows start at the
-    same offsets; tests/test_shared_prompt.py). `prompt_grad=False` runs the prompts without
-    gradient (`algorithm.prompt_gradient: false`): the same values, a truncated gradient; then
-    `prompt_cache` (PromptCache) is read first and filled with what had to be run."""
+    same offsets; tests/test_shared_prompt.py). `prompt_grad=False` runs the prompts but their last
+    token without gradient (`algorithm.prompt_gradient: false`): the same values, a truncated
+    gradient (the last token, whose hidden state predicts the first completion token, runs with
+    gradient); then `prompt_cache` (PromptCache) is read first and filled with what had to be run."""
     B, L = input_ids.shape
     P = L - C
     prompts, pmask = input_ids[:, :P], attention_mask[:, :P]
@@ -206,18 +208,27 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     from transformers import DynamicCache
 
     grad = prompt_grad and torch.is_grad_enabled()
-    kept = prompt_cache if prompt_cache is not None and not grad else None
-    got = kept.lookup(prompts[first], pmask[first]) if kept is not None else None
-    if got is None:
+    if grad or (not torch.is_grad_enabled() and prompt_cache is None):  # the whole prompt in one forward, as the completions run it
         # a plain cache (no config): a model's own cache would keep only a sliding window on its
         # sliding-window layers, and the completions must see the whole prompt
-        with torch.set_grad_enabled(grad):
-            hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True, past_key_values=DynamicCache())
+        hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True, past_key_values=DynamicCache())
         last, past = hp[:, P - 1 : P], out.past_key_values
-        if kept is not None:
-            kept.store(prompts[first], pmask[first], last, past)
     else:
-        last, past = got
+        # all but the prompt's last token without gradient (kept, or read from `prompt_cache`);
+        # the last token runs as the completions do, with gradient where it is enabled: its hidden
+        # state predicts the first completion token, which would otherwise get no gradient
+        kept = prompt_cache
+        past = kept.lookup(prompts[first], pmask[first]) if kept is not None else None
+        if past is None:
+            with torch.no_grad():
+                past = DynamicCache()
+                if P > 1:
+                    past = _hidden(model, autocast, input_ids=prompts[first, : P - 1], attention_mask=pmask[first, : P - 1], use_cache=True, past_key_values=past)[1].past_key_values
+            if kept is not None:
+                kept.store(prompts[first], pmask[first], past)
+        # DynamicCache.update concatenates into new tensors: the kept rows stay as they are
+        last, out = _hidden(model, autocast, input_ids=prompts[first, P - 1 :], attention_mask=pmask[first], past_key_values=past, use_cache=True)
+        past = out.past_key_values
     c = shared_prefix(input_ids[:, P:], attention_mask[:, P:], inv, first) if share_prefix and first.numel() < B else 0
     parts = [last[inv]]
     if c:  # the group's common completion prefix (e.g. a script's tokens before the name), once per group, with gradient as a completion
@@ -307,8 +318,9 @@ def policy_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     """(B x logits_to_keep) log-probs (and entropies) of the completion tokens, computed only at
     `positions` (B x logits_to_keep bool; default: every completion token) and 0 elsewhere.
     `share_prompts`: rows with the same prompt run it once (`shared_prompt_hidden`).
-    `prompt_grad=False`: every prompt runs without gradient (shared or not), so the gradient
-    reaches the weights only through the completion tokens' own computation, which reads the
+    `prompt_grad=False`: every prompt but its last token runs without gradient (shared or not),
+    so the gradient reaches the weights only through the completion tokens' own computation and
+    the last prompt token's (which predicts the first completion token), reading the earlier
     prompt's keys and values as constants: a truncated gradient of the same log-probs, at the
     cost of a forward of the prompt instead of a forward and backward (`algorithm.prompt_gradient`).
     `prompt_cache`: prompts run without gradient are read from it where kept (PromptCache).

@@ -12,9 +12,10 @@ What it adds to TRL, and why:
   the whole vocabulary: the policy trained is the policy evaluated and shipped;
 - an entropy floor on the name decisions (`decision_entropy_floor`, `decision_entropy_coef`;
   training/exploration.py): exploration that survives the early collapse onto one model;
-- `prompt_gradient: false`: the loss runs each prompt without gradient (a truncated gradient:
-  the weights learn only through the completion tokens' own computation, which reads the
-  prompt's keys and values as constants), a forward of the prompt instead of a forward and
+- `prompt_gradient: false`: the loss runs each prompt but its last token without gradient (a
+  truncated gradient: the weights learn only through the completion tokens' and the last
+  prompt token's own computation, which read the earlier prompt's keys and values as
+  constants), a forward of the prompt instead of a forward and
   backward: for single-shot routers, whose completions are a few tokens after a long prompt;
 - `trim_padding`: each micro-batch runs at its own width, not the generation batch's
   (training/microbatch.py): a group's prompt without the longest task's left padding;
@@ -44,6 +45,7 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
+from rl_router.errors import ConfigError
 from rl_router.recipe import LOSS_TYPES
 from rl_router.rollout.names import STEMS
 from rl_router.training import microbatch
@@ -61,6 +63,12 @@ ROUTE_STEMS = tuple(stem for stem, _, kind in STEMS if kind == "route")
 #: the stems after which an answer adopts a called model's reply by name
 ADOPT_STEMS = tuple(stem for stem, _, kind in STEMS if kind == "adopt")
 SEEN_FILE = "rl_router_seen.json"
+
+
+def truncation_refused() -> ConfigError:
+    """`prompt_gradient: false` where TRL's own log-prob pass must run (it would train the full gradient, not the truncated one asked for)."""
+    return ConfigError("algorithm.prompt_gradient", "false is trained by rl-router's own log-prob pass, and this model needs TRL's (rescaled or soft-capped logits, "
+                       "an MoE aux loss or multimodal inputs), which differentiates the whole prompt", "set algorithm.prompt_gradient: true")
 
 
 class RouterGRPOTrainer(GRPOTrainer):
@@ -94,6 +102,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         self.prompt_gradient = bool(prompt_gradient)
         if not self.prompt_gradient and self.args.gradient_checkpointing:
             raise ValueError("algorithm.prompt_gradient: false reads the prompt's cache, which gradient checkpointing drops; set trainer.gradient_checkpointing: false")
+        if not self.prompt_gradient and rescales_logits(self.model):
+            raise truncation_refused()
         # scripted episodes without the prompt's gradient: the names' log-prob pass keeps each
         # prompt's forward for the loss (logprobs.PromptCache), read only within the optimizer
         # step that filled it (its tag), so under the same weights whatever num_iterations and
@@ -265,6 +275,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         (logprobs.py); TRL's own pass for multimodal inputs, MoE aux losses and rescaled logits."""
         self._last_entropies = None
         if compute_aux_loss or any(v is not None for v in mm.values()) or rescales_logits(model):
+            if not self.prompt_gradient:  # TRL's pass would train the full gradient, not the truncated one asked for
+                raise truncation_refused()
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **mm)
         allowed = self._decision_allowed
         if allowed is None and self._decision_lists is not None and len(self._decision_lists) == input_ids.size(0):
