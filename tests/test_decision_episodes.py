@@ -219,7 +219,8 @@ def test_the_loss_reuses_the_names_pass_prompts_only_under_the_same_weights(gsm8
     """Scripted episodes without the prompt's gradient: the names' log-prob pass keeps each
     group's prompt forward (logprobs.PromptCache) and the loss of the same optimizer step runs
     only the completions; its loss and gradients equal those of running the prompts again. After
-    an optimizer step (another tag) the loss runs the prompts itself."""
+    an optimizer step (another tag) the loss runs the prompts itself. (And the step's log says
+    the completions were cut after the name, not clipped by max_completion_length.)"""
     from rl_router.training.logprobs import causal_lm
 
     reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
@@ -229,6 +230,9 @@ def test_the_loss_reuses_the_names_pass_prompts_only_under_the_same_weights(gsm8
     out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
     cache = trainer._prompt_cache
     assert cache is not None and cache.tag == trainer.state.global_step and len(cache.rows) == 4  # one per group's prompt
+    m = trainer._metrics["train"]
+    assert m["completions/clipped_ratio"][-1] == 0.0 and m["completions/cut_after_name_ratio"][-1] == 1.0
+    assert m["completions/mean_terminated_length"][-1] == m["completions/mean_length"][-1] > 0
     backbone = causal_lm(trainer.model).base_model
     params = [p for p in trainer.model.parameters() if p.requires_grad]
 

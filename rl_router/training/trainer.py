@@ -263,6 +263,19 @@ class RouterGRPOTrainer(GRPOTrainer):
         finally:
             grpo.shuffle_sequence_dict = shuffle
 
+    @staticmethod
+    def _uncount_cut_completions(m: dict) -> None:
+        """Scripted episodes' completions are cut after the name by design (no EOS): TRL would log
+        every one as clipped by max_completion_length and no terminated lengths. Their step's
+        values are replaced by what is true: none clipped (`completions/clipped_ratio` 0), all cut
+        after the name (`completions/cut_after_name_ratio` 1), terminated lengths = their lengths."""
+        if m.get("completions/clipped_ratio"):
+            m["completions/clipped_ratio"][-1] = 0.0
+            m["completions/cut_after_name_ratio"].append(1.0)
+            for end in ("mean", "min", "max"):
+                if m.get(f"completions/{end}_terminated_length") and m.get(f"completions/{end}_length"):
+                    m[f"completions/{end}_terminated_length"][-1] = m[f"completions/{end}_length"][-1]
+
     def _generate(self, prompts):  # type: ignore[override]
         out = super()._generate(prompts)
         extra = out[5]
@@ -392,6 +405,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         finally:
             self._decision_lists = None
         mode = "train" if self.model.training else "eval"
+        if self.all_names_episodes == "scripted" and mode == "train":
+            self._uncount_cut_completions(self._metrics[mode])
         local = self._last_inputs
         fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes", "pool_errors", "format_error")}
         m = self._metrics[mode]
