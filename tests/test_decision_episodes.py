@@ -170,15 +170,19 @@ def test_prompts_without_gradient_give_the_same_log_probs_and_a_truncated_gradie
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
-    prompt = tok.encode("Route this: what is 17 times 3?", add_special_tokens=False)
-    comps = [tok.encode('<think>Route.</think><route model="a', add_special_tokens=False), tok.encode('<think>Route.</think><route model="bb', add_special_tokens=False)]
-    C = max(len(c) for c in comps)
-    ids = torch.tensor([prompt + c + [tok.eos_token_id] * (C - len(c)) for c in comps])
-    att = torch.tensor([[1] * len(prompt) + [1] * len(c) + [0] * (C - len(c)) for c in comps])
+    # two rows share a prompt; a third has a shorter one, left-padded as TRL pads
+    prompts = [tok.encode("Route this: what is 17 times 3?", add_special_tokens=False)] * 2 + [tok.encode("Route: 2+2?", add_special_tokens=False)]
+    comps = [tok.encode('<think>Route.</think><route model="a', add_special_tokens=False), tok.encode('<think>Route.</think><route model="bb', add_special_tokens=False)] * 2
+    comps = comps[:3]
+    P, C = max(len(q) for q in prompts), max(len(c) for c in comps)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.tensor([[pad] * (P - len(q)) + q + c + [pad] * (C - len(c)) for q, c in zip(prompts, comps)])
+    att = torch.tensor([[0] * (P - len(q)) + [1] * len(q) + [1] * len(c) + [0] * (C - len(c)) for q, c in zip(prompts, comps)])
+    assert P > len(prompts[2])
     grads, values = {}, {}
     for full in (True, False):
         model.zero_grad()
-        lp, _ = policy_logps(model, ids, att, C, temperature=1.0, positions=att[:, len(prompt):].bool(), prompt_grad=full)
+        lp, _ = policy_logps(model, ids, att, C, temperature=1.0, positions=att[:, P:].bool(), prompt_grad=full)
         lp.sum().backward()
         values[full] = lp.detach()
         grads[full] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -186,21 +190,22 @@ def test_prompts_without_gradient_give_the_same_log_probs_and_a_truncated_gradie
     assert float(grads[False].abs().sum()) > 0 and bool(torch.isfinite(grads[False]).all())
     assert not torch.allclose(grads[True], grads[False])
     # the reference: each row on its own, its prompt but the last token under no_grad, the rest with gradient
-    P = len(prompt)
     model.zero_grad()
     for r in range(ids.size(0)):
         with torch.no_grad():
-            past = model(input_ids=ids[r : r + 1, : P - 1], use_cache=True, past_key_values=DynamicCache()).past_key_values
+            past = model(input_ids=ids[r : r + 1, : P - 1], attention_mask=att[r : r + 1, : P - 1], use_cache=True, past_key_values=DynamicCache()).past_key_values
         logits = model(input_ids=ids[r : r + 1, P - 1 :], attention_mask=att[r : r + 1], past_key_values=past, use_cache=True).logits[0, :-1].float()
         real = att[r, P:].bool()
         torch.log_softmax(logits, -1).gather(-1, ids[r, P:, None])[real].sum().backward()
     reference = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     torch.testing.assert_close(grads[False], reference, rtol=1e-4, atol=1e-5)
-    # the first completion token alone has a gradient (it is predicted at the prompt's last token)
+    # the first completion token alone trains the layers (it is predicted at the prompt's last
+    # token; the LM head's gradient alone would be there without it)
     model.zero_grad()
-    lp, _ = policy_logps(model, ids, att, C, temperature=1.0, positions=att[:, len(prompt):].bool(), prompt_grad=False)
+    lp, _ = policy_logps(model, ids, att, C, temperature=1.0, positions=att[:, P:].bool(), prompt_grad=False)
     lp[:, 0].sum().backward()
-    assert float(sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None)) > 0
+    layers = [p for n, p in model.named_parameters() if ".layers." in n]
+    assert layers and float(sum(p.grad.abs().sum() for p in layers if p.grad is not None)) > 0
 
 
 def test_the_recipe_reaches_the_trainer_with_its_prompt_gradient():

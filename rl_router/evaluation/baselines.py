@@ -164,6 +164,16 @@ def per_category_choices(train: OutcomeTable, held: list[Task], lambdas: Sequenc
     return out
 
 
+def knn_lambda(train: OutcomeTable, lambdas: Sequence[float] = LAMBDAS) -> float:
+    """The kNN row's lambda: the one nearest the train hull's slope (from the cheapest to the
+    best single model, cost relative to the best's), where a predicted gain pays for its cost."""
+    pts = train.points()
+    best, cheapest = train.best_model(), min(pts, key=lambda m: pts[m][0])
+    span = (pts[best][0] - pts[cheapest][0]) / pts[best][0] if pts[best][0] > 0 else 1.0
+    slope = (pts[best][1] - pts[cheapest][1]) / span if span > 0 else 0.0
+    return min(lambdas, key=lambda x: abs(x - slope))
+
+
 def knn_choices(train: OutcomeTable, held: list[Task], lambdas: Sequence[float] = LAMBDAS, k: int = 10) -> list[tuple[float, dict[str, str]]]:
     """(lambda, task id -> model): TF-IDF kNN predicts each model's score and cost."""
     best = train.best_model()

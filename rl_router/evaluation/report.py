@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rl_router.evaluation.baselines import (
-    LAMBDAS, AgreementCascadePolicy, OutcomeTable, fit_cascade, has_reply_text, knn_choices, oracle_choice, per_category_choices, table_from_episodes,
+    LAMBDAS, AgreementCascadePolicy, OutcomeTable, fit_cascade, has_reply_text, knn_choices, knn_lambda, oracle_choice, per_category_choices, table_from_episodes,
     table_from_records,
 )
 from rl_router.evaluation.calibration import knob_point, knob_points, read_route_bias
@@ -145,12 +145,7 @@ def simple_baselines(run: EvalRun, table: OutcomeTable | None, refs: References,
     cat = _sweep(run, "per-category sweep", per_category_choices(table, run.held, lambdas))
     run.policies["per-category"] = next((s for s in cat if s["lambda"] == 0.0), cat[0])
     knn = _sweep(run, "knn-tfidf sweep", knn_choices(table, run.held, lambdas))
-    # the kNN row: lambda at the train hull's slope, where a predicted gain pays for its cost
-    pts = table.points()
-    best, cheapest = table.best_model(), min(pts, key=lambda m: pts[m][0])
-    span = (pts[best][0] - pts[cheapest][0]) / pts[best][0] if pts[best][0] > 0 else 1.0
-    slope = (pts[best][1] - pts[cheapest][1]) / span if span > 0 else 0.0
-    lam = min(lambdas, key=lambda x: abs(x - slope))
+    lam = knn_lambda(table, lambdas)
     run.policies["knn-tfidf"] = next(s for s in knn if s["lambda"] == lam)
     run.extra["knn_lambda"] = lam
     if len(run.names) >= 3 and has_reply_text(run.pool, run.held) and run.recipe.env.get("name", "router_r1") == "router_r1":

@@ -11,7 +11,8 @@ Two things TRL 1.16's own log-prob pass does not do for us:
    LM-head backward alone took 52 of a 60 s step of 256 episodes. Here the backbone runs
    through every wrapper (DDP, PEFT, TRL's patched forward, with `logits_to_keep=1` so the
    model computes no logits of its own; once for the distinct prompts and once for the
-   completions: `shared_prompt_hidden`), its last hidden states are captured by a forward
+   completions, with the prompts' last tokens apart under `prompt_gradient: false`:
+   `shared_prompt_hidden`), its last hidden states are captured by a forward
    hook, and the LM head is applied only at the positions the loss reads (`completion_mask *
    env_mask`), in row tiles, so no [batch, length, vocabulary] tensor ever exists.
 
@@ -208,7 +209,7 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
     from transformers import DynamicCache
 
     grad = prompt_grad and torch.is_grad_enabled()
-    if grad or (not torch.is_grad_enabled() and prompt_cache is None):  # the whole prompt in one forward, as the completions run it
+    if grad or (prompt_grad and prompt_cache is None):  # the whole prompt in one forward (a truncated gradient's passes all split it: the same rounding in each)
         # a plain cache (no config): a model's own cache would keep only a sliding window on its
         # sliding-window layers, and the completions must see the whole prompt
         hp, out = _hidden(model, autocast, input_ids=prompts[first], attention_mask=pmask[first], use_cache=True, past_key_values=DynamicCache())

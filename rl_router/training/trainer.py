@@ -98,11 +98,11 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._kept_casts: dict[int, Any] = {}  # frozen weights' bf16 copies, made once for the run (_frozen_casts)
         self.all_names_episodes = all_names_episodes  # scripted: the rollout hands cut episodes (rollout/decision_episodes.py), their names' log-probs come from _scripted_name_logps
         self.bopo_reward = bopo_reward
-        # False: the loss runs prompts without gradient (logprobs.policy_logps): a truncated gradient at a prompt's forward instead of its forward and backward
+        # False: the loss runs prompts but their last token without gradient (logprobs.policy_logps): a truncated gradient at a prompt's forward instead of its forward and backward
         self.prompt_gradient = bool(prompt_gradient)
         if not self.prompt_gradient and self.args.gradient_checkpointing:
             raise ValueError("algorithm.prompt_gradient: false reads the prompt's cache, which gradient checkpointing drops; set trainer.gradient_checkpointing: false")
-        if not self.prompt_gradient and rescales_logits(self.model):
+        if not self.prompt_gradient and (rescales_logits(self.model) or getattr(self, "aux_loss_enabled", False)):
             raise truncation_refused()
         # scripted episodes without the prompt's gradient: the names' log-prob pass keeps each
         # prompt's forward for the loss (logprobs.PromptCache), read only within the optimizer
@@ -476,7 +476,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         micro-batch is trimmed to a different width). The unwrapped model: under DDP a forward
         of the wrapped one syncs buffers, and the number of these forwards may differ by rank.
         Without the prompt's gradient, each prompt's forward is kept for this optimizer step's
-        loss (`_prompt_cache`), which then runs only the completions."""
+        loss (`_prompt_cache`), which then runs only each prompt's last token and the completions."""
         model = self.accelerator.unwrap_model(self.model)
         if self._prompt_cache is not None:
             self._prompt_cache.reset(tag=self.state.global_step)
