@@ -172,8 +172,8 @@ def test_prompts_without_gradient_give_the_same_log_probs_and_a_truncated_gradie
         p.requires_grad_(True)
     # two rows share a prompt; a third has a shorter one, left-padded as TRL pads
     prompts = [tok.encode("Route this: what is 17 times 3?", add_special_tokens=False)] * 2 + [tok.encode("Route: 2+2?", add_special_tokens=False)]
-    comps = [tok.encode('<think>Route.</think><route model="a', add_special_tokens=False), tok.encode('<think>Route.</think><route model="bb', add_special_tokens=False)] * 2
-    comps = comps[:3]
+    a, bb = (tok.encode(f'<think>Route.</think><route model="{n}', add_special_tokens=False) for n in ("a", "bb"))
+    comps = [a, bb, a]
     P, C = max(len(q) for q in prompts), max(len(c) for c in comps)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = torch.tensor([[pad] * (P - len(q)) + q + c + [pad] * (C - len(c)) for q, c in zip(prompts, comps)])

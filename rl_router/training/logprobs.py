@@ -218,15 +218,14 @@ def shared_prompt_hidden(model: Any, input_ids: torch.Tensor, attention_mask: to
         # all but the prompt's last token without gradient (kept, or read from `prompt_cache`);
         # the last token runs as the completions do, with gradient where it is enabled: its hidden
         # state predicts the first completion token, which would otherwise get no gradient
-        kept = prompt_cache
-        past = kept.lookup(prompts[first], pmask[first]) if kept is not None else None
+        past = prompt_cache.lookup(prompts[first], pmask[first]) if prompt_cache is not None else None
         if past is None:
             with torch.no_grad():
                 past = DynamicCache()
                 if P > 1:
                     past = _hidden(model, autocast, input_ids=prompts[first, : P - 1], attention_mask=pmask[first, : P - 1], use_cache=True, past_key_values=past)[1].past_key_values
-            if kept is not None:
-                kept.store(prompts[first], pmask[first], past)
+            if prompt_cache is not None:
+                prompt_cache.store(prompts[first], pmask[first], past)
         # DynamicCache.update concatenates into new tensors: the kept rows stay as they are
         last, out = _hidden(model, autocast, input_ids=prompts[first, P - 1 :], attention_mask=pmask[first], past_key_values=past, use_cache=True)
         past = out.past_key_values

@@ -278,6 +278,8 @@ class RouterGRPOTrainer(GRPOTrainer):
 
     def _generate(self, prompts):  # type: ignore[override]
         out = super()._generate(prompts)
+        if self.all_names_episodes == "scripted" and self.model.training:  # TRL has just logged this generation's completion lengths
+            self._uncount_cut_completions(self._metrics["train"])
         extra = out[5]
         self._decision_lists = extra.pop("decision_tokens", None)
         self._last_decisions = extra.get("decisions") or []
@@ -405,8 +407,6 @@ class RouterGRPOTrainer(GRPOTrainer):
         finally:
             self._decision_lists = None
         mode = "train" if self.model.training else "eval"
-        if self.all_names_episodes == "scripted" and mode == "train":
-            self._uncount_cut_completions(self._metrics[mode])
         local = self._last_inputs
         fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes", "pool_errors", "format_error")}
         m = self._metrics[mode]
