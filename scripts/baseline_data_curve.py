@@ -20,7 +20,6 @@ with a 95% t-interval over them (the subsets' spread, not the held-out tasks' sa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -41,11 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="100,200,400,800,1600", help="comma-separated numbers of training tasks to fit on (the whole split is always added)")
     ap.add_argument("--repeats", type=int, default=5, help="random subsets per size")
     ap.add_argument("--seed", type=int, default=0, help="seed of the subsets")
-    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file (a new file, or one rl-router wrote)")
     args = ap.parse_args(argv)
 
     from rl_router.errors import ConfigError
     from rl_router.evaluation.baselines import knn_choices, knn_lambda, per_category_choices, reward_table, table_from_records
+    from rl_router.owned import output_file
     from rl_router.recipe import load_recipe
     from rl_router.task_sources import recipe_pool, recipe_splits
 
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(pool, "recorded"):
             raise ConfigError("pool.type", f"{recipe.pool.get('type')} is not a recorded pool (the fits read every model's recorded outcome)", "use a recipe with pool.type: recorded")
         train, _, held = recipe_splits(recipe, pool)
+        out = output_file(args.json, "--json") if args.json else None  # before the work: a file rl-router did not write is never replaced
     except ConfigError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         c, k = r["per_category"], r["knn"]
         print(f"| {r['n']} | {r['subsets']} | {c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}] | {k[0]:.3f} [{k[1]:.3f}, {k[2]:.3f}] |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"recipe": args.recipe, "train": len(train), "held": len(held), "singles": singles, "rows": rows}, f, indent=1)
+    if out is not None:
+        folder, name = out
+        folder.write_json(name, {"recipe": args.recipe, "train": len(train), "held": len(held), "singles": singles, "rows": rows})
     return 0
 
 

@@ -32,6 +32,13 @@ def test_fitted_on_the_whole_split_the_baselines_score_what_the_eval_reports(gsm
     assert "| 20 | 3 |" in p.stdout
 
 
+def test_a_json_file_rl_router_did_not_write_is_never_replaced(tmp_path):
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text("{}")
+    p = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(ROOT / "recipes" / "gsm8k.yaml"), "--sizes", "20", "--repeats", "1", "--json", str(theirs)], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: --json") and theirs.read_text() == "{}", p.stderr
+
+
 def test_a_pool_that_is_not_recorded_or_bad_sizes_are_refused_in_one_line():
     for args, field in ((["--recipe", str(ROOT / "recipes" / "bopo_agentic.yaml")], "pool.type"), (["--recipe", str(ROOT / "recipes" / "gsm8k.yaml"), "--sizes", "10,x"], "--sizes")):
         p = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
