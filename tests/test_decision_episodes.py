@@ -295,3 +295,104 @@ def test_a_truncated_gradient_is_refused_where_trls_log_prob_pass_would_run(gsm8
     with pytest.raises(ConfigError, match="algorithm.prompt_gradient.*set algorithm.prompt_gradient: true"):
         gsm8k_trainer(reward, prompt_gradient=False)
     trainer, _ = gsm8k_trainer(reward, prompt_gradient=True)  # the full gradient: TRL's pass is that
+
+
+def _protocol_nll_reference(model, out) -> float:
+    """The mean -log p of the script's tokens before the name (env_mask 0), one row per distinct
+    prompt, by a plain full forward of each row (no cache, no sharing, whole vocabulary)."""
+    seen, nll, n = set(), 0.0, 0
+    for b in range(out["prompt_ids"].size(0)):
+        p = out["prompt_ids"][b][out["prompt_mask"][b].bool()]
+        if tuple(p.tolist()) in seen:
+            continue
+        seen.add(tuple(p.tolist()))
+        c = out["completion_ids"][b][out["completion_mask"][b].bool()]
+        scripted = (1 - out["tool_mask"][b][out["completion_mask"][b].bool()]).bool()
+        ids = torch.cat([p, c])[None]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, p.numel() - 1 : -1].float()
+        lp = torch.log_softmax(logits, -1).gather(-1, c[:, None])[:, 0]
+        nll -= float(lp[scripted].sum())
+        n += int(scripted.sum())
+    return nll / n
+
+
+def test_the_protocol_anchor_adds_the_scripts_nll_whole_or_in_pieces(gsm8k_trainer):
+    """`algorithm.protocol_anchor` (training/anchor.py): the loss with the anchor is the loss
+    without it plus coef x the mean NLL of the script's tokens before the name, one row per task
+    (checked against a plain per-row forward), with or without the prompt's gradient, and run
+    in pieces by tokens the loss and gradients equal the whole micro-batch's."""
+    reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
+    for prompt_gradient in (True, False):
+        trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted",
+                                       prompt_gradient=prompt_gradient, protocol_anchor=0.5)
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+        out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+        assert int((out["completion_mask"] * (1 - out["tool_mask"])).sum()) > 0  # the script wrote tokens before the names
+        ref = _protocol_nll_reference(trainer.model, out)
+        assert ref > 0
+        trainer._prompt_cache = None  # both losses run their prompts
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+        def loss_and_grads(coef, budget=None):
+            trainer.protocol_anchor, trainer.microbatch_tokens = coef, budget
+            trainer.model.zero_grad()
+            loss = trainer.compute_loss(trainer.model, out)
+            loss.backward()
+            return float(loss.detach()), torch.cat([p.grad.flatten().clone() for p in params])
+
+        off, g_off = loss_and_grads(0.0)
+        on, g_on = loss_and_grads(0.5)
+        assert on - off == pytest.approx(0.5 * ref, rel=1e-3, abs=1e-5), prompt_gradient
+        assert float((g_on - g_off).abs().max()) > 0  # the anchor has a gradient
+        assert trainer._metrics["train"]["protocol/nll"][-1] == pytest.approx(ref, rel=1e-3)
+        pieced, g_pieced = loss_and_grads(0.5, budget=200)
+        assert trainer._metrics["train"]["loss/pieces"][-1] > 1
+        assert pieced == pytest.approx(on, rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(g_pieced, g_on, rtol=1e-4, atol=1e-6)
+
+
+def test_the_protocol_anchor_holds_the_protocol_while_the_names_train(gsm8k_trainer):
+    """Learning: at a learning rate that moves the names fast, three AdamW steps on scripted
+    batches rewarding the rarely called model raise its probability with the anchor on as
+    without, while the script's tokens before the name (what the router must write itself at
+    evaluation) lose less likelihood with the anchor than without."""
+    target = "gpt-4-1106"
+    reward = lambda completions, route_target, **kw: [float(t == target) for t in route_target]  # noqa: E731
+    result = {}
+    for coef in (0.0, 1.0):
+        trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted",
+                                       protocol_anchor=coef)
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = 1
+        prompts = [{"prompt": t.question} for t in tasks[:4] for _ in range(4)]
+        out = trainer._generate_and_score_completions(prompts)
+        nll0 = _protocol_nll_reference(trainer.model, out)
+        lp0 = float(trainer._scripted_name_logps(out)[[i for i, x in enumerate(trainer._last_inputs) if x["route_target"] == target]].mean())
+        opt = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=3e-2, weight_decay=0.0)
+        for _ in range(3):
+            trainer._compute_loss(trainer.model, out).backward()
+            opt.step()
+            opt.zero_grad()
+            out = trainer._generate_and_score_completions(prompts)
+        lp1 = float(trainer._scripted_name_logps(out)[[i for i, x in enumerate(trainer._last_inputs) if x["route_target"] == target]].mean())
+        result[coef] = (lp1 - lp0, _protocol_nll_reference(trainer.model, out) - nll0)
+    assert result[0.0][0] > 0.5 and result[1.0][0] > 0.5, result  # the names learn either way
+    assert result[0.0][1] > 0, result  # without the anchor the protocol drifts
+    assert result[1.0][1] < 0.5 * result[0.0][1], result  # measured: +2.2 against +12.2 nats a token
+
+
+def test_the_recipe_reaches_the_trainer_with_its_protocol_anchor():
+    """`algorithm.protocol_anchor` reaches RouterGRPOTrainer; negative, or set where episodes
+    are sampled (the loss already trains what the router writes), it is refused with the field."""
+    from rl_router.errors import ConfigError
+    from rl_router.recipe import load_recipe
+    from rl_router.training.pipeline import trainer_options
+
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2_scripted.yaml", []))["protocol_anchor"] == 0.0
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2_scripted.yaml", ["algorithm.protocol_anchor=0.2"]))["protocol_anchor"] == 0.2
+    with pytest.raises(ConfigError, match="algorithm.protocol_anchor: must be >= 0"):
+        load_recipe("recipes/dcrouter_smollm2_scripted.yaml", ["algorithm.protocol_anchor=-1"])
+    with pytest.raises(ConfigError, match="algorithm.protocol_anchor.*set algorithm.all_names_episodes: scripted"):
+        load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.protocol_anchor=0.2"])

@@ -49,6 +49,7 @@ from rl_router.errors import ConfigError
 from rl_router.recipe import LOSS_TYPES
 from rl_router.rollout.names import STEMS
 from rl_router.training import microbatch
+from rl_router.training.anchor import anchor_mask, anchor_nll_sum
 from rl_router.training.advantages import ALL_NAMES_CREDITS, ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, name_credit, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 from rl_router.training.exploration import entropy_shortfall
@@ -73,7 +74,7 @@ def truncation_refused() -> ConfigError:
 
 class RouterGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", all_names_temperature: float = 0.1, all_names_credit: str = "episode", all_names_episodes: str = "sampled", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
-                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, prompt_gradient: bool = True, microbatch_tokens: int | None = None, **kwargs: Any):
+                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, prompt_gradient: bool = True, microbatch_tokens: int | None = None, protocol_anchor: float = 0.0, **kwargs: Any):
         if advantage not in ADVANTAGES:
             raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
         if advantage == "bopo" and bopo_reward is None:
@@ -111,6 +112,12 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._prompt_cache = PromptCache() if all_names_episodes == "scripted" and not self.prompt_gradient else None
         self._loss_reads_cache = False
         self.bopo_beta = bopo_beta
+        # the script's protocol tokens held by a supervised term (training/anchor.py); 0: off
+        if not protocol_anchor >= 0 or (protocol_anchor > 0 and all_names_episodes != "scripted"):
+            raise ValueError(f"algorithm.protocol_anchor: {protocol_anchor} needs to be >= 0, and > 0 only with algorithm.all_names_episodes: scripted")
+        self.protocol_anchor = float(protocol_anchor)
+        self._anchor_total: int | None = None  # the micro-batch's anchored tokens, when its loss runs in pieces
+        self._last_logps: torch.Tensor | None = None
         # the entropy floor on name decisions (training/exploration.py); off when either is 0
         self.decision_entropy_floor, self.decision_entropy_coef = float(decision_entropy_floor), float(decision_entropy_coef)
         self._last_entropies: torch.Tensor | None = None
@@ -173,6 +180,8 @@ class RouterGRPOTrainer(GRPOTrainer):
 
         policy_w = microbatch.piece_weights(inputs, pieces, self.loss_type)
         floor_w = microbatch.decision_weights(inputs, pieces)
+        if self.protocol_anchor > 0:  # each piece's anchor is its summed NLL over the micro-batch's anchored tokens
+            self._anchor_total = sum(int(m.sum()) for s, e in pieces if (m := anchor_mask(microbatch.rows(inputs, s, e))) is not None)
         backward = model.training and torch.is_grad_enabled()
         # DDP decides at the forward whether the backward syncs: the pieces before the last run inside no_sync
         no_sync = (lambda: self.accelerator.no_sync(model)) if backward and self.accelerator.num_processes > 1 else nullcontext
@@ -190,6 +199,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             return self._compute_loss(model, microbatch.rows(inputs, s, e)) + done
         finally:
             self._piece_weights = (1.0, 1.0)
+            self._anchor_total = None
 
     def _save_checkpoint(self, model, trial):  # type: ignore[override]
         """Atomic checkpoints: TRL/transformers write into OUT/.staging/checkpoint-N, which is
@@ -303,6 +313,7 @@ class RouterGRPOTrainer(GRPOTrainer):
                                   compute_entropy=compute_entropy, autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient,
                                   prompt_cache=self._prompt_cache if self._loss_reads_cache else None)
         self._last_entropies = ent  # within the allowed sets at decisions: what the entropy floor reads
+        self._last_logps = logps  # what the protocol anchor reads (its positions are among these)
         return logps, ent, None
 
     def _compute_loss(self, model, inputs):  # type: ignore[override]
@@ -311,6 +322,9 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._decision_allowed = inputs.get("decision_allowed")
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         self._logp_positions = mask.bool()  # the loss reads only these tokens' log-probs
+        anchored = anchor_mask(inputs) if self.protocol_anchor > 0 else None
+        if anchored is not None:  # and the anchor the script's tokens' (TRL's loss multiplies them by its mask: 0)
+            self._logp_positions = self._logp_positions | anchored
         # the prompts kept by this optimizer step's names pass, under these very weights
         c = self._prompt_cache
         self._loss_reads_cache = c is not None and self.model.training and c.tag == self.state.global_step
@@ -322,10 +336,25 @@ class RouterGRPOTrainer(GRPOTrainer):
                 loss = loss * wp
             if self.decision_entropy_floor > 0 and self.decision_entropy_coef > 0:
                 loss = loss + wf * self._entropy_floor_term()
+            if anchored is not None:
+                loss = loss + self._anchor_term(anchored)
             return loss
         finally:
-            self._decision_allowed = self._logp_positions = self._last_entropies = None
+            self._decision_allowed = self._logp_positions = self._last_entropies = self._last_logps = None
             self._loss_reads_cache = False
+
+    def _anchor_term(self, anchored: torch.Tensor) -> torch.Tensor | float:
+        """coef x the anchored tokens' summed NLL / the micro-batch's anchored tokens (the pieces'
+        terms sum to the micro-batch's mean), scaled for gradient accumulation as the entropy
+        floor is; the mean NLL per token logged as `protocol/nll` (training/anchor.py)."""
+        n = int(anchored.sum())
+        if self._last_logps is None or n == 0:
+            return 0.0
+        nll = anchor_nll_sum(self._last_logps, anchored)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["protocol/nll"].append(float(nll.detach()) / n)
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        return self.protocol_anchor * nll / (self._anchor_total or n) / accumulation
 
     def _entropy_floor_term(self) -> torch.Tensor | float:
         """coef x the name decisions' mean shortfall below the floor (exploration.py), scaled
