@@ -50,12 +50,14 @@ class TargetPolicy(ScriptedPolicy):
         return super()._text(s)
 
 
-def cut_at_decision(ep: dict[str, Any], tokenizer: Any, names: list[str], target: str) -> dict[str, Any]:
+def cut_at_decision(ep: dict[str, Any], tokenizer: Any, names: list[str], target: str, *, whole_turn: bool = False) -> dict[str, Any]:
     """The episode with its completion cut after its first route name: the route turn's tokens
     up to the stem (masked), then `target`'s continuation (in the loss, with each position's
-    allowed set over `names`). The episode's outcome fields (quality, cost, format_error, ...)
-    are the whole episode's. Raises ValueError where the first turn has no route stem or the
-    tokenizer merges across it."""
+    allowed set over `names`). `whole_turn`: then also the rest of the route turn (the
+    sub-query and the closing tag, masked), what the protocol anchor (training/anchor.py)
+    holds on one episode per group. The episode's outcome fields (quality, cost,
+    format_error, ...) are the whole episode's. Raises ValueError where the first turn has no
+    route stem or the tokenizer merges across it."""
     text = (ep.get("policy_turns") or [""])[0]
     found = [(text.find(stem), stem, cont) for stem, cont in ROUTE if stem in text]
     if not found:
@@ -72,10 +74,12 @@ def cut_at_decision(ep: dict[str, Any], tokenizer: Any, names: list[str], target
         ids, k = tokenizer.encode(prefix, add_special_tokens=False), None
     pre = ids[:k] if k is not None else ids
     name_ids = list(conts[target])
+    rest = text[at + len(stem) + len(cont.format(name=target)) :] if whole_turn else ""
+    post = tokenizer.encode(rest, add_special_tokens=False) if rest else []
     out = dict(ep)
-    out["completion_ids"] = pre + name_ids
-    out["env_mask"] = [0] * len(pre) + [1] * len(name_ids)
-    out["logprobs"] = [float("nan")] * (len(pre) + len(name_ids))
+    out["completion_ids"] = pre + name_ids + post
+    out["env_mask"] = [0] * len(pre) + [1] * len(name_ids) + [0] * len(post)
+    out["logprobs"] = [float("nan")] * (len(pre) + len(name_ids) + len(post))
     out["decision_tokens"] = [(len(pre) + j, a) for j, a in enumerate(allowed[target])]
     out["route_target"] = target
     out["route_candidates"] = len(allowed)

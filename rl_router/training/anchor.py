@@ -14,9 +14,15 @@ at the loss's own temperature (the full-vocabulary distribution the decoder samp
 tokens from): behaviour cloning of the protocol the warm start was taught, on the very
 contexts the step trains on, the way PPO-ptx (Ouyang et al. 2022) mixes a supervised term into
 an RL loss. It leaves the name decision's objective as it is and pins only what the router
-must keep writing. Every episode of a group carries the same script before its name (the
-warm start's shape, whatever the name), so each distinct prompt's tokens are counted once:
-the same mean as over every row, at a ninth of the LM head's work on dcrouter.
+must keep writing, before the name and after it: the group's first episode keeps its whole
+route turn (`<think>Route.</think><route model="NAME">Solve the task above.</route>`,
+rollout/engine.py `anchor_turn`), the others are cut after the name as before. Every episode
+of a group carries the same script before its name (the warm start's shape, whatever the
+name), so each distinct prompt's tokens are counted once, from the row that has the most of
+them. Measured with the tokens before the name alone anchored (README, "The route decision
+alone"): they held (`protocol/nll` about 1e-5 a token at the end) and the router wrote them
+right, but then broke after the name (`<route model="NAME"><answer>@...`): hence the whole turn.
+The adoption turn after the pool's reply is not anchored.
 """
 
 from __future__ import annotations
@@ -25,22 +31,26 @@ from typing import Any
 
 import torch
 
-from rl_router.training.logprobs import _first_rows, prompt_groups
+from rl_router.training.logprobs import prompt_groups
 
 
 def anchor_mask(inputs: dict[str, Any]) -> torch.Tensor | None:
     """(B x C) bool: the completion tokens the script wrote (in `completion_mask`, out of the
-    policy loss's `tool_mask`), in the first row of each distinct prompt; None when the batch
-    has no `tool_mask` (nothing scripted to anchor)."""
+    policy loss's `tool_mask`), in one row of each distinct prompt: the row with the most of
+    them (the group's episode that keeps its whole route turn: rollout.engine
+    `make_rollout_func(anchor_turn=True)`), the first such row on ties; None when the batch
+    has no `tool_mask` (nothing scripted to anchor). A scripted episode's masked tokens are
+    all the script's: it is cut before the pool's reply."""
     if "tool_mask" not in inputs:
         return None
     scripted = inputs["completion_mask"].bool() & ~inputs["tool_mask"].bool()
-    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-    att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
     P = inputs["prompt_ids"].size(1)
-    inv = prompt_groups(ids, att, P)
-    keep = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-    keep[_first_rows(inv, int(inv.max()) + 1)] = True
+    inv = prompt_groups(inputs["prompt_ids"], inputs["prompt_mask"], P)
+    n = scripted.sum(1)
+    keep = torch.zeros_like(n, dtype=torch.bool)
+    for g in range(int(inv.max()) + 1):
+        rows = (inv == g).nonzero()[:, 0]
+        keep[rows[int(torch.argmax(n[rows]))]] = True  # argmax returns the first maximum
     return scripted & keep[:, None]
 
 

@@ -181,7 +181,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         policy_w = microbatch.piece_weights(inputs, pieces, self.loss_type)
         floor_w = microbatch.decision_weights(inputs, pieces)
         if self.protocol_anchor > 0:  # each piece's anchor is its summed NLL over the micro-batch's anchored tokens
-            self._anchor_total = sum(int(m.sum()) for s, e in pieces if (m := anchor_mask(microbatch.rows(inputs, s, e))) is not None)
+            self._anchor_total = int(inputs["anchor_mask"].sum()) if "anchor_mask" in inputs else None
         backward = model.training and torch.is_grad_enabled()
         # DDP decides at the forward whether the backward syncs: the pieces before the last run inside no_sync
         no_sync = (lambda: self.accelerator.no_sync(model)) if backward and self.accelerator.num_processes > 1 else nullcontext
@@ -322,7 +322,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._decision_allowed = inputs.get("decision_allowed")
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
         self._logp_positions = mask.bool()  # the loss reads only these tokens' log-probs
-        anchored = anchor_mask(inputs) if self.protocol_anchor > 0 else None
+        anchored = inputs.get("anchor_mask") if self.protocol_anchor > 0 else None
         if anchored is not None:  # and the anchor the script's tokens' (TRL's loss multiplies them by its mask: 0)
             self._logp_positions = self._logp_positions | anchored
         # the prompts kept by this optimizer step's names pass, under these very weights
@@ -433,6 +433,8 @@ class RouterGRPOTrainer(GRPOTrainer):
                 allowed = allowed_tensor(decision_lists, out["completion_ids"].size(1), device=out["completion_ids"].device)
                 if allowed is not None:
                     out["decision_allowed"] = allowed
+            if self.protocol_anchor > 0 and (anchored := anchor_mask(out)) is not None:  # chosen once per group here, then cut with the batch
+                out["anchor_mask"] = anchored
         finally:
             self._decision_lists = None
         mode = "train" if self.model.training else "eval"
