@@ -22,7 +22,9 @@ name), so each distinct prompt's tokens are counted once, from the row that has 
 them. Measured with the tokens before the name alone anchored (README, "The route decision
 alone"): they held (`protocol/nll` about 1e-5 a token at the end) and the router wrote them
 right, but then broke after the name (`<route model="NAME"><answer>@...`): hence the whole turn.
-The adoption turn after the pool's reply is not anchored.
+With the whole turn anchored, the turn held and the router broke at the adoption turn after the
+pool's reply (it routes again), which is not anchored: it would need the reply's tokens in the
+completion, masked apart from the script's.
 """
 
 from __future__ import annotations
