@@ -321,12 +321,12 @@ def _protocol_nll_reference(model, out) -> float:
     return nll / n
 
 
-def test_the_protocol_anchor_adds_the_scripts_nll_whole_or_in_pieces(gsm8k_trainer):
+def test_the_protocol_anchor_adds_the_scripts_nll_whole_or_in_pieces(gsm8k_trainer, monkeypatch):
     """`algorithm.protocol_anchor` (training/anchor.py): each group's first episode keeps its
     whole route turn; the loss with the anchor is the loss without it plus coef x the mean NLL
     of that episode's script tokens, before and after the name (checked against a plain
-    per-row forward), with or without the prompt's gradient, and run in pieces by tokens the
-    loss and gradients equal the whole micro-batch's."""
+    per-row forward), with or without the prompt's gradient and through TRL's own log-prob pass,
+    and run in pieces by tokens the loss and gradients equal the whole micro-batch's."""
     reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
     for prompt_gradient in (True, False):
         trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted",
@@ -361,6 +361,14 @@ def test_the_protocol_anchor_adds_the_scripts_nll_whole_or_in_pieces(gsm8k_train
         assert trainer._metrics["train"]["loss/pieces"][-1] > 1
         assert pieced == pytest.approx(on, rel=1e-5, abs=1e-6)
         torch.testing.assert_close(g_pieced, g_on, rtol=1e-4, atol=1e-6)
+        if prompt_gradient:  # where TRL's own log-prob pass runs (rescaled logits), the anchor reads its log-probs
+            from rl_router.training import trainer as trainer_module
+
+            with monkeypatch.context() as mp:
+                mp.setattr(trainer_module, "rescales_logits", lambda model: True)
+                trl_off, _ = loss_and_grads(0.0)
+                trl_on, _ = loss_and_grads(0.5)
+            assert trl_on - trl_off == pytest.approx(0.5 * ref, rel=1e-3, abs=1e-5)
 
 
 def test_the_protocol_anchor_holds_the_protocol_while_the_names_train(gsm8k_trainer):

@@ -9,7 +9,7 @@ recipe's learning rate every greedy held-out episode was a format error (`<think
 while every training episode, written by the script, was well formed.
 
 The anchor adds to the loss
-    coef x (mean over the script's tokens before the name of -log p(token))
+    coef x (mean over the anchored script tokens of -log p(token))
 at the loss's own temperature (the full-vocabulary distribution the decoder samples those
 tokens from): behaviour cloning of the protocol the warm start was taught, on the very
 contexts the step trains on, the way PPO-ptx (Ouyang et al. 2022) mixes a supervised term into

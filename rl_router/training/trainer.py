@@ -298,11 +298,13 @@ class RouterGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, compute_aux_loss=False, **mm):  # type: ignore[override]
         """The log-probs of the tokens the loss reads, renormalised at name decisions
         (logprobs.py); TRL's own pass for multimodal inputs, MoE aux losses and rescaled logits."""
-        self._last_entropies = None
+        self._last_entropies = self._last_logps = None
         if compute_aux_loss or any(v is not None for v in mm.values()) or rescales_logits(model):
             if not self.prompt_gradient:  # TRL's pass would train the full gradient, not the truncated one asked for
                 raise truncation_refused()
-            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **mm)
+            res = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **mm)
+            self._last_logps = res[0]  # every completion token's: the protocol anchor's among them
+            return res
         allowed = self._decision_allowed
         if allowed is None and self._decision_lists is not None and len(self._decision_lists) == input_ids.size(0):
             allowed = allowed_tensor(self._decision_lists, logits_to_keep, device=input_ids.device)
