@@ -109,21 +109,32 @@ def test_scripted_all_names_training_moves_the_router_toward_the_rewarded_model(
     trainer.current_gradient_accumulation_steps = 1
     prompts = [{"prompt": t.question} for t in tasks[:4] for _ in range(4)]
 
-    def logp_target(out) -> float:
-        lps = trainer._scripted_name_logps(out)
-        return float(sum(lp for lp, inp in zip(lps.tolist(), trainer._last_inputs) if inp["route_target"] == target) / 8)
-
     out = trainer._generate_and_score_completions(prompts)
-    before = logp_target(out)
+    before = _name_logp(trainer, out, target)
     assert before < -1.0  # rarely called
-    opt = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
-    for _ in range(3):
+    out = _adamw_steps(trainer, out, prompts, lr=1e-3)
+    after = _name_logp(trainer, out, target)
+    assert after > before + 0.5, (before, after)
+
+
+def _name_logp(trainer, out, target: str) -> float:
+    """The mean log-prob of `target` over the scripted batch's episodes that name it, under the
+    router's current weights (the names pass the trainer weighs by)."""
+    lps = trainer._scripted_name_logps(out).tolist()
+    mine = [lp for lp, inp in zip(lps, trainer._last_inputs) if inp["route_target"] == target]
+    return float(sum(mine) / len(mine))
+
+
+def _adamw_steps(trainer, out, prompts, *, lr: float, steps: int = 3):
+    """`steps` AdamW steps of the trainer's loss, each on a fresh scripted batch of `prompts`;
+    returns the batch scored after the last step."""
+    opt = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    for _ in range(steps):
         trainer._compute_loss(trainer.model, out).backward()
         opt.step()
         opt.zero_grad()
         out = trainer._generate_and_score_completions(prompts)
-    after = logp_target(out)
-    assert after > before + 0.5, (before, after)
+    return out
 
 
 def test_the_recipe_reaches_the_trainer_with_scripted_episodes():
@@ -387,16 +398,9 @@ def test_the_protocol_anchor_holds_the_protocol_while_the_names_train(gsm8k_trai
         trainer.current_gradient_accumulation_steps = 1
         prompts = [{"prompt": t.question} for t in tasks[:4] for _ in range(4)]
         out = trainer._generate_and_score_completions(prompts)
-        nll0 = _protocol_nll_reference(trainer.model, out)
-        lp0 = float(trainer._scripted_name_logps(out)[[i for i, x in enumerate(trainer._last_inputs) if x["route_target"] == target]].mean())
-        opt = torch.optim.AdamW([p for p in trainer.model.parameters() if p.requires_grad], lr=3e-2, weight_decay=0.0)
-        for _ in range(3):
-            trainer._compute_loss(trainer.model, out).backward()
-            opt.step()
-            opt.zero_grad()
-            out = trainer._generate_and_score_completions(prompts)
-        lp1 = float(trainer._scripted_name_logps(out)[[i for i, x in enumerate(trainer._last_inputs) if x["route_target"] == target]].mean())
-        result[coef] = (lp1 - lp0, _protocol_nll_reference(trainer.model, out) - nll0)
+        nll0, lp0 = _protocol_nll_reference(trainer.model, out), _name_logp(trainer, out, target)
+        out = _adamw_steps(trainer, out, prompts, lr=3e-2)
+        result[coef] = (_name_logp(trainer, out, target) - lp0, _protocol_nll_reference(trainer.model, out) - nll0)
     assert result[0.0][0] > 0.5 and result[1.0][0] > 0.5, result  # the names learn either way
     assert result[0.0][1] > 0, result  # without the anchor the protocol drifts
     assert result[1.0][1] < 0.5 * result[0.0][1], result  # measured: +2.4 against +12.2 nats a token
