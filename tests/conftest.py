@@ -185,7 +185,7 @@ def gsm8k_trainer(tmp_path, gsm8k_run):
         rollout = make_rollout_func(make_engine(recipe, pool, tok), tasks, lambda tr: HFPolicy(tr.accelerator.unwrap_model(tr.model), tok, max_new_tokens=recipe.rollout.max_new_tokens, temperature=temperature,
                                                                                                stop_strings=stop_strings(recipe), names=pool.model_names, route_weights=cost_weights(pool)),
                                     enumerate_names=pool.model_names if enumerate_names else None, scripted=target_policy(recipe, tok) if scripted else None,
-                                    anchor_turn=kwargs.get("protocol_anchor", 0) > 0)
+                                    anchor_episode=kwargs.get("protocol_anchor", 0) > 0)
         args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_generations=4, max_steps=1, learning_rate=1e-3, temperature=temperature, beta=0.0, bf16=False, use_cpu=True,
                           report_to="none", save_strategy="no", max_completion_length=recipe.rollout.max_completion_tokens, gradient_checkpointing=False)
         return RouterGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list([{"prompt": t.question} for t in tasks]),

@@ -50,14 +50,17 @@ class TargetPolicy(ScriptedPolicy):
         return super()._text(s)
 
 
-def cut_at_decision(ep: dict[str, Any], tokenizer: Any, names: list[str], target: str, *, whole_turn: bool = False) -> dict[str, Any]:
+def cut_at_decision(ep: dict[str, Any], tokenizer: Any, names: list[str], target: str, *, whole_episode: bool = False) -> dict[str, Any]:
     """The episode with its completion cut after its first route name: the route turn's tokens
     up to the stem (masked), then `target`'s continuation (in the loss, with each position's
-    allowed set over `names`). `whole_turn`: then also the rest of the route turn (the
-    sub-query and the closing tag, masked), what the protocol anchor (training/anchor.py)
-    holds on one episode per group. The episode's outcome fields (quality, cost,
-    format_error, ...) are the whole episode's. Raises ValueError where the first turn has no
-    route stem or the tokenizer merges across it."""
+    allowed set over `names`). `whole_episode`: then also the rest of the episode, masked from
+    the policy loss: the route turn's sub-query and closing tag, the pool's reply and the
+    turns after it (the adoption), what the protocol anchor (training/anchor.py) holds on one
+    episode per group. `script_mask` marks the tokens the script wrote (before the name, and
+    with `whole_episode` the rest of the router's turns), not the name's and not the
+    environment's (the reply, the closing EOS): the anchor's tokens. The episode's outcome
+    fields (quality, cost, format_error, ...) are the whole episode's. Raises ValueError where
+    the first turn has no route stem or the tokenizer merges across it."""
     text = (ep.get("policy_turns") or [""])[0]
     found = [(text.find(stem), stem, cont) for stem, cont in ROUTE if stem in text]
     if not found:
@@ -74,11 +77,19 @@ def cut_at_decision(ep: dict[str, Any], tokenizer: Any, names: list[str], target
         ids, k = tokenizer.encode(prefix, add_special_tokens=False), None
     pre = ids[:k] if k is not None else ids
     name_ids = list(conts[target])
-    rest = text[at + len(stem) + len(cont.format(name=target)) :] if whole_turn else ""
-    post = tokenizer.encode(rest, add_special_tokens=False) if rest else []
+    post, post_script = [], []
+    if whole_episode:
+        rest = text[at + len(stem) + len(cont.format(name=target)) :]
+        post = tokenizer.encode(rest, add_special_tokens=False) if rest else []
+        post_script = [1] * len(post)
+        mask = list(ep["env_mask"])
+        first_turn_end = mask.index(0) if 0 in mask else len(mask)  # the route turn's tokens, then the reply (masked) and the turns after it
+        post += list(ep["completion_ids"][first_turn_end:])
+        post_script += mask[first_turn_end:]  # the router's turns (the script's), not the replies or the closing EOS
     out = dict(ep)
     out["completion_ids"] = pre + name_ids + post
     out["env_mask"] = [0] * len(pre) + [1] * len(name_ids) + [0] * len(post)
+    out["script_mask"] = [1] * len(pre) + [0] * len(name_ids) + post_script
     out["logprobs"] = [float("nan")] * (len(pre) + len(name_ids) + len(post))
     out["decision_tokens"] = [(len(pre) + j, a) for j, a in enumerate(allowed[target])]
     out["route_target"] = target

@@ -295,7 +295,7 @@ def enumerate_targets(n: int, names: list[str], group: int, offset: int = 0) -> 
 
 
 def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: Callable[[Any], Policy], *, enumerate_names: list[str] | None = None,
-                      scripted: Policy | None = None, anchor_turn: bool = False) -> Callable[[list[Any], Any], dict[str, list[Any]]]:
+                      scripted: Policy | None = None, anchor_episode: bool = False) -> Callable[[list[Any], Any], dict[str, list[Any]]]:
     """A TRL 1.16 `rollout_func(prompts, trainer)`.
 
     TRL hands the per-process prompts already repeated `num_generations` times (contiguous
@@ -305,9 +305,9 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
     group's first route decisions take these names in turn (`enumerate_targets`) instead of
     drawing them; everything else is sampled. `scripted` (with `enumerate_names`): training
     episodes are that policy's (a `decision_episodes.TargetPolicy`), cut after their route name
-    (`decision_episodes.cut_at_decision`); evaluation still samples the router. `anchor_turn`
-    (with `scripted`): each group's first episode keeps its whole route turn, what the protocol
-    anchor holds after the name (training/anchor.py).
+    (`decision_episodes.cut_at_decision`); evaluation still samples the router. `anchor_episode`
+    (with `scripted`): each group's first episode keeps the whole episode after the name (the
+    pool's reply masked), what the protocol anchor holds (training/anchor.py).
     """
     by_question = {t.question: t for t in tasks}
 
@@ -328,7 +328,7 @@ def make_rollout_func(engine: RolloutEngine, tasks: list[Task], policy_factory: 
             from rl_router.rollout.decision_episodes import cut_at_decision
 
             group = int(trainer.num_generations)
-            episodes = [cut_at_decision(ep, engine.tokenizer, list(enumerate_names or ()), t, whole_turn=anchor_turn and (offset + i) % group == 0)
+            episodes = [cut_at_decision(ep, engine.tokenizer, list(enumerate_names or ()), t, whole_episode=anchor_episode and (offset + i) % group == 0)
                         for i, (ep, t) in enumerate(zip(engine.run(chosen, scripted, targets=targets), targets))]
         else:
             episodes = engine.run(chosen, policy_factory(trainer), keep_going=lockstep(acc) if acc is not None else None, targets=targets)

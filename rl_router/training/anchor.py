@@ -14,17 +14,17 @@ at the loss's own temperature (the full-vocabulary distribution the decoder samp
 tokens from): behaviour cloning of the protocol the warm start was taught, on the very
 contexts the step trains on, the way PPO-ptx (Ouyang et al. 2022) mixes a supervised term into
 an RL loss. It leaves the name decision's objective as it is and pins only what the router
-must keep writing, before the name and after it: the group's first episode keeps its whole
-route turn (`<think>Route.</think><route model="NAME">Solve the task above.</route>`,
-rollout/engine.py `anchor_turn`), the others are cut after the name as before. Every episode
-of a group carries the same script before its name (the warm start's shape, whatever the
-name), so each distinct prompt's tokens are counted once, from the row that has the most of
-them. Measured with the tokens before the name alone anchored (README, "The route decision
-alone"): they held (`protocol/nll` about 1e-5 a token at the end) and the router wrote them
-right, but then broke after the name (`<route model="NAME"><answer>@...`): hence the whole turn.
-With the whole turn anchored, the turn held and the router broke at the adoption turn after the
-pool's reply (it routes again), which is not anchored: it would need the reply's tokens in the
-completion, masked apart from the script's.
+must keep writing, before the name and after it: the group's first episode keeps the whole
+episode (`<think>Route.</think><route model="NAME">Solve the task above.</route>`, the pool's
+reply, `<think>Adopt.</think><answer>@NAME</answer>`; rollout/engine.py `anchor_episode`), the
+reply masked apart from the script's tokens (`script_mask`); the others are cut after the name
+as before. Every episode of a group carries the same script before its name (the warm start's
+shape, whatever the name), so each distinct prompt's tokens are counted once, from the row that
+has the most of them. Measured (README, "The route decision alone"), at 5x the recipe's rate:
+with the tokens before the name alone anchored, they held (`protocol/nll` about 1e-5 a token at
+the end) and the router broke after the name (`<route model="NAME"><answer>@...`); with the
+whole route turn anchored, the turn held and the router broke at the adoption turn after the
+pool's reply (it routed again): hence the whole episode.
 """
 
 from __future__ import annotations
@@ -36,16 +36,18 @@ import torch
 from rl_router.training.logprobs import prompt_groups
 
 
-def anchor_mask(inputs: dict[str, Any]) -> torch.Tensor | None:
-    """(B x C) bool: the completion tokens the script wrote (in `completion_mask`, out of the
-    policy loss's `tool_mask`), in one row of each distinct prompt: the row with the most of
-    them (the group's episode that keeps its whole route turn: rollout.engine
-    `make_rollout_func(anchor_turn=True)`), the first such row on ties; None when the batch
-    has no `tool_mask` (nothing scripted to anchor). A scripted episode's masked tokens are
-    all the script's: it is cut before the pool's reply."""
-    if "tool_mask" not in inputs:
-        return None
-    scripted = inputs["completion_mask"].bool() & ~inputs["tool_mask"].bool()
+def anchor_mask(inputs: dict[str, Any], script: list[list[int]]) -> torch.Tensor:
+    """(B x C) bool: the completion tokens the script wrote (`script`: each episode's
+    `script_mask`, rollout/decision_episodes.py `cut_at_decision`), within `completion_mask`, in
+    one row of each distinct prompt: the row with the most of them (the group's episode that
+    keeps the whole episode: rollout.engine `make_rollout_func(anchor_episode=True)`), the
+    first such row on ties."""
+    width = inputs["completion_ids"].size(1)
+    marked = torch.zeros_like(inputs["completion_mask"], dtype=torch.bool)
+    for b, m in enumerate(script):
+        m = list(m or [])[:width]
+        marked[b, : len(m)] = torch.tensor(m, dtype=torch.bool)
+    scripted = inputs["completion_mask"].bool() & marked
     P = inputs["prompt_ids"].size(1)
     inv = prompt_groups(inputs["prompt_ids"], inputs["prompt_mask"], P)
     n = scripted.sum(1)

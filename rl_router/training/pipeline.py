@@ -438,7 +438,7 @@ def stage_rl(run: Run, callbacks: list[Any] | None) -> Any:
         model=run.model, reward_funcs=reward_funcs, args=args, callbacks=[*(callbacks or []), *([curve] if curve else [])], processing_class=tok,
         train_dataset=Dataset.from_list([{"prompt": t.question, **t.to_row()} for t in run.train_tasks]),
         rollout_func=make_rollout_func(make_engine(run.recipe, run.pool, tok), run.train_tasks, rollout_policy, enumerate_names=run.pool.model_names if a.advantage == "all_names" else None,
-                                       scripted=scripted_targets(run.recipe, tok), anchor_turn=a.protocol_anchor > 0),
+                                       scripted=scripted_targets(run.recipe, tok), anchor_episode=a.protocol_anchor > 0),
         peft_config=peft_config, bopo_reward=bopo, **trainer_options(run.recipe),
     )
     run.log(f"{a.name.upper()}" + (f" ({a.advantage} advantages)" if a.advantage and a.advantage != a.name else "") + f" for {args.max_steps} steps" + (f", resuming from {ckpt}" if ckpt else ""))

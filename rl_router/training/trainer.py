@@ -136,6 +136,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         self.tasks_seen: set[str] = set()
         # name decisions of the batch being scored / the micro-batch in the loss (logprobs.py)
         self._decision_lists: list[Any] | None = None
+        self._script_lists: list[Any] | None = None
         self._decision_allowed: torch.Tensor | None = None
         self._logp_positions: torch.Tensor | None = None
         self._last_decisions: list[Any] = []
@@ -292,6 +293,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             self._uncount_cut_completions(self._metrics["train"])
         extra = out[5]
         self._decision_lists = extra.pop("decision_tokens", None)
+        self._script_lists = extra.get("script_mask")  # scripted episodes: the tokens the script wrote (the protocol anchor's)
         self._last_decisions = extra.get("decisions") or []
         return out
 
@@ -435,10 +437,12 @@ class RouterGRPOTrainer(GRPOTrainer):
                 allowed = allowed_tensor(decision_lists, out["completion_ids"].size(1), device=out["completion_ids"].device)
                 if allowed is not None:
                     out["decision_allowed"] = allowed
-            if self.protocol_anchor > 0 and (anchored := anchor_mask(out)) is not None:  # chosen once per group here, then cut with the batch
-                out["anchor_mask"] = anchored
+            if self.protocol_anchor > 0 and self.model.training:  # chosen once per group here, then cut with the batch
+                if self._script_lists is None:
+                    raise ValueError("protocol_anchor: this batch's episodes carry no script_mask (scripted all-names episodes: rollout.engine.make_rollout_func(scripted=..., anchor_episode=True))")
+                out["anchor_mask"] = anchor_mask(out, self._script_lists)
         finally:
-            self._decision_lists = None
+            self._decision_lists = self._script_lists = None
         mode = "train" if self.model.training else "eval"
         local = self._last_inputs
         fields = {k: gather_object([inp.get(k) for inp in local]) for k in ("task_id", "quality", "cost", "n_routes", "pool_errors", "format_error")}
