@@ -413,6 +413,27 @@ def test_the_protocol_anchor_holds_the_protocol_while_the_names_train(gsm8k_trai
     assert result[1.0][1] < 0.5 * result[0.0][1], result  # measured: +4.8 against +12.5 nats a token (the whole episode's script)
 
 
+def test_an_anchored_training_batch_without_script_mask_is_refused(gsm8k_trainer):
+    """A custom rollout function whose scripted episodes carry no `script_mask` leaves the
+    anchor nothing to anchor: the trainer refuses the batch, naming the field and what makes it,
+    rather than training without the term the recipe asked for."""
+    reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted",
+                                   protocol_anchor=1.0)
+    ours = trainer.rollout_func
+
+    def without_script_mask(prompts, tr):
+        out = ours(prompts, tr)
+        assert out.pop("script_mask") is not None  # ours carries it
+        return out
+
+    trainer.rollout_func = without_script_mask
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    with pytest.raises(ValueError, match="protocol_anchor: this batch's episodes carry no script_mask"):
+        trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+
+
 def test_the_recipe_reaches_the_trainer_with_its_protocol_anchor():
     """`algorithm.protocol_anchor` reaches RouterGRPOTrainer; negative, or set where episodes
     are sampled (the loss already trains what the router writes), it is refused with the field."""
