@@ -104,6 +104,21 @@ def test_pieces_keep_groups_together_within_the_budget_and_split_only_what_canno
         assert from_cuts(cuts(p, 12)) == [tuple(x) for x in p]
 
 
+def test_packed_pieces_count_each_groups_real_tokens_not_its_longest_row_times_its_rows():
+    """With packed completions a group runs as one row of its real tokens: a group whose first
+    row is long (the protocol anchor's whole episode) costs its prompt plus its rows' tokens,
+    not every row padded to the long one, so more groups share a piece."""
+    from rl_router.training.microbatch import piece_cost, plan_pieces
+
+    b = _batch([10] * 8, [20, 3, 3, 3] * 2, group=4)  # two groups, each: one 20-token row and three 3-token rows
+    assert piece_cost(b, 0, 4, trim=True, shared=True) == 10 + 4 * 20  # padded: every row at the long row's width
+    assert piece_cost(b, 0, 4, trim=True, shared=True, packed=True) == 10 + (20 + 3 + 3 + 3)
+    assert piece_cost(b, 0, 8, trim=True, shared=True, packed=True) == 2 * 10 + 2 * 29  # two packed rows, each 29 real tokens
+    assert len(plan_pieces(b, 80, trim=True, shared=True)) > 2  # padded, each group alone (90) is over the budget: split by rows
+    assert plan_pieces(b, 80, trim=True, shared=True, packed=True) == [(0, 8)]  # both groups in one piece
+    assert piece_cost(b, 0, 4, trim=True, shared=False, packed=True) == piece_cost(b, 0, 4, trim=True, shared=False)  # unshared prompts do not pack
+
+
 def test_pieces_sized_by_tokens_give_the_loss_and_gradients_of_the_whole_micro_batch(gsm8k_trainer):
     """A real GRPO generation batch of the GSM8K router (4 groups of 4, prompts of different
     lengths) as one micro-batch: run in pieces of a small token budget (each backwarded before

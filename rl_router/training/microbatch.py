@@ -21,7 +21,7 @@ embeddings are left untouched (`shift_invariant`).
 MMLU-Pro prompts ran out of 24 GB at 8 rows that fit easily at 8 short ones. `plan_pieces`
 cuts a micro-batch into contiguous row ranges whose tokens, counted as the loss runs them
 (each distinct prompt once when prompts are shared, every row's completion, at the piece's
-own width when trimmed), stay within a budget: whole prompt groups together while they fit,
+own width when trimmed; a group's real tokens where its completions run packed), stay within a budget: whole prompt groups together while they fit,
 a group alone over the budget split by rows. The trainer runs the pieces one after another,
 each backwarded before the next, so activations are bounded by the budget, and short episodes
 share one forward. `piece_weights` makes the pieces' losses sum to the micro-batch's for each
@@ -96,10 +96,13 @@ def _groups(inputs: dict[str, Any]) -> list[int]:
     return prompt_groups(pi, pm, pi.size(1)).tolist()
 
 
-def piece_cost(inputs: dict[str, Any], start: int, end: int, *, trim: bool, shared: bool, groups: Sequence[int] | None = None) -> int:
+def piece_cost(inputs: dict[str, Any], start: int, end: int, *, trim: bool, shared: bool, groups: Sequence[int] | None = None, packed: bool = False) -> int:
     """Tokens the loss runs for rows [start, end): the prompt width once per distinct prompt
     (per row when prompts are not shared) plus every row's completion width, the widths the
-    piece's own when trimmed (`trim_padding`), else the micro-batch's."""
+    piece's own when trimmed (`trim_padding`), else the micro-batch's. `packed` (shared prompts
+    whose completions run packed, logprobs.py `_packed_completions`): each group's rows run
+    as one row of their real tokens, padded to the piece's longest group, so a single long row
+    (the protocol anchor's whole episode) does not count as if every row were that long."""
     pm, cm = inputs["prompt_mask"][start:end], inputs["completion_mask"][start:end]
     P, C = pm.size(1), cm.size(1)
     if trim:
@@ -107,10 +110,15 @@ def piece_cost(inputs: dict[str, Any], start: int, end: int, *, trim: bool, shar
         P -= first
     groups = _groups(inputs) if groups is None else groups
     prompts = len(set(groups[start:end])) if shared else end - start
+    if packed and shared:
+        real: dict[int, int] = {}
+        for g, n in zip(groups[start:end], cm.sum(1).tolist()):
+            real[g] = real.get(g, 0) + int(n)
+        return prompts * P + prompts * max(real.values(), default=0)
     return prompts * P + (end - start) * C
 
 
-def plan_pieces(inputs: dict[str, Any], budget: int, *, trim: bool, shared: bool) -> list[tuple[int, int]]:
+def plan_pieces(inputs: dict[str, Any], budget: int, *, trim: bool, shared: bool, packed: bool = False) -> list[tuple[int, int]]:
     """Contiguous row ranges covering the micro-batch, each within `budget` tokens
     (`piece_cost`) where it can be: consecutive rows of one prompt (a GRPO group) stay
     together, groups are added to a piece while it fits, and a group that alone exceeds the
@@ -118,7 +126,7 @@ def plan_pieces(inputs: dict[str, Any], budget: int, *, trim: bool, shared: bool
     is a piece of its own: nothing smaller exists."""
     B = inputs["prompt_mask"].size(0)
     g = _groups(inputs)
-    cost = lambda s, e: piece_cost(inputs, s, e, trim=trim, shared=shared, groups=g)  # noqa: E731
+    cost = lambda s, e: piece_cost(inputs, s, e, trim=trim, shared=shared, groups=g, packed=packed)  # noqa: E731
     runs, s = [], 0  # runs of consecutive rows with the same prompt
     for r in range(1, B + 1):
         if r == B or g[r] != g[s]:

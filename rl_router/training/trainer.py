@@ -53,7 +53,7 @@ from rl_router.training.anchor import anchor_mask, anchor_nll_sum
 from rl_router.training.advantages import ALL_NAMES_CREDITS, ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, name_credit, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
 from rl_router.training.exploration import entropy_shortfall
-from rl_router.training.logprobs import PromptCache, allowed_tensor, causal_lm, policy_logps, rescales_logits
+from rl_router.training.logprobs import PromptCache, allowed_tensor, causal_lm, packs, policy_logps, rescales_logits
 
 ADVANTAGES = ("grpo", "rloo", "bopo", "all_names")
 #: where all-names groups' episodes come from: sampled by the router after the forced name, or
@@ -162,7 +162,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         same on every rank: TRL's loss gathers per-row metrics once per call."""
         B = inputs["prompt_mask"].size(0)
         shared = not getattr(causal_lm(self.model), "is_gradient_checkpointing", False)
-        return microbatch.the_same_on_every_rank(microbatch.plan_pieces(inputs, self.microbatch_tokens, trim=self.trim_padding, shared=shared), B)
+        packed = shared and packs(self.model) and not rescales_logits(self.model)  # our pass runs each group's completions packed (logprobs.py)
+        return microbatch.the_same_on_every_rank(microbatch.plan_pieces(inputs, self.microbatch_tokens, trim=self.trim_padding, shared=shared, packed=packed), B)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         """TRL's loss, in pieces of at most `microbatch_tokens` tokens (`_pieces`): every piece
