@@ -126,15 +126,17 @@ def test_pieces_sized_by_tokens_give_the_loss_and_gradients_of_the_whole_micro_b
     micro-batch's, for TRL's three ways of normalising a loss (dapo: the generation's tokens;
     grpo: rows; bnpo: the micro-batch's tokens) and with the entropy floor's hinge (a mean over
     name decisions)."""
+    from rl_router.training.logprobs import packs
     from rl_router.training.microbatch import piece_cost
 
     trainer, tasks = gsm8k_trainer(lambda completions, **kw: [float(i % 3 == 0) for i in range(len(completions))], trim_padding=True)
+    packed = packs(trainer.model)  # the cost the trainer plans with: a group's real tokens where its completions run packed
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     torch.manual_seed(0)
     batch = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
     params = [p for p in trainer.model.parameters() if p.requires_grad]
-    whole_cost = piece_cost(batch, 0, 16, trim=True, shared=True)
+    whole_cost = piece_cost(batch, 0, 16, trim=True, shared=True, packed=packed)
     budget = whole_cost // 3
 
     def run(budget):
@@ -142,7 +144,7 @@ def test_pieces_sized_by_tokens_give_the_loss_and_gradients_of_the_whole_micro_b
         trainer.model.zero_grad()
         seen = []
         inner = trainer._compute_loss
-        trainer._compute_loss = lambda model, inputs: seen.append((inputs["prompt_mask"].size(0), piece_cost(inputs, 0, inputs["prompt_mask"].size(0), trim=True, shared=True))) or inner(model, inputs)
+        trainer._compute_loss = lambda model, inputs: seen.append((inputs["prompt_mask"].size(0), piece_cost(inputs, 0, inputs["prompt_mask"].size(0), trim=True, shared=True, packed=packed))) or inner(model, inputs)
         try:
             loss = trainer.compute_loss(trainer.model, batch)
             loss.backward()
