@@ -330,7 +330,7 @@ DEFAULT_CURVE_BIASES = (-16.0, -8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, 
 
 @app.command("eval")
 def eval_(
-    target: str = typer.Argument(..., help="A training output dir (uses its final/ and recipe.json), a model folder, 'initial' (the recipe's untrained router), or a baseline name (always-<model>, random, oracle, knn-tfidf) to evaluate the baselines alone."),
+    target: str = typer.Argument(..., help="A training output dir (uses its final/ and recipe.json), one of its checkpoints (RUN/rl/checkpoint-N; a LoRA adapter is merged into the run's warm start), a model folder, 'initial' (the recipe's untrained router), or a baseline name (always-<model>, random, oracle, knn-tfidf) to evaluate the baselines alone."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe YAML (default: TARGET/recipe.json of a training run, else the embedded quickstart)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field, e.g. --set env.budget=0.005."),
     n: Optional[int] = typer.Option(None, "--n", help="Limit the number of held-out tasks (the first N)."),

@@ -126,10 +126,68 @@ def load_checkpoint(target: str | Path, recipe: Any = None) -> tuple[Any, Any]:
     ck = resolve_checkpoint(str(target))
     if ck is None:
         raise ConfigError("checkpoint", f"{target}: no model there (expected config.json, or final/config.json of a training run)")
+    if adapter_run(ck) is not None:
+        return load_adapter_checkpoint(ck, recipe)
     why = model_folder_problem(str(ck)) or model_problem(ck)
     if why:
         raise CheckpointError(f"{why} -> restore the weights (re-export, or re-run training with --resume)")
     return load_router(str(ck), dtype=getattr(getattr(recipe, "model", None), "dtype", None), where="checkpoint")
+
+
+def adapter_run(folder: Path) -> Path | None:
+    """The training run a LoRA trainer checkpoint belongs to (RUN for RUN/rl/checkpoint-N or
+    RUN/sft_run/checkpoint-N: adapter weights, no config.json), else None.
+
+    Such a checkpoint is adapter-only (peft saves just the adapter while a run trains with
+    `model.lora`), so it is a router only on top of the weights it was trained on, which only
+    its run knows (see `adapter_base`)."""
+    folder = Path(folder)
+    if (folder / "config.json").exists() or not (folder / "adapter_config.json").is_file():
+        return None
+    if folder.parent.name not in ("rl", "sft_run") or not folder.name.startswith("checkpoint-"):
+        return None
+    run = folder.parent.parent
+    return run if (run / "recipe.json").is_file() else None
+
+
+def adapter_base(folder: Path) -> Path | None:
+    """The model folder a run's LoRA checkpoint was trained on: RUN/sft for an RL checkpoint
+    of a run with a warm start (the warm start is merged before RL starts a fresh adapter:
+    training/pipeline.py), None for the recipe's own model (SFT checkpoints; RL without a warm
+    start). Not peft's `base_model_name_or_path`: that names the pretrained model the run
+    started from, and loading the adapter there would silently drop the warm start."""
+    run = adapter_run(folder)
+    if run is not None and Path(folder).parent.name == "rl" and (run / "sft" / "config.json").exists():
+        return run / "sft"
+    return None
+
+
+def load_adapter_checkpoint(ck: Path, recipe: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a run's LoRA checkpoint: its base (`adapter_base`, else the run's
+    own recipe's model) with the adapter merged in, in the recipe's dtype; the tokenizer saved
+    with the checkpoint. The same weights the run's final/ holds when it stops at that step."""
+    from rl_router.checkpoints import model_problem
+    from rl_router.errors import CheckpointError
+    from rl_router.recipe import recipe_for_target
+
+    why = model_problem(ck)
+    if why:
+        raise CheckpointError(f"{why} -> evaluate another checkpoint of the run, or its final/")
+    base = adapter_base(ck)
+    own = recipe_for_target(str(adapter_run(ck)), None, [])  # the base is the run's, whatever --recipe says
+    if base is not None:
+        why = model_folder_problem(str(base)) or model_problem(base)
+        if why:
+            raise CheckpointError(f"{why} (the warm start {ck.name} was trained on) -> restore the run's sft/")
+        model, tok = load_router(str(base), dtype=getattr(getattr(recipe, "model", None), "dtype", None) or own.model.dtype, where="checkpoint")
+    else:
+        model, tok = router_from_recipe(own)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(ck)).merge_and_unload()
+    if (ck / "tokenizer_config.json").is_file():
+        tok = load_tokenizer(ck)
+    return model, tok
 
 
 def lora_config(recipe: Any) -> Any:
@@ -174,7 +232,7 @@ def unfinished_run(target: str) -> str | None:
     if not p.is_dir() or (p / "final" / "config.json").exists() or not ((p / "stages.json").exists() or (p / "rl").is_dir() or (p / "sft").is_dir()):
         return None
     cks = sorted((p / "rl").glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]) if c.name.split("-")[-1].isdigit() else -1) if (p / "rl").is_dir() else []
-    newest = next((c for c in reversed(cks) if (c / "config.json").exists()), None)
+    newest = next((c for c in reversed(cks) if (c / "config.json").exists() or adapter_run(c) is not None), None)
     if newest is None and (p / "sft" / "config.json").exists():
         newest = p / "sft"
     got = f"its newest checkpoint is {newest}" if newest else "it has no checkpoint yet"
@@ -183,9 +241,10 @@ def unfinished_run(target: str) -> str | None:
 
 
 def resolve_checkpoint(target: str) -> Path | None:
-    """A model folder, or a training output dir (its `final/`); None for baseline names."""
+    """A model folder, a run's LoRA checkpoint (`adapter_run`; `load_checkpoint` merges it), or
+    a training output dir (its `final/`); None for baseline names."""
     p = Path(target)
-    if (p / "config.json").exists():
+    if (p / "config.json").exists() or adapter_run(p) is not None:
         return p
     if (p / "final" / "config.json").exists():
         return p / "final"

@@ -157,7 +157,9 @@ def _no_wall_clock(x):
 def test_lora_switch_and_tensorboard_logging(tmp_path, monkeypatch):
     """LoRA is a recipe switch (adapters in SFT and RL, merged into OUT/final); report_to
     tensorboard writes TRL's and our episode metrics; the recipe's entropy floor, trim_padding
-    and loss pieces by tokens reach the RL trainer (and the pieces are logged)."""
+    and loss pieces by tokens reach the RL trainer (and the pieces are logged). The run's
+    adapter-only checkpoints are routers for eval, export and `--checkpoints`
+    (`_lora_checkpoints_are_routers`)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from rl_router.recipe import load_recipe
@@ -176,7 +178,7 @@ def test_lora_switch_and_tensorboard_logging(tmp_path, monkeypatch):
         "model.lora={r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}", "trainer.report_to=tensorboard",
         "trainer.max_steps=2", "sft.max_steps=20", "algorithm.sft_examples=16", "data.max_train=16", "data.max_heldout=4",
         "rollout.max_new_tokens=24", "algorithm.decision_entropy_floor=0.7", "algorithm.decision_entropy_coef=0.3", "algorithm.trim_padding=true",
-        "algorithm.microbatch_tokens=256",
+        "algorithm.microbatch_tokens=256", "trainer.save_steps=1", "curve.keep_best=false",
     ])
     m = train(r, output_dir=str(tmp_path), log=lambda _m: None)
     assert m["global_step"] == 2
@@ -192,3 +194,44 @@ def test_lora_switch_and_tensorboard_logging(tmp_path, monkeypatch):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/reward", "train/episode/cost", "train/episode/quality", "train/loss/pieces"} <= tags
+    _lora_checkpoints_are_routers(tmp_path, r)
+
+
+def _lora_checkpoints_are_routers(run, recipe):
+    """A LoRA run's RL checkpoint holds the adapter alone. It is the router of its step only on
+    the weights RL trained it on, the merged warm start (run/sft), not the pretrained model its
+    adapter_config names: loaded, it equals final/ of the same step; an unfinished run names it;
+    export writes it merged; eval writes beside the run, never inside rl/."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+
+    from rl_router.evaluation.report import eval_target
+    from rl_router.models import load_checkpoint, resolve_checkpoint, router_from_recipe, unfinished_run
+    from rl_router.serving.export import export
+
+    ck = run / "rl" / "checkpoint-2"
+    assert (ck / "adapter_config.json").exists() and not (ck / "config.json").exists()
+    assert resolve_checkpoint(str(ck)) == ck
+    final = load_checkpoint(run / "final", recipe)[0].state_dict()
+    merged, tok = load_checkpoint(ck, recipe)
+    got = merged.state_dict()
+    assert got.keys() == final.keys() and all(torch.allclose(got[k], final[k], atol=1e-6) for k in final)
+    assert tok("<route").input_ids == load_checkpoint(run / "final", recipe)[1]("<route").input_ids
+    naive = PeftModel.from_pretrained(router_from_recipe(recipe)[0], str(ck)).merge_and_unload().state_dict()  # on the untrained model
+    assert not all(torch.allclose(naive[k], final[k], atol=1e-6) for k in final)
+    shutil.move(run / "final", run / "final.kept")  # the run as it was before its last step's merge
+    try:
+        assert f"its newest checkpoint is {ck}" in unfinished_run(str(run)) and f"rl-router eval {ck}" in unfinished_run(str(run))
+    finally:
+        shutil.move(run / "final.kept", run / "final")
+    assert eval_target(str(ck), None, [], None)[1] == run / "eval-rl-checkpoint-2"
+    from rl_router.evaluation.report import evaluate
+
+    rows = evaluate(recipe, str(run), n=2, sampled=False, checkpoints=True)["checkpoints"]
+    assert [row["step"] for row in rows] == [0, 1, 2]  # the warm start, then both adapter checkpoints
+    out = export(ck, "me/router", recipe, run.parent / "export")
+    assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
+    shipped = load_checkpoint(out, recipe)[0].state_dict()
+    assert all(torch.allclose(shipped[k], final[k], atol=1e-6) for k in final)

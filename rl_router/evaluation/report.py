@@ -35,7 +35,7 @@ from rl_router.evaluation.calibration import knob_point, knob_points, read_route
 from rl_router.evaluation.comparisons import References, paired_vs, references, score_curve, score_policy
 from rl_router.evaluation.evaluator import EvalOptions, Evaluator, hashed_choice, router_policy
 from rl_router.frontier import cost_to_reach, oracle_frontier, pgr, point
-from rl_router.models import resolve_checkpoint
+from rl_router.models import adapter_run, resolve_checkpoint
 from rl_router.recipe import Recipe
 from rl_router.stats import resample_index, statistic_ci
 from rl_router.task_sources import recipe_pool, recipe_tasks
@@ -200,8 +200,9 @@ def router_rows(run: EvalRun, *, sampled: bool, curve_biases: list[float] | None
             m, _ = load_checkpoint(sft, recipe)
             s, _ = run.ev.run("warm start", router_policy(m, tok, recipe, greedy=True, pool=run.pool))
             rows.append({"step": 0, **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
-        for d in sorted((run.ckpt.parent / "rl").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])):
-            if (d / "config.json").exists():
+        steps = [d for d in (run.ckpt.parent / "rl").glob("checkpoint-*") if d.name.removeprefix("checkpoint-").isdigit()]
+        for d in sorted(steps, key=lambda p: int(p.name.split("-")[-1])):
+            if (d / "config.json").exists() or adapter_run(d) is not None:  # full weights, or a LoRA run's adapter (merged on load)
                 m, _ = load_checkpoint(d, recipe)
                 s, _ = run.ev.run(d.name, router_policy(m, tok, recipe, greedy=True, pool=run.pool))
                 rows.append({"step": int(d.name.split("-")[-1]), **{k: s[k] for k in ("reward", "quality", "mean_cost")}})
@@ -362,7 +363,7 @@ def compare_policies(recipe: Recipe, names: list[str] | None, *, n: int | None =
 def eval_target(target: str, recipe_path: str | None, sets: list[str], output_dir: str | None) -> tuple[Recipe, Path]:
     """What `rl-router eval TARGET` evaluates with and where it writes: the recipe (TARGET's own
     recipe.json unless --recipe), and the output folder, beside the target: RUN/eval for a
-    training run, MODEL-eval next to a model folder (never into a folder named by a recipe that
+    training run, RUN/eval-rl-checkpoint-N for one of its checkpoints, MODEL-eval next to a model folder (never into a folder named by a recipe that
     was copied along with it), the recipe's output_dir/eval for the baselines alone."""
     from rl_router.errors import ConfigError
     from rl_router.models import resolve_checkpoint
@@ -379,6 +380,8 @@ def eval_target(target: str, recipe_path: str | None, sets: list[str], output_di
     r = recipe_for_target(target, recipe_path, sets)
     if output_dir is not None:
         out = Path(output_dir)
+    elif ck is not None and ck.name.startswith("checkpoint-") and ck.parent.name in ("rl", "sft_run"):
+        out = ck.parent.parent / f"eval-{ck.parent.name}-{ck.name}"  # beside the run's folders: inside rl/, transformers would rotate checkpoint-N-eval away as a checkpoint
     elif ck is not None:
         out = ck.parent / "eval" if ck.name == "final" else ck.parent / f"{ck.name}-eval"
     else:

@@ -165,7 +165,10 @@ def export(checkpoint: str | Path, repo_id: str, recipe: Recipe, out: str | Path
     model, run = ck.resolve(), ck.resolve().parent if ck.name == "final" else ck.resolve()
     if out in (model, run) or out in model.parents or model in out.parents:
         raise ConfigError("--out", f"{out}: that is (or holds, or sits inside) the model or training run being exported", "choose a folder of its own (default: RUN/export/NAME)")
-    shippable(ck, "checkpoint", "restore the weights (re-export from the run, or re-run training with --resume)")
+    from rl_router.models import adapter_run
+
+    if adapter_run(ck) is None:  # a run's LoRA checkpoint is merged into its base as it is written (_write_export)
+        shippable(ck, "checkpoint", "restore the weights (re-export from the run, or re-run training with --resume)")
     prepare_dir(out.parent, "--out")
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.rl-router-", dir=out.parent))
     try:
@@ -239,13 +242,20 @@ def _place(stage: Path, out: Path, *, overwrite: bool) -> None:
 
 
 def _write_export(ck: Path, repo_id: str, recipe: Recipe, out: Path, *, eval_json: str | Path | None, base_model: str | None) -> None:
-    for f in WEIGHT_FILES:
-        if (ck / f).exists():
-            shutil.copy2(ck / f, out / f)
-    if not (out / "model.safetensors").exists() and not (out / "model.safetensors.index.json").exists():
-        for f in ck.glob("model-*.safetensors"):
-            shutil.copy2(f, out / f.name)
-    if (ck / "adapter_config.json").exists():
+    from rl_router.models import adapter_run, load_adapter_checkpoint
+
+    if adapter_run(ck) is not None:  # a run's LoRA checkpoint ships as the whole router it is: merged into what it was trained on
+        model, tok = load_adapter_checkpoint(ck, recipe)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+    else:
+        for f in WEIGHT_FILES:
+            if (ck / f).exists():
+                shutil.copy2(ck / f, out / f)
+        if not (out / "model.safetensors").exists() and not (out / "model.safetensors.index.json").exists():
+            for f in ck.glob("model-*.safetensors"):
+                shutil.copy2(f, out / f.name)
+    if (ck / "adapter_config.json").exists() and adapter_run(ck) is None:
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(ck / f, out / f)
     from rl_router.evaluation.calibration import CALIBRATION_FILE, read_route_bias
