@@ -341,7 +341,7 @@ def eval_(
     curve_biases: Optional[str] = typer.Option(None, "--curve-biases", help=f"Comma-separated route biases for --curve (logit units; default {','.join(f'{b:g}' for b in DEFAULT_CURVE_BIASES)})."),
     route_bias: Optional[float] = typer.Option(None, "--route-bias", help="Route bias for the router rows (default: the calibrated one in the model folder's route_bias.json, else 0)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Episodes per lock-step batch (one decode step for all of them; default rollout.batch_size): larger is faster on CPU while memory lasts."),
-    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write eval.json and the PNGs (default: RUN/eval for a training run, MODEL-eval beside a model folder, else the recipe's output_dir/eval)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Where to write eval.json and the PNGs (default: RUN/eval for a training run, RUN/eval-rl-checkpoint-N for one of its checkpoints, MODEL-eval beside a model folder, else the recipe's output_dir/eval)."),
     against: Optional[str] = typer.Option(None, "--against", help="Another router (a model folder or training run) run greedily on the same tasks; the router minus it is reported paired, with 95% intervals. RUN/sft is the warm start: RL's own contribution. It runs at its own calibrated --route-bias (its route_bias.json), else 0."),
 ) -> None:
     """Evaluate a router on the recipe's held-out tasks against always-<model>, random, the

@@ -140,48 +140,49 @@ def adapter_run(folder: Path) -> Path | None:
 
     Such a checkpoint is adapter-only (peft saves just the adapter while a run trains with
     `model.lora`), so it is a router only on top of the weights it was trained on, which only
-    its run knows (see `adapter_base`)."""
-    folder = Path(folder)
+    its run knows (see `load_adapter_checkpoint`)."""
+    folder = Path(folder).resolve()
     if (folder / "config.json").exists() or not (folder / "adapter_config.json").is_file():
         return None
-    if folder.parent.name not in ("rl", "sft_run") or not folder.name.startswith("checkpoint-"):
+    if folder.parent.name not in ("rl", "sft_run") or not folder.name.removeprefix("checkpoint-").isdigit():
         return None
     run = folder.parent.parent
     return run if (run / "recipe.json").is_file() else None
 
 
-def adapter_base(folder: Path) -> Path | None:
-    """The model folder a run's LoRA checkpoint was trained on: RUN/sft for an RL checkpoint
-    of a run with a warm start (the warm start is merged before RL starts a fresh adapter:
-    training/pipeline.py), None for the recipe's own model (SFT checkpoints; RL without a warm
-    start). Not peft's `base_model_name_or_path`: that names the pretrained model the run
-    started from, and loading the adapter there would silently drop the warm start."""
-    run = adapter_run(folder)
-    if run is not None and Path(folder).parent.name == "rl" and (run / "sft" / "config.json").exists():
-        return run / "sft"
-    return None
-
-
 def load_adapter_checkpoint(ck: Path, recipe: Any = None) -> tuple[Any, Any]:
-    """(model, tokenizer) of a run's LoRA checkpoint: its base (`adapter_base`, else the run's
-    own recipe's model) with the adapter merged in, in the recipe's dtype; the tokenizer saved
-    with the checkpoint. The same weights the run's final/ holds when it stops at that step."""
+    """(model, tokenizer) of a run's LoRA checkpoint: the adapter merged into the weights it was
+    trained on, in the recipe's dtype (`recipe`, else the run's); the tokenizer saved with it.
+    The same weights the run's final/ holds when it stops at that step.
+
+    Those weights are RUN/sft for an RL checkpoint of a run with a warm start (SFT's adapter is
+    merged before RL starts a fresh one: training/pipeline.py), else the run's recipe's model
+    (SFT checkpoints; RL without a warm start); decided by the run's recipe, so a run whose sft/
+    is gone is refused rather than merged into another model. Not peft's
+    `base_model_name_or_path`: it names the pretrained model the run started from, and merging
+    there would silently drop the warm start."""
     from rl_router.checkpoints import model_problem
     from rl_router.errors import CheckpointError
     from rl_router.recipe import recipe_for_target
 
+    ck = Path(ck).resolve()
+    run = adapter_run(ck)
+    assert run is not None, ck
     why = model_problem(ck)
     if why:
         raise CheckpointError(f"{why} -> evaluate another checkpoint of the run, or its final/")
-    base = adapter_base(ck)
-    own = recipe_for_target(str(adapter_run(ck)), None, [])  # the base is the run's, whatever --recipe says
-    if base is not None:
+    own = recipe_for_target(str(run), None, [])  # what the run trained on, whatever --recipe says
+    dtype = getattr(getattr(recipe, "model", None), "dtype", None) or own.model.dtype
+    if ck.parent.name == "rl" and own.algorithm.sft_warmstart:
+        base = run / "sft"
         why = model_folder_problem(str(base)) or model_problem(base)
         if why:
-            raise CheckpointError(f"{why} (the warm start {ck.name} was trained on) -> restore the run's sft/")
-        model, tok = load_router(str(base), dtype=getattr(getattr(recipe, "model", None), "dtype", None) or own.model.dtype, where="checkpoint")
+            raise CheckpointError(f"{why}: {ck} is an adapter trained on that warm start -> restore {base}, or evaluate {run / 'final'}")
+        model, tok = load_router(str(base), dtype=dtype, where="checkpoint")
     else:
-        model, tok = router_from_recipe(own)
+        import dataclasses
+
+        model, tok = router_from_recipe(dataclasses.replace(own, model=dataclasses.replace(own.model, dtype=dtype)))
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(model, str(ck)).merge_and_unload()

@@ -178,7 +178,7 @@ def test_lora_switch_and_tensorboard_logging(tmp_path, monkeypatch):
         "model.lora={r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}", "trainer.report_to=tensorboard",
         "trainer.max_steps=2", "sft.max_steps=20", "algorithm.sft_examples=16", "data.max_train=16", "data.max_heldout=4",
         "rollout.max_new_tokens=24", "algorithm.decision_entropy_floor=0.7", "algorithm.decision_entropy_coef=0.3", "algorithm.trim_padding=true",
-        "algorithm.microbatch_tokens=256", "trainer.save_steps=1", "curve.keep_best=false",
+        "algorithm.microbatch_tokens=256", "trainer.save_steps=1",
     ])
     m = train(r, output_dir=str(tmp_path), log=lambda _m: None)
     assert m["global_step"] == 2
@@ -198,40 +198,61 @@ def test_lora_switch_and_tensorboard_logging(tmp_path, monkeypatch):
 
 
 def _lora_checkpoints_are_routers(run, recipe):
-    """A LoRA run's RL checkpoint holds the adapter alone. It is the router of its step only on
-    the weights RL trained it on, the merged warm start (run/sft), not the pretrained model its
-    adapter_config names: loaded, it equals final/ of the same step; an unfinished run names it;
-    export writes it merged; eval writes beside the run, never inside rl/."""
+    """A LoRA run's RL checkpoint holds the adapter alone. It is a router only on the weights RL
+    trained it on, the merged warm start (run/sft), not the pretrained model its adapter_config
+    names: loaded, checkpoint-2 equals final/ of the same step, and an adapter that moves the
+    weights (checkpoint-2's, its lora_B drawn at random: this short run's rewards have no
+    variance, so RL left lora_B at zero) comes back as peft's merge into run/sft, neither the
+    warm start nor a merge into the recipe's untrained model. A run whose sft/ is gone is
+    refused, not merged elsewhere; an unfinished run names its newest checkpoint; export
+    writes it merged; eval writes beside the run, never inside rl/; `--checkpoints` evaluates
+    every one."""
     import shutil
 
+    import pytest
     import torch
     from peft import PeftModel
+    from safetensors.torch import load_file, save_file
 
-    from rl_router.evaluation.report import eval_target
+    from rl_router.errors import CheckpointError
+    from rl_router.evaluation.report import eval_target, evaluate
     from rl_router.models import load_checkpoint, resolve_checkpoint, router_from_recipe, unfinished_run
     from rl_router.serving.export import export
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
     ck = run / "rl" / "checkpoint-2"
     assert (ck / "adapter_config.json").exists() and not (ck / "config.json").exists()
     assert resolve_checkpoint(str(ck)) == ck
     final = load_checkpoint(run / "final", recipe)[0].state_dict()
     merged, tok = load_checkpoint(ck, recipe)
-    got = merged.state_dict()
-    assert got.keys() == final.keys() and all(torch.allclose(got[k], final[k], atol=1e-6) for k in final)
+    assert same(merged.state_dict(), final)
     assert tok("<route").input_ids == load_checkpoint(run / "final", recipe)[1]("<route").input_ids
-    naive = PeftModel.from_pretrained(router_from_recipe(recipe)[0], str(ck)).merge_and_unload().state_dict()  # on the untrained model
-    assert not all(torch.allclose(naive[k], final[k], atol=1e-6) for k in final)
-    shutil.move(run / "final", run / "final.kept")  # the run as it was before its last step's merge
+    moved = run / "rl" / "checkpoint-3"  # a later step's adapter, one that changes the weights
+    shutil.copytree(ck, moved)
+    gen = torch.Generator().manual_seed(0)
+    w = {k: (torch.randn(v.shape, generator=gen) * 0.05 if "lora_B" in k else v) for k, v in load_file(moved / "adapter_model.safetensors").items()}
+    save_file(w, moved / "adapter_model.safetensors")
+    got = load_checkpoint(moved, recipe)[0].state_dict()
+    warm = load_checkpoint(run / "sft", recipe)[0]
+    assert not same(got, warm.state_dict())
+    assert same(got, PeftModel.from_pretrained(warm, str(moved)).merge_and_unload().state_dict())
+    assert not same(got, PeftModel.from_pretrained(router_from_recipe(recipe)[0], str(moved)).merge_and_unload().state_dict())
+    shutil.move(run / "sft", run / "sft.kept")
     try:
-        assert f"its newest checkpoint is {ck}" in unfinished_run(str(run)) and f"rl-router eval {ck}" in unfinished_run(str(run))
+        with pytest.raises(CheckpointError, match="restore .*sft"):
+            load_checkpoint(ck, recipe)
+    finally:
+        shutil.move(run / "sft.kept", run / "sft")
+    shutil.move(run / "final", run / "final.kept")  # the run as it was before a final merge
+    try:
+        assert f"its newest checkpoint is {moved}" in unfinished_run(str(run)) and f"rl-router eval {moved}" in unfinished_run(str(run))
     finally:
         shutil.move(run / "final.kept", run / "final")
     assert eval_target(str(ck), None, [], None)[1] == run / "eval-rl-checkpoint-2"
-    from rl_router.evaluation.report import evaluate
-
     rows = evaluate(recipe, str(run), n=2, sampled=False, checkpoints=True)["checkpoints"]
-    assert [row["step"] for row in rows] == [0, 1, 2]  # the warm start, then both adapter checkpoints
-    out = export(ck, "me/router", recipe, run.parent / "export")
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]  # the warm start, then every adapter checkpoint
+    out = export(moved, "me/router", recipe, run / "export")
     assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
-    shipped = load_checkpoint(out, recipe)[0].state_dict()
-    assert all(torch.allclose(shipped[k], final[k], atol=1e-6) for k in final)
+    assert same(load_checkpoint(out, recipe)[0].state_dict(), got)

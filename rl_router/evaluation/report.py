@@ -360,6 +360,17 @@ def compare_policies(recipe: Recipe, names: list[str] | None, *, n: int | None =
     return {"tasks": len(held), "budget": recipe.env_config().budget, "greedy": greedy, "baseline_query": options.baseline_query, "policies": summaries}
 
 
+def default_eval_dir(ck: Path) -> Path:
+    """Where `rl-router eval` writes for a model folder `ck` (and where export looks for its
+    figures): RUN/eval for a run's final/, RUN/eval-rl-checkpoint-N for one of its checkpoints
+    (beside the run's folders: inside rl/, transformers' checkpoint rotation would take
+    checkpoint-N-eval for a checkpoint and delete it), else MODEL-eval beside the folder."""
+    ck = Path(ck)
+    if ck.name.removeprefix("checkpoint-").isdigit() and ck.parent.name in ("rl", "sft_run"):
+        return ck.parent.parent / f"eval-{ck.parent.name}-{ck.name}"
+    return ck.parent / "eval" if ck.name == "final" else ck.parent / f"{ck.name}-eval"
+
+
 def eval_target(target: str, recipe_path: str | None, sets: list[str], output_dir: str | None) -> tuple[Recipe, Path]:
     """What `rl-router eval TARGET` evaluates with and where it writes: the recipe (TARGET's own
     recipe.json unless --recipe), and the output folder, beside the target: RUN/eval for a
@@ -380,10 +391,8 @@ def eval_target(target: str, recipe_path: str | None, sets: list[str], output_di
     r = recipe_for_target(target, recipe_path, sets)
     if output_dir is not None:
         out = Path(output_dir)
-    elif ck is not None and ck.name.startswith("checkpoint-") and ck.parent.name in ("rl", "sft_run"):
-        out = ck.parent.parent / f"eval-{ck.parent.name}-{ck.name}"  # beside the run's folders: inside rl/, transformers would rotate checkpoint-N-eval away as a checkpoint
     elif ck is not None:
-        out = ck.parent / "eval" if ck.name == "final" else ck.parent / f"{ck.name}-eval"
+        out = default_eval_dir(ck)
     else:
         out = Path(r.output_dir) / "eval"
     if out.exists() and not out.is_dir():

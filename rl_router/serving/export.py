@@ -267,7 +267,9 @@ def _write_export(ck: Path, repo_id: str, recipe: Recipe, out: Path, *, eval_jso
     cfg = router_config(recipe, pool, calibration)
     (out / "router_config.json").write_text(json.dumps(cfg, indent=1, default=str))
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1, default=str))  # `rl-router eval EXPORT_DIR` re-measures it
-    ev_path = Path(eval_json) if eval_json else next((p for p in (ck.parent / "eval" / "eval.json", ck / "eval.json") if p.exists()), None)
+    from rl_router.evaluation.report import default_eval_dir
+
+    ev_path = Path(eval_json) if eval_json else next((p for p in (default_eval_dir(ck) / "eval.json", ck / "eval.json") if p.exists()), None)
     ev = json.loads(ev_path.read_text()) if ev_path and ev_path.exists() else None
     if ev is not None:
         (out / "eval.json").write_text(json.dumps(ev, indent=1))
