@@ -413,6 +413,31 @@ def test_the_protocol_anchor_holds_the_protocol_while_the_names_train(gsm8k_trai
     assert result[1.0][1] < 0.5 * result[0.0][1], result  # measured: +4.8 against +12.5 nats a token (the whole episode's script)
 
 
+def test_the_names_pass_runs_only_up_to_the_names_and_gives_the_whole_rows_log_probs(gsm8k_trainer):
+    """With the protocol anchor each group's first row runs on past its name (sub-query, reply,
+    adoption). The names pass cuts every row after the last name column (`name_columns`) and
+    gets the same log p(name) as the log-prob pass over the whole rows."""
+    from rl_router.training.logprobs import policy_logps
+    from rl_router.training.trainer import name_columns
+
+    reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted",
+                                   prompt_gradient=False, protocol_anchor=1.0)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([{"prompt": t.question} for t in tasks[:4] for _ in range(4)])
+    mask = out["completion_mask"] * out["tool_mask"]
+    comp, _, _ = name_columns(out["completion_ids"], out["completion_mask"], mask, out["decision_allowed"])
+    assert comp.size(1) < out["completion_mask"][0].sum() <= out["completion_ids"].size(1)  # the anchored rows run past the cut
+    trainer._prompt_cache = None
+    cut = trainer._scripted_name_logps(out)
+    with torch.no_grad():
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+        att = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+        whole, _ = policy_logps(trainer.model, ids, att, out["completion_ids"].size(1), temperature=trainer.temperature, positions=mask.bool(), allowed=out["decision_allowed"], prompt_grad=False)
+    torch.testing.assert_close(cut, whole.sum(1), rtol=1e-5, atol=1e-5)
+    assert float(cut.max()) < 0
+
+
 def test_an_anchored_training_batch_without_script_mask_is_refused(gsm8k_trainer):
     """A custom rollout function whose scripted episodes carry no `script_mask` leaves the
     anchor nothing to anchor: the trainer refuses the batch, naming the field and what makes it,

@@ -511,7 +511,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         without gradient. The same function and settings
         as the loss (`policy_logps` at the trainer's temperature), so the weights are the
         probabilities the loss then moves (equal up to bf16 rounding where the loss's
-        micro-batch is trimmed to a different width). The unwrapped model: under DDP a forward
+        micro-batch is trimmed to a different width), run only up to the last name column
+        (`name_columns`: an anchored row's tail is not run twice). The unwrapped model: under DDP a forward
         of the wrapped one syncs buffers, and the number of these forwards may differ by rank.
         Without the prompt's gradient, each prompt's forward is kept for this optimizer step's
         loss (`_prompt_cache`), which then runs only each prompt's last token and the completions."""
@@ -523,11 +524,12 @@ class RouterGRPOTrainer(GRPOTrainer):
             part = microbatch.rows(out, s, e)
             if self.trim_padding:
                 part = microbatch.trim_padding(part)
-            ids = torch.cat([part["prompt_ids"], part["completion_ids"]], 1)
-            att = torch.cat([part["prompt_mask"], part["completion_mask"]], 1)
             mask = part["completion_mask"] if "tool_mask" not in part else part["completion_mask"] * part["tool_mask"]
+            comp, cmask, allowed = name_columns(part["completion_ids"], part["completion_mask"], mask, part.get("decision_allowed"))
+            ids = torch.cat([part["prompt_ids"], comp], 1)
+            att = torch.cat([part["prompt_mask"], cmask], 1)
             with torch.no_grad(), self._frozen_casts():
-                lp, _ = policy_logps(model, ids, att, part["completion_ids"].size(1), temperature=self.temperature, positions=mask.bool(), allowed=part.get("decision_allowed"),
+                lp, _ = policy_logps(model, ids, att, comp.size(1), temperature=self.temperature, positions=mask[:, : comp.size(1)].bool(), allowed=allowed,
                                      autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient, prompt_cache=self._prompt_cache)
             sums.append(lp.sum(dim=1))
         return torch.cat(sums)
@@ -541,6 +543,19 @@ class RouterGRPOTrainer(GRPOTrainer):
             return [(s, min(s + G, B)) for s in range(0, B, G)]
         mb = self.args.per_device_train_batch_size
         return [(m + s, m + e) for m in range(0, B, mb) for s, e in self._pieces(microbatch.rows(out, m, min(m + mb, B)))]
+
+
+def name_columns(completion_ids: torch.Tensor, completion_mask: torch.Tensor, loss_mask: torch.Tensor, allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The completion columns up to the last one the loss reads (`loss_mask`), and their mask
+    and allowed sets: what the names pass needs. A causal model's log-prob at a column does not
+    depend on later ones, so cutting after the names changes no name's log-prob, and the
+    protocol anchor's whole-episode row (the sub-query, the pool's reply, the adoption after
+    its name: loss mask 0) is not run a second time without gradient. At least one column."""
+    read = loss_mask.bool().any(0).nonzero()
+    end = max(int(read.max()) + 1 if len(read) else 1, 1)
+    if end >= completion_ids.size(1):
+        return completion_ids, completion_mask, allowed
+    return completion_ids[:, :end], completion_mask[:, :end], (allowed[:, :end] if allowed is not None else None)
 
 
 def expected_reward(rewards: list[float], names: list[str | None], logps: list[float], G: int) -> float | None:
