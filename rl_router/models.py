@@ -163,7 +163,7 @@ def load_adapter_checkpoint(ck: Path, recipe: Any = None) -> tuple[Any, Any]:
     there would silently drop the warm start."""
     from rl_router.checkpoints import model_problem
     from rl_router.errors import CheckpointError
-    from rl_router.recipe import recipe_for_target
+    from rl_router.parsing import read_json
 
     ck = Path(ck).resolve()
     run = adapter_run(ck)
@@ -171,18 +171,20 @@ def load_adapter_checkpoint(ck: Path, recipe: Any = None) -> tuple[Any, Any]:
     why = model_problem(ck)
     if why:
         raise CheckpointError(f"{why} -> evaluate another checkpoint of the run, or its final/")
-    own = recipe_for_target(str(run), None, [])  # what the run trained on, whatever --recipe says
-    dtype = getattr(getattr(recipe, "model", None), "dtype", None) or own.model.dtype
-    if ck.parent.name == "rl" and own.algorithm.sft_warmstart:
+    own = read_json(run / "recipe.json", "recipe", fix=f"restore {run / 'recipe.json'} from the run")  # what the run trained on, whatever --recipe says
+    own = own if isinstance(own, dict) else {}
+    m, a = own.get("model") or {}, own.get("algorithm") or {}
+    dtype = getattr(getattr(recipe, "model", None), "dtype", None) or m.get("dtype")
+    if ck.parent.name == "rl" and a.get("sft_warmstart", (run / "sft").exists()):
         base = run / "sft"
         why = model_folder_problem(str(base)) or model_problem(base)
         if why:
             raise CheckpointError(f"{why}: {ck} is an adapter trained on that warm start -> restore {base}, or evaluate {run / 'final'}")
         model, tok = load_router(str(base), dtype=dtype, where="checkpoint")
+    elif m.get("name_or_path", "tiny") == "tiny":
+        model, tok = load_router("tiny", **{k: m[k] for k in ("hidden_size", "num_layers", "seed") if k in m})
     else:
-        import dataclasses
-
-        model, tok = router_from_recipe(dataclasses.replace(own, model=dataclasses.replace(own.model, dtype=dtype)))
+        model, tok = load_router(m["name_or_path"], dtype=dtype, where="checkpoint")
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(model, str(ck)).merge_and_unload()
