@@ -256,3 +256,32 @@ def _lora_checkpoints_are_routers(run, recipe):
     out = export(moved, "me/router", recipe, run / "export")
     assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
     assert same(load_checkpoint(out, recipe)[0].state_dict(), got)
+
+
+def test_a_lora_checkpoint_of_a_run_without_a_warm_start_is_merged_into_the_recipes_model(tmp_path):
+    """Without a warm start RL's adapter is trained on the recipe's own model: a checkpoint whose
+    adapter moves the weights (lora_B drawn at random) loads as peft's merge into that model."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    from rl_router.models import load_checkpoint, router_from_recipe
+    from rl_router.recipe import load_recipe
+    from rl_router.training.pipeline import train
+
+    r = load_recipe(None, ["model.lora={r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}", "algorithm.sft_warmstart=false", "trainer.max_steps=1", "trainer.save_steps=1",
+                           "data.max_train=8", "data.max_heldout=2", "rollout.max_new_tokens=16"])
+    train(r, output_dir=str(tmp_path), log=lambda _m: None)
+    assert not (tmp_path / "sft").exists()
+    ck = tmp_path / "rl" / "checkpoint-1"
+    moved = tmp_path / "rl" / "checkpoint-2"
+    shutil.copytree(ck, moved)
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: (torch.randn(v.shape, generator=gen) * 0.05 if "lora_B" in k else v) for k, v in load_file(moved / "adapter_model.safetensors").items()}, moved / "adapter_model.safetensors")
+    got = load_checkpoint(moved, r)[0].state_dict()
+    base = router_from_recipe(r)[0]
+    assert not all(torch.allclose(got[k], v, atol=1e-6) for k, v in base.state_dict().items())
+    want = PeftModel.from_pretrained(base, str(moved)).merge_and_unload().state_dict()
+    assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
