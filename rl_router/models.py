@@ -134,6 +134,12 @@ def load_checkpoint(target: str | Path, recipe: Any = None) -> tuple[Any, Any]:
     return load_router(str(ck), dtype=getattr(getattr(recipe, "model", None), "dtype", None), where="checkpoint")
 
 
+def is_run_checkpoint(folder: Path) -> bool:
+    """Whether `folder` is a trainer checkpoint inside a run: RUN/rl/checkpoint-N or RUN/sft_run/checkpoint-N."""
+    folder = Path(folder)
+    return folder.name.removeprefix("checkpoint-").isdigit() and folder.parent.name in ("rl", "sft_run")
+
+
 def adapter_run(folder: Path) -> Path | None:
     """The training run a LoRA trainer checkpoint belongs to (RUN for RUN/rl/checkpoint-N or
     RUN/sft_run/checkpoint-N: adapter weights, no config.json), else None.
@@ -144,7 +150,7 @@ def adapter_run(folder: Path) -> Path | None:
     folder = Path(folder).resolve()
     if (folder / "config.json").exists() or not (folder / "adapter_config.json").is_file():
         return None
-    if folder.parent.name not in ("rl", "sft_run") or not folder.name.removeprefix("checkpoint-").isdigit():
+    if not is_run_checkpoint(folder):
         return None
     run = folder.parent.parent
     return run if (run / "recipe.json").is_file() else None

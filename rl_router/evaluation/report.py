@@ -35,7 +35,7 @@ from rl_router.evaluation.calibration import knob_point, knob_points, read_route
 from rl_router.evaluation.comparisons import References, paired_vs, references, score_curve, score_policy
 from rl_router.evaluation.evaluator import EvalOptions, Evaluator, hashed_choice, router_policy
 from rl_router.frontier import cost_to_reach, oracle_frontier, pgr, point
-from rl_router.models import adapter_run, resolve_checkpoint
+from rl_router.models import adapter_run, is_run_checkpoint, resolve_checkpoint
 from rl_router.recipe import Recipe
 from rl_router.stats import resample_index, statistic_ci
 from rl_router.task_sources import recipe_pool, recipe_tasks
@@ -366,7 +366,7 @@ def default_eval_dir(ck: Path) -> Path:
     (beside the run's folders: inside rl/, transformers' checkpoint rotation would take
     checkpoint-N-eval for a checkpoint and delete it), else MODEL-eval beside the folder."""
     ck = Path(ck)
-    if ck.name.removeprefix("checkpoint-").isdigit() and ck.parent.name in ("rl", "sft_run"):
+    if is_run_checkpoint(ck):
         return ck.parent.parent / f"eval-{ck.parent.name}-{ck.name}"
     return ck.parent / "eval" if ck.name == "final" else ck.parent / f"{ck.name}-eval"
 

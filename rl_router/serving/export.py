@@ -255,9 +255,9 @@ def _write_export(ck: Path, repo_id: str, recipe: Recipe, out: Path, *, eval_jso
         if not (out / "model.safetensors").exists() and not (out / "model.safetensors.index.json").exists():
             for f in ck.glob("model-*.safetensors"):
                 shutil.copy2(f, out / f.name)
-    if (ck / "adapter_config.json").exists() and adapter_run(ck) is None:
-        for f in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copy2(ck / f, out / f)
+        if (ck / "adapter_config.json").exists():
+            for f in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copy2(ck / f, out / f)
     from rl_router.evaluation.calibration import CALIBRATION_FILE, read_route_bias
 
     pool = recipe_pool(recipe)

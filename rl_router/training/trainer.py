@@ -552,7 +552,7 @@ def name_columns(completion_ids: torch.Tensor, completion_mask: torch.Tensor, lo
     protocol anchor's whole-episode row (the sub-query, the pool's reply, the adoption after
     its name: loss mask 0) is not run a second time without gradient. At least one column."""
     read = loss_mask.bool().any(0).nonzero()
-    end = max(int(read.max()) + 1 if len(read) else 1, 1)
+    end = int(read.max()) + 1 if len(read) else 1
     if end >= completion_ids.size(1):
         return completion_ids, completion_mask, allowed
     return completion_ids[:, :end], completion_mask[:, :end], (allowed[:, :end] if allowed is not None else None)
