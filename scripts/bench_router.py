@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--autocast", action="store_true", help="also run the eval under bf16 autocast (model.autocast: bfloat16) and compare")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval, before (the model.generate eval), oldbf16 (--autocast: the stop-38 bf16 path), curve, sft, grpo")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval, fp32 (the float32 eval and its bare forward; --autocast still runs), before (the model.generate eval), oldbf16 (--autocast: the stop-38 bf16 path), curve, sft, grpo")
     a = ap.parse_args()
     os.environ.setdefault("RL_ROUTER_NO_PROGRESS", "1")
     import torch
@@ -103,15 +103,16 @@ def main() -> None:
           f"max {r.rollout.max_new_tokens} new tokens per turn, {r.env_config().max_turns} turns, torch threads {torch.get_num_threads()}")
     res: dict[str, float] = {}
     if "eval" not in skip:
-        t_after, eps_after = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names), batch_size=a.batch), a.repeats)
-        if "before" in skip:
+        fp32 = "fp32" not in skip  # --skip fp32: only the bf16 evals (--autocast) and their bare bf16 forward
+        t_after, eps_after = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names), batch_size=a.batch), a.repeats) if fp32 else (float("nan"), None)
+        if "before" in skip or not fp32:
             t_before, same = float("nan"), "-"
         else:
             t_before, eps_before = timed(lambda: engine.run_batched(held, GeneratePolicy(model, tok, **kw), batch_size=a.batch), a.repeats)
             same = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_before, eps_after))
-        seqs = [e["prompt_ids"] + e["completion_ids"] for e in eps_after]
+        seqs = [e["prompt_ids"] + e["completion_ids"] for e in eps_after] if fp32 else []
         n_tok = sum(len(s) for s in seqs)
-        t_bare, _ = timed(lambda: bare_forward(model, tok, seqs, a.batch), a.repeats)
+        t_bare, _ = timed(lambda: bare_forward(model, tok, seqs, a.batch), a.repeats) if fp32 else (float("nan"), None)
         res.update(before_tasks_s=len(held) / t_before, after_tasks_s=len(held) / t_after, bare_tokens_s=n_tok / t_bare)
         print(f"(a) bare forward over the eval episodes' {n_tok} tokens: {t_bare:.2f} s, {n_tok / t_bare:.0f} tokens/s (the limit)")
         print(f"(b) eval before (generate, re-prefill): {t_before:.2f} s = {len(held) / t_before:.3f} tasks/s")
@@ -122,7 +123,7 @@ def main() -> None:
             from rl_router.rollout import decoder
 
             t_bf, eps_bf = timed(lambda: engine.run_batched(held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16"), batch_size=a.batch), a.repeats)
-            same_bf = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_after, eps_bf))
+            same_bf = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_after, eps_bf)) if fp32 else "-"
             # bf16 as the evaluator runs it: tasks batched by length, the system prompt read once by every row
             t_ev, eps_ev = timed(lambda: run_sharded(engine, held, HFPolicy(model, tok, **kw, **names, autocast="bfloat16", share_system_prompt=True), batch_size=a.batch), a.repeats)
             same_ev = sum(x["completion_ids"] == y["completion_ids"] for x, y in zip(eps_ev, eps_bf))

@@ -101,7 +101,8 @@ def step_ratio(recipe: str | None = None, *, steps: int = 6, router: str | None 
     return med(timer_m.times), med(timer.times)
 
 
-def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, router: str | None = None, sets: list[str] | None = None, rollout_only: bool = False) -> dict:
+def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, router: str | None = None, sets: list[str] | None = None, rollout_only: bool = False,
+                row_split_ab: int = 0) -> dict:
     """One GRPO step of `tasks_n` tasks x `samples` samples on the recipe's router, on the same
     tasks, by one `path` (one repeat: a SmolLM2 step is minutes). Each path runs in its own
     process (`main` starts them), so each peak RSS is its own and two models never share memory:
@@ -175,20 +176,37 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
         pm, cm = out["prompt_mask"], out["completion_mask"]
         return dict(path=path, tasks=tasks_n, samples=samples, distinct_tokens=int(pm[::samples].sum()) + int(cm.sum()), all_tokens=int(pm.sum() + cm.sum()), rollout_s=rollout_s,
                     rss_rollout_mib=rss_rollout, bf16=bf16, completion_tokens=int(cm.sum()))
-    t0 = time.perf_counter()
-    tr.current_gradient_accumulation_steps = accumulate
-    if by_tokens:  # the trainer's own pieces: each but the last backwarded inside compute_loss
-        tr.compute_loss(tr.model, out).backward()
-    else:
-        for s in range(0, n, samples):
-            compute(tr, tr.model, microbatch.rows(out, s, s + samples)).backward()
-    tr.model.zero_grad()
-    loss_s = time.perf_counter() - t0
+    def loss_and_backward() -> float:
+        t0 = time.perf_counter()
+        tr.current_gradient_accumulation_steps = accumulate
+        if by_tokens:  # the trainer's own pieces: each but the last backwarded inside compute_loss
+            tr.compute_loss(tr.model, out).backward()
+        else:
+            for s in range(0, n, samples):
+                compute(tr, tr.model, microbatch.rows(out, s, s + samples)).backward()
+        tr.model.zero_grad()
+        return time.perf_counter() - t0
+
+    loss_s = loss_and_backward()
+    ab = {}
+    if row_split_ab:  # the same batch's loss with the packed attention row by row and as one masked call, alternately
+        from rl_router.training import logprobs
+
+        share = logprobs.SPLIT_SHARE
+        times: dict[str, list[float]] = {"row_split": [], "packed_mask": []}
+        try:
+            for i in range(row_split_ab):
+                for mode in (("row_split", "packed_mask") if i % 2 else ("packed_mask", "row_split")):
+                    logprobs.SPLIT_SHARE = share if mode == "row_split" else 0.0
+                    times[mode].append(loss_and_backward())
+        finally:
+            logprobs.SPLIT_SHARE = share
+        ab = {"ab_" + k: v for k, v in times.items()}
     pm, cm = out["prompt_mask"], out["completion_mask"]
     res = dict(path=path, tasks=tasks_n, samples=samples, prompt_width=out["prompt_ids"].size(1), completion_width=out["completion_ids"].size(1),
                distinct_tokens=int(pm[::samples].sum()) + int(cm.sum()), all_tokens=int(pm.sum() + cm.sum()), rollout_s=rollout_s, loss_s=loss_s, step_s=rollout_s + loss_s,
                rss_rollout_mib=rss_rollout, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, bf16=bf16,
-               microbatch_tokens=opts.get("microbatch_tokens"), loss_pieces=tr._metrics["train"].get("loss/pieces", [None])[-1])
+               microbatch_tokens=opts.get("microbatch_tokens"), loss_pieces=tr._metrics["train"].get("loss/pieces", [None])[-1], **ab)
     if path != "ours":
         return res
     # bare forward + backward over the distinct tokens: per group, the first row whole (its prompt and
@@ -216,7 +234,8 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     return res
 
 
-def run_shared(recipe: str, *, tasks_n: int, samples: int, router: str | None, paths: list[str], sets: list[str] | None = None, rollout_only: bool = False) -> dict[str, dict]:
+def run_shared(recipe: str, *, tasks_n: int, samples: int, router: str | None, paths: list[str], sets: list[str] | None = None, rollout_only: bool = False,
+               row_split_ab: int = 0) -> dict[str, dict]:
     """Each path in a fresh Python process, one after the other (never two models at once)."""
     import json
     import subprocess
@@ -226,7 +245,7 @@ def run_shared(recipe: str, *, tasks_n: int, samples: int, router: str | None, p
     with tempfile.TemporaryDirectory() as d:
         for p in paths:
             f = os.path.join(d, f"{p}.json")
-            cmd = [sys.executable, __file__, "--recipe", recipe, "--shared", f"{tasks_n}x{samples}", "--path", p, "--json", f] + (["--router", router] if router else []) + [a for x in sets or [] for a in ("--set", x)] + (["--rollout-only"] if rollout_only else [])
+            cmd = [sys.executable, __file__, "--recipe", recipe, "--shared", f"{tasks_n}x{samples}", "--path", p, "--json", f] + (["--router", router] if router else []) + [a for x in sets or [] for a in ("--set", x)] + (["--rollout-only"] if rollout_only else []) + (["--row-split-ab", str(row_split_ab)] if row_split_ab and p == "ours" else [])
             subprocess.run(cmd, check=True)
             out[p] = json.loads(open(f).read())
             print(f"{p}: {json.dumps(out[p])}", flush=True)
@@ -244,6 +263,8 @@ def main() -> None:
     ap.add_argument("--paths", default="ours,trl", help="--shared: the paths to run, each in its own process (e.g. ours: only ours and the bare pass)")
     ap.add_argument("--set", action="append", default=[], metavar="K=V", help="--shared: a recipe override (repeatable), e.g. algorithm.trim_padding=true")
     ap.add_argument("--rollout-only", action="store_true", help="--shared: time the rollout and its peak RSS only (e.g. with --set rollout.share_prompts=false, the unshared cache)")
+    ap.add_argument("--row-split-ab", type=int, default=0, metavar="N", help="--shared, ours: after the timed step, the same batch's loss and backward N times each with the packed "
+                    "completions' attention row by row and as one masked call (training/logprobs.py SPLIT_SHARE), alternately, in this process: medians and the per-pair ratio")
     a = ap.parse_args()
     if a.shared:
         t, s_ = (int(x) for x in a.shared.lower().split("x"))
@@ -251,12 +272,12 @@ def main() -> None:
         if a.path:
             import json
 
-            res = shared_step(recipe, a.path, tasks_n=t, samples=s_, router=a.router, sets=a.set, rollout_only=a.rollout_only)
+            res = shared_step(recipe, a.path, tasks_n=t, samples=s_, router=a.router, sets=a.set, rollout_only=a.rollout_only, row_split_ab=a.row_split_ab)
             if a.json:
                 with open(a.json, "w") as f:
                     json.dump(res, f)
             return
-        res = run_shared(recipe, tasks_n=t, samples=s_, router=a.router, paths=a.paths.split(","), sets=a.set, rollout_only=a.rollout_only)
+        res = run_shared(recipe, tasks_n=t, samples=s_, router=a.router, paths=a.paths.split(","), sets=a.set, rollout_only=a.rollout_only, row_split_ab=a.row_split_ab)
         if a.rollout_only:
             for p, o in res.items():
                 print(f"{p}: rollout of {t} tasks x {s_} samples {o['rollout_s']:.1f} s, {o['completion_tokens']} completion tokens; peak RSS {o['rss_rollout_mib']:.0f} MiB")
@@ -267,6 +288,12 @@ def main() -> None:
             print(f"ours: rollout {o['rollout_s']:.1f} s + loss and backward {o['loss_s']:.1f} s = {o['step_s']:.1f} s; peak RSS {o['rss_mib']:.0f} MiB (before the bare pass; {o['rss_rollout_mib']:.0f} after the rollout)")
             print(f"bare forward + backward over the distinct tokens: {o['bare_fb_s']:.1f} s")
             print(f"step ours / bare F+B {o['step_s'] / o['bare_fb_s']:.2f} (goal <= 1.3); loss ours / bare F+B {o['loss_s'] / o['bare_fb_s']:.2f}; peak RSS ours {o['rss_mib']:.0f} MiB (goal <= 6144)")
+        if o and o.get("ab_row_split"):
+            import statistics
+
+            rs, pm = o["ab_row_split"], o["ab_packed_mask"]
+            print(f"the same loss and backward, alternately ({len(rs)} each): attention row by row median {statistics.median(rs):.1f} s, as one masked call {statistics.median(pm):.1f} s; "
+                  f"per-pair ratios {', '.join(f'{a / b:.2f}' for a, b in zip(rs, pm))}")
         if x:
             print(f"TRL (model.generate + GRPOTrainer._compute_loss, float32): rollout {x['rollout_s']:.1f} s + loss and backward {x['loss_s']:.1f} s = {x['step_s']:.1f} s; peak RSS {x['rss_mib']:.0f} MiB ({x['rss_rollout_mib']:.0f} after the rollout)")
         if o and x:

@@ -154,3 +154,64 @@ def test_only_full_attention_sdpa_models_pack():
     assert packs(Qwen2ForCausalLM(Qwen2Config(**small, attn_implementation="sdpa")))
     assert not packs(Qwen2ForCausalLM(Qwen2Config(**small, use_sliding_window=True, sliding_window=8, max_window_layers=0, attn_implementation="sdpa")))
     assert not packs(Qwen2ForCausalLM(Qwen2Config(**small, attn_implementation="eager")))
+
+
+@pytest.mark.parametrize("arch", ["qwen2 (tiny router)", "llama (GQA, tied embeddings)"])
+def test_row_by_row_attention_equals_the_packed_mask_and_scores_fewer_pairs(arch):
+    """A packed group's attention runs each row against its prompt and its own tokens only
+    (`install_row_split_attention`) where that scores fewer (query, key) pairs than the packed
+    block-diagonal mask: the log-probs, entropies and gradients equal the packed pass's, with
+    and without the prompt's gradient, and with LoRA."""
+    from unittest import mock
+
+    from peft import LoraConfig, get_peft_model
+
+    from rl_router.training import logprobs
+
+    model = build_tiny_router(seed=2, hidden_size=32, num_layers=2)[0] if arch.startswith("qwen2") else llama_like()
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    model.train()
+    ids, att, C, positions = batch(model.get_input_embeddings().weight.shape[0], groups=3, per=4, C=12)
+    decided = []
+    pays = logprobs._split_pays
+
+    def spy(K, Q, spans, share=None):
+        decided.append((K, Q, [len(r) for r in spans], pays(K, Q, spans, share)))
+        return decided[-1][-1]
+
+    for prompt_grad in (True, False):
+        kw = dict(input_ids=ids, attention_mask=att, logits_to_keep=C, temperature=0.7, positions=positions, compute_entropy=True, prompt_grad=prompt_grad)
+        decided.clear()
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        queries = []
+
+        def seen_sdpa(q, *a, **k):
+            queries.append(tuple(q.shape[:1]) + tuple(q.shape[2:3]))
+            return sdpa(q, *a, **k)
+
+        with mock.patch.object(logprobs, "_split_pays", spy), mock.patch("torch.nn.functional.scaled_dot_product_attention", seen_sdpa):
+            lp_s, ent_s, g_s = grads(model, **kw)
+        # one pass, one decision: 3 packs of 4 rows, and splitting pays for these rows
+        assert len(decided) == 1 and decided[0][2] == [4, 4, 4] and decided[0][3] is True
+        Q = decided[0][1]
+        # the completions' attention ran one row at a time (batch 1, a row's tokens), never the packed width
+        per_row = [q for q in queries if q[0] == 1 and q[1] <= C]
+        assert len(per_row) == 12 * 2 and not any(q == (3, Q) for q in queries)  # 12 rows x 2 layers
+        with mock.patch.object(logprobs, "_split_pays", lambda *a, **k: False):
+            lp_p, ent_p, g_p = grads(model, **kw)
+        torch.testing.assert_close(lp_s, lp_p, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ent_s, ent_p, rtol=1e-5, atol=1e-5)
+        assert g_s.keys() == g_p.keys() and g_s
+        for n in g_s:
+            torch.testing.assert_close(g_s[n], g_p[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_the_row_split_is_chosen_only_where_it_scores_fewer_pairs():
+    from rl_router.training.logprobs import _split_pays
+
+    # sampled GRPO: 8 rows of 100 tokens after a 470-token prompt: 456k pairs against 1.02M packed
+    assert _split_pays(470, 800, [[(i * 100, (i + 1) * 100) for i in range(8)]])
+    # scripted names: 9 rows of 5 tokens after the prompt: 21k against 23k, one call a pack is cheaper
+    assert not _split_pays(470, 45, [[(i * 5, (i + 1) * 5) for i in range(9)]])
+    # one row a pack: nothing to split
+    assert not _split_pays(10, 50, [[(0, 50)], [(0, 40)]])

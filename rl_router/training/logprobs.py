@@ -36,7 +36,8 @@ decisions (`check_trainable`), since their renormalised log-probs would need the
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -262,7 +263,11 @@ def _packed_completions(model: Any, autocast: Any, comp: torch.Tensor, attention
     attention as one row per sample, but the prompt's keys and values are read once per group
     instead of copied into every row, and the linear layers see one matrix of the group's
     tokens. Columns that are padding (mask 0) are not run; their rows here are zeros (the loss
-    never reads them)."""
+    never reads them). The mask lets a row see none of its pack's other rows, so where that
+    wastes most of the attention (long sampled completions) the attention itself runs row by
+    row against the context and the row's own tokens (`install_row_split_attention`), while
+    the linear layers still see one matrix a pack."""
+    install_row_split_attention()
     B, W = comp.shape
     cm = attention_mask[:, K:].bool()
     ng = first.numel()
@@ -282,9 +287,102 @@ def _packed_completions(model: Any, autocast: Any, comp: torch.Tensor, attention
     own = (seg[:, :, None] == seg[:, None, :]) & (col[:, None, :] <= col[:, :, None]) & (seg[:, None, :] >= 0)  # query x key, within one sample
     ctx = attention_mask[first, :K].bool()[:, None, :].expand(ng, Q, K)
     mask = torch.cat([ctx, own], dim=-1)[:, None]  # ng x 1 x Q x (K + Q): True attends
-    hp, _ = _hidden(model, autocast, input_ids=ids, attention_mask=mask, position_ids=K + col, past_key_values=past, use_cache=True)
+    spans = _row_spans(g_idx, r_idx, counts)
+    # not under activation checkpointing: its recomputation runs outside this block, and must
+    # compute the attention as the forward did
+    checkpointed = getattr(causal_lm(model), "is_gradient_checkpointing", False)
+    plan = RowSplit(K, Q, spans) if not checkpointed and _split_pays(K, Q, spans) else None
+    token = _ROW_SPLIT.set(plan)
+    try:
+        hp, _ = _hidden(model, autocast, input_ids=ids, attention_mask=mask, position_ids=K + col, past_key_values=past, use_cache=True)
+    finally:
+        _ROW_SPLIT.reset(token)
     out = hp.new_zeros(B, W, hp.size(-1))
     return out.index_put((r_idx, j_idx), hp[g_idx, slot])
+
+
+class RowSplit(NamedTuple):
+    """How a packed completion pass's attention is computed row by row (`row_split_attention`):
+    the context's width K, the packed width Q, and for each pack the slot range of each of its
+    rows (in slot order; slots after the last range are padding)."""
+
+    K: int
+    Q: int
+    spans: list[list[tuple[int, int]]]
+
+
+#: set by `_packed_completions` around its forward: the attention below then runs each packed row
+#: against its context and its own tokens only (None: attention as the model's)
+_ROW_SPLIT: ContextVar[RowSplit | None] = ContextVar("rl_router_row_split", default=None)
+_ROW_SPLIT_INSTALLED = False
+
+
+def _row_spans(g_idx: torch.Tensor, r_idx: torch.Tensor, counts: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """For each pack, the slot range of each of its rows (slots are ordered by pack, row, column)."""
+    spans: list[list[tuple[int, int]]] = [[] for _ in range(counts.numel())]
+    if g_idx.numel() == 0:
+        return spans
+    keys, n = torch.unique_consecutive(g_idx * (int(r_idx.max()) + 1) + r_idx, return_counts=True)
+    packs_of = (keys // (int(r_idx.max()) + 1)).tolist()
+    at = [0] * counts.numel()
+    for g, c in zip(packs_of, n.tolist()):
+        spans[g].append((at[g], at[g] + c))
+        at[g] += c
+    return spans
+
+
+#: `_split_pays`' share (0: never split; scripts/bench_step.py --row-split-ab times the loss both ways)
+SPLIT_SHARE = 0.6
+
+
+def _split_pays(K: int, Q: int, spans: list[list[tuple[int, int]]], share: float | None = None) -> bool:
+    """Whether running the attention row by row scores at most `share` of the (query, key) pairs
+    the packed mask scores (each pack's Q queries against K + Q keys, most of them masked: a
+    row never sees its pack's other rows). Sampled GRPO groups (8 rows of ~100 tokens after a
+    ~470-token prompt) score less than half; scripted names (a few tokens a row) about as many,
+    where one call a pack is cheaper than one a row."""
+    share = SPLIT_SHARE if share is None else share
+    split = sum((e - b) * (K + e - b) for rows in spans for b, e in rows)
+    return sum(len(rows) for rows in spans) > len(spans) and split <= share * len(spans) * Q * (K + Q)
+
+
+def install_row_split_attention() -> None:
+    """Wrap transformers' "sdpa" attention (once per process) so a packed completion pass can
+    run each row's attention on its own: its queries against its pack's context (the first K
+    keys) and its own keys, instead of every query of the pack against all K + Q keys under a
+    block-diagonal mask. The same softmax over the same unmasked keys (tested equal to the
+    packed pass, values and gradients), less work: the packed mask scores every pair of a pack's
+    rows and masks most of them. Outside `_packed_completions` (no plan set, or another shape)
+    the wrapper passes straight through."""
+    global _ROW_SPLIT_INSTALLED
+    if _ROW_SPLIT_INSTALLED:
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    inner = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def row_split_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kw: Any) -> Any:
+        plan = _ROW_SPLIT.get()
+        if plan is None or attention_mask is None or query.dim() != 4 or query.size(0) != len(plan.spans) or query.size(2) != plan.Q or key.size(2) != plan.K + plan.Q:
+            return inner(module, query, key, value, attention_mask, **kw)
+        K, dev = plan.K, query.device
+        ctx = torch.arange(K, device=dev)
+        outs = []
+        for g, rows in enumerate(plan.spans):
+            parts = []
+            for b, e in rows:
+                keep = torch.cat([ctx, torch.arange(K + b, K + e, device=dev)])
+                o, _ = inner(module, query[g : g + 1, :, b:e], key[g : g + 1].index_select(2, keep), value[g : g + 1].index_select(2, keep),
+                             attention_mask[g : g + 1, ..., b:e, :].index_select(-1, keep), **kw)
+                parts.append(o)  # 1 x rows x heads x dim (transformers' layout after attention)
+            end = rows[-1][1] if rows else 0
+            if end < plan.Q:  # padding slots: no row reads them
+                parts.append(query.new_zeros(1, plan.Q - end, query.size(1), value.size(-1), dtype=parts[0].dtype if parts else query.dtype))
+            outs.append(torch.cat(parts, dim=1))
+        return torch.cat(outs, dim=0), None
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = row_split_sdpa
+    _ROW_SPLIT_INSTALLED = True
 
 
 def shared_prefix(completion_ids: torch.Tensor, completion_mask: torch.Tensor, inv: torch.Tensor, first: torch.Tensor) -> int:
