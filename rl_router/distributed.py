@@ -17,9 +17,34 @@ import os
 from typing import Any
 
 
+_LEAVE_REGISTERED = False
+
+
 def process_state() -> Any:
     import torch
     from accelerate import PartialState
 
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return PartialState(cpu=cpu)
+    state = PartialState(cpu=cpu)
+    _leave_group_at_exit()
+    return state
+
+
+def _leave_group_at_exit() -> None:
+    """Destroy the process group when the process exits normally. Why: left to the interpreter's
+    teardown, gloo's background threads can be destroyed while still joinable, and the process
+    then aborts ("terminate called without an active exception", SIGABRT) after its work is
+    done: a finished distributed command exiting non-zero. Seen once in CI on a 2-rank test."""
+    global _LEAVE_REGISTERED
+    if _LEAVE_REGISTERED:
+        return
+    import atexit
+
+    def leave() -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(leave)
+    _LEAVE_REGISTERED = True

@@ -86,3 +86,26 @@ def test_a_rank_without_episodes_keeps_generating_in_step_under_zero3():
     assert n0 == 2 and n1 == 0
     assert len(calls0) == len(calls1) >= 1  # the same number of generate rounds on both ranks
     assert all(c > 0 for c in calls0) and all(c == 0 for c in calls1) and dummy1 == len(calls1) and dummy0 == 0
+
+
+def _leaving_rank(rank: int, port: int, out: dict) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import atexit
+
+    import torch.distributed as dist
+
+    from rl_router.distributed import process_state
+
+    state = process_state()
+    joined = dist.is_initialized() and state.num_processes == 2
+    atexit._run_exitfuncs()  # what a normal exit runs
+    out[rank] = (joined, dist.is_initialized())
+
+
+def test_a_rank_leaves_its_process_group_when_it_exits():
+    """Each rank destroys its gloo process group at exit (distributed._leave_group_at_exit), so
+    a finished command does not abort in gloo's teardown."""
+    port = free_port()
+    out = mp.Manager().dict()
+    mp.spawn(_leaving_rank, args=(port, out), nprocs=2, join=True)
+    assert out[0] == out[1] == (True, False)
