@@ -302,7 +302,7 @@ def _packed_completions(model: Any, autocast: Any, comp: torch.Tensor, attention
 
 
 class RowSplit(NamedTuple):
-    """How a packed completion pass's attention is computed row by row (`row_split_attention`):
+    """How a packed completion pass's attention is computed row by row (`install_row_split_attention`):
     the context's width K, the packed width Q, and for each pack the slot range of each of its
     rows (in slot order; slots after the last range are padding)."""
 
