@@ -66,6 +66,16 @@ def grads(model, **kw):
     return lp.detach(), ent.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def assert_same_pass(a, b):
+    """Two `grads` results agree: log-probs and entropies to 1e-5, every gradient to 1e-4 / 1e-6."""
+    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = a, b
+    torch.testing.assert_close(lp_a, lp_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent_a, ent_b, rtol=1e-5, atol=1e-5)
+    assert g_a.keys() == g_b.keys() and g_a
+    for n in g_a:
+        torch.testing.assert_close(g_a[n], g_b[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 @pytest.mark.parametrize("arch", ["qwen2 (tiny router)", "llama (GQA, tied embeddings)"])
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("prefix", [0, 3])
@@ -82,11 +92,7 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_per_row_computation(arc
     lp_s, ent_s, g_s = grads(model, share_prompts=True, **kw)
     lp_r, ent_r, g_r = grads(model, share_prompts=False, **kw)
     assert (lp_s[~positions] == 0).all() and (lp_s[positions] < 0).all()
-    torch.testing.assert_close(lp_s, lp_r, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(ent_s, ent_r, rtol=1e-5, atol=1e-5)
-    assert g_s.keys() == g_r.keys() and g_s
-    for n in g_s:
-        torch.testing.assert_close(g_s[n], g_r[n], rtol=1e-4, atol=1e-6, msg=n)
+    assert_same_pass((lp_s, ent_s, g_s), (lp_r, ent_r, g_r))
     # and in micro-batches (gradient accumulation): the same sums
     lp_b, _, g_b = grads(model, share_prompts=True, batch_size=5, **kw)
     torch.testing.assert_close(lp_b, lp_r, rtol=1e-5, atol=1e-5)
@@ -134,13 +140,7 @@ def test_a_groups_shared_completion_prefix_runs_once_and_changes_nothing():
     assert seen == [(3, ids.shape[1] - C), (3, 4), (3, packed_width(att, C, skip=4))]
     for prompt_grad in (True, False):
         kw = dict(input_ids=ids, attention_mask=att, logits_to_keep=C, temperature=0.7, positions=positions, compute_entropy=True, prompt_grad=prompt_grad)
-        lp_s, ent_s, g_s = grads(model, share_prefix=True, **kw)
-        lp_r, ent_r, g_r = grads(model, share_prefix=False, **kw)
-        torch.testing.assert_close(lp_s, lp_r, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(ent_s, ent_r, rtol=1e-5, atol=1e-5)
-        assert g_s.keys() == g_r.keys() and g_s
-        for n in g_s:
-            torch.testing.assert_close(g_s[n], g_r[n], rtol=1e-4, atol=1e-6, msg=n)
+        assert_same_pass(grads(model, share_prefix=True, **kw), grads(model, share_prefix=False, **kw))
 
 
 def test_only_full_attention_sdpa_models_pack():
@@ -190,7 +190,7 @@ def test_row_by_row_attention_equals_the_packed_mask_and_scores_fewer_pairs(arch
             return sdpa(q, *a, **k)
 
         with mock.patch.object(logprobs, "_split_pays", spy), mock.patch("torch.nn.functional.scaled_dot_product_attention", seen_sdpa):
-            lp_s, ent_s, g_s = grads(model, **kw)
+            split = grads(model, **kw)
         # one pass, one decision: 3 packs of 4 rows, and splitting pays for these rows
         assert len(decided) == 1 and decided[0][2] == [4, 4, 4] and decided[0][3] is True
         Q = decided[0][1]
@@ -198,12 +198,8 @@ def test_row_by_row_attention_equals_the_packed_mask_and_scores_fewer_pairs(arch
         per_row = [q for q in queries if q[0] == 1 and q[1] <= C]
         assert len(per_row) == 12 * 2 and not any(q == (3, Q) for q in queries)  # 12 rows x 2 layers
         with mock.patch.object(logprobs, "_split_pays", lambda *a, **k: False):
-            lp_p, ent_p, g_p = grads(model, **kw)
-        torch.testing.assert_close(lp_s, lp_p, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(ent_s, ent_p, rtol=1e-5, atol=1e-5)
-        assert g_s.keys() == g_p.keys() and g_s
-        for n in g_s:
-            torch.testing.assert_close(g_s[n], g_p[n], rtol=1e-4, atol=1e-6, msg=n)
+            packed = grads(model, **kw)
+        assert_same_pass(split, packed)
 
 
 def test_the_row_split_is_chosen_only_where_it_scores_fewer_pairs():

@@ -322,8 +322,9 @@ def _row_spans(g_idx: torch.Tensor, r_idx: torch.Tensor, counts: torch.Tensor) -
     spans: list[list[tuple[int, int]]] = [[] for _ in range(counts.numel())]
     if g_idx.numel() == 0:
         return spans
-    keys, n = torch.unique_consecutive(g_idx * (int(r_idx.max()) + 1) + r_idx, return_counts=True)
-    packs_of = (keys // (int(r_idx.max()) + 1)).tolist()
+    rows = int(r_idx.max()) + 1
+    keys, n = torch.unique_consecutive(g_idx * rows + r_idx, return_counts=True)
+    packs_of = (keys // rows).tolist()
     at = [0] * counts.numel()
     for g, c in zip(packs_of, n.tolist()):
         spans[g].append((at[g], at[g] + c))
