@@ -27,12 +27,17 @@ def _reference(q, k, v, mask, scale):
 
 
 @pytest.mark.parametrize("path", ["merged", "materialised"])
-def test_prefix_attention_equals_attention_over_the_concatenated_context(path, monkeypatch):
-    """Rows continuing three entries of different lengths (grouped-query heads, 2 rows of one
-    entry, one row of none), own slots with pads, a pad query that sees nothing of its own: each
-    row's output equals plain attention over [its entry's valid keys, its own keys] with its own
-    mask, whether the two parts run fused and are merged by their log-sum-exps (CPU) or as one
-    materialised softmax (elsewhere)."""
+@pytest.mark.parametrize("layout", ["scattered", "dense", "dense, every query sees its own"])
+def test_prefix_attention_equals_attention_over_the_concatenated_context(path, layout, monkeypatch):
+    """Rows continuing three entries of different lengths (grouped-query heads), own slots with
+    pads, a pad query that sees nothing of its own: each row's output equals plain attention
+    over [its entry's valid keys, its own keys] with its own mask, whether the two parts run
+    fused and are merged by their log-sum-exps (CPU) or as one materialised softmax
+    (elsewhere); for rows scattered over the entries (2 rows of one entry, one row of none, out
+    of order) and for the dense layout a group's samples have (every entry read by as many rows,
+    in entry order), where the queries are regrouped by views, with and without a query that
+    sees nothing of its own (the usual decode step has none). The forward's own-slot mask is
+    built once and reused by its next layer."""
     from rl_router.rollout import shared_kv
 
     if path == "materialised":
@@ -47,17 +52,26 @@ def test_prefix_attention_equals_attention_over_the_concatenated_context(path, m
     for k, v in kv:
         store.add([(k, v)])
     assert store.entries == 3 and store.valid.sum(1).tolist() == lens
-    groups = torch.tensor([2, 0, -1, 2, 1])
+    groups = torch.tensor([2, 0, -1, 2, 1] if layout == "scattered" else [0, 0, 1, 1, 2, 2])
     R = len(groups)
     q = torch.randn(R, Hkv * rep, T, d, generator=g)
     k_own, v_own = torch.randn(R, Hkv, L, d, generator=g), torch.randn(R, Hkv, L, d, generator=g)
     mask = torch.ones(R, T, L, dtype=torch.bool).tril(L - T)  # causal over the forward's T tokens
     mask[1, :, :2] = False  # pads
     mask[2, :, 0] = False
-    mask[3, 0, :] = False  # a query that sees nothing of its own: only its entry
-    mask[2, 0, :] = False  # a query of a row without an entry that sees nothing at all: zeros
+    if layout != "dense, every query sees its own":
+        mask[3, 0, :] = False  # a query that sees nothing of its own: only its entry
+    if layout == "scattered":
+        mask[2, 0, :] = False  # a query of a row without an entry that sees nothing at all: zeros
+    mask4 = mask[:, None]
     with shared_attention(_Model(), store, groups):
-        out, _ = prefix_attention(_Layer(), q, k_own, v_own, mask[:, None], scaling=d**-0.5)
+        assert shared_kv._ACTIVE[-1].layout.dense == (layout != "scattered")
+        out, _ = prefix_attention(_Layer(), q, k_own, v_own, mask4, scaling=d**-0.5)
+        built = shared_kv._ACTIVE[-1].own
+        assert built.all_see == (layout == "dense, every query sees its own")
+        again, _ = prefix_attention(_Layer(), q, k_own, v_own, mask4, scaling=d**-0.5)
+        assert shared_kv._ACTIVE[-1].own is built and built.source is mask4  # the next layer reuses it
+    torch.testing.assert_close(again, out, rtol=0, atol=0)
     for r in range(R):
         e = int(groups[r])
         pk, pv = (kv[e][0], kv[e][1]) if e >= 0 else (torch.zeros(Hkv, 0, d), torch.zeros(Hkv, 0, d))
@@ -65,7 +79,8 @@ def test_prefix_attention_equals_attention_over_the_concatenated_context(path, m
         v = torch.cat([pv, v_own[r]], 1)[None]
         m = torch.cat([torch.ones(T, pk.shape[1], dtype=torch.bool), mask[r]], 1)[None]
         torch.testing.assert_close(out[r : r + 1], _reference(q[r : r + 1], k, v, m, d**-0.5).nan_to_num(0.0), rtol=1e-5, atol=1e-6)
-    assert out[2, 0].abs().max() == 0
+    if layout == "scattered":
+        assert out[2, 0].abs().max() == 0
 
 
 class _Model:

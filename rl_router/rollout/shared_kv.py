@@ -88,13 +88,65 @@ def _pad(x: torch.Tensor, P: int) -> torch.Tensor:
     return x if x.shape[2] == P else torch.nn.functional.pad(x, (0, 0, 0, P - x.shape[2]))
 
 
-#: the store of the forward in progress and its rows' layout by entry (`_grouped`), computed once per forward, not per layer
-_ACTIVE: list[tuple[SharedPrefixes, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]] = []
-
-
-def _grouped(groups: torch.Tensor, entries: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+@dataclass
+class _Layout:
     """Rows that read an entry, laid out as (entry, slot): the rows, their entries, their slots
-    within their entry, and the most rows any entry has."""
+    within their entry, the most rows any entry has, and whether that layout is the rows
+    themselves (`dense`: rows 0..R-1 in entry order, every entry read by the same number), where
+    gathering queries by entry is a view, not a copy."""
+
+    rows: torch.Tensor
+    g: torch.Tensor
+    slot: torch.Tensor
+    S: int
+    dense: bool
+
+
+@dataclass
+class _OwnMask:
+    """A forward's own-slot mask as every layer's attention uses it, built at its first layer
+    and reused by the rest (transformers hands each layer the same mask tensor): the boolean
+    mask over (rows, 1, rep x T, L) in the query layout of `prefix_attention`, the additive
+    float mask the fused kernel takes, which queries see any slot of their own, and whether all
+    do (then the kernel's output needs no fixing up)."""
+
+    source: torch.Tensor
+    rep: int
+    m: torch.Tensor
+    sees: torch.Tensor
+    all_see: bool
+    _bias: torch.Tensor | None = None
+
+    def bias(self, dtype: torch.dtype) -> torch.Tensor:
+        if self._bias is None or self._bias.dtype != dtype:
+            self._bias = torch.zeros(self.m.shape, dtype=dtype, device=self.m.device).masked_fill_(~self.m, float("-inf"))
+        return self._bias
+
+
+@dataclass
+class _Forward:
+    """The forward in progress under `shared_attention`: its store, its rows' layout by entry
+    (computed once per forward, not per layer) and its own-slot mask once built."""
+
+    store: SharedPrefixes
+    layout: _Layout
+    own: _OwnMask | None = None
+
+    def own_mask(self, attention_mask: torch.Tensor, rep: int) -> _OwnMask:
+        if self.own is None or self.own.source is not attention_mask or self.own.rep != rep:
+            R, _, T, L = attention_mask.shape
+            m = attention_mask.bool()[:, :, None].expand(R, 1, rep, T, L).reshape(R, 1, rep * T, L)  # query row (r, t) of kv head h is query head h * rep + r
+            sees = m.any(-1)  # R x 1 x rep*T
+            self.own = _OwnMask(attention_mask, rep, m, sees, bool(sees.all()))
+        return self.own
+
+
+#: the forwards in progress (innermost last)
+_ACTIVE: list[_Forward] = []
+
+
+def _grouped(groups: torch.Tensor, entries: int) -> _Layout:
+    """Rows that read an entry, laid out as (entry, slot) (`_Layout`)."""
     rows = (groups >= 0).nonzero(as_tuple=True)[0]
     g = groups[rows]
     order = torch.argsort(g * (len(groups) + 1) + rows)  # stable: by entry, then row
@@ -102,7 +154,9 @@ def _grouped(groups: torch.Tensor, entries: int) -> tuple[torch.Tensor, torch.Te
     counts = torch.bincount(g, minlength=entries)
     start = torch.cumsum(counts, 0) - counts
     slot = torch.arange(len(g)) - start[g]
-    return rows, g, slot, int(counts.max()) if len(g) else 0
+    S = int(counts.max()) if len(g) else 0
+    dense = bool(S) and len(rows) == len(groups) and bool((counts == S).all()) and bool((rows == torch.arange(len(groups))).all())
+    return _Layout(rows, g, slot, S, dense)
 
 
 def prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None = None,
@@ -118,19 +172,20 @@ def prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     `_materialised` computes the same softmax directly."""
     if attention_mask is None or attention_mask.dim() != 4:  # transformers passes None for a 2D mask under a custom attention: no causal mask at all
         raise ValueError("prefix_attention needs the forward's 4D boolean mask (rows x 1 x T x L): pass one to the model under shared_attention")
-    store, layout = _ACTIVE[-1]
+    fw = _ACTIVE[-1]
+    store = fw.store
     R, H, T, D = query.shape
-    Hkv, L = key.shape[1], key.shape[2]
+    Hkv = key.shape[1]
     rep = H // Hkv
     scale = scaling if scaling is not None else D**-0.5
     cast = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
     li = module.layer_idx
+    own = fw.own_mask(attention_mask, rep)
     with torch.autocast(query.device.type, enabled=False):
         q = query.float().reshape(R, Hkv, rep * T, D)  # query head h = kv head h // rep (transformers' repeat_kv)
-        m = attention_mask.bool().expand(R, 1, T, L)[:, :, None].expand(R, 1, rep, T, L).reshape(R, 1, rep * T, L)
         Kp, Vp = store.keys[li].float(), store.values[li].float()  # E x Hkv x P x d
         attend = _merged if q.device.type == "cpu" and _FLASH is not None else _materialised
-        out = attend(q, key.float(), value.float(), m, Kp, Vp, store.valid.to(q.device), layout, scale)
+        out = attend(q, key.float(), value.float(), own, Kp, Vp, store.valid.to(q.device), fw.layout, scale)
     out = out.view(R, Hkv, rep, T, D).reshape(R, H, T, D).transpose(1, 2).contiguous()
     return out.to(torch.bfloat16 if cast else query.dtype), None
 
@@ -139,40 +194,55 @@ def prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor, Kp: torch.Tensor, Vp: torch.Tensor, valid: torch.Tensor,
-            layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int], scale: float) -> torch.Tensor:
+def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own: _OwnMask, Kp: torch.Tensor, Vp: torch.Tensor, valid: torch.Tensor,
+            layout: _Layout, scale: float) -> torch.Tensor:
     """Attention over [entry, own] as two fused attentions merged by their log-sum-exps:
     softmax over the union = each part's softmax weighted by exp(lse_part - lse_all). A part a
     query sees nothing of has lse -inf (weight 0); a query that sees nothing at all (a pad)
-    gets zeros, as `_materialised` gives it."""
-    rows, g, slot, S = layout
+    gets zeros, as `_materialised` gives it. Where the layout is dense (every row reads an
+    entry, rows in entry order, as a group's samples or an eval batch under one system prompt
+    are laid out) the queries are regrouped by views and the output merged in place, with no
+    gather or scatter."""
     R, Hkv, Q, D = q.shape
     E, P = Kp.shape[0], Kp.shape[2]
     neg = float("-inf")
-    own_sees = m.any(-1)  # R x 1 x Q
-    out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill_(~m, neg), scale=scale)
-    out = torch.where(own_sees[..., None], out, 0.0)
-    lse = lse.masked_fill(~own_sees, neg)  # R x Hkv x Q (the kernel reports 0 for a query that sees nothing)
+    out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=own.bias(q.dtype), scale=scale)
+    if not own.all_see:
+        out = torch.where(own.sees[..., None], out, 0.0)
+        lse = lse.masked_fill(~own.sees, neg)  # R x Hkv x Q (the kernel reports 0 for a query that sees nothing)
+    S = layout.S
     if not S:
         return out
     dev = q.device
-    rows_d, g_d, slot_d = rows.to(dev), g.to(dev), slot.to(dev)
-    qg = q.new_zeros((E, S, Hkv, Q, D))
-    qg[g_d, slot_d] = q[rows_d]
+    if layout.dense:
+        qg = q.view(E, S, Hkv, Q, D)
+    else:
+        rows_d, g_d, slot_d = layout.rows.to(dev), layout.g.to(dev), layout.slot.to(dev)
+        qg = q.new_zeros((E, S, Hkv, Q, D))
+        qg[g_d, slot_d] = q[rows_d]
     pm = torch.zeros((E, 1, 1, P), dtype=q.dtype, device=dev).masked_fill_(~valid[:, None, None, :], neg).expand(E, 1, S * Q, P)
     og, lg = _FLASH(qg.permute(0, 2, 1, 3, 4).reshape(E, Hkv, S * Q, D), Kp, Vp, 0.0, False, attn_mask=pm, scale=scale)  # each entry's keys read once for all its rows
-    op = og.view(E, Hkv, S, Q, D).permute(0, 2, 1, 3, 4)[g_d, slot_d]  # rows' order: len(rows) x Hkv x Q x D
-    lp = lg.view(E, Hkv, S, Q).permute(0, 2, 1, 3)[g_d, slot_d]
+    op = og.view(E, Hkv, S, Q, D).permute(0, 2, 1, 3, 4)  # E x S x Hkv x Q x D
+    lp = lg.view(E, Hkv, S, Q).permute(0, 2, 1, 3)
+    if layout.dense:
+        op, lp, lo = op.reshape(R, Hkv, Q, D), lp.reshape(R, Hkv, Q), lse
+        both = torch.logaddexp(lp, lo)
+        w_own = torch.exp(lo - both)
+        if not own.all_see:
+            w_own = w_own.nan_to_num(0.0)
+        out.mul_(w_own[..., None]).add_(op * torch.exp(lp - both)[..., None])
+        return out
+    op, lp = op[g_d, slot_d], lp[g_d, slot_d]  # rows' order: len(rows) x Hkv x Q x D
     lo = lse[rows_d]
     both = torch.logaddexp(lp, lo)
     out[rows_d] = op * torch.exp(lp - both)[..., None] + out[rows_d] * torch.exp(lo - both).nan_to_num(0.0)[..., None]
     return out
 
 
-def _materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor, Kp: torch.Tensor, Vp: torch.Tensor, valid: torch.Tensor,
-                  layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int], scale: float) -> torch.Tensor:
+def _materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own: _OwnMask, Kp: torch.Tensor, Vp: torch.Tensor, valid: torch.Tensor,
+                  layout: _Layout, scale: float) -> torch.Tensor:
     """Attention over [entry, own] with the scores of both parts in one tensor and one softmax."""
-    rows, g, slot, S = layout
+    rows, g, slot, S, m = layout.rows, layout.g, layout.slot, layout.S, own.m
     R, Hkv, Q, D = q.shape
     E, P = Kp.shape[0], Kp.shape[2]
     own = torch.matmul(q, k.transpose(-1, -2)) * scale  # R x Hkv x Q x L
@@ -219,7 +289,7 @@ def shared_attention(model: Any, store: SharedPrefixes, groups: torch.Tensor) ->
     cfg = model.config
     was = cfg._attn_implementation
     cfg._attn_implementation = SHARED_ATTENTION
-    _ACTIVE.append((store, _grouped(groups.to(torch.long).cpu(), store.entries)))
+    _ACTIVE.append(_Forward(store, _grouped(groups.to(torch.long).cpu(), store.entries)))
     try:
         yield
     finally:
