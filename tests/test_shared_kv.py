@@ -68,7 +68,7 @@ def test_prefix_attention_equals_attention_over_the_concatenated_context(path, l
         assert shared_kv._ACTIVE[-1].layout.dense == (layout != "scattered")
         out, _ = prefix_attention(_Layer(), q, k_own, v_own, mask4, scaling=d**-0.5)
         built = shared_kv._ACTIVE[-1].own
-        assert built.all_see == (layout == "dense, every query sees its own")
+        assert bool(built.sees.all()) == (layout == "dense, every query sees its own")
         again, _ = prefix_attention(_Layer(), q, k_own, v_own, mask4, scaling=d**-0.5)
         assert shared_kv._ACTIVE[-1].own is built and built.source is mask4  # the next layer reuses it
     torch.testing.assert_close(again, out, rtol=0, atol=0)

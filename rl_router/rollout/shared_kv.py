@@ -107,14 +107,12 @@ class _OwnMask:
     """A forward's own-slot mask as every layer's attention uses it, built at its first layer
     and reused by the rest (transformers hands each layer the same mask tensor): the boolean
     mask over (rows, 1, rep x T, L) in the query layout of `prefix_attention`, the additive
-    float mask the fused kernel takes, which queries see any slot of their own, and whether all
-    do (then the kernel's output needs no fixing up)."""
+    float mask the fused kernel takes, and which queries see any slot of their own."""
 
     source: torch.Tensor
     rep: int
     m: torch.Tensor
     sees: torch.Tensor
-    all_see: bool
     _bias: torch.Tensor | None = None
 
     def bias(self, dtype: torch.dtype) -> torch.Tensor:
@@ -137,7 +135,7 @@ class _Forward:
             R, _, T, L = attention_mask.shape
             m = attention_mask.bool()[:, :, None].expand(R, 1, rep, T, L).reshape(R, 1, rep * T, L)  # query row (r, t) of kv head h is query head h * rep + r
             sees = m.any(-1)  # R x 1 x rep*T
-            self.own = _OwnMask(attention_mask, rep, m, sees, bool(sees.all()))
+            self.own = _OwnMask(attention_mask, rep, m, sees)
         return self.own
 
 
@@ -207,9 +205,11 @@ def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own: _OwnMask, Kp
     E, P = Kp.shape[0], Kp.shape[2]
     neg = float("-inf")
     out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=own.bias(q.dtype), scale=scale)
-    if not own.all_see:
-        out = torch.where(own.sees[..., None], out, 0.0)
-        lse = lse.masked_fill(~own.sees, neg)  # R x Hkv x Q (the kernel reports 0 for a query that sees nothing)
+    # also where every query sees some of its own slots: the copy `where` makes, merged below, gives
+    # the previous version's numbers bit for bit (the kernel's own output merged in place did not, on
+    # one element in ~100 forwards)
+    out = torch.where(own.sees[..., None], out, 0.0)
+    lse = lse.masked_fill(~own.sees, neg)  # R x Hkv x Q (the kernel reports 0 for a query that sees nothing)
     S = layout.S
     if not S:
         return out
@@ -227,10 +227,7 @@ def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own: _OwnMask, Kp
     if layout.dense:
         op, lp, lo = op.reshape(R, Hkv, Q, D), lp.reshape(R, Hkv, Q), lse
         both = torch.logaddexp(lp, lo)
-        w_own = torch.exp(lo - both)
-        if not own.all_see:
-            w_own = w_own.nan_to_num(0.0)
-        out.mul_(w_own[..., None]).add_(op * torch.exp(lp - both)[..., None])
+        out.mul_(torch.exp(lo - both).nan_to_num(0.0)[..., None]).add_(op * torch.exp(lp - both)[..., None])
         return out
     op, lp = op[g_d, slot_d], lp[g_d, slot_d]  # rows' order: len(rows) x Hkv x Q x D
     lo = lse[rows_d]
