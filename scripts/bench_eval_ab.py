@@ -5,7 +5,8 @@ inside one process, alternately: the evaluator's bf16 path (tasks batched by len
 system prompt's KV held once: `rollout/shared_kv.py`) over the same held-out MMLU tasks
 with SmolLM2-135M-Instruct as fetched, once with `shared_kv.prefix_attention` as in this
 tree and once with the one of `--against` (read with `git show`, so this needs the
-repository's history), swapped through transformers' attention registry. Prints each run's
+repository's history), swapped through transformers' attention registry, after one untimed
+warm-up eval of each. Prints each run's
 seconds, the medians, the per-pair ratios and how many greedy episodes are identical.
 
     python scripts/bench_eval_ab.py [--n 64] [--batch 32] [--repeats 3] [--against dc8101c]
@@ -89,6 +90,9 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"new": [], "old": []}
     eps: dict[str, list] = {}
+    for which in ("new", "old"):  # warm-up, not timed: a process's first eval ran ~5% slower (allocator, caches)
+        arm[0] = which
+        run()
     for i in range(a.repeats):
         for which in ("new", "old") if i % 2 == 0 else ("old", "new"):
             arm[0] = which
