@@ -14,7 +14,8 @@ router and pool (scripts/bench_router.py runs it on SmolLM2-135M).
 (default recipes/dcrouter_smollm2.yaml; `--router RUN/sft` for a warm start that writes the
 protocol): ours (cached decoder, bf16 autocast, shared prompts) against TRL's GRPOTrainer path
 (model.generate, its own loss, float32) and a bare forward + backward over the step's distinct
-tokens, with peak RSS. Each path runs in its own process (`--paths ours,trl`), so each peak RSS
+tokens, with peak RSS; each path's rollout is timed after an untimed warm-up rollout of the same
+batch (what a process pays once: the decoder's thread-count measurements). Each path runs in its own process (`--paths ours,trl`), so each peak RSS
 is its own; `--set K=V` overrides the recipe (e.g. `algorithm.trim_padding=true`);
 `--set algorithm.all_names_episodes=scripted` (with all-names groups, samples = the pool's size)
 measures the scripted step; `algorithm.prompt_gradient=false` its truncated gradient, against the
@@ -167,6 +168,14 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     tr.model.train()
     prompts = [{"prompt": t.question, **t.to_row()} for t in tasks for _ in range(samples)]  # the task's columns: the rewards read its gold
     n = len(prompts)
+    # a warm-up rollout of the same batch, untimed: what a process pays once, not every step (the
+    # decoder's thread-count measurement per batch size, `decoder.decode_threads`, which one step
+    # of this batch ran 2-3 times; the allocator's first growth); then the same seed again, so the
+    # timed rollout makes the same episodes
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    tr._generate_and_score_completions(prompts)
+    warmup_s = time.perf_counter() - t0
     torch.manual_seed(0)
     t0 = time.perf_counter()
     out = tr._generate_and_score_completions(prompts)
@@ -175,7 +184,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     if rollout_only:
         pm, cm = out["prompt_mask"], out["completion_mask"]
         return dict(path=path, tasks=tasks_n, samples=samples, distinct_tokens=int(pm[::samples].sum()) + int(cm.sum()), all_tokens=int(pm.sum() + cm.sum()), rollout_s=rollout_s,
-                    rss_rollout_mib=rss_rollout, bf16=bf16, completion_tokens=int(cm.sum()))
+                    warmup_rollout_s=warmup_s, rss_rollout_mib=rss_rollout, bf16=bf16, completion_tokens=int(cm.sum()))
     def loss_and_backward() -> float:
         t0 = time.perf_counter()
         tr.current_gradient_accumulation_steps = accumulate
@@ -204,7 +213,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
         ab = {"ab_" + k: v for k, v in times.items()}
     pm, cm = out["prompt_mask"], out["completion_mask"]
     res = dict(path=path, tasks=tasks_n, samples=samples, prompt_width=out["prompt_ids"].size(1), completion_width=out["completion_ids"].size(1),
-               distinct_tokens=int(pm[::samples].sum()) + int(cm.sum()), all_tokens=int(pm.sum() + cm.sum()), rollout_s=rollout_s, loss_s=loss_s, step_s=rollout_s + loss_s,
+               distinct_tokens=int(pm[::samples].sum()) + int(cm.sum()), all_tokens=int(pm.sum() + cm.sum()), rollout_s=rollout_s, warmup_rollout_s=warmup_s, loss_s=loss_s, step_s=rollout_s + loss_s,
                rss_rollout_mib=rss_rollout, rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, bf16=bf16,
                microbatch_tokens=opts.get("microbatch_tokens"), loss_pieces=tr._metrics["train"].get("loss/pieces", [None])[-1], **ab)
     if path != "ours":
@@ -285,7 +294,7 @@ def main() -> None:
         o, x = res.get("ours"), res.get("trl")
         if o:
             print(f"{t} tasks x {s_} samples; {o['distinct_tokens']} distinct tokens ({o['all_tokens']} with every row's prompt); bf16 autocast: {o['bf16']}")
-            print(f"ours: rollout {o['rollout_s']:.1f} s + loss and backward {o['loss_s']:.1f} s = {o['step_s']:.1f} s; peak RSS {o['rss_mib']:.0f} MiB (before the bare pass; {o['rss_rollout_mib']:.0f} after the rollout)")
+            print(f"ours: rollout {o['rollout_s']:.1f} s (the warm-up rollout of the same batch before it: {o['warmup_rollout_s']:.1f} s) + loss and backward {o['loss_s']:.1f} s = {o['step_s']:.1f} s; peak RSS {o['rss_mib']:.0f} MiB (before the bare pass; {o['rss_rollout_mib']:.0f} after the rollout)")
             print(f"bare forward + backward over the distinct tokens: {o['bare_fb_s']:.1f} s")
             print(f"step ours / bare F+B {o['step_s'] / o['bare_fb_s']:.2f} (goal <= 1.3); loss ours / bare F+B {o['loss_s'] / o['bare_fb_s']:.2f}; peak RSS ours {o['rss_mib']:.0f} MiB (goal <= 6144)")
         if o and o.get("ab_row_split"):
