@@ -10,6 +10,9 @@ warm-up eval of each. Prints each run's
 seconds, the medians, the per-pair ratios and how many greedy episodes are identical.
 
     python scripts/bench_eval_ab.py [--n 64] [--batch 32] [--repeats 3] [--against dc8101c]
+
+`--against` must be a commit from before aed9a4d (the earlier module's form of the forward in
+progress, a (store, layout tuple) pair, is what this script hands it).
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ import tempfile
 import time
 
 
+_KEEP: list = []
+
+
 def module_at(rev: str, path: str, name: str):
     """The module `path` as it was at commit `rev`."""
     src = subprocess.run(["git", "show", f"{rev}:{path}"], check=True, capture_output=True, text=True).stdout
-    d = tempfile.mkdtemp()
-    f = os.path.join(d, f"{name}.py")
+    d = tempfile.TemporaryDirectory(prefix="bench_eval_ab_")
+    _KEEP.append(d)  # removed at exit
+    f = os.path.join(d.name, f"{name}.py")
     with open(f, "w") as fh:
         fh.write(src)
     spec = importlib.util.spec_from_file_location(name, f)

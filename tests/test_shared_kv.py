@@ -71,7 +71,16 @@ def test_prefix_attention_equals_attention_over_the_concatenated_context(path, l
         assert bool(built.sees.all()) == (layout == "dense, every query sees its own")
         again, _ = prefix_attention(_Layer(), q, k_own, v_own, mask4, scaling=d**-0.5)
         assert shared_kv._ACTIVE[-1].own is built and built.source is mask4  # the next layer reuses it
+        other = mask4.clone()
+        other[0, 0, -1, 0] = ~other[0, 0, -1, 0]
+        changed, _ = prefix_attention(_Layer(), q, k_own, v_own, other, scaling=d**-0.5)
+        assert shared_kv._ACTIVE[-1].own is not built  # another mask tensor is built anew, not read from the first
+        if layout != "scattered":  # the dense merge gives the scattered path's numbers bit for bit
+            shared_kv._ACTIVE[-1].layout.dense = False
+            scattered, _ = prefix_attention(_Layer(), q, k_own, v_own, mask4, scaling=d**-0.5)
+            torch.testing.assert_close(scattered, out, rtol=0, atol=0)
     torch.testing.assert_close(again, out, rtol=0, atol=0)
+    assert not torch.equal(changed[0], out[0])  # the changed mask's query saw another slot
     for r in range(R):
         e = int(groups[r])
         pk, pv = (kv[e][0], kv[e][1]) if e >= 0 else (torch.zeros(Hkv, 0, d), torch.zeros(Hkv, 0, d))
@@ -81,6 +90,22 @@ def test_prefix_attention_equals_attention_over_the_concatenated_context(path, l
         torch.testing.assert_close(out[r : r + 1], _reference(q[r : r + 1], k, v, m, d**-0.5).nan_to_num(0.0), rtol=1e-5, atol=1e-6)
     if layout == "scattered":
         assert out[2, 0].abs().max() == 0
+
+
+@pytest.mark.parametrize("groups, dense", [
+    ([], False),  # no rows
+    ([0, 0, 1, 1], True),  # two entries, two rows each, in entry order
+    ([0, 0, 1, 1, -1], False),  # a row without an entry
+    ([0, 0, 1], False),  # unequal counts
+    ([0, 1, 0, 1], False),  # rows not in entry order
+    ([1, 1, 2, 2], False),  # entry 0 read by no row (its count 0, not 2)
+])
+def test_the_dense_layout_is_only_rows_in_entry_order_reading_each_entry_alike(groups, dense):
+    """`_grouped` calls a layout dense (queries regrouped by views) only where every row reads
+    an entry, the rows are in entry order and every entry is read by as many rows."""
+    from rl_router.rollout.shared_kv import _grouped
+
+    assert _grouped(torch.tensor(groups, dtype=torch.long), 3 if groups and max(groups) == 2 else 2).dense is dense
 
 
 class _Model:

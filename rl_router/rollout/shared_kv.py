@@ -130,10 +130,12 @@ class _Forward:
     layout: _Layout
     own: _OwnMask | None = None
 
-    def own_mask(self, attention_mask: torch.Tensor, rep: int) -> _OwnMask:
+    def own_mask(self, attention_mask: torch.Tensor, rep: int, R: int, T: int, L: int) -> _OwnMask:
+        """The own-slot mask of a forward's R rows x T queries x L own keys (`attention_mask`
+        broadcast to R x 1 x T x L), with `rep` query heads per key head."""
         if self.own is None or self.own.source is not attention_mask or self.own.rep != rep:
-            R, _, T, L = attention_mask.shape
-            m = attention_mask.bool()[:, :, None].expand(R, 1, rep, T, L).reshape(R, 1, rep * T, L)  # query row (r, t) of kv head h is query head h * rep + r
+            m = attention_mask.bool().expand(R, 1, T, L)[:, :, None].expand(R, 1, rep, T, L)
+            m = m.reshape(R, 1, rep * T, L)  # query row (r, t) of kv head h is query head h * rep + r
             sees = m.any(-1)  # R x 1 x rep*T
             self.own = _OwnMask(attention_mask, rep, m, sees)
         return self.own
@@ -153,7 +155,8 @@ def _grouped(groups: torch.Tensor, entries: int) -> _Layout:
     start = torch.cumsum(counts, 0) - counts
     slot = torch.arange(len(g)) - start[g]
     S = int(counts.max()) if len(g) else 0
-    dense = bool(S) and len(rows) == len(groups) and bool((counts == S).all()) and bool((rows == torch.arange(len(groups))).all())
+    every_row_in_order = len(rows) == len(groups) and bool((rows == torch.arange(len(groups))).all())
+    dense = bool(S) and every_row_in_order and bool((counts == S).all())
     return _Layout(rows, g, slot, S, dense)
 
 
@@ -178,7 +181,7 @@ def prefix_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     scale = scaling if scaling is not None else D**-0.5
     cast = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
     li = module.layer_idx
-    own = fw.own_mask(attention_mask, rep)
+    own = fw.own_mask(attention_mask, rep, R, T, key.shape[2])
     with torch.autocast(query.device.type, enabled=False):
         q = query.float().reshape(R, Hkv, rep * T, D)  # query head h = kv head h // rep (transformers' repeat_kv)
         Kp, Vp = store.keys[li].float(), store.values[li].float()  # E x Hkv x P x d
@@ -205,9 +208,8 @@ def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own: _OwnMask, Kp
     E, P = Kp.shape[0], Kp.shape[2]
     neg = float("-inf")
     out, lse = _FLASH(q, k, v, 0.0, False, attn_mask=own.bias(q.dtype), scale=scale)
-    # also where every query sees some of its own slots: the copy `where` makes, merged below, gives
-    # the previous version's numbers bit for bit (the kernel's own output merged in place did not, on
-    # one element in ~100 forwards)
+    # kept even when every query sees some of its own slots: merging into the kernel's output
+    # tensor itself (not this copy) changed the last bit of about one element per 100 forwards
     out = torch.where(own.sees[..., None], out, 0.0)
     lse = lse.masked_fill(~own.sees, neg)  # R x Hkv x Q (the kernel reports 0 for a query that sees nothing)
     S = layout.S
@@ -242,9 +244,9 @@ def _materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own: _OwnMa
     rows, g, slot, S, m = layout.rows, layout.g, layout.slot, layout.S, own.m
     R, Hkv, Q, D = q.shape
     E, P = Kp.shape[0], Kp.shape[2]
-    own = torch.matmul(q, k.transpose(-1, -2)) * scale  # R x Hkv x Q x L
-    own = own.masked_fill(~m, float("-inf"))
-    pre = own.new_full((R, Hkv, Q, P), float("-inf"))
+    s_own = torch.matmul(q, k.transpose(-1, -2)) * scale  # R x Hkv x Q x L
+    s_own = s_own.masked_fill(~m, float("-inf"))
+    pre = s_own.new_full((R, Hkv, Q, P), float("-inf"))
     if S:
         dev = q.device
         rows_d, g_d, slot_d = rows.to(dev), g.to(dev), slot.to(dev)
@@ -254,7 +256,7 @@ def _materialised(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own: _OwnMa
         sg = sg.view(E, Hkv, S, Q, P).permute(0, 2, 1, 3, 4)
         sg = sg.masked_fill(~valid[:, None, None, None, :], float("-inf"))
         pre[rows_d] = sg[g_d, slot_d]
-    probs = torch.softmax(torch.cat([pre, own], -1), -1).nan_to_num(0.0)  # a query that sees nothing (a pad) gets zeros, not NaN
+    probs = torch.softmax(torch.cat([pre, s_own], -1), -1).nan_to_num(0.0)  # a query that sees nothing (a pad) gets zeros, not NaN
     pp, po = probs[..., :P], probs[..., P:]
     out = torch.matmul(po, v)  # R x Hkv x Q x d
     if S:
