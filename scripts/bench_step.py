@@ -171,7 +171,7 @@ def shared_step(recipe: str, path: str, *, tasks_n: int = 16, samples: int = 8, 
     # a warm-up rollout of the same batch, untimed: what a process pays once, not every step (the
     # decoder's thread-count measurement per batch size, `decoder.decode_threads`, which one step
     # of this batch ran 2-3 times; the allocator's first growth); then the same seed again, so the
-    # timed rollout makes the same episodes
+    # timed rollout makes the same episodes (the peak RSS after the rollout covers both: the same batch)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     tr._generate_and_score_completions(prompts)
