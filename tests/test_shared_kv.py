@@ -92,20 +92,20 @@ def test_prefix_attention_equals_attention_over_the_concatenated_context(path, l
         assert out[2, 0].abs().max() == 0
 
 
-@pytest.mark.parametrize("groups, dense", [
-    ([], False),  # no rows
-    ([0, 0, 1, 1], True),  # two entries, two rows each, in entry order
-    ([0, 0, 1, 1, -1], False),  # a row without an entry
-    ([0, 0, 1], False),  # unequal counts
-    ([0, 1, 0, 1], False),  # rows not in entry order
-    ([1, 1, 2, 2], False),  # entry 0 read by no row (its count 0, not 2)
+@pytest.mark.parametrize("groups, entries, dense", [
+    ([], 2, False),  # no rows
+    ([0, 0, 1, 1], 2, True),  # two entries, two rows each, in entry order
+    ([0, 0, 1, 1, -1], 2, False),  # a row without an entry
+    ([0, 0, 1], 2, False),  # unequal counts
+    ([0, 1, 0, 1], 2, False),  # rows not in entry order
+    ([1, 1, 2, 2], 3, False),  # entry 0 read by no row (its count 0, not 2)
 ])
-def test_the_dense_layout_is_only_rows_in_entry_order_reading_each_entry_alike(groups, dense):
+def test_the_dense_layout_is_only_rows_in_entry_order_reading_each_entry_alike(groups, entries, dense):
     """`_grouped` calls a layout dense (queries regrouped by views) only where every row reads
     an entry, the rows are in entry order and every entry is read by as many rows."""
     from rl_router.rollout.shared_kv import _grouped
 
-    assert _grouped(torch.tensor(groups, dtype=torch.long), 3 if groups and max(groups) == 2 else 2).dense is dense
+    assert _grouped(torch.tensor(groups, dtype=torch.long), entries).dense is dense
 
 
 class _Model:

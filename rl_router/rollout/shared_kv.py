@@ -228,13 +228,13 @@ def _merged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, own: _OwnMask, Kp
     lp = lg.view(E, Hkv, S, Q).permute(0, 2, 1, 3)
     if layout.dense:
         op, lp, lo = op.reshape(R, Hkv, Q, D), lp.reshape(R, Hkv, Q), lse
-        both = torch.logaddexp(lp, lo)
-        out.mul_(torch.exp(lo - both).nan_to_num(0.0)[..., None]).add_(op * torch.exp(lp - both)[..., None])
-        return out
-    op, lp = op[g_d, slot_d], lp[g_d, slot_d]  # rows' order: len(rows) x Hkv x Q x D
-    lo = lse[rows_d]
+    else:
+        op, lp, lo = op[g_d, slot_d], lp[g_d, slot_d], lse[rows_d]  # rows' order: len(rows) x Hkv x Q x D
     both = torch.logaddexp(lp, lo)
-    out[rows_d] = op * torch.exp(lp - both)[..., None] + out[rows_d] * torch.exp(lo - both).nan_to_num(0.0)[..., None]
+    w_entry, w_own = torch.exp(lp - both)[..., None], torch.exp(lo - both).nan_to_num(0.0)[..., None]
+    if layout.dense:
+        return out.mul_(w_own).add_(op * w_entry)
+    out[rows_d] = op * w_entry + out[rows_d] * w_own
     return out
 
 
