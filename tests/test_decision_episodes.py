@@ -95,21 +95,23 @@ def test_expected_reward_is_the_routers_probability_weighted_reward_per_task():
     assert expected_reward([1.0, 0.0], [None, None], [float("nan")] * 2, 2) is None
 
 
-@pytest.mark.parametrize("prompt_gradient", [True, False])
-def test_scripted_all_names_training_moves_the_router_toward_the_rewarded_model(gsm8k_trainer, prompt_gradient):
+@pytest.mark.parametrize("prompt_gradient, in_loss", [(True, False), (False, False), (False, True)])
+def test_scripted_all_names_training_moves_the_router_toward_the_rewarded_model(gsm8k_trainer, prompt_gradient, in_loss):
     """Learning: rewarding only the model this router rarely calls, three AdamW steps on scripted
     batches raise its log-probability on the tasks (read from fresh scripted batches), while
     the loss reads no token but the names'; also with the prompts run without gradient
-    (`prompt_gradient: false`, the truncated gradient)."""
+    (`prompt_gradient: false`, the truncated gradient), and with the mirror weights read from
+    the loss's own forward (`all_names_weights_in_loss`)."""
     target = "gpt-4-1106"
     reward = lambda completions, route_target, **kw: [float(t == target) for t in route_target]  # noqa: E731
     trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted",
-                                   prompt_gradient=prompt_gradient)
+                                   prompt_gradient=prompt_gradient, all_names_weights_in_loss=in_loss)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     prompts = [{"prompt": t.question} for t in tasks[:4] for _ in range(4)]
 
     out = trainer._generate_and_score_completions(prompts)
+    assert ("names_target" in out) == in_loss  # the advantages are the loss's to compute
     before = _name_logp(trainer, out, target)
     assert before < -1.0  # rarely called
     out = _adamw_steps(trainer, out, prompts, lr=1e-3)
@@ -472,3 +474,74 @@ def test_the_recipe_reaches_the_trainer_with_its_protocol_anchor():
         load_recipe("recipes/dcrouter_smollm2_scripted.yaml", ["algorithm.protocol_anchor=-1"])
     with pytest.raises(ConfigError, match="algorithm.protocol_anchor.*set algorithm.all_names_episodes: scripted"):
         load_recipe("recipes/dcrouter_smollm2.yaml", ["algorithm.protocol_anchor=0.2"])
+
+
+@pytest.mark.parametrize("pieces", [None, 600])
+def test_weights_read_from_the_loss_give_the_names_pass_loss_and_gradient_with_one_forward_fewer(gsm8k_trainer, pieces):
+    """`algorithm.all_names_weights_in_loss` (training/names_in_loss.py): the generation hands the
+    loss rewards and route targets instead of advantages (NaN until the loss fills them), runs no
+    names pass (fewer forwards), and the loss forward's own log-probs give the same advantages,
+    loss and gradient as the names pass does; in one micro-batch and in loss pieces of whole groups
+    (`microbatch_tokens`). A step whose pieces would split a group runs the names pass."""
+    from rl_router.training.logprobs import causal_lm
+
+    reward = lambda completions, quality, **kw: [float(q or 0.0) for q in quality]  # noqa: E731
+    trainer, tasks = gsm8k_trainer(reward, enumerate_names=True, scripted=True, advantage="all_names", all_names_weights="mirror", all_names_episodes="scripted",
+                                   prompt_gradient=False, trim_padding=True, microbatch_tokens=pieces)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    prompts = [{"prompt": t.question} for t in tasks[:4] for _ in range(4)]
+    backbone = causal_lm(trainer.model).base_model
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def generate(in_loss):
+        trainer.all_names_weights_in_loss = in_loss
+        calls = []
+        h = backbone.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            out = trainer._generate_and_score_completions(prompts)
+        finally:
+            h.remove()
+        return out, len(calls)
+
+    def loss_and_grads(out):
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, out)
+        loss.backward()
+        return float(loss.detach()), torch.cat([p.grad.flatten().clone() for p in params])
+
+    two, two_calls = generate(False)
+    if pieces:
+        assert trainer._pieces(two) == [(0, 4), (4, 8), (8, 12), (12, 16)]  # the loss runs in pieces, each a whole group
+    two_loss, two_grads = loss_and_grads(two)
+    one, one_calls = generate(True)
+    assert one_calls < two_calls  # no names pass
+    assert torch.isnan(one["advantages"]).all() and one["names_target"].tolist() == [trainer._route_names.index(inp["route_target"]) for inp in trainer._last_inputs]
+    assert all(a != a for a in list(trainer._logs["advantages"])[-16:])  # the log's too, until the loss computes them
+    one_loss, one_grads = loss_and_grads(one)
+    used = torch.tensor(list(trainer._logs["advantages"])[-16:])  # what the loss computed, logged per row
+    torch.testing.assert_close(used, two["advantages"].float(), rtol=1e-4, atol=1e-5)
+    assert float(two["advantages"].abs().sum()) > 0
+    assert one_loss == pytest.approx(two_loss, rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(one_grads, two_grads, rtol=1e-3, atol=1e-6)
+    m = trainer._metrics["train"]
+    assert m["advantage/deferred_to_loss"] and m["decision/expected_reward"] and any(k.startswith("decision/route_prob/") for k in m)
+    if pieces:  # pieces of one row split every group: the names pass runs and the advantages come with the generation
+        trainer.microbatch_tokens = 100
+        split, _ = generate(True)
+        assert "names_target" not in split and not torch.isnan(split["advantages"]).any()
+
+
+def test_weights_in_the_loss_are_refused_where_they_would_change_the_objective(tmp_path):
+    """One line naming the field: policy / uniform weights (scaled over the whole batch) and
+    sampled episodes cannot take their weights from one loss forward, nor can a generation reused
+    for several optimizer steps."""
+    from rl_router.errors import ConfigError
+    from rl_router.recipe import load_recipe
+
+    base = ["algorithm.all_names_weights_in_loss=true"]
+    assert load_recipe("recipes/dcrouter_smollm2_scripted.yaml", base).algorithm.all_names_weights_in_loss
+    for extra, field in ((["algorithm.all_names_weights=policy"], "algorithm.all_names_weights_in_loss"), (["trainer.num_iterations=2"], "trainer.num_iterations")):
+        with pytest.raises(ConfigError) as e:
+            load_recipe("recipes/dcrouter_smollm2_scripted.yaml", base + extra)
+        assert e.value.field == field

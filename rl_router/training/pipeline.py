@@ -364,7 +364,7 @@ def trainer_options(recipe: Recipe) -> dict[str, Any]:
     """The algorithm section's settings RouterGRPOTrainer takes (the rest are TRL's GRPOConfig)."""
     a = recipe.algorithm
     return {"advantage": a.advantage or a.name, "all_names_weights": a.all_names_weights, "all_names_temperature": a.all_names_temperature, "all_names_credit": a.all_names_credit, "all_names_episodes": a.all_names_episodes, "bopo_beta": a.bopo_beta,
-            "decision_entropy_floor": a.decision_entropy_floor, "decision_entropy_coef": a.decision_entropy_coef, "trim_padding": a.trim_padding, "prompt_gradient": a.prompt_gradient, "protocol_anchor": a.protocol_anchor,
+            "decision_entropy_floor": a.decision_entropy_floor, "decision_entropy_coef": a.decision_entropy_coef, "trim_padding": a.trim_padding, "prompt_gradient": a.prompt_gradient, "protocol_anchor": a.protocol_anchor, "all_names_weights_in_loss": a.all_names_weights_in_loss,
             "microbatch_tokens": a.microbatch_tokens}
 
 

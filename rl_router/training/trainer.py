@@ -48,7 +48,7 @@ from trl import GRPOTrainer
 from rl_router.errors import ConfigError
 from rl_router.recipe import LOSS_TYPES
 from rl_router.rollout.names import STEMS
-from rl_router.training import microbatch
+from rl_router.training import microbatch, names_in_loss
 from rl_router.training.anchor import anchor_mask, anchor_nll_sum
 from rl_router.training.advantages import ALL_NAMES_CREDITS, ALL_NAMES_WEIGHTS, all_names_advantages, bopo_advantages, name_credit, rloo_advantages
 from rl_router.training.boundary import BoPOReward, boundary_reward_refs
@@ -74,7 +74,8 @@ def truncation_refused() -> ConfigError:
 
 class RouterGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, advantage: str = "grpo", all_names_weights: str = "policy", all_names_temperature: float = 0.1, all_names_credit: str = "episode", all_names_episodes: str = "sampled", bopo_reward: BoPOReward | None = None, bopo_beta: float = 0.5, decision_entropy_floor: float = 0.0,
-                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, prompt_gradient: bool = True, microbatch_tokens: int | None = None, protocol_anchor: float = 0.0, **kwargs: Any):
+                 decision_entropy_coef: float = 0.0, trim_padding: bool = False, prompt_gradient: bool = True, microbatch_tokens: int | None = None, protocol_anchor: float = 0.0,
+                 all_names_weights_in_loss: bool = False, **kwargs: Any):
         if advantage not in ADVANTAGES:
             raise ValueError(f"algorithm.name: unknown {advantage!r}; use one of {ADVANTAGES}")
         if advantage == "bopo" and bopo_reward is None:
@@ -96,6 +97,14 @@ class RouterGRPOTrainer(GRPOTrainer):
             raise ValueError(f"algorithm.all_names_episodes: unknown {all_names_episodes!r}; use one of {ALL_NAMES_EPISODES}")
         if all_names_episodes != "sampled" and advantage != "all_names":
             raise ValueError("algorithm.all_names_episodes scripts all-names groups; set algorithm.advantage: all_names")
+        # scripted mirror weights read from the loss's own forward instead of a names pass (training/names_in_loss.py)
+        if all_names_weights_in_loss and (all_names_episodes != "scripted" or all_names_weights != "mirror" or self.num_iterations != 1):
+            raise ValueError("algorithm.all_names_weights_in_loss reads a group's mirror target from the loss's forward: it needs all_names_episodes: scripted, "
+                             "all_names_weights: mirror and trainer.num_iterations: 1")
+        self.all_names_weights_in_loss = bool(all_names_weights_in_loss)
+        self._route_names: list[str] = []  # names_in_loss: route targets by index, as the generation hands them to the loss
+        self._names_k = 0  # names_in_loss: the pool's size (names a group takes in turn)
+        self._names_piece: dict[str, Any] | None = None  # names_in_loss: the loss forward's inputs, whose advantages its log-probs fill
         self._kept_casts: dict[int, Any] = {}  # frozen weights' bf16 copies, made once for the run (_frozen_casts)
         self.all_names_episodes = all_names_episodes  # scripted: the rollout hands cut episodes (rollout/decision_episodes.py), their names' log-probs come from _scripted_name_logps
         self.bopo_reward = bopo_reward
@@ -317,6 +326,8 @@ class RouterGRPOTrainer(GRPOTrainer):
         logps, ent = policy_logps(model, input_ids, attention_mask, logits_to_keep, temperature=self.temperature, positions=positions, allowed=allowed, batch_size=batch_size,
                                   compute_entropy=compute_entropy, autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient,
                                   prompt_cache=self._prompt_cache if self._loss_reads_cache else None)
+        if self._names_piece is not None and self._names_piece["prompt_ids"].size(0) == input_ids.size(0):
+            self._weigh_names(self._names_piece, logps)  # TRL reads the advantages after this pass
         self._last_entropies = ent  # within the allowed sets at decisions: what the entropy floor reads
         self._last_logps = logps  # what the protocol anchor reads (its positions are among these)
         return logps, ent, None
@@ -333,6 +344,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         # the prompts kept by this optimizer step's names pass, under these very weights
         c = self._prompt_cache
         self._loss_reads_cache = c is not None and self.model.training and c.tag == self.state.global_step
+        self._names_piece = inputs if names_in_loss.TARGET in inputs and self.model.training else None
         try:
             with self._frozen_casts():
                 loss = super()._compute_loss(model, inputs)
@@ -345,7 +357,7 @@ class RouterGRPOTrainer(GRPOTrainer):
                 loss = loss + self._anchor_term(anchored)
             return loss
         finally:
-            self._decision_allowed = self._logp_positions = self._last_entropies = self._last_logps = None
+            self._decision_allowed = self._logp_positions = self._last_entropies = self._last_logps = self._names_piece = None
             self._loss_reads_cache = False
 
     def _anchor_term(self, anchored: torch.Tensor) -> torch.Tensor | float:
@@ -470,8 +482,10 @@ class RouterGRPOTrainer(GRPOTrainer):
         elif self.advantage == "all_names":
             if self.all_names_episodes == "scripted" and mode == "train":  # no sampler recorded the names' log-probs: a no-grad forward per group gives them
                 names = gather_object([inp.get("route_target") for inp in local])
-                logps = self.accelerator.gather(self._scripted_name_logps(out)).tolist()
                 k = max(int(inp.get("route_candidates") or 0) for inp in local)  # the pool's size, the same on every rank
+                if self.all_names_weights_in_loss and names_in_loss.whole_groups(self._loss_row_ranges(out), G, len(local)):  # or the loss's own forward (names_in_loss.py)
+                    return self._defer_names(out, rewards, k, m)
+                logps = self.accelerator.gather(self._scripted_name_logps(out)).tolist()
             else:
                 names, logps, k = first_routes(gather_object([list(self._last_decisions)]))
             scale = self.args.scale_rewards
@@ -533,6 +547,53 @@ class RouterGRPOTrainer(GRPOTrainer):
                                      autocast=self.accelerator.autocast, prompt_grad=self.prompt_gradient, prompt_cache=self._prompt_cache)
             sums.append(lp.sum(dim=1))
         return torch.cat(sums)
+
+    def _loss_row_ranges(self, out: dict[str, Any]) -> list[tuple[int, int]]:
+        """The row ranges of this process's generation that the loss will run as one forward each:
+        its pieces under `microbatch_tokens`, else TRL's micro-batches."""
+        if self.microbatch_tokens is not None:
+            return self._names_pass_pieces(out)
+        B, mb = out["completion_ids"].size(0), self.args.per_device_train_batch_size
+        return [(s, min(s + mb, B)) for s in range(0, B, mb)]
+
+    def _defer_names(self, out: dict[str, Any], rewards: torch.Tensor, k: int, m: Any) -> dict[str, Any]:
+        """`algorithm.all_names_weights_in_loss`: hand the loss this process's rewards and route
+        targets instead of advantages (names_in_loss.defer); `_weigh_names` computes them from the
+        loss's own log-probs. The advantages TRL logged for this generation are replaced by NaN
+        until then (filled in by the loss on a single process)."""
+        n_local = out["completion_ids"].size(0)
+        start = self.accelerator.process_index * n_local
+        self._names_k = k
+        if self._prompt_cache is not None:  # no names pass keeps prompts this step: drop the last one's
+            self._prompt_cache.reset(tag=None)
+        out = names_in_loss.defer(out, rewards[start : start + n_local], [inp.get("route_target") for inp in self._last_inputs], self._route_names)
+        logged = self._logs["advantages"]
+        total = n_local * self.accelerator.num_processes
+        for i in range(max(0, len(logged) - total), len(logged)):
+            logged[i] = float("nan")
+        out["names_row"] = torch.arange(len(logged) - total + start, len(logged) - total + start + n_local, device=out["completion_ids"].device)
+        m["advantage/deferred_to_loss"].append(1.0)
+        return out
+
+    def _weigh_names(self, inputs: dict[str, Any], logps: torch.Tensor) -> None:
+        """The loss forward's mirror advantages from its own log-probs (names_in_loss.py), set in
+        `inputs` before TRL's loss reads them; the route distribution, expected reward and mean
+        |advantage| logged as the names pass logs them (per forward, this process's rows)."""
+        G = self.num_generations
+        adv, targets, lps = names_in_loss.piece_advantages(inputs, logps, self._route_names, G=G, K=self._names_k or G, weights=self.all_names_weights,
+                                                           temperature=self.all_names_temperature)
+        inputs["advantages"] = adv.to(inputs["advantages"].device, inputs["advantages"].dtype)
+        m = self._metrics["train"]
+        self._log_route_distribution(m, targets, lps, G)
+        exp_r = expected_reward(inputs[names_in_loss.REWARD].tolist(), targets, lps, G)
+        if exp_r is not None:
+            m["decision/expected_reward"].append(exp_r)
+        m[f"advantage/{self.advantage}_mean_abs"].append(float(adv.abs().mean()))
+        if self.accelerator.num_processes == 1 and "names_row" in inputs:  # the completions table's advantages (TRL's log)
+            logged = self._logs["advantages"]
+            for r, a in zip(inputs["names_row"].tolist(), adv.tolist()):
+                if 0 <= r < len(logged):
+                    logged[r] = a
 
     def _names_pass_pieces(self, out: dict[str, Any]) -> list[tuple[int, int]]:
         """The row ranges the names pass runs: one group at a time (as a one-group loss
