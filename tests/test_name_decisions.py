@@ -174,3 +174,52 @@ def test_a_micro_batch_with_no_trained_token_gives_a_zero_loss_that_backpropagat
     lp, ent = policy_logps(model, ids, att, 5, temperature=1.0, positions=torch.zeros((4, 5), dtype=torch.bool), compute_entropy=True)
     assert (lp == 0).all() and (ent == 0).all() and lp.requires_grad
     lp.sum().backward()  # connected to the graph: backward (and DDP's reducer) sees every parameter
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_loss_head_scores_allowed_sets_from_their_own_logits_as_from_the_masked_vocabulary(bias):
+    """`logprobs.head_logps` computes a row with an allowed set from its set's logits only: the
+    same log-probs, entropies and gradients (to the hidden states and the output layer) as
+    masking the whole vocabulary's logits, for rows that all have sets and mixed with rows over
+    the whole vocabulary; a token outside its set gets -inf."""
+    from rl_router.training.logprobs import head_logps
+
+    torch.manual_seed(0)
+    V, H, N = 50, 8, 7
+    head = torch.nn.Linear(H, V, bias=bias)
+    hidden = torch.randn(N, H, requires_grad=True)
+    tokens = torch.tensor([3, 7, 7, 11, 2, 40, 5])
+    allowed = torch.full((N, 3), -1, dtype=torch.long)
+    allowed[0, :2] = torch.tensor([3, 9])
+    allowed[1] = torch.tensor([7, 8, 1])
+    allowed[2, :1] = torch.tensor([7])  # a one-token set: log-prob 0
+    allowed[4, :2] = torch.tensor([2, 40])
+    allowed[6, :2] = torch.tensor([4, 6])  # the token is not in its set
+    T = 0.7
+
+    def masked(rows):  # the whole vocabulary's logits with everything outside each row's set at -inf
+        z = head(hidden[rows]).float() / T
+        a = allowed[rows]
+        keep = torch.zeros_like(z, dtype=torch.bool)
+        for i in range(len(rows)):
+            if a[i, 0] < 0:
+                keep[i] = True
+            else:
+                keep[i, a[i][a[i] >= 0]] = True
+        lp = torch.log_softmax(z.masked_fill(~keep, float("-inf")), -1)
+        ent = -(lp.exp() * lp.masked_fill(torch.isinf(lp), 0.0)).sum(-1)
+        return lp.gather(1, tokens[rows][:, None]).squeeze(1), ent
+
+    for rows in ([0, 1, 2, 4], list(range(N))):  # all with sets; mixed with whole-vocabulary rows
+        r = torch.tensor(rows)
+        got, got_ent = head_logps(head, hidden[r], tokens[r], T, allowed[r], True)
+        want, want_ent = masked(r)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got_ent, want_ent)
+        finite = torch.isfinite(want)
+        g1 = torch.autograd.grad((got[finite] * torch.arange(1.0, 1 + int(finite.sum()))).sum() + got_ent.sum(), [hidden, head.weight])
+        g2 = torch.autograd.grad((want[finite] * torch.arange(1.0, 1 + int(finite.sum()))).sum() + want_ent.sum(), [hidden, head.weight])
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b)
+    assert float(head_logps(head, hidden[:3], tokens[:3], T, allowed[:3], False)[0][2]) == pytest.approx(0.0, abs=1e-6)
+    assert head_logps(head, hidden[6:], tokens[6:], T, allowed[6:], False)[0].isneginf().all()

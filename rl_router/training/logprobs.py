@@ -103,7 +103,52 @@ def tile_rows(vocab: int, budget: int = 1 << 24) -> int:
 
 def head_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, allowed: torch.Tensor | None, want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of `tokens` (N) given `hidden` (N x H), logits = head(hidden) / temperature,
-    over the vocabulary, or within `allowed` (N x K, -1 padded) where that row has a set."""
+    over the vocabulary, or within `allowed` (N x K, -1 padded) where that row has a set. A row
+    with a set needs only its set's logits (`_allowed_logps`: K dot products instead of the
+    vocabulary's; at a scripted step's name positions the whole-vocabulary head was about a
+    tenth of the loss); the other rows run the head over the vocabulary (`_vocab_logps`)."""
+    if allowed is None:
+        return _vocab_logps(head, hidden, tokens, temperature, None, want_entropy)
+    has = allowed[:, 0] >= 0
+    if bool(has.all()):
+        return _allowed_logps(head, hidden, tokens, temperature, allowed, want_entropy)
+    if not bool(has.any()):
+        return _vocab_logps(head, hidden, tokens, temperature, None, want_entropy)
+    r, f = has.nonzero().flatten(), (~has).nonzero().flatten()
+    lp_r, ent_r = _allowed_logps(head, hidden[r], tokens[r], temperature, allowed[r], want_entropy)
+    lp_f, ent_f = _vocab_logps(head, hidden[f], tokens[f], temperature, None, want_entropy)
+    lp = lp_r.new_zeros(hidden.shape[0]).index_put((r,), lp_r).index_put((f,), lp_f)
+    if not want_entropy:
+        return lp, None
+    assert ent_r is not None and ent_f is not None
+    return lp, ent_r.new_zeros(hidden.shape[0]).index_put((r,), ent_r).index_put((f,), ent_f)
+
+
+def _allowed_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, allowed: torch.Tensor, want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`head_logps` for rows that all have an allowed set: each row's logits over its set only
+    (its tokens' rows of the output layer, and bias), then the log-softmax within the set. The
+    same numbers as masking the whole vocabulary's logits, up to float rounding (a dot product
+    summed in another order); a token outside its set gets -inf, as there."""
+    valid = allowed >= 0
+    ids = allowed.clamp(min=0)
+    w = head.weight[ids]  # N x K x H (a tied embedding's rows: its gradient reaches only them)
+    h = hidden if torch.is_autocast_enabled(hidden.device.type) else hidden.to(w.dtype)  # as head(hidden) would: autocast's dtype, else the layer's
+    z = torch.matmul(w, h.unsqueeze(-1)).squeeze(-1)
+    if getattr(head, "bias", None) is not None:
+        z = z + head.bias[ids]
+    z = (z.float() / temperature).masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(z, dim=-1)
+    at = (allowed == tokens[:, None]) & valid
+    zt = z.masked_fill(~at, float("-inf")).max(dim=-1).values  # the token's logit, -inf when it is not in its set
+    lp = zt - lse
+    if not want_entropy:
+        return lp, None
+    lps = z - lse[:, None]
+    return lp, -(lps.exp() * lps.masked_fill(~valid, 0.0)).sum(-1)
+
+
+def _vocab_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, allowed: torch.Tensor | None, want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`head_logps` over the vocabulary, in row tiles (no rows x vocabulary tensor beyond one tile)."""
     lps, ents = [], []
     step = tile_rows(head.weight.shape[0])
     for i in range(0, hidden.shape[0], step):
