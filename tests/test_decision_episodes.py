@@ -286,7 +286,7 @@ def test_the_scripted_recipe_is_the_smollm2_recipe_with_the_readme_sets():
     from rl_router.recipe import load_recipe
 
     sets = ["algorithm.advantage=all_names", "algorithm.all_names_weights=mirror", "algorithm.all_names_episodes=scripted", "algorithm.prompt_gradient=false",
-            "trainer.num_generations=9", "trainer.per_device_train_batch_size=72", "trainer.gradient_accumulation_steps=1", "algorithm.trim_padding=true",
+            "algorithm.all_names_weights_in_loss=true", "trainer.num_generations=9", "trainer.per_device_train_batch_size=72", "trainer.gradient_accumulation_steps=1", "algorithm.trim_padding=true",
             "algorithm.microbatch_tokens=2048", "algorithm.rl_minutes=60", "trainer.max_steps=2000", "trainer.save_steps=50", "trainer.save_total_limit=2",
             "output_dir=outputs/dcrouter_smollm2_scripted"]
     assert load_recipe("recipes/dcrouter_smollm2_scripted.yaml", []).to_dict() == load_recipe("recipes/dcrouter_smollm2.yaml", sets).to_dict()
