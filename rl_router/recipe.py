@@ -445,6 +445,8 @@ def validate_combination(r: Recipe) -> None:
         raise ConfigError("algorithm.all_names_weights_in_loss", "reads each group's mirror target from the loss's forward of scripted names", "set algorithm.all_names_episodes: scripted and all_names_weights: mirror, or all_names_weights_in_loss: false")
     if a.all_names_weights_in_loss and int(t.get("num_iterations", 1)) != 1:
         raise ConfigError("trainer.num_iterations", "reuses a generation for several optimizer steps, and algorithm.all_names_weights_in_loss reads the target from the weights the loss moves", "set trainer.num_iterations: 1, or algorithm.all_names_weights_in_loss: false")
+    if a.all_names_weights_in_loss and t.get("steps_per_generation") is not None and int(t["steps_per_generation"]) != int(t.get("gradient_accumulation_steps", 1)):
+        raise ConfigError("trainer.steps_per_generation", "spreads a generation over several optimizer steps, and algorithm.all_names_weights_in_loss reads the target from the weights the loss moves", "set it to trainer.gradient_accumulation_steps, or algorithm.all_names_weights_in_loss: false")
     if not a.prompt_gradient and bool(t.get("gradient_checkpointing", True)):
         raise ConfigError("algorithm.prompt_gradient", "false reads each prompt's cache, which gradient checkpointing drops (TRL turns it on by default)", "set trainer.gradient_checkpointing: false")
     if a.microbatch_tokens is not None and not (isinstance(a.microbatch_tokens, int) and not isinstance(a.microbatch_tokens, bool) and a.microbatch_tokens > 0):

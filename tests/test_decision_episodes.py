@@ -518,6 +518,7 @@ def test_weights_read_from_the_loss_give_the_names_pass_loss_and_gradient_with_o
     assert one_calls < two_calls  # no names pass
     assert torch.isnan(one["advantages"]).all() and one["names_target"].tolist() == [trainer._route_names.index(inp["route_target"]) for inp in trainer._last_inputs]
     assert all(a != a for a in list(trainer._logs["advantages"])[-16:])  # the log's too, until the loss computes them
+    trainer._metrics["train"].clear()  # what follows is logged by the loss
     one_loss, one_grads = loss_and_grads(one)
     used = torch.tensor(list(trainer._logs["advantages"])[-16:])  # what the loss computed, logged per row
     torch.testing.assert_close(used, two["advantages"].float(), rtol=1e-4, atol=1e-5)
@@ -530,18 +531,25 @@ def test_weights_read_from_the_loss_give_the_names_pass_loss_and_gradient_with_o
         trainer.microbatch_tokens = 100
         split, _ = generate(True)
         assert "names_target" not in split and not torch.isnan(split["advantages"]).any()
+        assert trainer._metrics["train"]["advantage/deferred_to_loss"][-1] == 0.0
+    # a loss whose log-probs did not come from rl-router's pass (here: the advantages left unfilled) raises, before any optimizer step
+    one, _ = generate(True)
+    trainer._weigh_names = lambda inputs, logps: None
+    with pytest.raises(RuntimeError, match="all_names_weights_in_loss"):
+        trainer.compute_loss(trainer.model, one)
 
 
 def test_weights_in_the_loss_are_refused_where_they_would_change_the_objective(tmp_path):
     """One line naming the field: policy / uniform weights (scaled over the whole batch) and
     sampled episodes cannot take their weights from one loss forward, nor can a generation reused
-    for several optimizer steps."""
+    for several optimizer steps (num_iterations, steps_per_generation)."""
     from rl_router.errors import ConfigError
     from rl_router.recipe import load_recipe
 
     base = ["algorithm.all_names_weights_in_loss=true"]
     assert load_recipe("recipes/dcrouter_smollm2_scripted.yaml", base).algorithm.all_names_weights_in_loss
-    for extra, field in ((["algorithm.all_names_weights=policy"], "algorithm.all_names_weights_in_loss"), (["trainer.num_iterations=2"], "trainer.num_iterations")):
+    for extra, field in ((["algorithm.all_names_weights=policy"], "algorithm.all_names_weights_in_loss"), (["trainer.num_iterations=2"], "trainer.num_iterations"),
+                         (["trainer.steps_per_generation=2"], "trainer.steps_per_generation"), (["algorithm.all_names_episodes=sampled"], "algorithm.all_names_weights_in_loss")):
         with pytest.raises(ConfigError) as e:
             load_recipe("recipes/dcrouter_smollm2_scripted.yaml", base + extra)
         assert e.value.field == field

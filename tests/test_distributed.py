@@ -69,3 +69,39 @@ def test_two_processes_train_like_one(tmp_path, bopo_run):
         assert a["mean_cost"] > w["mean_cost"] and a["quality"] > w["quality"], name  # learned to escalate, and it paid
         assert a["reward"] > w["reward"], name
         assert gap > 0.0, name  # ends above the boundary mixture
+
+
+def test_two_processes_take_scripted_names_weights_from_the_loss_like_one(tmp_path, gsm8k_run):
+    """Scripted all-names episodes with the weights read from the loss
+    (`algorithm.all_names_weights_in_loss`, training/names_in_loss.py) under 2 gloo processes:
+    every step defers its advantages to the loss on both ranks (each rank's loss pieces hold whole
+    groups, and the check that they do is a collective both ranks make), and two RL steps from
+    the GSM8K router move the weights as one process moves them on the same global batches (the
+    same 8 groups of the pool's two names a step, 4 per rank)."""
+    import torch
+    from safetensors.torch import load_file
+
+    warm = gsm8k_run.out / "final"
+    sets = [f"model.name_or_path={warm}", "algorithm.sft_warmstart=false", "rollout.decisions=names", "algorithm.advantage=all_names", "algorithm.all_names_weights=mirror",
+            "algorithm.all_names_episodes=scripted", "algorithm.prompt_gradient=false", "algorithm.all_names_weights_in_loss=true", "algorithm.trim_padding=true",
+            "algorithm.microbatch_tokens=1000", "trainer.num_generations=2", "trainer.max_steps=2", "trainer.save_steps=2", "trainer.learning_rate=1e-3",
+            "data.max_heldout=8", "data.max_heldout_initial=8"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RL_ROUTER_NO_PROGRESS": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    runs = {}
+    for n, per_dev in ((1, 16), (2, 8)):
+        out = tmp_path / f"p{n}"
+        cmd = [str(Path(sys.executable).with_name("rl-router"))] if n == 1 else [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                                                                                  "--master_port", str(free_port()), "-m", "rl_router.cli"]
+        p = subprocess.run([*cmd, "train", "recipes/gsm8k.yaml", "--output-dir", str(out), *(a for s in sets + [f"trainer.per_device_train_batch_size={per_dev}"] for a in ("--set", s))],
+                           cwd=ROOT, capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        m = json.loads((out / "metrics.json").read_text())
+        logged = [h for h in m["log_history"] if "reward" in h]
+        assert [h["step"] for h in logged] == [1, 2] and all(h.get("advantage/deferred_to_loss") == 1.0 for h in logged), logged
+        runs[n] = load_file(str(out / "final" / "model.safetensors"))
+    start = load_file(str(warm / "model.safetensors"))
+    moved = sum(float((runs[1][k] - start[k]).float().norm()) ** 2 for k in start) ** 0.5
+    apart = sum(float((runs[2][k] - runs[1][k]).float().norm()) ** 2 for k in start) ** 0.5
+    print(f"\nweights moved {moved:.4g} by 1 process; 2 processes' end {apart:.4g} from it")
+    assert moved > 0 and apart < 0.05 * moved
+    assert set(runs[2]) == set(start) and all(torch.isfinite(v).all() for v in runs[2].values())

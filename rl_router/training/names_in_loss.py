@@ -13,11 +13,17 @@ router's current probabilities, which both read), without its rounding differenc
 no-grad pass and the loss's.
 
 What it needs: every loss forward holds whole groups (the target of a group is over all its
-names); the trainer checks this at generation from the pieces the loss will run
-(`whole_groups`) and runs the separate names pass for a step where a piece splits a group.
-One generation per optimizer step (`num_iterations: 1`), so the weights the target reads are
-the ones the loss moves. Mirror weights only: the target is per group, where the policy and
-uniform weights' batch-wide reward scaling would need the whole batch in one forward.
+names); the trainer checks this at generation from the forwards the loss will run (its
+`microbatch_tokens` pieces, else TRL's micro-batches: `whole_groups`) and runs the separate
+names pass for a step where one splits a group. One generation per optimizer step
+(`num_iterations: 1`, `steps_per_generation` = `gradient_accumulation_steps`), so the weights
+the target reads are the ones the loss moves (with a generation reused, the names pass reads
+the generation's weights and this would read later ones: refused). Mirror weights only: the
+target is per group, where the policy and uniform weights under `scale_rewards: batch` need
+the whole batch's rewards. `all_names_credit` is moot here: a scripted episode's policy tokens
+are its name's, so its advantage is per episode. The rl-router log-prob pass only: a model
+whose loss TRL's pass computes (rescaled logits, an MoE aux loss) is refused, and a loss that
+ran without filling its advantages raises before any optimizer step.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ def whole_groups(ranges: Sequence[tuple[int, int]], G: int, rows: int) -> bool:
 def defer(out: dict[str, Any], rewards: torch.Tensor, targets: Sequence[str | None], names: list[str]) -> dict[str, Any]:
     """`out` with this process's rewards and route targets (an index into `names`, which grows
     with new names; -1: none) for the loss, and NaN advantages until the loss computes them
-    (a loss that read them unfilled would fail loudly rather than train on zeros)."""
+    (never zeros that would train silently: the trainer raises where a loss ran without filling
+    them)."""
     idx = []
     for t in targets:
         if t is not None and t not in names:

@@ -98,13 +98,19 @@ class RouterGRPOTrainer(GRPOTrainer):
         if all_names_episodes != "sampled" and advantage != "all_names":
             raise ValueError("algorithm.all_names_episodes scripts all-names groups; set algorithm.advantage: all_names")
         # scripted mirror weights read from the loss's own forward instead of a names pass (training/names_in_loss.py)
-        if all_names_weights_in_loss and (all_names_episodes != "scripted" or all_names_weights != "mirror" or self.num_iterations != 1):
-            raise ValueError("algorithm.all_names_weights_in_loss reads a group's mirror target from the loss's forward: it needs all_names_episodes: scripted, "
-                             "all_names_weights: mirror and trainer.num_iterations: 1")
+        if all_names_weights_in_loss and (all_names_episodes != "scripted" or all_names_weights != "mirror" or self.num_iterations != 1
+                                          or self.args.steps_per_generation != self.args.gradient_accumulation_steps):
+            raise ValueError("algorithm.all_names_weights_in_loss reads a group's mirror target from the loss's forward under the weights it moves: it needs "
+                             "all_names_episodes: scripted, all_names_weights: mirror and one generation per optimizer step (trainer.num_iterations: 1, "
+                             "trainer.steps_per_generation = gradient_accumulation_steps)")
+        if all_names_weights_in_loss and (rescales_logits(self.model) or getattr(self, "aux_loss_enabled", False)):
+            raise ValueError("algorithm.all_names_weights_in_loss reads the names' log-probs from rl-router's own log-prob pass, and this model needs TRL's "
+                             "(rescaled or soft-capped logits, or an MoE aux loss); set algorithm.all_names_weights_in_loss: false")
         self.all_names_weights_in_loss = bool(all_names_weights_in_loss)
         self._route_names: list[str] = []  # names_in_loss: route targets by index, as the generation hands them to the loss
         self._names_k = 0  # names_in_loss: the pool's size (names a group takes in turn)
         self._names_piece: dict[str, Any] | None = None  # names_in_loss: the loss forward's inputs, whose advantages its log-probs fill
+        self._names_weighed = False  # names_in_loss: whether this loss forward filled them
         self._kept_casts: dict[int, Any] = {}  # frozen weights' bf16 copies, made once for the run (_frozen_casts)
         self.all_names_episodes = all_names_episodes  # scripted: the rollout hands cut episodes (rollout/decision_episodes.py), their names' log-probs come from _scripted_name_logps
         self.bopo_reward = bopo_reward
@@ -345,9 +351,13 @@ class RouterGRPOTrainer(GRPOTrainer):
         c = self._prompt_cache
         self._loss_reads_cache = c is not None and self.model.training and c.tag == self.state.global_step
         self._names_piece = inputs if names_in_loss.TARGET in inputs and self.model.training else None
+        self._names_weighed = False
         try:
             with self._frozen_casts():
                 loss = super()._compute_loss(model, inputs)
+            if self._names_piece is not None and not self._names_weighed:  # TRL's loss read the NaN placeholders: stop before any optimizer step
+                raise RuntimeError("algorithm.all_names_weights_in_loss: the loss ran without computing its advantages (its log-probs did not come from "
+                                   "rl-router's pass); set algorithm.all_names_weights_in_loss: false")
             wp, wf = self._piece_weights  # 1, 1 unless this is a piece of a micro-batch (compute_loss)
             if wp != 1.0:
                 loss = loss * wp
@@ -485,6 +495,8 @@ class RouterGRPOTrainer(GRPOTrainer):
                 k = max(int(inp.get("route_candidates") or 0) for inp in local)  # the pool's size, the same on every rank
                 if self.all_names_weights_in_loss and names_in_loss.whole_groups(self._loss_row_ranges(out), G, len(local)):  # or the loss's own forward (names_in_loss.py)
                     return self._defer_names(out, rewards, k, m)
+                if self.all_names_weights_in_loss:  # a loss forward would split a group: this step runs the names pass (logged as a rate)
+                    m["advantage/deferred_to_loss"].append(0.0)
                 logps = self.accelerator.gather(self._scripted_name_logps(out)).tolist()
             else:
                 names, logps, k = first_routes(gather_object([list(self._last_decisions)]))
@@ -583,6 +595,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         adv, targets, lps = names_in_loss.piece_advantages(inputs, logps, self._route_names, G=G, K=self._names_k or G, weights=self.all_names_weights,
                                                            temperature=self.all_names_temperature)
         inputs["advantages"] = adv.to(inputs["advantages"].device, inputs["advantages"].dtype)
+        self._names_weighed = True
         m = self._metrics["train"]
         self._log_route_distribution(m, targets, lps, G)
         exp_r = expected_reward(inputs[names_in_loss.REWARD].tolist(), targets, lps, G)
