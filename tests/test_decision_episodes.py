@@ -518,6 +518,7 @@ def test_weights_read_from_the_loss_give_the_names_pass_loss_and_gradient_with_o
     assert one_calls < two_calls  # no names pass
     assert torch.isnan(one["advantages"]).all() and one["names_target"].tolist() == [trainer._route_names.index(inp["route_target"]) for inp in trainer._last_inputs]
     assert all(a != a for a in list(trainer._logs["advantages"])[-16:])  # the log's too, until the loss computes them
+    assert trainer._metrics["train"]["advantage/deferred_to_loss"][-1] == 1.0
     trainer._metrics["train"].clear()  # what follows is logged by the loss
     one_loss, one_grads = loss_and_grads(one)
     used = torch.tensor(list(trainer._logs["advantages"])[-16:])  # what the loss computed, logged per row
@@ -526,14 +527,16 @@ def test_weights_read_from_the_loss_give_the_names_pass_loss_and_gradient_with_o
     assert one_loss == pytest.approx(two_loss, rel=1e-4, abs=1e-6)
     torch.testing.assert_close(one_grads, two_grads, rtol=1e-3, atol=1e-6)
     m = trainer._metrics["train"]
-    assert m["advantage/deferred_to_loss"] and m["decision/expected_reward"] and any(k.startswith("decision/route_prob/") for k in m)
+    assert m["decision/expected_reward"] and m["advantage/all_names_mean_abs"] and any(k.startswith("decision/route_prob/") for k in m)  # logged by the loss
     if pieces:  # pieces of one row split every group: the names pass runs and the advantages come with the generation
         trainer.microbatch_tokens = 100
         split, _ = generate(True)
         assert "names_target" not in split and not torch.isnan(split["advantages"]).any()
         assert trainer._metrics["train"]["advantage/deferred_to_loss"][-1] == 0.0
+        trainer.microbatch_tokens = pieces
     # a loss whose log-probs did not come from rl-router's pass (here: the advantages left unfilled) raises, before any optimizer step
     one, _ = generate(True)
+    assert "names_target" in one
     trainer._weigh_names = lambda inputs, logps: None
     with pytest.raises(RuntimeError, match="all_names_weights_in_loss"):
         trainer.compute_loss(trainer.model, one)
