@@ -107,16 +107,14 @@ def head_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperatur
     with a set needs only its set's logits (`_allowed_logps`: K dot products instead of the
     vocabulary's; at a scripted step's name positions the whole-vocabulary head was about a
     tenth of the loss); the other rows run the head over the vocabulary (`_vocab_logps`)."""
-    if allowed is None:
-        return _vocab_logps(head, hidden, tokens, temperature, None, want_entropy)
-    has = allowed[:, 0] >= 0
+    has = allowed[:, 0] >= 0 if allowed is not None else hidden.new_zeros(hidden.shape[0], dtype=torch.bool)
+    if allowed is None or not bool(has.any()):
+        return _vocab_logps(head, hidden, tokens, temperature, want_entropy)
     if bool(has.all()):
         return _allowed_logps(head, hidden, tokens, temperature, allowed, want_entropy)
-    if not bool(has.any()):
-        return _vocab_logps(head, hidden, tokens, temperature, None, want_entropy)
     r, f = has.nonzero().flatten(), (~has).nonzero().flatten()
     lp_r, ent_r = _allowed_logps(head, hidden[r], tokens[r], temperature, allowed[r], want_entropy)
-    lp_f, ent_f = _vocab_logps(head, hidden[f], tokens[f], temperature, None, want_entropy)
+    lp_f, ent_f = _vocab_logps(head, hidden[f], tokens[f], temperature, want_entropy)
     lp = lp_r.new_zeros(hidden.shape[0]).index_put((r,), lp_r).index_put((f,), lp_f)
     if not want_entropy:
         return lp, None
@@ -147,22 +145,13 @@ def _allowed_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temper
     return lp, -(lps.exp() * lps.masked_fill(~valid, 0.0)).sum(-1)
 
 
-def _vocab_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, allowed: torch.Tensor | None, want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _vocab_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float, want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`head_logps` over the vocabulary, in row tiles (no rows x vocabulary tensor beyond one tile)."""
     lps, ents = [], []
     step = tile_rows(head.weight.shape[0])
     for i in range(0, hidden.shape[0], step):
         z = head(hidden[i : i + step]).float() / temperature
         tok = tokens[i : i + step]
-        if allowed is not None:
-            a = allowed[i : i + step]
-            has = a[:, 0] >= 0
-            if bool(has.any()):
-                keep = torch.zeros_like(z, dtype=torch.bool)
-                rows, cols = (a >= 0).nonzero(as_tuple=True)
-                keep[rows, a[rows, cols]] = True
-                keep[~has] = True
-                z = z.masked_fill(~keep, float("-inf"))
         lp = torch.log_softmax(z, dim=-1)
         lps.append(lp.gather(1, tok[:, None]).squeeze(1))
         if want_entropy:
