@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rl_router.training.advantages import all_names_advantages
-from rl_router.training.trainer import expected_reward
+from rl_router.training.trainer import expected_reward, greedy_reward
 
 
 def _tasks_and_pool(gsm8k_run):
@@ -80,6 +80,7 @@ def test_scripted_groups_score_every_name_by_its_call_and_train_its_tokens_only(
     torch.testing.assert_close(out["advantages"].float(), want.float(), rtol=1e-5, atol=1e-6)
     assert "decision/route_prob/" + names[0] in trainer._metrics["train"]
     assert trainer._metrics["train"]["decision/expected_reward"][-1] == pytest.approx(expected_reward(rewards.tolist(), targets, logps.tolist(), 4), abs=1e-6)
+    assert trainer._metrics["train"]["decision/greedy_reward"][-1] == pytest.approx(greedy_reward(rewards.tolist(), targets, logps.tolist(), 4), abs=1e-6)
 
 
 def test_expected_reward_is_the_routers_probability_weighted_reward_per_task():
@@ -93,6 +94,19 @@ def test_expected_reward_is_the_routers_probability_weighted_reward_per_task():
     g2 = 0.5 * 0.2 + 0.5 * 0.4  # the NaN reward and the unnamed episode drop out
     assert got == pytest.approx((g1 + g2) / 2)
     assert expected_reward([1.0, 0.0], [None, None], [float("nan")] * 2, 2) is None
+
+
+def test_greedy_reward_is_the_reward_of_the_routers_most_likely_name_per_task():
+    """rbar of the name of highest probability per group, averaged over groups: a router whose
+    likelier name earns less scores below its expected reward."""
+    import math
+
+    lp = [math.log(0.7), math.log(0.3), math.log(0.7), math.log(0.3), math.log(0.2), math.log(0.8), math.log(0.2), float("nan")]
+    rewards = [0.0, 1.0, 0.5, 1.0, 1.0, 0.4, float("nan"), 0.9]
+    got = greedy_reward(rewards, ["a", "b", "a", "b", "a", "b", "a", None], lp, 4)
+    assert got == pytest.approx((0.25 + 0.4) / 2)  # group 1 takes a: mean(0.0, 0.5); group 2 takes b: 0.4
+    assert got < expected_reward(rewards, ["a", "b", "a", "b", "a", "b", "a", None], lp, 4)
+    assert greedy_reward([1.0, 0.0], [None, None], [float("nan")] * 2, 2) is None
 
 
 @pytest.mark.parametrize("prompt_gradient, in_loss", [(True, False), (False, False), (False, True)])

@@ -508,6 +508,9 @@ class RouterGRPOTrainer(GRPOTrainer):
             exp_r = expected_reward(rewards.tolist(), names, logps, G)
             if exp_r is not None:  # the sampled episodes' mean reward is every name's alike here: log the router's own
                 m["decision/expected_reward"].append(exp_r)
+            greedy_r = greedy_reward(rewards.tolist(), names, logps, G)
+            if greedy_r is not None:
+                m["decision/greedy_reward"].append(greedy_r)
         else:
             assert self.bopo_reward is not None
             ref, solvable = boundary_reward_refs(self.bopo_reward, fields["task_id"])
@@ -601,6 +604,9 @@ class RouterGRPOTrainer(GRPOTrainer):
         exp_r = expected_reward(inputs[names_in_loss.REWARD].tolist(), targets, lps, G)
         if exp_r is not None:
             m["decision/expected_reward"].append(exp_r)
+        greedy_r = greedy_reward(inputs[names_in_loss.REWARD].tolist(), targets, lps, G)
+        if greedy_r is not None:
+            m["decision/greedy_reward"].append(greedy_r)
         m[f"advantage/{self.advantage}_mean_abs"].append(float(adv.abs().mean()))
         if self.accelerator.num_processes == 1 and "names_row" in inputs:  # the completions table's advantages (TRL's log)
             logged = self._logs["advantages"]
@@ -637,6 +643,21 @@ def expected_reward(rewards: list[float], names: list[str | None], logps: list[f
     groups of sum_m pi(m) rbar_m (pi renormalised over the group's names, rbar_m the mean reward
     of name m's episodes); None when no group named a model. What the router would earn
     sampling its names on these tasks, where the batch's mean reward is every name's alike."""
+    return _decision_reward(rewards, names, logps, G, greedy=False)
+
+
+def greedy_reward(rewards: list[float], names: list[str | None], logps: list[float], G: int) -> float | None:
+    """All-names groups: the mean over groups of rbar_m for the name of highest probability,
+    what the router would earn taking its most likely name on these tasks (evaluation decodes
+    greedily token by token, which picks that name unless names sharing a first token split
+    its mass). Each step's tasks are new to the router until the training tasks run out, so
+    this is a held-out figure of the greedy policy that needs no held-out tasks (progressive
+    validation): what a pilot of a recipe's knobs can be read by. None when no group named a
+    model."""
+    return _decision_reward(rewards, names, logps, G, greedy=True)
+
+
+def _decision_reward(rewards: list[float], names: list[str | None], logps: list[float], G: int, greedy: bool) -> float | None:
     import math
 
     vals = []
@@ -649,7 +670,10 @@ def expected_reward(rewards: list[float], names: list[str | None], logps: list[f
             per.setdefault(n, []).append(r)
             prob[n] = math.exp(lp)
         z = sum(prob.values())
-        if z > 0:
+        if z > 0 and greedy:
+            best = max(prob, key=lambda n: prob[n])
+            vals.append(sum(per[best]) / len(per[best]))
+        elif z > 0:
             vals.append(sum(prob[n] / z * sum(v) / len(v) for n, v in per.items()))
     return sum(vals) / len(vals) if vals else None
 
