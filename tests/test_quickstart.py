@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,8 @@ def test_minutes_stop_rl_at_the_next_step(tmp_path):
     final/, metrics.json) and checkpoints it there; a non-positive budget is refused before any work."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250", "RL_ROUTER_NO_PROGRESS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "gsm8k.yaml")
-    small = ["algorithm.sft_warmstart=false", "data.max_train=32", "data.max_heldout=8", "data.max_heldout_initial=8", "trainer.max_steps=50", "trainer.save_steps=50"]
+    small = ["algorithm.sft_warmstart=false", "data.max_train=32", "data.max_heldout=8", "data.max_heldout_initial=8", "trainer.max_steps=50", "trainer.save_steps=50",
+             "trainer.lr_scheduler_type=cosine", "trainer.warmup_steps=0"]
     cmd = [BIN, "train", recipe, "--output-dir", str(tmp_path / "run"), "--minutes", "0.0001"]
     for kv in small:
         cmd += ["--set", kv]
@@ -76,6 +78,8 @@ def test_minutes_stop_rl_at_the_next_step(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["global_step"] == 1 and "algorithm.rl_minutes reached at step 1" in p.stdout
+    # a decaying schedule stopped by the minutes says where it stood: cosine over 50 steps, 1 done
+    assert re.search(r"at learning rate \S+, 100% of trainer.learning_rate: the cosine schedule runs over trainer.max_steps=50 and had not finished", " ".join(p.stdout.split())), p.stdout[-2000:]
     assert (tmp_path / "run" / "rl" / "checkpoint-1").is_dir()  # saved where the minutes stopped it (save_steps is 50): --resume continues from there
     bad = subprocess.run([BIN, "train", recipe, "--output-dir", str(tmp_path / "bad"), "--minutes", "0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--minutes: must be a positive number of minutes" in bad.stdout and not (tmp_path / "bad").exists()

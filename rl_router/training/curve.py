@@ -152,6 +152,18 @@ class LearningCurve(TrainerCallback):
         if out_of_time:
             control.should_training_stop = True
             control.should_save = args.save_strategy != "no"  # a checkpoint where RL stopped: `train --resume` with more minutes continues from it
-            self.run.log(f"algorithm.rl_minutes reached at step {state.global_step}: stopping RL")
+            self.run.log(f"algorithm.rl_minutes reached at step {state.global_step}: stopping RL{_schedule_left(args, kw.get('lr_scheduler'), state)}")
         if self.every and (state.global_step % self.every == 0 or out_of_time or last):
             self._record(model, state.global_step)
+
+
+def _schedule_left(args: Any, scheduler: Any, state: Any) -> str:
+    """Where a decaying learning-rate schedule stood when the minutes stopped RL: a schedule runs
+    over trainer.max_steps, not over the minutes, so a time-stopped run may end at a high rate,
+    its last weights a noisy iterate rather than the settled one the schedule was chosen for."""
+    kind = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    if scheduler is None or kind.startswith("constant") or not args.learning_rate:
+        return ""
+    now = float(scheduler.get_last_lr()[0])
+    return (f" at learning rate {now:.3g}, {now / args.learning_rate:.0%} of trainer.learning_rate: the {kind} schedule runs over "
+            f"trainer.max_steps={state.max_steps} and had not finished; a max_steps that fits the minutes lets it")
