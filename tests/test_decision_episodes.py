@@ -301,7 +301,8 @@ def test_the_scripted_recipe_is_the_smollm2_recipe_with_the_readme_sets():
 
     sets = ["algorithm.advantage=all_names", "algorithm.all_names_weights=mirror", "algorithm.all_names_episodes=scripted", "algorithm.prompt_gradient=false",
             "algorithm.all_names_weights_in_loss=true", "trainer.num_generations=9", "trainer.per_device_train_batch_size=72", "trainer.gradient_accumulation_steps=1", "algorithm.trim_padding=true",
-            "algorithm.microbatch_tokens=2048", "algorithm.rl_minutes=60", "trainer.max_steps=2000", "trainer.save_steps=50", "trainer.save_total_limit=2",
+            "algorithm.microbatch_tokens=2048", "algorithm.protocol_anchor=1.0", "algorithm.rl_minutes=60", "trainer.max_steps=300", "trainer.lr_scheduler_type=cosine",
+            "trainer.save_steps=50", "trainer.save_total_limit=2",
             "output_dir=outputs/dcrouter_smollm2_scripted"]
     assert load_recipe("recipes/dcrouter_smollm2_scripted.yaml", []).to_dict() == load_recipe("recipes/dcrouter_smollm2.yaml", sets).to_dict()
 
@@ -482,7 +483,8 @@ def test_the_recipe_reaches_the_trainer_with_its_protocol_anchor():
     from rl_router.recipe import load_recipe
     from rl_router.training.pipeline import trainer_options
 
-    assert trainer_options(load_recipe("recipes/dcrouter_smollm2_scripted.yaml", []))["protocol_anchor"] == 0.0
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2_scripted.yaml", []))["protocol_anchor"] == 1.0  # on in the shipped recipe
+    assert trainer_options(load_recipe("recipes/dcrouter_smollm2.yaml", []))["protocol_anchor"] == 0.0
     assert trainer_options(load_recipe("recipes/dcrouter_smollm2_scripted.yaml", ["algorithm.protocol_anchor=0.2"]))["protocol_anchor"] == 0.2
     with pytest.raises(ConfigError, match="algorithm.protocol_anchor: must be >= 0"):
         load_recipe("recipes/dcrouter_smollm2_scripted.yaml", ["algorithm.protocol_anchor=-1"])
@@ -566,7 +568,7 @@ def test_weights_in_the_loss_are_refused_where_they_would_change_the_objective(t
     base = ["algorithm.all_names_weights_in_loss=true"]
     assert load_recipe("recipes/dcrouter_smollm2_scripted.yaml", base).algorithm.all_names_weights_in_loss
     for extra, field in ((["algorithm.all_names_weights=policy"], "algorithm.all_names_weights_in_loss"), (["trainer.num_iterations=2"], "trainer.num_iterations"),
-                         (["trainer.steps_per_generation=2"], "trainer.steps_per_generation"), (["algorithm.all_names_episodes=sampled"], "algorithm.all_names_weights_in_loss")):
+                         (["trainer.steps_per_generation=2"], "trainer.steps_per_generation"), (["algorithm.all_names_episodes=sampled", "algorithm.protocol_anchor=0"], "algorithm.all_names_weights_in_loss")):
         with pytest.raises(ConfigError) as e:
             load_recipe("recipes/dcrouter_smollm2_scripted.yaml", base + extra)
         assert e.value.field == field
