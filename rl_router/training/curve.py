@@ -162,7 +162,7 @@ def _schedule_left(args: Any, scheduler: Any, state: Any) -> str:
     over trainer.max_steps, not over the minutes, so a time-stopped run may end at a high rate,
     its last weights a noisy iterate rather than the settled one the schedule was chosen for."""
     kind = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
-    if scheduler is None or kind.startswith("constant") or not args.learning_rate:
+    if scheduler is None or kind.startswith("constant") or not args.learning_rate or state.global_step >= state.max_steps:
         return ""
     now = float(scheduler.get_last_lr()[0])
     return (f" at learning rate {now:.3g}, {now / args.learning_rate:.0%} of trainer.learning_rate: the {kind} schedule runs over "

@@ -650,7 +650,8 @@ def greedy_reward(rewards: list[float], names: list[str | None], logps: list[flo
     """All-names groups: the mean over groups of rbar_m for the name of highest probability,
     what the router would earn taking its most likely name on these tasks (evaluation decodes
     greedily token by token, which picks that name unless names sharing a first token split
-    its mass). Each step's tasks are new to the router until the training tasks run out, so
+    its mass; in sampled groups, the likeliest of the names sampled). Each step's tasks are new
+    to the router until the training tasks run out, so
     this is a held-out figure of the greedy policy that needs no held-out tasks (progressive
     validation): what a pilot of a recipe's knobs can be read by. None when no group named a
     model."""
