@@ -107,8 +107,7 @@ def head_logps(head: Any, hidden: torch.Tensor, tokens: torch.Tensor, temperatur
     with a set needs only its set's logits (`_allowed_logps`: K dot products instead of the
     vocabulary's; at a scripted step's name positions the whole-vocabulary head was about a
     tenth of the loss); the other rows run the head over the vocabulary (`_vocab_logps`)."""
-    has = allowed[:, 0] >= 0 if allowed is not None else hidden.new_zeros(hidden.shape[0], dtype=torch.bool)
-    if allowed is None or not bool(has.any()):
+    if allowed is None or not bool((has := allowed[:, 0] >= 0).any()):
         return _vocab_logps(head, hidden, tokens, temperature, want_entropy)
     if bool(has.all()):
         return _allowed_logps(head, hidden, tokens, temperature, allowed, want_entropy)

@@ -505,12 +505,7 @@ class RouterGRPOTrainer(GRPOTrainer):
             adv = all_names_advantages(rewards, G, names, torch.tensor(logps, device=rewards.device), k or G, scale=scale, weights=self.all_names_weights,
                                        temperature=self.all_names_temperature)
             self._log_route_distribution(m, names, logps, G)
-            exp_r = expected_reward(rewards.tolist(), names, logps, G)
-            if exp_r is not None:  # the sampled episodes' mean reward is every name's alike here: log the router's own
-                m["decision/expected_reward"].append(exp_r)
-            greedy_r = greedy_reward(rewards.tolist(), names, logps, G)
-            if greedy_r is not None:
-                m["decision/greedy_reward"].append(greedy_r)
+            log_decision_rewards(m, rewards.tolist(), names, logps, G)  # the sampled episodes' mean reward is every name's alike here: log the router's own
         else:
             assert self.bopo_reward is not None
             ref, solvable = boundary_reward_refs(self.bopo_reward, fields["task_id"])
@@ -601,12 +596,7 @@ class RouterGRPOTrainer(GRPOTrainer):
         self._names_weighed = True
         m = self._metrics["train"]
         self._log_route_distribution(m, targets, lps, G)
-        exp_r = expected_reward(inputs[names_in_loss.REWARD].tolist(), targets, lps, G)
-        if exp_r is not None:
-            m["decision/expected_reward"].append(exp_r)
-        greedy_r = greedy_reward(inputs[names_in_loss.REWARD].tolist(), targets, lps, G)
-        if greedy_r is not None:
-            m["decision/greedy_reward"].append(greedy_r)
+        log_decision_rewards(m, inputs[names_in_loss.REWARD].tolist(), targets, lps, G)
         m[f"advantage/{self.advantage}_mean_abs"].append(float(adv.abs().mean()))
         if self.accelerator.num_processes == 1 and "names_row" in inputs:  # the completions table's advantages (TRL's log)
             logged = self._logs["advantages"]
@@ -643,7 +633,7 @@ def expected_reward(rewards: list[float], names: list[str | None], logps: list[f
     groups of sum_m pi(m) rbar_m (pi renormalised over the group's names, rbar_m the mean reward
     of name m's episodes); None when no group named a model. What the router would earn
     sampling its names on these tasks, where the batch's mean reward is every name's alike."""
-    return _decision_reward(rewards, names, logps, G, greedy=False)
+    return decision_rewards(rewards, names, logps, G)[0]
 
 
 def greedy_reward(rewards: list[float], names: list[str | None], logps: list[float], G: int) -> float | None:
@@ -651,17 +641,25 @@ def greedy_reward(rewards: list[float], names: list[str | None], logps: list[flo
     what the router would earn taking its most likely name on these tasks (evaluation decodes
     greedily token by token, which picks that name unless names sharing a first token split
     its mass; in sampled groups, the likeliest of the names sampled). Each step's tasks are new
-    to the router until the training tasks run out, so
-    this is a held-out figure of the greedy policy that needs no held-out tasks (progressive
-    validation): what a pilot of a recipe's knobs can be read by. None when no group named a
-    model."""
-    return _decision_reward(rewards, names, logps, G, greedy=True)
+    to the router until the training tasks run out, so this is a held-out figure of the greedy
+    policy that needs no held-out tasks (progressive validation): what a pilot of a recipe's
+    knobs can be read by. None when no group named a model."""
+    return decision_rewards(rewards, names, logps, G)[1]
 
 
-def _decision_reward(rewards: list[float], names: list[str | None], logps: list[float], G: int, greedy: bool) -> float | None:
+def log_decision_rewards(m: Any, rewards: list[float], names: list[str | None], logps: list[float], G: int) -> None:
+    """Append `decision/expected_reward` and `decision/greedy_reward` to the metrics `m` (each
+    where some group named a model)."""
+    for key, value in zip(("decision/expected_reward", "decision/greedy_reward"), decision_rewards(rewards, names, logps, G)):
+        if value is not None:
+            m[key].append(value)
+
+
+def decision_rewards(rewards: list[float], names: list[str | None], logps: list[float], G: int) -> tuple[float | None, float | None]:
+    """(`expected_reward`, `greedy_reward`) in one pass over the groups."""
     import math
 
-    vals = []
+    expected, greedy = [], []
     for gi in range(len(names) // G):
         per: dict[str, list[float]] = {}
         prob: dict[str, float] = {}
@@ -671,12 +669,11 @@ def _decision_reward(rewards: list[float], names: list[str | None], logps: list[
             per.setdefault(n, []).append(r)
             prob[n] = math.exp(lp)
         z = sum(prob.values())
-        if z > 0 and greedy:
+        if z > 0:
+            expected.append(sum(prob[n] / z * sum(v) / len(v) for n, v in per.items()))
             best = max(prob, key=lambda n: prob[n])
-            vals.append(sum(per[best]) / len(per[best]))
-        elif z > 0:
-            vals.append(sum(prob[n] / z * sum(v) / len(v) for n, v in per.items()))
-    return sum(vals) / len(vals) if vals else None
+            greedy.append(sum(per[best]) / len(per[best]))
+    return (sum(expected) / len(expected) if expected else None, sum(greedy) / len(greedy) if greedy else None)
 
 
 def first_routes(decisions: list[Any]) -> tuple[list[str | None], list[float], int]:
