@@ -19,6 +19,11 @@ model.seed set to it; the held-out tasks stay the same (data.seed is the recipe'
 
 Wall time and peak memory (the training process's max RSS) of each run are kept beside it.
 
+A seed folder that already holds a finished run is not trained again: its `metrics.json`, or,
+for a run stopped after RL and evaluated with `rl-router eval RUN --against RUN/sft
+--no-sampled` (a copied warm start resumed into RL, say), that evaluation, which scored the
+router and its warm start on the same held-out tasks (no wall time or memory then: "-").
+
     python scripts/seeds.py [--recipe recipes/mmlu_pro.yaml] [--seeds 0,1,2,3,4] [--out outputs/seeds] [--eval] [--set k=v ...]
 """
 
@@ -57,6 +62,43 @@ def train_seed(bin_: str, recipe: str | None, run: Path, sets: list[str], s: int
     (run / "max_rss_mb.txt").write_text(f"{usage.ru_maxrss / 1024:.0f}")
 
 
+def warm_start_label(run: Path) -> str | None:
+    """The warm start's policy in RUN/eval/eval.json, if `rl-router eval RUN --against RUN/sft` made it."""
+    f = run / "eval" / "eval.json"
+    if not f.is_file():
+        return None
+    for k in json.loads(f.read_text())["policies"]:
+        if k.startswith("other router: ") and Path(k.removeprefix("other router: ").rsplit(" (", 1)[0]).name == "sft":
+            return k
+    return None
+
+
+def metrics_from_eval(run: Path) -> dict[str, Any]:
+    """What this script reads of metrics.json, for a run whose RL stage was stopped before training's
+    own held-out evaluation and evaluated with `rl-router eval RUN --against RUN/sft --no-sampled`
+    (e.g. a warm start copied into a new folder, then `rl-router train ... --resume`): one pass
+    evaluates the router and its warm start on the same held-out tasks, so the RL-minus-warm-start
+    figure is paired as training's is. RL steps, episodes and distinct tasks come from the RL
+    stage's last checkpoint."""
+    from rl_router.evaluation.comparisons import baseline_references, one_minus_other
+    from rl_router.stats import resample_index
+
+    e = json.loads((run / "eval" / "eval.json").read_text())
+    pol = e["policies"]
+    after, warm = pol[next(k for k in pol if k.startswith("router"))], pol[warm_start_label(run) or ""]
+    n = len(after["per_task"]["reward"])
+    d = one_minus_other(after, warm, baseline_references(pol), resample_index(n))
+    m: dict[str, Any] = {"heldout_tasks": n, "heldout_after": after, "heldout_after_sft": warm, "rl_minus_warm_start": {k: d[k] for k in ("above_hull", "reward", "quality", "cost")}}
+    for stage, s in (("after", after), ("after_sft", warm)):
+        m[f"heldout_above_hull_{stage}"], m[f"heldout_above_hull_{stage}_ci95"] = s["above_hull"], s["ci95"]["above_hull"]
+    states = sorted(run.glob("rl/checkpoint-*/trainer_state.json"), key=lambda f: int(f.parent.name.rsplit("-", 1)[1]))
+    if states:
+        st = json.loads(states[-1].read_text())
+        last = next((x for x in reversed(st["log_history"]) if "episodes/seen" in x), {})
+        m.update(global_step=st["global_step"], kept_step=st["global_step"], rl_episodes=int(last.get("episodes/seen", 0)) or None, rl_distinct_tasks=int(last.get("episodes/distinct_tasks", 0)) or None)
+    return m
+
+
 def stage_row(m: dict[str, Any], stage: str) -> dict[str, Any]:
     h = m[f"heldout_{stage}"]
     return {"quality": h["quality"], "quality_ci95": h["ci95"]["quality"], "cost": h["mean_cost"], "cost_ci95": h["ci95"]["mean_cost"], "reward": h["reward"], "reward_ci95": h["ci95"]["reward"],
@@ -80,9 +122,9 @@ def main() -> None:
     rows = []
     for s in [int(x) for x in a.seeds.split(",")]:
         run = out / f"seed{s}"
-        if not (run / "metrics.json").exists():
+        if not (run / "metrics.json").exists() and warm_start_label(run) is None:
             train_seed(bin_, a.recipe, run, a.sets, s)
-        m = json.loads((run / "metrics.json").read_text())
+        m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else metrics_from_eval(run)
         row: dict[str, Any] = {"seed": s, "tasks": m["heldout_tasks"], "wall_s": float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").exists() else None,
                                "max_rss_mb": float((run / "max_rss_mb.txt").read_text()) if (run / "max_rss_mb.txt").exists() else None,
                                "rl_episodes": m.get("rl_episodes"), "rl_distinct_tasks": m.get("rl_distinct_tasks"), "steps": m.get("global_step"), "kept_step": m.get("kept_step")}
