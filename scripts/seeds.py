@@ -63,12 +63,14 @@ def train_seed(bin_: str, recipe: str | None, run: Path, sets: list[str], s: int
 
 
 def warm_start_label(run: Path) -> str | None:
-    """The warm start's policy in RUN/eval/eval.json, if `rl-router eval RUN --against RUN/sft` made it."""
+    """The warm start's policy in RUN/eval/eval.json, if `rl-router eval RUN --against RUN/sft` made it
+    (the label keeps the path as typed, relative or not, so the run is matched by its folder's name)."""
     f = run / "eval" / "eval.json"
     if not f.is_file():
         return None
     for k in json.loads(f.read_text())["policies"]:
-        if k.startswith("other router: ") and Path(k.removeprefix("other router: ").rsplit(" (", 1)[0]).name == "sft":
+        other = Path(k.removeprefix("other router: ").rsplit(" (", 1)[0])
+        if k.startswith("other router: ") and other.name == "sft" and other.parent.name in (run.name, run.resolve().name):
             return k
     return None
 

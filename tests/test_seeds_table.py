@@ -77,12 +77,12 @@ def test_a_run_evaluated_against_its_warm_start_is_read_from_that_evaluation_not
 
 
 def test_a_seed_folder_without_a_run_is_trained(tmp_path, monkeypatch):
-    """An evaluation against some other router (not the run's own sft) is not a finished seed."""
+    """An evaluation against some other router (the run's final weights, another run's warm start) is not a finished seed."""
     import json
     import sys
 
     (tmp_path / "seed3" / "eval").mkdir(parents=True)
-    (tmp_path / "seed3" / "eval" / "eval.json").write_text(json.dumps({"policies": {"router (greedy)": {}, "other router: elsewhere/final (greedy)": {}}}))
+    (tmp_path / "seed3" / "eval" / "eval.json").write_text(json.dumps({"policies": {"router (greedy)": {}, "other router: seed3/final (greedy)": {}, "other router: elsewhere/sft (greedy)": {}}}))
     assert seeds.warm_start_label(tmp_path / "seed3") is None
     class Trained(Exception):
         pass
