@@ -69,25 +69,27 @@ def warm_start_label(run: Path) -> str | None:
     if not f.is_file():
         return None
     for k in json.loads(f.read_text())["policies"]:
+        if not k.startswith("other router: "):
+            continue
         other = Path(k.removeprefix("other router: ").rsplit(" (", 1)[0])
-        if k.startswith("other router: ") and other.name == "sft" and other.parent.name in (run.name, run.resolve().name):
+        if other.name == "sft" and other.parent.name in (run.name, run.resolve().name):
             return k
     return None
 
 
-def metrics_from_eval(run: Path) -> dict[str, Any]:
+def metrics_from_eval(run: Path, warm_label: str) -> dict[str, Any]:
     """What this script reads of metrics.json, for a run whose RL stage was stopped before training's
     own held-out evaluation and evaluated with `rl-router eval RUN --against RUN/sft --no-sampled`
     (e.g. a warm start copied into a new folder, then `rl-router train ... --resume`): one pass
     evaluates the router and its warm start on the same held-out tasks, so the RL-minus-warm-start
     figure is paired as training's is. RL steps, episodes and distinct tasks come from the RL
-    stage's last checkpoint."""
+    stage's last checkpoint. `warm_label`: the warm start's policy there (`warm_start_label`)."""
     from rl_router.evaluation.comparisons import baseline_references, one_minus_other
     from rl_router.stats import resample_index
 
     e = json.loads((run / "eval" / "eval.json").read_text())
     pol = e["policies"]
-    after, warm = pol[next(k for k in pol if k.startswith("router"))], pol[warm_start_label(run) or ""]
+    after, warm = pol[next(k for k in pol if k.startswith("router"))], pol[warm_label]
     n = len(after["per_task"]["reward"])
     d = one_minus_other(after, warm, baseline_references(pol), resample_index(n))
     m: dict[str, Any] = {"heldout_tasks": n, "heldout_after": after, "heldout_after_sft": warm, "rl_minus_warm_start": {k: d[k] for k in ("above_hull", "reward", "quality", "cost")}}
@@ -124,9 +126,10 @@ def main() -> None:
     rows = []
     for s in [int(x) for x in a.seeds.split(",")]:
         run = out / f"seed{s}"
-        if not (run / "metrics.json").exists() and warm_start_label(run) is None:
+        warm_label = None if (run / "metrics.json").exists() else warm_start_label(run)
+        if not (run / "metrics.json").exists() and warm_label is None:
             train_seed(bin_, a.recipe, run, a.sets, s)
-        m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else metrics_from_eval(run)
+        m = metrics_from_eval(run, warm_label) if warm_label else json.loads((run / "metrics.json").read_text())
         row: dict[str, Any] = {"seed": s, "tasks": m["heldout_tasks"], "wall_s": float((run / "wall_s.txt").read_text()) if (run / "wall_s.txt").exists() else None,
                                "max_rss_mb": float((run / "max_rss_mb.txt").read_text()) if (run / "max_rss_mb.txt").exists() else None,
                                "rl_episodes": m.get("rl_episodes"), "rl_distinct_tasks": m.get("rl_distinct_tasks"), "steps": m.get("global_step"), "kept_step": m.get("kept_step")}

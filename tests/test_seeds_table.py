@@ -59,8 +59,9 @@ def test_a_run_evaluated_against_its_warm_start_is_read_from_that_evaluation_not
         (run / "rl" / f"checkpoint-{step}").mkdir(parents=True)
         (run / "rl" / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": [{"episodes/seen": seen, "episodes/distinct_tasks": seen // 9}, {"train_runtime": 1.0}]}))
 
-    assert seeds.warm_start_label(run) == f"other router: {run / 'sft'} (greedy)"
-    m = seeds.metrics_from_eval(run)
+    label = seeds.warm_start_label(run)
+    assert label == f"other router: {run / 'sft'} (greedy)"
+    m = seeds.metrics_from_eval(run, label)
     d = m["rl_minus_warm_start"]
     assert abs(d["reward"]["mean"] - float((router_r - warm_r).mean())) < 1e-9
     assert d["reward"]["ci95"][0] < d["reward"]["mean"] < d["reward"]["ci95"][1]
