@@ -82,8 +82,8 @@ def metrics_from_eval(run: Path, warm_label: str) -> dict[str, Any]:
     own held-out evaluation and evaluated with `rl-router eval RUN --against RUN/sft --no-sampled`
     (e.g. a warm start copied into a new folder, then `rl-router train ... --resume`): one pass
     evaluates the router and its warm start on the same held-out tasks, so the RL-minus-warm-start
-    figure is paired as training's is. RL steps, episodes and distinct tasks come from the RL
-    stage's last checkpoint. `warm_label`: the warm start's policy there (`warm_start_label`)."""
+    figure is paired as training's is. RL steps, episodes and distinct tasks are those of the
+    weights it scored (`rl_counts`). `warm_label`: the warm start's policy there (`warm_start_label`)."""
     from rl_router.evaluation.comparisons import baseline_references, one_minus_other
     from rl_router.stats import resample_index
 
@@ -95,12 +95,29 @@ def metrics_from_eval(run: Path, warm_label: str) -> dict[str, Any]:
     m: dict[str, Any] = {"heldout_tasks": n, "heldout_after": after, "heldout_after_sft": warm, "rl_minus_warm_start": {k: d[k] for k in ("above_hull", "reward", "quality", "cost")}}
     for stage, s in (("after", after), ("after_sft", warm)):
         m[f"heldout_above_hull_{stage}"], m[f"heldout_above_hull_{stage}_ci95"] = s["above_hull"], s["ci95"]["above_hull"]
-    states = sorted(run.glob("rl/checkpoint-*/trainer_state.json"), key=lambda f: int(f.parent.name.rsplit("-", 1)[1]))
-    if states:
-        st = json.loads(states[-1].read_text())
-        last = next((x for x in reversed(st["log_history"]) if "episodes/seen" in x), {})
-        m.update(global_step=st["global_step"], kept_step=st["global_step"], rl_episodes=int(last.get("episodes/seen", 0)) or None, rl_distinct_tasks=int(last.get("episodes/distinct_tasks", 0)) or None)
+    m.update(rl_counts(run, e.get("target")))
     return m
+
+
+def rl_counts(run: Path, target: str | None) -> dict[str, Any]:
+    """RL steps, the step kept, episodes and distinct tasks of the weights an evaluation scored
+    (eval.json's `target`): RUN/final's training.json, written beside those weights (its kept step
+    may be a best-validation step before the last), or an evaluated checkpoint's trainer_state.json;
+    without either, the RL stage's last checkpoint. The target is matched by name inside RUN, as
+    typed paths may be relative or reach RUN through a link."""
+    name = Path(target).name if target else ""
+    final = run / "final" / "training.json"
+    if name == "final" and final.is_file():
+        t = json.loads(final.read_text())
+        return {"global_step": t["steps"], "kept_step": t["kept_step"], "rl_episodes": t.get("episodes"), "rl_distinct_tasks": t.get("distinct_tasks")}
+    states = sorted(run.glob("rl/checkpoint-*/trainer_state.json"), key=lambda f: int(f.parent.name.rsplit("-", 1)[1]))
+    if name.startswith("checkpoint-"):
+        states = [f for f in states if f.parent.name == name]
+    if not states:
+        return {}
+    st = json.loads(states[-1].read_text())
+    last = next((x for x in reversed(st["log_history"]) if "episodes/seen" in x), {})
+    return {"global_step": st["global_step"], "kept_step": st["global_step"], "rl_episodes": int(last.get("episodes/seen", 0)) or None, "rl_distinct_tasks": int(last.get("episodes/distinct_tasks", 0)) or None}
 
 
 def stage_row(m: dict[str, Any], stage: str) -> dict[str, Any]:

@@ -96,3 +96,24 @@ def test_a_seed_folder_without_a_run_is_trained(tmp_path, monkeypatch):
     with pytest.raises(Trained) as e:
         seeds.main()
     assert e.value.args == (3,)
+
+
+def test_the_rl_counts_are_those_of_the_weights_the_evaluation_scored(tmp_path):
+    """`rl-router eval RUN` scores RUN/final, whose kept step may precede the last checkpoint (a
+    best-validation step); `rl-router eval RUN/rl/checkpoint-N` scores that checkpoint. The table's
+    steps, episodes and distinct tasks are those weights', not the last checkpoint's."""
+    import json
+
+    run = tmp_path / "seed0"
+    for step, seen in ((5, 360), (9, 648)):
+        (run / "rl" / f"checkpoint-{step}").mkdir(parents=True)
+        (run / "rl" / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": [{"episodes/seen": seen, "episodes/distinct_tasks": seen // 9}]}))
+    (run / "final").mkdir()
+    (run / "final" / "training.json").write_text(json.dumps({"algorithm": "grpo", "steps": 9, "kept_step": 5, "episodes": 648, "distinct_tasks": 72}))
+    counts = lambda target: tuple(seeds.rl_counts(run, target).get(k) for k in ("global_step", "kept_step", "rl_episodes", "rl_distinct_tasks"))  # noqa: E731
+
+    assert counts(str(run / "final")) == (9, 5, 648, 72)
+    assert counts("outputs/seeds/seed0/final") == (9, 5, 648, 72)  # typed relative, or through a link
+    assert counts(str(run / "rl" / "checkpoint-5")) == (5, 5, 360, 40)
+    assert counts(str(run / "rl" / "checkpoint-7")) == (None, None, None, None)  # not kept: unknown, not another checkpoint's
+    assert counts(None) == (9, 9, 648, 72)  # an evaluation that does not name its target: the last checkpoint
