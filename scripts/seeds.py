@@ -82,8 +82,8 @@ def metrics_from_eval(run: Path, warm_label: str) -> dict[str, Any]:
     own held-out evaluation and evaluated with `rl-router eval RUN --against RUN/sft --no-sampled`
     (e.g. a warm start copied into a new folder, then `rl-router train ... --resume`): one pass
     evaluates the router and its warm start on the same held-out tasks, so the RL-minus-warm-start
-    figure is paired as training's is. RL steps, episodes and distinct tasks are those of the
-    weights it scored (`rl_counts`). `warm_label`: the warm start's policy there (`warm_start_label`)."""
+    figure is paired as training's is. RL steps, kept step, episodes and distinct tasks as
+    `rl_counts` reads them for the weights it scored. `warm_label`: the warm start's policy there (`warm_start_label`)."""
     from rl_router.evaluation.comparisons import baseline_references, one_minus_other
     from rl_router.stats import resample_index
 
@@ -100,19 +100,20 @@ def metrics_from_eval(run: Path, warm_label: str) -> dict[str, Any]:
 
 
 def rl_counts(run: Path, target: str | None) -> dict[str, Any]:
-    """RL steps, the step kept, episodes and distinct tasks of the weights an evaluation scored
-    (eval.json's `target`): RUN/final's training.json, written beside those weights (its kept step
-    may be a best-validation step before the last), or an evaluated checkpoint's trainer_state.json;
-    without either, the RL stage's last checkpoint. The target is matched by name inside RUN, as
-    typed paths may be relative or reach RUN through a link."""
-    name = Path(target).name if target else ""
+    """RL steps run, the step kept, episodes and distinct tasks, as training's metrics.json reports
+    them, for the weights an evaluation scored (eval.json's `target`): RUN/final's training.json,
+    written with those weights (the run's steps, episodes and tasks, and its kept step, which may
+    be a best-validation step before the last), or an evaluated RL checkpoint's trainer_state.json
+    (that checkpoint's own); without either, the RL stage's last checkpoint. The target is matched
+    by name inside RUN, as typed paths may be relative or reach RUN through a link."""
+    t = Path(target) if target else Path()
     final = run / "final" / "training.json"
-    if name == "final" and final.is_file():
-        t = json.loads(final.read_text())
-        return {"global_step": t["steps"], "kept_step": t["kept_step"], "rl_episodes": t.get("episodes"), "rl_distinct_tasks": t.get("distinct_tasks")}
+    if t.name == "final" and final.is_file():
+        tr = json.loads(final.read_text())
+        return {"global_step": tr["steps"], "kept_step": tr["kept_step"], "rl_episodes": tr.get("episodes"), "rl_distinct_tasks": tr.get("distinct_tasks")}
     states = sorted(run.glob("rl/checkpoint-*/trainer_state.json"), key=lambda f: int(f.parent.name.rsplit("-", 1)[1]))
-    if name.startswith("checkpoint-"):
-        states = [f for f in states if f.parent.name == name]
+    if t.name.startswith("checkpoint-"):
+        states = [f for f in states if f.parent.name == t.name and t.parent.name == "rl"]
     if not states:
         return {}
     st = json.loads(states[-1].read_text())

@@ -294,17 +294,19 @@ def test_the_loss_reuses_the_names_pass_prompts_only_under_the_same_weights(gsm8
     assert later_forwards == run_forwards and cache.hits == hits + 1
 
 
-def test_the_scripted_recipe_is_the_smollm2_recipe_with_the_readme_sets():
+@pytest.mark.parametrize("scripted, sampled, k", [("dcrouter_smollm2_scripted", "dcrouter_smollm2", 9), ("mmlu_pro_single_smollm2_scripted", "mmlu_pro_single_smollm2", 10)])
+def test_the_scripted_recipe_is_the_smollm2_recipe_with_the_readme_sets(scripted, sampled, k):
     """recipes/dcrouter_smollm2_scripted.yaml is recipes/dcrouter_smollm2.yaml with the README's
-    `--set`s of its scripted run, nothing else (so its table row is that recipe's)."""
+    `--set`s of its scripted run, nothing else (so its table row is that recipe's); MMLU-Pro's is
+    its single-shot recipe with the same sets, k = the pool's ten models."""
     from rl_router.recipe import load_recipe
 
     sets = ["algorithm.advantage=all_names", "algorithm.all_names_weights=mirror", "algorithm.all_names_episodes=scripted", "algorithm.prompt_gradient=false",
-            "algorithm.all_names_weights_in_loss=true", "trainer.num_generations=9", "trainer.per_device_train_batch_size=72", "trainer.gradient_accumulation_steps=1", "algorithm.trim_padding=true",
+            "algorithm.all_names_weights_in_loss=true", f"trainer.num_generations={k}", f"trainer.per_device_train_batch_size={8 * k}", "trainer.gradient_accumulation_steps=1", "algorithm.trim_padding=true",
             "algorithm.microbatch_tokens=2048", "algorithm.protocol_anchor=1.0", "algorithm.rl_minutes=60", "trainer.max_steps=300", "trainer.lr_scheduler_type=cosine",
             "trainer.save_steps=50", "trainer.save_total_limit=2",
-            "output_dir=outputs/dcrouter_smollm2_scripted"]
-    assert load_recipe("recipes/dcrouter_smollm2_scripted.yaml", []).to_dict() == load_recipe("recipes/dcrouter_smollm2.yaml", sets).to_dict()
+            f"output_dir=outputs/{scripted}"]
+    assert load_recipe(f"recipes/{scripted}.yaml", []).to_dict() == load_recipe(f"recipes/{sampled}.yaml", sets).to_dict()
 
 
 def test_a_truncated_gradient_is_refused_where_trls_log_prob_pass_would_run(gsm8k_trainer, monkeypatch):

@@ -100,20 +100,27 @@ def test_a_seed_folder_without_a_run_is_trained(tmp_path, monkeypatch):
 
 def test_the_rl_counts_are_those_of_the_weights_the_evaluation_scored(tmp_path):
     """`rl-router eval RUN` scores RUN/final, whose kept step may precede the last checkpoint (a
-    best-validation step); `rl-router eval RUN/rl/checkpoint-N` scores that checkpoint. The table's
-    steps, episodes and distinct tasks are those weights', not the last checkpoint's."""
+    best-validation step) and whose training.json counts the whole run, past the last checkpoint;
+    `rl-router eval RUN/rl/checkpoint-N` scores that checkpoint. The table reads those, not the
+    last checkpoint's."""
     import json
 
-    run = tmp_path / "seed0"
+    run = tmp_path / "runs" / "mmlu_s0"
     for step, seen in ((5, 360), (9, 648)):
         (run / "rl" / f"checkpoint-{step}").mkdir(parents=True)
         (run / "rl" / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": [{"episodes/seen": seen, "episodes/distinct_tasks": seen // 9}]}))
-    (run / "final").mkdir()
-    (run / "final" / "training.json").write_text(json.dumps({"algorithm": "grpo", "steps": 9, "kept_step": 5, "episodes": 648, "distinct_tasks": 72}))
-    counts = lambda target: tuple(seeds.rl_counts(run, target).get(k) for k in ("global_step", "kept_step", "rl_episodes", "rl_distinct_tasks"))  # noqa: E731
+    (run / "sft_run" / "checkpoint-5").mkdir(parents=True)
+    link = tmp_path / "seeds" / "seed0"
+    link.parent.mkdir()
+    link.symlink_to(run, target_is_directory=True)
+    counts = lambda r, target: tuple(seeds.rl_counts(r, target).get(k) for k in ("global_step", "kept_step", "rl_episodes", "rl_distinct_tasks"))  # noqa: E731
 
-    assert counts(str(run / "final")) == (9, 5, 648, 72)
-    assert counts("outputs/seeds/seed0/final") == (9, 5, 648, 72)  # typed relative, or through a link
-    assert counts(str(run / "rl" / "checkpoint-5")) == (5, 5, 360, 40)
-    assert counts(str(run / "rl" / "checkpoint-7")) == (None, None, None, None)  # not kept: unknown, not another checkpoint's
-    assert counts(None) == (9, 9, 648, 72)  # an evaluation that does not name its target: the last checkpoint
+    assert counts(run, str(run / "final")) == (9, 9, 648, 72)  # final without its training.json: the last checkpoint
+    (run / "final").mkdir()
+    (run / "final" / "training.json").write_text(json.dumps({"algorithm": "grpo", "steps": 10, "kept_step": 5, "episodes": 720, "distinct_tasks": 80}))
+    assert counts(run, str(run / "final")) == (10, 5, 720, 80)
+    assert counts(link, "outputs/seeds/seed0/final") == (10, 5, 720, 80)  # typed relative, the run read through a link
+    assert counts(link, str(run / "rl" / "checkpoint-5")) == (5, 5, 360, 40)
+    assert counts(run, str(run / "rl" / "checkpoint-7")) == (None, None, None, None)  # not kept: unknown, not another checkpoint's
+    assert counts(run, str(run / "sft_run" / "checkpoint-5")) == (None, None, None, None)  # the warm start's checkpoint is not RL's
+    assert counts(run, None) == (9, 9, 648, 72)  # an evaluation that does not name its target: the last checkpoint
