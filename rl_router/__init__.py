@@ -1,7 +1,9 @@
 """rl-router: train small LLMs to route tasks across a pool of LLMs under a budget, with RL on TRL.
 
 Importing the package pins CPU numerics to a portable profile (see `_portable_cpu_numerics`)
-before torch loads, so the same seed gives the same numbers on any x86-64 machine.
+before torch loads, so that the same seed gives the same numbers across the machines it fixes
+(not all: README's quickstart section shows an Intel Xeon with AMX and an AMD EPYC without it
+still printing different figures).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import platform
 
 
 def _portable_cpu_numerics() -> None:
-    """Make CPU results the same on every x86-64 machine with AVX2 (practically all since 2013).
+    """Make CPU results the same across x86-64 machines with AVX2 where the kernels below decide
+    the summation order (not every pair: an Intel Xeon with AMX and an AMD EPYC without it still
+    run the quickstart to different figures, README).
 
     Why: torch's CPU kernels and MKL's GEMM pick their instruction set (AVX2, AVX512, ...) per
     machine and sum floats in different orders, so the same seed trained on an AVX512 EPYC and
