@@ -7,9 +7,23 @@ import math
 from typing import Any
 
 
+# Every character str.splitlines() breaks a line at (YAML reads NEL, \x85, as one too), written
+# as its escape: a value quoted into a message cannot split the message's one line.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks escaped (`a\\nb` for a newline): what a user typed, e.g. a
+    YAML value quoted in an error, stays visible and the error stays one line."""
+    return text.translate(_LINE_BREAKS)
+
+
 class RouterError(Exception):
     """An error the user can fix: the CLI prints its one line (what, where, the fix) and exits 2,
-    never a traceback."""
+    never a traceback. Line breaks inside the message (a quoted value's) are escaped."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*(one_line(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(RouterError, ValueError):
